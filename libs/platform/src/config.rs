@@ -1,0 +1,22 @@
+//! Configuration pieces both services take from flags with environment
+//! fallbacks (`clap`'s `env`), flattened into each service's own `Config`.
+
+use std::time::Duration;
+
+/// PostgreSQL connection settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/shepherd
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// Maximum connections in the pool.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+}
+
+/// Parses a human duration such as `500ms`, `10s` or `1m` (for clap).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("invalid duration {text:?} ({err}); use e.g. 500ms, 10s, 1m"))
+}

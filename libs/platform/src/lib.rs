@@ -1,0 +1,10 @@
+//! Shared plumbing for Shepherd's services, written once: configuration
+//! helpers, telemetry, the PostgreSQL pool with versioned migrations, and a
+//! gRPC server that always serves reflection, health and graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

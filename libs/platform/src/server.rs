@@ -1,0 +1,84 @@
+//! The gRPC server every Shepherd service runs: the service's own routes plus
+//! server reflection (v1 and v1alpha, so old grpcurl builds work too), the
+//! standard health service, a tracing span per RPC, and graceful shutdown.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the listen address. Binding is separate from serving so that a
+/// service can learn its real port (for `127.0.0.1:0`) and announce it.
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_err = |source| ServerError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
+}
+
+/// Serves `routes` on `listener` until `shutdown` is cancelled; in-flight
+/// RPCs are allowed to finish. `service_names` are reported SERVING on the
+/// health service (and NOT_SERVING once shutdown begins).
+pub async fn serve(
+    listener: TcpListener,
+    mut routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in &service_names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+
+    let names = service_names;
+    let on_shutdown = async move {
+        shutdown.cancelled().await;
+        for name in names {
+            health_reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        health_reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    };
+
+    Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
+        .await?;
+    Ok(())
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(shepherd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}

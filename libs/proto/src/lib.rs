@@ -1,0 +1,17 @@
+//! Generated code for Shepherd's gRPC contract (`proto/`).
+
+/// Encoded `FileDescriptorSet` of every Shepherd proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/shepherd_descriptor.bin"));
+
+pub mod agentmanager {
+    pub mod v1 {
+        tonic::include_proto!("shepherd.agentmanager.v1");
+    }
+}
+
+pub mod scheduler {
+    pub mod v1 {
+        tonic::include_proto!("shepherd.scheduler.v1");
+    }
+}

@@ -1,0 +1,163 @@
+//! Translation between the wire types and the domain model, with the input
+//! validation that names the offending field.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shepherd_proto::agentmanager::v1 as pb;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    self, AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent, RestartMode, RestartPolicy,
+};
+
+pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
+    let agent = agent.ok_or_else(|| Error::invalid("agent", "is required"))?;
+    model::validate_name("agent.name", &agent.name)?;
+    model::validate_command(&agent.command)?;
+    let env: BTreeMap<String, String> = agent.env.into_iter().collect();
+    model::validate_env(&env)?;
+    let labels: BTreeMap<String, String> = agent.labels.into_iter().collect();
+    model::validate_labels(&labels)?;
+    let working_dir = Some(agent.working_dir).filter(|dir| !dir.is_empty());
+    if let Some(dir) = &working_dir {
+        model::validate_working_dir(dir)?;
+    }
+    let restart_policy = restart_policy(agent.restart_policy)?;
+    model::validate_policy(&restart_policy)?;
+    let desired_state = match pb::DesiredState::try_from(agent.desired_state) {
+        Ok(pb::DesiredState::Unspecified | pb::DesiredState::Running) => DesiredState::Running,
+        Ok(pb::DesiredState::Stopped) => DesiredState::Stopped,
+        Err(_) => {
+            return Err(Error::invalid(
+                "agent.desired_state",
+                format!("{} is not a known state; use RUNNING or STOPPED", agent.desired_state),
+            ));
+        }
+    };
+    Ok(NewAgent {
+        name: agent.name,
+        spec: AgentSpec {
+            command: agent.command,
+            args: agent.args,
+            env,
+            working_dir,
+            restart_policy,
+        },
+        labels,
+        desired_state,
+    })
+}
+
+fn restart_policy(policy: Option<pb::RestartPolicy>) -> Result<RestartPolicy> {
+    let defaults = RestartPolicy::default();
+    let Some(policy) = policy else {
+        return Ok(defaults);
+    };
+    let mode = match pb::RestartMode::try_from(policy.mode) {
+        Ok(pb::RestartMode::Unspecified | pb::RestartMode::OnFailure) => RestartMode::OnFailure,
+        Ok(pb::RestartMode::Never) => RestartMode::Never,
+        Ok(pb::RestartMode::Always) => RestartMode::Always,
+        Err(_) => {
+            return Err(Error::invalid(
+                "agent.restart_policy.mode",
+                format!("{} is not a known mode; use NEVER, ON_FAILURE or ALWAYS", policy.mode),
+            ));
+        }
+    };
+    Ok(RestartPolicy {
+        mode,
+        max_restarts: if policy.max_restarts == 0 {
+            defaults.max_restarts
+        } else {
+            policy.max_restarts
+        },
+        window: duration("agent.restart_policy.window", policy.window, defaults.window)?,
+        initial_backoff: duration(
+            "agent.restart_policy.initial_backoff",
+            policy.initial_backoff,
+            defaults.initial_backoff,
+        )?,
+        max_backoff: duration(
+            "agent.restart_policy.max_backoff",
+            policy.max_backoff,
+            defaults.max_backoff,
+        )?,
+    })
+}
+
+/// An optional proto duration; absent means the default, negative is an error.
+fn duration(field: &str, value: Option<prost_types::Duration>, default: Duration) -> Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(value) => Duration::try_from(value)
+            .map_err(|_| Error::invalid(field, "must be a non-negative duration")),
+    }
+}
+
+pub fn agent(record: AgentRecord) -> pb::Agent {
+    let policy = &record.spec.restart_policy;
+    pb::Agent {
+        id: record.id.to_string(),
+        name: record.name,
+        command: record.spec.command,
+        args: record.spec.args,
+        env: record.spec.env.into_iter().collect(),
+        working_dir: record.spec.working_dir.unwrap_or_default(),
+        labels: record.labels.into_iter().collect(),
+        restart_policy: Some(pb::RestartPolicy {
+            mode: match policy.mode {
+                RestartMode::Never => pb::RestartMode::Never,
+                RestartMode::OnFailure => pb::RestartMode::OnFailure,
+                RestartMode::Always => pb::RestartMode::Always,
+            } as i32,
+            max_restarts: policy.max_restarts,
+            window: prost_types::Duration::try_from(policy.window).ok(),
+            initial_backoff: prost_types::Duration::try_from(policy.initial_backoff).ok(),
+            max_backoff: prost_types::Duration::try_from(policy.max_backoff).ok(),
+        }),
+        desired_state: match record.desired_state {
+            DesiredState::Running => pb::DesiredState::Running,
+            DesiredState::Stopped => pb::DesiredState::Stopped,
+        } as i32,
+        status: status(record.status) as i32,
+        status_message: record.status_message,
+        generation: record.generation,
+        pid: record.pid.unwrap_or(0),
+        restart_count: u32::try_from(record.generation.saturating_sub(1)).unwrap_or(u32::MAX),
+        create_time: Some(record.created_at.into()),
+        update_time: Some(record.updated_at.into()),
+    }
+}
+
+pub fn status(status: AgentStatus) -> pb::AgentStatus {
+    match status {
+        AgentStatus::Pending => pb::AgentStatus::Pending,
+        AgentStatus::Starting => pb::AgentStatus::Starting,
+        AgentStatus::Ready => pb::AgentStatus::Ready,
+        AgentStatus::Exited => pb::AgentStatus::Exited,
+        AgentStatus::Failed => pb::AgentStatus::Failed,
+        AgentStatus::Stopped => pb::AgentStatus::Stopped,
+    }
+}
+
+pub fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
+    let status = pb::AgentStatus::try_from(value).map_err(|_| {
+        Error::invalid("status", format!("{value} is not a known agent status"))
+    })?;
+    Ok(AgentStatus::ALL
+        .into_iter()
+        .find(|candidate| self::status(*candidate) == status))
+}
+
+/// `page_size`: 0 means the default; 1..=max is taken as is.
+pub fn page_size(value: i32, default: i64, max: i64) -> Result<i64> {
+    match i64::from(value) {
+        0 => Ok(default),
+        size if (1..=max).contains(&size) => Ok(size),
+        size => Err(Error::invalid(
+            "page_size",
+            format!("{size} is out of range; use 1-{max}, or 0 for the default ({default})"),
+        )),
+    }
+}

@@ -1,0 +1,256 @@
+//! gRPC handlers: translation between the wire and the manager, nothing
+//! more.
+
+mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use shepherd_proto::agentmanager::v1::{
+    self as pb, agent_manager_server::AgentManager, agent_message,
+    agent_session_server::AgentSession,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::logs::LogStream;
+use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, TaskRequest};
+use crate::model::parse_agent_id;
+use crate::store::{AgentFilter, TaskState};
+
+pub use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
+pub use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
+
+/// How long a new session may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[derive(Clone)]
+pub struct Api {
+    manager: Arc<Manager>,
+}
+
+impl Api {
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self { manager }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentManager for Api {
+    async fn create_agent(
+        &self,
+        request: Request<pb::CreateAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let agent = convert::new_agent(request.into_inner().agent)?;
+        let record = self.manager.create_agent(agent).await?;
+        Ok(Response::new(convert::agent(record)))
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        Ok(Response::new(convert::agent(self.manager.get_agent(id).await?)))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = convert::page_size(request.page_size, 100, 1000)?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(Uuid::parse_str(token).map_err(|_| {
+                Error::invalid("page_token", "is not a token returned by ListAgents; omit it to start from the first page")
+            })?),
+        };
+        let filter = AgentFilter {
+            status: convert::status_filter(request.status)?,
+            labels: request.labels.into_iter().collect(),
+            after,
+        };
+        let agents = self.manager.list_agents(&filter, limit).await?;
+        let next_page_token = if agents.len() as i64 == limit {
+            agents.last().map(|a| a.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.into_iter().map(convert::agent).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn start_agent(
+        &self,
+        request: Request<pb::StartAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        Ok(Response::new(convert::agent(self.manager.start_agent(id).await?)))
+    }
+
+    async fn stop_agent(
+        &self,
+        request: Request<pb::StopAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        Ok(Response::new(convert::agent(self.manager.stop_agent(id).await?)))
+    }
+
+    async fn restart_agent(
+        &self,
+        request: Request<pb::RestartAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        Ok(Response::new(convert::agent(self.manager.restart_agent(id).await?)))
+    }
+
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        self.manager.delete_agent(id).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn get_agent_logs(
+        &self,
+        request: Request<pb::GetAgentLogsRequest>,
+    ) -> Result<Response<pb::GetAgentLogsResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_agent_id("agent_id", &request.agent_id)?;
+        let stream = match pb::LogStream::try_from(request.stream) {
+            Ok(pb::LogStream::Unspecified | pb::LogStream::Stdout) => LogStream::Stdout,
+            Ok(pb::LogStream::Stderr) => LogStream::Stderr,
+            Err(_) => {
+                return Err(Error::invalid("stream", "use STDOUT or STDERR").into());
+            }
+        };
+        let lines = match request.tail_lines {
+            0 => 100,
+            n @ 1..=10_000 => n as usize,
+            n => {
+                return Err(Error::invalid(
+                    "tail_lines",
+                    format!("{n} is out of range; use 1-10000, or 0 for the default (100)"),
+                )
+                .into());
+            }
+        };
+        let lines = self.manager.agent_logs(id, stream, lines).await?;
+        Ok(Response::new(pb::GetAgentLogsResponse { lines }))
+    }
+
+    async fn dispatch_task(
+        &self,
+        request: Request<pb::DispatchTaskRequest>,
+    ) -> Result<Response<pb::DispatchTaskResponse>, Status> {
+        let request = request.into_inner();
+        let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
+        if request.task_id.is_empty() || request.task_id.len() > MAX_TASK_ID_LEN {
+            return Err(Error::invalid(
+                "task_id",
+                format!("must be 1-{MAX_TASK_ID_LEN} bytes (it is the task's idempotency key)"),
+            )
+            .into());
+        }
+        if request.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Error::invalid(
+                "payload",
+                format!("is {} bytes; the limit is {MAX_PAYLOAD_BYTES}", request.payload.len()),
+            )
+            .into());
+        }
+        let task_id = request.task_id.clone();
+        let dispatched = self
+            .manager
+            .dispatch(TaskRequest {
+                agent_id,
+                task_id: request.task_id,
+                payload: request.payload,
+                trace_context: request.trace_context,
+            })
+            .await?;
+        Ok(Response::new(pb::DispatchTaskResponse {
+            task_id,
+            state: match dispatched.state {
+                TaskState::Delivered => pb::TaskState::Delivered,
+                TaskState::Accepted => pb::TaskState::Accepted,
+                TaskState::Completed => pb::TaskState::Completed,
+                TaskState::Lost => pb::TaskState::Lost,
+            } as i32,
+            duplicate: dispatched.duplicate,
+            attempt: dispatched.attempt,
+        }))
+    }
+
+    type WatchAgentEventsStream = ResponseStream<pb::WatchAgentEventsResponse>;
+
+    async fn watch_agent_events(
+        &self,
+        request: Request<pb::WatchAgentEventsRequest>,
+    ) -> Result<Response<Self::WatchAgentEventsStream>, Status> {
+        let request = request.into_inner();
+        let agent = match request.agent_id.as_str() {
+            "" => None,
+            id => Some(parse_agent_id("agent_id", id)?),
+        };
+        let events = self.manager.watch_events(request.after_sequence, agent);
+        Ok(Response::new(Box::pin(ReceiverStream::new(events).map(Ok))))
+    }
+
+    async fn prune_events(
+        &self,
+        request: Request<pb::PruneEventsRequest>,
+    ) -> Result<Response<pb::PruneEventsResponse>, Status> {
+        let through = request.into_inner().through_sequence;
+        let (pruned_through, deleted) = self.manager.prune_events(through).await?;
+        Ok(Response::new(pb::PruneEventsResponse {
+            pruned_through_sequence: pruned_through,
+            deleted,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentSession for Api {
+    type ConnectStream = ResponseStream<pb::ManagerMessage>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10s; send Hello first"))??;
+        let Some(pb::AgentMessage {
+            kind: Some(agent_message::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be Hello{agent_id, session_token}",
+            ));
+        };
+        let agent_id = Uuid::parse_str(&hello.agent_id).map_err(|_| {
+            Status::unauthenticated(format!(
+                "hello.agent_id {:?} is not an agent id; use SHEPHERD_AGENT_ID",
+                hello.agent_id
+            ))
+        })?;
+        let outbound = self
+            .manager
+            .open_session(agent_id, &hello.session_token, inbound)
+            .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound).map(Ok))))
+    }
+}

@@ -1,0 +1,71 @@
+//! agent-manager configuration: flags, each with an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shepherd_platform::config::{DatabaseArgs, parse_duration};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "agent-manager", version, about = "Shepherd agent-manager: supervises agent processes and serves their event log")]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen: String,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL agent processes use to reach this manager (given to them as
+    /// SHEPHERD_MANAGER_URL). Default: derived from the listen address.
+    #[arg(long, env = "ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// Directory for agents' stdout/stderr logs. Default: <tmp>/shepherd-agent-logs.
+    #[arg(long, env = "AGENT_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+
+    /// Bytes of log kept per agent and stream.
+    #[arg(long, env = "AGENT_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub log_max_bytes: u64,
+
+    /// Time between SIGTERM and SIGKILL when stopping an agent.
+    #[arg(long, env = "STOP_GRACE_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    pub stop_grace: Duration,
+
+    /// Heartbeat interval of agent sessions; three missed heartbeats end a
+    /// session.
+    #[arg(long, env = "SESSION_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub session_heartbeat: Duration,
+
+    /// How long an idle WatchAgentEvents stream waits before sending a
+    /// heartbeat.
+    #[arg(long, env = "EVENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub event_heartbeat: Duration,
+
+    /// Events older than this are pruned (watchers behind them get
+    /// ResyncRequired).
+    #[arg(long, env = "EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub event_retention: Duration,
+}
+
+impl Config {
+    pub fn log_dir(&self) -> PathBuf {
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("shepherd-agent-logs"))
+    }
+
+    /// The URL agents are told to connect to.
+    pub fn advertise_url(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.advertise_url {
+            return url.clone();
+        }
+        let host = if bound.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            bound.ip().to_string()
+        };
+        format!("http://{host}:{}", bound.port())
+    }
+}

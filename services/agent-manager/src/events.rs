@@ -1,0 +1,338 @@
+//! The durable, resumable event log.
+//!
+//! Writes: one writer task owns appends. It takes every request queued at
+//! the moment (group commit), stores them in one transaction with
+//! consecutive sequence numbers, and only then publishes them, in order, to
+//! live watchers. Because there is one writer and the sequence counter row is
+//! locked until commit, sequence order equals commit order: no reader can
+//! see seq 11 while 10 is uncommitted.
+//!
+//! Reads: a watcher subscribes to the live feed *before* it reads history,
+//! then skips what it already sent, so the hand-over has no gap and no
+//! duplicate. A watcher that falls behind (its live buffer overflows) goes
+//! back to the database, so a slow watcher never blocks the writer or others.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use shepherd_proto::agentmanager::v1::{
+    AgentEvent, Heartbeat, ResyncRequired, WatchAgentEventsResponse, agent_event,
+    watch_agent_events_response,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::store::{EventRow, Store};
+
+/// Events a watcher may lag behind the live feed before it falls back to
+/// reading the database.
+const LIVE_BUFFER: usize = 4096;
+/// Largest group commit.
+const MAX_BATCH: usize = 512;
+/// Rows per catch-up query.
+const PAGE: i64 = 1000;
+
+struct AppendRequest {
+    agent_id: Uuid,
+    event: AgentEvent,
+    done: oneshot::Sender<Result<u64>>,
+}
+
+/// Handle to the event log; cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    appends: mpsc::Sender<AppendRequest>,
+    live: broadcast::Sender<Arc<AgentEvent>>,
+    latest: watch::Receiver<u64>,
+    store: Store,
+    heartbeat_interval: Duration,
+}
+
+impl EventLog {
+    /// Starts the writer task. It runs until every `EventLog` handle is
+    /// dropped, so events appended during shutdown are still stored.
+    pub async fn start(store: Store, heartbeat_interval: Duration) -> Result<Self> {
+        let (last_seq, _) = store.log_state().await?;
+        let (appends, requests) = mpsc::channel(4096);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let (latest_tx, latest) = watch::channel(last_seq);
+        tokio::spawn(write_loop(store.clone(), requests, live.clone(), latest_tx));
+        Ok(Self {
+            appends,
+            live,
+            latest,
+            store,
+            heartbeat_interval,
+        })
+    }
+
+    /// Appends one event and returns its sequence number once it is
+    /// committed.
+    pub async fn append(
+        &self,
+        agent_id: Uuid,
+        generation: u64,
+        kind: agent_event::Kind,
+    ) -> Result<u64> {
+        let event = AgentEvent {
+            sequence: 0,
+            agent_id: agent_id.to_string(),
+            generation,
+            time: Some(SystemTime::now().into()),
+            kind: Some(kind),
+        };
+        let (done, result) = oneshot::channel();
+        self.appends
+            .send(AppendRequest {
+                agent_id,
+                event,
+                done,
+            })
+            .await
+            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))?;
+        result
+            .await
+            .map_err(|_| Error::Internal("the event log writer stopped".into()))?
+    }
+
+    /// Last committed sequence number.
+    pub fn latest(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
+    pub async fn prune(&self, through: u64) -> Result<(u64, u64)> {
+        self.store.prune_events(through).await
+    }
+
+    /// Streams events after `after` (optionally of one agent) into `out`
+    /// until the receiver goes away or `stop` is cancelled.
+    pub async fn watch(
+        &self,
+        after: u64,
+        agent: Option<Uuid>,
+        out: mpsc::Sender<WatchAgentEventsResponse>,
+        stop: CancellationToken,
+    ) {
+        let watcher = Watcher {
+            log: self,
+            agent,
+            out,
+            cursor: after,
+        };
+        tokio::select! {
+            result = watcher.run() => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "event watcher ended");
+                }
+            }
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Why a watcher stopped: the client went away, or an error.
+enum WatchEnd {
+    ClientGone,
+    Failed(Error),
+}
+
+impl std::fmt::Display for WatchEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClientGone => f.write_str("client went away"),
+            Self::Failed(err) => err.fmt(f),
+        }
+    }
+}
+
+impl From<Error> for WatchEnd {
+    fn from(err: Error) -> Self {
+        Self::Failed(err)
+    }
+}
+
+struct Watcher<'a> {
+    log: &'a EventLog,
+    agent: Option<Uuid>,
+    out: mpsc::Sender<WatchAgentEventsResponse>,
+    /// Every event with a sequence up to here has been sent or skipped.
+    cursor: u64,
+}
+
+impl Watcher<'_> {
+    async fn run(mut self) -> Result<(), WatchEnd> {
+        // Subscribe before reading history: anything committed after the
+        // read below is then guaranteed to be in the live feed.
+        let mut live = self.log.live.subscribe();
+        let (_, pruned_through) = self.log.store.log_state().await?;
+        if self.cursor < pruned_through {
+            let message = format!(
+                "events up to {pruned_through} were pruned; rebuild state from current data and continue from here"
+            );
+            self.send(watch_agent_events_response::Kind::ResyncRequired(ResyncRequired {
+                requested_after_sequence: self.cursor,
+                pruned_through_sequence: pruned_through,
+                message,
+            }))
+            .await?;
+            self.cursor = pruned_through;
+        }
+        loop {
+            self.catch_up().await?;
+            self.follow(&mut live).await?;
+            // `follow` returns when the live feed can no longer be trusted to
+            // be contiguous (lag): go back to the database.
+        }
+    }
+
+    /// Sends every committed event after the cursor from the database.
+    async fn catch_up(&mut self) -> Result<(), WatchEnd> {
+        loop {
+            // Everything up to the committed high-water mark is readable.
+            let (through, _) = self.log.store.log_state().await?;
+            if through <= self.cursor {
+                return Ok(());
+            }
+            let rows = self
+                .log
+                .store
+                .read_events(self.cursor, through, self.agent, PAGE)
+                .await?;
+            let full_page = rows.len() as i64 == PAGE;
+            for (seq, payload) in rows {
+                let mut event = AgentEvent::decode(payload.as_slice())
+                    .map_err(|err| Error::Internal(format!("undecodable event {seq}: {err}")))?;
+                event.sequence = seq;
+                self.send(watch_agent_events_response::Kind::Event(event))
+                    .await?;
+                self.cursor = seq;
+            }
+            if !full_page {
+                // A filtered read skips other agents' events: they are
+                // covered up to `through` as well.
+                self.cursor = self.cursor.max(through);
+            }
+        }
+    }
+
+    /// Forwards live events while they arrive contiguously; heartbeats when
+    /// idle. Returns Ok when the watcher must catch up from the database.
+    async fn follow(
+        &mut self,
+        live: &mut broadcast::Receiver<Arc<AgentEvent>>,
+    ) -> Result<(), WatchEnd> {
+        let interval = self.log.heartbeat_interval;
+        // Idle means nothing *sent* for an interval: a filtered watcher on a
+        // busy log still gets heartbeats.
+        let mut heartbeat_at = tokio::time::Instant::now() + interval;
+        loop {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                _ = tokio::time::sleep_until(heartbeat_at) => {
+                    let latest = self.log.latest();
+                    self.send(watch_agent_events_response::Kind::Heartbeat(Heartbeat {
+                        latest_sequence: latest,
+                    }))
+                    .await?;
+                    heartbeat_at = tokio::time::Instant::now() + interval;
+                    continue;
+                }
+                _ = self.out.closed() => return Err(WatchEnd::ClientGone),
+            };
+            match received {
+                Ok(event) if event.sequence <= self.cursor => {}
+                Ok(event) if event.sequence == self.cursor + 1 => {
+                    self.cursor = event.sequence;
+                    if self.wants(&event) {
+                        self.send(watch_agent_events_response::Kind::Event((*event).clone()))
+                            .await?;
+                        heartbeat_at = tokio::time::Instant::now() + interval;
+                    }
+                }
+                // A gap (should not happen with one writer) or lag: the
+                // database has everything.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return Ok(()),
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(WatchEnd::Failed(Error::Unavailable(
+                        "the event log is shutting down".into(),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn wants(&self, event: &AgentEvent) -> bool {
+        self.agent
+            .is_none_or(|agent| event.agent_id == agent.to_string())
+    }
+
+    async fn send(&self, kind: watch_agent_events_response::Kind) -> Result<(), WatchEnd> {
+        self.out
+            .send(WatchAgentEventsResponse { kind: Some(kind) })
+            .await
+            .map_err(|_| WatchEnd::ClientGone)
+    }
+}
+
+/// The single writer: group commit, then publish in sequence order.
+async fn write_loop(
+    store: Store,
+    mut requests: mpsc::Receiver<AppendRequest>,
+    live: broadcast::Sender<Arc<AgentEvent>>,
+    latest: watch::Sender<u64>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let rows: Vec<EventRow> = batch
+            .iter()
+            .map(|request| EventRow {
+                agent_id: request.agent_id,
+                kind: kind_name(request.event.kind.as_ref()),
+                payload: request.event.encode_to_vec(),
+            })
+            .collect();
+        match store.append_events(&rows).await {
+            Ok(first) => {
+                for (offset, request) in batch.drain(..).enumerate() {
+                    let seq = first + offset as u64;
+                    let mut event = request.event;
+                    event.sequence = seq;
+                    // No receivers is fine: nobody is watching right now.
+                    let _ = live.send(Arc::new(event));
+                    latest.send_replace(seq);
+                    let _ = request.done.send(Ok(seq));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, events = batch.len(), "appending events failed");
+                for request in batch.drain(..) {
+                    let _ = request.done.send(Err(Error::Unavailable(format!(
+                        "could not store the event: {err}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// The `kind` column: a readable name for operators querying the table.
+fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
+    use agent_event::Kind;
+    match kind {
+        Some(Kind::Created(_)) => "created",
+        Some(Kind::Started(_)) => "started",
+        Some(Kind::Ready(_)) => "ready",
+        Some(Kind::Disconnected(_)) => "disconnected",
+        Some(Kind::Exited(_)) => "exited",
+        Some(Kind::Restarted(_)) => "restarted",
+        Some(Kind::Stopped(_)) => "stopped",
+        Some(Kind::Deleted(_)) => "deleted",
+        Some(Kind::TaskAccepted(_)) => "task_accepted",
+        Some(Kind::TaskCompleted(_)) => "task_completed",
+        Some(Kind::TaskLost(_)) => "task_lost",
+        None => "unknown",
+    }
+}

@@ -1,0 +1,104 @@
+//! Shepherd's agent-manager: creates, supervises and restarts agent
+//! processes, accepts the session each agent opens back to it, delivers
+//! tasks over it, and keeps the durable event log that clients watch.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod logs;
+pub mod manager;
+pub mod model;
+pub mod process;
+pub mod sessions;
+pub mod store;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shepherd_platform::{db, server};
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
+use crate::api::{AgentManagerServer, AgentSessionServer, Api};
+use crate::config::Config;
+use crate::events::EventLog;
+use crate::logs::LogDir;
+use crate::manager::Manager;
+use crate::sessions::Sessions;
+use crate::store::Store;
+use crate::supervisor::{Context, Supervisors};
+
+/// Runs the service until `shutdown` is cancelled. Prints one line,
+/// `agent-manager listening on ADDR`, to stdout once it accepts connections.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database.database_url, config.database.database_pool_size)?;
+    db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
+    let store = Store::new(pool);
+    let events = EventLog::start(store.clone(), config.event_heartbeat).await?;
+
+    let (listener, bound) = server::bind(&config.listen).await?;
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        events: events.clone(),
+        sessions: Sessions::default(),
+        logs: LogDir::new(config.log_dir(), config.log_max_bytes),
+        manager_url: config.advertise_url(bound),
+        stop_grace: config.stop_grace,
+    });
+    let supervisors = Arc::new(Supervisors::new(ctx));
+    let manager = Arc::new(Manager::new(
+        supervisors,
+        config.session_heartbeat,
+        shutdown.clone(),
+    ));
+
+    let api = Api::new(manager.clone());
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(AgentManagerServer::new(api.clone()))
+        .add_service(AgentSessionServer::new(api));
+    let names = vec![
+        <AgentManagerServer<Api> as NamedService>::NAME,
+        <AgentSessionServer<Api> as NamedService>::NAME,
+    ];
+    let serving = tokio::spawn(server::serve(listener, routes, names, shutdown.clone()));
+    println!("agent-manager listening on {bound}");
+    tracing::info!(%bound, "agent-manager listening");
+
+    manager.recover().await?;
+    tokio::spawn(prune_periodically(events, store, config.event_retention, shutdown.clone()));
+
+    let served = serving.await;
+    // The server has drained; stop the processes (desired states stay as
+    // they are, so the next start-up brings them back).
+    manager.shutdown().await;
+    served??;
+    Ok(())
+}
+
+/// Applies the event retention once a minute.
+async fn prune_periodically(
+    events: EventLog,
+    store: Store,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let result = match store.last_seq_older_than(retention).await {
+            Ok(Some(through)) => events.prune(through).await.map(drop),
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "event retention pass failed");
+        }
+    }
+}

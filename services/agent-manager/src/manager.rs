@@ -1,0 +1,284 @@
+//! The manager: what the API can ask of agents, tasks, sessions and the
+//! event log. It validates, then hands process and session work to the
+//! agent's supervisor and storage work to the store.
+
+use std::sync::Arc;
+
+use futures_util::Stream;
+use shepherd_proto::agentmanager::v1::{
+    AgentCreated, AgentMessage, ManagerMessage, Task, WatchAgentEventsResponse, Welcome,
+    agent_event, manager_message,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::events::EventLog;
+use crate::logs::LogStream;
+use crate::model::{AgentRecord, DesiredState, NewAgent};
+use crate::sessions::{SessionHandle, SessionLoop, hash_token};
+use crate::store::{AgentFilter, Store, TaskClaim, TaskState};
+use crate::supervisor::{Supervisors, report_lost};
+
+/// Longest task id (idempotency key) accepted.
+pub const MAX_TASK_ID_LEN: usize = 200;
+/// Largest task payload accepted.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+pub struct Manager {
+    store: Store,
+    events: EventLog,
+    supervisors: Arc<Supervisors>,
+    session_heartbeat: std::time::Duration,
+    /// Cancelled at shutdown: ends watchers and sessions so the server can
+    /// drain.
+    shutdown: CancellationToken,
+}
+
+/// The result of a dispatch.
+#[derive(Debug, Clone, Copy)]
+pub struct Dispatched {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub duplicate: bool,
+}
+
+/// A task to deliver.
+pub struct TaskRequest {
+    pub agent_id: Uuid,
+    pub task_id: String,
+    pub payload: Vec<u8>,
+    pub trace_context: std::collections::HashMap<String, String>,
+}
+
+impl Manager {
+    pub fn new(
+        supervisors: Arc<Supervisors>,
+        session_heartbeat: std::time::Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let ctx = supervisors.context();
+        Self {
+            store: ctx.store.clone(),
+            events: ctx.events.clone(),
+            supervisors,
+            session_heartbeat,
+            shutdown,
+        }
+    }
+
+    /// Start-up: tasks that were in flight are lost (no session survived),
+    /// and every agent gets its supervisor, which brings it back to its
+    /// desired state through the one launch path.
+    pub async fn recover(&self) -> Result<()> {
+        let lost = self.store.mark_all_in_flight_lost().await?;
+        report_lost(&self.events, lost, "agent-manager restarted").await?;
+        for agent in self.store.all_agents().await? {
+            self.supervisors.spawn(agent);
+        }
+        self.supervisors.reconcile_all().await;
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        self.supervisors.shutdown().await;
+    }
+
+    pub async fn create_agent(&self, agent: NewAgent) -> Result<AgentRecord> {
+        let record = self.store.insert_agent(&agent).await?;
+        self.events
+            .append(
+                record.id,
+                0,
+                agent_event::Kind::Created(AgentCreated {
+                    name: record.name.clone(),
+                }),
+            )
+            .await?;
+        self.supervisors.spawn(record.clone());
+        match agent.desired_state {
+            DesiredState::Running => self.supervisors.start(record.id).await,
+            DesiredState::Stopped => Ok(record),
+        }
+    }
+
+    pub async fn get_agent(&self, id: Uuid) -> Result<AgentRecord> {
+        self.store
+            .get_agent(id)
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))
+    }
+
+    pub async fn list_agents(&self, filter: &AgentFilter, limit: i64) -> Result<Vec<AgentRecord>> {
+        self.store.list_agents(filter, limit).await
+    }
+
+    pub async fn start_agent(&self, id: Uuid) -> Result<AgentRecord> {
+        self.supervisors.start(id).await
+    }
+
+    pub async fn stop_agent(&self, id: Uuid) -> Result<AgentRecord> {
+        self.supervisors.stop(id).await
+    }
+
+    pub async fn restart_agent(&self, id: Uuid) -> Result<AgentRecord> {
+        self.supervisors.restart(id, "restarted on request").await
+    }
+
+    pub async fn delete_agent(&self, id: Uuid) -> Result<()> {
+        self.supervisors.delete(id).await
+    }
+
+    pub async fn agent_logs(&self, id: Uuid, stream: LogStream, lines: usize) -> Result<Vec<String>> {
+        // NOT_FOUND for unknown agents rather than an empty log.
+        self.get_agent(id).await?;
+        self.supervisors
+            .context()
+            .logs
+            .tail(id, stream, lines)
+            .await
+            .map_err(|err| Error::Internal(format!("reading logs of agent {id}: {err}")))
+    }
+
+    /// Delivers a task to the agent's live session, at most once per task id
+    /// unless the previous attempt was lost.
+    pub async fn dispatch(&self, request: TaskRequest) -> Result<Dispatched> {
+        let Some(session) = self.supervisors.context().sessions.get(request.agent_id) else {
+            let agent = self.get_agent(request.agent_id).await?;
+            return Err(Error::FailedPrecondition(format!(
+                "agent {} is not ready (status: {}); tasks can be dispatched once its process has connected (AgentReady event)",
+                agent.id,
+                agent.status.as_str()
+            )));
+        };
+        let claim = self
+            .store
+            .claim_task(
+                &request.task_id,
+                request.agent_id,
+                session.session_id,
+                session.generation,
+            )
+            .await?;
+        let attempt = match claim {
+            TaskClaim::Existing { state, attempt } => {
+                return Ok(Dispatched {
+                    state,
+                    attempt,
+                    duplicate: true,
+                });
+            }
+            TaskClaim::Deliver { attempt } => attempt,
+        };
+        let message = ManagerMessage {
+            kind: Some(manager_message::Kind::Task(Task {
+                task_id: request.task_id.clone(),
+                payload: request.payload,
+                attempt,
+                trace_context: request.trace_context,
+            })),
+        };
+        if session.tasks.send(message).await.is_err() {
+            // The session ended between lookup and delivery. Its sweep may
+            // have run before our claim committed, so record the loss here
+            // (a no-op if the sweep already did).
+            let lost = self
+                .store
+                .mark_task_lost(&request.task_id, session.session_id)
+                .await?;
+            report_lost(&self.events, lost, "agent session closed during delivery").await?;
+            return Err(Error::Unavailable(format!(
+                "agent {}'s session closed while the task was being delivered; the attempt was recorded as lost, dispatch again once the agent is ready",
+                request.agent_id
+            )));
+        }
+        Ok(Dispatched {
+            state: TaskState::Delivered,
+            attempt,
+            duplicate: false,
+        })
+    }
+
+    pub fn watch_events(
+        &self,
+        after: u64,
+        agent: Option<Uuid>,
+    ) -> mpsc::Receiver<WatchAgentEventsResponse> {
+        let (out, receiver) = mpsc::channel(256);
+        let events = self.events.clone();
+        let stop = self.shutdown.child_token();
+        tokio::spawn(async move { events.watch(after, agent, out, stop).await });
+        receiver
+    }
+
+    pub async fn prune_events(&self, through: u64) -> Result<(u64, u64)> {
+        self.events.prune(through).await
+    }
+
+    /// Authenticates a session's hello and runs the session. Returns the
+    /// messages to send to the agent (the first is `Welcome`).
+    pub async fn open_session<S>(
+        &self,
+        agent_id: Uuid,
+        token: &str,
+        inbound: S,
+    ) -> Result<mpsc::Receiver<ManagerMessage>>
+    where
+        S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin + Send + 'static,
+    {
+        let refused = || {
+            Error::Unauthenticated(format!(
+                "session token refused for agent {agent_id}: connect with the SHEPHERD_SESSION_TOKEN the manager gave this process; tokens of earlier generations are invalid"
+            ))
+        };
+        let (generation, stored_hash) = self
+            .store
+            .session_credentials(agent_id)
+            .await?
+            .ok_or_else(refused)?;
+        if !shepherd_platform::auth::constant_time_eq(&hash_token(token), &stored_hash) {
+            return Err(refused());
+        }
+
+        let (tasks_tx, tasks) = mpsc::channel(1024);
+        let handle = SessionHandle {
+            session_id: Uuid::new_v4(),
+            generation,
+            tasks: tasks_tx,
+            cancel: self.shutdown.child_token(),
+        };
+        self.supervisors
+            .session_opened(agent_id, handle.clone())
+            .await?;
+
+        let (outbound, receiver) = mpsc::channel(256);
+        let welcome = ManagerMessage {
+            kind: Some(manager_message::Kind::Welcome(Welcome {
+                generation,
+                heartbeat_interval: prost_types::Duration::try_from(self.session_heartbeat).ok(),
+            })),
+        };
+        // Capacity is free: this cannot fail before the receiver is returned.
+        let _ = outbound.try_send(welcome);
+        let session = SessionLoop {
+            agent_id,
+            handle: handle.clone(),
+            inbound,
+            tasks,
+            outbound,
+            heartbeat_interval: self.session_heartbeat,
+            store: self.store.clone(),
+            events: self.events.clone(),
+        };
+        let supervisors = self.supervisors.clone();
+        tokio::spawn(async move {
+            let reason = session.run().await;
+            tracing::info!(agent = %agent_id, %reason, "agent session ended");
+            supervisors
+                .session_closed(agent_id, handle.session_id, reason)
+                .await;
+        });
+        Ok(receiver)
+    }
+}

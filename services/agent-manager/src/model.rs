@@ -1,0 +1,335 @@
+//! The agent domain model: what an agent is, what may be asked of it, and the
+//! validation that turns client input into a spec the supervisor can trust.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+impl DesiredState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "running" => Some(Self::Running),
+            "stopped" => Some(Self::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// What was observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentStatus {
+    Pending,
+    Starting,
+    Ready,
+    Exited,
+    Failed,
+    Stopped,
+}
+
+impl AgentStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Starting,
+        Self::Ready,
+        Self::Exited,
+        Self::Failed,
+        Self::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// When and how fast the supervisor relaunches an exited process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    /// Automatic restarts allowed within `window` before the agent is FAILED.
+    pub max_restarts: u32,
+    #[serde(with = "millis")]
+    pub window: Duration,
+    #[serde(with = "millis")]
+    pub initial_backoff: Duration,
+    #[serde(with = "millis")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::OnFailure,
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// Whether an exit should be followed by an automatic restart.
+    pub fn restarts_after(&self, success: bool) -> bool {
+        match self.mode {
+            RestartMode::Never => false,
+            RestartMode::OnFailure => !success,
+            RestartMode::Always => true,
+        }
+    }
+
+    /// Backoff before the `n`th (1-based) automatic restart in the window:
+    /// `initial * 2^(n-1)`, capped at `max_backoff`.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let factor = 2u32.saturating_pow(n.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// How to run an agent. Stored as JSON (labels live in their own column so
+/// they can be filtered by an index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub restart_policy: RestartPolicy,
+}
+
+/// An agent as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub spec: AgentSpec,
+    pub labels: BTreeMap<String, String>,
+    pub desired_state: DesiredState,
+    pub status: AgentStatus,
+    pub status_message: String,
+    pub generation: u64,
+    pub pid: Option<i32>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// A validated request to create an agent.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub name: String,
+    pub spec: AgentSpec,
+    pub labels: BTreeMap<String, String>,
+    pub desired_state: DesiredState,
+}
+
+/// Environment variables the manager sets for every agent; a spec may not
+/// override them.
+pub const RESERVED_ENV: [&str; 4] = [
+    "SHEPHERD_AGENT_ID",
+    "SHEPHERD_MANAGER_URL",
+    "SHEPHERD_SESSION_TOKEN",
+    "SHEPHERD_GENERATION",
+];
+
+/// Names: 1-63 characters of `[a-z0-9-]`, starting with a letter.
+pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!(
+                "{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+            ),
+        ))
+    }
+}
+
+/// Checks that `command` can be executed: an existing path, or a program
+/// found in PATH. Catching this at create time gives a clear error instead of
+/// an agent that fails on every launch.
+pub fn validate_command(command: &str) -> Result<(), Error> {
+    if command.trim().is_empty() {
+        return Err(Error::invalid(
+            "agent.command",
+            "must not be empty: give the program to run, e.g. /usr/bin/python3 or shepherd-agent",
+        ));
+    }
+    let found = if command.contains('/') {
+        Path::new(command).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(command).is_file())
+        })
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "agent.command",
+            format!("{command:?} was not found: give an absolute path or a program in the manager's PATH"),
+        ))
+    }
+}
+
+pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
+    for key in env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(Error::invalid(
+                "agent.env",
+                format!("{key:?} is not a valid environment variable name"),
+            ));
+        }
+        if RESERVED_ENV.contains(&key.as_str()) {
+            return Err(Error::invalid(
+                "agent.env",
+                format!("{key} is set by the manager and cannot be overridden"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_working_dir(dir: &str) -> Result<(), Error> {
+    if Path::new(dir).is_dir() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "agent.working_dir",
+            format!("{dir:?} is not an existing directory"),
+        ))
+    }
+}
+
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 63 || value.len() > 255 {
+            return Err(Error::invalid(
+                "agent.labels",
+                format!("label {key:?}: keys must be 1-63 characters and values at most 255"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
+    if policy.window.is_zero() {
+        return Err(Error::invalid(
+            "agent.restart_policy.window",
+            "must be positive",
+        ));
+    }
+    if policy.initial_backoff > policy.max_backoff {
+        return Err(Error::invalid(
+            "agent.restart_policy.initial_backoff",
+            "must not exceed max_backoff",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an agent id given by a client.
+pub fn parse_agent_id(field: &str, text: &str) -> Result<Uuid, Error> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(text)
+        .map_err(|_| Error::invalid(field, format!("{text:?} is not a valid agent id (a UUID)")))
+}
+
+/// Durations stored as integer milliseconds in the spec JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+            ..RestartPolicy::default()
+        };
+        assert_eq!(policy.backoff(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff(2), Duration::from_millis(200));
+        assert_eq!(policy.backoff(3), Duration::from_millis(350));
+        assert_eq!(policy.backoff(40), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn restart_modes() {
+        let mut policy = RestartPolicy::default();
+        assert!(policy.restarts_after(false) && !policy.restarts_after(true));
+        policy.mode = RestartMode::Always;
+        assert!(policy.restarts_after(true));
+        policy.mode = RestartMode::Never;
+        assert!(!policy.restarts_after(false));
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("name", "agent-1").is_ok());
+        for bad in ["", "1abc", "Agent", "a_b", &"a".repeat(64)] {
+            assert!(validate_name("name", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

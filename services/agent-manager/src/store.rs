@@ -1,0 +1,503 @@
+//! SQL for the `agent_manager` schema. Every query of the service lives here;
+//! the rest of the crate speaks in domain types.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shepherd_platform::db::{DbPool, Migration};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent};
+
+pub const SCHEMA: &str = "agent_manager";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/0001_init.sql"),
+}];
+
+const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
+                             generation, pid, created_at, updated_at";
+
+/// One event ready to be stored: the sequence is assigned by `append_events`.
+pub struct EventRow {
+    pub agent_id: Uuid,
+    pub kind: &'static str,
+    pub payload: Vec<u8>,
+}
+
+/// The outcome of trying to take a task for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskClaim {
+    /// The caller must deliver this attempt.
+    Deliver { attempt: u32 },
+    /// The task is in flight or finished: nothing to deliver.
+    Existing { state: TaskState, attempt: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Delivered,
+    Accepted,
+    Completed,
+    Lost,
+}
+
+impl TaskState {
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "delivered" => Ok(Self::Delivered),
+            "accepted" => Ok(Self::Accepted),
+            "completed" => Ok(Self::Completed),
+            "lost" => Ok(Self::Lost),
+            other => Err(Error::Internal(format!("unknown task state {other:?} in database"))),
+        }
+    }
+}
+
+/// A task that was in flight and is now lost.
+#[derive(Debug, Clone)]
+pub struct LostTask {
+    pub task_id: String,
+    pub agent_id: Uuid,
+    pub generation: u64,
+}
+
+/// Filters of `list_agents`.
+#[derive(Debug, Default, Clone)]
+pub struct AgentFilter {
+    pub status: Option<AgentStatus>,
+    pub labels: BTreeMap<String, String>,
+    /// Keyset pagination: only agents with a greater id (ids are UUIDv7, so
+    /// id order is creation order).
+    pub after: Option<Uuid>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: DbPool,
+}
+
+impl Store {
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+
+    // ---- agents ----
+
+    pub async fn insert_agent(&self, agent: &NewAgent) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let spec = to_json(&agent.spec)?;
+        let labels = to_json(&agent.labels)?;
+        let id = Uuid::now_v7();
+        let sql = format!(
+            "INSERT INTO agent_manager.agents (id, name, spec, labels, desired_state, status)
+             VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING {AGENT_COLUMNS}"
+        );
+        let result = client
+            .query_one(
+                &sql,
+                &[&id, &agent.name, &spec, &labels, &agent.desired_state.as_str()],
+            )
+            .await;
+        match result {
+            Ok(row) => agent_from_row(&row),
+            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(Error::AlreadyExists(
+                format!("an agent named {:?} already exists; pick another name", agent.name),
+            )),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn get_agent(&self, id: Uuid) -> Result<Option<AgentRecord>> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agent_manager.agents WHERE id = $1");
+        client
+            .query_opt(&sql, &[&id])
+            .await?
+            .map(|row| agent_from_row(&row))
+            .transpose()
+    }
+
+    pub async fn list_agents(&self, filter: &AgentFilter, limit: i64) -> Result<Vec<AgentRecord>> {
+        let client = self.pool.get().await?;
+        let status = filter.status.map(AgentStatus::as_str);
+        let labels = to_json(&filter.labels)?;
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agent_manager.agents
+             WHERE ($1::text IS NULL OR status = $1)
+               AND labels @> $2
+               AND ($3::uuid IS NULL OR id > $3)
+             ORDER BY id LIMIT $4"
+        );
+        client
+            .query(&sql, &[&status, &labels, &filter.after, &limit])
+            .await?
+            .iter()
+            .map(agent_from_row)
+            .collect()
+    }
+
+    pub async fn all_agents(&self) -> Result<Vec<AgentRecord>> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agent_manager.agents ORDER BY id");
+        client.query(&sql, &[]).await?.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn set_desired_state(&self, id: Uuid, desired: DesiredState) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE agent_manager.agents SET desired_state = $2, updated_at = now()
+             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&sql, &[&id, &desired.as_str()])
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        agent_from_row(&row)
+    }
+
+    /// Records a newly launched process: new generation, pid and token hash.
+    pub async fn record_launch(
+        &self,
+        id: Uuid,
+        generation: u64,
+        pid: i32,
+        token_hash: &[u8],
+    ) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE agent_manager.agents
+             SET generation = $2, pid = $3, session_token_hash = $4, status = 'starting',
+                 status_message = '', updated_at = now()
+             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&sql, &[&id, &to_i64(generation), &pid, &token_hash])
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        agent_from_row(&row)
+    }
+
+    /// Records the observed status. `pid: None` clears the pid (no process).
+    pub async fn set_status(
+        &self,
+        id: Uuid,
+        status: AgentStatus,
+        message: &str,
+        pid: Option<i32>,
+    ) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE agent_manager.agents
+             SET status = $2, status_message = $3, pid = $4, updated_at = now()
+             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&sql, &[&id, &status.as_str(), &message, &pid])
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        agent_from_row(&row)
+    }
+
+    /// The stored session-token hash and the generation it belongs to.
+    pub async fn session_credentials(&self, id: Uuid) -> Result<Option<(u64, Vec<u8>)>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT generation, session_token_hash FROM agent_manager.agents
+                 WHERE id = $1 AND session_token_hash IS NOT NULL",
+                &[&id],
+            )
+            .await?;
+        Ok(row.map(|row| (from_i64(row.get(0)), row.get(1))))
+    }
+
+    pub async fn delete_agent(&self, id: Uuid) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let deleted = client
+            .execute("DELETE FROM agent_manager.agents WHERE id = $1", &[&id])
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    // ---- event log ----
+
+    /// Stores `events` with consecutive sequence numbers in one transaction
+    /// and returns the sequence of the first. The counter row is locked until
+    /// commit, so a later sequence can never commit before an earlier one.
+    pub async fn append_events(&self, events: &[EventRow]) -> Result<u64> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let last: i64 = tx
+            .query_one(
+                "UPDATE agent_manager.event_log_state SET last_seq = last_seq + $1 RETURNING last_seq",
+                &[&count],
+            )
+            .await?
+            .get(0);
+        let first = last - count + 1;
+        let seqs: Vec<i64> = (first..=last).collect();
+        let agents: Vec<Uuid> = events.iter().map(|e| e.agent_id).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
+             SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bytea[])",
+            &[&seqs, &agents, &kinds, &payloads],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(from_i64(first))
+    }
+
+    /// `(last committed sequence, pruned through)`.
+    pub async fn log_state(&self) -> Result<(u64, u64)> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT last_seq, pruned_through FROM agent_manager.event_log_state",
+                &[],
+            )
+            .await?;
+        Ok((from_i64(row.get(0)), from_i64(row.get(1))))
+    }
+
+    /// Stored events with `after < seq <= through`, in order, optionally of one
+    /// agent: `(seq, payload)`.
+    pub async fn read_events(
+        &self,
+        after: u64,
+        through: u64,
+        agent: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT seq, payload FROM agent_manager.events
+                 WHERE seq > $1 AND seq <= $2 AND ($3::uuid IS NULL OR agent_id = $3)
+                 ORDER BY seq LIMIT $4",
+                &[&to_i64(after), &to_i64(through), &agent, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (from_i64(row.get(0)), row.get(1)))
+            .collect())
+    }
+
+    /// Deletes events up to `through` (bounded by the last sequence) and
+    /// returns `(pruned_through, deleted)`.
+    pub async fn prune_events(&self, through: u64) -> Result<(u64, u64)> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                "UPDATE agent_manager.event_log_state
+                 SET pruned_through = GREATEST(pruned_through, LEAST($1, last_seq))
+                 RETURNING pruned_through",
+                &[&to_i64(through)],
+            )
+            .await?;
+        let pruned_through: i64 = row.get(0);
+        let deleted = tx
+            .execute(
+                "DELETE FROM agent_manager.events WHERE seq <= $1",
+                &[&pruned_through],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok((from_i64(pruned_through), deleted))
+    }
+
+    /// The highest sequence older than `age`, if any: the retention bound.
+    pub async fn last_seq_older_than(&self, age: Duration) -> Result<Option<u64>> {
+        let client = self.pool.get().await?;
+        let seconds = age.as_secs_f64();
+        let row = client
+            .query_one(
+                "SELECT max(seq) FROM agent_manager.events
+                 WHERE created_at < now() - make_interval(secs => $1)",
+                &[&seconds],
+            )
+            .await?;
+        Ok(row.get::<_, Option<i64>>(0).map(from_i64))
+    }
+
+    // ---- tasks ----
+
+    /// Takes `task_id` for delivery over `session_id`, atomically: a new task
+    /// or one whose last attempt was lost is (re)delivered; anything else is
+    /// reported as it stands. Concurrent callers with one id cannot both win.
+    pub async fn claim_task(
+        &self,
+        task_id: &str,
+        agent_id: Uuid,
+        session_id: Uuid,
+        generation: u64,
+    ) -> Result<TaskClaim> {
+        let client = self.pool.get().await?;
+        let claimed = client
+            .query_opt(
+                "INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state)
+                 VALUES ($1, $2, $3, $4, 'delivered')
+                 ON CONFLICT (task_id) DO UPDATE
+                 SET state = 'delivered', attempt = tasks.attempt + 1, agent_id = EXCLUDED.agent_id,
+                     session_id = EXCLUDED.session_id, generation = EXCLUDED.generation,
+                     outcome = NULL, updated_at = now()
+                 WHERE tasks.state = 'lost'
+                 RETURNING attempt",
+                &[&task_id, &agent_id, &session_id, &to_i64(generation)],
+            )
+            .await?;
+        if let Some(row) = claimed {
+            return Ok(TaskClaim::Deliver {
+                attempt: from_i32(row.get(0)),
+            });
+        }
+        let row = client
+            .query_one(
+                "SELECT state, attempt FROM agent_manager.tasks WHERE task_id = $1",
+                &[&task_id],
+            )
+            .await?;
+        Ok(TaskClaim::Existing {
+            state: TaskState::parse(row.get(0))?,
+            attempt: from_i32(row.get(1)),
+        })
+    }
+
+    /// Marks a delivered task accepted; false if it is not in flight on this
+    /// session (stale or unknown report).
+    pub async fn mark_task_accepted(&self, task_id: &str, session_id: Uuid) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let updated = client
+            .execute(
+                "UPDATE agent_manager.tasks SET state = 'accepted', updated_at = now()
+                 WHERE task_id = $1 AND session_id = $2 AND state = 'delivered'",
+                &[&task_id, &session_id],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Marks an in-flight task completed; false if it is not in flight on
+    /// this session.
+    pub async fn mark_task_completed(
+        &self,
+        task_id: &str,
+        session_id: Uuid,
+        outcome: &str,
+    ) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let updated = client
+            .execute(
+                "UPDATE agent_manager.tasks SET state = 'completed', outcome = $3, updated_at = now()
+                 WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')",
+                &[&task_id, &session_id, &outcome],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Marks every task in flight on `session_id` lost.
+    pub async fn mark_session_tasks_lost(&self, session_id: Uuid) -> Result<Vec<LostTask>> {
+        self.mark_lost(
+            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
+             WHERE session_id = $1 AND state IN ('delivered', 'accepted')
+             RETURNING task_id, agent_id, generation",
+            &[&session_id],
+        )
+        .await
+    }
+
+    /// Marks one task lost if it is still in flight on `session_id`.
+    pub async fn mark_task_lost(&self, task_id: &str, session_id: Uuid) -> Result<Vec<LostTask>> {
+        self.mark_lost(
+            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
+             WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')
+             RETURNING task_id, agent_id, generation",
+            &[&task_id, &session_id],
+        )
+        .await
+    }
+
+    /// At start-up no session is live, so everything in flight is lost.
+    pub async fn mark_all_in_flight_lost(&self) -> Result<Vec<LostTask>> {
+        self.mark_lost(
+            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
+             WHERE state IN ('delivered', 'accepted')
+             RETURNING task_id, agent_id, generation",
+            &[],
+        )
+        .await
+    }
+
+    async fn mark_lost(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<LostTask>> {
+        let client = self.pool.get().await?;
+        let rows = client.query(sql, params).await?;
+        Ok(rows
+            .iter()
+            .map(|row| LostTask {
+                task_id: row.get(0),
+                agent_id: row.get(1),
+                generation: from_i64(row.get(2)),
+            })
+            .collect())
+    }
+}
+
+fn agent_from_row(row: &Row) -> Result<AgentRecord> {
+    let spec: serde_json::Value = row.get("spec");
+    let labels: serde_json::Value = row.get("labels");
+    let desired: &str = row.get("desired_state");
+    let status: &str = row.get("status");
+    Ok(AgentRecord {
+        id: row.get("id"),
+        name: row.get("name"),
+        spec: from_json::<AgentSpec>(spec)?,
+        labels: from_json(labels)?,
+        desired_state: DesiredState::parse(desired)
+            .ok_or_else(|| Error::Internal(format!("unknown desired state {desired:?}")))?,
+        status: AgentStatus::parse(status)
+            .ok_or_else(|| Error::Internal(format!("unknown status {status:?}")))?,
+        status_message: row.get("status_message"),
+        generation: from_i64(row.get("generation")),
+        pid: row.get("pid"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|err| Error::Internal(format!("encoding JSON: {err}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|err| Error::Internal(format!("decoding JSON: {err}")))
+}
+
+/// Sequence numbers and generations are `u64` in the API and `bigint` in
+/// PostgreSQL; both stay far below `i64::MAX` in practice, and the
+/// conversions saturate rather than wrap.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_i64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn from_i32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}

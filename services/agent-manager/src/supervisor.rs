@@ -1,0 +1,609 @@
+//! One supervisor per agent: an actor that owns the agent's process, its
+//! observed state and its current session. Every change to those goes
+//! through its mailbox, so they change in one order, one at a time: no
+//! check-then-act races between an API call, a process exit and a session.
+//!
+//! `launch` is the one path by which a process starts. A launch of an agent
+//! that ran before is a restart: after the process runs and the row is
+//! updated it appends `AgentRestarted{generation}`. `RestartAgent`, the
+//! restart policy and start-up reconciliation all come through it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use shepherd_proto::agentmanager::v1::{
+    AgentDisconnected, AgentExited, AgentReady, AgentRestarted, AgentStarted, AgentStopped,
+    AgentDeleted, TaskLost, agent_event,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::events::EventLog;
+use crate::logs::LogDir;
+use crate::model::{AgentRecord, AgentStatus, DesiredState};
+use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
+use crate::sessions::{SessionHandle, Sessions, hash_token, new_token};
+use crate::store::{LostTask, Store};
+
+/// What every supervisor shares.
+pub struct Context {
+    pub store: Store,
+    pub events: EventLog,
+    pub sessions: Sessions,
+    pub logs: LogDir,
+    /// URL agent processes use to reach the manager.
+    pub manager_url: String,
+    /// SIGTERM → SIGKILL grace period.
+    pub stop_grace: Duration,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Start(Reply<AgentRecord>),
+    Stop(Reply<AgentRecord>),
+    Restart(String, Reply<AgentRecord>),
+    Delete(Reply<()>),
+    SessionOpened(SessionHandle, Reply<AgentRecord>),
+    SessionClosed { session_id: Uuid, reason: String },
+    /// Manager start-up: bring the agent back to what the user asked for.
+    Reconcile,
+    /// Manager shutdown: stop the process, keep the desired state.
+    Shutdown,
+}
+
+enum Input {
+    Command(Option<Command>),
+    Exited(ExitInfo),
+    BackoffElapsed,
+}
+
+/// The supervisors of all agents.
+pub struct Supervisors {
+    ctx: Arc<Context>,
+    actors: Mutex<HashMap<Uuid, Actor>>,
+}
+
+struct Actor {
+    mailbox: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Supervisors {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            actors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Starts the supervisor of a stored agent.
+    pub fn spawn(&self, record: AgentRecord) {
+        let (mailbox, commands) = mpsc::channel(64);
+        let id = record.id;
+        let supervisor = Supervisor {
+            ctx: self.ctx.clone(),
+            record,
+            process: None,
+            backoff_until: None,
+            restarts: VecDeque::new(),
+            commands,
+        };
+        let task = tokio::spawn(supervisor.run());
+        self.lock().insert(id, Actor { mailbox, task });
+    }
+
+    pub async fn start(&self, id: Uuid) -> Result<AgentRecord> {
+        self.call(id, Command::Start).await
+    }
+
+    pub async fn stop(&self, id: Uuid) -> Result<AgentRecord> {
+        self.call(id, Command::Stop).await
+    }
+
+    pub async fn restart(&self, id: Uuid, reason: &str) -> Result<AgentRecord> {
+        let reason = reason.to_owned();
+        self.call(id, |reply| Command::Restart(reason, reply)).await
+    }
+
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        self.call(id, Command::Delete).await?;
+        self.lock().remove(&id);
+        Ok(())
+    }
+
+    pub async fn session_opened(&self, id: Uuid, session: SessionHandle) -> Result<AgentRecord> {
+        self.call(id, |reply| Command::SessionOpened(session, reply))
+            .await
+    }
+
+    /// Fire and forget: the session loop is over either way.
+    pub async fn session_closed(&self, id: Uuid, session_id: Uuid, reason: String) {
+        let _ = self
+            .send(id, Command::SessionClosed { session_id, reason })
+            .await;
+    }
+
+    pub async fn reconcile_all(&self) {
+        let ids: Vec<Uuid> = self.lock().keys().copied().collect();
+        for id in ids {
+            let _ = self.send(id, Command::Reconcile).await;
+        }
+    }
+
+    /// Stops every process (desired states untouched) and waits for the
+    /// supervisors to finish.
+    pub async fn shutdown(&self) {
+        let actors: Vec<Actor> = self.lock().drain().map(|(_, actor)| actor).collect();
+        for actor in &actors {
+            let _ = actor.mailbox.send(Command::Shutdown).await;
+        }
+        for actor in actors {
+            let _ = actor.task.await;
+        }
+    }
+
+    async fn call<T>(&self, id: Uuid, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, result) = oneshot::channel();
+        self.send(id, command(reply)).await?;
+        result.await.map_err(|_| Error::agent_not_found(id))?
+    }
+
+    async fn send(&self, id: Uuid, command: Command) -> Result<()> {
+        let mailbox = self
+            .lock()
+            .get(&id)
+            .map(|actor| actor.mailbox.clone())
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        mailbox
+            .send(command)
+            .await
+            .map_err(|_| Error::agent_not_found(id))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Actor>> {
+        self.actors.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Supervisor {
+    ctx: Arc<Context>,
+    /// The stored row as last written by this supervisor (it is the only
+    /// writer of the observed columns, so the copy is current).
+    record: AgentRecord,
+    process: Option<AgentProcess>,
+    backoff_until: Option<Instant>,
+    /// When automatic restarts happened, for the restart budget.
+    restarts: VecDeque<Instant>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Supervisor {
+    fn id(&self) -> Uuid {
+        self.record.id
+    }
+
+    async fn run(mut self) {
+        loop {
+            let input = self.next_input().await;
+            let done = match input {
+                Input::Command(Some(command)) => self.handle(command).await,
+                // Every handle is gone: the manager is going away.
+                Input::Command(None) => {
+                    self.shutdown().await;
+                    true
+                }
+                Input::Exited(exit) => {
+                    let result = self.on_exit(exit).await;
+                    self.log_err("process exit", result);
+                    false
+                }
+                Input::BackoffElapsed => {
+                    self.backoff_until = None;
+                    let result = self.launch("restart policy").await;
+                    self.log_err("automatic restart", result.map(drop));
+                    false
+                }
+            };
+            if done {
+                return;
+            }
+        }
+    }
+
+    async fn next_input(&mut self) -> Input {
+        let Self {
+            process,
+            backoff_until,
+            commands,
+            ..
+        } = self;
+        match (process, *backoff_until) {
+            (Some(process), _) => tokio::select! {
+                exit = process.wait() => Input::Exited(exit),
+                command = commands.recv() => Input::Command(command),
+            },
+            (None, Some(at)) => tokio::select! {
+                _ = tokio::time::sleep_until(at) => Input::BackoffElapsed,
+                command = commands.recv() => Input::Command(command),
+            },
+            (None, None) => Input::Command(commands.recv().await),
+        }
+    }
+
+    /// Handles one command; true when the supervisor is done.
+    async fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Start(reply) => {
+                let _ = reply.send(self.start().await);
+            }
+            Command::Stop(reply) => {
+                let _ = reply.send(self.stop().await);
+            }
+            Command::Restart(reason, reply) => {
+                let _ = reply.send(self.restart(&reason).await);
+            }
+            Command::SessionOpened(session, reply) => {
+                let _ = reply.send(self.session_opened(session).await);
+            }
+            Command::SessionClosed { session_id, reason } => {
+                let result = self.session_closed(session_id, &reason).await;
+                self.log_err("session close", result);
+            }
+            Command::Reconcile => {
+                let result = self.reconcile().await;
+                self.log_err("start-up reconciliation", result);
+            }
+            Command::Delete(reply) => {
+                let result = self.delete().await;
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                return !failed;
+            }
+            Command::Shutdown => {
+                self.shutdown().await;
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn start(&mut self) -> Result<AgentRecord> {
+        self.set_desired(DesiredState::Running).await?;
+        if self.process.is_some() {
+            // Already running: a quiet no-op.
+            return Ok(self.record.clone());
+        }
+        self.reset_restart_budget();
+        self.launch("started on request").await
+    }
+
+    async fn stop(&mut self) -> Result<AgentRecord> {
+        self.set_desired(DesiredState::Stopped).await?;
+        self.backoff_until = None;
+        self.terminate("agent stopped").await?;
+        if self.record.status != AgentStatus::Stopped {
+            self.record = self
+                .ctx
+                .store
+                .set_status(self.id(), AgentStatus::Stopped, "stopped on request", None)
+                .await?;
+            self.append(agent_event::Kind::Stopped(AgentStopped {}))
+                .await?;
+        }
+        Ok(self.record.clone())
+    }
+
+    async fn restart(&mut self, reason: &str) -> Result<AgentRecord> {
+        self.set_desired(DesiredState::Running).await?;
+        self.terminate("agent restarting").await?;
+        self.reset_restart_budget();
+        self.launch(reason).await
+    }
+
+    async fn delete(&mut self) -> Result<()> {
+        self.backoff_until = None;
+        self.terminate("agent deleted").await?;
+        self.ctx.store.delete_agent(self.id()).await?;
+        self.append(agent_event::Kind::Deleted(AgentDeleted {}))
+            .await?;
+        self.ctx.logs.remove(self.id()).await;
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        if self.process.is_none() {
+            return;
+        }
+        let result = self.terminate("manager shutting down").await;
+        self.log_err("shutdown", result);
+        let result = self
+            .ctx
+            .store
+            .set_status(self.id(), AgentStatus::Exited, "manager shut down", None)
+            .await;
+        self.log_err("shutdown", result.map(drop));
+    }
+
+    /// Manager start-up: no process of ours runs. One left by a previous
+    /// manager (SIGKILLed) is killed, since it cannot be supervised; then the
+    /// agent is brought to its desired state through the one launch path.
+    async fn reconcile(&mut self) -> Result<()> {
+        if let Some(pid) = self.record.pid
+            && kill_orphan(pid, self.id())
+        {
+            tracing::info!(agent = %self.id(), pid, "killed a process left by a previous manager");
+        }
+        match self.record.desired_state {
+            DesiredState::Running => {
+                self.launch("manager start-up reconciliation").await?;
+            }
+            DesiredState::Stopped => {
+                if self.record.pid.is_some() || self.record.status == AgentStatus::Ready
+                    || self.record.status == AgentStatus::Starting
+                {
+                    self.record = self
+                        .ctx
+                        .store
+                        .set_status(self.id(), AgentStatus::Stopped, "", None)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The one launch path (see the module docs).
+    async fn launch(&mut self, reason: &str) -> Result<AgentRecord> {
+        let generation = self.record.generation + 1;
+        let token = new_token()
+            .map_err(|err| Error::Internal(format!("no randomness for a session token: {err}")))?;
+        let launch = Launch {
+            agent_id: self.id(),
+            spec: &self.record.spec,
+            generation,
+            session_token: &token,
+            manager_url: &self.ctx.manager_url,
+        };
+        let process = match AgentProcess::spawn(&launch, &self.ctx.logs) {
+            Ok(process) => process,
+            Err(err) => {
+                let message = format!("could not launch {:?}: {err}", self.record.spec.command);
+                self.record = self
+                    .ctx
+                    .store
+                    .set_status(self.id(), AgentStatus::Failed, &message, None)
+                    .await?;
+                return Err(Error::FailedPrecondition(message));
+            }
+        };
+        let pid = process.pid();
+        self.process = Some(process);
+        match self
+            .ctx
+            .store
+            .record_launch(self.id(), generation, pid, &hash_token(&token))
+            .await
+        {
+            Ok(record) => self.record = record,
+            Err(err) => {
+                // Without its token stored the process could never connect.
+                self.terminate("launch could not be recorded").await?;
+                return Err(err);
+            }
+        }
+        self.append(agent_event::Kind::Started(AgentStarted { pid }))
+            .await?;
+        if generation > 1 {
+            self.append(agent_event::Kind::Restarted(AgentRestarted {
+                generation,
+                reason: reason.to_owned(),
+            }))
+            .await?;
+        }
+        tracing::info!(agent = %self.id(), generation, pid, reason, "agent process launched");
+        Ok(self.record.clone())
+    }
+
+    /// The process exited on its own: record it, close its session, and
+    /// apply the restart policy.
+    async fn on_exit(&mut self, exit: ExitInfo) -> Result<()> {
+        self.process = None;
+        tracing::info!(agent = %self.id(), %exit, "agent process exited");
+        self.record_exit(exit, &exit.to_string()).await?;
+        self.drop_session(&format!("process {exit}")).await?;
+
+        let policy = &self.record.spec.restart_policy;
+        if self.record.desired_state != DesiredState::Running
+            || !policy.restarts_after(exit.success())
+        {
+            return Ok(());
+        }
+        let now = Instant::now();
+        while self
+            .restarts
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > policy.window)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= policy.max_restarts as usize {
+            let message = format!(
+                "{exit}; restarted {} times within {:?}, giving up (RestartAgent or StartAgent tries again)",
+                self.restarts.len(),
+                policy.window
+            );
+            self.record = self
+                .ctx
+                .store
+                .set_status(self.id(), AgentStatus::Failed, &message, None)
+                .await?;
+            return Ok(());
+        }
+        self.restarts.push_back(now);
+        let backoff = policy.backoff(self.restarts.len() as u32);
+        self.backoff_until = Some(now + backoff);
+        let message = format!("{exit}; restarting in {backoff:?}");
+        self.record = self
+            .ctx
+            .store
+            .set_status(self.id(), AgentStatus::Exited, &message, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the running process, if any, and records its exit.
+    async fn terminate(&mut self, reason: &str) -> Result<()> {
+        let Some(mut process) = self.process.take() else {
+            return Ok(());
+        };
+        let exit = process.terminate(self.ctx.stop_grace).await;
+        self.record_exit(exit, reason).await?;
+        self.drop_session(reason).await
+    }
+
+    async fn record_exit(&mut self, exit: ExitInfo, message: &str) -> Result<()> {
+        self.record = self
+            .ctx
+            .store
+            .set_status(self.id(), AgentStatus::Exited, message, None)
+            .await?;
+        self.append(agent_event::Kind::Exited(AgentExited {
+            code: exit.code,
+            signal: exit.signal,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn session_opened(&mut self, session: SessionHandle) -> Result<AgentRecord> {
+        // The token matched when it was checked, but a relaunch may have
+        // happened since: only the current generation's process may connect.
+        if session.generation != self.record.generation || self.process.is_none() {
+            return Err(Error::Unauthenticated(format!(
+                "session token is for generation {}, but agent {} is at generation {}{}",
+                session.generation,
+                self.id(),
+                self.record.generation,
+                if self.process.is_none() { " and not running" } else { "" }
+            )));
+        }
+        if let Some(previous) = self.ctx.sessions.install(self.id(), session) {
+            // The newer session wins; the older one's loop ends and its
+            // tasks are swept when it reports back.
+            previous.cancel.cancel();
+        }
+        self.record = self
+            .ctx
+            .store
+            .set_status(self.id(), AgentStatus::Ready, "", self.record.pid)
+            .await?;
+        self.append(agent_event::Kind::Ready(AgentReady {})).await?;
+        Ok(self.record.clone())
+    }
+
+    async fn session_closed(&mut self, session_id: Uuid, reason: &str) -> Result<()> {
+        // The loop has closed its task channel, so this sweep sees every
+        // task it ever took.
+        let lost = self.ctx.store.mark_session_tasks_lost(session_id).await?;
+        self.report_lost(lost, reason).await?;
+        if self
+            .ctx
+            .sessions
+            .remove_if_current(self.id(), session_id)
+            .is_some()
+        {
+            self.disconnected(reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the current session from this side (process gone).
+    async fn drop_session(&mut self, reason: &str) -> Result<()> {
+        let Some(session) = self.ctx.sessions.remove(self.id()) else {
+            return Ok(());
+        };
+        session.cancel.cancel();
+        let lost = self
+            .ctx
+            .store
+            .mark_session_tasks_lost(session.session_id)
+            .await?;
+        self.report_lost(lost, reason).await?;
+        self.append(agent_event::Kind::Disconnected(AgentDisconnected {
+            reason: reason.to_owned(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn disconnected(&mut self, reason: &str) -> Result<()> {
+        if self.process.is_some() {
+            // The process still runs: it may reconnect with its token.
+            self.record = self
+                .ctx
+                .store
+                .set_status(self.id(), AgentStatus::Starting, reason, self.record.pid)
+                .await?;
+        }
+        self.append(agent_event::Kind::Disconnected(AgentDisconnected {
+            reason: reason.to_owned(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn report_lost(&self, lost: Vec<LostTask>, reason: &str) -> Result<()> {
+        report_lost(&self.ctx.events, lost, reason).await
+    }
+
+    async fn set_desired(&mut self, desired: DesiredState) -> Result<()> {
+        if self.record.desired_state != desired {
+            self.record = self.ctx.store.set_desired_state(self.id(), desired).await?;
+        }
+        Ok(())
+    }
+
+    fn reset_restart_budget(&mut self) {
+        self.backoff_until = None;
+        self.restarts.clear();
+    }
+
+    async fn append(&self, kind: agent_event::Kind) -> Result<u64> {
+        self.ctx
+            .events
+            .append(self.id(), self.record.generation, kind)
+            .await
+    }
+
+    fn log_err(&self, what: &str, result: Result<()>) {
+        if let Err(err) = result {
+            tracing::error!(agent = %self.id(), error = %err, "{what} failed");
+        }
+    }
+}
+
+/// Appends a `TaskLost` event for each lost task.
+pub async fn report_lost(events: &EventLog, lost: Vec<LostTask>, reason: &str) -> Result<()> {
+    for task in lost {
+        events
+            .append(
+                task.agent_id,
+                task.generation,
+                agent_event::Kind::TaskLost(TaskLost {
+                    task_id: task.task_id,
+                    reason: reason.to_owned(),
+                }),
+            )
+            .await?;
+    }
+    Ok(())
+}
