@@ -1,0 +1,236 @@
+//! Test support shared by every Shepherd test: a fresh PostgreSQL database
+//! per test, the workspace's binaries run as real processes, and waiting
+//! with a deadline instead of sleeping.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_postgres::NoTls;
+
+/// The server tests use: `DATABASE_URL` if set, else the local one.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database created for one test and dropped when the test ends, so tests
+/// run in parallel without seeing each other's data.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl TestDb {
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin = admin_url();
+        let name = format!("shepherd_test_{}", uuid::Uuid::new_v4().simple());
+        let client = connect(&admin).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating test database {name} via {admin}"))?;
+        let url = with_database(&admin, &name);
+        Ok(Self { name, url, admin })
+    }
+
+    /// A client connected to the test database (to check or tamper with
+    /// stored state).
+    pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside (or at the end of) the test's runtime: use a
+        // private one on a plain thread.
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = connect(&admin).await?;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url} (is PostgreSQL running? see README)"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `url` with its database replaced by `database` (query kept).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{host_part}/{database}{query}")
+}
+
+/// Path of a binary of this workspace, built next to the test executable.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} does not exist: build the workspace binaries first (`cargo build --workspace --bins`, which the README's test command does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A service binary running as a real process. It is SIGKILLed when
+/// dropped, so a failing test leaves nothing behind.
+pub struct ServiceProcess {
+    pub addr: SocketAddr,
+    child: Child,
+    name: String,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `args` and `envs` and waits (up to 30 s) for the
+    /// `… listening on ADDR` line it prints to stdout.
+    pub async fn start(binary: &str, args: &[String], envs: &[(&str, String)]) -> anyhow::Result<Self> {
+        let path = bin_path(binary)?;
+        let mut command = Command::new(&path);
+        command
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some((_, addr)) = line.split_once(" listening on ") {
+                    return Ok(addr.trim().parse::<SocketAddr>()?);
+                }
+            }
+            bail!("{binary} exited before it was listening")
+        })
+        .await
+        .with_context(|| format!("{binary} did not start listening within 30s"))??;
+        // Keep draining stdout so the service never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            addr,
+            child,
+            name: binary.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().and_then(|pid| i32::try_from(pid).ok())
+    }
+
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait (up to 30 s) for a clean exit; returns its code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        if let Some(pid) = self.pid() {
+            kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within 30s of SIGTERM", self.name))??;
+        Ok(status.code())
+    }
+}
+
+/// A gRPC channel to `url`.
+pub async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with
+/// `what` in the message. For state that has no event to wait on.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a process exists (signal 0).
+pub fn process_alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_in_urls() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432/db?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
+}

@@ -67,14 +67,22 @@ impl LogDir {
             if n == 0 {
                 return file.flush().await;
             }
-            if written + n as u64 > rotate_at {
-                file.flush().await?;
-                tokio::fs::rename(path, rotated(path)).await?;
-                file = append(path).await?;
-                written = 0;
+            // Split the chunk at the rotation boundary, so no file ever
+            // exceeds half the budget whatever the chunk size.
+            let mut chunk = &buf[..n];
+            while !chunk.is_empty() {
+                if written >= rotate_at {
+                    file.flush().await?;
+                    tokio::fs::rename(path, rotated(path)).await?;
+                    file = append(path).await?;
+                    written = 0;
+                }
+                let room = usize::try_from(rotate_at - written).unwrap_or(usize::MAX);
+                let (now, rest) = chunk.split_at(room.min(chunk.len()));
+                file.write_all(now).await?;
+                written += now.len() as u64;
+                chunk = rest;
             }
-            file.write_all(&buf[..n]).await?;
-            written += n as u64;
         }
     }
 

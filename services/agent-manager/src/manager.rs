@@ -227,30 +227,27 @@ impl Manager {
     where
         S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin + Send + 'static,
     {
-        let refused = || {
-            Error::Unauthenticated(format!(
-                "session token refused for agent {agent_id}: connect with the SHEPHERD_SESSION_TOKEN the manager gave this process; tokens of earlier generations are invalid"
-            ))
-        };
-        let (generation, stored_hash) = self
-            .store
-            .session_credentials(agent_id)
-            .await?
-            .ok_or_else(refused)?;
-        if !shepherd_platform::auth::constant_time_eq(&hash_token(token), &stored_hash) {
-            return Err(refused());
-        }
-
         let (tasks_tx, tasks) = mpsc::channel(1024);
-        let handle = SessionHandle {
+        let mut handle = SessionHandle {
             session_id: Uuid::new_v4(),
-            generation,
+            // Set by the supervisor, which knows the current generation.
+            generation: 0,
             tasks: tasks_tx,
             cancel: self.shutdown.child_token(),
         };
-        self.supervisors
-            .session_opened(agent_id, handle.clone())
-            .await?;
+        let agent = self
+            .supervisors
+            .session_opened(agent_id, handle.clone(), hash_token(token))
+            .await
+            .map_err(|err| match err {
+                // Do not tell an unauthenticated caller which ids exist.
+                Error::NotFound(_) => Error::Unauthenticated(format!(
+                    "session refused: {agent_id} is not an agent with a running process"
+                )),
+                other => other,
+            })?;
+        let generation = agent.generation;
+        handle.generation = generation;
 
         let (outbound, receiver) = mpsc::channel(256);
         let welcome = ManagerMessage {

@@ -204,19 +204,6 @@ impl Store {
         agent_from_row(&row)
     }
 
-    /// The stored session-token hash and the generation it belongs to.
-    pub async fn session_credentials(&self, id: Uuid) -> Result<Option<(u64, Vec<u8>)>> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT generation, session_token_hash FROM agent_manager.agents
-                 WHERE id = $1 AND session_token_hash IS NOT NULL",
-                &[&id],
-            )
-            .await?;
-        Ok(row.map(|row| (from_i64(row.get(0)), row.get(1))))
-    }
-
     pub async fn delete_agent(&self, id: Uuid) -> Result<bool> {
         let client = self.pool.get().await?;
         let deleted = client

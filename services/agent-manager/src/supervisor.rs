@@ -28,6 +28,7 @@ use crate::model::{AgentRecord, AgentStatus, DesiredState};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
 use crate::sessions::{SessionHandle, Sessions, hash_token, new_token};
 use crate::store::{LostTask, Store};
+use shepherd_platform::auth::constant_time_eq;
 
 /// What every supervisor shares.
 pub struct Context {
@@ -48,7 +49,8 @@ enum Command {
     Stop(Reply<AgentRecord>),
     Restart(String, Reply<AgentRecord>),
     Delete(Reply<()>),
-    SessionOpened(SessionHandle, Reply<AgentRecord>),
+    /// A session presents the hash of its token.
+    SessionOpened(SessionHandle, Vec<u8>, Reply<AgentRecord>),
     SessionClosed { session_id: Uuid, reason: String },
     /// Manager start-up: bring the agent back to what the user asked for.
     Reconcile,
@@ -93,6 +95,7 @@ impl Supervisors {
             ctx: self.ctx.clone(),
             record,
             process: None,
+            token_hash: None,
             backoff_until: None,
             restarts: VecDeque::new(),
             commands,
@@ -120,8 +123,15 @@ impl Supervisors {
         Ok(())
     }
 
-    pub async fn session_opened(&self, id: Uuid, session: SessionHandle) -> Result<AgentRecord> {
-        self.call(id, |reply| Command::SessionOpened(session, reply))
+    /// Authenticates and installs a session; returns the agent as of then
+    /// (its generation is the session's).
+    pub async fn session_opened(
+        &self,
+        id: Uuid,
+        session: SessionHandle,
+        token_hash: Vec<u8>,
+    ) -> Result<AgentRecord> {
+        self.call(id, |reply| Command::SessionOpened(session, token_hash, reply))
             .await
     }
 
@@ -180,6 +190,10 @@ struct Supervisor {
     /// writer of the observed columns, so the copy is current).
     record: AgentRecord,
     process: Option<AgentProcess>,
+    /// Hash of the running process's session token. Kept here, not read
+    /// back from the database, so that a process that connects the instant
+    /// it starts is checked against its own generation's token.
+    token_hash: Option<Vec<u8>>,
     backoff_until: Option<Instant>,
     /// When automatic restarts happened, for the restart budget.
     restarts: VecDeque<Instant>,
@@ -251,8 +265,8 @@ impl Supervisor {
             Command::Restart(reason, reply) => {
                 let _ = reply.send(self.restart(&reason).await);
             }
-            Command::SessionOpened(session, reply) => {
-                let _ = reply.send(self.session_opened(session).await);
+            Command::SessionOpened(session, token_hash, reply) => {
+                let _ = reply.send(self.session_opened(session, &token_hash).await);
             }
             Command::SessionClosed { session_id, reason } => {
                 let result = self.session_closed(session_id, &reason).await;
@@ -387,10 +401,12 @@ impl Supervisor {
         };
         let pid = process.pid();
         self.process = Some(process);
+        let token_hash = hash_token(&token);
+        self.token_hash = Some(token_hash.clone());
         match self
             .ctx
             .store
-            .record_launch(self.id(), generation, pid, &hash_token(&token))
+            .record_launch(self.id(), generation, pid, &token_hash)
             .await
         {
             Ok(record) => self.record = record,
@@ -417,6 +433,7 @@ impl Supervisor {
     /// apply the restart policy.
     async fn on_exit(&mut self, exit: ExitInfo) -> Result<()> {
         self.process = None;
+        self.token_hash = None;
         tracing::info!(agent = %self.id(), %exit, "agent process exited");
         self.record_exit(exit, &exit.to_string()).await?;
         self.drop_session(&format!("process {exit}")).await?;
@@ -465,6 +482,7 @@ impl Supervisor {
         let Some(mut process) = self.process.take() else {
             return Ok(());
         };
+        self.token_hash = None;
         let exit = process.terminate(self.ctx.stop_grace).await;
         self.record_exit(exit, reason).await?;
         self.drop_session(reason).await
@@ -484,18 +502,24 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn session_opened(&mut self, session: SessionHandle) -> Result<AgentRecord> {
-        // The token matched when it was checked, but a relaunch may have
-        // happened since: only the current generation's process may connect.
-        if session.generation != self.record.generation || self.process.is_none() {
+    async fn session_opened(
+        &mut self,
+        mut session: SessionHandle,
+        token_hash: &[u8],
+    ) -> Result<AgentRecord> {
+        // Only the running process's token is valid: every launch issues a
+        // new one, so tokens of earlier generations are refused.
+        let valid = self
+            .token_hash
+            .as_deref()
+            .is_some_and(|current| constant_time_eq(current, token_hash));
+        if !valid {
             return Err(Error::Unauthenticated(format!(
-                "session token is for generation {}, but agent {} is at generation {}{}",
-                session.generation,
-                self.id(),
-                self.record.generation,
-                if self.process.is_none() { " and not running" } else { "" }
+                "session token refused for agent {}: connect with the SHEPHERD_SESSION_TOKEN the manager gave this process; tokens of earlier generations are invalid",
+                self.id()
             )));
         }
+        session.generation = self.record.generation;
         if let Some(previous) = self.ctx.sessions.install(self.id(), session) {
             // The newer session wins; the older one's loop ends and its
             // tasks are swept when it reports back.

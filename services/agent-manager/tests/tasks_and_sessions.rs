@@ -1,0 +1,197 @@
+//! Task delivery through real agent sessions, and session authentication.
+
+mod common;
+
+use common::{Harness, is_ready, kill9, kind, kinds, reference_agent};
+use shepherd_proto::agentmanager::v1::{
+    self as pb, agent_event::Kind, agent_session_client::AgentSessionClient,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+fn dispatch(agent: &str, task: &str, payload: &str) -> pb::DispatchTaskRequest {
+    pb::DispatchTaskRequest {
+        agent_id: agent.to_owned(),
+        task_id: task.to_owned(),
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h.create(reference_agent("worker", pb::RestartMode::Never)).await?;
+    events.until(is_ready).await?;
+
+    let marker = std::env::temp_dir().join(format!("shepherd-runs-{}", h.db.name));
+    let payload = format!("echo ran >> {}; echo hello from the task", marker.display());
+    let first = h.client.dispatch_task(dispatch(&agent.id, "task-1", &payload)).await?.into_inner();
+    assert!(!first.duplicate);
+    assert_eq!(first.attempt, 1);
+    let second = h.client.dispatch_task(dispatch(&agent.id, "task-1", &payload)).await?.into_inner();
+    assert!(second.duplicate, "the same task id is not delivered twice");
+
+    let seen = events.until(|e| kind(e) == "task_completed").await?;
+    assert_eq!(kinds(&seen), ["task_accepted", "task_completed"]);
+    match &seen[1].kind {
+        Some(Kind::TaskCompleted(done)) => {
+            assert_eq!(done.task_id, "task-1");
+            assert_eq!(done.outcome(), pb::TaskOutcome::Succeeded);
+            assert_eq!(done.output.trim(), "hello from the task");
+        }
+        other => panic!("expected completion, got {other:?}"),
+    }
+    // Dispatching a finished task again is still a duplicate.
+    let third = h.client.dispatch_task(dispatch(&agent.id, "task-1", &payload)).await?.into_inner();
+    assert!(third.duplicate);
+    assert_eq!(third.state(), pb::TaskState::Completed);
+    assert!(events.until_idle().await?.is_empty(), "no further events");
+    let runs = std::fs::read_to_string(&marker)?;
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(runs.lines().count(), 1, "the task ran exactly once");
+
+    // A failing command is reported as a failure with its output.
+    h.client.dispatch_task(dispatch(&agent.id, "task-2", "echo broken >&2; exit 3")).await?;
+    let done = events.until(|e| kind(e) == "task_completed").await?;
+    match &done.last().expect("event").kind {
+        Some(Kind::TaskCompleted(done)) => {
+            assert_eq!(done.outcome(), pb::TaskOutcome::Failed);
+            assert!(done.output.contains("broken"), "{}", done.output);
+        }
+        other => panic!("expected completion, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h.create(reference_agent("fragile", pb::RestartMode::OnFailure)).await?;
+    events.until(is_ready).await?;
+
+    h.client.dispatch_task(dispatch(&agent.id, "long", "sleep 30")).await?;
+    events.until(|e| kind(e) == "task_accepted").await?;
+    kill9(agent.pid);
+
+    let seen = events.until(|e| kind(e) == "task_lost").await?;
+    match &seen.last().expect("event").kind {
+        Some(Kind::TaskLost(lost)) => assert_eq!(lost.task_id, "long"),
+        other => panic!("expected task lost, got {other:?}"),
+    }
+    assert!(kinds(&seen).contains(&"exited"));
+
+    // Once the agent is back, the lost task may be delivered again.
+    events.until(|e| is_ready(e) && e.generation == 2).await?;
+    let again = h.client.dispatch_task(dispatch(&agent.id, "long", "echo second try")).await?.into_inner();
+    assert!(!again.duplicate);
+    assert_eq!(again.attempt, 2);
+    let done = events.until(|e| kind(e) == "task_completed").await?;
+    assert_eq!(done.last().expect("event").generation, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dispatch_to_an_agent_that_is_not_ready_fails_precondition() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut agent = reference_agent("idle", pb::RestartMode::Never);
+    agent.desired_state = pb::DesiredState::Stopped as i32;
+    let agent = h.create(agent).await?;
+    assert_eq!(agent.status(), pb::AgentStatus::Pending);
+    let err = h.client.dispatch_task(dispatch(&agent.id, "t", "true")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("not ready"), "{}", err.message());
+    Ok(())
+}
+
+/// The session token the manager gave a running agent process.
+fn token_of(pid: i32) -> anyhow::Result<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    environ
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(b"SHEPHERD_SESSION_TOKEN="))
+        .map(|token| String::from_utf8_lossy(token).into_owned())
+        .ok_or_else(|| anyhow::anyhow!("no token in environment"))
+}
+
+async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), tonic::Status> {
+    let channel = shepherd_testkit::channel(&h.manager.url())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = AgentSessionClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            agent_id: agent_id.to_owned(),
+            session_token: token.to_owned(),
+        })),
+    })
+    .await
+    .map_err(|_| tonic::Status::internal("send"))?;
+    let mut stream = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    // Accepted sessions start with Welcome.
+    match stream.message().await? {
+        Some(pb::ManagerMessage {
+            kind: Some(pb::manager_message::Kind::Welcome(_)),
+        }) => Ok(()),
+        other => Err(tonic::Status::internal(format!("expected welcome, got {other:?}"))),
+    }
+}
+
+#[tokio::test]
+async fn sessions_with_wrong_or_stale_tokens_are_refused() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h.create(reference_agent("guarded", pb::RestartMode::Never)).await?;
+    events.until(is_ready).await?;
+    let first_token = token_of(agent.pid)?;
+
+    let err = open_session(&h, &agent.id, "not-the-token").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = open_session(&h, "not-a-uuid", &first_token).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    h.client
+        .restart_agent(pb::RestartAgentRequest { agent_id: agent.id.clone() })
+        .await?;
+    events.until(|e| is_ready(e) && e.generation == 2).await?;
+    let err = open_session(&h, &agent.id, &first_token).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "generation 1's token is stale");
+
+    // A valid token of the current generation wins over the older session.
+    let current = h.get(&agent.id).await?;
+    open_session(&h, &agent.id, &token_of(current.pid)?).await?;
+    let seen = events.until(is_ready).await?;
+    assert_eq!(seen.last().expect("event").generation, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_logs_are_captured() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let mut spec = reference_agent("chatty", pb::RestartMode::Never);
+    spec.env.insert("RUST_LOG".into(), "info".into());
+    let agent = h.create(spec).await?;
+    events.until(is_ready).await?;
+    let logs = shepherd_testkit::eventually(common::WAIT, "agent log lines", || {
+        let mut client = h.client.clone();
+        let id = agent.id.clone();
+        async move {
+            let lines = client
+                .get_agent_logs(pb::GetAgentLogsRequest {
+                    agent_id: id,
+                    stream: pb::LogStream::Stderr as i32,
+                    tail_lines: 50,
+                })
+                .await?
+                .into_inner()
+                .lines;
+            Ok(lines.iter().any(|l| l.contains("ready")).then_some(lines))
+        }
+    })
+    .await?;
+    assert!(logs.iter().any(|l| l.contains("shepherd-agent starting")), "{logs:?}");
+    Ok(())
+}
