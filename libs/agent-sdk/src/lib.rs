@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
-    AgentHeartbeat, AgentMessage, Hello, TaskAccepted, TaskCompleted,
-    agent_message, agent_session_client::AgentSessionClient, manager_message,
+    AgentHeartbeat, AgentMessage, Hello, TaskAccepted, TaskCompleted, agent_message,
+    agent_session_client::AgentSessionClient, manager_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -42,7 +42,9 @@ pub use shepherd_proto::agentmanager::v1::TaskOutcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
-    #[error("environment variable {0} is not set; agents are started by the agent-manager, which sets it")]
+    #[error(
+        "environment variable {0} is not set; agents are started by the agent-manager, which sets it"
+    )]
     MissingEnv(&'static str),
     #[error("invalid manager URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -114,12 +116,11 @@ pub trait TaskHandler: Send + Sync + 'static {
 /// token: returns `SdkError::Refused`). Connection failures are retried with
 /// capped exponential backoff.
 pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), SdkError> {
-    let endpoint = Endpoint::from_shared(config.manager_url.clone()).map_err(|err| {
-        SdkError::InvalidUrl {
+    let endpoint =
+        Endpoint::from_shared(config.manager_url.clone()).map_err(|err| SdkError::InvalidUrl {
             url: config.manager_url.clone(),
             reason: err.to_string(),
-        }
-    })?;
+        })?;
     let channel = endpoint.connect_lazy();
     let handler = Arc::new(handler);
     let mut backoff = Duration::from_millis(50);
@@ -249,7 +250,10 @@ fn spawn_task<H: TaskHandler>(
 fn end_for(status: tonic::Status, was_ready: bool) -> SessionEnd {
     match status.code() {
         Code::Unauthenticated => SessionEnd::Refused(status.message().to_owned()),
-        _ => lost(was_ready, &format!("{}: {}", status.code(), status.message())),
+        _ => lost(
+            was_ready,
+            &format!("{}: {}", status.code(), status.message()),
+        ),
     }
 }
 

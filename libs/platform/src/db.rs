@@ -67,7 +67,10 @@ pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> Res
     ))
     .await?;
     let applied: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
+        .query(
+            &format!("SELECT version FROM {schema}.schema_migrations"),
+            &[],
+        )
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -91,7 +94,12 @@ pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> Res
             &[&migration.version, &migration.name],
         )
         .await?;
-        tracing::info!(schema, version = migration.version, name = migration.name, "applied migration");
+        tracing::info!(
+            schema,
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
     }
     tx.commit().await?;
     Ok(())

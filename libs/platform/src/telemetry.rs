@@ -15,7 +15,9 @@ pub fn init(service_name: &'static str) {
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .init();
     } else {
-        registry.with(fmt::layer().with_writer(std::io::stderr)).init();
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
     tracing::debug!(service = service_name, "telemetry initialised");
 }

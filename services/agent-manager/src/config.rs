@@ -7,7 +7,11 @@ use std::time::Duration;
 use shepherd_platform::config::{DatabaseArgs, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "agent-manager", version, about = "Shepherd agent-manager: supervises agent processes and serves their event log")]
+#[command(
+    name = "agent-manager",
+    version,
+    about = "Shepherd agent-manager: supervises agent processes and serves their event log"
+)]
 pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]

@@ -60,7 +60,9 @@ impl From<Error> for tonic::Status {
                 // Details stay in the log; the client learns only that the
                 // database is the problem and that retrying may help.
                 tracing::error!(error = %db, "database error");
-                tonic::Status::unavailable("the agent-manager's database is unavailable; retry later")
+                tonic::Status::unavailable(
+                    "the agent-manager's database is unavailable; retry later",
+                )
             }
             Error::Internal(msg) => {
                 tracing::error!(error = %msg, "internal error");

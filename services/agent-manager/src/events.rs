@@ -172,11 +172,13 @@ impl Watcher<'_> {
             let message = format!(
                 "events up to {pruned_through} were pruned; rebuild state from current data and continue from here"
             );
-            self.send(watch_agent_events_response::Kind::ResyncRequired(ResyncRequired {
-                requested_after_sequence: self.cursor,
-                pruned_through_sequence: pruned_through,
-                message,
-            }))
+            self.send(watch_agent_events_response::Kind::ResyncRequired(
+                ResyncRequired {
+                    requested_after_sequence: self.cursor,
+                    pruned_through_sequence: pruned_through,
+                    message,
+                },
+            ))
             .await?;
             self.cursor = pruned_through;
         }

@@ -34,7 +34,10 @@ use crate::supervisor::{Context, Supervisors};
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `agent-manager listening on ADDR`, to stdout once it accepts connections.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database.database_url, config.database.database_pool_size)?;
+    let pool = db::connect(
+        &config.database.database_url,
+        config.database.database_pool_size,
+    )?;
     db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
     let store = Store::new(pool);
     let events = EventLog::start(store.clone(), config.event_heartbeat).await?;
@@ -69,7 +72,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(%bound, "agent-manager listening");
 
     manager.recover().await?;
-    tokio::spawn(prune_periodically(events, store, config.event_retention, shutdown.clone()));
+    tokio::spawn(prune_periodically(
+        events,
+        store,
+        config.event_retention,
+        shutdown.clone(),
+    ));
 
     let served = serving.await;
     // The server has drained; stop the processes (desired states stay as

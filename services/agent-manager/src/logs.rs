@@ -45,7 +45,12 @@ impl LogDir {
     /// Copies `reader` (a child's stdout or stderr) into the agent's log
     /// until end of file. Errors end the capture; they never affect the
     /// agent itself.
-    pub async fn capture<R: AsyncRead + Unpin>(&self, agent: Uuid, stream: LogStream, mut reader: R) {
+    pub async fn capture<R: AsyncRead + Unpin>(
+        &self,
+        agent: Uuid,
+        stream: LogStream,
+        mut reader: R,
+    ) {
         let path = self.path(agent, stream);
         if let Err(err) = self.copy(&path, &mut reader).await {
             tracing::warn!(%agent, path = %path.display(), error = %err, "log capture stopped");
@@ -87,7 +92,12 @@ impl LogDir {
     }
 
     /// The last `lines` lines of the stream (rotated file included).
-    pub async fn tail(&self, agent: Uuid, stream: LogStream, lines: usize) -> io::Result<Vec<String>> {
+    pub async fn tail(
+        &self,
+        agent: Uuid,
+        stream: LogStream,
+        lines: usize,
+    ) -> io::Result<Vec<String>> {
         let path = self.path(agent, stream);
         let mut text = read_if_exists(&rotated(&path)).await?;
         text.push_str(&read_if_exists(&path).await?);
@@ -139,7 +149,8 @@ mod tests {
         let logs = LogDir::new(root.clone(), 64);
         let agent = Uuid::new_v4();
         let input: String = (0..40).map(|i| format!("line {i}\n")).collect();
-        logs.capture(agent, LogStream::Stdout, input.as_bytes()).await;
+        logs.capture(agent, LogStream::Stdout, input.as_bytes())
+            .await;
 
         let tail = logs.tail(agent, LogStream::Stdout, 3).await.unwrap();
         assert_eq!(tail, ["line 37", "line 38", "line 39"]);
@@ -147,7 +158,12 @@ mod tests {
         let current = std::fs::metadata(dir.join("stdout.log")).unwrap().len();
         let old = std::fs::metadata(dir.join("stdout.log.1")).unwrap().len();
         assert!(current + old <= 64, "logs grew to {} bytes", current + old);
-        assert!(logs.tail(agent, LogStream::Stderr, 3).await.unwrap().is_empty());
+        assert!(
+            logs.tail(agent, LogStream::Stderr, 3)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         logs.remove(agent).await;
         assert!(!dir.exists());
     }

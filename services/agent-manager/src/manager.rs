@@ -130,7 +130,12 @@ impl Manager {
         self.supervisors.delete(id).await
     }
 
-    pub async fn agent_logs(&self, id: Uuid, stream: LogStream, lines: usize) -> Result<Vec<String>> {
+    pub async fn agent_logs(
+        &self,
+        id: Uuid,
+        stream: LogStream,
+        lines: usize,
+    ) -> Result<Vec<String>> {
         // NOT_FOUND for unknown agents rather than an empty log.
         self.get_agent(id).await?;
         self.supervisors

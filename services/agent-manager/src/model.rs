@@ -203,16 +203,17 @@ pub fn validate_command(command: &str) -> Result<(), Error> {
     let found = if command.contains('/') {
         Path::new(command).is_file()
     } else {
-        std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(command).is_file())
-        })
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
     };
     if found {
         Ok(())
     } else {
         Err(Error::invalid(
             "agent.command",
-            format!("{command:?} was not found: give an absolute path or a program in the manager's PATH"),
+            format!(
+                "{command:?} was not found: give an absolute path or a program in the manager's PATH"
+            ),
         ))
     }
 }

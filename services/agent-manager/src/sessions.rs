@@ -200,9 +200,13 @@ struct TaskReports {
 impl TaskReports {
     async fn on_message(&self, message: AgentMessage) {
         let result = match message.kind {
-            Some(agent_message::Kind::TaskAccepted(accepted)) => self.accepted(accepted.task_id).await,
+            Some(agent_message::Kind::TaskAccepted(accepted)) => {
+                self.accepted(accepted.task_id).await
+            }
             Some(agent_message::Kind::TaskCompleted(completed)) => self.completed(completed).await,
-            Some(agent_message::Kind::Heartbeat(_)) | Some(agent_message::Kind::Hello(_)) | None => Ok(()),
+            Some(agent_message::Kind::Heartbeat(_))
+            | Some(agent_message::Kind::Hello(_))
+            | None => Ok(()),
         };
         if let Err(err) = result {
             tracing::warn!(agent = %self.agent_id, error = %err, "could not record a task report");
@@ -215,9 +219,10 @@ impl TaskReports {
             .mark_task_accepted(&task_id, self.session_id)
             .await?
         {
-            let kind = agent_event::Kind::TaskAccepted(shepherd_proto::agentmanager::v1::TaskAccepted {
-                task_id,
-            });
+            let kind =
+                agent_event::Kind::TaskAccepted(shepherd_proto::agentmanager::v1::TaskAccepted {
+                    task_id,
+                });
             self.events
                 .append(self.agent_id, self.generation, kind)
                 .await?;

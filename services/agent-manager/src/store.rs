@@ -54,7 +54,9 @@ impl TaskState {
             "accepted" => Ok(Self::Accepted),
             "completed" => Ok(Self::Completed),
             "lost" => Ok(Self::Lost),
-            other => Err(Error::Internal(format!("unknown task state {other:?} in database"))),
+            other => Err(Error::Internal(format!(
+                "unknown task state {other:?} in database"
+            ))),
         }
     }
 }
@@ -101,14 +103,23 @@ impl Store {
         let result = client
             .query_one(
                 &sql,
-                &[&id, &agent.name, &spec, &labels, &agent.desired_state.as_str()],
+                &[
+                    &id,
+                    &agent.name,
+                    &spec,
+                    &labels,
+                    &agent.desired_state.as_str(),
+                ],
             )
             .await;
         match result {
             Ok(row) => agent_from_row(&row),
-            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(Error::AlreadyExists(
-                format!("an agent named {:?} already exists; pick another name", agent.name),
-            )),
+            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::AlreadyExists(format!(
+                    "an agent named {:?} already exists; pick another name",
+                    agent.name
+                )))
+            }
             Err(err) => Err(err.into()),
         }
     }
@@ -145,7 +156,12 @@ impl Store {
     pub async fn all_agents(&self) -> Result<Vec<AgentRecord>> {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agent_manager.agents ORDER BY id");
-        client.query(&sql, &[]).await?.iter().map(agent_from_row).collect()
+        client
+            .query(&sql, &[])
+            .await?
+            .iter()
+            .map(agent_from_row)
+            .collect()
     }
 
     pub async fn set_desired_state(&self, id: Uuid, desired: DesiredState) -> Result<AgentRecord> {

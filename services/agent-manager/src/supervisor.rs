@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
-    AgentDisconnected, AgentExited, AgentReady, AgentRestarted, AgentStarted, AgentStopped,
-    AgentDeleted, TaskLost, agent_event,
+    AgentDeleted, AgentDisconnected, AgentExited, AgentReady, AgentRestarted, AgentStarted,
+    AgentStopped, TaskLost, agent_event,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -51,7 +51,10 @@ enum Command {
     Delete(Reply<()>),
     /// A session presents the hash of its token.
     SessionOpened(SessionHandle, Vec<u8>, Reply<AgentRecord>),
-    SessionClosed { session_id: Uuid, reason: String },
+    SessionClosed {
+        session_id: Uuid,
+        reason: String,
+    },
     /// Manager start-up: bring the agent back to what the user asked for.
     Reconcile,
     /// Manager shutdown: stop the process, keep the desired state.
@@ -131,8 +134,10 @@ impl Supervisors {
         session: SessionHandle,
         token_hash: Vec<u8>,
     ) -> Result<AgentRecord> {
-        self.call(id, |reply| Command::SessionOpened(session, token_hash, reply))
-            .await
+        self.call(id, |reply| {
+            Command::SessionOpened(session, token_hash, reply)
+        })
+        .await
     }
 
     /// Fire and forget: the session loop is over either way.
@@ -361,7 +366,8 @@ impl Supervisor {
                 self.launch("manager start-up reconciliation").await?;
             }
             DesiredState::Stopped => {
-                if self.record.pid.is_some() || self.record.status == AgentStatus::Ready
+                if self.record.pid.is_some()
+                    || self.record.status == AgentStatus::Ready
                     || self.record.status == AgentStatus::Starting
                 {
                     self.record = self

@@ -25,7 +25,9 @@ async fn resumed_watcher_gets_exactly_the_missed_events_and_watchers_agree() -> 
     let mut h = Harness::start().await?;
     let mut a = h.watch(0, "").await?;
     let mut b = h.watch(0, "").await?;
-    let agent = h.create(reference_agent("watched", pb::RestartMode::OnFailure)).await?;
+    let agent = h
+        .create(reference_agent("watched", pb::RestartMode::OnFailure))
+        .await?;
 
     // Watcher A sees the first events, then disconnects.
     let first = a.until(is_ready).await?;
@@ -42,7 +44,10 @@ async fn resumed_watcher_gets_exactly_the_missed_events_and_watchers_agree() -> 
     // A resumes from its cursor and gets exactly what it missed.
     let mut resumed = h.watch(cursor, "").await?;
     let missed = resumed.until(|e| is_ready(e) && e.generation == 3).await?;
-    assert!(resumed.until_idle().await?.is_empty(), "nothing after the last ready");
+    assert!(
+        resumed.until_idle().await?.is_empty(),
+        "nothing after the last ready"
+    );
 
     let b_after: Vec<u64> = b_seen
         .iter()
@@ -50,11 +55,18 @@ async fn resumed_watcher_gets_exactly_the_missed_events_and_watchers_agree() -> 
         .filter(|seq| *seq > cursor)
         .collect();
     let missed_seqs: Vec<u64> = missed.iter().map(|e| e.sequence).collect();
-    assert_eq!(missed_seqs, b_after, "resumed watcher and live watcher agree");
+    assert_eq!(
+        missed_seqs, b_after,
+        "resumed watcher and live watcher agree"
+    );
     let expected: Vec<u64> = (cursor + 1..=cursor + missed.len() as u64).collect();
     assert_eq!(missed_seqs, expected, "no gap, no duplicate, in order");
     assert_eq!(
-        first.iter().chain(&missed).map(|e| e.sequence).collect::<Vec<_>>(),
+        first
+            .iter()
+            .chain(&missed)
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>(),
         b_seen.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         "two concurrent watchers see identical sequences"
     );
@@ -67,9 +79,13 @@ async fn resumed_watcher_gets_exactly_the_missed_events_and_watchers_agree() -> 
 async fn agent_filter_and_heartbeat() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
     let mut all = h.watch(0, "").await?;
-    let one = h.create(reference_agent("one", pb::RestartMode::Never)).await?;
+    let one = h
+        .create(reference_agent("one", pb::RestartMode::Never))
+        .await?;
     all.until(is_ready).await?;
-    let two = h.create(reference_agent("two", pb::RestartMode::Never)).await?;
+    let two = h
+        .create(reference_agent("two", pb::RestartMode::Never))
+        .await?;
     all.until(is_ready).await?;
 
     let mut only_two = h.watch(0, &two.id).await?;
@@ -90,13 +106,16 @@ async fn agent_filter_and_heartbeat() -> anyhow::Result<()> {
 async fn cursor_behind_pruned_events_gets_resync_required() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
     let mut events = h.watch(0, "").await?;
-    h.create(reference_agent("pruned", pb::RestartMode::Never)).await?;
+    h.create(reference_agent("pruned", pb::RestartMode::Never))
+        .await?;
     let seen = events.until(is_ready).await?;
     assert_eq!(seen.len(), 3);
 
     let pruned = h
         .client
-        .prune_events(pb::PruneEventsRequest { through_sequence: 2 })
+        .prune_events(pb::PruneEventsRequest {
+            through_sequence: 2,
+        })
         .await?
         .into_inner();
     assert_eq!(pruned.pruned_through_sequence, 2);
@@ -131,7 +150,9 @@ async fn many_watchers_and_a_stalled_one_do_not_block_the_log() -> anyhow::Resul
     for _ in 0..8 {
         watchers.push(h.watch(0, "").await?);
     }
-    let agent = h.create(reference_agent("busy", pb::RestartMode::OnFailure)).await?;
+    let agent = h
+        .create(reference_agent("busy", pb::RestartMode::OnFailure))
+        .await?;
     for generation in 2..=4 {
         restart_and_wait(&mut h, &agent.id, generation).await?;
     }

@@ -59,7 +59,11 @@ async fn kill_9_with_on_failure_restarts_with_next_generation() -> anyhow::Resul
             _ => None,
         })
         .collect();
-    assert_eq!(restarted, [2], "exactly one restart, to generation 2: {names:?}");
+    assert_eq!(
+        restarted,
+        [2],
+        "exactly one restart, to generation 2: {names:?}"
+    );
     let ready = seen.last().expect("ready");
     assert_eq!(ready.generation, 2);
 
@@ -126,8 +130,14 @@ async fn restart_agent_emits_exactly_one_restarted_with_a_new_pid() -> anyhow::R
         .collect();
     assert_eq!(restarts, [2], "events: {:?}", kinds(&seen));
     // The restart is announced after the new process runs.
-    let started = seen.iter().position(|e| kind(e) == "started").expect("started");
-    let restarted_at = seen.iter().position(|e| kind(e) == "restarted").expect("restarted");
+    let started = seen
+        .iter()
+        .position(|e| kind(e) == "started")
+        .expect("started");
+    let restarted_at = seen
+        .iter()
+        .position(|e| kind(e) == "restarted")
+        .expect("restarted");
     assert!(started < restarted_at);
     Ok(())
 }
@@ -192,18 +202,27 @@ async fn manager_killed_then_started_restarts_its_agents() -> anyhow::Result<()>
     let mut events = h.watch(0, "").await?;
     let mut agents = Vec::new();
     for name in ["one", "two"] {
-        let agent = h.create(reference_agent(name, pb::RestartMode::Never)).await?;
+        let agent = h
+            .create(reference_agent(name, pb::RestartMode::Never))
+            .await?;
         events.until(is_ready).await?;
         agents.push(agent);
     }
-    let stopped = h.create(reference_agent("parked", pb::RestartMode::Never)).await?;
+    let stopped = h
+        .create(reference_agent("parked", pb::RestartMode::Never))
+        .await?;
     events.until(is_ready).await?;
     h.client
         .stop_agent(pb::StopAgentRequest {
             agent_id: stopped.id.clone(),
         })
         .await?;
-    let cursor = events.until(|e| kind(e) == "stopped").await?.last().expect("event").sequence;
+    let cursor = events
+        .until(|e| kind(e) == "stopped")
+        .await?
+        .last()
+        .expect("event")
+        .sequence;
     drop(events);
 
     h.manager.kill().await?;
@@ -226,7 +245,8 @@ async fn manager_killed_then_started_restarts_its_agents() -> anyhow::Result<()>
             _ => {}
         }
     }
-    let expected: std::collections::BTreeSet<String> = agents.iter().map(|a| a.id.clone()).collect();
+    let expected: std::collections::BTreeSet<String> =
+        agents.iter().map(|a| a.id.clone()).collect();
     assert_eq!(restarted, expected);
     assert_eq!(ready, expected);
     for agent in &agents {
@@ -252,17 +272,29 @@ async fn manager_killed_then_started_restarts_its_agents() -> anyhow::Result<()>
 async fn graceful_shutdown_keeps_desired_state() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
     let mut events = h.watch(0, "").await?;
-    let agent = h.create(reference_agent("durable", pb::RestartMode::Never)).await?;
+    let agent = h
+        .create(reference_agent("durable", pb::RestartMode::Never))
+        .await?;
     events.until(is_ready).await?;
     drop(events);
 
-    assert_eq!(h.manager.terminate().await?, Some(0), "clean exit on SIGTERM");
-    assert!(!process_alive(agent.pid) || zombie_or_gone(agent.pid), "agent stopped with the manager");
+    assert_eq!(
+        h.manager.terminate().await?,
+        Some(0),
+        "clean exit on SIGTERM"
+    );
+    assert!(
+        !process_alive(agent.pid) || zombie_or_gone(agent.pid),
+        "agent stopped with the manager"
+    );
 
     h.restart_manager().await?;
     let mut events = h.watch(0, &agent.id).await?;
     let seen = events.until(|e| is_ready(e) && e.generation == 2).await?;
     assert!(kinds(&seen).contains(&"restarted"));
-    assert_eq!(h.get(&agent.id).await?.desired_state(), pb::DesiredState::Running);
+    assert_eq!(
+        h.get(&agent.id).await?.desired_state(),
+        pb::DesiredState::Running
+    );
     Ok(())
 }

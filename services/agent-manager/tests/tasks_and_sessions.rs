@@ -21,15 +21,25 @@ fn dispatch(agent: &str, task: &str, payload: &str) -> pb::DispatchTaskRequest {
 async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
     let mut events = h.watch(0, "").await?;
-    let agent = h.create(reference_agent("worker", pb::RestartMode::Never)).await?;
+    let agent = h
+        .create(reference_agent("worker", pb::RestartMode::Never))
+        .await?;
     events.until(is_ready).await?;
 
     let marker = std::env::temp_dir().join(format!("shepherd-runs-{}", h.db.name));
     let payload = format!("echo ran >> {}; echo hello from the task", marker.display());
-    let first = h.client.dispatch_task(dispatch(&agent.id, "task-1", &payload)).await?.into_inner();
+    let first = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "task-1", &payload))
+        .await?
+        .into_inner();
     assert!(!first.duplicate);
     assert_eq!(first.attempt, 1);
-    let second = h.client.dispatch_task(dispatch(&agent.id, "task-1", &payload)).await?.into_inner();
+    let second = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "task-1", &payload))
+        .await?
+        .into_inner();
     assert!(second.duplicate, "the same task id is not delivered twice");
 
     let seen = events.until(|e| kind(e) == "task_completed").await?;
@@ -43,7 +53,11 @@ async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow:
         other => panic!("expected completion, got {other:?}"),
     }
     // Dispatching a finished task again is still a duplicate.
-    let third = h.client.dispatch_task(dispatch(&agent.id, "task-1", &payload)).await?.into_inner();
+    let third = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "task-1", &payload))
+        .await?
+        .into_inner();
     assert!(third.duplicate);
     assert_eq!(third.state(), pb::TaskState::Completed);
     assert!(events.until_idle().await?.is_empty(), "no further events");
@@ -52,7 +66,9 @@ async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow:
     assert_eq!(runs.lines().count(), 1, "the task ran exactly once");
 
     // A failing command is reported as a failure with its output.
-    h.client.dispatch_task(dispatch(&agent.id, "task-2", "echo broken >&2; exit 3")).await?;
+    h.client
+        .dispatch_task(dispatch(&agent.id, "task-2", "echo broken >&2; exit 3"))
+        .await?;
     let done = events.until(|e| kind(e) == "task_completed").await?;
     match &done.last().expect("event").kind {
         Some(Kind::TaskCompleted(done)) => {
@@ -65,13 +81,18 @@ async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow:
 }
 
 #[tokio::test]
-async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -> anyhow::Result<()> {
+async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -> anyhow::Result<()>
+{
     let mut h = Harness::start().await?;
     let mut events = h.watch(0, "").await?;
-    let agent = h.create(reference_agent("fragile", pb::RestartMode::OnFailure)).await?;
+    let agent = h
+        .create(reference_agent("fragile", pb::RestartMode::OnFailure))
+        .await?;
     events.until(is_ready).await?;
 
-    h.client.dispatch_task(dispatch(&agent.id, "long", "sleep 30")).await?;
+    h.client
+        .dispatch_task(dispatch(&agent.id, "long", "sleep 30"))
+        .await?;
     events.until(|e| kind(e) == "task_accepted").await?;
     kill9(agent.pid);
 
@@ -84,7 +105,11 @@ async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -
 
     // Once the agent is back, the lost task may be delivered again.
     events.until(|e| is_ready(e) && e.generation == 2).await?;
-    let again = h.client.dispatch_task(dispatch(&agent.id, "long", "echo second try")).await?.into_inner();
+    let again = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "long", "echo second try"))
+        .await?
+        .into_inner();
     assert!(!again.duplicate);
     assert_eq!(again.attempt, 2);
     let done = events.until(|e| kind(e) == "task_completed").await?;
@@ -99,7 +124,11 @@ async fn dispatch_to_an_agent_that_is_not_ready_fails_precondition() -> anyhow::
     agent.desired_state = pb::DesiredState::Stopped as i32;
     let agent = h.create(agent).await?;
     assert_eq!(agent.status(), pb::AgentStatus::Pending);
-    let err = h.client.dispatch_task(dispatch(&agent.id, "t", "true")).await.unwrap_err();
+    let err = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "t", "true"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("not ready"), "{}", err.message());
     Ok(())
@@ -135,7 +164,9 @@ async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), to
         Some(pb::ManagerMessage {
             kind: Some(pb::manager_message::Kind::Welcome(_)),
         }) => Ok(()),
-        other => Err(tonic::Status::internal(format!("expected welcome, got {other:?}"))),
+        other => Err(tonic::Status::internal(format!(
+            "expected welcome, got {other:?}"
+        ))),
     }
 }
 
@@ -143,21 +174,33 @@ async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), to
 async fn sessions_with_wrong_or_stale_tokens_are_refused() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
     let mut events = h.watch(0, "").await?;
-    let agent = h.create(reference_agent("guarded", pb::RestartMode::Never)).await?;
+    let agent = h
+        .create(reference_agent("guarded", pb::RestartMode::Never))
+        .await?;
     events.until(is_ready).await?;
     let first_token = token_of(agent.pid)?;
 
-    let err = open_session(&h, &agent.id, "not-the-token").await.unwrap_err();
+    let err = open_session(&h, &agent.id, "not-the-token")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let err = open_session(&h, "not-a-uuid", &first_token).await.unwrap_err();
+    let err = open_session(&h, "not-a-uuid", &first_token)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     h.client
-        .restart_agent(pb::RestartAgentRequest { agent_id: agent.id.clone() })
+        .restart_agent(pb::RestartAgentRequest {
+            agent_id: agent.id.clone(),
+        })
         .await?;
     events.until(|e| is_ready(e) && e.generation == 2).await?;
     let err = open_session(&h, &agent.id, &first_token).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated, "generation 1's token is stale");
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unauthenticated,
+        "generation 1's token is stale"
+    );
 
     // A valid token of the current generation wins over the older session.
     let current = h.get(&agent.id).await?;
@@ -192,6 +235,9 @@ async fn agent_logs_are_captured() -> anyhow::Result<()> {
         }
     })
     .await?;
-    assert!(logs.iter().any(|l| l.contains("shepherd-agent starting")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("shepherd-agent starting")),
+        "{logs:?}"
+    );
     Ok(())
 }

@@ -11,7 +11,11 @@ use shepherd_agent_sdk::{AgentConfig, IncomingTask, TaskHandler, TaskResult};
 const MAX_OUTPUT: usize = 64 * 1024;
 
 #[derive(Parser)]
-#[command(name = "shepherd-agent", version, about = "Shepherd reference agent: runs task payloads as shell commands")]
+#[command(
+    name = "shepherd-agent",
+    version,
+    about = "Shepherd reference agent: runs task payloads as shell commands"
+)]
 struct Args {
     /// Shell used to run payloads.
     #[arg(long, env = "SHEPHERD_AGENT_SHELL", default_value = "/bin/sh")]

@@ -31,7 +31,10 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
         Err(_) => {
             return Err(Error::invalid(
                 "agent.desired_state",
-                format!("{} is not a known state; use RUNNING or STOPPED", agent.desired_state),
+                format!(
+                    "{} is not a known state; use RUNNING or STOPPED",
+                    agent.desired_state
+                ),
             ));
         }
     };
@@ -61,7 +64,10 @@ fn restart_policy(policy: Option<pb::RestartPolicy>) -> Result<RestartPolicy> {
         Err(_) => {
             return Err(Error::invalid(
                 "agent.restart_policy.mode",
-                format!("{} is not a known mode; use NEVER, ON_FAILURE or ALWAYS", policy.mode),
+                format!(
+                    "{} is not a known mode; use NEVER, ON_FAILURE or ALWAYS",
+                    policy.mode
+                ),
             ));
         }
     };
@@ -72,7 +78,11 @@ fn restart_policy(policy: Option<pb::RestartPolicy>) -> Result<RestartPolicy> {
         } else {
             policy.max_restarts
         },
-        window: duration("agent.restart_policy.window", policy.window, defaults.window)?,
+        window: duration(
+            "agent.restart_policy.window",
+            policy.window,
+            defaults.window,
+        )?,
         initial_backoff: duration(
             "agent.restart_policy.initial_backoff",
             policy.initial_backoff,
@@ -87,7 +97,11 @@ fn restart_policy(policy: Option<pb::RestartPolicy>) -> Result<RestartPolicy> {
 }
 
 /// An optional proto duration; absent means the default, negative is an error.
-fn duration(field: &str, value: Option<prost_types::Duration>, default: Duration) -> Result<Duration> {
+fn duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+    default: Duration,
+) -> Result<Duration> {
     match value {
         None => Ok(default),
         Some(value) => Duration::try_from(value)
@@ -142,9 +156,8 @@ pub fn status(status: AgentStatus) -> pb::AgentStatus {
 }
 
 pub fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
-    let status = pb::AgentStatus::try_from(value).map_err(|_| {
-        Error::invalid("status", format!("{value} is not a known agent status"))
-    })?;
+    let status = pb::AgentStatus::try_from(value)
+        .map_err(|_| Error::invalid("status", format!("{value} is not a known agent status")))?;
     Ok(AgentStatus::ALL
         .into_iter()
         .find(|candidate| self::status(*candidate) == status))

@@ -57,7 +57,9 @@ impl AgentManager for Api {
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
-        Ok(Response::new(convert::agent(self.manager.get_agent(id).await?)))
+        Ok(Response::new(convert::agent(
+            self.manager.get_agent(id).await?,
+        )))
     }
 
     async fn list_agents(
@@ -69,7 +71,10 @@ impl AgentManager for Api {
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(Uuid::parse_str(token).map_err(|_| {
-                Error::invalid("page_token", "is not a token returned by ListAgents; omit it to start from the first page")
+                Error::invalid(
+                    "page_token",
+                    "is not a token returned by ListAgents; omit it to start from the first page",
+                )
             })?),
         };
         let filter = AgentFilter {
@@ -94,7 +99,9 @@ impl AgentManager for Api {
         request: Request<pb::StartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
-        Ok(Response::new(convert::agent(self.manager.start_agent(id).await?)))
+        Ok(Response::new(convert::agent(
+            self.manager.start_agent(id).await?,
+        )))
     }
 
     async fn stop_agent(
@@ -102,7 +109,9 @@ impl AgentManager for Api {
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
-        Ok(Response::new(convert::agent(self.manager.stop_agent(id).await?)))
+        Ok(Response::new(convert::agent(
+            self.manager.stop_agent(id).await?,
+        )))
     }
 
     async fn restart_agent(
@@ -110,7 +119,9 @@ impl AgentManager for Api {
         request: Request<pb::RestartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
-        Ok(Response::new(convert::agent(self.manager.restart_agent(id).await?)))
+        Ok(Response::new(convert::agent(
+            self.manager.restart_agent(id).await?,
+        )))
     }
 
     async fn delete_agent(
@@ -166,7 +177,10 @@ impl AgentManager for Api {
         if request.payload.len() > MAX_PAYLOAD_BYTES {
             return Err(Error::invalid(
                 "payload",
-                format!("is {} bytes; the limit is {MAX_PAYLOAD_BYTES}", request.payload.len()),
+                format!(
+                    "is {} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                    request.payload.len()
+                ),
             )
             .into());
         }
@@ -251,6 +265,8 @@ impl AgentSession for Api {
             .manager
             .open_session(agent_id, &hello.session_token, inbound)
             .await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound).map(Ok))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(outbound).map(Ok),
+        )))
     }
 }

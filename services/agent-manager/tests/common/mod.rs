@@ -39,7 +39,8 @@ impl Harness {
     /// Starts a new manager process on the same database (after a crash).
     pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
         self.manager = start_manager(&self.db, &self.log_dir).await?;
-        self.client = AgentManagerClient::new(shepherd_testkit::channel(&self.manager.url()).await?);
+        self.client =
+            AgentManagerClient::new(shepherd_testkit::channel(&self.manager.url()).await?);
         Ok(())
     }
 
@@ -116,9 +117,18 @@ pub fn reference_agent(name: &str, mode: pb::RestartMode) -> pb::Agent {
         restart_policy: Some(pb::RestartPolicy {
             mode: mode as i32,
             max_restarts: 10,
-            window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-            initial_backoff: Some(prost_types::Duration { seconds: 0, nanos: 50_000_000 }),
-            max_backoff: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            window: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            initial_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 50_000_000,
+            }),
+            max_backoff: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
         }),
         ..Default::default()
     }
