@@ -226,6 +226,7 @@ fn spawn_task<H: TaskHandler>(
     let outbound = outbound.clone();
     tokio::spawn(async move {
         let task_id = task.task_id.clone();
+        let attempt = task.attempt;
         let accepted = AgentMessage {
             kind: Some(agent_message::Kind::TaskAccepted(TaskAccepted {
                 task_id: task_id.clone(),
@@ -241,6 +242,7 @@ fn spawn_task<H: TaskHandler>(
                 task_id,
                 outcome: result.outcome as i32,
                 output: result.output,
+                attempt,
             })),
         };
         let _ = outbound.send(completed).await;

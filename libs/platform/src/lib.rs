@@ -5,6 +5,8 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod error;
+pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -37,11 +37,13 @@ pub struct Manager {
 }
 
 /// The result of a dispatch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Dispatched {
     pub state: TaskState,
     pub attempt: u32,
     pub duplicate: bool,
+    /// How a completed task ended ("succeeded" / "failed").
+    pub outcome: Option<String>,
 }
 
 /// A task to deliver.
@@ -167,11 +169,16 @@ impl Manager {
             )
             .await?;
         let attempt = match claim {
-            TaskClaim::Existing { state, attempt } => {
+            TaskClaim::Existing {
+                state,
+                attempt,
+                outcome,
+            } => {
                 return Ok(Dispatched {
                     state,
                     attempt,
                     duplicate: true,
+                    outcome,
                 });
             }
             TaskClaim::Deliver { attempt } => attempt,
@@ -202,6 +209,7 @@ impl Manager {
             state: TaskState::Delivered,
             attempt,
             duplicate: false,
+            outcome: None,
         })
     }
 

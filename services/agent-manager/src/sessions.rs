@@ -238,11 +238,12 @@ impl TaskReports {
         // An outcome is attributed by task id *and* session: a report for a
         // task this session does not hold (already lost, or unknown) is
         // dropped rather than overwriting a newer attempt.
-        if self
+        if let Some(attempt) = self
             .store
             .mark_task_completed(&completed.task_id, self.session_id, outcome)
             .await?
         {
+            completed.attempt = attempt;
             truncate_utf8(&mut completed.output, MAX_OUTPUT_BYTES);
             self.events
                 .append(

@@ -31,12 +31,17 @@ pub struct EventRow {
 }
 
 /// The outcome of trying to take a task for delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskClaim {
     /// The caller must deliver this attempt.
     Deliver { attempt: u32 },
     /// The task is in flight or finished: nothing to deliver.
-    Existing { state: TaskState, attempt: u32 },
+    Existing {
+        state: TaskState,
+        attempt: u32,
+        /// "succeeded" / "failed" for a completed task.
+        outcome: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,7 @@ pub struct LostTask {
     pub task_id: String,
     pub agent_id: Uuid,
     pub generation: u64,
+    pub attempt: u32,
 }
 
 /// Filters of `list_agents`.
@@ -366,13 +372,14 @@ impl Store {
         }
         let row = client
             .query_one(
-                "SELECT state, attempt FROM agent_manager.tasks WHERE task_id = $1",
+                "SELECT state, attempt, outcome FROM agent_manager.tasks WHERE task_id = $1",
                 &[&task_id],
             )
             .await?;
         Ok(TaskClaim::Existing {
             state: TaskState::parse(row.get(0))?,
             attempt: from_i32(row.get(1)),
+            outcome: row.get(2),
         })
     }
 
@@ -390,23 +397,24 @@ impl Store {
         Ok(updated == 1)
     }
 
-    /// Marks an in-flight task completed; false if it is not in flight on
-    /// this session.
+    /// Marks an in-flight task completed and returns its attempt; None if
+    /// it is not in flight on this session.
     pub async fn mark_task_completed(
         &self,
         task_id: &str,
         session_id: Uuid,
         outcome: &str,
-    ) -> Result<bool> {
+    ) -> Result<Option<u32>> {
         let client = self.pool.get().await?;
-        let updated = client
-            .execute(
+        let row = client
+            .query_opt(
                 "UPDATE agent_manager.tasks SET state = 'completed', outcome = $3, updated_at = now()
-                 WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')",
+                 WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')
+                 RETURNING attempt",
                 &[&task_id, &session_id, &outcome],
             )
             .await?;
-        Ok(updated == 1)
+        Ok(row.map(|row| from_i32(row.get(0))))
     }
 
     /// Marks every task in flight on `session_id` lost.
@@ -414,7 +422,7 @@ impl Store {
         self.mark_lost(
             "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
              WHERE session_id = $1 AND state IN ('delivered', 'accepted')
-             RETURNING task_id, agent_id, generation",
+             RETURNING task_id, agent_id, generation, attempt",
             &[&session_id],
         )
         .await
@@ -425,7 +433,7 @@ impl Store {
         self.mark_lost(
             "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
              WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')
-             RETURNING task_id, agent_id, generation",
+             RETURNING task_id, agent_id, generation, attempt",
             &[&task_id, &session_id],
         )
         .await
@@ -436,7 +444,7 @@ impl Store {
         self.mark_lost(
             "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
              WHERE state IN ('delivered', 'accepted')
-             RETURNING task_id, agent_id, generation",
+             RETURNING task_id, agent_id, generation, attempt",
             &[],
         )
         .await
@@ -455,6 +463,7 @@ impl Store {
                 task_id: row.get(0),
                 agent_id: row.get(1),
                 generation: from_i64(row.get(2)),
+                attempt: from_i32(row.get(3)),
             })
             .collect())
     }

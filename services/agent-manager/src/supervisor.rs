@@ -631,6 +631,7 @@ pub async fn report_lost(events: &EventLog, lost: Vec<LostTask>, reason: &str) -
                 agent_event::Kind::TaskLost(TaskLost {
                     task_id: task.task_id,
                     reason: reason.to_owned(),
+                    attempt: task.attempt,
                 }),
             )
             .await?;

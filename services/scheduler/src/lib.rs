@@ -1,1 +1,89 @@
+//! Shepherd's scheduler: owns workflows and their tasks, keeps exactly one
+//! runner per enabled workflow whose agent is ready, dispatches tasks to the
+//! agent-manager, and heals runners when agents restart: on the event edge,
+//! by resuming the event stream, and by periodic level passes.
 
+pub mod agents;
+pub mod api;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod manager_client;
+pub mod model;
+pub mod recovery;
+pub mod runner;
+pub mod schedule;
+pub mod service;
+pub mod store;
+pub mod template;
+
+use std::sync::Arc;
+
+use shepherd_platform::{db, server};
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
+use crate::agents::AgentView;
+use crate::api::{Api, SchedulerServer};
+use crate::config::Config;
+use crate::consumer::Consumer;
+use crate::manager_client::ManagerClient;
+use crate::recovery::Recovery;
+use crate::runner::{RunnerContext, Runners};
+use crate::service::Scheduler;
+use crate::store::Store;
+
+/// Runs the service until `shutdown` is cancelled. Prints one line,
+/// `scheduler listening on ADDR`, to stdout once it accepts connections.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database.database_url, config.database.database_pool_size)?;
+    db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
+    let store = Store::new(pool);
+    let manager = ManagerClient::new(&config.agent_manager_url)?;
+    let agents = Arc::new(AgentView::default());
+    let runners = Runners::new(
+        Arc::new(RunnerContext {
+            store: store.clone(),
+            agents: agents.clone(),
+            manager: manager.clone(),
+            startup_window: config.startup_window,
+            poll_interval: config.runner_poll_interval,
+        }),
+        shutdown.child_token(),
+    );
+    let recovery = Arc::new(Recovery {
+        store: store.clone(),
+        runners: runners.clone(),
+        agents,
+        manager: manager.clone(),
+    });
+    let scheduler = Arc::new(Scheduler {
+        store: store.clone(),
+        runners: runners.clone(),
+        manager,
+    });
+
+    let (listener, bound) = server::bind(&config.listen).await?;
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(SchedulerServer::new(Api::new(scheduler)));
+    let names = vec![<SchedulerServer<Api> as NamedService>::NAME];
+    let serving = tokio::spawn(server::serve(listener, routes, names, shutdown.clone()));
+    println!("scheduler listening on {bound}");
+    tracing::info!(%bound, manager = %config.agent_manager_url, "scheduler listening");
+
+    let consumer = Consumer {
+        recovery,
+        reconcile_interval: config.reconcile_interval,
+        stream_timeout: config.event_stream_timeout,
+    };
+    let consuming = tokio::spawn(consumer.run(shutdown.clone()));
+    let scheduling = tokio::spawn(schedule::run(store, runners.clone(), shutdown.clone()));
+
+    let served = serving.await;
+    runners.shutdown().await;
+    let _ = consuming.await;
+    let _ = scheduling.await;
+    served??;
+    Ok(())
+}

@@ -162,15 +162,3 @@ pub fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
         .into_iter()
         .find(|candidate| self::status(*candidate) == status))
 }
-
-/// `page_size`: 0 means the default; 1..=max is taken as is.
-pub fn page_size(value: i32, default: i64, max: i64) -> Result<i64> {
-    match i64::from(value) {
-        0 => Ok(default),
-        size if (1..=max).contains(&size) => Ok(size),
-        size => Err(Error::invalid(
-            "page_size",
-            format!("{size} is out of range; use 1-{max}, or 0 for the default ({default})"),
-        )),
-    }
-}

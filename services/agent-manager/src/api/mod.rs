@@ -67,7 +67,7 @@ impl AgentManager for Api {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let request = request.into_inner();
-        let limit = convert::page_size(request.page_size, 100, 1000)?;
+        let limit = shepherd_platform::paging::page_size(request.page_size, 100, 1000)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(Uuid::parse_str(token).map_err(|_| {
@@ -204,6 +204,11 @@ impl AgentManager for Api {
             } as i32,
             duplicate: dispatched.duplicate,
             attempt: dispatched.attempt,
+            outcome: match dispatched.outcome.as_deref() {
+                Some("succeeded") => pb::TaskOutcome::Succeeded,
+                Some(_) => pb::TaskOutcome::Failed,
+                None => pb::TaskOutcome::Unspecified,
+            } as i32,
         }))
     }
 

@@ -1,0 +1,80 @@
+//! The typed errors of both services' domain logic, and their one mapping
+//! to gRPC status codes at the edge.
+
+use crate::db::{DbError, PoolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn agent_not_found(id: impl std::fmt::Display) -> Self {
+        Self::NotFound(format!("agent {id} not found"))
+    }
+
+    pub fn workflow_not_found(id: impl std::fmt::Display) -> Self {
+        Self::NotFound(format!("workflow {id} not found"))
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Db(DbError::Postgres(err))
+    }
+}
+
+impl From<PoolError> for Error {
+    fn from(err: PoolError) -> Self {
+        Self::Db(DbError::Pool(err))
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(err.to_string()),
+            Error::NotFound(msg) => tonic::Status::not_found(msg),
+            Error::AlreadyExists(msg) => tonic::Status::already_exists(msg),
+            Error::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
+            Error::Unauthenticated(msg) => tonic::Status::unauthenticated(msg),
+            Error::Unavailable(msg) => tonic::Status::unavailable(msg),
+            Error::Db(db) => {
+                // Details stay in the log; the client learns only that the
+                // database is the problem and that retrying may help.
+                tracing::error!(error = %db, "database error");
+                tonic::Status::unavailable(
+                    "the agent-manager's database is unavailable; retry later",
+                )
+            }
+            Error::Internal(msg) => {
+                tracing::error!(error = %msg, "internal error");
+                tonic::Status::internal(msg)
+            }
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

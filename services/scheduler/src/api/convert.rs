@@ -1,0 +1,240 @@
+//! Translation between the wire types and the scheduler's model, with the
+//! input validation that names the offending field.
+
+use std::time::Duration;
+
+use shepherd_proto::scheduler::v1::{self as pb, trigger};
+
+use crate::error::{Error, Result};
+use crate::model::{self, Task, TaskFields, TaskState, Trigger, Workflow};
+use crate::runner::{RunnerInfo, RunnerState};
+use crate::service::UpdateMask;
+use crate::store::NewWorkflow;
+use crate::template;
+
+pub const DEFAULT_TEMPLATE: &str = "{{body}}";
+const DEFAULT_ATTEMPTS: u32 = 3;
+const MAX_CONCURRENCY: u32 = 1000;
+const MAX_ATTEMPTS: u32 = 100;
+
+pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
+    let workflow = workflow.ok_or_else(|| Error::invalid("workflow", "is required"))?;
+    model::validate_name("workflow.name", &workflow.name)?;
+    let agent_id = model::parse_id("workflow.agent_id", &workflow.agent_id, "agent")?;
+    let trigger = trigger_from(workflow.trigger)?;
+    let prompt_template = template_from(workflow.prompt_template)?;
+    Ok(NewWorkflow {
+        name: workflow.name,
+        agent_id,
+        enabled: workflow.enabled,
+        trigger,
+        prompt_template,
+        max_concurrency: concurrency(workflow.max_concurrency)?,
+        max_attempts: attempts(workflow.max_attempts)?,
+    })
+}
+
+/// The patch and mask of an UpdateWorkflow request.
+pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMask)> {
+    let patch = request.workflow.ok_or_else(|| Error::invalid("workflow", "is required"))?;
+    let id = model::parse_id("workflow.id", &patch.id, "workflow")?;
+    let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::invalid(
+            "update_mask",
+            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts)",
+        ));
+    }
+    let mut mask = UpdateMask::default();
+    for path in &paths {
+        match path.as_str() {
+            "name" => mask.name = true,
+            "enabled" => mask.enabled = true,
+            "trigger" => mask.trigger = true,
+            "prompt_template" => mask.prompt_template = true,
+            "max_concurrency" => mask.max_concurrency = true,
+            "max_attempts" => mask.max_attempts = true,
+            other => {
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!("{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency or max_attempts"),
+                ));
+            }
+        }
+    }
+    if mask.name {
+        model::validate_name("workflow.name", &patch.name)?;
+    }
+    let trigger = if mask.trigger { trigger_from(patch.trigger)? } else { Trigger::Manual };
+    let prompt_template = if mask.prompt_template {
+        template_from(patch.prompt_template)?
+    } else {
+        String::new()
+    };
+    let workflow = Workflow {
+        id,
+        name: patch.name,
+        agent_id: uuid::Uuid::nil(),
+        enabled: patch.enabled,
+        trigger,
+        prompt_template,
+        max_concurrency: if mask.max_concurrency { concurrency(patch.max_concurrency)? } else { 1 },
+        max_attempts: if mask.max_attempts { attempts(patch.max_attempts)? } else { DEFAULT_ATTEMPTS },
+        disabled_reason: String::new(),
+        created_at: std::time::SystemTime::UNIX_EPOCH,
+        updated_at: std::time::SystemTime::UNIX_EPOCH,
+    };
+    Ok((workflow, mask))
+}
+
+fn template_from(template: String) -> Result<String> {
+    let template = if template.is_empty() { DEFAULT_TEMPLATE.to_owned() } else { template };
+    template::validate(&template)?;
+    Ok(template)
+}
+
+fn concurrency(value: u32) -> Result<u32> {
+    match value {
+        0 => Ok(1),
+        1..=MAX_CONCURRENCY => Ok(value),
+        _ => Err(Error::invalid(
+            "workflow.max_concurrency",
+            format!("{value} is out of range; use 1-{MAX_CONCURRENCY}, or 0 for the default (1)"),
+        )),
+    }
+}
+
+fn attempts(value: u32) -> Result<u32> {
+    match value {
+        0 => Ok(DEFAULT_ATTEMPTS),
+        1..=MAX_ATTEMPTS => Ok(value),
+        _ => Err(Error::invalid(
+            "workflow.max_attempts",
+            format!("{value} is out of range; use 1-{MAX_ATTEMPTS}, or 0 for the default ({DEFAULT_ATTEMPTS})"),
+        )),
+    }
+}
+
+fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
+    let trigger = match value.and_then(|t| t.kind) {
+        None | Some(trigger::Kind::Manual(_)) => Trigger::Manual,
+        Some(trigger::Kind::Interval(interval)) => Trigger::Interval {
+            period_ms: millis("workflow.trigger.interval.period", interval.period)?,
+        },
+        Some(trigger::Kind::Cron(cron)) => Trigger::Cron {
+            expression: cron.expression,
+        },
+        Some(trigger::Kind::Delay(delay)) => Trigger::Delay {
+            delay_ms: millis("workflow.trigger.delay.delay", delay.delay)?,
+        },
+    };
+    trigger.validate()?;
+    Ok(trigger)
+}
+
+fn millis(field: &str, value: Option<prost_types::Duration>) -> Result<u64> {
+    let value = value.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let duration = Duration::try_from(value).map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
+    Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn trigger_to(trigger: &Trigger) -> pb::Trigger {
+    let duration = |ms: u64| prost_types::Duration::try_from(Duration::from_millis(ms)).ok();
+    let kind = match trigger {
+        Trigger::Manual => trigger::Kind::Manual(pb::ManualTrigger {}),
+        Trigger::Interval { period_ms } => trigger::Kind::Interval(pb::IntervalTrigger {
+            period: duration(*period_ms),
+        }),
+        Trigger::Cron { expression } => trigger::Kind::Cron(pb::CronTrigger {
+            expression: expression.clone(),
+        }),
+        Trigger::Delay { delay_ms } => trigger::Kind::Delay(pb::DelayTrigger {
+            delay: duration(*delay_ms),
+        }),
+    };
+    pb::Trigger { kind: Some(kind) }
+}
+
+pub fn workflow(workflow: Workflow) -> pb::Workflow {
+    pb::Workflow {
+        id: workflow.id.to_string(),
+        trigger: Some(trigger_to(&workflow.trigger)),
+        name: workflow.name,
+        agent_id: workflow.agent_id.to_string(),
+        enabled: workflow.enabled,
+        prompt_template: workflow.prompt_template,
+        max_concurrency: workflow.max_concurrency,
+        max_attempts: workflow.max_attempts,
+        disabled_reason: workflow.disabled_reason,
+        create_time: Some(workflow.created_at.into()),
+        update_time: Some(workflow.updated_at.into()),
+    }
+}
+
+pub fn fields(fields: Option<pb::TaskFields>) -> TaskFields {
+    let fields = fields.unwrap_or_default();
+    TaskFields {
+        title: fields.title,
+        body: fields.body,
+        url: fields.url,
+        labels: fields.labels,
+        metadata: fields.metadata.into_iter().collect(),
+    }
+}
+
+pub fn task(task: Task) -> pb::Task {
+    pb::Task {
+        id: task.id,
+        workflow_id: task.workflow_id.to_string(),
+        idempotency_key: task.idempotency_key,
+        state: task_state(task.state) as i32,
+        fields: Some(pb::TaskFields {
+            title: task.fields.title,
+            body: task.fields.body,
+            url: task.fields.url,
+            labels: task.fields.labels,
+            metadata: task.fields.metadata.into_iter().collect(),
+        }),
+        prompt: task.prompt,
+        attempts: task.attempts,
+        output: task.output,
+        last_error: task.last_error,
+        create_time: Some(task.created_at.into()),
+        update_time: Some(task.updated_at.into()),
+    }
+}
+
+fn task_state(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Dispatched => pb::TaskState::Dispatched,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+    }
+}
+
+pub fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
+    match pb::TaskState::try_from(value) {
+        Ok(pb::TaskState::Unspecified) => Ok(None),
+        Ok(pb::TaskState::Pending) => Ok(Some(TaskState::Pending)),
+        Ok(pb::TaskState::Dispatched) => Ok(Some(TaskState::Dispatched)),
+        Ok(pb::TaskState::Succeeded) => Ok(Some(TaskState::Succeeded)),
+        Ok(pb::TaskState::Failed) => Ok(Some(TaskState::Failed)),
+        Err(_) => Err(Error::invalid("state", format!("{value} is not a known task state"))),
+    }
+}
+
+pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
+    pb::Runner {
+        workflow_id: workflow.id.to_string(),
+        agent_id: workflow.agent_id.to_string(),
+        state: match info.state {
+            RunnerState::WaitingForAgent => pb::RunnerState::WaitingForAgent,
+            RunnerState::Running => pb::RunnerState::Running,
+            RunnerState::Stopped => pb::RunnerState::Stopped,
+        } as i32,
+        reason: info.reason,
+        since: Some(info.since.into()),
+        starts: info.starts,
+    }
+}

@@ -1,0 +1,186 @@
+//! gRPC handlers: translation between the wire and the scheduler, nothing
+//! more.
+
+mod convert;
+
+use std::sync::Arc;
+
+use shepherd_platform::paging::page_size;
+use shepherd_proto::scheduler::v1::{self as pb, scheduler_server};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::model::{parse_id, validate_key};
+use crate::service::Scheduler;
+use crate::store::WorkflowFilter;
+
+pub use shepherd_proto::scheduler::v1::scheduler_server::SchedulerServer;
+
+#[derive(Clone)]
+pub struct Api {
+    scheduler: Arc<Scheduler>,
+}
+
+impl Api {
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self { scheduler }
+    }
+}
+
+#[tonic::async_trait]
+impl scheduler_server::Scheduler for Api {
+    async fn create_workflow(
+        &self,
+        request: Request<pb::CreateWorkflowRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
+        let new = convert::new_workflow(request.into_inner().workflow)?;
+        let workflow = self.scheduler.create_workflow(new).await?;
+        Ok(Response::new(convert::workflow(workflow)))
+    }
+
+    async fn get_workflow(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
+        let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        Ok(Response::new(convert::workflow(self.scheduler.get_workflow(id).await?)))
+    }
+
+    async fn list_workflows(
+        &self,
+        request: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = page_size(request.page_size, 100, 1000)?;
+        let agent_id = match request.agent_id.as_str() {
+            "" => None,
+            id => Some(parse_id("agent_id", id, "agent")?),
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(uuid::Uuid::parse_str(token).map_err(|_| {
+                Error::invalid("page_token", "is not a token returned by ListWorkflows; omit it to start from the first page")
+            })?),
+        };
+        let filter = WorkflowFilter {
+            agent_id,
+            enabled: request.enabled,
+            after,
+        };
+        let workflows = self.scheduler.list_workflows(&filter, limit).await?;
+        let next_page_token = if workflows.len() as i64 == limit {
+            workflows.last().map(|w| w.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListWorkflowsResponse {
+            workflows: workflows.into_iter().map(convert::workflow).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_workflow(
+        &self,
+        request: Request<pb::UpdateWorkflowRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
+        let (patch, mask) = convert::update(request.into_inner())?;
+        let workflow = self.scheduler.update_workflow(patch, mask).await?;
+        Ok(Response::new(convert::workflow(workflow)))
+    }
+
+    async fn delete_workflow(
+        &self,
+        request: Request<pb::DeleteWorkflowRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        self.scheduler.delete_workflow(id).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn trigger_workflow(
+        &self,
+        request: Request<pb::TriggerWorkflowRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let request = request.into_inner();
+        let id = parse_id("workflow_id", &request.workflow_id, "workflow")?;
+        let key = match request.idempotency_key.as_str() {
+            "" => None,
+            key => {
+                validate_key(key)?;
+                Some(request.idempotency_key)
+            }
+        };
+        let task = self
+            .scheduler
+            .trigger(id, key, convert::fields(request.fields))
+            .await?;
+        Ok(Response::new(convert::task(task)))
+    }
+
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let id = request.into_inner().task_id;
+        if id.is_empty() {
+            return Err(Error::invalid("task_id", "is required").into());
+        }
+        Ok(Response::new(convert::task(self.scheduler.get_task(&id).await?)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let workflow = parse_id("workflow_id", &request.workflow_id, "workflow")?;
+        let state = convert::task_state_filter(request.state)?;
+        let limit = page_size(request.page_size, 100, 1000)?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(token.parse::<i64>().map_err(|_| {
+                Error::invalid("page_token", "is not a token returned by ListTasks; omit it to start from the first page")
+            })?),
+        };
+        // NOT_FOUND for an unknown workflow rather than an empty list.
+        self.scheduler.get_workflow(workflow).await?;
+        let tasks = self
+            .scheduler
+            .store
+            .list_tasks(workflow, state, after, limit)
+            .await?;
+        let next_page_token = if tasks.len() as i64 == limit {
+            tasks.last().map(|(seq, _)| seq.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(|(_, task)| convert::task(task)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_runners(
+        &self,
+        request: Request<pb::ListRunnersRequest>,
+    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
+        let request = request.into_inner();
+        let agent_id = match request.agent_id.as_str() {
+            "" => None,
+            id => Some(parse_id("agent_id", id, "agent")?),
+        };
+        let mut runners = Vec::new();
+        let mut filter = WorkflowFilter {
+            agent_id,
+            ..WorkflowFilter::default()
+        };
+        loop {
+            let page = self.scheduler.list_workflows(&filter, 1000).await?;
+            for workflow in &page {
+                runners.push(convert::runner(workflow, self.scheduler.runner_of(workflow)));
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => filter.after = Some(last.id),
+                _ => break,
+            }
+        }
+        Ok(Response::new(pb::ListRunnersResponse { runners }))
+    }
+}

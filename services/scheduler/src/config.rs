@@ -1,0 +1,38 @@
+//! scheduler configuration: flags, each with an environment fallback.
+
+use std::time::Duration;
+
+use shepherd_platform::config::{DatabaseArgs, parse_duration};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "scheduler", version, about = "Shepherd scheduler: runs workflows and feeds their tasks to agents")]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    pub listen: String,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL of the agent-manager.
+    #[arg(long, env = "AGENT_MANAGER_URL", default_value = "http://127.0.0.1:50051")]
+    pub agent_manager_url: String,
+
+    /// How long a runner waits for its agent to be ready before it stops
+    /// with reason "agent not ready".
+    #[arg(long, env = "STARTUP_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub startup_window: Duration,
+
+    /// How often the level pass compares desired and live runners.
+    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// The event stream is considered stalled (and reconnected) when no
+    /// message, heartbeats included, arrives for this long.
+    #[arg(long, env = "EVENT_STREAM_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub event_stream_timeout: Duration,
+
+    /// How often an idle runner re-checks for tasks without being woken.
+    #[arg(long, env = "RUNNER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub runner_poll_interval: Duration,
+}

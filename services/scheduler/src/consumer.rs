@@ -1,0 +1,259 @@
+//! Consumes the agent-manager's event stream (recovery mechanism 2,
+//! "resume") and schedules the level passes (mechanism 3).
+//!
+//! The last handled sequence is persisted; after a restart or a broken
+//! stream the consumer resumes from it, reconnecting with capped
+//! exponential backoff and jitter. The stream must prove it is alive: no
+//! message (not even a heartbeat) within `stream_timeout` means it is
+//! stalled, and the consumer reconnects. `ResyncRequired` means events were
+//! missed for good, so in-flight tasks are re-checked and a full level pass
+//! runs. Every (re)connect and every `reconcile_interval` runs a level pass;
+//! level passes run on this one task, in order with the events.
+//!
+//! Handling is idempotent, so re-handling events after a crash (the cursor
+//! is saved in batches) is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shepherd_proto::agentmanager::v1::{
+    self as pb, agent_event::Kind, watch_agent_events_response,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::recovery::Recovery;
+use crate::runner::settle;
+
+/// How often a dirty cursor is saved.
+const SAVE_EVERY: Duration = Duration::from_millis(200);
+
+pub struct Consumer {
+    pub recovery: Arc<Recovery>,
+    pub reconcile_interval: Duration,
+    pub stream_timeout: Duration,
+}
+
+/// Why a connected stream ended.
+enum StreamEnd {
+    Shutdown,
+    Broken(String),
+}
+
+impl Consumer {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match self.connect_and_consume(&shutdown, &mut backoff).await {
+                StreamEnd::Shutdown => return,
+                StreamEnd::Broken(reason) => {
+                    let delay = backoff.next();
+                    tracing::warn!(%reason, retry_in = ?delay, "agent event stream lost; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_and_consume(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> StreamEnd {
+        let store = &self.recovery.store;
+        let mut cursor = match store.load_cursor().await {
+            Ok(cursor) => cursor,
+            Err(err) => return StreamEnd::Broken(format!("loading the event cursor: {err}")),
+        };
+        let mut stream = match self.recovery.manager.watch(cursor).await {
+            Ok(stream) => stream,
+            Err(status) => return StreamEnd::Broken(format!("connecting: {}", status.message())),
+        };
+        tracing::info!(after = cursor, "watching agent events");
+        // Level pass on every (re)connect: whatever was missed while
+        // disconnected is fixed now, events or not.
+        if let Err(err) = self.recovery.level_pass().await {
+            tracing::warn!(error = %err, "level pass after connect failed");
+        }
+
+        let mut reconcile = tokio::time::interval_at(Instant::now() + self.reconcile_interval, self.reconcile_interval);
+        let mut saved = cursor;
+        let mut save_at = Instant::now() + SAVE_EVERY;
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break StreamEnd::Shutdown,
+                _ = reconcile.tick() => {
+                    if let Err(err) = self.recovery.level_pass().await {
+                        tracing::warn!(error = %err, "periodic level pass failed");
+                    }
+                }
+                _ = tokio::time::sleep_until(save_at), if saved != cursor => {
+                    if let Err(err) = store.save_cursor(cursor).await {
+                        break StreamEnd::Broken(format!("saving the event cursor: {err}"));
+                    }
+                    saved = cursor;
+                }
+                message = tokio::time::timeout(self.stream_timeout, stream.message()) => {
+                    let message = match message {
+                        Err(_) => break StreamEnd::Broken(format!("no heartbeat for {:?}", self.stream_timeout)),
+                        Ok(Err(status)) => break StreamEnd::Broken(status.message().to_owned()),
+                        Ok(Ok(None)) => break StreamEnd::Broken("stream ended".into()),
+                        Ok(Ok(Some(message))) => message,
+                    };
+                    backoff.reset();
+                    match self.handle(message, &mut cursor).await {
+                        Ok(()) => {
+                            if saved == cursor {
+                                save_at = Instant::now() + SAVE_EVERY;
+                            }
+                        }
+                        Err(err) => break StreamEnd::Broken(format!("handling an event: {err}")),
+                    }
+                }
+            }
+        };
+        if saved != cursor
+            && let Err(err) = store.save_cursor(cursor).await
+        {
+            tracing::warn!(error = %err, "could not save the event cursor");
+        }
+        end
+    }
+
+    async fn handle(&self, message: pb::WatchAgentEventsResponse, cursor: &mut u64) -> Result<()> {
+        match message.kind {
+            Some(watch_agent_events_response::Kind::Event(event)) => {
+                self.handle_event(&event).await?;
+                *cursor = event.sequence;
+            }
+            Some(watch_agent_events_response::Kind::ResyncRequired(resync)) => {
+                tracing::warn!(
+                    requested = resync.requested_after_sequence,
+                    pruned_through = resync.pruned_through_sequence,
+                    "events were missed for good; resynchronising"
+                );
+                self.recheck_in_flight().await?;
+                self.recovery.level_pass().await?;
+                *cursor = resync.pruned_through_sequence;
+            }
+            Some(watch_agent_events_response::Kind::Heartbeat(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    async fn handle_event(&self, event: &pb::AgentEvent) -> Result<()> {
+        let Ok(agent) = Uuid::parse_str(&event.agent_id) else {
+            return Ok(());
+        };
+        let recovery = &self.recovery;
+        match &event.kind {
+            Some(Kind::Ready(_)) => {
+                recovery.agents.set_ready(agent, true);
+                recovery.restart_workflows_for_agent(agent).await?;
+            }
+            Some(Kind::Restarted(_)) => {
+                recovery.agents.set_ready(agent, false);
+                recovery.restart_workflows_for_agent(agent).await?;
+            }
+            Some(Kind::Started(_) | Kind::Disconnected(_) | Kind::Exited(_) | Kind::Stopped(_)) => {
+                recovery.agents.set_ready(agent, false);
+            }
+            Some(Kind::Deleted(_)) => {
+                recovery.agents.set_ready(agent, false);
+                let reason = format!("agent {agent} was deleted");
+                for workflow in recovery.store.disable_workflows_of(agent, &reason).await? {
+                    recovery.runners.stop(workflow, &reason);
+                }
+            }
+            Some(Kind::TaskCompleted(done)) => {
+                let succeeded = done.outcome() == pb::TaskOutcome::Succeeded;
+                let attempt = (done.attempt > 0).then_some(done.attempt);
+                if let Some(workflow) = recovery
+                    .store
+                    .complete(&done.task_id, attempt, succeeded, &done.output)
+                    .await?
+                {
+                    recovery.runners.wake(workflow);
+                }
+            }
+            Some(Kind::TaskLost(lost)) => {
+                let attempt = (lost.attempt > 0).then_some(lost.attempt);
+                if let Some(workflow) = recovery.store.lost(&lost.task_id, attempt, &lost.reason).await? {
+                    recovery.runners.wake(workflow);
+                }
+            }
+            Some(Kind::Created(_) | Kind::TaskAccepted(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    /// After a resync the outcomes of tasks in flight may have been pruned:
+    /// dispatch each again (idempotent on task id: one the agent holds or
+    /// finished is not delivered twice, one that was lost is re-delivered)
+    /// and record what the manager says.
+    async fn recheck_in_flight(&self) -> Result<()> {
+        let recovery = &self.recovery;
+        for task in recovery.store.dispatched_tasks().await? {
+            let result = recovery
+                .manager
+                .dispatch(task.agent_id, &task.id, task.prompt.into_bytes())
+                .await;
+            settle(&recovery.store, &task.id, task.attempts, result).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Capped exponential backoff with jitter (so many schedulers do not
+/// reconnect in lockstep).
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        // Up to +50% jitter.
+        let mut byte = [0u8; 1];
+        let jitter = if getrandom::fill(&mut byte).is_ok() {
+            f64::from(byte[0]) / 255.0 * 0.5
+        } else {
+            0.25
+        };
+        base.mul_f64(1.0 + jitter)
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_is_capped_jittered_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<Duration> = (0..5).map(|_| backoff.next()).collect();
+        for (delay, base) in delays.iter().zip([100u64, 200, 400, 400, 400]) {
+            let base = Duration::from_millis(base);
+            assert!(*delay >= base && *delay <= base.mul_f64(1.5), "{delay:?} vs {base:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_millis(150));
+    }
+}

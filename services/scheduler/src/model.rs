@@ -1,0 +1,198 @@
+//! The scheduler's domain: workflows, their triggers and their tasks.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// How a workflow's tasks come to be. Every trigger records a pending task
+/// first; the runner dispatches it when the agent can take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Only `TriggerWorkflow`.
+    Manual,
+    /// One task per period.
+    Interval { period_ms: u64 },
+    /// One task at each match of the expression (UTC).
+    Cron { expression: String },
+    /// One task, once, `delay` after the workflow was created.
+    Delay { delay_ms: u64 },
+}
+
+/// Shortest interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Trigger {
+    pub fn validate(&self) -> Result<(), Error> {
+        match self {
+            Self::Manual | Self::Delay { .. } => Ok(()),
+            Self::Interval { period_ms } => {
+                if Duration::from_millis(*period_ms) < MIN_INTERVAL {
+                    Err(Error::invalid("workflow.trigger.interval.period", "must be at least 1s"))
+                } else {
+                    Ok(())
+                }
+            }
+            Self::Cron { expression } => cron::Schedule::from_str(expression).map(drop).map_err(|err| {
+                Error::invalid(
+                    "workflow.trigger.cron.expression",
+                    format!("{expression:?} is not a valid cron expression ({err}); use 6-7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\""),
+                )
+            }),
+        }
+    }
+
+    /// The first tick at or after `from` for a new (or re-enabled)
+    /// workflow; None for manual triggers.
+    pub fn first_fire(&self, created: SystemTime, from: SystemTime) -> Option<SystemTime> {
+        match self {
+            Self::Manual => None,
+            Self::Interval { period_ms } => Some(from + Duration::from_millis(*period_ms)),
+            Self::Cron { .. } => self.next_fire(from),
+            Self::Delay { delay_ms } => Some(created + Duration::from_millis(*delay_ms)),
+        }
+    }
+
+    /// The tick after `fired`; None when the trigger fires no more.
+    pub fn next_fire(&self, fired: SystemTime) -> Option<SystemTime> {
+        match self {
+            Self::Manual | Self::Delay { .. } => None,
+            Self::Interval { period_ms } => Some(fired + Duration::from_millis(*period_ms)),
+            Self::Cron { expression } => {
+                let schedule = cron::Schedule::from_str(expression).ok()?;
+                let after: chrono::DateTime<chrono::Utc> = fired.into();
+                schedule.after(&after).next().map(SystemTime::from)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub id: Uuid,
+    pub name: String,
+    pub agent_id: Uuid,
+    pub enabled: bool,
+    pub trigger: Trigger,
+    pub prompt_template: String,
+    pub max_concurrency: u32,
+    pub max_attempts: u32,
+    pub disabled_reason: String,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// The fields a task carries; the prompt is rendered from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFields {
+    pub title: String,
+    pub body: String,
+    pub url: String,
+    pub labels: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Pending,
+    Dispatched,
+    Succeeded,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Dispatched => "dispatched",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Dispatched, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub workflow_id: Uuid,
+    pub idempotency_key: String,
+    pub state: TaskState,
+    pub fields: TaskFields,
+    pub prompt: String,
+    pub attempts: u32,
+    pub output: String,
+    pub last_error: String,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// A task's global id: unique across workflows, and the id the agent sees.
+pub fn task_id(workflow: Uuid, key: &str) -> String {
+    format!("{workflow}:{key}")
+}
+
+/// Names: 1-63 characters of `[a-z0-9-]`, starting with a letter.
+pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"),
+        ))
+    }
+}
+
+pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(text).map_err(|_| Error::invalid(field, format!("{text:?} is not a valid {what} id (a UUID)")))
+}
+
+/// Idempotency keys: 1-128 printable characters.
+pub fn validate_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > 128 || key.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            "idempotency_key",
+            "must be 1-128 printable characters (or empty to generate one)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_validate_and_schedule() {
+        assert!(Trigger::Interval { period_ms: 500 }.validate().is_err());
+        assert!(Trigger::Cron { expression: "nonsense".into() }.validate().is_err());
+        let cron = Trigger::Cron { expression: "0 0 * * * *".into() };
+        assert!(cron.validate().is_ok());
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 10 + 5);
+        assert_eq!(cron.next_fire(start), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 11)));
+        let interval = Trigger::Interval { period_ms: 2000 };
+        assert_eq!(interval.next_fire(start), Some(start + Duration::from_secs(2)));
+        let delay = Trigger::Delay { delay_ms: 100 };
+        assert_eq!(delay.first_fire(start, start), Some(start + Duration::from_millis(100)));
+        assert_eq!(delay.next_fire(start), None);
+        assert_eq!(Trigger::Manual.first_fire(start, start), None);
+    }
+}

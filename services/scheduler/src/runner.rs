@@ -1,0 +1,415 @@
+//! Runners: at most one per workflow, each a task that waits for its agent
+//! and feeds it the workflow's pending tasks.
+//!
+//! The registry is one map under one lock. `ensure_running` checks and
+//! claims a workflow's slot in the same critical section, so two concurrent
+//! starters (an event, a level pass, an API call) can never both start a
+//! runner; "already running" is a normal, quiet answer.
+//!
+//! "Live" means running *and* making progress: a runner whose task has
+//! finished, or that has not reported progress for `WEDGE_TIMEOUT`, counts
+//! as missing, so every recovery path replaces it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use shepherd_proto::agentmanager::v1 as pb;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::agents::AgentView;
+use crate::manager_client::ManagerClient;
+use crate::store::{Claimed, Store};
+
+/// Reason a runner stops when its agent stays unready past the window.
+pub const AGENT_NOT_READY: &str = "agent not ready";
+/// A runner reports progress at least this often while it waits.
+const BEAT: Duration = Duration::from_millis(500);
+/// No progress for this long: the runner is wedged and will be replaced.
+const WEDGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerState {
+    WaitingForAgent,
+    Running,
+    Stopped,
+}
+
+/// What `ListRunners` shows of a workflow's runner.
+#[derive(Debug, Clone)]
+pub struct RunnerInfo {
+    pub state: RunnerState,
+    pub reason: String,
+    pub since: SystemTime,
+    pub starts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    AlreadyRunning,
+}
+
+/// What runners share.
+pub struct RunnerContext {
+    pub store: Store,
+    pub agents: Arc<AgentView>,
+    pub manager: ManagerClient,
+    pub startup_window: Duration,
+    /// Fallback re-check for new tasks when no wake-up arrives (another
+    /// replica's trigger, a lost notification).
+    pub poll_interval: Duration,
+}
+
+struct Slot {
+    info: RunnerInfo,
+    live: Option<Live>,
+}
+
+struct Live {
+    /// Distinguishes this runner from a successor in the same slot.
+    id: u64,
+    cancel: CancellationToken,
+    wake: Arc<Notify>,
+    /// Milliseconds since `epoch` at the runner's last progress.
+    progress: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+pub struct Runners {
+    ctx: Arc<RunnerContext>,
+    slots: Mutex<HashMap<Uuid, Slot>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+    shutdown: CancellationToken,
+}
+
+impl Runners {
+    pub fn new(ctx: Arc<RunnerContext>, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
+            shutdown,
+        })
+    }
+
+    /// Starts the workflow's runner unless a live one exists. Atomic: the
+    /// check and the claim happen under one lock.
+    pub fn ensure_running(self: &Arc<Self>, workflow: Uuid, agent: Uuid) -> StartOutcome {
+        if self.shutdown.is_cancelled() {
+            return StartOutcome::AlreadyRunning;
+        }
+        let mut slots = self.lock();
+        let slot = slots.entry(workflow).or_insert_with(|| Slot {
+            info: RunnerInfo {
+                state: RunnerState::Stopped,
+                reason: "never started".into(),
+                since: SystemTime::now(),
+                starts: 0,
+            },
+            live: None,
+        });
+        if let Some(live) = &slot.live {
+            if self.is_live(live) {
+                return StartOutcome::AlreadyRunning;
+            }
+            // Finished or wedged: replace it.
+            live.cancel.cancel();
+            live.task.abort();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = self.shutdown.child_token();
+        let wake = Arc::new(Notify::new());
+        let progress = Arc::new(AtomicU64::new(self.now_ms()));
+        let runner = Runner {
+            id,
+            workflow,
+            agent,
+            ctx: self.ctx.clone(),
+            runners: self.clone(),
+            cancel: cancel.clone(),
+            wake: wake.clone(),
+            progress: progress.clone(),
+        };
+        let task = tokio::spawn(runner.supervise());
+        slot.info = RunnerInfo {
+            state: RunnerState::WaitingForAgent,
+            reason: "waiting for the agent to be ready".into(),
+            since: SystemTime::now(),
+            starts: slot.info.starts + 1,
+        };
+        slot.live = Some(Live {
+            id,
+            cancel,
+            wake,
+            progress,
+            task,
+        });
+        tracing::info!(%workflow, %agent, runner = id, "runner started");
+        StartOutcome::Started
+    }
+
+    /// Stops the workflow's runner, if any.
+    pub fn stop(&self, workflow: Uuid, reason: &str) {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get_mut(&workflow) {
+            if let Some(live) = slot.live.take() {
+                live.cancel.cancel();
+            }
+            if slot.info.state != RunnerState::Stopped {
+                slot.info.state = RunnerState::Stopped;
+                slot.info.reason = reason.to_owned();
+                slot.info.since = SystemTime::now();
+            }
+        }
+    }
+
+    /// Forgets a deleted workflow.
+    pub fn remove(&self, workflow: Uuid) {
+        if let Some(slot) = self.lock().remove(&workflow)
+            && let Some(live) = slot.live
+        {
+            live.cancel.cancel();
+        }
+    }
+
+    /// Tells the workflow's runner there may be work (a new task, a freed
+    /// slot).
+    pub fn wake(&self, workflow: Uuid) {
+        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
+            live.wake.notify_one();
+        }
+    }
+
+    pub fn has_live_runner(&self, workflow: Uuid) -> bool {
+        self.lock()
+            .get(&workflow)
+            .and_then(|slot| slot.live.as_ref())
+            .is_some_and(|live| self.is_live(live))
+    }
+
+    /// Workflows with a live runner.
+    pub fn live_workflows(&self) -> Vec<Uuid> {
+        self.lock()
+            .iter()
+            .filter(|(_, slot)| slot.live.as_ref().is_some_and(|live| self.is_live(live)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
+        self.lock().get(&workflow).map(|slot| slot.info.clone())
+    }
+
+    /// Cancels every runner and waits for them to finish.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let tasks: Vec<JoinHandle<()>> = self
+            .lock()
+            .values_mut()
+            .filter_map(|slot| slot.live.take().map(|live| live.task))
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn is_live(&self, live: &Live) -> bool {
+        let idle = self.now_ms().saturating_sub(live.progress.load(Ordering::Relaxed));
+        !live.task.is_finished() && Duration::from_millis(idle) < WEDGE_TIMEOUT
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a runner's state, if it still owns its slot.
+    fn report(&self, workflow: Uuid, runner: u64, state: RunnerState, reason: &str) {
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(&workflow) else {
+            return;
+        };
+        if slot.live.as_ref().is_none_or(|live| live.id != runner) {
+            return;
+        }
+        if state == RunnerState::Stopped {
+            // The slot is free the moment the runner ends, for any reason.
+            slot.live = None;
+        }
+        if slot.info.state != state || slot.info.reason != reason {
+            slot.info.state = state;
+            slot.info.reason = reason.to_owned();
+            slot.info.since = SystemTime::now();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One workflow's runner.
+struct Runner {
+    id: u64,
+    workflow: Uuid,
+    agent: Uuid,
+    ctx: Arc<RunnerContext>,
+    runners: Arc<Runners>,
+    cancel: CancellationToken,
+    wake: Arc<Notify>,
+    progress: Arc<AtomicU64>,
+}
+
+/// How one dispatch attempt went.
+enum Dispatch {
+    Delivered,
+    NotDelivered,
+}
+
+impl Runner {
+    /// Runs the loop in its own task so that even a panic frees the slot.
+    async fn supervise(self) {
+        let (workflow, id, runners) = (self.workflow, self.id, self.runners.clone());
+        let reason = match tokio::spawn(self.run()).await {
+            Ok(reason) => reason,
+            Err(err) if err.is_panic() => "runner panicked".to_owned(),
+            Err(_) => "runner aborted".to_owned(),
+        };
+        tracing::info!(%workflow, runner = id, %reason, "runner stopped");
+        runners.report(workflow, id, RunnerState::Stopped, &reason);
+    }
+
+    async fn run(self) -> String {
+        let mut ready = self.ctx.agents.subscribe(self.agent);
+        loop {
+            self.beat();
+            if !*ready.borrow_and_update() {
+                self.report(RunnerState::WaitingForAgent, "waiting for the agent to be ready");
+                match self.wait_for_agent(&mut ready).await {
+                    Some(reason) => return reason,
+                    None => continue,
+                }
+            }
+            self.report(RunnerState::Running, "");
+            let claimed = match self.ctx.store.claim_next(self.workflow).await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(workflow = %self.workflow, error = %err, "claiming a task failed");
+                    None
+                }
+            };
+            let idle = match claimed {
+                Some(task) => matches!(self.dispatch(task).await, Dispatch::NotDelivered),
+                None => true,
+            };
+            if idle && let Some(reason) = self.idle(&mut ready).await {
+                return reason;
+            }
+        }
+    }
+
+    /// Waits for the agent to be ready for at most the startup window.
+    /// Returns the reason to stop, or None once the agent is ready.
+    async fn wait_for_agent(&self, ready: &mut watch::Receiver<bool>) -> Option<String> {
+        let deadline = Instant::now() + self.ctx.startup_window;
+        loop {
+            if *ready.borrow_and_update() {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Some(AGENT_NOT_READY.to_owned());
+            }
+            let step = (deadline - now).min(BEAT);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
+                _ = ready.changed() => {}
+                _ = tokio::time::sleep(step) => self.beat(),
+            }
+        }
+    }
+
+    /// Nothing to do: wait for a wake-up, a readiness change or the poll
+    /// interval.
+    async fn idle(&self, ready: &mut watch::Receiver<bool>) -> Option<String> {
+        let until = Instant::now() + self.ctx.poll_interval;
+        loop {
+            let step = until.saturating_duration_since(Instant::now()).min(BEAT);
+            if step.is_zero() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
+                _ = self.wake.notified() => return None,
+                _ = ready.changed() => return None,
+                _ = tokio::time::sleep(step) => self.beat(),
+            }
+        }
+    }
+
+    async fn dispatch(&self, task: Claimed) -> Dispatch {
+        let span = tracing::info_span!("dispatch", workflow = %self.workflow, agent = %self.agent, task = %task.id, attempt = task.attempts);
+        let _guard = span.enter();
+        let result = self
+            .ctx
+            .manager
+            .dispatch(self.agent, &task.id, task.prompt.into_bytes())
+            .await;
+        match settle(&self.ctx.store, &task.id, task.attempts, result).await {
+            Ok(true) => Dispatch::Delivered,
+            Ok(false) => Dispatch::NotDelivered,
+            Err(err) => {
+                tracing::warn!(task = %task.id, error = %err, "recording a dispatch failed");
+                Dispatch::NotDelivered
+            }
+        }
+    }
+
+    fn beat(&self) {
+        self.progress.store(self.runners.now_ms(), Ordering::Relaxed);
+    }
+
+    fn report(&self, state: RunnerState, reason: &str) {
+        self.runners.report(self.workflow, self.id, state, reason);
+    }
+}
+
+/// Records what a `DispatchTask` call means for the task: in flight (true),
+/// finished already (duplicate of a completed task), or not delivered
+/// (put back to pending; false).
+pub async fn settle(
+    store: &Store,
+    task: &str,
+    claimed_attempts: u32,
+    result: Result<pb::DispatchTaskResponse, tonic::Status>,
+) -> crate::error::Result<bool> {
+    match result {
+        Ok(response) if response.duplicate && response.state() == pb::TaskState::Completed => {
+            let succeeded = response.outcome() == pb::TaskOutcome::Succeeded;
+            store
+                .complete(task, Some(response.attempt), succeeded, "")
+                .await?;
+            Ok(true)
+        }
+        Ok(response) => {
+            if response.attempt != claimed_attempts {
+                store.set_attempts(task, response.attempt).await?;
+            }
+            Ok(true)
+        }
+        Err(status) => {
+            tracing::debug!(%task, code = ?status.code(), message = status.message(), "task not delivered");
+            store
+                .release(task, &format!("not delivered: {}", status.message()))
+                .await?;
+            Ok(false)
+        }
+    }
+}

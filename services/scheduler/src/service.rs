@@ -1,0 +1,133 @@
+//! The scheduler's operations behind its API: validation that needs the
+//! store or the agent-manager, and keeping runners in step with workflows.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::manager_client::ManagerClient;
+use crate::model::{Task, TaskFields, Workflow};
+use crate::runner::{RunnerInfo, Runners};
+use crate::store::{NewWorkflow, Store, WorkflowFilter};
+use crate::template;
+
+pub struct Scheduler {
+    pub store: Store,
+    pub runners: Arc<Runners>,
+    pub manager: ManagerClient,
+}
+
+/// Which fields an update changes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UpdateMask {
+    pub name: bool,
+    pub enabled: bool,
+    pub trigger: bool,
+    pub prompt_template: bool,
+    pub max_concurrency: bool,
+    pub max_attempts: bool,
+}
+
+impl Scheduler {
+    pub async fn create_workflow(&self, new: NewWorkflow) -> Result<Workflow> {
+        let exists = self.manager.agent_exists(new.agent_id).await.map_err(|status| {
+            Error::Unavailable(format!(
+                "cannot check agent {} with the agent-manager ({}); retry when it is reachable",
+                new.agent_id,
+                status.message()
+            ))
+        })?;
+        if !exists {
+            return Err(Error::invalid(
+                "workflow.agent_id",
+                format!("agent {} does not exist in the agent-manager; create the agent first", new.agent_id),
+            ));
+        }
+        let workflow = self.store.insert_workflow(&new).await?;
+        if workflow.enabled {
+            self.runners.ensure_running(workflow.id, workflow.agent_id);
+        }
+        Ok(workflow)
+    }
+
+    pub async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
+        self.store.get_workflow(id).await
+    }
+
+    pub async fn list_workflows(&self, filter: &WorkflowFilter, limit: i64) -> Result<Vec<Workflow>> {
+        self.store.list_workflows(filter, limit).await
+    }
+
+    /// Applies `patch`'s masked fields to the stored workflow.
+    pub async fn update_workflow(&self, patch: Workflow, mask: UpdateMask) -> Result<Workflow> {
+        let mut workflow = self.store.get_workflow(patch.id).await?;
+        let was_enabled = workflow.enabled;
+        if mask.name {
+            workflow.name = patch.name;
+        }
+        if mask.enabled {
+            workflow.enabled = patch.enabled;
+            if patch.enabled {
+                workflow.disabled_reason.clear();
+            }
+        }
+        if mask.trigger {
+            workflow.trigger = patch.trigger;
+        }
+        if mask.prompt_template {
+            workflow.prompt_template = patch.prompt_template;
+        }
+        if mask.max_concurrency {
+            workflow.max_concurrency = patch.max_concurrency;
+        }
+        if mask.max_attempts {
+            workflow.max_attempts = patch.max_attempts;
+        }
+        let reschedule = mask.trigger || (workflow.enabled && !was_enabled);
+        let workflow = self.store.update_workflow(&workflow, reschedule).await?;
+        if workflow.enabled {
+            self.runners.ensure_running(workflow.id, workflow.agent_id);
+            // Concurrency may have grown: let the runner look again.
+            self.runners.wake(workflow.id);
+        } else {
+            self.runners.stop(workflow.id, "workflow disabled");
+        }
+        Ok(workflow)
+    }
+
+    pub async fn delete_workflow(&self, id: Uuid) -> Result<()> {
+        self.store.delete_workflow(id).await?;
+        self.runners.remove(id);
+        Ok(())
+    }
+
+    /// Records a task (accepted means stored) and wakes the runner.
+    pub async fn trigger(&self, workflow: Uuid, key: Option<String>, fields: TaskFields) -> Result<Task> {
+        let workflow = self.store.get_workflow(workflow).await?;
+        let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
+        let prompt = template::render(&workflow.prompt_template, &fields)?;
+        let (task, _created) = self.store.insert_task(workflow.id, &key, &fields, &prompt).await?;
+        self.runners.wake(workflow.id);
+        Ok(task)
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Task> {
+        self.store.get_task(id).await
+    }
+
+    /// Runners of the given workflows, with a default for never-started
+    /// ones.
+    pub fn runner_of(&self, workflow: &Workflow) -> RunnerInfo {
+        self.runners.info(workflow.id).unwrap_or_else(|| RunnerInfo {
+            state: crate::runner::RunnerState::Stopped,
+            reason: if workflow.enabled {
+                "not started yet".into()
+            } else {
+                "workflow disabled".into()
+            },
+            since: workflow.updated_at,
+            starts: 0,
+        })
+    }
+}

@@ -1,0 +1,543 @@
+//! SQL for the `scheduler` schema. The scheduler never reads the
+//! agent-manager's tables: what it knows of agents comes over gRPC.
+
+use std::time::SystemTime;
+
+use shepherd_platform::db::{DbPool, Migration};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
+
+pub const SCHEMA: &str = "scheduler";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/0001_init.sql"),
+}];
+
+const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
+    max_concurrency, max_attempts, disabled_reason, created_at, updated_at";
+const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
+    output, last_error, created_at, updated_at";
+
+/// A new workflow, validated.
+pub struct NewWorkflow {
+    pub name: String,
+    pub agent_id: Uuid,
+    pub enabled: bool,
+    pub trigger: Trigger,
+    pub prompt_template: String,
+    pub max_concurrency: u32,
+    pub max_attempts: u32,
+}
+
+/// A task claimed for dispatch.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub prompt: String,
+    pub attempts: u32,
+}
+
+/// A task in flight.
+pub struct InFlight {
+    pub id: String,
+    pub agent_id: Uuid,
+    pub prompt: String,
+    pub attempts: u32,
+}
+
+/// Filters of `list_workflows`.
+#[derive(Debug, Default, Clone)]
+pub struct WorkflowFilter {
+    pub agent_id: Option<Uuid>,
+    pub enabled: Option<bool>,
+    /// Keyset pagination on id (UUIDv7: creation order).
+    pub after: Option<Uuid>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: DbPool,
+}
+
+impl Store {
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+
+    // ---- workflows ----
+
+    pub async fn insert_workflow(&self, new: &NewWorkflow) -> Result<Workflow> {
+        let client = self.pool.get().await?;
+        let id = Uuid::now_v7();
+        let now = SystemTime::now();
+        let next_fire = new.trigger.first_fire(now, now);
+        let sql = format!(
+            "INSERT INTO scheduler.workflows
+                 (id, name, agent_id, enabled, trigger, prompt_template, max_concurrency, max_attempts,
+                  next_fire_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+             RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let result = client
+            .query_one(
+                &sql,
+                &[
+                    &id,
+                    &new.name,
+                    &new.agent_id,
+                    &new.enabled,
+                    &to_json(&new.trigger)?,
+                    &new.prompt_template,
+                    &to_i32(new.max_concurrency),
+                    &to_i32(new.max_attempts),
+                    &next_fire,
+                    &now,
+                ],
+            )
+            .await;
+        match result {
+            Ok(row) => workflow_from_row(&row),
+            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(Error::AlreadyExists(format!(
+                "a workflow named {:?} already exists; pick another name",
+                new.name
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&id])
+            .await?
+            .ok_or_else(|| Error::workflow_not_found(id))?;
+        workflow_from_row(&row)
+    }
+
+    pub async fn list_workflows(&self, filter: &WorkflowFilter, limit: i64) -> Result<Vec<Workflow>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows
+             WHERE ($1::uuid IS NULL OR agent_id = $1)
+               AND ($2::boolean IS NULL OR enabled = $2)
+               AND ($3::uuid IS NULL OR id > $3)
+             ORDER BY id LIMIT $4"
+        );
+        client
+            .query(&sql, &[&filter.agent_id, &filter.enabled, &filter.after, &limit])
+            .await?
+            .iter()
+            .map(workflow_from_row)
+            .collect()
+    }
+
+    /// Enabled workflows of the given agents (served by the
+    /// `(agent_id, enabled)` index).
+    pub async fn enabled_workflows_of(&self, agents: &[Uuid]) -> Result<Vec<Workflow>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows
+             WHERE agent_id = ANY($1) AND enabled ORDER BY id"
+        );
+        client.query(&sql, &[&agents]).await?.iter().map(workflow_from_row).collect()
+    }
+
+    /// Which of `ids` are enabled workflows.
+    pub async fn enabled_among(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM scheduler.workflows WHERE id = ANY($1) AND enabled",
+                &[&ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Writes back an updated workflow. Re-enabling or changing the trigger
+    /// reschedules the next tick.
+    pub async fn update_workflow(&self, workflow: &Workflow, reschedule: bool) -> Result<Workflow> {
+        let client = self.pool.get().await?;
+        let now = SystemTime::now();
+        let next_fire = if reschedule {
+            workflow.trigger.first_fire(workflow.created_at, now)
+        } else {
+            None
+        };
+        let sql = format!(
+            "UPDATE scheduler.workflows
+             SET name = $2, enabled = $3, trigger = $4, prompt_template = $5, max_concurrency = $6,
+                 max_attempts = $7, disabled_reason = $8, updated_at = now(),
+                 next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END
+             WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let result = client
+            .query_opt(
+                &sql,
+                &[
+                    &workflow.id,
+                    &workflow.name,
+                    &workflow.enabled,
+                    &to_json(&workflow.trigger)?,
+                    &workflow.prompt_template,
+                    &to_i32(workflow.max_concurrency),
+                    &to_i32(workflow.max_attempts),
+                    &workflow.disabled_reason,
+                    &reschedule,
+                    &next_fire,
+                ],
+            )
+            .await;
+        match result {
+            Ok(Some(row)) => workflow_from_row(&row),
+            Ok(None) => Err(Error::workflow_not_found(workflow.id)),
+            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(Error::AlreadyExists(format!(
+                "a workflow named {:?} already exists; pick another name",
+                workflow.name
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn delete_workflow(&self, id: Uuid) -> Result<()> {
+        let client = self.pool.get().await?;
+        let deleted = client
+            .execute("DELETE FROM scheduler.workflows WHERE id = $1", &[&id])
+            .await?;
+        if deleted == 0 {
+            return Err(Error::workflow_not_found(id));
+        }
+        Ok(())
+    }
+
+    /// Disables every workflow of a deleted agent; returns their ids.
+    pub async fn disable_workflows_of(&self, agent: Uuid, reason: &str) -> Result<Vec<Uuid>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "UPDATE scheduler.workflows SET enabled = false, disabled_reason = $2, updated_at = now()
+                 WHERE agent_id = $1 AND enabled RETURNING id",
+                &[&agent, &reason],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    // ---- schedules ----
+
+    /// Fires every due schedule tick, each exactly once (row locks make
+    /// concurrent schedulers skip each other's ticks): records one pending
+    /// task per tick with the tick time as idempotency key and advances the
+    /// workflow's next tick. Returns the workflows that got a task.
+    pub async fn fire_due_ticks(&self, limit: i64) -> Result<Vec<Uuid>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS}, next_fire_at FROM scheduler.workflows
+             WHERE enabled AND next_fire_at <= now()
+             ORDER BY next_fire_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+        );
+        let rows = tx.query(&sql, &[&limit]).await?;
+        let mut fired = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let workflow = workflow_from_row(row)?;
+            let tick: SystemTime = row.get("next_fire_at");
+            let key = format!("tick-{}", chrono::DateTime::<chrono::Utc>::from(tick).to_rfc3339());
+            let fields = TaskFields {
+                title: format!("{} {key}", workflow.name),
+                ..TaskFields::default()
+            };
+            let prompt = crate::template::render(&workflow.prompt_template, &fields)?;
+            tx.execute(
+                "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt)
+                 VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &crate::model::task_id(workflow.id, &key),
+                    &workflow.id,
+                    &key,
+                    &to_json(&fields)?,
+                    &prompt,
+                ],
+            )
+            .await?;
+            // Skip ticks missed while down: one task for the backlog, then
+            // back on schedule from now.
+            let mut next = workflow.trigger.next_fire(tick);
+            while let Some(at) = next
+                && at <= SystemTime::now()
+            {
+                next = workflow.trigger.next_fire(at);
+            }
+            tx.execute(
+                "UPDATE scheduler.workflows SET next_fire_at = $2 WHERE id = $1",
+                &[&workflow.id, &next],
+            )
+            .await?;
+            fired.push(workflow.id);
+        }
+        tx.commit().await?;
+        Ok(fired)
+    }
+
+    // ---- tasks ----
+
+    /// Records a pending task. With an existing key, returns the existing
+    /// task instead (`false`): accepted means stored, once.
+    pub async fn insert_task(
+        &self,
+        workflow: Uuid,
+        key: &str,
+        fields: &TaskFields,
+        prompt: &str,
+    ) -> Result<(Task, bool)> {
+        let client = self.pool.get().await?;
+        let id = crate::model::task_id(workflow, key);
+        let sql = format!(
+            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt)
+             VALUES ($1, $2, $3, 'pending', $4, $5)
+             ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
+        );
+        let result = client
+            .query_opt(&sql, &[&id, &workflow, &key, &to_json(fields)?, &prompt])
+            .await;
+        match result {
+            Ok(Some(row)) => Ok((task_from_row(&row)?, true)),
+            Ok(None) => Ok((self.get_task(&id).await?, false)),
+            Err(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                Err(Error::workflow_not_found(workflow))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Task> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {TASK_COLUMNS} FROM scheduler.tasks WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&id])
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {id:?} not found")))?;
+        task_from_row(&row)
+    }
+
+    pub async fn list_tasks(
+        &self,
+        workflow: Uuid,
+        state: Option<TaskState>,
+        after_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(i64, Task)>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT seq, {TASK_COLUMNS} FROM scheduler.tasks
+             WHERE workflow_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::bigint IS NULL OR seq > $3)
+             ORDER BY seq LIMIT $4"
+        );
+        let state = state.map(TaskState::as_str);
+        client
+            .query(&sql, &[&workflow, &state, &after_seq, &limit])
+            .await?
+            .iter()
+            .map(|row| Ok((row.get("seq"), task_from_row(row)?)))
+            .collect()
+    }
+
+    /// Takes the workflow's oldest pending task for dispatch if fewer than
+    /// its max_concurrency are in flight. `FOR UPDATE SKIP LOCKED`: two
+    /// claimers never take the same task.
+    pub async fn claim_next(&self, workflow: Uuid) -> Result<Option<Claimed>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "WITH next AS (
+                     SELECT t.id FROM scheduler.tasks t
+                     WHERE t.workflow_id = $1 AND t.state = 'pending'
+                       AND (SELECT count(*) FROM scheduler.tasks d
+                            WHERE d.workflow_id = $1 AND d.state = 'dispatched')
+                           < (SELECT max_concurrency FROM scheduler.workflows WHERE id = $1)
+                     ORDER BY t.seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
+                 FROM next WHERE t.id = next.id
+                 RETURNING t.id, t.prompt, t.attempts",
+                &[&workflow],
+            )
+            .await?;
+        Ok(row.map(|row| Claimed {
+            id: row.get(0),
+            prompt: row.get(1),
+            attempts: from_i32(row.get(2)),
+        }))
+    }
+
+    /// Puts a claimed task back (the dispatch did not happen).
+    pub async fn release(&self, id: &str, error: &str) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE scheduler.tasks SET state = 'pending', attempts = attempts - 1, last_error = $2,
+                        updated_at = now()
+                 WHERE id = $1 AND state = 'dispatched'",
+                &[&id, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Aligns the attempt count with the agent-manager's (a re-dispatch of
+    /// a task it already holds is not a new attempt).
+    pub async fn set_attempts(&self, id: &str, attempts: u32) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE scheduler.tasks SET attempts = $2 WHERE id = $1 AND state = 'dispatched'",
+                &[&id, &to_i32(attempts)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records an outcome for the attempt in flight. Returns the task's
+    /// workflow when something changed. A report about an attempt older
+    /// than the one we know of is stale and ignored; a newer one (our count
+    /// not yet aligned with the manager's) is taken.
+    pub async fn complete(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        succeeded: bool,
+        output: &str,
+    ) -> Result<Option<Uuid>> {
+        let client = self.pool.get().await?;
+        let state = if succeeded { "succeeded" } else { "failed" };
+        let attempt = attempt.map(to_i32);
+        let row = client
+            .query_opt(
+                "UPDATE scheduler.tasks SET state = $2, output = $3, updated_at = now()
+                 WHERE id = $1 AND state = 'dispatched' AND ($4::integer IS NULL OR attempts <= $4)
+                 RETURNING workflow_id",
+                &[&id, &state, &output, &attempt],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// A lost attempt: back to pending while attempts remain, else failed.
+    pub async fn lost(&self, id: &str, attempt: Option<u32>, reason: &str) -> Result<Option<Uuid>> {
+        let client = self.pool.get().await?;
+        let attempt = attempt.map(to_i32);
+        let row = client
+            .query_opt(
+                "UPDATE scheduler.tasks t
+                 SET state = CASE WHEN t.attempts >= w.max_attempts THEN 'failed' ELSE 'pending' END,
+                     last_error = $3, updated_at = now()
+                 FROM scheduler.workflows w
+                 WHERE t.id = $1 AND w.id = t.workflow_id AND t.state = 'dispatched'
+                   AND ($2::integer IS NULL OR t.attempts <= $2)
+                 RETURNING t.workflow_id",
+                &[&id, &attempt, &reason],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Tasks in flight (for the re-check after a resync).
+    pub async fn dispatched_tasks(&self) -> Result<Vec<InFlight>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT t.id, w.agent_id, t.prompt, t.attempts FROM scheduler.tasks t
+                 JOIN scheduler.workflows w ON w.id = t.workflow_id
+                 WHERE t.state = 'dispatched'",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| InFlight {
+                id: row.get(0),
+                agent_id: row.get(1),
+                prompt: row.get(2),
+                attempts: from_i32(row.get(3)),
+            })
+            .collect())
+    }
+
+    // ---- event cursor ----
+
+    pub async fn load_cursor(&self) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT last_seq FROM scheduler.event_cursor", &[])
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    pub async fn save_cursor(&self, seq: u64) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE scheduler.event_cursor SET last_seq = $1",
+                &[&i64::try_from(seq).unwrap_or(i64::MAX)],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn workflow_from_row(row: &Row) -> Result<Workflow> {
+    Ok(Workflow {
+        id: row.get("id"),
+        name: row.get("name"),
+        agent_id: row.get("agent_id"),
+        enabled: row.get("enabled"),
+        trigger: from_json(row.get("trigger"))?,
+        prompt_template: row.get("prompt_template"),
+        max_concurrency: from_i32(row.get("max_concurrency")),
+        max_attempts: from_i32(row.get("max_attempts")),
+        disabled_reason: row.get("disabled_reason"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+fn task_from_row(row: &Row) -> Result<Task> {
+    let state: &str = row.get("state");
+    Ok(Task {
+        id: row.get("id"),
+        workflow_id: row.get("workflow_id"),
+        idempotency_key: row.get("idempotency_key"),
+        state: TaskState::parse(state)
+            .ok_or_else(|| Error::Internal(format!("unknown task state {state:?}")))?,
+        fields: from_json(row.get("fields"))?,
+        prompt: row.get("prompt"),
+        attempts: from_i32(row.get("attempts")),
+        output: row.get("output"),
+        last_error: row.get("last_error"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|err| Error::Internal(format!("encoding JSON: {err}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|err| Error::Internal(format!("decoding JSON: {err}")))
+}
+
+fn to_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+fn from_i32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}

@@ -1,0 +1,106 @@
+//! Prompt templates: `{{field}}` placeholders replaced by a task's fields.
+//! Known fields: title, body, url, labels (comma-separated) and
+//! metadata.KEY. A template naming anything else is rejected when the
+//! workflow is created or updated, never at dispatch time.
+
+use crate::error::Error;
+use crate::model::TaskFields;
+
+/// A placeholder in a template.
+#[derive(Debug, PartialEq, Eq)]
+enum Field<'a> {
+    Title,
+    Body,
+    Url,
+    Labels,
+    Metadata(&'a str),
+}
+
+/// Pieces of a parsed template, in order.
+enum Piece<'a> {
+    Text(&'a str),
+    Field(Field<'a>),
+}
+
+fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        pieces.push(Piece::Text(&rest[..open]));
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed placeholder at {:?}", &rest[open..]))?;
+        let name = after[..close].trim();
+        let field = match name {
+            "title" => Field::Title,
+            "body" => Field::Body,
+            "url" => Field::Url,
+            "labels" => Field::Labels,
+            other => match other.strip_prefix("metadata.") {
+                Some(key) if !key.is_empty() => Field::Metadata(key),
+                _ => {
+                    return Err(format!(
+                        "unknown field {{{{{name}}}}}; use title, body, url, labels or metadata.KEY"
+                    ));
+                }
+            },
+        };
+        pieces.push(Piece::Field(field));
+        rest = &after[close + 2..];
+    }
+    pieces.push(Piece::Text(rest));
+    Ok(pieces)
+}
+
+pub fn validate(template: &str) -> Result<(), Error> {
+    parse(template)
+        .map(drop)
+        .map_err(|reason| Error::invalid("workflow.prompt_template", reason))
+}
+
+/// Renders a validated template. Missing metadata keys render empty.
+pub fn render(template: &str, fields: &TaskFields) -> Result<String, Error> {
+    let pieces = parse(template).map_err(|reason| Error::invalid("workflow.prompt_template", reason))?;
+    let mut out = String::with_capacity(template.len() + fields.body.len());
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Field(Field::Title) => out.push_str(&fields.title),
+            Piece::Field(Field::Body) => out.push_str(&fields.body),
+            Piece::Field(Field::Url) => out.push_str(&fields.url),
+            Piece::Field(Field::Labels) => out.push_str(&fields.labels.join(",")),
+            Piece::Field(Field::Metadata(key)) => {
+                out.push_str(fields.metadata.get(key).map(String::as_str).unwrap_or(""))
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_field() {
+        let fields = TaskFields {
+            title: "T".into(),
+            body: "B".into(),
+            url: "U".into(),
+            labels: vec!["a".into(), "b".into()],
+            metadata: [("repo".to_string(), "shepherd".to_string())].into(),
+        };
+        let out = render("{{title}}|{{ body }}|{{url}}|{{labels}}|{{metadata.repo}}|{{metadata.none}}", &fields).unwrap();
+        assert_eq!(out, "T|B|U|a,b|shepherd|");
+        assert_eq!(render("plain", &fields).unwrap(), "plain");
+    }
+
+    #[test]
+    fn rejects_unknown_and_unclosed_fields() {
+        assert!(validate("{{title}} {{author}}").is_err());
+        assert!(validate("{{title").is_err());
+        assert!(validate("{{metadata.}}").is_err());
+        assert!(validate("no placeholders").is_ok());
+    }
+}
