@@ -1,1 +1,393 @@
+//! The whole stack for end-to-end tests and the benchmark: PostgreSQL, the
+//! agent-manager and the scheduler as real processes, reference agents as
+//! real processes, and gRPC clients on loopback.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use shepherd_proto::agentmanager::v1::{
+    self as am, agent_event, agent_manager_client::AgentManagerClient, watch_agent_events_response,
+};
+use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+use shepherd_testkit::{ServiceProcess, TestDb, bin_path, eventually};
+use tonic::transport::Channel;
+
+pub use shepherd_testkit::process_alive;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Knobs of a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub startup_window: Duration,
+    pub reconcile_interval: Duration,
+    /// False starts the scheduler with level passes disabled, so that only
+    /// the event edge and stream resume can heal runners.
+    pub level: bool,
+    pub log: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            startup_window: Duration::from_secs(1),
+            reconcile_interval: Duration::from_secs(3600),
+            level: true,
+            log: std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        }
+    }
+}
+
+/// Fields drop in order: the processes go before their database.
+pub struct Stack {
+    pub scheduler: Option<ServiceProcess>,
+    pub manager: ServiceProcess,
+    pub db: TestDb,
+    pub options: StackOptions,
+    pub agents: AgentManagerClient<Channel>,
+    pub workflows: SchedulerClient<Channel>,
+    pub scratch: PathBuf,
+    manager_port: u16,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let db = TestDb::create().await?;
+        let scratch = std::env::temp_dir().join(format!("shepherd-e2e-{}", db.name));
+        std::fs::create_dir_all(&scratch)?;
+        let manager = start_manager(&db, &scratch, "127.0.0.1:0", &options).await?;
+        let manager_port = manager.addr.port();
+        let agents = AgentManagerClient::new(shepherd_testkit::channel(&manager.url()).await?);
+        let scheduler = start_scheduler(&db, &manager.url(), &options).await?;
+        let workflows = SchedulerClient::new(shepherd_testkit::channel(&scheduler.url()).await?);
+        Ok(Self {
+            db,
+            options,
+            manager,
+            scheduler: Some(scheduler),
+            agents,
+            workflows,
+            scratch,
+            manager_port,
+        })
+    }
+
+    /// Starts the agent-manager again on the same port (after it was killed
+    /// or terminated), so the scheduler finds it where it was.
+    pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.manager_port);
+        self.manager = start_manager(&self.db, &self.scratch, &addr, &self.options).await?;
+        self.agents =
+            AgentManagerClient::new(shepherd_testkit::channel(&self.manager.url()).await?);
+        Ok(())
+    }
+
+    pub async fn kill_scheduler(&mut self) -> anyhow::Result<()> {
+        if let Some(mut scheduler) = self.scheduler.take() {
+            scheduler.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn start_scheduler(&mut self) -> anyhow::Result<()> {
+        let scheduler = start_scheduler(&self.db, &self.manager.url(), &self.options).await?;
+        self.workflows = SchedulerClient::new(shepherd_testkit::channel(&scheduler.url()).await?);
+        self.scheduler = Some(scheduler);
+        Ok(())
+    }
+
+    /// Creates an agent running the reference agent and waits until it is
+    /// ready.
+    pub async fn create_agent(
+        &mut self,
+        name: &str,
+        mode: am::RestartMode,
+    ) -> anyhow::Result<am::Agent> {
+        let agent = self
+            .agents
+            .create_agent(am::CreateAgentRequest {
+                agent: Some(am::Agent {
+                    name: name.to_owned(),
+                    command: bin_path("shepherd-agent")?.display().to_string(),
+                    restart_policy: Some(am::RestartPolicy {
+                        mode: mode as i32,
+                        max_restarts: 100,
+                        window: Some(prost_types::Duration {
+                            seconds: 60,
+                            nanos: 0,
+                        }),
+                        initial_backoff: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 50_000_000,
+                        }),
+                        max_backoff: Some(prost_types::Duration {
+                            seconds: 1,
+                            nanos: 0,
+                        }),
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        self.wait_agent_ready(&agent.id, agent.generation).await?;
+        Ok(agent)
+    }
+
+    pub async fn agent(&mut self, id: &str) -> anyhow::Result<am::Agent> {
+        Ok(self
+            .agents
+            .get_agent(am::GetAgentRequest {
+                agent_id: id.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Waits for the agent to be ready at `generation` or later.
+    pub async fn wait_agent_ready(&self, id: &str, generation: u64) -> anyhow::Result<()> {
+        let mut client = self.agents.clone();
+        let mut events = client
+            .watch_agent_events(am::WatchAgentEventsRequest {
+                after_sequence: 0,
+                agent_id: id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let wait = async {
+            while let Some(message) = events.message().await? {
+                if let Some(watch_agent_events_response::Kind::Event(event)) = message.kind
+                    && matches!(event.kind, Some(agent_event::Kind::Ready(_)))
+                    && event.generation >= generation
+                {
+                    return anyhow::Ok(());
+                }
+            }
+            bail!("event stream ended")
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .with_context(|| format!("agent {id} not ready at generation {generation}"))?
+    }
+
+    pub async fn restart_agent(&mut self, id: &str) -> anyhow::Result<am::Agent> {
+        Ok(self
+            .agents
+            .restart_agent(am::RestartAgentRequest {
+                agent_id: id.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn create_workflow(
+        &mut self,
+        name: &str,
+        agent: &str,
+        enabled: bool,
+        template: &str,
+    ) -> anyhow::Result<sched::Workflow> {
+        Ok(self
+            .workflows
+            .create_workflow(sched::CreateWorkflowRequest {
+                workflow: Some(sched::Workflow {
+                    name: name.to_owned(),
+                    agent_id: agent.to_owned(),
+                    enabled,
+                    prompt_template: template.to_owned(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn trigger(
+        &mut self,
+        workflow: &str,
+        key: &str,
+        title: &str,
+    ) -> anyhow::Result<sched::Task> {
+        Ok(self
+            .workflows
+            .trigger_workflow(sched::TriggerWorkflowRequest {
+                workflow_id: workflow.to_owned(),
+                idempotency_key: key.to_owned(),
+                fields: Some(sched::TaskFields {
+                    title: title.to_owned(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn runners(&mut self, agent: &str) -> anyhow::Result<Vec<sched::Runner>> {
+        Ok(self
+            .workflows
+            .list_runners(sched::ListRunnersRequest {
+                agent_id: agent.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .runners)
+    }
+
+    /// Waits until the workflow's runner is in `state` (with a reason
+    /// containing `reason`).
+    pub async fn wait_runner(
+        &self,
+        workflow: &str,
+        state: sched::RunnerState,
+        reason: &str,
+    ) -> anyhow::Result<sched::Runner> {
+        let client = self.workflows.clone();
+        eventually(
+            WAIT,
+            &format!("runner of {workflow} to be {state:?} ({reason})"),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let runners = client
+                        .list_runners(sched::ListRunnersRequest::default())
+                        .await?
+                        .into_inner()
+                        .runners;
+                    Ok(runners.into_iter().find(|r| {
+                        r.workflow_id == workflow && r.state() == state && r.reason.contains(reason)
+                    }))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until every listed task has reached `state`.
+    pub async fn wait_tasks(
+        &self,
+        tasks: &[String],
+        state: sched::TaskState,
+    ) -> anyhow::Result<Vec<sched::Task>> {
+        let client = self.workflows.clone();
+        eventually(
+            WAIT,
+            &format!("{} tasks to be {state:?}", tasks.len()),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let mut done = Vec::new();
+                    for id in tasks {
+                        let task = client
+                            .get_task(sched::GetTaskRequest {
+                                task_id: id.clone(),
+                            })
+                            .await?
+                            .into_inner();
+                        if task.state() != state {
+                            return Ok(None);
+                        }
+                        done.push(task);
+                    }
+                    Ok(Some(done))
+                }
+            },
+        )
+        .await
+    }
+
+    /// A file in this stack's scratch directory.
+    pub fn scratch_file(&self, name: &str) -> PathBuf {
+        self.scratch.join(name)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+async fn start_manager(
+    db: &TestDb,
+    scratch: &std::path::Path,
+    listen: &str,
+    options: &StackOptions,
+) -> anyhow::Result<ServiceProcess> {
+    let args = strings(&[
+        "--listen",
+        listen,
+        "--stop-grace",
+        "2s",
+        "--session-heartbeat",
+        "300ms",
+        "--event-heartbeat",
+        "300ms",
+    ]);
+    ServiceProcess::start(
+        "agent-manager",
+        &args,
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            (
+                "AGENT_LOG_DIR",
+                scratch.join("agent-logs").display().to_string(),
+            ),
+            ("RUST_LOG", options.log.clone()),
+        ],
+    )
+    .await
+}
+
+async fn start_scheduler(
+    db: &TestDb,
+    manager_url: &str,
+    options: &StackOptions,
+) -> anyhow::Result<ServiceProcess> {
+    let mut args = strings(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-manager-url",
+        manager_url,
+        "--event-stream-timeout",
+        "2s",
+        "--runner-poll-interval",
+        "200ms",
+    ]);
+    args.extend(strings(&[
+        "--startup-window",
+        &format!("{}ms", options.startup_window.as_millis()),
+        "--reconcile-interval",
+        &format!("{}ms", options.reconcile_interval.as_millis()),
+    ]));
+    if !options.level {
+        args.push("--disable-level-reconcile".into());
+    }
+    ServiceProcess::start(
+        "scheduler",
+        &args,
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("RUST_LOG", options.log.clone()),
+        ],
+    )
+    .await
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// SIGKILL a process, as a crash would.
+pub fn kill9(pid: i32) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)?;
+    Ok(())
+}
+
+/// Lines of a file (empty if it does not exist).
+pub fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}

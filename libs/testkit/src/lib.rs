@@ -96,22 +96,22 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{host_part}/{database}{query}")
 }
 
-/// Path of a binary of this workspace, built next to the test executable.
+/// Path of a binary of this workspace: next to the running executable (a
+/// benchmark binary) or one level up (a test in `target/<profile>/deps`).
 pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test executable has no target directory")?;
-    let path = dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} does not exist: build the workspace binaries first (`cargo build --workspace --bins`, which the README's test command does)",
-            path.display()
-        );
+    let dir = exe.parent().context("executable has no directory")?;
+    let candidates = [Some(dir), dir.parent()];
+    for candidate in candidates.into_iter().flatten() {
+        let path = candidate.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    bail!(
+        "{name} was not found next to {}: build the workspace binaries first (`cargo build --workspace --bins`, which the README's test command does)",
+        exe.display()
+    )
 }
 
 /// A service binary running as a real process. It is SIGKILLed when
@@ -134,11 +134,13 @@ impl ServiceProcess {
         let mut command = Command::new(&path);
         command
             .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            // Quiet by default; TEST_RUST_LOG (or an explicit RUST_LOG in
+            // `envs`) turns the services' logs up.
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

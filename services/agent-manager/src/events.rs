@@ -123,11 +123,10 @@ impl EventLog {
             cursor: after,
         };
         tokio::select! {
-            result = watcher.run() => {
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "event watcher ended");
-                }
-            }
+            result = watcher.run() => match result {
+                Ok(()) | Err(WatchEnd::ClientGone) => {}
+                Err(WatchEnd::Failed(err)) => tracing::warn!(error = %err, "event watcher failed"),
+            },
             _ = stop.cancelled() => {}
         }
     }

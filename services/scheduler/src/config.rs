@@ -5,7 +5,11 @@ use std::time::Duration;
 use shepherd_platform::config::{DatabaseArgs, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "scheduler", version, about = "Shepherd scheduler: runs workflows and feeds their tasks to agents")]
+#[command(
+    name = "scheduler",
+    version,
+    about = "Shepherd scheduler: runs workflows and feeds their tasks to agents"
+)]
 pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
@@ -15,7 +19,11 @@ pub struct Config {
     pub database: DatabaseArgs,
 
     /// URL of the agent-manager.
-    #[arg(long, env = "AGENT_MANAGER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "AGENT_MANAGER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub agent_manager_url: String,
 
     /// How long a runner waits for its agent to be ready before it stops
@@ -31,6 +39,12 @@ pub struct Config {
     /// message, heartbeats included, arrives for this long.
     #[arg(long, env = "EVENT_STREAM_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub event_stream_timeout: Duration,
+
+    /// Turns off level passes (at connect and periodic) so tests can prove
+    /// that the event edge and stream resume heal runners on their own.
+    /// Resync still runs one. Not for production.
+    #[arg(long, env = "DISABLE_LEVEL_RECONCILE", hide = true)]
+    pub disable_level_reconcile: bool,
 
     /// How often an idle runner re-checks for tasks without being woken.
     #[arg(long, env = "RUNNER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]

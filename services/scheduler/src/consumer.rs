@@ -34,6 +34,8 @@ pub struct Consumer {
     pub recovery: Arc<Recovery>,
     pub reconcile_interval: Duration,
     pub stream_timeout: Duration,
+    /// Level passes at connect and on the interval (off only in tests).
+    pub level_enabled: bool,
 }
 
 /// Why a connected stream ended.
@@ -60,7 +62,11 @@ impl Consumer {
         }
     }
 
-    async fn connect_and_consume(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> StreamEnd {
+    async fn connect_and_consume(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> StreamEnd {
         let store = &self.recovery.store;
         let mut cursor = match store.load_cursor().await {
             Ok(cursor) => cursor,
@@ -73,17 +79,22 @@ impl Consumer {
         tracing::info!(after = cursor, "watching agent events");
         // Level pass on every (re)connect: whatever was missed while
         // disconnected is fixed now, events or not.
-        if let Err(err) = self.recovery.level_pass().await {
+        if self.level_enabled
+            && let Err(err) = self.recovery.level_pass().await
+        {
             tracing::warn!(error = %err, "level pass after connect failed");
         }
 
-        let mut reconcile = tokio::time::interval_at(Instant::now() + self.reconcile_interval, self.reconcile_interval);
+        let mut reconcile = tokio::time::interval_at(
+            Instant::now() + self.reconcile_interval,
+            self.reconcile_interval,
+        );
         let mut saved = cursor;
         let mut save_at = Instant::now() + SAVE_EVERY;
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break StreamEnd::Shutdown,
-                _ = reconcile.tick() => {
+                _ = reconcile.tick(), if self.level_enabled => {
                     if let Err(err) = self.recovery.level_pass().await {
                         tracing::warn!(error = %err, "periodic level pass failed");
                     }
@@ -179,7 +190,11 @@ impl Consumer {
             }
             Some(Kind::TaskLost(lost)) => {
                 let attempt = (lost.attempt > 0).then_some(lost.attempt);
-                if let Some(workflow) = recovery.store.lost(&lost.task_id, attempt, &lost.reason).await? {
+                if let Some(workflow) = recovery
+                    .store
+                    .lost(&lost.task_id, attempt, &lost.reason)
+                    .await?
+                {
                     recovery.runners.wake(workflow);
                 }
             }
@@ -251,7 +266,10 @@ mod tests {
         let delays: Vec<Duration> = (0..5).map(|_| backoff.next()).collect();
         for (delay, base) in delays.iter().zip([100u64, 200, 400, 400, 400]) {
             let base = Duration::from_millis(base);
-            assert!(*delay >= base && *delay <= base.mul_f64(1.5), "{delay:?} vs {base:?}");
+            assert!(
+                *delay >= base && *delay <= base.mul_f64(1.5),
+                "{delay:?} vs {base:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next() <= Duration::from_millis(150));

@@ -37,7 +37,10 @@ use crate::store::Store;
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `scheduler listening on ADDR`, to stdout once it accepts connections.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database.database_url, config.database.database_pool_size)?;
+    let pool = db::connect(
+        &config.database.database_url,
+        config.database.database_pool_size,
+    )?;
     db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
     let store = Store::new(pool);
     let manager = ManagerClient::new(&config.agent_manager_url)?;
@@ -76,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         recovery,
         reconcile_interval: config.reconcile_interval,
         stream_timeout: config.event_stream_timeout,
+        level_enabled: !config.disable_level_reconcile,
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
     let scheduling = tokio::spawn(schedule::run(store, runners.clone(), shutdown.clone()));

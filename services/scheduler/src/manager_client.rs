@@ -4,9 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use shepherd_proto::agentmanager::v1::{
-    self as pb, agent_manager_client::AgentManagerClient,
-};
+use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
@@ -49,7 +47,12 @@ impl ManagerClient {
             payload,
             trace_context: Default::default(),
         });
-        Ok(self.client.clone().dispatch_task(request).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .dispatch_task(request)
+            .await?
+            .into_inner())
     }
 
     /// Whether the agent exists (NOT_FOUND: false; other failures: error).
@@ -76,7 +79,11 @@ impl ManagerClient {
                 labels: Default::default(),
             });
             let page = self.client.clone().list_agents(request).await?.into_inner();
-            ready.extend(page.agents.iter().filter_map(|a| Uuid::parse_str(&a.id).ok()));
+            ready.extend(
+                page.agents
+                    .iter()
+                    .filter_map(|a| Uuid::parse_str(&a.id).ok()),
+            );
             if page.next_page_token.is_empty() {
                 return Ok(ready);
             }
@@ -92,6 +99,11 @@ impl ManagerClient {
             after_sequence: after,
             agent_id: String::new(),
         });
-        Ok(self.client.clone().watch_agent_events(request).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .watch_agent_events(request)
+            .await?
+            .into_inner())
     }
 }

@@ -116,9 +116,14 @@ impl TaskState {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Dispatched, Self::Succeeded, Self::Failed]
-            .into_iter()
-            .find(|state| state.as_str() == text)
+        [
+            Self::Pending,
+            Self::Dispatched,
+            Self::Succeeded,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
     }
 }
 
@@ -147,13 +152,17 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if valid {
         Ok(())
     } else {
         Err(Error::invalid(
             field,
-            format!("{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"),
+            format!(
+                "{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+            ),
         ))
     }
 }
@@ -162,7 +171,8 @@ pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {
     if text.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    Uuid::parse_str(text).map_err(|_| Error::invalid(field, format!("{text:?} is not a valid {what} id (a UUID)")))
+    Uuid::parse_str(text)
+        .map_err(|_| Error::invalid(field, format!("{text:?} is not a valid {what} id (a UUID)")))
 }
 
 /// Idempotency keys: 1-128 printable characters.
@@ -183,15 +193,32 @@ mod tests {
     #[test]
     fn triggers_validate_and_schedule() {
         assert!(Trigger::Interval { period_ms: 500 }.validate().is_err());
-        assert!(Trigger::Cron { expression: "nonsense".into() }.validate().is_err());
-        let cron = Trigger::Cron { expression: "0 0 * * * *".into() };
+        assert!(
+            Trigger::Cron {
+                expression: "nonsense".into()
+            }
+            .validate()
+            .is_err()
+        );
+        let cron = Trigger::Cron {
+            expression: "0 0 * * * *".into(),
+        };
         assert!(cron.validate().is_ok());
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 10 + 5);
-        assert_eq!(cron.next_fire(start), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 11)));
+        assert_eq!(
+            cron.next_fire(start),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 11))
+        );
         let interval = Trigger::Interval { period_ms: 2000 };
-        assert_eq!(interval.next_fire(start), Some(start + Duration::from_secs(2)));
+        assert_eq!(
+            interval.next_fire(start),
+            Some(start + Duration::from_secs(2))
+        );
         let delay = Trigger::Delay { delay_ms: 100 };
-        assert_eq!(delay.first_fire(start, start), Some(start + Duration::from_millis(100)));
+        assert_eq!(
+            delay.first_fire(start, start),
+            Some(start + Duration::from_millis(100))
+        );
         assert_eq!(delay.next_fire(start), None);
         assert_eq!(Trigger::Manual.first_fire(start, start), None);
     }

@@ -62,14 +62,16 @@ impl Recovery {
             ..LevelReport::default()
         };
         for workflow in &desired {
-            if self.runners.ensure_running(workflow.id, workflow.agent_id) == StartOutcome::Started {
+            if self.runners.ensure_running(workflow.id, workflow.agent_id) == StartOutcome::Started
+            {
                 report.started += 1;
             }
         }
         // Runners whose workflow is gone or disabled must not linger.
         let live = self.runners.live_workflows();
         if !live.is_empty() {
-            let enabled: HashSet<Uuid> = self.store.enabled_among(&live).await?.into_iter().collect();
+            let enabled: HashSet<Uuid> =
+                self.store.enabled_among(&live).await?.into_iter().collect();
             for workflow in live.into_iter().filter(|id| !enabled.contains(id)) {
                 self.runners.stop(workflow, "workflow disabled");
                 report.stopped += 1;

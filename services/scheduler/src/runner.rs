@@ -222,7 +222,9 @@ impl Runners {
     }
 
     fn is_live(&self, live: &Live) -> bool {
-        let idle = self.now_ms().saturating_sub(live.progress.load(Ordering::Relaxed));
+        let idle = self
+            .now_ms()
+            .saturating_sub(live.progress.load(Ordering::Relaxed));
         !live.task.is_finished() && Duration::from_millis(idle) < WEDGE_TIMEOUT
     }
 
@@ -291,7 +293,10 @@ impl Runner {
         loop {
             self.beat();
             if !*ready.borrow_and_update() {
-                self.report(RunnerState::WaitingForAgent, "waiting for the agent to be ready");
+                self.report(
+                    RunnerState::WaitingForAgent,
+                    "waiting for the agent to be ready",
+                );
                 match self.wait_for_agent(&mut ready).await {
                     Some(reason) => return reason,
                     None => continue,
@@ -373,7 +378,8 @@ impl Runner {
     }
 
     fn beat(&self) {
-        self.progress.store(self.runners.now_ms(), Ordering::Relaxed);
+        self.progress
+            .store(self.runners.now_ms(), Ordering::Relaxed);
     }
 
     fn report(&self, state: RunnerState, reason: &str) {

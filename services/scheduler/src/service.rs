@@ -31,17 +31,24 @@ pub struct UpdateMask {
 
 impl Scheduler {
     pub async fn create_workflow(&self, new: NewWorkflow) -> Result<Workflow> {
-        let exists = self.manager.agent_exists(new.agent_id).await.map_err(|status| {
-            Error::Unavailable(format!(
-                "cannot check agent {} with the agent-manager ({}); retry when it is reachable",
-                new.agent_id,
-                status.message()
-            ))
-        })?;
+        let exists = self
+            .manager
+            .agent_exists(new.agent_id)
+            .await
+            .map_err(|status| {
+                Error::Unavailable(format!(
+                    "cannot check agent {} with the agent-manager ({}); retry when it is reachable",
+                    new.agent_id,
+                    status.message()
+                ))
+            })?;
         if !exists {
             return Err(Error::invalid(
                 "workflow.agent_id",
-                format!("agent {} does not exist in the agent-manager; create the agent first", new.agent_id),
+                format!(
+                    "agent {} does not exist in the agent-manager; create the agent first",
+                    new.agent_id
+                ),
             ));
         }
         let workflow = self.store.insert_workflow(&new).await?;
@@ -55,7 +62,11 @@ impl Scheduler {
         self.store.get_workflow(id).await
     }
 
-    pub async fn list_workflows(&self, filter: &WorkflowFilter, limit: i64) -> Result<Vec<Workflow>> {
+    pub async fn list_workflows(
+        &self,
+        filter: &WorkflowFilter,
+        limit: i64,
+    ) -> Result<Vec<Workflow>> {
         self.store.list_workflows(filter, limit).await
     }
 
@@ -103,11 +114,19 @@ impl Scheduler {
     }
 
     /// Records a task (accepted means stored) and wakes the runner.
-    pub async fn trigger(&self, workflow: Uuid, key: Option<String>, fields: TaskFields) -> Result<Task> {
+    pub async fn trigger(
+        &self,
+        workflow: Uuid,
+        key: Option<String>,
+        fields: TaskFields,
+    ) -> Result<Task> {
         let workflow = self.store.get_workflow(workflow).await?;
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
         let prompt = template::render(&workflow.prompt_template, &fields)?;
-        let (task, _created) = self.store.insert_task(workflow.id, &key, &fields, &prompt).await?;
+        let (task, _created) = self
+            .store
+            .insert_task(workflow.id, &key, &fields, &prompt)
+            .await?;
         self.runners.wake(workflow.id);
         Ok(task)
     }
@@ -119,15 +138,17 @@ impl Scheduler {
     /// Runners of the given workflows, with a default for never-started
     /// ones.
     pub fn runner_of(&self, workflow: &Workflow) -> RunnerInfo {
-        self.runners.info(workflow.id).unwrap_or_else(|| RunnerInfo {
-            state: crate::runner::RunnerState::Stopped,
-            reason: if workflow.enabled {
-                "not started yet".into()
-            } else {
-                "workflow disabled".into()
-            },
-            since: workflow.updated_at,
-            starts: 0,
-        })
+        self.runners
+            .info(workflow.id)
+            .unwrap_or_else(|| RunnerInfo {
+                state: crate::runner::RunnerState::Stopped,
+                reason: if workflow.enabled {
+                    "not started yet".into()
+                } else {
+                    "workflow disabled".into()
+                },
+                since: workflow.updated_at,
+                starts: 0,
+            })
     }
 }

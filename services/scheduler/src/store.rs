@@ -103,10 +103,12 @@ impl Store {
             .await;
         match result {
             Ok(row) => workflow_from_row(&row),
-            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(Error::AlreadyExists(format!(
-                "a workflow named {:?} already exists; pick another name",
-                new.name
-            ))),
+            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::AlreadyExists(format!(
+                    "a workflow named {:?} already exists; pick another name",
+                    new.name
+                )))
+            }
             Err(err) => Err(err.into()),
         }
     }
@@ -121,7 +123,11 @@ impl Store {
         workflow_from_row(&row)
     }
 
-    pub async fn list_workflows(&self, filter: &WorkflowFilter, limit: i64) -> Result<Vec<Workflow>> {
+    pub async fn list_workflows(
+        &self,
+        filter: &WorkflowFilter,
+        limit: i64,
+    ) -> Result<Vec<Workflow>> {
         let client = self.pool.get().await?;
         let sql = format!(
             "SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows
@@ -131,7 +137,10 @@ impl Store {
              ORDER BY id LIMIT $4"
         );
         client
-            .query(&sql, &[&filter.agent_id, &filter.enabled, &filter.after, &limit])
+            .query(
+                &sql,
+                &[&filter.agent_id, &filter.enabled, &filter.after, &limit],
+            )
             .await?
             .iter()
             .map(workflow_from_row)
@@ -146,7 +155,12 @@ impl Store {
             "SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows
              WHERE agent_id = ANY($1) AND enabled ORDER BY id"
         );
-        client.query(&sql, &[&agents]).await?.iter().map(workflow_from_row).collect()
+        client
+            .query(&sql, &[&agents])
+            .await?
+            .iter()
+            .map(workflow_from_row)
+            .collect()
     }
 
     /// Which of `ids` are enabled workflows.
@@ -198,10 +212,12 @@ impl Store {
         match result {
             Ok(Some(row)) => workflow_from_row(&row),
             Ok(None) => Err(Error::workflow_not_found(workflow.id)),
-            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(Error::AlreadyExists(format!(
-                "a workflow named {:?} already exists; pick another name",
-                workflow.name
-            ))),
+            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::AlreadyExists(format!(
+                    "a workflow named {:?} already exists; pick another name",
+                    workflow.name
+                )))
+            }
             Err(err) => Err(err.into()),
         }
     }
@@ -249,7 +265,10 @@ impl Store {
         for row in &rows {
             let workflow = workflow_from_row(row)?;
             let tick: SystemTime = row.get("next_fire_at");
-            let key = format!("tick-{}", chrono::DateTime::<chrono::Utc>::from(tick).to_rfc3339());
+            let key = format!(
+                "tick-{}",
+                chrono::DateTime::<chrono::Utc>::from(tick).to_rfc3339()
+            );
             let fields = TaskFields {
                 title: format!("{} {key}", workflow.name),
                 ..TaskFields::default()

@@ -61,7 +61,8 @@ pub fn validate(template: &str) -> Result<(), Error> {
 
 /// Renders a validated template. Missing metadata keys render empty.
 pub fn render(template: &str, fields: &TaskFields) -> Result<String, Error> {
-    let pieces = parse(template).map_err(|reason| Error::invalid("workflow.prompt_template", reason))?;
+    let pieces =
+        parse(template).map_err(|reason| Error::invalid("workflow.prompt_template", reason))?;
     let mut out = String::with_capacity(template.len() + fields.body.len());
     for piece in pieces {
         match piece {
@@ -91,7 +92,11 @@ mod tests {
             labels: vec!["a".into(), "b".into()],
             metadata: [("repo".to_string(), "shepherd".to_string())].into(),
         };
-        let out = render("{{title}}|{{ body }}|{{url}}|{{labels}}|{{metadata.repo}}|{{metadata.none}}", &fields).unwrap();
+        let out = render(
+            "{{title}}|{{ body }}|{{url}}|{{labels}}|{{metadata.repo}}|{{metadata.none}}",
+            &fields,
+        )
+        .unwrap();
         assert_eq!(out, "T|B|U|a,b|shepherd|");
         assert_eq!(render("plain", &fields).unwrap(), "plain");
     }

@@ -36,7 +36,9 @@ pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
 
 /// The patch and mask of an UpdateWorkflow request.
 pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMask)> {
-    let patch = request.workflow.ok_or_else(|| Error::invalid("workflow", "is required"))?;
+    let patch = request
+        .workflow
+        .ok_or_else(|| Error::invalid("workflow", "is required"))?;
     let id = model::parse_id("workflow.id", &patch.id, "workflow")?;
     let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
@@ -57,7 +59,9 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             other => {
                 return Err(Error::invalid(
                     "update_mask",
-                    format!("{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency or max_attempts"),
+                    format!(
+                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency or max_attempts"
+                    ),
                 ));
             }
         }
@@ -65,7 +69,11 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
     if mask.name {
         model::validate_name("workflow.name", &patch.name)?;
     }
-    let trigger = if mask.trigger { trigger_from(patch.trigger)? } else { Trigger::Manual };
+    let trigger = if mask.trigger {
+        trigger_from(patch.trigger)?
+    } else {
+        Trigger::Manual
+    };
     let prompt_template = if mask.prompt_template {
         template_from(patch.prompt_template)?
     } else {
@@ -78,8 +86,16 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
         enabled: patch.enabled,
         trigger,
         prompt_template,
-        max_concurrency: if mask.max_concurrency { concurrency(patch.max_concurrency)? } else { 1 },
-        max_attempts: if mask.max_attempts { attempts(patch.max_attempts)? } else { DEFAULT_ATTEMPTS },
+        max_concurrency: if mask.max_concurrency {
+            concurrency(patch.max_concurrency)?
+        } else {
+            1
+        },
+        max_attempts: if mask.max_attempts {
+            attempts(patch.max_attempts)?
+        } else {
+            DEFAULT_ATTEMPTS
+        },
         disabled_reason: String::new(),
         created_at: std::time::SystemTime::UNIX_EPOCH,
         updated_at: std::time::SystemTime::UNIX_EPOCH,
@@ -88,7 +104,11 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
 }
 
 fn template_from(template: String) -> Result<String> {
-    let template = if template.is_empty() { DEFAULT_TEMPLATE.to_owned() } else { template };
+    let template = if template.is_empty() {
+        DEFAULT_TEMPLATE.to_owned()
+    } else {
+        template
+    };
     template::validate(&template)?;
     Ok(template)
 }
@@ -110,7 +130,9 @@ fn attempts(value: u32) -> Result<u32> {
         1..=MAX_ATTEMPTS => Ok(value),
         _ => Err(Error::invalid(
             "workflow.max_attempts",
-            format!("{value} is out of range; use 1-{MAX_ATTEMPTS}, or 0 for the default ({DEFAULT_ATTEMPTS})"),
+            format!(
+                "{value} is out of range; use 1-{MAX_ATTEMPTS}, or 0 for the default ({DEFAULT_ATTEMPTS})"
+            ),
         )),
     }
 }
@@ -134,7 +156,8 @@ fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
 
 fn millis(field: &str, value: Option<prost_types::Duration>) -> Result<u64> {
     let value = value.ok_or_else(|| Error::invalid(field, "is required"))?;
-    let duration = Duration::try_from(value).map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
+    let duration = Duration::try_from(value)
+        .map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
     Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -220,7 +243,10 @@ pub fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
         Ok(pb::TaskState::Dispatched) => Ok(Some(TaskState::Dispatched)),
         Ok(pb::TaskState::Succeeded) => Ok(Some(TaskState::Succeeded)),
         Ok(pb::TaskState::Failed) => Ok(Some(TaskState::Failed)),
-        Err(_) => Err(Error::invalid("state", format!("{value} is not a known task state"))),
+        Err(_) => Err(Error::invalid(
+            "state",
+            format!("{value} is not a known task state"),
+        )),
     }
 }
 

@@ -43,7 +43,9 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
         let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
-        Ok(Response::new(convert::workflow(self.scheduler.get_workflow(id).await?)))
+        Ok(Response::new(convert::workflow(
+            self.scheduler.get_workflow(id).await?,
+        )))
     }
 
     async fn list_workflows(
@@ -69,7 +71,10 @@ impl scheduler_server::Scheduler for Api {
         };
         let workflows = self.scheduler.list_workflows(&filter, limit).await?;
         let next_page_token = if workflows.len() as i64 == limit {
-            workflows.last().map(|w| w.id.to_string()).unwrap_or_default()
+            workflows
+                .last()
+                .map(|w| w.id.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -117,12 +122,17 @@ impl scheduler_server::Scheduler for Api {
         Ok(Response::new(convert::task(task)))
     }
 
-    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
         let id = request.into_inner().task_id;
         if id.is_empty() {
             return Err(Error::invalid("task_id", "is required").into());
         }
-        Ok(Response::new(convert::task(self.scheduler.get_task(&id).await?)))
+        Ok(Response::new(convert::task(
+            self.scheduler.get_task(&id).await?,
+        )))
     }
 
     async fn list_tasks(
@@ -136,7 +146,10 @@ impl scheduler_server::Scheduler for Api {
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(token.parse::<i64>().map_err(|_| {
-                Error::invalid("page_token", "is not a token returned by ListTasks; omit it to start from the first page")
+                Error::invalid(
+                    "page_token",
+                    "is not a token returned by ListTasks; omit it to start from the first page",
+                )
             })?),
         };
         // NOT_FOUND for an unknown workflow rather than an empty list.
@@ -147,12 +160,18 @@ impl scheduler_server::Scheduler for Api {
             .list_tasks(workflow, state, after, limit)
             .await?;
         let next_page_token = if tasks.len() as i64 == limit {
-            tasks.last().map(|(seq, _)| seq.to_string()).unwrap_or_default()
+            tasks
+                .last()
+                .map(|(seq, _)| seq.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.into_iter().map(|(_, task)| convert::task(task)).collect(),
+            tasks: tasks
+                .into_iter()
+                .map(|(_, task)| convert::task(task))
+                .collect(),
             next_page_token,
         }))
     }
@@ -174,7 +193,10 @@ impl scheduler_server::Scheduler for Api {
         loop {
             let page = self.scheduler.list_workflows(&filter, 1000).await?;
             for workflow in &page {
-                runners.push(convert::runner(workflow, self.scheduler.runner_of(workflow)));
+                runners.push(convert::runner(
+                    workflow,
+                    self.scheduler.runner_of(workflow),
+                ));
             }
             match page.last() {
                 Some(last) if page.len() == 1000 => filter.after = Some(last.id),
