@@ -1,0 +1,21 @@
+# Builds the agent-manager, the scheduler, the reference agent and the
+# health-check probe into one slim runtime image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked \
+      -p shepherd-agent-manager -p shepherd-scheduler -p shepherd-agent-sdk -p shepherd-platform --bins
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --create-home shepherd \
+ && mkdir -p /var/lib/shepherd/agent-logs && chown shepherd /var/lib/shepherd/agent-logs
+COPY --from=build \
+     /src/target/release/agent-manager \
+     /src/target/release/scheduler \
+     /src/target/release/shepherd-agent \
+     /src/target/release/shepherd-healthcheck \
+     /usr/local/bin/
+USER shepherd
