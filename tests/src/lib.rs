@@ -10,8 +10,13 @@ use shepherd_proto::agentmanager::v1::{
     self as am, agent_event, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
 use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+use shepherd_platform::auth::AttachBearer;
 use shepherd_testkit::{ServiceProcess, TestDb, bin_path, eventually};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A channel that presents the stack's API token (if any).
+pub type AuthChannel = InterceptedService<Channel, AttachBearer>;
 
 pub use shepherd_testkit::process_alive;
 
@@ -26,6 +31,9 @@ pub struct StackOptions {
     /// the event edge and stream resume can heal runners.
     pub level: bool,
     pub log: String,
+    /// API token both services require (and the scheduler presents to the
+    /// manager); None: open APIs.
+    pub token: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -35,18 +43,29 @@ impl Default for StackOptions {
             reconcile_interval: Duration::from_secs(3600),
             level: true,
             log: std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            token: None,
         }
     }
 }
 
 /// Fields drop in order: the processes go before their database.
+impl StackOptions {
+    fn auth(&self) -> anyhow::Result<AttachBearer> {
+        Ok(AttachBearer::new(self.token.as_deref())?)
+    }
+
+    fn token_env(&self, name: &'static str) -> Vec<(&'static str, String)> {
+        self.token.iter().map(|t| (name, t.clone())).collect()
+    }
+}
+
 pub struct Stack {
     pub scheduler: Option<ServiceProcess>,
     pub manager: ServiceProcess,
     pub db: TestDb,
     pub options: StackOptions,
-    pub agents: AgentManagerClient<Channel>,
-    pub workflows: SchedulerClient<Channel>,
+    pub agents: AgentManagerClient<AuthChannel>,
+    pub workflows: SchedulerClient<AuthChannel>,
     pub scratch: PathBuf,
     manager_port: u16,
 }
@@ -58,9 +77,15 @@ impl Stack {
         std::fs::create_dir_all(&scratch)?;
         let manager = start_manager(&db, &scratch, "127.0.0.1:0", &options).await?;
         let manager_port = manager.addr.port();
-        let agents = AgentManagerClient::new(shepherd_testkit::channel(&manager.url()).await?);
+        let agents = AgentManagerClient::with_interceptor(
+            shepherd_testkit::channel(&manager.url()).await?,
+            options.auth()?,
+        );
         let scheduler = start_scheduler(&db, &manager.url(), &options).await?;
-        let workflows = SchedulerClient::new(shepherd_testkit::channel(&scheduler.url()).await?);
+        let workflows = SchedulerClient::with_interceptor(
+            shepherd_testkit::channel(&scheduler.url()).await?,
+            options.auth()?,
+        );
         Ok(Self {
             db,
             options,
@@ -78,8 +103,10 @@ impl Stack {
     pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", self.manager_port);
         self.manager = start_manager(&self.db, &self.scratch, &addr, &self.options).await?;
-        self.agents =
-            AgentManagerClient::new(shepherd_testkit::channel(&self.manager.url()).await?);
+        self.agents = AgentManagerClient::with_interceptor(
+            shepherd_testkit::channel(&self.manager.url()).await?,
+            self.options.auth()?,
+        );
         Ok(())
     }
 
@@ -92,7 +119,10 @@ impl Stack {
 
     pub async fn start_scheduler(&mut self) -> anyhow::Result<()> {
         let scheduler = start_scheduler(&self.db, &self.manager.url(), &self.options).await?;
-        self.workflows = SchedulerClient::new(shepherd_testkit::channel(&scheduler.url()).await?);
+        self.workflows = SchedulerClient::with_interceptor(
+            shepherd_testkit::channel(&scheduler.url()).await?,
+            self.options.auth()?,
+        );
         self.scheduler = Some(scheduler);
         Ok(())
     }
@@ -324,19 +354,13 @@ async fn start_manager(
         "--event-heartbeat",
         "300ms",
     ]);
-    ServiceProcess::start(
-        "agent-manager",
-        &args,
-        &[
-            ("DATABASE_URL", db.url.clone()),
-            (
-                "AGENT_LOG_DIR",
-                scratch.join("agent-logs").display().to_string(),
-            ),
-            ("RUST_LOG", options.log.clone()),
-        ],
-    )
-    .await
+    let mut env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("AGENT_LOG_DIR", scratch.join("agent-logs").display().to_string()),
+        ("RUST_LOG", options.log.clone()),
+    ];
+    env.extend(options.token_env("SHEPHERD_API_TOKEN"));
+    ServiceProcess::start("agent-manager", &args, &env).await
 }
 
 async fn start_scheduler(
@@ -363,15 +387,10 @@ async fn start_scheduler(
     if !options.level {
         args.push("--disable-level-reconcile".into());
     }
-    ServiceProcess::start(
-        "scheduler",
-        &args,
-        &[
-            ("DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", options.log.clone()),
-        ],
-    )
-    .await
+    let mut env = vec![("DATABASE_URL", db.url.clone()), ("RUST_LOG", options.log.clone())];
+    env.extend(options.token_env("SHEPHERD_API_TOKEN"));
+    env.extend(options.token_env("AGENT_MANAGER_TOKEN"));
+    ServiceProcess::start("scheduler", &args, &env).await
 }
 
 fn strings(items: &[&str]) -> Vec<String> {

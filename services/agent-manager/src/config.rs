@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shepherd_platform::auth::AuthArgs;
 use shepherd_platform::config::{DatabaseArgs, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -19,6 +20,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// URL agent processes use to reach this manager (given to them as
     /// SHEPHERD_MANAGER_URL). Default: derived from the listen address.

@@ -17,6 +17,7 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shepherd_platform::auth::RequireBearer;
 use shepherd_platform::{db, server};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -60,8 +61,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let api = Api::new(manager.clone());
     let mut routes = RoutesBuilder::default();
+    // The API needs the bearer token (when configured); agent sessions
+    // authenticate with their own per-agent tokens.
+    let auth = RequireBearer::new(config.auth.api_token.as_deref());
     routes
-        .add_service(AgentManagerServer::new(api.clone()))
+        .add_service(AgentManagerServer::with_interceptor(api.clone(), auth))
         .add_service(AgentSessionServer::new(api));
     let names = vec![
         <AgentManagerServer<Api> as NamedService>::NAME,

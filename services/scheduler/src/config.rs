@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use shepherd_platform::auth::AuthArgs;
 use shepherd_platform::config::{DatabaseArgs, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -18,6 +19,9 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
     /// URL of the agent-manager.
     #[arg(
         long,
@@ -25,6 +29,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub agent_manager_url: String,
+
+    /// Bearer token the scheduler presents to the agent-manager.
+    #[arg(long, env = "AGENT_MANAGER_TOKEN", hide_env_values = true)]
+    pub agent_manager_token: Option<String>,
 
     /// How long a runner waits for its agent to be ready before it stops
     /// with reason "agent not ready".

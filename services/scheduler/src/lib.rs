@@ -19,6 +19,7 @@ pub mod template;
 
 use std::sync::Arc;
 
+use shepherd_platform::auth::RequireBearer;
 use shepherd_platform::{db, server};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -43,7 +44,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )?;
     db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
     let store = Store::new(pool);
-    let manager = ManagerClient::new(&config.agent_manager_url)?;
+    let manager = ManagerClient::new(&config.agent_manager_url, config.agent_manager_token.as_deref())?;
     let agents = Arc::new(AgentView::default());
     let runners = Runners::new(
         Arc::new(RunnerContext {
@@ -69,7 +70,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let (listener, bound) = server::bind(&config.listen).await?;
     let mut routes = RoutesBuilder::default();
-    routes.add_service(SchedulerServer::new(Api::new(scheduler)));
+    let auth = RequireBearer::new(config.auth.api_token.as_deref());
+    routes.add_service(SchedulerServer::with_interceptor(Api::new(scheduler), auth));
     let names = vec![<SchedulerServer<Api> as NamedService>::NAME];
     let serving = tokio::spawn(server::serve(listener, routes, names, shutdown.clone()));
     println!("scheduler listening on {bound}");

@@ -5,27 +5,32 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
+use shepherd_platform::auth::AttachBearer;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+type Client = AgentManagerClient<InterceptedService<Channel, AttachBearer>>;
+
 #[derive(Clone)]
 pub struct ManagerClient {
-    client: AgentManagerClient<Channel>,
+    client: Client,
 }
 
 impl ManagerClient {
     /// Connects lazily: the scheduler starts (and serves its API) while the
     /// manager is still down.
-    pub fn new(url: &str) -> Result<Self, tonic::transport::Error> {
+    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect_lazy();
+        let auth = AttachBearer::new(token)?;
         Ok(Self {
-            client: AgentManagerClient::new(channel),
+            client: AgentManagerClient::with_interceptor(channel, auth),
         })
     }
 

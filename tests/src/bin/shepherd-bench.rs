@@ -73,6 +73,7 @@ fn options() -> StackOptions {
         reconcile_interval: Duration::from_secs(10),
         level: true,
         log: "error".into(),
+        token: None,
     }
 }
 
