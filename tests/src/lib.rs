@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use shepherd_platform::auth::AttachBearer;
 use shepherd_proto::agentmanager::v1::{
     self as am, agent_event, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
 use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
-use shepherd_platform::auth::AttachBearer;
 use shepherd_testkit::{ServiceProcess, TestDb, bin_path, eventually};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -356,7 +356,10 @@ async fn start_manager(
     ]);
     let mut env = vec![
         ("DATABASE_URL", db.url.clone()),
-        ("AGENT_LOG_DIR", scratch.join("agent-logs").display().to_string()),
+        (
+            "AGENT_LOG_DIR",
+            scratch.join("agent-logs").display().to_string(),
+        ),
         ("RUST_LOG", options.log.clone()),
     ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));
@@ -387,7 +390,10 @@ async fn start_scheduler(
     if !options.level {
         args.push("--disable-level-reconcile".into());
     }
-    let mut env = vec![("DATABASE_URL", db.url.clone()), ("RUST_LOG", options.log.clone())];
+    let mut env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("RUST_LOG", options.log.clone()),
+    ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));
     env.extend(options.token_env("AGENT_MANAGER_TOKEN"));
     ServiceProcess::start("scheduler", &args, &env).await

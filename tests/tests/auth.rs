@@ -5,7 +5,9 @@
 use shepherd_e2e::{Stack, StackOptions};
 use shepherd_platform::auth::AttachBearer;
 use shepherd_proto::agentmanager::v1::{self as am, agent_manager_client::AgentManagerClient};
-use shepherd_proto::scheduler::v1::{self as sched, RunnerState, scheduler_client::SchedulerClient};
+use shepherd_proto::scheduler::v1::{
+    self as sched, RunnerState, scheduler_client::SchedulerClient,
+};
 use tonic::Code;
 
 const TOKEN: &str = "correct-horse-battery-staple";
@@ -24,11 +26,23 @@ async fn api_token_is_required_and_health_and_reflection_stay_open() -> anyhow::
 
     for token in [None, Some("wrong-token")] {
         let auth = AttachBearer::new(token)?;
-        let mut agents = AgentManagerClient::with_interceptor(shepherd_testkit::channel(&manager_url).await?, auth.clone());
-        let status = agents.list_agents(am::ListAgentsRequest::default()).await.unwrap_err();
+        let mut agents = AgentManagerClient::with_interceptor(
+            shepherd_testkit::channel(&manager_url).await?,
+            auth.clone(),
+        );
+        let status = agents
+            .list_agents(am::ListAgentsRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-        let mut workflows = SchedulerClient::with_interceptor(shepherd_testkit::channel(&scheduler_url).await?, auth);
-        let status = workflows.list_workflows(sched::ListWorkflowsRequest::default()).await.unwrap_err();
+        let mut workflows = SchedulerClient::with_interceptor(
+            shepherd_testkit::channel(&scheduler_url).await?,
+            auth,
+        );
+        let status = workflows
+            .list_workflows(sched::ListWorkflowsRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         // The message says what to do, and never echoes a token.
         assert!(!status.message().contains("wrong-token"));
@@ -37,33 +51,60 @@ async fn api_token_is_required_and_health_and_reflection_stay_open() -> anyhow::
     // With the token everything works, including the scheduler's own calls
     // to the manager (creating a workflow checks the agent there) and the
     // agent's session (its per-agent token, not the API token).
-    let agent = stack.create_agent("secured", am::RestartMode::Never).await?;
-    let workflow = stack.create_workflow("secured-flow", &agent.id, true, "echo {{title}}").await?;
-    stack.wait_runner(&workflow.id, RunnerState::Running, "").await?;
+    let agent = stack
+        .create_agent("secured", am::RestartMode::Never)
+        .await?;
+    let workflow = stack
+        .create_workflow("secured-flow", &agent.id, true, "echo {{title}}")
+        .await?;
+    stack
+        .wait_runner(&workflow.id, RunnerState::Running, "")
+        .await?;
     let task = stack.trigger(&workflow.id, "one", "authorised").await?;
-    let done = stack.wait_tasks(&[task.id], sched::TaskState::Succeeded).await?;
+    let done = stack
+        .wait_tasks(&[task.id], sched::TaskState::Succeeded)
+        .await?;
     assert_eq!(done[0].output.trim(), "authorised");
 
     // Health answers without a token.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(shepherd_testkit::channel(&manager_url).await?);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        shepherd_testkit::channel(&manager_url).await?,
+    );
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await?
         .into_inner()
         .status();
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     // Reflection too (grpcurl without credentials).
     if let Some(grpcurl) = shepherd_testkit::grpcurl()? {
-        let list = grpcurl.run(&["-plaintext", &scheduler_addr, "list"]).await?;
+        let list = grpcurl
+            .run(&["-plaintext", &scheduler_addr, "list"])
+            .await?;
         assert!(list.contains("shepherd.scheduler.v1.Scheduler"), "{list}");
         let header = format!("authorization: Bearer {TOKEN}");
         let listed = grpcurl
-            .run(&["-plaintext", "-H", &header, &scheduler_addr, "shepherd.scheduler.v1.Scheduler/ListWorkflows"])
+            .run(&[
+                "-plaintext",
+                "-H",
+                &header,
+                &scheduler_addr,
+                "shepherd.scheduler.v1.Scheduler/ListWorkflows",
+            ])
             .await?;
         assert!(listed.contains("secured-flow"), "{listed}");
         let refused = grpcurl
-            .run(&["-plaintext", &scheduler_addr, "shepherd.scheduler.v1.Scheduler/ListWorkflows"])
+            .run(&[
+                "-plaintext",
+                &scheduler_addr,
+                "shepherd.scheduler.v1.Scheduler/ListWorkflows",
+            ])
             .await
             .unwrap_err();
         assert!(refused.to_string().contains("Unauthenticated"), "{refused}");

@@ -31,7 +31,9 @@ pub struct RequireBearer {
 impl RequireBearer {
     pub fn new(token: Option<&str>) -> Self {
         Self {
-            expected: token.filter(|t| !t.is_empty()).map(|t| Arc::from(t.as_bytes())),
+            expected: token
+                .filter(|t| !t.is_empty())
+                .map(|t| Arc::from(t.as_bytes())),
         }
     }
 }
@@ -47,7 +49,9 @@ impl Interceptor for RequireBearer {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated("missing credentials: send the header `authorization: Bearer <token>`")
+                Status::unauthenticated(
+                    "missing credentials: send the header `authorization: Bearer <token>`",
+                )
             })?;
         if constant_time_eq(presented.as_bytes(), expected) {
             Ok(request)
@@ -66,14 +70,13 @@ pub struct AttachBearer {
 impl AttachBearer {
     /// Fails if the token cannot be sent as a header (non-ASCII).
     pub fn new(token: Option<&str>) -> Result<Self, Status> {
-        let header = match token.filter(|t| !t.is_empty()) {
-            None => None,
-            Some(token) => Some(
-                format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| Status::invalid_argument("the API token must be printable ASCII"))?,
-            ),
-        };
+        let header =
+            match token.filter(|t| !t.is_empty()) {
+                None => None,
+                Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                    Status::invalid_argument("the API token must be printable ASCII")
+                })?),
+            };
         Ok(Self { header })
     }
 }
@@ -81,7 +84,9 @@ impl AttachBearer {
 impl Interceptor for AttachBearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.header {
-            request.metadata_mut().insert("authorization", header.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
         }
         Ok(request)
     }
@@ -112,8 +117,14 @@ mod tests {
         let request = client.call(Request::new(())).unwrap();
         assert!(server.call(request).is_ok());
 
-        let wrong = AttachBearer::new(Some("nope")).unwrap().call(Request::new(())).unwrap();
-        assert_eq!(server.call(wrong).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let wrong = AttachBearer::new(Some("nope"))
+            .unwrap()
+            .call(Request::new(()))
+            .unwrap();
+        assert_eq!(
+            server.call(wrong).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         let missing = server.call(Request::new(())).unwrap_err();
         assert!(missing.message().contains("authorization: Bearer"));
 

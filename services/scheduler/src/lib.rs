@@ -44,7 +44,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )?;
     db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
     let store = Store::new(pool);
-    let manager = ManagerClient::new(&config.agent_manager_url, config.agent_manager_token.as_deref())?;
+    let manager = ManagerClient::new(
+        &config.agent_manager_url,
+        config.agent_manager_token.as_deref(),
+    )?;
     let agents = Arc::new(AgentView::default());
     let runners = Runners::new(
         Arc::new(RunnerContext {

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
 use shepherd_platform::auth::AttachBearer;
+use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;

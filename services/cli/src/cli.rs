@@ -1,0 +1,259 @@
+//! The command line: every operation of both APIs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shepherd",
+    version,
+    about = "Command-line client for Shepherd's agent-manager and scheduler",
+    after_help = "Exit codes: 0 ok, 1 other error, 2 bad usage or input, 3 not found, \
+                  4 conflict (already exists, not ready), 5 service unavailable, 6 unauthenticated."
+)]
+pub struct Cli {
+    /// agent-manager URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SHEPHERD_AGENT_MANAGER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub agent_manager_url: String,
+
+    /// scheduler URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SHEPHERD_SCHEDULER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub scheduler_url: String,
+
+    /// API token (sent as `authorization: Bearer <token>`).
+    #[arg(long, global = true, env = "SHEPHERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Agents: long-running processes supervised by the agent-manager.
+    #[command(subcommand, alias = "agent")]
+    Agents(AgentCommand),
+    /// Workflows: what feeds tasks to an agent.
+    #[command(subcommand, alias = "workflow")]
+    Workflows(WorkflowCommand),
+    /// Tasks of a workflow.
+    #[command(subcommand, alias = "task")]
+    Tasks(TaskCommand),
+    /// The scheduler's runners.
+    #[command(subcommand, alias = "runner")]
+    Runners(RunnerCommand),
+    /// The agent-manager's event log.
+    #[command(subcommand, alias = "event")]
+    Events(EventCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create (and start) an agent, from flags or a TOML file.
+    Create(CreateAgent),
+    /// List agents.
+    List {
+        /// Only agents with this status (pending, starting, ready, exited, failed, stopped).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only agents with this label (KEY=VALUE; repeatable).
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+    },
+    /// Show one agent (by id or name).
+    Get { agent: String },
+    /// Start a stopped agent.
+    Start { agent: String },
+    /// Stop an agent (SIGTERM, then SIGKILL after the grace period).
+    Stop { agent: String },
+    /// Restart an agent's process (generation + 1).
+    Restart { agent: String },
+    /// Delete an agent (its workflows get disabled).
+    Delete { agent: String },
+    /// Last lines of an agent's stdout (or stderr).
+    Logs {
+        agent: String,
+        #[arg(long)]
+        stderr: bool,
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: i32,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateAgent {
+    /// TOML file with the agent's spec (see README); flags are ignored.
+    #[arg(long, short, conflicts_with_all = ["name", "command"])]
+    pub file: Option<PathBuf>,
+    #[arg(long, required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Program to run.
+    #[arg(long, required_unless_present = "file")]
+    pub command: Option<String>,
+    /// Argument for the program (repeatable).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    #[arg(long)]
+    pub working_dir: Option<String>,
+    /// never, on-failure or always.
+    #[arg(long, default_value = "on-failure")]
+    pub restart: String,
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// Create without starting.
+    #[arg(long)]
+    pub stopped: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCommand {
+    /// Create a workflow for an agent.
+    Create(CreateWorkflow),
+    /// List workflows.
+    List {
+        /// Only this agent's (id or name).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only enabled (true) or disabled (false) ones.
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
+    /// Show one workflow (by id or name).
+    Get {
+        workflow: String,
+    },
+    Enable {
+        workflow: String,
+    },
+    Disable {
+        workflow: String,
+    },
+    Delete {
+        workflow: String,
+    },
+    /// Enqueue a task.
+    Trigger(TriggerWorkflow),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateWorkflow {
+    #[arg(long)]
+    pub name: String,
+    /// The agent (id or name).
+    #[arg(long)]
+    pub agent: String,
+    /// Prompt template with {{title}}, {{body}}, {{url}}, {{labels}}, {{metadata.KEY}}.
+    #[arg(long, default_value = "")]
+    pub template: String,
+    /// One task every period (e.g. 30s).
+    #[arg(long, value_parser = duration, conflicts_with_all = ["cron", "delay"])]
+    pub interval: Option<Duration>,
+    /// One task at each match of a cron expression (sec min hour dom month dow).
+    #[arg(long, conflicts_with = "delay")]
+    pub cron: Option<String>,
+    /// One task, once, after this delay.
+    #[arg(long, value_parser = duration)]
+    pub delay: Option<Duration>,
+    /// Create disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrency: u32,
+    #[arg(long, default_value_t = 0)]
+    pub max_attempts: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct TriggerWorkflow {
+    pub workflow: String,
+    /// Idempotency key (default: a fresh one).
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long, default_value = "")]
+    pub title: String,
+    #[arg(long, default_value = "")]
+    pub body: String,
+    #[arg(long, default_value = "")]
+    pub url: String,
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Metadata KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_parser = key_value)]
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Tasks of a workflow.
+    List {
+        workflow: String,
+        /// pending, dispatched, succeeded or failed.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One task by id ("<workflow_id>:<key>").
+    Get { task: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunnerCommand {
+    /// Runners of all workflows (or one agent's).
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventCommand {
+    /// Follow the event log live, resuming after disconnects.
+    Watch {
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only this agent's events (id or name).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err} (use e.g. 30s, 5m)"))
+}

@@ -1,0 +1,605 @@
+//! What each command does: translate arguments to requests, print results.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use shepherd_platform::auth::AttachBearer;
+use shepherd_proto::agentmanager::v1::{
+    self as am, agent_manager_client::AgentManagerClient, watch_agent_events_response,
+};
+use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::{
+    AgentCommand, Cli, Command, CreateAgent, CreateWorkflow, EventCommand, Output, RunnerCommand,
+    TaskCommand, TriggerWorkflow, WorkflowCommand,
+};
+use crate::render;
+
+type Authed = InterceptedService<Channel, AttachBearer>;
+
+/// Bad usage found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+struct Clients {
+    agents: AgentManagerClient<Authed>,
+    workflows: SchedulerClient<Authed>,
+    output: Output,
+}
+
+fn connect(url: &str, auth: &AttachBearer) -> anyhow::Result<Authed> {
+    // Lazy: an unreachable service surfaces as UNAVAILABLE on the call,
+    // which maps to its exit code.
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| UsageError(format!("invalid URL {url:?}: {err}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(InterceptedService::new(channel, auth.clone()))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let auth = AttachBearer::new(cli.token.as_deref())?;
+    let mut clients = Clients {
+        agents: AgentManagerClient::new(connect(&cli.agent_manager_url, &auth)?),
+        workflows: SchedulerClient::new(connect(&cli.scheduler_url, &auth)?),
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Agents(command) => clients.agents(command).await,
+        Command::Workflows(command) => clients.workflows(command).await,
+        Command::Tasks(command) => clients.tasks(command).await,
+        Command::Runners(RunnerCommand::List { agent }) => {
+            let agent_id = match agent {
+                Some(agent) => clients.agent_id(&agent).await?,
+                None => String::new(),
+            };
+            let runners = clients
+                .workflows
+                .list_runners(sched::ListRunnersRequest { agent_id })
+                .await?
+                .into_inner()
+                .runners;
+            render::many(clients.output, &runners);
+            Ok(())
+        }
+        Command::Events(EventCommand::Watch {
+            after,
+            agent,
+            limit,
+        }) => {
+            let agent_id = match agent {
+                Some(agent) => clients.agent_id(&agent).await?,
+                None => String::new(),
+            };
+            clients.watch(after, agent_id, limit).await
+        }
+    }
+}
+
+/// An agent spec file (TOML).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    name: String,
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: HashMap<String, String>,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+    #[serde(default)]
+    working_dir: String,
+    #[serde(default)]
+    stopped: bool,
+    #[serde(default)]
+    restart: RestartFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestartFile {
+    mode: Option<String>,
+    max_restarts: Option<u32>,
+    window: Option<String>,
+    initial_backoff: Option<String>,
+    max_backoff: Option<String>,
+}
+
+fn restart_mode(text: &str) -> anyhow::Result<am::RestartMode> {
+    Ok(match text {
+        "never" => am::RestartMode::Never,
+        "on-failure" => am::RestartMode::OnFailure,
+        "always" => am::RestartMode::Always,
+        other => {
+            return Err(UsageError(format!(
+                "restart mode {other:?}: use never, on-failure or always"
+            ))
+            .into());
+        }
+    })
+}
+
+fn proto_duration(
+    field: &str,
+    text: Option<&str>,
+) -> anyhow::Result<Option<prost_types::Duration>> {
+    let Some(text) = text else { return Ok(None) };
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| UsageError(format!("{field} {text:?}: {err}")))?;
+    Ok(prost_types::Duration::try_from(duration).ok())
+}
+
+fn agent_from_file(path: &Path) -> anyhow::Result<am::Agent> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: AgentFile =
+        toml::from_str(&text).map_err(|err| UsageError(format!("{}: {err}", path.display())))?;
+    let restart = &file.restart;
+    Ok(am::Agent {
+        name: file.name,
+        command: file.command,
+        args: file.args,
+        env: file.env,
+        labels: file.labels,
+        working_dir: file.working_dir,
+        desired_state: if file.stopped {
+            am::DesiredState::Stopped
+        } else {
+            am::DesiredState::Running
+        } as i32,
+        restart_policy: Some(am::RestartPolicy {
+            mode: restart_mode(restart.mode.as_deref().unwrap_or("on-failure"))? as i32,
+            max_restarts: restart.max_restarts.unwrap_or(0),
+            window: proto_duration("restart.window", restart.window.as_deref())?,
+            initial_backoff: proto_duration(
+                "restart.initial_backoff",
+                restart.initial_backoff.as_deref(),
+            )?,
+            max_backoff: proto_duration("restart.max_backoff", restart.max_backoff.as_deref())?,
+        }),
+        ..Default::default()
+    })
+}
+
+fn agent_from_flags(create: CreateAgent) -> anyhow::Result<am::Agent> {
+    Ok(am::Agent {
+        name: create.name.unwrap_or_default(),
+        command: create.command.unwrap_or_default(),
+        args: create.args,
+        env: create.env.into_iter().collect(),
+        labels: create.labels.into_iter().collect(),
+        working_dir: create.working_dir.unwrap_or_default(),
+        desired_state: if create.stopped {
+            am::DesiredState::Stopped
+        } else {
+            am::DesiredState::Running
+        } as i32,
+        restart_policy: Some(am::RestartPolicy {
+            mode: restart_mode(&create.restart)? as i32,
+            max_restarts: create.max_restarts.unwrap_or(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+impl Clients {
+    async fn agents(&mut self, command: AgentCommand) -> anyhow::Result<()> {
+        let output = self.output;
+        let agent = match command {
+            AgentCommand::Create(create) => {
+                let agent = match &create.file {
+                    Some(path) => agent_from_file(path)?,
+                    None => agent_from_flags(create)?,
+                };
+                self.agents
+                    .create_agent(am::CreateAgentRequest { agent: Some(agent) })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::List { status, labels } => {
+                let status = match status {
+                    None => am::AgentStatus::Unspecified,
+                    Some(s) => am::AgentStatus::from_str_name(&format!(
+                        "AGENT_STATUS_{}",
+                        s.to_uppercase()
+                    ))
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "status {s:?}: use pending, starting, ready, exited, failed or stopped"
+                        ))
+                    })?,
+                };
+                let labels: HashMap<String, String> = labels.into_iter().collect();
+                let mut all = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = self
+                        .agents
+                        .list_agents(am::ListAgentsRequest {
+                            page_size: 1000,
+                            page_token,
+                            status: status as i32,
+                            labels: labels.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    all.extend(page.agents);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                render::many(output, &all);
+                return Ok(());
+            }
+            AgentCommand::Get { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .get_agent(am::GetAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Start { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .start_agent(am::StartAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Stop { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .stop_agent(am::StopAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Restart { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .restart_agent(am::RestartAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Delete { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .delete_agent(am::DeleteAgentRequest {
+                        agent_id: agent_id.clone(),
+                    })
+                    .await?;
+                eprintln!("deleted agent {agent_id}");
+                return Ok(());
+            }
+            AgentCommand::Logs {
+                agent,
+                stderr,
+                lines,
+            } => {
+                let agent_id = self.agent_id(&agent).await?;
+                let stream = if stderr {
+                    am::LogStream::Stderr
+                } else {
+                    am::LogStream::Stdout
+                };
+                let lines = self
+                    .agents
+                    .get_agent_logs(am::GetAgentLogsRequest {
+                        agent_id,
+                        stream: stream as i32,
+                        tail_lines: lines,
+                    })
+                    .await?
+                    .into_inner()
+                    .lines;
+                match output {
+                    Output::Json => println!("{}", serde_json::json!(lines)),
+                    Output::Table => lines.iter().for_each(|line| println!("{line}")),
+                }
+                return Ok(());
+            }
+        };
+        render::one(output, &agent);
+        Ok(())
+    }
+
+    async fn workflows(&mut self, command: WorkflowCommand) -> anyhow::Result<()> {
+        let output = self.output;
+        let workflow = match command {
+            WorkflowCommand::Create(create) => self.create_workflow(create).await?,
+            WorkflowCommand::List { agent, enabled } => {
+                let agent_id = match agent {
+                    Some(agent) => self.agent_id(&agent).await?,
+                    None => String::new(),
+                };
+                let all = self.all_workflows(agent_id, enabled).await?;
+                render::many(output, &all);
+                return Ok(());
+            }
+            WorkflowCommand::Get { workflow } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                self.workflows
+                    .get_workflow(sched::GetWorkflowRequest { workflow_id })
+                    .await?
+                    .into_inner()
+            }
+            WorkflowCommand::Enable { workflow } => self.set_enabled(&workflow, true).await?,
+            WorkflowCommand::Disable { workflow } => self.set_enabled(&workflow, false).await?,
+            WorkflowCommand::Delete { workflow } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                self.workflows
+                    .delete_workflow(sched::DeleteWorkflowRequest {
+                        workflow_id: workflow_id.clone(),
+                    })
+                    .await?;
+                eprintln!("deleted workflow {workflow_id}");
+                return Ok(());
+            }
+            WorkflowCommand::Trigger(trigger) => {
+                let task = self.trigger(trigger).await?;
+                render::one(output, &task);
+                return Ok(());
+            }
+        };
+        render::one(output, &workflow);
+        Ok(())
+    }
+
+    async fn create_workflow(&mut self, create: CreateWorkflow) -> anyhow::Result<sched::Workflow> {
+        use sched::trigger::Kind;
+        let agent_id = self.agent_id(&create.agent).await?;
+        let duration = |d: Duration| prost_types::Duration::try_from(d).ok();
+        let kind = if let Some(period) = create.interval {
+            Kind::Interval(sched::IntervalTrigger {
+                period: duration(period),
+            })
+        } else if let Some(expression) = create.cron {
+            Kind::Cron(sched::CronTrigger { expression })
+        } else if let Some(delay) = create.delay {
+            Kind::Delay(sched::DelayTrigger {
+                delay: duration(delay),
+            })
+        } else {
+            Kind::Manual(sched::ManualTrigger {})
+        };
+        Ok(self
+            .workflows
+            .create_workflow(sched::CreateWorkflowRequest {
+                workflow: Some(sched::Workflow {
+                    name: create.name,
+                    agent_id,
+                    enabled: !create.disabled,
+                    trigger: Some(sched::Trigger { kind: Some(kind) }),
+                    prompt_template: create.template,
+                    max_concurrency: create.max_concurrency,
+                    max_attempts: create.max_attempts,
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn set_enabled(
+        &mut self,
+        workflow: &str,
+        enabled: bool,
+    ) -> anyhow::Result<sched::Workflow> {
+        let id = self.workflow_id(workflow).await?;
+        Ok(self
+            .workflows
+            .update_workflow(sched::UpdateWorkflowRequest {
+                workflow: Some(sched::Workflow {
+                    id,
+                    enabled,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["enabled".into()],
+                }),
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn trigger(&mut self, trigger: TriggerWorkflow) -> anyhow::Result<sched::Task> {
+        let workflow_id = self.workflow_id(&trigger.workflow).await?;
+        Ok(self
+            .workflows
+            .trigger_workflow(sched::TriggerWorkflowRequest {
+                workflow_id,
+                idempotency_key: trigger.key.unwrap_or_default(),
+                fields: Some(sched::TaskFields {
+                    title: trigger.title,
+                    body: trigger.body,
+                    url: trigger.url,
+                    labels: trigger.labels,
+                    metadata: trigger.metadata.into_iter().collect(),
+                }),
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn tasks(&mut self, command: TaskCommand) -> anyhow::Result<()> {
+        match command {
+            TaskCommand::List { workflow, state } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                let state = match state {
+                    None => sched::TaskState::Unspecified,
+                    Some(s) => {
+                        sched::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_uppercase()))
+                            .ok_or_else(|| {
+                                UsageError(format!(
+                                    "state {s:?}: use pending, dispatched, succeeded or failed"
+                                ))
+                            })?
+                    }
+                };
+                let mut all = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = self
+                        .workflows
+                        .list_tasks(sched::ListTasksRequest {
+                            workflow_id: workflow_id.clone(),
+                            state: state as i32,
+                            page_size: 1000,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    all.extend(page.tasks);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                render::many(self.output, &all);
+            }
+            TaskCommand::Get { task } => {
+                let task = self
+                    .workflows
+                    .get_task(sched::GetTaskRequest { task_id: task })
+                    .await?
+                    .into_inner();
+                render::one(self.output, &task);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the event log; on a broken stream, resumes after the last
+    /// event printed (so nothing is shown twice or skipped).
+    async fn watch(
+        &mut self,
+        after: u64,
+        agent_id: String,
+        limit: Option<usize>,
+    ) -> anyhow::Result<()> {
+        let mut cursor = after;
+        let mut printed = 0usize;
+        let mut failures = 0u32;
+        loop {
+            let stream = self
+                .agents
+                .watch_agent_events(am::WatchAgentEventsRequest {
+                    after_sequence: cursor,
+                    agent_id: agent_id.clone(),
+                })
+                .await;
+            let mut stream = match stream {
+                Ok(stream) => stream.into_inner(),
+                Err(status) if failures < 5 && status.code() == tonic::Code::Unavailable => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(200 << failures)).await;
+                    continue;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        failures = 0;
+                        match message.kind {
+                            Some(watch_agent_events_response::Kind::Event(event)) => {
+                                render::event(self.output, &event);
+                                cursor = event.sequence;
+                                printed += 1;
+                                if limit.is_some_and(|limit| printed >= limit) {
+                                    return Ok(());
+                                }
+                            }
+                            Some(watch_agent_events_response::Kind::ResyncRequired(resync)) => {
+                                eprintln!("warning: {}", resync.message);
+                                cursor = resync.pruned_through_sequence;
+                            }
+                            Some(watch_agent_events_response::Kind::Heartbeat(_)) | None => {}
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        eprintln!("event stream interrupted; resuming after {cursor}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An agent id from an id or a name.
+    async fn agent_id(&mut self, agent: &str) -> anyhow::Result<String> {
+        if uuid::Uuid::parse_str(agent).is_ok() {
+            return Ok(agent.to_owned());
+        }
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .agents
+                .list_agents(am::ListAgentsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if let Some(found) = page.agents.iter().find(|a| a.name == agent) {
+                return Ok(found.id.clone());
+            }
+            if page.next_page_token.is_empty() {
+                return Err(tonic::Status::not_found(format!(
+                    "no agent with id or name {agent:?}"
+                ))
+                .into());
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// A workflow id from an id or a name.
+    async fn workflow_id(&mut self, workflow: &str) -> anyhow::Result<String> {
+        if uuid::Uuid::parse_str(workflow).is_ok() {
+            return Ok(workflow.to_owned());
+        }
+        self.all_workflows(String::new(), None)
+            .await?
+            .into_iter()
+            .find(|w| w.name == workflow)
+            .map(|w| w.id)
+            .ok_or_else(|| {
+                tonic::Status::not_found(format!("no workflow with id or name {workflow:?}")).into()
+            })
+    }
+
+    async fn all_workflows(
+        &mut self,
+        agent_id: String,
+        enabled: Option<bool>,
+    ) -> anyhow::Result<Vec<sched::Workflow>> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .workflows
+                .list_workflows(sched::ListWorkflowsRequest {
+                    page_size: 1000,
+                    page_token,
+                    agent_id: agent_id.clone(),
+                    enabled,
+                })
+                .await?
+                .into_inner();
+            all.extend(page.workflows);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Turning API resources into rows (tables) and JSON objects (scripts).
+
+use serde_json::{Value, json};
+use shepherd_proto::agentmanager::v1::{self as am, agent_event::Kind};
+use shepherd_proto::scheduler::v1 as sched;
+
+use crate::cli::Output;
+
+/// A resource that can be printed both ways.
+pub trait Render {
+    fn headers() -> &'static [&'static str];
+    fn row(&self) -> Vec<String>;
+    fn json(&self) -> Value;
+}
+
+/// Prints one resource: a key/value list, or a JSON object.
+pub fn one<T: Render>(output: Output, item: &T) {
+    match output {
+        Output::Json => println!("{}", item.json()),
+        Output::Table => {
+            for (header, value) in T::headers().iter().zip(item.row()) {
+                println!("{:<14} {value}", format!("{header}:"));
+            }
+        }
+    }
+}
+
+/// Prints a list: an aligned table, or a JSON array.
+pub fn many<T: Render>(output: Output, items: &[T]) {
+    match output {
+        Output::Json => println!("{}", Value::Array(items.iter().map(Render::json).collect())),
+        Output::Table => table(T::headers(), items.iter().map(Render::row).collect()),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn time(value: Option<&prost_types::Timestamp>) -> String {
+    value
+        .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
+/// `AGENT_STATUS_READY` → `ready`.
+fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
+}
+
+impl Render for am::Agent {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "id",
+            "name",
+            "status",
+            "desired",
+            "generation",
+            "pid",
+            "message",
+        ]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            short(self.status().as_str_name(), "AGENT_STATUS_"),
+            short(self.desired_state().as_str_name(), "DESIRED_STATE_"),
+            self.generation.to_string(),
+            if self.pid > 0 {
+                self.pid.to_string()
+            } else {
+                "-".into()
+            },
+            self.status_message.clone(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "command": self.command,
+            "args": self.args,
+            "env": self.env,
+            "working_dir": self.working_dir,
+            "labels": self.labels,
+            "status": short(self.status().as_str_name(), "AGENT_STATUS_"),
+            "desired_state": short(self.desired_state().as_str_name(), "DESIRED_STATE_"),
+            "status_message": self.status_message,
+            "generation": self.generation,
+            "pid": self.pid,
+            "restart_count": self.restart_count,
+            "create_time": time(self.create_time.as_ref()),
+            "update_time": time(self.update_time.as_ref()),
+        })
+    }
+}
+
+fn trigger(workflow: &sched::Workflow) -> String {
+    use sched::trigger::Kind as T;
+    let duration = |d: Option<&prost_types::Duration>| {
+        d.and_then(|d| std::time::Duration::try_from(*d).ok())
+            .map(|d| humantime::format_duration(d).to_string())
+            .unwrap_or_default()
+    };
+    match workflow.trigger.as_ref().and_then(|t| t.kind.as_ref()) {
+        None | Some(T::Manual(_)) => "manual".into(),
+        Some(T::Interval(i)) => format!("every {}", duration(i.period.as_ref())),
+        Some(T::Cron(c)) => format!("cron {}", c.expression),
+        Some(T::Delay(d)) => format!("once after {}", duration(d.delay.as_ref())),
+    }
+}
+
+impl Render for sched::Workflow {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "id", "name", "agent", "enabled", "trigger", "template", "reason",
+        ]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.agent_id.clone(),
+            self.enabled.to_string(),
+            trigger(self),
+            self.prompt_template.clone(),
+            self.disabled_reason.clone(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "agent_id": self.agent_id,
+            "enabled": self.enabled,
+            "trigger": trigger(self),
+            "prompt_template": self.prompt_template,
+            "max_concurrency": self.max_concurrency,
+            "max_attempts": self.max_attempts,
+            "disabled_reason": self.disabled_reason,
+            "create_time": time(self.create_time.as_ref()),
+            "update_time": time(self.update_time.as_ref()),
+        })
+    }
+}
+
+impl Render for sched::Task {
+    fn headers() -> &'static [&'static str] {
+        &["id", "state", "attempts", "title", "output", "error"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        let first_line = |s: &str| s.lines().next().unwrap_or("").to_owned();
+        vec![
+            self.id.clone(),
+            short(self.state().as_str_name(), "TASK_STATE_"),
+            self.attempts.to_string(),
+            self.fields
+                .as_ref()
+                .map(|f| f.title.clone())
+                .unwrap_or_default(),
+            first_line(&self.output),
+            first_line(&self.last_error),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        let fields = self.fields.clone().unwrap_or_default();
+        json!({
+            "id": self.id,
+            "workflow_id": self.workflow_id,
+            "idempotency_key": self.idempotency_key,
+            "state": short(self.state().as_str_name(), "TASK_STATE_"),
+            "fields": {
+                "title": fields.title, "body": fields.body, "url": fields.url,
+                "labels": fields.labels, "metadata": fields.metadata,
+            },
+            "prompt": self.prompt,
+            "attempts": self.attempts,
+            "output": self.output,
+            "last_error": self.last_error,
+            "create_time": time(self.create_time.as_ref()),
+            "update_time": time(self.update_time.as_ref()),
+        })
+    }
+}
+
+impl Render for sched::Runner {
+    fn headers() -> &'static [&'static str] {
+        &["workflow", "agent", "state", "since", "starts", "reason"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.workflow_id.clone(),
+            self.agent_id.clone(),
+            short(self.state().as_str_name(), "RUNNER_STATE_"),
+            time(self.since.as_ref()),
+            self.starts.to_string(),
+            self.reason.clone(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "workflow_id": self.workflow_id,
+            "agent_id": self.agent_id,
+            "state": short(self.state().as_str_name(), "RUNNER_STATE_"),
+            "reason": self.reason,
+            "since": time(self.since.as_ref()),
+            "starts": self.starts,
+        })
+    }
+}
+
+/// An event's kind and its details.
+pub fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
+    match &event.kind {
+        Some(Kind::Created(e)) => ("created", json!({ "name": e.name })),
+        Some(Kind::Started(e)) => ("started", json!({ "pid": e.pid })),
+        Some(Kind::Ready(_)) => ("ready", json!({})),
+        Some(Kind::Disconnected(e)) => ("disconnected", json!({ "reason": e.reason })),
+        Some(Kind::Exited(e)) => ("exited", json!({ "code": e.code, "signal": e.signal })),
+        Some(Kind::Restarted(e)) => (
+            "restarted",
+            json!({ "generation": e.generation, "reason": e.reason }),
+        ),
+        Some(Kind::Stopped(_)) => ("stopped", json!({})),
+        Some(Kind::Deleted(_)) => ("deleted", json!({})),
+        Some(Kind::TaskAccepted(e)) => ("task_accepted", json!({ "task_id": e.task_id })),
+        Some(Kind::TaskCompleted(e)) => (
+            "task_completed",
+            json!({
+                "task_id": e.task_id,
+                "outcome": short(e.outcome().as_str_name(), "TASK_OUTCOME_"),
+                "output": e.output,
+                "attempt": e.attempt,
+            }),
+        ),
+        Some(Kind::TaskLost(e)) => (
+            "task_lost",
+            json!({ "task_id": e.task_id, "reason": e.reason, "attempt": e.attempt }),
+        ),
+        None => ("unknown", json!({})),
+    }
+}
+
+/// One event: a line, or one JSON object per line (NDJSON).
+pub fn event(output: Output, event: &am::AgentEvent) {
+    let (kind, details) = event_kind(event);
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "sequence": event.sequence,
+                "time": time(event.time.as_ref()),
+                "agent_id": event.agent_id,
+                "generation": event.generation,
+                "kind": kind,
+                "details": details,
+            })
+        ),
+        Output::Table => println!(
+            "{:>6}  {}  {}  gen {}  {kind:<14} {details}",
+            event.sequence,
+            time(event.time.as_ref()),
+            event.agent_id,
+            event.generation
+        ),
+    }
+}

@@ -1,0 +1,266 @@
+//! A scripted session with the `shepherd` CLI against the real stack: the
+//! first hour of a new user, and the exit codes scripts rely on.
+
+use std::process::Output;
+
+use serde_json::Value;
+use shepherd_e2e::{Stack, StackOptions};
+use shepherd_proto::scheduler::v1::RunnerState;
+use shepherd_testkit::{bin_path, eventually};
+
+const TOKEN: &str = "cli-token";
+
+struct Cli {
+    manager: String,
+    scheduler: String,
+    token: Option<String>,
+}
+
+impl Cli {
+    async fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut command = tokio::process::Command::new(bin_path("shepherd")?);
+        command
+            .args(args)
+            .env("SHEPHERD_AGENT_MANAGER_URL", &self.manager)
+            .env("SHEPHERD_SCHEDULER_URL", &self.scheduler)
+            .env_remove("SHEPHERD_TOKEN");
+        if let Some(token) = &self.token {
+            command.env("SHEPHERD_TOKEN", token);
+        }
+        Ok(tokio::time::timeout(shepherd_e2e::WAIT, command.output()).await??)
+    }
+
+    /// Runs a command that must succeed and prints JSON; returns it.
+    async fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let output = self.run(&all).await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "shepherd {args:?} failed ({:?}): {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    async fn code(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let output = self.run(args).await?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_cli_session_from_agent_to_recovered_workflow() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await?;
+    let cli = Cli {
+        manager: stack.manager.url(),
+        scheduler: stack.scheduler.as_ref().expect("scheduler").url(),
+        token: Some(TOKEN.into()),
+    };
+
+    // An agent from a TOML file.
+    let spec = stack.scratch_file("agent.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"cli-agent\"\ncommand = \"{}\"\n[labels]\nteam = \"docs\"\n[restart]\nmode = \"never\"\n",
+            bin_path("shepherd-agent")?.display()
+        ),
+    )?;
+    let agent = cli
+        .json(&["agents", "create", "--file", spec.to_str().expect("path")])
+        .await?;
+    assert_eq!(agent["name"], "cli-agent");
+    assert_eq!(agent["labels"]["team"], "docs");
+    let agent_id = agent["id"].as_str().expect("id").to_owned();
+    stack.wait_agent_ready(&agent_id, 1).await?;
+
+    let listed = cli
+        .json(&["agents", "list", "--label", "team=docs"])
+        .await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let got = cli.json(&["agents", "get", "cli-agent"]).await?;
+    assert_eq!(got["status"], "ready");
+
+    // A workflow (agent named, not id'd) and two tasks.
+    let workflow = cli
+        .json(&[
+            "workflows",
+            "create",
+            "--name",
+            "cli-flow",
+            "--agent",
+            "cli-agent",
+            "--template",
+            "echo {{title}}",
+        ])
+        .await?;
+    let workflow_id = workflow["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_runner(&workflow_id, RunnerState::Running, "")
+        .await?;
+    let task = cli
+        .json(&[
+            "workflows",
+            "trigger",
+            "cli-flow",
+            "--key",
+            "a",
+            "--title",
+            "first",
+        ])
+        .await?;
+    assert_eq!(task["id"], format!("{workflow_id}:a"));
+
+    // Restart the agent; the runner recovers and new work completes.
+    let restarted = cli.json(&["agents", "restart", "cli-agent"]).await?;
+    assert_eq!(restarted["generation"], 2);
+    stack.wait_agent_ready(&agent_id, 2).await?;
+    cli.json(&[
+        "workflows",
+        "trigger",
+        "cli-flow",
+        "--key",
+        "b",
+        "--title",
+        "second",
+    ])
+    .await?;
+    let tasks = eventually(shepherd_e2e::WAIT, "both tasks to succeed", || async {
+        let tasks = cli
+            .json(&["tasks", "list", "cli-flow", "--state", "succeeded"])
+            .await?;
+        Ok((tasks.as_array().map(Vec::len) == Some(2)).then_some(tasks))
+    })
+    .await?;
+    let outputs: Vec<&str> = tasks
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["output"].as_str())
+        .collect();
+    assert_eq!(outputs, ["first\n", "second\n"]);
+    let runners = cli
+        .json(&["runners", "list", "--agent", "cli-agent"])
+        .await?;
+    assert_eq!(runners[0]["state"], "running");
+
+    // The event log, followed and resumed from a cursor.
+    let watch = cli
+        .run(&[
+            "--output",
+            "json",
+            "events",
+            "watch",
+            "--agent",
+            "cli-agent",
+            "--limit",
+            "3",
+        ])
+        .await?;
+    assert!(watch.status.success());
+    let events: Vec<Value> = String::from_utf8_lossy(&watch.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["created", "started", "ready"]);
+    let cursor = events[2]["sequence"]
+        .as_u64()
+        .expect("sequence")
+        .to_string();
+    let resumed = cli
+        .run(&[
+            "--output", "json", "events", "watch", "--after", &cursor, "--limit", "1",
+        ])
+        .await?;
+    let next: Value = serde_json::from_slice(&resumed.stdout)?;
+    assert!(next["sequence"].as_u64().expect("sequence") > cursor.parse::<u64>()?);
+
+    // Human output is a table.
+    let table = cli.run(&["workflows", "list"]).await?;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(text.contains("cli-flow"));
+
+    cli.json(&["workflows", "disable", "cli-flow"]).await?;
+    stack
+        .wait_runner(&workflow_id, RunnerState::Stopped, "disabled")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exit_codes_scripts_can_rely_on() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await?;
+    let manager = stack.manager.url();
+    let scheduler = stack.scheduler.as_ref().expect("scheduler").url();
+    let cli = Cli {
+        manager: manager.clone(),
+        scheduler: scheduler.clone(),
+        token: Some(TOKEN.into()),
+    };
+
+    let (code, stderr) = cli.code(&["agents", "get", "no-such-agent"]).await?;
+    assert_eq!(code, 3, "{stderr}");
+    let (code, stderr) = cli
+        .code(&[
+            "workflows",
+            "create",
+            "--name",
+            "Bad Name",
+            "--agent",
+            &uuid::Uuid::new_v4().to_string(),
+        ])
+        .await?;
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _) = cli.code(&["agents", "frobnicate"]).await?;
+    assert_eq!(code, 2, "usage errors");
+    let (code, stderr) = cli
+        .code(&[
+            "agents",
+            "create",
+            "--name",
+            "x",
+            "--command",
+            "/bin/true",
+            "--restart",
+            "sometimes",
+        ])
+        .await?;
+    assert_eq!(code, 2, "{stderr}");
+
+    let anonymous = Cli {
+        manager: manager.clone(),
+        scheduler: scheduler.clone(),
+        token: None,
+    };
+    let (code, stderr) = anonymous.code(&["agents", "list"]).await?;
+    assert_eq!(code, 6, "{stderr}");
+    assert!(
+        stderr.contains("SHEPHERD_TOKEN"),
+        "says what to do: {stderr}"
+    );
+
+    let nowhere = Cli {
+        manager: "http://127.0.0.1:1".into(),
+        scheduler,
+        token: Some(TOKEN.into()),
+    };
+    let (code, stderr) = nowhere.code(&["agents", "list"]).await?;
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("is the service running"), "{stderr}");
+    Ok(())
+}
