@@ -34,6 +34,111 @@ pub struct StackOptions {
     /// API token both services require (and the scheduler presents to the
     /// manager); None: open APIs.
     pub token: Option<String>,
+    /// Serve TLS everywhere with these files; None: plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A CA and a server certificate it signed (for localhost / 127.0.0.1).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates them in `dir` with the openssl command.
+    pub fn generate(dir: &std::path::Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: Vec<Vec<String>> = vec![
+            [
+                &["req", "-x509"][..],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &path("ca.key"),
+                    "-out",
+                    &path("ca.pem"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=shepherd-test-ca",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ][..],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            [
+                &["req"][..],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &path("server.key"),
+                    "-out",
+                    &path("server.csr"),
+                    "-subj",
+                    "/CN=localhost",
+                ][..],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            [
+                "x509",
+                "-req",
+                "-in",
+                &path("server.csr"),
+                "-CA",
+                &path("ca.pem"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &path("server.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &path("server.ext"),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ];
+        for args in steps {
+            let output = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .context("running openssl (needed to make test certificates)")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        })
+    }
 }
 
 impl Default for StackOptions {
@@ -44,6 +149,7 @@ impl Default for StackOptions {
             level: true,
             log: std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             token: None,
+            tls: None,
         }
     }
 }
@@ -52,6 +158,38 @@ impl Default for StackOptions {
 impl StackOptions {
     fn auth(&self) -> anyhow::Result<AttachBearer> {
         Ok(AttachBearer::new(self.token.as_deref())?)
+    }
+
+    /// The URL of a service process (https when TLS is on).
+    pub fn url(&self, process: &ServiceProcess) -> String {
+        match self.tls {
+            Some(_) => format!("https://{}", process.addr),
+            None => process.url(),
+        }
+    }
+
+    /// An authenticated channel to a service process.
+    pub async fn channel(&self, process: &ServiceProcess) -> anyhow::Result<AuthChannel> {
+        let ca = self.tls.as_ref().map(|tls| tls.ca.as_path());
+        let channel = shepherd_platform::tls::endpoint(&self.url(process), ca)?
+            .connect()
+            .await?;
+        Ok(InterceptedService::new(channel, self.auth()?))
+    }
+
+    /// `--tls-cert/--tls-key` plus the CA under `ca_flag`, when TLS is on.
+    fn tls_args(&self, ca_flag: &str) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        [
+            ("--tls-cert", &tls.cert),
+            ("--tls-key", &tls.key),
+            (ca_flag, &tls.ca),
+        ]
+        .iter()
+        .flat_map(|(flag, path)| [(*flag).to_owned(), path.display().to_string()])
+        .collect()
     }
 
     fn token_env(&self, name: &'static str) -> Vec<(&'static str, String)> {
@@ -77,15 +215,9 @@ impl Stack {
         std::fs::create_dir_all(&scratch)?;
         let manager = start_manager(&db, &scratch, "127.0.0.1:0", &options).await?;
         let manager_port = manager.addr.port();
-        let agents = AgentManagerClient::with_interceptor(
-            shepherd_testkit::channel(&manager.url()).await?,
-            options.auth()?,
-        );
-        let scheduler = start_scheduler(&db, &manager.url(), &options).await?;
-        let workflows = SchedulerClient::with_interceptor(
-            shepherd_testkit::channel(&scheduler.url()).await?,
-            options.auth()?,
-        );
+        let agents = AgentManagerClient::new(options.channel(&manager).await?);
+        let scheduler = start_scheduler(&db, &options.url(&manager), &options).await?;
+        let workflows = SchedulerClient::new(options.channel(&scheduler).await?);
         Ok(Self {
             db,
             options,
@@ -103,10 +235,7 @@ impl Stack {
     pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", self.manager_port);
         self.manager = start_manager(&self.db, &self.scratch, &addr, &self.options).await?;
-        self.agents = AgentManagerClient::with_interceptor(
-            shepherd_testkit::channel(&self.manager.url()).await?,
-            self.options.auth()?,
-        );
+        self.agents = AgentManagerClient::new(self.options.channel(&self.manager).await?);
         Ok(())
     }
 
@@ -118,11 +247,9 @@ impl Stack {
     }
 
     pub async fn start_scheduler(&mut self) -> anyhow::Result<()> {
-        let scheduler = start_scheduler(&self.db, &self.manager.url(), &self.options).await?;
-        self.workflows = SchedulerClient::with_interceptor(
-            shepherd_testkit::channel(&scheduler.url()).await?,
-            self.options.auth()?,
-        );
+        let scheduler =
+            start_scheduler(&self.db, &self.options.url(&self.manager), &self.options).await?;
+        self.workflows = SchedulerClient::new(self.options.channel(&scheduler).await?);
         self.scheduler = Some(scheduler);
         Ok(())
     }
@@ -344,7 +471,7 @@ async fn start_manager(
     listen: &str,
     options: &StackOptions,
 ) -> anyhow::Result<ServiceProcess> {
-    let args = strings(&[
+    let mut args = strings(&[
         "--listen",
         listen,
         "--stop-grace",
@@ -354,6 +481,7 @@ async fn start_manager(
         "--event-heartbeat",
         "300ms",
     ]);
+    args.extend(options.tls_args("--agent-ca-file"));
     let mut env = vec![
         ("DATABASE_URL", db.url.clone()),
         (
@@ -396,6 +524,7 @@ async fn start_scheduler(
     ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));
     env.extend(options.token_env("AGENT_MANAGER_TOKEN"));
+    args.extend(options.tls_args("--agent-manager-ca-file"));
     ServiceProcess::start("scheduler", &args, &env).await
 }
 

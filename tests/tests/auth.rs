@@ -111,3 +111,57 @@ async fn api_token_is_required_and_health_and_reflection_stay_open() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_between_every_party() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("shepherd-tls-{}", uuid::Uuid::new_v4()));
+    let tls = shepherd_e2e::TlsFiles::generate(&dir)?;
+    let mut stack = Stack::start(StackOptions {
+        token: Some(TOKEN.into()),
+        tls: Some(tls.clone()),
+        ..Default::default()
+    })
+    .await?;
+
+    // Agents reach the manager over TLS (the manager hands them the CA),
+    // the scheduler reaches the manager over TLS, and so do we.
+    let agent = stack
+        .create_agent("tls-agent", am::RestartMode::Never)
+        .await?;
+    let workflow = stack
+        .create_workflow("tls-flow", &agent.id, true, "echo {{title}}")
+        .await?;
+    stack
+        .wait_runner(&workflow.id, RunnerState::Running, "")
+        .await?;
+    let task = stack.trigger(&workflow.id, "one", "encrypted").await?;
+    let done = stack
+        .wait_tasks(&[task.id], sched::TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].output.trim(), "encrypted");
+
+    // Plaintext is refused.
+    let plain = shepherd_testkit::channel(&stack.manager.url()).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(channel) => {
+            AgentManagerClient::with_interceptor(channel, AttachBearer::new(Some(TOKEN))?)
+                .list_agents(am::ListAgentsRequest::default())
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused, "a plaintext call to a TLS server must fail");
+
+    if let Some(grpcurl) = shepherd_testkit::grpcurl()? {
+        let addr = stack.manager.addr.to_string();
+        let ca = tls.ca.display().to_string();
+        let list = grpcurl.run(&["-cacert", &ca, &addr, "list"]).await?;
+        assert!(
+            list.contains("shepherd.agentmanager.v1.AgentManager"),
+            "{list}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

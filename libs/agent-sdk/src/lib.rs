@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use shepherd_proto::agentmanager::v1::TaskOutcome;
 
@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub session_token: String,
     pub manager_url: String,
+    /// PEM CA to verify the manager's TLS certificate (https URLs).
+    pub manager_ca_file: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -69,6 +71,7 @@ impl AgentConfig {
             agent_id: var("SHEPHERD_AGENT_ID")?,
             session_token: var("SHEPHERD_SESSION_TOKEN")?,
             manager_url: var("SHEPHERD_MANAGER_URL")?,
+            manager_ca_file: std::env::var_os("SHEPHERD_MANAGER_CA_FILE").map(Into::into),
         })
     }
 }
@@ -116,11 +119,19 @@ pub trait TaskHandler: Send + Sync + 'static {
 /// token: returns `SdkError::Refused`). Connection failures are retried with
 /// capped exponential backoff.
 pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), SdkError> {
-    let endpoint =
-        Endpoint::from_shared(config.manager_url.clone()).map_err(|err| SdkError::InvalidUrl {
-            url: config.manager_url.clone(),
-            reason: err.to_string(),
-        })?;
+    let invalid = |reason: String| SdkError::InvalidUrl {
+        url: config.manager_url.clone(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(config.manager_url.clone())
+        .map_err(|err| invalid(err.to_string()))?;
+    if let Some(ca) = &config.manager_ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|err| invalid(format!("reading CA {}: {err}", ca.display())))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|err| invalid(err.to_string()))?;
+    }
     let channel = endpoint.connect_lazy();
     let handler = Arc::new(handler);
     let mut backoff = Duration::from_millis(50);

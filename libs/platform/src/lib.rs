@@ -10,3 +10,4 @@ pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

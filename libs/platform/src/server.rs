@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,7 @@ pub async fn serve(
     listener: TcpListener,
     mut routes: RoutesBuilder,
     service_names: Vec<&'static str>,
+    tls: Option<ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -69,7 +70,11 @@ pub async fn serve(
             .await;
     };
 
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shepherd_platform::auth::AuthArgs;
 use shepherd_platform::config::{DatabaseArgs, parse_duration};
+use shepherd_platform::tls::TlsArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -23,6 +24,14 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// PEM CA agents use to verify this manager's TLS certificate (given to
+    /// them as SHEPHERD_MANAGER_CA_FILE).
+    #[arg(long, env = "AGENT_CA_FILE")]
+    pub agent_ca_file: Option<PathBuf>,
 
     /// URL agent processes use to reach this manager (given to them as
     /// SHEPHERD_MANAGER_URL). Default: derived from the listen address.
@@ -74,6 +83,7 @@ impl Config {
         } else {
             bound.ip().to_string()
         };
-        format!("http://{host}:{}", bound.port())
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", bound.port())
     }
 }

@@ -50,6 +50,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sessions: Sessions::default(),
         logs: LogDir::new(config.log_dir(), config.log_max_bytes),
         manager_url: config.advertise_url(bound),
+        manager_ca_file: config.agent_ca_file.clone(),
         stop_grace: config.stop_grace,
     });
     let supervisors = Arc::new(Supervisors::new(ctx));
@@ -71,7 +72,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         <AgentManagerServer<Api> as NamedService>::NAME,
         <AgentSessionServer<Api> as NamedService>::NAME,
     ];
-    let serving = tokio::spawn(server::serve(listener, routes, names, shutdown.clone()));
+    let tls = config.tls.server_config()?;
+    let serving = tokio::spawn(server::serve(
+        listener,
+        routes,
+        names,
+        tls,
+        shutdown.clone(),
+    ));
     println!("agent-manager listening on {bound}");
     tracing::info!(%bound, "agent-manager listening");
 

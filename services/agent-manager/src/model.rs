@@ -163,9 +163,10 @@ pub struct NewAgent {
 
 /// Environment variables the manager sets for every agent; a spec may not
 /// override them.
-pub const RESERVED_ENV: [&str; 4] = [
+pub const RESERVED_ENV: [&str; 5] = [
     "SHEPHERD_AGENT_ID",
     "SHEPHERD_MANAGER_URL",
+    "SHEPHERD_MANAGER_CA_FILE",
     "SHEPHERD_SESSION_TOKEN",
     "SHEPHERD_GENERATION",
 ];

@@ -59,6 +59,7 @@ pub struct Launch<'a> {
     pub generation: u64,
     pub session_token: &'a str,
     pub manager_url: &'a str,
+    pub manager_ca_file: Option<&'a std::path::Path>,
 }
 
 /// A running agent process, owned by its supervisor.
@@ -84,6 +85,9 @@ impl AgentProcess {
             // Its own group: signals reach the agent's children too, and a
             // Ctrl-C at the manager's terminal does not reach the agent.
             .process_group(0);
+        if let Some(ca) = launch.manager_ca_file {
+            command.env("SHEPHERD_MANAGER_CA_FILE", ca);
+        }
         if let Some(dir) = &spec.working_dir {
             command.current_dir(dir);
         }

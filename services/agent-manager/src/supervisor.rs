@@ -38,6 +38,8 @@ pub struct Context {
     pub logs: LogDir,
     /// URL agent processes use to reach the manager.
     pub manager_url: String,
+    /// CA agents trust for that URL (TLS).
+    pub manager_ca_file: Option<std::path::PathBuf>,
     /// SIGTERM → SIGKILL grace period.
     pub stop_grace: Duration,
 }
@@ -392,6 +394,7 @@ impl Supervisor {
             generation,
             session_token: &token,
             manager_url: &self.ctx.manager_url,
+            manager_ca_file: self.ctx.manager_ca_file.as_deref(),
         };
         let process = match AgentProcess::spawn(&launch, &self.ctx.logs) {
             Ok(process) => process,

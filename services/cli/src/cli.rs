@@ -36,6 +36,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "SHEPHERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// PEM CA to verify the services' TLS certificates (https URLs).
+    #[arg(long, global = true, env = "SHEPHERD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

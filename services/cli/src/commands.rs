@@ -12,7 +12,7 @@ use shepherd_proto::agentmanager::v1::{
 };
 use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cli::{
     AgentCommand, Cli, Command, CreateAgent, CreateWorkflow, EventCommand, Output, RunnerCommand,
@@ -33,11 +33,11 @@ struct Clients {
     output: Output,
 }
 
-fn connect(url: &str, auth: &AttachBearer) -> anyhow::Result<Authed> {
+fn connect(url: &str, ca_file: Option<&Path>, auth: &AttachBearer) -> anyhow::Result<Authed> {
     // Lazy: an unreachable service surfaces as UNAVAILABLE on the call,
     // which maps to its exit code.
-    let channel = Endpoint::from_shared(url.to_owned())
-        .map_err(|err| UsageError(format!("invalid URL {url:?}: {err}")))?
+    let channel = shepherd_platform::tls::endpoint(url, ca_file)
+        .map_err(|err| UsageError(err.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy();
     Ok(InterceptedService::new(channel, auth.clone()))
@@ -46,8 +46,16 @@ fn connect(url: &str, auth: &AttachBearer) -> anyhow::Result<Authed> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let auth = AttachBearer::new(cli.token.as_deref())?;
     let mut clients = Clients {
-        agents: AgentManagerClient::new(connect(&cli.agent_manager_url, &auth)?),
-        workflows: SchedulerClient::new(connect(&cli.scheduler_url, &auth)?),
+        agents: AgentManagerClient::new(connect(
+            &cli.agent_manager_url,
+            cli.ca_file.as_deref(),
+            &auth,
+        )?),
+        workflows: SchedulerClient::new(connect(
+            &cli.scheduler_url,
+            cli.ca_file.as_deref(),
+            &auth,
+        )?),
         output: cli.output,
     };
     match cli.command {

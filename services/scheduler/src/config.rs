@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use shepherd_platform::auth::AuthArgs;
 use shepherd_platform::config::{DatabaseArgs, parse_duration};
+use shepherd_platform::tls::TlsArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -21,6 +22,14 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// PEM CA to verify the agent-manager's TLS certificate (for an
+    /// https:// AGENT_MANAGER_URL).
+    #[arg(long, env = "AGENT_MANAGER_CA_FILE")]
+    pub agent_manager_ca_file: Option<std::path::PathBuf>,
 
     /// URL of the agent-manager.
     #[arg(

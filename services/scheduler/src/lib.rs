@@ -47,6 +47,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let manager = ManagerClient::new(
         &config.agent_manager_url,
         config.agent_manager_token.as_deref(),
+        config.agent_manager_ca_file.as_deref(),
     )?;
     let agents = Arc::new(AgentView::default());
     let runners = Runners::new(
@@ -76,7 +77,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let auth = RequireBearer::new(config.auth.api_token.as_deref());
     routes.add_service(SchedulerServer::with_interceptor(Api::new(scheduler), auth));
     let names = vec![<SchedulerServer<Api> as NamedService>::NAME];
-    let serving = tokio::spawn(server::serve(listener, routes, names, shutdown.clone()));
+    let tls = config.tls.server_config()?;
+    let serving = tokio::spawn(server::serve(
+        listener,
+        routes,
+        names,
+        tls,
+        shutdown.clone(),
+    ));
     println!("scheduler listening on {bound}");
     tracing::info!(%bound, manager = %config.agent_manager_url, "scheduler listening");
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shepherd_platform::auth::AttachBearer;
 use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// Deadline of unary calls: a hung manager must not wedge a runner.
@@ -23,8 +23,12 @@ pub struct ManagerClient {
 impl ManagerClient {
     /// Connects lazily: the scheduler starts (and serves its API) while the
     /// manager is still down.
-    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let channel = shepherd_platform::tls::endpoint(url, ca_file)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect_lazy();

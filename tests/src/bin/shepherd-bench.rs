@@ -74,6 +74,7 @@ fn options() -> StackOptions {
         level: true,
         log: "error".into(),
         token: None,
+        tls: None,
     }
 }
 
