@@ -80,7 +80,10 @@ fn compose_sets_only_variables_the_binaries_read() -> anyhow::Result<()> {
         let help = help(binary)?;
         for key in keys {
             let read =
-                READ_BY_PLATFORM.contains(&key.as_str()) || help.contains(&format!("[env: {key}="));
+                // clap prints `[env: KEY=value]`, or `[env: KEY]` for secrets.
+                READ_BY_PLATFORM.contains(&key.as_str())
+                    || help.contains(&format!("[env: {key}="))
+                    || help.contains(&format!("[env: {key}]"));
             assert!(
                 read,
                 "docker-compose sets {key} for {service}, but {binary} does not read it"

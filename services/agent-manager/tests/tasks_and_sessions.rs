@@ -109,7 +109,10 @@ async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -
     let mut rest = seen;
     rest.extend(events.until(|e| kind(e) == "started").await?);
     let names = kinds(&rest);
-    assert!(names.contains(&"exited") && names.contains(&"disconnected"), "{names:?}");
+    assert!(
+        names.contains(&"exited") && names.contains(&"disconnected"),
+        "{names:?}"
+    );
 
     // Once the agent is back, the lost task may be delivered again.
     events.until(|e| is_ready(e) && e.generation == 2).await?;
