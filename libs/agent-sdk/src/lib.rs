@@ -132,7 +132,7 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
             .map_err(|err| invalid(err.to_string()))?;
     }
-    let channel = endpoint.connect_lazy();
+    let channel = endpoint.tcp_nodelay(true).connect_lazy();
     let handler = Arc::new(handler);
     let mut backoff = Duration::from_millis(50);
     loop {

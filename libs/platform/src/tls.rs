@@ -56,14 +56,16 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// An endpoint for `url`, trusting the PEM CA in `ca_file` when given
+/// An endpoint for `url` (Nagle off), trusting the PEM CA in `ca_file` when given
 /// (required for `https://` URLs: no system roots are bundled).
 pub fn endpoint(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, TlsError> {
     let invalid = |reason: String| TlsError::Url {
         url: url.to_owned(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|err| invalid(err.to_string()))?;
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| invalid(err.to_string()))?
+        .tcp_nodelay(true);
     match ca_file {
         None => Ok(endpoint),
         Some(ca) => {
