@@ -77,13 +77,7 @@ impl EventLog {
         generation: u64,
         kind: agent_event::Kind,
     ) -> Result<u64> {
-        let event = AgentEvent {
-            sequence: 0,
-            agent_id: agent_id.to_string(),
-            generation,
-            time: Some(SystemTime::now().into()),
-            kind: Some(kind),
-        };
+        let event = new_event(agent_id, generation, kind);
         let (done, result) = oneshot::channel();
         self.appends
             .send(AppendRequest {
@@ -96,6 +90,25 @@ impl EventLog {
         result
             .await
             .map_err(|_| Error::Internal("the event log writer stopped".into()))?
+    }
+
+    /// Appends one event without waiting for its commit (a failure is
+    /// logged by the writer). Events queued by one caller keep their order.
+    pub async fn enqueue(
+        &self,
+        agent_id: Uuid,
+        generation: u64,
+        kind: agent_event::Kind,
+    ) -> Result<()> {
+        let (done, _) = oneshot::channel();
+        self.appends
+            .send(AppendRequest {
+                agent_id,
+                event: new_event(agent_id, generation, kind),
+                done,
+            })
+            .await
+            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))
     }
 
     /// Last committed sequence number.
@@ -316,6 +329,16 @@ async fn write_loop(
                 }
             }
         }
+    }
+}
+
+fn new_event(agent_id: Uuid, generation: u64, kind: agent_event::Kind) -> AgentEvent {
+    AgentEvent {
+        sequence: 0,
+        agent_id: agent_id.to_string(),
+        generation,
+        time: Some(SystemTime::now().into()),
+        kind: Some(kind),
     }
 }
 

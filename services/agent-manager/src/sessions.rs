@@ -7,7 +7,7 @@
 //! agent's other state changes. A session loop never touches the registry;
 //! when it ends it tells the supervisor (`SessionClosed`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -156,18 +156,24 @@ where
         let silence_limit = self.heartbeat_interval * 3;
         let mut silent_until = Instant::now() + silence_limit;
         let mut ticker = tokio::time::interval(self.heartbeat_interval);
+        // Tasks forwarded on this session and not yet completed: reports
+        // about anything else are stale and ignored without a query.
+        let mut in_flight = HashSet::new();
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return "session closed by the manager".into(),
                 message = self.inbound.next() => match message {
                     Some(Ok(message)) => {
                         silent_until = Instant::now() + silence_limit;
-                        self.reports.on_message(message).await;
+                        self.reports.on_message(message, &mut in_flight).await;
                     }
                     Some(Err(status)) => return format!("session stream failed: {}", status.message()),
                     None => return "agent closed the session".into(),
                 },
                 Some(task) = self.tasks.recv() => {
+                    if let Some(manager_message::Kind::Task(task)) = &task.kind {
+                        in_flight.insert(task.task_id.clone());
+                    }
                     if self.outbound.send(task).await.is_err() {
                         return "agent went away".into();
                     }
@@ -198,12 +204,22 @@ struct TaskReports {
 }
 
 impl TaskReports {
-    async fn on_message(&self, message: AgentMessage) {
+    async fn on_message(&self, message: AgentMessage, in_flight: &mut HashSet<String>) {
         let result = match message.kind {
             Some(agent_message::Kind::TaskAccepted(accepted)) => {
-                self.accepted(accepted.task_id).await
+                if in_flight.contains(&accepted.task_id) {
+                    self.accepted(accepted.task_id).await
+                } else {
+                    Ok(())
+                }
             }
-            Some(agent_message::Kind::TaskCompleted(completed)) => self.completed(completed).await,
+            Some(agent_message::Kind::TaskCompleted(completed)) => {
+                if in_flight.remove(&completed.task_id) {
+                    self.completed(completed).await
+                } else {
+                    Ok(())
+                }
+            }
             Some(agent_message::Kind::Heartbeat(_))
             | Some(agent_message::Kind::Hello(_))
             | None => Ok(()),
@@ -213,21 +229,16 @@ impl TaskReports {
         }
     }
 
+    /// Acceptance is informational: no state changes, so it is only
+    /// logged as an event, queued (in order) without waiting for the commit.
     async fn accepted(&self, task_id: String) -> crate::error::Result<()> {
-        if self
-            .store
-            .mark_task_accepted(&task_id, self.session_id)
-            .await?
-        {
-            let kind =
-                agent_event::Kind::TaskAccepted(shepherd_proto::agentmanager::v1::TaskAccepted {
-                    task_id,
-                });
-            self.events
-                .append(self.agent_id, self.generation, kind)
-                .await?;
-        }
-        Ok(())
+        let kind =
+            agent_event::Kind::TaskAccepted(shepherd_proto::agentmanager::v1::TaskAccepted {
+                task_id,
+            });
+        self.events
+            .enqueue(self.agent_id, self.generation, kind)
+            .await
     }
 
     async fn completed(&self, mut completed: TaskCompleted) -> crate::error::Result<()> {
@@ -245,8 +256,10 @@ impl TaskReports {
         {
             completed.attempt = attempt;
             truncate_utf8(&mut completed.output, MAX_OUTPUT_BYTES);
+            // The state is committed; the event follows in order. Not
+            // waiting for its commit keeps this session taking reports.
             self.events
-                .append(
+                .enqueue(
                     self.agent_id,
                     self.generation,
                     agent_event::Kind::TaskCompleted(completed),

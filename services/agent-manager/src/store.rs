@@ -245,7 +245,7 @@ impl Store {
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let last: i64 = tx
             .query_one(
-                "UPDATE agent_manager.event_log_state SET last_seq = last_seq + $1 RETURNING last_seq",
+                &tx.prepare_cached("UPDATE agent_manager.event_log_state SET last_seq = last_seq + $1 RETURNING last_seq").await?,
                 &[&count],
             )
             .await?
@@ -256,8 +256,11 @@ impl Store {
         let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
         tx.execute(
-            "INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
+            &tx.prepare_cached(
+                "INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
              SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bytea[])",
+            )
+            .await?,
             &[&seqs, &agents, &kinds, &payloads],
         )
         .await?;
@@ -354,14 +357,14 @@ impl Store {
         let client = self.pool.get().await?;
         let claimed = client
             .query_opt(
-                "INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state)
+                &client.prepare_cached("INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state)
                  VALUES ($1, $2, $3, $4, 'delivered')
                  ON CONFLICT (task_id) DO UPDATE
                  SET state = 'delivered', attempt = tasks.attempt + 1, agent_id = EXCLUDED.agent_id,
                      session_id = EXCLUDED.session_id, generation = EXCLUDED.generation,
                      outcome = NULL, updated_at = now()
                  WHERE tasks.state = 'lost'
-                 RETURNING attempt",
+                 RETURNING attempt").await?,
                 &[&task_id, &agent_id, &session_id, &to_i64(generation)],
             )
             .await?;
@@ -372,7 +375,7 @@ impl Store {
         }
         let row = client
             .query_one(
-                "SELECT state, attempt, outcome FROM agent_manager.tasks WHERE task_id = $1",
+                &client.prepare_cached("SELECT state, attempt, outcome FROM agent_manager.tasks WHERE task_id = $1").await?,
                 &[&task_id],
             )
             .await?;
@@ -381,20 +384,6 @@ impl Store {
             attempt: from_i32(row.get(1)),
             outcome: row.get(2),
         })
-    }
-
-    /// Marks a delivered task accepted; false if it is not in flight on this
-    /// session (stale or unknown report).
-    pub async fn mark_task_accepted(&self, task_id: &str, session_id: Uuid) -> Result<bool> {
-        let client = self.pool.get().await?;
-        let updated = client
-            .execute(
-                "UPDATE agent_manager.tasks SET state = 'accepted', updated_at = now()
-                 WHERE task_id = $1 AND session_id = $2 AND state = 'delivered'",
-                &[&task_id, &session_id],
-            )
-            .await?;
-        Ok(updated == 1)
     }
 
     /// Marks an in-flight task completed and returns its attempt; None if
@@ -408,9 +397,9 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "UPDATE agent_manager.tasks SET state = 'completed', outcome = $3, updated_at = now()
+                &client.prepare_cached("UPDATE agent_manager.tasks SET state = 'completed', outcome = $3, updated_at = now()
                  WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')
-                 RETURNING attempt",
+                 RETURNING attempt").await?,
                 &[&task_id, &session_id, &outcome],
             )
             .await?;

@@ -26,9 +26,13 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::recovery::Recovery;
 use crate::runner::settle;
+use crate::store::Outcome;
+use futures_util::FutureExt;
 
 /// How often a dirty cursor is saved.
 const SAVE_EVERY: Duration = Duration::from_millis(200);
+/// Most messages handled in one go.
+const MAX_BATCH: usize = 256;
 
 pub struct Consumer {
     pub recovery: Arc<Recovery>,
@@ -113,7 +117,16 @@ impl Consumer {
                         Ok(Ok(Some(message))) => message,
                     };
                     backoff.reset();
-                    match self.handle(message, &mut cursor).await {
+                    // Take whatever else has already arrived, so a burst of
+                    // outcomes is recorded with one statement.
+                    let mut batch = vec![message];
+                    while batch.len() < MAX_BATCH {
+                        match stream.message().now_or_never() {
+                            Some(Ok(Some(message))) => batch.push(message),
+                            _ => break,
+                        }
+                    }
+                    match self.handle_batch(batch, &mut cursor).await {
                         Ok(()) => {
                             if saved == cursor {
                                 save_at = Instant::now() + SAVE_EVERY;
@@ -130,6 +143,49 @@ impl Consumer {
             tracing::warn!(error = %err, "could not save the event cursor");
         }
         end
+    }
+
+    /// Handles messages in order. Consecutive task completions are
+    /// recorded together; everything else one by one.
+    async fn handle_batch(
+        &self,
+        batch: Vec<pb::WatchAgentEventsResponse>,
+        cursor: &mut u64,
+    ) -> Result<()> {
+        let mut completions: Vec<Outcome> = Vec::new();
+        let mut last_completion = *cursor;
+        for message in batch {
+            if let Some(watch_agent_events_response::Kind::Event(event)) = &message.kind
+                && let Some(Kind::TaskCompleted(done)) = &event.kind
+            {
+                completions.push(Outcome {
+                    task_id: done.task_id.clone(),
+                    attempt: (done.attempt > 0).then_some(done.attempt),
+                    succeeded: done.outcome() == pb::TaskOutcome::Succeeded,
+                    output: done.output.clone(),
+                });
+                last_completion = event.sequence;
+                continue;
+            }
+            self.record_outcomes(&mut completions).await?;
+            *cursor = (*cursor).max(last_completion);
+            self.handle(message, cursor).await?;
+        }
+        self.record_outcomes(&mut completions).await?;
+        *cursor = (*cursor).max(last_completion);
+        Ok(())
+    }
+
+    async fn record_outcomes(&self, completions: &mut Vec<Outcome>) -> Result<()> {
+        if completions.is_empty() {
+            return Ok(());
+        }
+        let recovery = &self.recovery;
+        for workflow in recovery.store.complete_many(completions).await? {
+            recovery.runners.wake(workflow);
+        }
+        completions.clear();
+        Ok(())
     }
 
     async fn handle(&self, message: pb::WatchAgentEventsResponse, cursor: &mut u64) -> Result<()> {
@@ -178,15 +234,13 @@ impl Consumer {
                 }
             }
             Some(Kind::TaskCompleted(done)) => {
-                let succeeded = done.outcome() == pb::TaskOutcome::Succeeded;
-                let attempt = (done.attempt > 0).then_some(done.attempt);
-                if let Some(workflow) = recovery
-                    .store
-                    .complete(&done.task_id, attempt, succeeded, &done.output)
-                    .await?
-                {
-                    recovery.runners.wake(workflow);
-                }
+                let outcome = Outcome {
+                    task_id: done.task_id.clone(),
+                    attempt: (done.attempt > 0).then_some(done.attempt),
+                    succeeded: done.outcome() == pb::TaskOutcome::Succeeded,
+                    output: done.output.clone(),
+                };
+                self.record_outcomes(&mut vec![outcome]).await?;
             }
             Some(Kind::TaskLost(lost)) => {
                 let attempt = (lost.attempt > 0).then_some(lost.attempt);

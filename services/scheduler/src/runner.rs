@@ -20,6 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::agents::AgentView;
@@ -303,17 +304,19 @@ impl Runner {
                 }
             }
             self.report(RunnerState::Running, "");
-            let claimed = match self.ctx.store.claim_next(self.workflow).await {
+            let claimed = match self.ctx.store.claim(self.workflow).await {
                 Ok(claimed) => claimed,
                 Err(err) => {
-                    tracing::warn!(workflow = %self.workflow, error = %err, "claiming a task failed");
-                    None
+                    tracing::warn!(workflow = %self.workflow, error = %err, "claiming tasks failed");
+                    Vec::new()
                 }
             };
-            let idle = match claimed {
-                Some(task) => matches!(self.dispatch(task).await, Dispatch::NotDelivered),
-                None => true,
-            };
+            // Claimed together, dispatched concurrently (they may run
+            // concurrently anyway: there was room for all of them).
+            let results =
+                futures_util::future::join_all(claimed.into_iter().map(|task| self.dispatch(task)))
+                    .await;
+            let idle = !results.iter().any(|r| matches!(r, Dispatch::Delivered));
             if idle && let Some(reason) = self.idle(&mut ready).await {
                 return reason;
             }
@@ -360,21 +363,30 @@ impl Runner {
     }
 
     async fn dispatch(&self, task: Claimed) -> Dispatch {
-        let span = tracing::info_span!("dispatch", workflow = %self.workflow, agent = %self.agent, task = %task.id, attempt = task.attempts);
-        let _guard = span.enter();
-        let result = self
-            .ctx
-            .manager
-            .dispatch(self.agent, &task.id, task.prompt.into_bytes())
-            .await;
-        match settle(&self.ctx.store, &task.id, task.attempts, result).await {
-            Ok(true) => Dispatch::Delivered,
-            Ok(false) => Dispatch::NotDelivered,
-            Err(err) => {
-                tracing::warn!(task = %task.id, error = %err, "recording a dispatch failed");
-                Dispatch::NotDelivered
+        let span = tracing::info_span!(
+            "dispatch",
+            workflow_id = %self.workflow,
+            agent_id = %self.agent,
+            task_id = %task.id,
+            attempt = task.attempts
+        );
+        async {
+            let result = self
+                .ctx
+                .manager
+                .dispatch(self.agent, &task.id, task.prompt.into_bytes())
+                .await;
+            match settle(&self.ctx.store, &task.id, task.attempts, result).await {
+                Ok(true) => Dispatch::Delivered,
+                Ok(false) => Dispatch::NotDelivered,
+                Err(err) => {
+                    tracing::warn!(error = %err, "recording a dispatch failed");
+                    Dispatch::NotDelivered
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     fn beat(&self) {

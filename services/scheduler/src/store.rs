@@ -43,6 +43,15 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
+/// A task's reported outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub task_id: String,
+    pub attempt: Option<u32>,
+    pub succeeded: bool,
+    pub output: String,
+}
+
 /// A task in flight.
 pub struct InFlight {
     pub id: String,
@@ -368,32 +377,45 @@ impl Store {
             .collect()
     }
 
-    /// Takes the workflow's oldest pending task for dispatch if fewer than
-    /// its max_concurrency are in flight. `FOR UPDATE SKIP LOCKED`: two
-    /// claimers never take the same task.
-    pub async fn claim_next(&self, workflow: Uuid) -> Result<Option<Claimed>> {
+    /// Takes the workflow's oldest pending tasks for dispatch, as many as
+    /// its max_concurrency leaves room for, in one statement.
+    /// `FOR UPDATE SKIP LOCKED`: two claimers never take the same task.
+    pub async fn claim(&self, workflow: Uuid) -> Result<Vec<Claimed>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "WITH next AS (
-                     SELECT t.id FROM scheduler.tasks t
+        let rows = client
+            .query(
+                &client.prepare_cached("WITH room AS (
+                     SELECT GREATEST(w.max_concurrency - (
+                         SELECT count(*) FROM scheduler.tasks d
+                         WHERE d.workflow_id = $1 AND d.state = 'dispatched'), 0) AS n
+                     FROM scheduler.workflows w WHERE w.id = $1
+                 ), next AS (
+                     SELECT t.id, t.seq FROM scheduler.tasks t
                      WHERE t.workflow_id = $1 AND t.state = 'pending'
-                       AND (SELECT count(*) FROM scheduler.tasks d
-                            WHERE d.workflow_id = $1 AND d.state = 'dispatched')
-                           < (SELECT max_concurrency FROM scheduler.workflows WHERE id = $1)
-                     ORDER BY t.seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                     ORDER BY t.seq LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED
                  )
                  UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
                  FROM next WHERE t.id = next.id
-                 RETURNING t.id, t.prompt, t.attempts",
+                 RETURNING t.id, t.prompt, t.attempts, next.seq").await?,
                 &[&workflow],
             )
             .await?;
-        Ok(row.map(|row| Claimed {
-            id: row.get(0),
-            prompt: row.get(1),
-            attempts: from_i32(row.get(2)),
-        }))
+        let mut claimed: Vec<(i64, Claimed)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(3),
+                    Claimed {
+                        id: row.get(0),
+                        prompt: row.get(1),
+                        attempts: from_i32(row.get(2)),
+                    },
+                )
+            })
+            .collect();
+        // Oldest first.
+        claimed.sort_by_key(|(seq, _)| *seq);
+        Ok(claimed.into_iter().map(|(_, task)| task).collect())
     }
 
     /// Puts a claimed task back (the dispatch did not happen).
@@ -401,9 +423,9 @@ impl Store {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE scheduler.tasks SET state = 'pending', attempts = attempts - 1, last_error = $2,
+                &client.prepare_cached("UPDATE scheduler.tasks SET state = 'pending', attempts = attempts - 1, last_error = $2,
                         updated_at = now()
-                 WHERE id = $1 AND state = 'dispatched'",
+                 WHERE id = $1 AND state = 'dispatched'").await?,
                 &[&id, &error],
             )
             .await?;
@@ -416,7 +438,7 @@ impl Store {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE scheduler.tasks SET attempts = $2 WHERE id = $1 AND state = 'dispatched'",
+                &client.prepare_cached("UPDATE scheduler.tasks SET attempts = $2 WHERE id = $1 AND state = 'dispatched'").await?,
                 &[&id, &to_i32(attempts)],
             )
             .await?;
@@ -448,19 +470,45 @@ impl Store {
         Ok(row.map(|row| row.get(0)))
     }
 
+    /// Records many outcomes in one statement (see `complete`); returns the
+    /// workflows whose tasks changed.
+    pub async fn complete_many(&self, outcomes: &[Outcome]) -> Result<Vec<Uuid>> {
+        let client = self.pool.get().await?;
+        let ids: Vec<&str> = outcomes.iter().map(|o| o.task_id.as_str()).collect();
+        let states: Vec<&str> = outcomes
+            .iter()
+            .map(|o| if o.succeeded { "succeeded" } else { "failed" })
+            .collect();
+        let outputs: Vec<&str> = outcomes.iter().map(|o| o.output.as_str()).collect();
+        let attempts: Vec<Option<i32>> = outcomes.iter().map(|o| o.attempt.map(to_i32)).collect();
+        let rows = client
+            .query(
+                &client.prepare_cached("UPDATE scheduler.tasks t SET state = v.state, output = v.output, updated_at = now()
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[]) AS v(id, state, output, attempt)
+                 WHERE t.id = v.id AND t.state = 'dispatched' AND (v.attempt IS NULL OR t.attempts <= v.attempt)
+                 RETURNING t.workflow_id").await?,
+                &[&ids, &states, &outputs, &attempts],
+            )
+            .await?;
+        let mut workflows: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+        workflows.sort_unstable();
+        workflows.dedup();
+        Ok(workflows)
+    }
+
     /// A lost attempt: back to pending while attempts remain, else failed.
     pub async fn lost(&self, id: &str, attempt: Option<u32>, reason: &str) -> Result<Option<Uuid>> {
         let client = self.pool.get().await?;
         let attempt = attempt.map(to_i32);
         let row = client
             .query_opt(
-                "UPDATE scheduler.tasks t
+                &client.prepare_cached("UPDATE scheduler.tasks t
                  SET state = CASE WHEN t.attempts >= w.max_attempts THEN 'failed' ELSE 'pending' END,
                      last_error = $3, updated_at = now()
                  FROM scheduler.workflows w
                  WHERE t.id = $1 AND w.id = t.workflow_id AND t.state = 'dispatched'
                    AND ($2::integer IS NULL OR t.attempts <= $2)
-                 RETURNING t.workflow_id",
+                 RETURNING t.workflow_id").await?,
                 &[&id, &attempt, &reason],
             )
             .await?;
