@@ -108,7 +108,7 @@ impl Store {
         );
         let result = client
             .query_one(
-                &sql,
+                &client.prepare_cached(&sql).await?,
                 &[
                     &id,
                     &agent.name,
@@ -134,7 +134,7 @@ impl Store {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agent_manager.agents WHERE id = $1");
         client
-            .query_opt(&sql, &[&id])
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
             .await?
             .map(|row| agent_from_row(&row))
             .transpose()
@@ -152,7 +152,10 @@ impl Store {
              ORDER BY id LIMIT $4"
         );
         client
-            .query(&sql, &[&status, &labels, &filter.after, &limit])
+            .query(
+                &client.prepare_cached(&sql).await?,
+                &[&status, &labels, &filter.after, &limit],
+            )
             .await?
             .iter()
             .map(agent_from_row)
@@ -163,7 +166,7 @@ impl Store {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agent_manager.agents ORDER BY id");
         client
-            .query(&sql, &[])
+            .query(&client.prepare_cached(&sql).await?, &[])
             .await?
             .iter()
             .map(agent_from_row)
@@ -177,7 +180,10 @@ impl Store {
              WHERE id = $1 RETURNING {AGENT_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&id, &desired.as_str()])
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &desired.as_str()],
+            )
             .await?
             .ok_or_else(|| Error::agent_not_found(id))?;
         agent_from_row(&row)
@@ -199,7 +205,10 @@ impl Store {
              WHERE id = $1 RETURNING {AGENT_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&id, &to_i64(generation), &pid, &token_hash])
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &to_i64(generation), &pid, &token_hash],
+            )
             .await?
             .ok_or_else(|| Error::agent_not_found(id))?;
         agent_from_row(&row)
@@ -220,7 +229,10 @@ impl Store {
              WHERE id = $1 RETURNING {AGENT_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&id, &status.as_str(), &message, &pid])
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &status.as_str(), &message, &pid],
+            )
             .await?
             .ok_or_else(|| Error::agent_not_found(id))?;
         agent_from_row(&row)
@@ -229,7 +241,12 @@ impl Store {
     pub async fn delete_agent(&self, id: Uuid) -> Result<bool> {
         let client = self.pool.get().await?;
         let deleted = client
-            .execute("DELETE FROM agent_manager.agents WHERE id = $1", &[&id])
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM agent_manager.agents WHERE id = $1")
+                    .await?,
+                &[&id],
+            )
             .await?;
         Ok(deleted == 1)
     }
@@ -273,7 +290,11 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT last_seq, pruned_through FROM agent_manager.event_log_state",
+                &client
+                    .prepare_cached(
+                        "SELECT last_seq, pruned_through FROM agent_manager.event_log_state",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
@@ -292,9 +313,13 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT seq, payload FROM agent_manager.events
+                &client
+                    .prepare_cached(
+                        "SELECT seq, payload FROM agent_manager.events
                  WHERE seq > $1 AND seq <= $2 AND ($3::uuid IS NULL OR agent_id = $3)
                  ORDER BY seq LIMIT $4",
+                    )
+                    .await?,
                 &[&to_i64(after), &to_i64(through), &agent, &limit],
             )
             .await?;
@@ -311,16 +336,20 @@ impl Store {
         let tx = client.transaction().await?;
         let row = tx
             .query_one(
-                "UPDATE agent_manager.event_log_state
+                &tx.prepare_cached(
+                    "UPDATE agent_manager.event_log_state
                  SET pruned_through = GREATEST(pruned_through, LEAST($1, last_seq))
                  RETURNING pruned_through",
+                )
+                .await?,
                 &[&to_i64(through)],
             )
             .await?;
         let pruned_through: i64 = row.get(0);
         let deleted = tx
             .execute(
-                "DELETE FROM agent_manager.events WHERE seq <= $1",
+                &tx.prepare_cached("DELETE FROM agent_manager.events WHERE seq <= $1")
+                    .await?,
                 &[&pruned_through],
             )
             .await?;
@@ -334,8 +363,12 @@ impl Store {
         let seconds = age.as_secs_f64();
         let row = client
             .query_one(
-                "SELECT max(seq) FROM agent_manager.events
+                &client
+                    .prepare_cached(
+                        "SELECT max(seq) FROM agent_manager.events
                  WHERE created_at < now() - make_interval(secs => $1)",
+                    )
+                    .await?,
                 &[&seconds],
             )
             .await?;
@@ -445,7 +478,9 @@ impl Store {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<LostTask>> {
         let client = self.pool.get().await?;
-        let rows = client.query(sql, params).await?;
+        let rows = client
+            .query(&client.prepare_cached(sql).await?, params)
+            .await?;
         Ok(rows
             .iter()
             .map(|row| LostTask {

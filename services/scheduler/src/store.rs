@@ -95,7 +95,7 @@ impl Store {
         );
         let result = client
             .query_one(
-                &sql,
+                &client.prepare_cached(&sql).await?,
                 &[
                     &id,
                     &new.name,
@@ -126,7 +126,7 @@ impl Store {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows WHERE id = $1");
         let row = client
-            .query_opt(&sql, &[&id])
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
             .await?
             .ok_or_else(|| Error::workflow_not_found(id))?;
         workflow_from_row(&row)
@@ -147,7 +147,7 @@ impl Store {
         );
         client
             .query(
-                &sql,
+                &client.prepare_cached(&sql).await?,
                 &[&filter.agent_id, &filter.enabled, &filter.after, &limit],
             )
             .await?
@@ -165,7 +165,7 @@ impl Store {
              WHERE agent_id = ANY($1) AND enabled ORDER BY id"
         );
         client
-            .query(&sql, &[&agents])
+            .query(&client.prepare_cached(&sql).await?, &[&agents])
             .await?
             .iter()
             .map(workflow_from_row)
@@ -177,7 +177,11 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id FROM scheduler.workflows WHERE id = ANY($1) AND enabled",
+                &client
+                    .prepare_cached(
+                        "SELECT id FROM scheduler.workflows WHERE id = ANY($1) AND enabled",
+                    )
+                    .await?,
                 &[&ids],
             )
             .await?;
@@ -203,7 +207,7 @@ impl Store {
         );
         let result = client
             .query_opt(
-                &sql,
+                &client.prepare_cached(&sql).await?,
                 &[
                     &workflow.id,
                     &workflow.name,
@@ -234,7 +238,12 @@ impl Store {
     pub async fn delete_workflow(&self, id: Uuid) -> Result<()> {
         let client = self.pool.get().await?;
         let deleted = client
-            .execute("DELETE FROM scheduler.workflows WHERE id = $1", &[&id])
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM scheduler.workflows WHERE id = $1")
+                    .await?,
+                &[&id],
+            )
             .await?;
         if deleted == 0 {
             return Err(Error::workflow_not_found(id));
@@ -247,8 +256,8 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "UPDATE scheduler.workflows SET enabled = false, disabled_reason = $2, updated_at = now()
-                 WHERE agent_id = $1 AND enabled RETURNING id",
+                &client.prepare_cached("UPDATE scheduler.workflows SET enabled = false, disabled_reason = $2, updated_at = now()
+                 WHERE agent_id = $1 AND enabled RETURNING id").await?,
                 &[&agent, &reason],
             )
             .await?;
@@ -269,7 +278,7 @@ impl Store {
              WHERE enabled AND next_fire_at <= now()
              ORDER BY next_fire_at LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
-        let rows = tx.query(&sql, &[&limit]).await?;
+        let rows = tx.query(&tx.prepare_cached(&sql).await?, &[&limit]).await?;
         let mut fired = Vec::with_capacity(rows.len());
         for row in &rows {
             let workflow = workflow_from_row(row)?;
@@ -283,9 +292,10 @@ impl Store {
                 ..TaskFields::default()
             };
             let prompt = crate::template::render(&workflow.prompt_template, &fields)?;
-            tx.execute(
-                "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt)
-                 VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING",
+            tx
+            .execute(
+                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt)
+                 VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING").await?,
                 &[
                     &crate::model::task_id(workflow.id, &key),
                     &workflow.id,
@@ -304,7 +314,10 @@ impl Store {
                 next = workflow.trigger.next_fire(at);
             }
             tx.execute(
-                "UPDATE scheduler.workflows SET next_fire_at = $2 WHERE id = $1",
+                &tx.prepare_cached(
+                    "UPDATE scheduler.workflows SET next_fire_at = $2 WHERE id = $1",
+                )
+                .await?,
                 &[&workflow.id, &next],
             )
             .await?;
@@ -333,7 +346,10 @@ impl Store {
              ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
         );
         let result = client
-            .query_opt(&sql, &[&id, &workflow, &key, &to_json(fields)?, &prompt])
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &workflow, &key, &to_json(fields)?, &prompt],
+            )
             .await;
         match result {
             Ok(Some(row)) => Ok((task_from_row(&row)?, true)),
@@ -349,7 +365,7 @@ impl Store {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {TASK_COLUMNS} FROM scheduler.tasks WHERE id = $1");
         let row = client
-            .query_opt(&sql, &[&id])
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
             .await?
             .ok_or_else(|| Error::NotFound(format!("task {id:?} not found")))?;
         task_from_row(&row)
@@ -370,7 +386,10 @@ impl Store {
         );
         let state = state.map(TaskState::as_str);
         client
-            .query(&sql, &[&workflow, &state, &after_seq, &limit])
+            .query(
+                &client.prepare_cached(&sql).await?,
+                &[&workflow, &state, &after_seq, &limit],
+            )
             .await?
             .iter()
             .map(|row| Ok((row.get("seq"), task_from_row(row)?)))
@@ -461,9 +480,13 @@ impl Store {
         let attempt = attempt.map(to_i32);
         let row = client
             .query_opt(
-                "UPDATE scheduler.tasks SET state = $2, output = $3, updated_at = now()
+                &client
+                    .prepare_cached(
+                        "UPDATE scheduler.tasks SET state = $2, output = $3, updated_at = now()
                  WHERE id = $1 AND state = 'dispatched' AND ($4::integer IS NULL OR attempts <= $4)
                  RETURNING workflow_id",
+                    )
+                    .await?,
                 &[&id, &state, &output, &attempt],
             )
             .await?;
@@ -520,9 +543,13 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT t.id, w.agent_id, t.prompt, t.attempts FROM scheduler.tasks t
+                &client
+                    .prepare_cached(
+                        "SELECT t.id, w.agent_id, t.prompt, t.attempts FROM scheduler.tasks t
                  JOIN scheduler.workflows w ON w.id = t.workflow_id
                  WHERE t.state = 'dispatched'",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
@@ -542,7 +569,12 @@ impl Store {
     pub async fn load_cursor(&self) -> Result<u64> {
         let client = self.pool.get().await?;
         let row = client
-            .query_one("SELECT last_seq FROM scheduler.event_cursor", &[])
+            .query_one(
+                &client
+                    .prepare_cached("SELECT last_seq FROM scheduler.event_cursor")
+                    .await?,
+                &[],
+            )
             .await?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
@@ -551,7 +583,9 @@ impl Store {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE scheduler.event_cursor SET last_seq = $1",
+                &client
+                    .prepare_cached("UPDATE scheduler.event_cursor SET last_seq = $1")
+                    .await?,
                 &[&i64::try_from(seq).unwrap_or(i64::MAX)],
             )
             .await?;
