@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use shepherd_platform::auth::AttachBearer;
+use shepherd_platform::auth::ClientMetadata;
 use shepherd_proto::agentmanager::v1::{
     self as am, agent_event, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A channel that presents the stack's API token (if any).
-pub type AuthChannel = InterceptedService<Channel, AttachBearer>;
+pub type AuthChannel = InterceptedService<Channel, ClientMetadata>;
 
 pub use shepherd_testkit::process_alive;
 
@@ -156,8 +156,8 @@ impl Default for StackOptions {
 
 /// Fields drop in order: the processes go before their database.
 impl StackOptions {
-    fn auth(&self) -> anyhow::Result<AttachBearer> {
-        Ok(AttachBearer::new(self.token.as_deref())?)
+    fn auth(&self) -> anyhow::Result<ClientMetadata> {
+        Ok(ClientMetadata::new(self.token.as_deref())?)
     }
 
     /// The URL of a service process (https when TLS is on).

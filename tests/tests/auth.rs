@@ -3,7 +3,7 @@
 //! the agent-manager.
 
 use shepherd_e2e::{Stack, StackOptions};
-use shepherd_platform::auth::AttachBearer;
+use shepherd_platform::auth::ClientMetadata;
 use shepherd_proto::agentmanager::v1::{self as am, agent_manager_client::AgentManagerClient};
 use shepherd_proto::scheduler::v1::{
     self as sched, RunnerState, scheduler_client::SchedulerClient,
@@ -25,7 +25,7 @@ async fn api_token_is_required_and_health_and_reflection_stay_open() -> anyhow::
     let scheduler_addr = scheduler.addr.to_string();
 
     for token in [None, Some("wrong-token")] {
-        let auth = AttachBearer::new(token)?;
+        let auth = ClientMetadata::new(token)?;
         let mut agents = AgentManagerClient::with_interceptor(
             shepherd_testkit::channel(&manager_url).await?,
             auth.clone(),
@@ -145,7 +145,7 @@ async fn tls_between_every_party() -> anyhow::Result<()> {
     let refused = match plain {
         Err(_) => true,
         Ok(channel) => {
-            AgentManagerClient::with_interceptor(channel, AttachBearer::new(Some(TOKEN))?)
+            AgentManagerClient::with_interceptor(channel, ClientMetadata::new(Some(TOKEN))?)
                 .list_agents(am::ListAgentsRequest::default())
                 .await
                 .is_err()

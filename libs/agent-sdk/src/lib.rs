@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tracing::Instrument;
 
 pub use shepherd_proto::agentmanager::v1::TaskOutcome;
 
@@ -235,29 +236,41 @@ fn spawn_task<H: TaskHandler>(
 ) {
     let handler = handler.clone();
     let outbound = outbound.clone();
-    tokio::spawn(async move {
-        let task_id = task.task_id.clone();
-        let attempt = task.attempt;
-        let accepted = AgentMessage {
-            kind: Some(agent_message::Kind::TaskAccepted(TaskAccepted {
-                task_id: task_id.clone(),
-            })),
-        };
-        if outbound.send(accepted).await.is_err() {
-            // The session is gone; the manager counts the task as lost.
-            return;
+    // The task's span continues the dispatcher's trace (W3C context carried
+    // in the task message).
+    let span = tracing::info_span!(
+        "task",
+        task_id = %task.task_id,
+        attempt = task.attempt,
+        trace_id = tracing::field::Empty,
+    );
+    shepherd_telemetry::propagation::adopt_from_map(&span, &task.trace_context);
+    tokio::spawn(
+        async move {
+            let task_id = task.task_id.clone();
+            let attempt = task.attempt;
+            let accepted = AgentMessage {
+                kind: Some(agent_message::Kind::TaskAccepted(TaskAccepted {
+                    task_id: task_id.clone(),
+                })),
+            };
+            if outbound.send(accepted).await.is_err() {
+                // The session is gone; the manager counts the task as lost.
+                return;
+            }
+            let result = handler.handle(task).await;
+            let completed = AgentMessage {
+                kind: Some(agent_message::Kind::TaskCompleted(TaskCompleted {
+                    task_id,
+                    outcome: result.outcome as i32,
+                    output: result.output,
+                    attempt,
+                })),
+            };
+            let _ = outbound.send(completed).await;
         }
-        let result = handler.handle(task).await;
-        let completed = AgentMessage {
-            kind: Some(agent_message::Kind::TaskCompleted(TaskCompleted {
-                task_id,
-                outcome: result.outcome as i32,
-                output: result.output,
-                attempt,
-            })),
-        };
-        let _ = outbound.send(completed).await;
-    });
+        .instrument(span),
+    );
 }
 
 fn end_for(status: tonic::Status, was_ready: bool) -> SessionEnd {

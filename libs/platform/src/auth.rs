@@ -2,7 +2,7 @@
 //!
 //! Servers wrap their API services with [`RequireBearer`]; health,
 //! reflection and agent sessions (which carry per-agent tokens) stay open.
-//! Clients attach their token with [`AttachBearer`]. Tokens are compared in
+//! Clients attach their token with [`ClientMetadata`]. Tokens are compared in
 //! constant time and never logged.
 
 use std::sync::Arc;
@@ -61,13 +61,15 @@ impl Interceptor for RequireBearer {
     }
 }
 
-/// Client-side: adds `authorization: Bearer <token>` when a token is set.
+/// Client-side metadata for every outgoing call: `authorization: Bearer
+/// <token>` when a token is set, and the current span's W3C trace context
+/// (so the callee's spans join the caller's trace).
 #[derive(Clone, Default)]
-pub struct AttachBearer {
+pub struct ClientMetadata {
     header: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
-impl AttachBearer {
+impl ClientMetadata {
     /// Fails if the token cannot be sent as a header (non-ASCII).
     pub fn new(token: Option<&str>) -> Result<Self, Status> {
         let header =
@@ -81,13 +83,14 @@ impl AttachBearer {
     }
 }
 
-impl Interceptor for AttachBearer {
+impl Interceptor for ClientMetadata {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.header {
             request
                 .metadata_mut()
                 .insert("authorization", header.clone());
         }
+        shepherd_telemetry::propagation::inject_current(request.metadata_mut());
         Ok(request)
     }
 }
@@ -113,11 +116,11 @@ mod tests {
     #[test]
     fn bearer_round_trip() {
         let mut server = RequireBearer::new(Some("s3cret"));
-        let mut client = AttachBearer::new(Some("s3cret")).unwrap();
+        let mut client = ClientMetadata::new(Some("s3cret")).unwrap();
         let request = client.call(Request::new(())).unwrap();
         assert!(server.call(request).is_ok());
 
-        let wrong = AttachBearer::new(Some("nope"))
+        let wrong = ClientMetadata::new(Some("nope"))
             .unwrap()
             .call(Request::new(()))
             .unwrap();

@@ -75,7 +75,17 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     builder
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(|request| {
+            // One span per RPC, joined to the caller's trace when it sent one.
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = %request.uri().path(),
+                rpc.method = %request.uri().path(),
+                trace_id = tracing::field::Empty,
+            );
+            shepherd_telemetry::propagation::adopt_from_headers(&span, request.headers());
+            span
+        })
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming(listener), on_shutdown)
         .await?;

@@ -72,6 +72,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         <AgentManagerServer<Api> as NamedService>::NAME,
         <AgentSessionServer<Api> as NamedService>::NAME,
     ];
+    // Recover before serving: API calls must not race the start-up
+    // reconciliation. Relaunched agents that connect meanwhile wait in the
+    // (already bound) listener's backlog.
+    manager.recover().await?;
     let tls = config.tls.server_config()?;
     let serving = tokio::spawn(server::serve(
         listener,
@@ -82,8 +86,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     println!("agent-manager listening on {bound}");
     tracing::info!(%bound, "agent-manager listening");
-
-    manager.recover().await?;
     tokio::spawn(prune_periodically(
         events,
         store,

@@ -52,9 +52,25 @@ impl std::fmt::Display for ExitInfo {
     }
 }
 
+/// Variables an agent inherits from the manager's environment (its spec's
+/// `env` comes on top).
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+];
+
 /// What the process needs to find and authenticate to the manager.
 pub struct Launch<'a> {
     pub agent_id: Uuid,
+    pub agent_name: &'a str,
     pub spec: &'a AgentSpec,
     pub generation: u64,
     pub session_token: &'a str,
@@ -72,7 +88,19 @@ impl AgentProcess {
     pub fn spawn(launch: &Launch<'_>, logs: &LogDir) -> io::Result<Self> {
         let spec = launch.spec;
         let mut command = Command::new(&spec.command);
+        // Agents do not inherit the manager's environment (it holds the
+        // database URL and API token); only a few harmless variables pass.
         command
+            .env_clear()
+            .envs(
+                INHERITED_ENV
+                    .iter()
+                    .filter_map(|name| std::env::var_os(name).map(|value| (*name, value))),
+            )
+            .env(
+                "OTEL_SERVICE_NAME",
+                format!("shepherd-agent/{}", launch.agent_name),
+            )
             .args(&spec.args)
             .envs(&spec.env)
             .env("SHEPHERD_AGENT_ID", launch.agent_id.to_string())

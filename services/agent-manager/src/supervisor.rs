@@ -92,8 +92,13 @@ impl Supervisors {
         &self.ctx
     }
 
-    /// Starts the supervisor of a stored agent.
+    /// Starts the supervisor of a stored agent (once: an agent never has
+    /// two supervisors).
     pub fn spawn(&self, record: AgentRecord) {
+        let mut actors = self.lock();
+        if actors.contains_key(&record.id) {
+            return;
+        }
         let (mailbox, commands) = mpsc::channel(64);
         let id = record.id;
         let supervisor = Supervisor {
@@ -106,7 +111,7 @@ impl Supervisors {
             commands,
         };
         let task = tokio::spawn(supervisor.run());
-        self.lock().insert(id, Actor { mailbox, task });
+        actors.insert(id, Actor { mailbox, task });
     }
 
     pub async fn start(&self, id: Uuid) -> Result<AgentRecord> {
@@ -390,6 +395,7 @@ impl Supervisor {
             .map_err(|err| Error::Internal(format!("no randomness for a session token: {err}")))?;
         let launch = Launch {
             agent_id: self.id(),
+            agent_name: &self.record.name,
             spec: &self.record.spec,
             generation,
             session_token: &token,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use shepherd_platform::auth::AttachBearer;
+use shepherd_platform::auth::ClientMetadata;
 use shepherd_proto::agentmanager::v1::{
     self as am, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
@@ -20,7 +20,7 @@ use crate::cli::{
 };
 use crate::render;
 
-type Authed = InterceptedService<Channel, AttachBearer>;
+type Authed = InterceptedService<Channel, ClientMetadata>;
 
 /// Bad usage found after parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ struct Clients {
     output: Output,
 }
 
-fn connect(url: &str, ca_file: Option<&Path>, auth: &AttachBearer) -> anyhow::Result<Authed> {
+fn connect(url: &str, ca_file: Option<&Path>, auth: &ClientMetadata) -> anyhow::Result<Authed> {
     // Lazy: an unreachable service surfaces as UNAVAILABLE on the call,
     // which maps to its exit code.
     let channel = shepherd_platform::tls::endpoint(url, ca_file)
@@ -44,7 +44,7 @@ fn connect(url: &str, ca_file: Option<&Path>, auth: &AttachBearer) -> anyhow::Re
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let auth = AttachBearer::new(cli.token.as_deref())?;
+    let auth = ClientMetadata::new(cli.token.as_deref())?;
     let mut clients = Clients {
         agents: AgentManagerClient::new(connect(
             &cli.agent_manager_url,

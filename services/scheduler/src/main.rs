@@ -4,7 +4,9 @@ use shepherd_scheduler::config::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    shepherd_platform::telemetry::init("scheduler");
+    let telemetry = shepherd_platform::telemetry::init("scheduler");
     let shutdown = shepherd_platform::shutdown::on_signal();
-    shepherd_scheduler::run(config, shutdown).await
+    let result = shepherd_scheduler::run(config, shutdown).await;
+    telemetry.shutdown();
+    result
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use shepherd_platform::auth::AttachBearer;
+use shepherd_platform::auth::ClientMetadata;
 use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Client = AgentManagerClient<InterceptedService<Channel, AttachBearer>>;
+type Client = AgentManagerClient<InterceptedService<Channel, ClientMetadata>>;
 
 #[derive(Clone)]
 pub struct ManagerClient {
@@ -32,7 +32,7 @@ impl ManagerClient {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect_lazy();
-        let auth = AttachBearer::new(token)?;
+        let auth = ClientMetadata::new(token)?;
         Ok(Self {
             client: AgentManagerClient::with_interceptor(channel, auth),
         })

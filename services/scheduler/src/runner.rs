@@ -368,8 +368,11 @@ impl Runner {
             workflow_id = %self.workflow,
             agent_id = %self.agent,
             task_id = %task.id,
-            attempt = task.attempts
+            attempt = task.attempts,
+            trace_id = tracing::field::Empty,
         );
+        // Continue the trace of the call that created the task.
+        shepherd_platform::telemetry::propagation::adopt_from_map(&span, &task.trace_context);
         async {
             let result = self
                 .ctx

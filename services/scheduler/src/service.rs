@@ -123,9 +123,11 @@ impl Scheduler {
         let workflow = self.store.get_workflow(workflow).await?;
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
         let prompt = template::render(&workflow.prompt_template, &fields)?;
+        // The task's dispatch will continue this call's trace.
+        let trace = shepherd_platform::telemetry::propagation::current_map();
         let (task, _created) = self
             .store
-            .insert_task(workflow.id, &key, &fields, &prompt)
+            .insert_task(workflow.id, &key, &fields, &prompt, &trace)
             .await?;
         self.runners.wake(workflow.id);
         Ok(task)

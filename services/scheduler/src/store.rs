@@ -13,11 +13,18 @@ use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 
 pub const SCHEMA: &str = "scheduler";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "task_trace_context",
+        sql: include_str!("../migrations/0002_task_trace_context.sql"),
+    },
+];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
     max_concurrency, max_attempts, disabled_reason, created_at, updated_at";
@@ -41,6 +48,8 @@ pub struct Claimed {
     pub id: String,
     pub prompt: String,
     pub attempts: u32,
+    /// Trace context of the call that created the task.
+    pub trace_context: std::collections::HashMap<String, String>,
 }
 
 /// A task's reported outcome.
@@ -337,18 +346,26 @@ impl Store {
         key: &str,
         fields: &TaskFields,
         prompt: &str,
+        trace_context: &std::collections::HashMap<String, String>,
     ) -> Result<(Task, bool)> {
         let client = self.pool.get().await?;
         let id = crate::model::task_id(workflow, key);
         let sql = format!(
-            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt)
-             VALUES ($1, $2, $3, 'pending', $4, $5)
+            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6)
              ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
         );
         let result = client
             .query_opt(
                 &client.prepare_cached(&sql).await?,
-                &[&id, &workflow, &key, &to_json(fields)?, &prompt],
+                &[
+                    &id,
+                    &workflow,
+                    &key,
+                    &to_json(fields)?,
+                    &prompt,
+                    &to_json(trace_context)?,
+                ],
             )
             .await;
         match result {
@@ -415,7 +432,7 @@ impl Store {
                  )
                  UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
                  FROM next WHERE t.id = next.id
-                 RETURNING t.id, t.prompt, t.attempts, next.seq").await?,
+                 RETURNING t.id, t.prompt, t.attempts, next.seq, t.trace_context").await?,
                 &[&workflow],
             )
             .await?;
@@ -428,6 +445,7 @@ impl Store {
                         id: row.get(0),
                         prompt: row.get(1),
                         attempts: from_i32(row.get(2)),
+                        trace_context: serde_json::from_value(row.get(4)).unwrap_or_default(),
                     },
                 )
             })

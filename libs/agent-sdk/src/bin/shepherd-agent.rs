@@ -64,15 +64,12 @@ impl TaskHandler for ShellAgent {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Logs to stderr (captured by the manager); traces exported over OTLP
+    // when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = shepherd_telemetry::init("shepherd-agent");
     let config = AgentConfig::from_env()?;
     tracing::info!(agent_id = %config.agent_id, manager = %config.manager_url, "shepherd-agent starting");
-    shepherd_agent_sdk::run(config, ShellAgent { shell: args.shell }).await?;
-    Ok(())
+    let result = shepherd_agent_sdk::run(config, ShellAgent { shell: args.shell }).await;
+    telemetry.shutdown();
+    Ok(result?)
 }

@@ -191,7 +191,13 @@ impl AgentManager for Api {
                 agent_id,
                 task_id: request.task_id,
                 payload: request.payload,
-                trace_context: request.trace_context,
+                // An explicit context wins; else the task continues this
+                // call's trace.
+                trace_context: if request.trace_context.is_empty() {
+                    shepherd_platform::telemetry::propagation::current_map()
+                } else {
+                    request.trace_context
+                },
             })
             .await?;
         Ok(Response::new(pb::DispatchTaskResponse {
