@@ -36,6 +36,8 @@ pub struct StackOptions {
     pub token: Option<String>,
     /// Serve TLS everywhere with these files; None: plaintext.
     pub tls: Option<TlsFiles>,
+    /// More environment for both services (e.g. OTLP export).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// A CA and a server certificate it signed (for localhost / 127.0.0.1).
@@ -150,6 +152,7 @@ impl Default for StackOptions {
             log: std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             token: None,
             tls: None,
+            env: Vec::new(),
         }
     }
 }
@@ -491,6 +494,7 @@ async fn start_manager(
         ("RUST_LOG", options.log.clone()),
     ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));
+    env.extend(options.env.iter().cloned());
     ServiceProcess::start("agent-manager", &args, &env).await
 }
 
@@ -524,6 +528,7 @@ async fn start_scheduler(
     ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));
     env.extend(options.token_env("AGENT_MANAGER_TOKEN"));
+    env.extend(options.env.iter().cloned());
     args.extend(options.tls_args("--agent-manager-ca-file"));
     ServiceProcess::start("scheduler", &args, &env).await
 }

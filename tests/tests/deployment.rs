@@ -8,8 +8,17 @@ use std::path::PathBuf;
 
 use shepherd_testkit::bin_path;
 
-/// Variables read outside clap (logging and telemetry set-up).
-const READ_BY_PLATFORM: &[&str] = &["RUST_LOG", "LOG_FORMAT"];
+/// Variables read outside clap (logging and telemetry set-up in
+/// `shepherd-telemetry`).
+const READ_BY_PLATFORM: &[&str] = &[
+    "RUST_LOG",
+    "LOG_FORMAT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_TRACES_LEVEL",
+];
 
 fn compose_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml")

@@ -82,6 +82,9 @@ pub async fn serve(
                 otel.name = %request.uri().path(),
                 rpc.method = %request.uri().path(),
                 trace_id = tracing::field::Empty,
+                agent_id = tracing::field::Empty,
+                workflow_id = tracing::field::Empty,
+                task_id = tracing::field::Empty,
             );
             shepherd_telemetry::propagation::adopt_from_headers(&span, request.headers());
             span
@@ -104,6 +107,12 @@ fn incoming(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
+}
+
+/// Records an id the RPC is about (`agent_id`, `workflow_id`, `task_id`)
+/// on the current RPC span, for logs and traces.
+pub fn record_id(field: &'static str, value: &dyn std::fmt::Display) {
+    tracing::Span::current().record(field, tracing::field::display(value));
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -1,3 +1,3 @@
 //! Telemetry set-up, shared with agents: see `shepherd-telemetry`.
 
-pub use shepherd_telemetry::{Telemetry, init, otlp_endpoint, propagation};
+pub use shepherd_telemetry::{KeyValue, Telemetry, global, init, otlp_endpoint, propagation};

@@ -19,7 +19,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
-pub use opentelemetry::{KeyValue, global};
+pub use opentelemetry::{KeyValue, global, metrics};
 
 /// Keeps the exporters alive; `shutdown` flushes what is buffered.
 #[must_use = "dropping Telemetry does not flush; call shutdown() before exiting"]
@@ -55,8 +55,14 @@ pub fn init(default_service_name: &'static str) -> Telemetry {
             ),
         },
     };
+    // Spans are exported at `info` and above whatever RUST_LOG says: log
+    // verbosity and trace completeness are separate choices
+    // (OTEL_TRACES_LEVEL overrides, e.g. `debug`).
     let otel_layer = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.clone()))
+        let level = std::env::var("OTEL_TRACES_LEVEL").unwrap_or_else(|_| "info".into());
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.clone()))
+            .with_filter(EnvFilter::new(level))
     });
     if let Some(provider) = &meter_provider {
         opentelemetry::global::set_meter_provider(provider.clone());
@@ -72,9 +78,8 @@ pub fn init(default_service_name: &'static str) -> Telemetry {
         fmt::layer().with_writer(std::io::stderr).boxed()
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(otel_layer)
-        .with(logs)
+        .with(logs.with_filter(filter))
         .init();
     if let Some(err) = export_error {
         tracing::warn!("{err}");

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod logs;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod process;
 pub mod sessions;
@@ -53,6 +54,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         manager_ca_file: config.agent_ca_file.clone(),
         stop_grace: config.stop_grace,
     });
+    let sessions = ctx.sessions.clone();
+    let _sessions_gauge = metrics::sessions_gauge(move || sessions.len() as u64);
     let supervisors = Arc::new(Supervisors::new(ctx));
     let manager = Arc::new(Manager::new(
         supervisors,

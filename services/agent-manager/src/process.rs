@@ -65,6 +65,7 @@ const INHERITED_ENV: &[&str] = &[
     "RUST_LOG",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_BSP_SCHEDULE_DELAY",
 ];
 
 /// What the process needs to find and authenticate to the manager.

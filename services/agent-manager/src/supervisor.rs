@@ -434,6 +434,7 @@ impl Supervisor {
         self.append(agent_event::Kind::Started(AgentStarted { pid }))
             .await?;
         if generation > 1 {
+            crate::metrics::agent_restarted(self.id(), &self.record.name);
             self.append(agent_event::Kind::Restarted(AgentRestarted {
                 generation,
                 reason: reason.to_owned(),

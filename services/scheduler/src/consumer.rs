@@ -28,6 +28,7 @@ use crate::recovery::Recovery;
 use crate::runner::settle;
 use crate::store::Outcome;
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 /// How often a dirty cursor is saved.
 const SAVE_EVERY: Duration = Duration::from_millis(200);
@@ -181,8 +182,18 @@ impl Consumer {
             return Ok(());
         }
         let recovery = &self.recovery;
-        for workflow in recovery.store.complete_many(completions).await? {
+        let span = tracing::info_span!("record_outcomes", tasks = completions.len());
+        let (workflows, finished) = recovery
+            .store
+            .complete_many(completions)
+            .instrument(span)
+            .await?;
+        for workflow in workflows {
             recovery.runners.wake(workflow);
+        }
+        for (succeeded, seconds) in finished {
+            let outcome = if succeeded { "succeeded" } else { "failed" };
+            crate::metrics::task_finished(outcome, Some(seconds));
         }
         completions.clear();
         Ok(())
@@ -204,7 +215,10 @@ impl Consumer {
                 self.recovery.level_pass().await?;
                 *cursor = resync.pruned_through_sequence;
             }
-            Some(watch_agent_events_response::Kind::Heartbeat(_)) | None => {}
+            Some(watch_agent_events_response::Kind::Heartbeat(beat)) => {
+                crate::metrics::stream_lag(beat.latest_sequence.saturating_sub(*cursor));
+            }
+            None => {}
         }
         Ok(())
     }
@@ -249,6 +263,7 @@ impl Consumer {
                     .lost(&lost.task_id, attempt, &lost.reason)
                     .await?
                 {
+                    crate::metrics::task_finished("lost", None);
                     recovery.runners.wake(workflow);
                 }
             }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod manager_client;
+pub mod metrics;
 pub mod model;
 pub mod recovery;
 pub mod runner;
@@ -88,6 +89,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     println!("scheduler listening on {bound}");
     tracing::info!(%bound, manager = %config.agent_manager_url, "scheduler listening");
 
+    let gauge_runners = std::sync::Arc::downgrade(&runners);
+    let _runners_gauge = metrics::runners_gauge(move || {
+        gauge_runners
+            .upgrade()
+            .map(|runners| runners.count_by_state())
+            .unwrap_or_default()
+    });
     let consumer = Consumer {
         recovery,
         reconcile_interval: config.reconcile_interval,

@@ -154,6 +154,7 @@ impl Runners {
             task,
         });
         tracing::info!(%workflow, %agent, runner = id, "runner started");
+        crate::metrics::runner_started(workflow, agent);
         StartOutcome::Started
     }
 
@@ -203,6 +204,24 @@ impl Runners {
             .filter(|(_, slot)| slot.live.as_ref().is_some_and(|live| self.is_live(live)))
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Workflows by runner state (for the runners gauge).
+    pub fn count_by_state(&self) -> Vec<(&'static str, u64)> {
+        let mut counts = [0u64; 3];
+        for slot in self.lock().values() {
+            let index = match slot.info.state {
+                RunnerState::WaitingForAgent => 0,
+                RunnerState::Running => 1,
+                RunnerState::Stopped => 2,
+            };
+            counts[index] += 1;
+        }
+        vec![
+            ("waiting_for_agent", counts[0]),
+            ("running", counts[1]),
+            ("stopped", counts[2]),
+        ]
     }
 
     pub fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
@@ -304,7 +323,14 @@ impl Runner {
                 }
             }
             self.report(RunnerState::Running, "");
-            let claimed = match self.ctx.store.claim(self.workflow).await {
+            let claim_span = tracing::debug_span!("claim", workflow_id = %self.workflow);
+            let claimed = match self
+                .ctx
+                .store
+                .claim(self.workflow)
+                .instrument(claim_span)
+                .await
+            {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::warn!(workflow = %self.workflow, error = %err, "claiming tasks failed");
@@ -374,11 +400,13 @@ impl Runner {
         // Continue the trace of the call that created the task.
         shepherd_platform::telemetry::propagation::adopt_from_map(&span, &task.trace_context);
         async {
+            let started = tokio::time::Instant::now();
             let result = self
                 .ctx
                 .manager
                 .dispatch(self.agent, &task.id, task.prompt.into_bytes())
                 .await;
+            crate::metrics::dispatched(started.elapsed(), result.is_ok());
             match settle(&self.ctx.store, &task.id, task.attempts, result).await {
                 Ok(true) => Dispatch::Delivered,
                 Ok(false) => Dispatch::NotDelivered,

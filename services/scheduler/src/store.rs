@@ -512,8 +512,12 @@ impl Store {
     }
 
     /// Records many outcomes in one statement (see `complete`); returns the
-    /// workflows whose tasks changed.
-    pub async fn complete_many(&self, outcomes: &[Outcome]) -> Result<Vec<Uuid>> {
+    /// workflows whose tasks changed, and for each recorded outcome whether
+    /// it succeeded and how long since dispatch (seconds).
+    pub async fn complete_many(
+        &self,
+        outcomes: &[Outcome],
+    ) -> Result<(Vec<Uuid>, Vec<(bool, f64)>)> {
         let client = self.pool.get().await?;
         let ids: Vec<&str> = outcomes.iter().map(|o| o.task_id.as_str()).collect();
         let states: Vec<&str> = outcomes
@@ -527,14 +531,16 @@ impl Store {
                 &client.prepare_cached("UPDATE scheduler.tasks t SET state = v.state, output = v.output, updated_at = now()
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[]) AS v(id, state, output, attempt)
                  WHERE t.id = v.id AND t.state = 'dispatched' AND (v.attempt IS NULL OR t.attempts <= v.attempt)
-                 RETURNING t.workflow_id").await?,
+                 RETURNING t.workflow_id, t.state = 'succeeded',
+                           extract(epoch FROM clock_timestamp() - t.updated_at)::float8").await?,
                 &[&ids, &states, &outputs, &attempts],
             )
             .await?;
         let mut workflows: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
         workflows.sort_unstable();
         workflows.dedup();
-        Ok(workflows)
+        let finished = rows.iter().map(|row| (row.get(1), row.get(2))).collect();
+        Ok((workflows, finished))
     }
 
     /// A lost attempt: back to pending while attempts remain, else failed.

@@ -75,6 +75,7 @@ fn options() -> StackOptions {
         log: "error".into(),
         token: None,
         tls: None,
+        env: Vec::new(),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::logs::LogStream;
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, TaskRequest};
 use crate::model::parse_agent_id;
 use crate::store::{AgentFilter, TaskState};
+use shepherd_platform::server::record_id;
 
 pub use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
 pub use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
@@ -57,6 +58,7 @@ impl AgentManager for Api {
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        record_id("agent_id", &id);
         Ok(Response::new(convert::agent(
             self.manager.get_agent(id).await?,
         )))
@@ -99,6 +101,7 @@ impl AgentManager for Api {
         request: Request<pb::StartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        record_id("agent_id", &id);
         Ok(Response::new(convert::agent(
             self.manager.start_agent(id).await?,
         )))
@@ -109,6 +112,7 @@ impl AgentManager for Api {
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        record_id("agent_id", &id);
         Ok(Response::new(convert::agent(
             self.manager.stop_agent(id).await?,
         )))
@@ -119,6 +123,7 @@ impl AgentManager for Api {
         request: Request<pb::RestartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        record_id("agent_id", &id);
         Ok(Response::new(convert::agent(
             self.manager.restart_agent(id).await?,
         )))
@@ -129,6 +134,7 @@ impl AgentManager for Api {
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        record_id("agent_id", &id);
         self.manager.delete_agent(id).await?;
         Ok(Response::new(()))
     }
@@ -139,6 +145,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::GetAgentLogsResponse>, Status> {
         let request = request.into_inner();
         let id = parse_agent_id("agent_id", &request.agent_id)?;
+        record_id("agent_id", &id);
         let stream = match pb::LogStream::try_from(request.stream) {
             Ok(pb::LogStream::Unspecified | pb::LogStream::Stdout) => LogStream::Stdout,
             Ok(pb::LogStream::Stderr) => LogStream::Stderr,
@@ -167,6 +174,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::DispatchTaskResponse>, Status> {
         let request = request.into_inner();
         let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
+        record_id("agent_id", &agent_id);
         if request.task_id.is_empty() || request.task_id.len() > MAX_TASK_ID_LEN {
             return Err(Error::invalid(
                 "task_id",
@@ -185,6 +193,7 @@ impl AgentManager for Api {
             .into());
         }
         let task_id = request.task_id.clone();
+        record_id("task_id", &task_id);
         let dispatched = self
             .manager
             .dispatch(TaskRequest {

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::model::{parse_id, validate_key};
 use crate::service::Scheduler;
 use crate::store::WorkflowFilter;
+use shepherd_platform::server::record_id;
 
 pub use shepherd_proto::scheduler::v1::scheduler_server::SchedulerServer;
 
@@ -43,6 +44,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
         let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
         Ok(Response::new(convert::workflow(
             self.scheduler.get_workflow(id).await?,
         )))
@@ -98,6 +100,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::DeleteWorkflowRequest>,
     ) -> Result<Response<()>, Status> {
         let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
         self.scheduler.delete_workflow(id).await?;
         Ok(Response::new(()))
     }
@@ -108,6 +111,7 @@ impl scheduler_server::Scheduler for Api {
     ) -> Result<Response<pb::Task>, Status> {
         let request = request.into_inner();
         let id = parse_id("workflow_id", &request.workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
         let key = match request.idempotency_key.as_str() {
             "" => None,
             key => {
@@ -141,6 +145,7 @@ impl scheduler_server::Scheduler for Api {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let request = request.into_inner();
         let workflow = parse_id("workflow_id", &request.workflow_id, "workflow")?;
+        record_id("workflow_id", &workflow);
         let state = convert::task_state_filter(request.state)?;
         let limit = page_size(request.page_size, 100, 1000)?;
         let after = match request.page_token.as_str() {
