@@ -3,6 +3,7 @@
 //! gRPC server that always serves reflection, health and graceful shutdown.
 
 pub mod auth;
+pub mod columns;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -11,3 +12,4 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod validate;

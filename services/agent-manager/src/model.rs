@@ -171,25 +171,7 @@ pub const RESERVED_ENV: [&str; 5] = [
     "SHEPHERD_GENERATION",
 ];
 
-/// Names: 1-63 characters of `[a-z0-9-]`, starting with a letter.
-pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!(
-                "{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
-            ),
-        ))
-    }
-}
+pub use shepherd_platform::validate::name as validate_name;
 
 /// Checks that `command` can be executed: an existing path, or a program
 /// found in PATH. Catching this at create time gives a clear error instead of
@@ -325,13 +307,5 @@ mod tests {
         assert!(policy.restarts_after(true));
         policy.mode = RestartMode::Never;
         assert!(!policy.restarts_after(false));
-    }
-
-    #[test]
-    fn names() {
-        assert!(validate_name("name", "agent-1").is_ok());
-        for bad in ["", "1abc", "Agent", "a_b", &"a".repeat(64)] {
-            assert!(validate_name("name", bad).is_err(), "{bad:?} accepted");
-        }
     }
 }

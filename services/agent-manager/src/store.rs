@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use shepherd_platform::columns::{from_i32, from_i64, from_json, to_i64, to_json};
 use shepherd_platform::db::{DbPool, Migration};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -513,27 +514,4 @@ fn agent_from_row(row: &Row) -> Result<AgentRecord> {
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(value).map_err(|err| Error::Internal(format!("encoding JSON: {err}")))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|err| Error::Internal(format!("decoding JSON: {err}")))
-}
-
-/// Sequence numbers and generations are `u64` in the API and `bigint` in
-/// PostgreSQL; both stay far below `i64::MAX` in practice, and the
-/// conversions saturate rather than wrap.
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn from_i64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn from_i32(value: i32) -> u32 {
-    u32::try_from(value).unwrap_or(0)
 }

@@ -147,25 +147,7 @@ pub fn task_id(workflow: Uuid, key: &str) -> String {
     format!("{workflow}:{key}")
 }
 
-/// Names: 1-63 characters of `[a-z0-9-]`, starting with a letter.
-pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!(
-                "{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
-            ),
-        ))
-    }
-}
+pub use shepherd_platform::validate::name as validate_name;
 
 pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {
     if text.is_empty() {

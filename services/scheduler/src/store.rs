@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use shepherd_platform::columns::{from_i32, from_json, to_i32, to_json};
 use shepherd_platform::db::{DbPool, Migration};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -649,20 +650,4 @@ fn task_from_row(row: &Row) -> Result<Task> {
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(value).map_err(|err| Error::Internal(format!("encoding JSON: {err}")))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|err| Error::Internal(format!("decoding JSON: {err}")))
-}
-
-fn to_i32(value: u32) -> i32 {
-    i32::try_from(value).unwrap_or(i32::MAX)
-}
-
-fn from_i32(value: i32) -> u32 {
-    u32::try_from(value).unwrap_or(0)
 }
