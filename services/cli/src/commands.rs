@@ -226,25 +226,7 @@ impl Clients {
                     })?,
                 };
                 let labels: HashMap<String, String> = labels.into_iter().collect();
-                let mut all = Vec::new();
-                let mut page_token = String::new();
-                loop {
-                    let page = self
-                        .agents
-                        .list_agents(am::ListAgentsRequest {
-                            page_size: 1000,
-                            page_token,
-                            status: status as i32,
-                            labels: labels.clone(),
-                        })
-                        .await?
-                        .into_inner();
-                    all.extend(page.agents);
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    page_token = page.next_page_token;
-                }
+                let all = self.all_agents(status, labels).await?;
                 render::many(output, &all);
                 return Ok(());
             }
@@ -451,25 +433,21 @@ impl Clients {
                             })?
                     }
                 };
-                let mut all = Vec::new();
-                let mut page_token = String::new();
-                loop {
-                    let page = self
-                        .workflows
-                        .list_tasks(sched::ListTasksRequest {
-                            workflow_id: workflow_id.clone(),
-                            state: state as i32,
-                            page_size: 1000,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    all.extend(page.tasks);
-                    if page.next_page_token.is_empty() {
-                        break;
+                let client = self.workflows.clone();
+                let all = collect_pages(|page_token| {
+                    let mut client = client.clone();
+                    let request = sched::ListTasksRequest {
+                        workflow_id: workflow_id.clone(),
+                        state: state as i32,
+                        page_size: 1000,
+                        page_token,
+                    };
+                    async move {
+                        let page = client.list_tasks(request).await?.into_inner();
+                        Ok((page.tasks, page.next_page_token))
                     }
-                    page_token = page.next_page_token;
-                }
+                })
+                .await?;
                 render::many(self.output, &all);
             }
             TaskCommand::Get { task } => {
@@ -546,28 +524,36 @@ impl Clients {
         if uuid::Uuid::parse_str(agent).is_ok() {
             return Ok(agent.to_owned());
         }
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .agents
-                .list_agents(am::ListAgentsRequest {
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            if let Some(found) = page.agents.iter().find(|a| a.name == agent) {
-                return Ok(found.id.clone());
+        self.all_agents(am::AgentStatus::Unspecified, HashMap::new())
+            .await?
+            .into_iter()
+            .find(|a| a.name == agent)
+            .map(|a| a.id)
+            .ok_or_else(|| {
+                tonic::Status::not_found(format!("no agent with id or name {agent:?}")).into()
+            })
+    }
+
+    async fn all_agents(
+        &mut self,
+        status: am::AgentStatus,
+        labels: HashMap<String, String>,
+    ) -> anyhow::Result<Vec<am::Agent>> {
+        let client = self.agents.clone();
+        collect_pages(|page_token| {
+            let mut client = client.clone();
+            let request = am::ListAgentsRequest {
+                page_size: 1000,
+                page_token,
+                status: status as i32,
+                labels: labels.clone(),
+            };
+            async move {
+                let page = client.list_agents(request).await?.into_inner();
+                Ok((page.agents, page.next_page_token))
             }
-            if page.next_page_token.is_empty() {
-                return Err(tonic::Status::not_found(format!(
-                    "no agent with id or name {agent:?}"
-                ))
-                .into());
-            }
-            page_token = page.next_page_token;
-        }
+        })
+        .await
     }
 
     /// A workflow id from an id or a name.
@@ -590,24 +576,38 @@ impl Clients {
         agent_id: String,
         enabled: Option<bool>,
     ) -> anyhow::Result<Vec<sched::Workflow>> {
-        let mut all = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .workflows
-                .list_workflows(sched::ListWorkflowsRequest {
-                    page_size: 1000,
-                    page_token,
-                    agent_id: agent_id.clone(),
-                    enabled,
-                })
-                .await?
-                .into_inner();
-            all.extend(page.workflows);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
+        let client = self.workflows.clone();
+        collect_pages(|page_token| {
+            let mut client = client.clone();
+            let request = sched::ListWorkflowsRequest {
+                page_size: 1000,
+                page_token,
+                agent_id: agent_id.clone(),
+                enabled,
+            };
+            async move {
+                let page = client.list_workflows(request).await?.into_inner();
+                Ok((page.workflows, page.next_page_token))
             }
-            page_token = page.next_page_token;
+        })
+        .await
+    }
+}
+
+/// Follows `next_page_token` from the first page to the last.
+async fn collect_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (items, next) = fetch(page_token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
         }
+        page_token = next;
     }
 }
