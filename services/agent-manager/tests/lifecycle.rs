@@ -304,3 +304,90 @@ async fn graceful_shutdown_keeps_desired_state() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_after_the_grace_period() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    // A process that ignores SIGTERM (and never connects: it stays starting).
+    let stubborn = pb::Agent {
+        name: "stubborn".into(),
+        command: "/bin/sh".into(),
+        args: vec![
+            "-c".into(),
+            "trap '' TERM; while true; do sleep 0.1; done".into(),
+        ],
+        ..Default::default()
+    };
+    let agent = h.create(stubborn).await?;
+    assert_eq!(agent.status(), pb::AgentStatus::Starting);
+    events.until(|e| kind(e) == "started").await?;
+
+    h.client
+        .stop_agent(pb::StopAgentRequest {
+            agent_id: agent.id.clone(),
+        })
+        .await?;
+    let seen = events.until(|e| kind(e) == "stopped").await?;
+    match &seen[0].kind {
+        Some(Kind::Exited(exited)) => {
+            assert_eq!(exited.signal, Some(9), "SIGTERM was ignored, so SIGKILL")
+        }
+        other => panic!("expected exited, got {other:?}"),
+    }
+    assert!(!process_alive(agent.pid) || zombie_or_gone(agent.pid));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_keeps_crashing_fails_after_its_restart_budget() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let crashing = pb::Agent {
+        name: "crashing".into(),
+        command: "/bin/false".into(),
+        restart_policy: Some(pb::RestartPolicy {
+            mode: pb::RestartMode::OnFailure as i32,
+            max_restarts: 2,
+            window: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            initial_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 20_000_000,
+            }),
+            max_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 40_000_000,
+            }),
+        }),
+        ..Default::default()
+    };
+    let agent = h.create(crashing).await?;
+    // First run plus two restarts, then no more.
+    for _ in 0..3 {
+        events.until(|e| kind(e) == "exited").await?;
+    }
+    let rest = events.until_idle().await?;
+    assert!(!kinds(&rest).contains(&"started"), "{:?}", kinds(&rest));
+    let failed = shepherd_testkit::eventually(common::WAIT, "status failed", || {
+        let mut client = h.client.clone();
+        let id = agent.id.clone();
+        async move {
+            let agent = client
+                .get_agent(pb::GetAgentRequest { agent_id: id })
+                .await?
+                .into_inner();
+            Ok((agent.status() == pb::AgentStatus::Failed).then_some(agent))
+        }
+    })
+    .await?;
+    assert_eq!(failed.generation, 3);
+    assert!(
+        failed.status_message.contains("giving up"),
+        "{}",
+        failed.status_message
+    );
+    Ok(())
+}

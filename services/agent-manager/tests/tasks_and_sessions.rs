@@ -252,3 +252,36 @@ async fn agent_logs_are_captured() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_silent_agent_is_disconnected_by_heartbeat_timeout_and_comes_back() -> anyhow::Result<()>
+{
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h
+        .create(reference_agent("sleepy", pb::RestartMode::Never))
+        .await?;
+    events.until(is_ready).await?;
+
+    // Frozen, the process keeps its connection open but sends nothing: only
+    // the heartbeat timeout can notice.
+    kill(Pid::from_raw(agent.pid), Signal::SIGSTOP)?;
+    let seen = events.until(|e| kind(e) == "disconnected").await;
+    kill(Pid::from_raw(agent.pid), Signal::SIGCONT)?;
+    let seen = seen?;
+    match &seen.last().expect("event").kind {
+        Some(Kind::Disconnected(d)) => assert!(d.reason.contains("no heartbeat"), "{}", d.reason),
+        other => panic!("expected disconnected, got {other:?}"),
+    }
+    assert_eq!(h.get(&agent.id).await?.status(), pb::AgentStatus::Starting);
+
+    // Thawed, the agent reconnects with its (still valid) token.
+    events.until(is_ready).await?;
+    let back = h.get(&agent.id).await?;
+    assert_eq!(back.status(), pb::AgentStatus::Ready);
+    assert_eq!(back.generation, 1, "same process, same generation");
+    Ok(())
+}
