@@ -289,12 +289,6 @@ struct Runner {
     progress: Arc<AtomicU64>,
 }
 
-/// How one dispatch attempt went.
-enum Dispatch {
-    Delivered,
-    NotDelivered,
-}
-
 impl Runner {
     /// Runs the loop in its own task so that even a panic frees the slot.
     async fn supervise(self) {
@@ -339,11 +333,12 @@ impl Runner {
             };
             // Claimed together, dispatched concurrently (they may run
             // concurrently anyway: there was room for all of them).
-            let results =
-                futures_util::future::join_all(claimed.into_iter().map(|task| self.dispatch(task)))
-                    .await;
-            let idle = !results.iter().any(|r| matches!(r, Dispatch::Delivered));
-            if idle && let Some(reason) = self.idle(&mut ready).await {
+            futures_util::future::join_all(claimed.into_iter().map(|task| self.dispatch(task)))
+                .await;
+            // The claim took all the room or all the work there was; more
+            // comes with a wake-up (a trigger, a finished task: a wake-up
+            // sent meanwhile is kept by the Notify) or the poll.
+            if let Some(reason) = self.idle(&mut ready).await {
                 return reason;
             }
         }
@@ -388,7 +383,7 @@ impl Runner {
         }
     }
 
-    async fn dispatch(&self, task: Claimed) -> Dispatch {
+    async fn dispatch(&self, task: Claimed) {
         let span = tracing::info_span!(
             "dispatch",
             workflow_id = %self.workflow,
@@ -407,13 +402,8 @@ impl Runner {
                 .dispatch(self.agent, &task.id, task.prompt.into_bytes())
                 .await;
             crate::metrics::dispatched(started.elapsed(), result.is_ok());
-            match settle(&self.ctx.store, &task.id, task.attempts, result).await {
-                Ok(true) => Dispatch::Delivered,
-                Ok(false) => Dispatch::NotDelivered,
-                Err(err) => {
-                    tracing::warn!(error = %err, "recording a dispatch failed");
-                    Dispatch::NotDelivered
-                }
+            if let Err(err) = settle(&self.ctx.store, &task.id, task.attempts, result).await {
+                tracing::warn!(error = %err, "recording a dispatch failed");
             }
         }
         .instrument(span)
