@@ -77,7 +77,11 @@ impl Consumer {
             Ok(cursor) => cursor,
             Err(err) => return StreamEnd::Broken(format!("loading the event cursor: {err}")),
         };
-        let mut stream = match self.recovery.manager.watch(cursor).await {
+        // The subscription is its own trace: the manager's side of the
+        // stream joins it through the propagated context.
+        let span = tracing::info_span!("watch_agent_events", after = cursor, trace_id = tracing::field::Empty);
+        shepherd_platform::telemetry::propagation::record_trace_id(&span);
+        let mut stream = match self.recovery.manager.watch(cursor).instrument(span).await {
             Ok(stream) => stream,
             Err(status) => return StreamEnd::Broken(format!("connecting: {}", status.message())),
         };
