@@ -10,12 +10,16 @@ use anyhow::Context;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use shepherd_proto::agentmanager::v1::{self as am, agent_manager_client::AgentManagerClient};
-use shepherd_proto::scheduler::v1::{self as sched, RunnerState, scheduler_client::SchedulerClient};
+use shepherd_proto::scheduler::v1::{
+    self as sched, RunnerState, scheduler_client::SchedulerClient,
+};
 use shepherd_testkit::{eventually, process_alive};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[tokio::test]
@@ -59,11 +63,15 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
 
     // The first calls show something happening: a ready demo agent, and its
     // workflow's runner running.
-    let mut agents = AgentManagerClient::new(shepherd_testkit::channel(&format!("http://{manager}")).await?);
+    let mut agents =
+        AgentManagerClient::new(shepherd_testkit::channel(&format!("http://{manager}")).await?);
     let demo = eventually(shepherd_e2e::WAIT, "the demo agent to be ready", || {
         let mut agents = agents.clone();
         async move {
-            let listed = agents.list_agents(am::ListAgentsRequest::default()).await?.into_inner();
+            let listed = agents
+                .list_agents(am::ListAgentsRequest::default())
+                .await?
+                .into_inner();
             Ok(listed
                 .agents
                 .into_iter()
@@ -71,16 +79,28 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
         }
     })
     .await?;
-    let workflows = SchedulerClient::new(shepherd_testkit::channel(&format!("http://{scheduler}")).await?);
+    let workflows =
+        SchedulerClient::new(shepherd_testkit::channel(&format!("http://{scheduler}")).await?);
     eventually(shepherd_e2e::WAIT, "the demo workflow's runner", || {
         let mut workflows = workflows.clone();
         async move {
-            let runners = workflows.list_runners(sched::ListRunnersRequest::default()).await?.into_inner().runners;
-            Ok(runners.iter().any(|r| r.state() == RunnerState::Running).then_some(()))
+            let runners = workflows
+                .list_runners(sched::ListRunnersRequest::default())
+                .await?
+                .into_inner()
+                .runners;
+            Ok(runners
+                .iter()
+                .any(|r| r.state() == RunnerState::Running)
+                .then_some(()))
         }
     })
     .await?;
-    let _ = agents.get_agent(am::GetAgentRequest { agent_id: demo.id.clone() }).await?;
+    let _ = agents
+        .get_agent(am::GetAgentRequest {
+            agent_id: demo.id.clone(),
+        })
+        .await?;
 
     // Ctrl-C.
     killpg(group, Signal::SIGINT)?;
@@ -95,8 +115,10 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
     eventually(shepherd_e2e::WAIT, "every process to be gone", || async {
         let group_gone = killpg(group, None).is_err();
         let agent_gone = !process_alive(demo.pid)
-            || std::fs::read_to_string(format!("/proc/{}/stat", demo.pid)).map_or(true, |s| s.contains(") Z "));
-        let ports_closed = std::net::TcpStream::connect(&manager).is_err() && std::net::TcpStream::connect(&scheduler).is_err();
+            || std::fs::read_to_string(format!("/proc/{}/stat", demo.pid))
+                .map_or(true, |s| s.contains(") Z "));
+        let ports_closed = std::net::TcpStream::connect(&manager).is_err()
+            && std::net::TcpStream::connect(&scheduler).is_err();
         Ok((group_gone && agent_gone && ports_closed).then_some(()))
     })
     .await?;
@@ -104,7 +126,9 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
     let admin = shepherd_testkit::admin_url();
     let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    client.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await?;
     let _ = std::fs::remove_dir_all(&state);
     Ok(())
 }

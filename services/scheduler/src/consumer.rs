@@ -79,7 +79,11 @@ impl Consumer {
         };
         // The subscription is its own trace: the manager's side of the
         // stream joins it through the propagated context.
-        let span = tracing::info_span!("watch_agent_events", after = cursor, trace_id = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "watch_agent_events",
+            after = cursor,
+            trace_id = tracing::field::Empty
+        );
         shepherd_platform::telemetry::propagation::record_trace_id(&span);
         let mut stream = match self.recovery.manager.watch(cursor).instrument(span).await {
             Ok(stream) => stream,
