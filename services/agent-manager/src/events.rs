@@ -342,8 +342,9 @@ fn new_event(agent_id: Uuid, generation: u64, kind: agent_event::Kind) -> AgentE
     }
 }
 
-/// The `kind` column: a readable name for operators querying the table.
-fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
+/// A readable name of an event kind: the `kind` column operators query,
+/// and the names tests assert on.
+pub fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
     use agent_event::Kind;
     match kind {
         Some(Kind::Created(_)) => "created",

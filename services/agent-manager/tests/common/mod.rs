@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shepherd_proto::agentmanager::v1::{
-    self as pb, agent_event::Kind, agent_manager_client::AgentManagerClient,
-    watch_agent_events_response,
+    self as pb, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
 use shepherd_testkit::{ServiceProcess, TestDb, bin_path};
 use tonic::transport::Channel;
@@ -189,22 +188,10 @@ impl Events {
     }
 }
 
-/// Short name of an event's kind, for readable assertions.
+/// Short name of an event's kind, for readable assertions (the name the
+/// manager stores in its `kind` column).
 pub fn kind(event: &pb::AgentEvent) -> &'static str {
-    match &event.kind {
-        Some(Kind::Created(_)) => "created",
-        Some(Kind::Started(_)) => "started",
-        Some(Kind::Ready(_)) => "ready",
-        Some(Kind::Disconnected(_)) => "disconnected",
-        Some(Kind::Exited(_)) => "exited",
-        Some(Kind::Restarted(_)) => "restarted",
-        Some(Kind::Stopped(_)) => "stopped",
-        Some(Kind::Deleted(_)) => "deleted",
-        Some(Kind::TaskAccepted(_)) => "task_accepted",
-        Some(Kind::TaskCompleted(_)) => "task_completed",
-        Some(Kind::TaskLost(_)) => "task_lost",
-        None => "none",
-    }
+    shepherd_agent_manager::events::kind_name(event.kind.as_ref())
 }
 
 pub fn kinds(events: &[pb::AgentEvent]) -> Vec<&'static str> {
