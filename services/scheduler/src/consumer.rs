@@ -255,15 +255,6 @@ impl Consumer {
                     recovery.runners.stop(workflow, &reason);
                 }
             }
-            Some(Kind::TaskCompleted(done)) => {
-                let outcome = Outcome {
-                    task_id: done.task_id.clone(),
-                    attempt: (done.attempt > 0).then_some(done.attempt),
-                    succeeded: done.outcome() == pb::TaskOutcome::Succeeded,
-                    output: done.output.clone(),
-                };
-                self.record_outcomes(&mut vec![outcome]).await?;
-            }
             Some(Kind::TaskLost(lost)) => {
                 let attempt = (lost.attempt > 0).then_some(lost.attempt);
                 if let Some(workflow) = recovery
@@ -275,7 +266,8 @@ impl Consumer {
                     recovery.runners.wake(workflow);
                 }
             }
-            Some(Kind::Created(_) | Kind::TaskAccepted(_)) | None => {}
+            // Completions are recorded in batches by `handle_batch`.
+            Some(Kind::Created(_) | Kind::TaskAccepted(_) | Kind::TaskCompleted(_)) | None => {}
         }
         Ok(())
     }

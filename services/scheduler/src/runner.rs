@@ -431,10 +431,13 @@ pub async fn settle(
 ) -> crate::error::Result<bool> {
     match result {
         Ok(response) if response.duplicate && response.state() == pb::TaskState::Completed => {
-            let succeeded = response.outcome() == pb::TaskOutcome::Succeeded;
-            store
-                .complete(task, Some(response.attempt), succeeded, "")
-                .await?;
+            let outcome = crate::store::Outcome {
+                task_id: task.to_owned(),
+                attempt: Some(response.attempt),
+                succeeded: response.outcome() == pb::TaskOutcome::Succeeded,
+                output: String::new(),
+            };
+            store.complete_many(&[outcome]).await?;
             Ok(true)
         }
         Ok(response) => {

@@ -483,38 +483,11 @@ impl Store {
         Ok(())
     }
 
-    /// Records an outcome for the attempt in flight. Returns the task's
-    /// workflow when something changed. A report about an attempt older
-    /// than the one we know of is stale and ignored; a newer one (our count
-    /// not yet aligned with the manager's) is taken.
-    pub async fn complete(
-        &self,
-        id: &str,
-        attempt: Option<u32>,
-        succeeded: bool,
-        output: &str,
-    ) -> Result<Option<Uuid>> {
-        let client = self.pool.get().await?;
-        let state = if succeeded { "succeeded" } else { "failed" };
-        let attempt = attempt.map(to_i32);
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "UPDATE scheduler.tasks SET state = $2, output = $3, updated_at = now()
-                 WHERE id = $1 AND state = 'dispatched' AND ($4::integer IS NULL OR attempts <= $4)
-                 RETURNING workflow_id",
-                    )
-                    .await?,
-                &[&id, &state, &output, &attempt],
-            )
-            .await?;
-        Ok(row.map(|row| row.get(0)))
-    }
-
-    /// Records many outcomes in one statement (see `complete`); returns the
-    /// workflows whose tasks changed, and for each recorded outcome whether
-    /// it succeeded and how long since dispatch (seconds).
+    /// Records outcomes of the attempts in flight, in one statement; returns
+    /// the workflows whose tasks changed, and for each recorded outcome
+    /// whether it succeeded and how long since dispatch (seconds). A report
+    /// about an attempt older than the one we know of is stale and ignored;
+    /// a newer one (our count not yet aligned with the manager's) is taken.
     pub async fn complete_many(
         &self,
         outcomes: &[Outcome],

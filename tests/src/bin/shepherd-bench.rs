@@ -88,13 +88,15 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Polls ListRunners until every runner of `agents` (None: all) is
-/// RUNNING with `since` after `after`; returns when that was seen.
-async fn wait_all_running(
+/// Polls ListRunners until `expected` runners match `wanted`; returns when
+/// that was seen. Polling is itself load (ListRunners of 1,000 workflows):
+/// poll often for small fleets, less for large ones.
+async fn wait_runners(
     stack: &Stack,
     expected: usize,
-    after: SystemTime,
     poll: Duration,
+    what: &str,
+    wanted: impl Fn(&sched::Runner) -> bool,
 ) -> anyhow::Result<Instant> {
     let mut client = stack.workflows.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -104,48 +106,39 @@ async fn wait_all_running(
             .await?
             .into_inner()
             .runners;
-        let running = runners
-            .iter()
-            .filter(|r| {
-                r.state() == RunnerState::Running
-                    && r.since
-                        .and_then(|t| SystemTime::try_from(t).ok())
-                        .is_some_and(|t| t >= after)
-            })
-            .count();
-        if running >= expected {
+        let matching = runners.iter().filter(|r| wanted(r)).count();
+        if matching >= expected {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("only {running} of {expected} runners running after 60s");
+            bail!("only {matching} of {expected} runners {what} after 60s");
         }
-        // Polling is itself load (ListRunners of 1,000 workflows): poll
-        // often for small fleets, less for large ones.
         tokio::time::sleep(poll).await;
     }
 }
 
+/// Every runner RUNNING again since `after`.
+async fn wait_all_running(
+    stack: &Stack,
+    expected: usize,
+    after: SystemTime,
+    poll: Duration,
+) -> anyhow::Result<Instant> {
+    wait_runners(stack, expected, poll, "running", |r| {
+        r.state() == RunnerState::Running
+            && r.since
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .is_some_and(|t| t >= after)
+    })
+    .await
+}
+
 async fn wait_all_stopped(stack: &Stack, expected: usize) -> anyhow::Result<()> {
-    let mut client = stack.workflows.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let runners = client
-            .list_runners(sched::ListRunnersRequest::default())
-            .await?
-            .into_inner()
-            .runners;
-        let stopped = runners
-            .iter()
-            .filter(|r| r.state() == RunnerState::Stopped && r.reason.contains("agent not ready"))
-            .count();
-        if stopped >= expected {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {stopped} of {expected} runners stopped after 60s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_runners(stack, expected, Duration::from_millis(20), "stopped", |r| {
+        r.state() == RunnerState::Stopped && r.reason.contains("agent not ready")
+    })
+    .await
+    .map(drop)
 }
 
 async fn setup(
