@@ -20,6 +20,16 @@ pub enum DbError {
         name: &'static str,
         source: tokio_postgres::Error,
     },
+    /// One failure shared by every item of a batch (see `batch`).
+    #[error("{0}")]
+    Shared(std::sync::Arc<DbError>),
+}
+
+impl DbError {
+    /// For batch functions: an error every item of the batch can share.
+    pub fn shared(err: impl Into<DbError>) -> std::sync::Arc<DbError> {
+        std::sync::Arc::new(err.into())
+    }
 }
 
 /// One versioned migration. Versions are applied in ascending order, each

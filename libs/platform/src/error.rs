@@ -1,6 +1,9 @@
 //! The typed errors of both services' domain logic, and their one mapping
 //! to gRPC status codes at the edge.
 
+use std::sync::Arc;
+
+use crate::batch::BatchError;
 use crate::db::{DbError, PoolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,15 @@ impl From<PoolError> for Error {
     }
 }
 
+impl From<BatchError<Arc<DbError>>> for Error {
+    fn from(err: BatchError<Arc<DbError>>) -> Self {
+        match err {
+            BatchError::Failed(db) => Self::Db(DbError::Shared(db)),
+            BatchError::Stopped => Self::Unavailable("the service is shutting down".into()),
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         match err {
@@ -65,9 +77,7 @@ impl From<Error> for tonic::Status {
                 // Details stay in the log; the client learns only that the
                 // database is the problem and that retrying may help.
                 tracing::error!(error = %db, "database error");
-                tonic::Status::unavailable(
-                    "the agent-manager's database is unavailable; retry later",
-                )
+                tonic::Status::unavailable("the service's database is unavailable; retry later")
             }
             Error::Internal(msg) => {
                 tracing::error!(error = %msg, "internal error");

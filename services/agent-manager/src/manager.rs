@@ -11,6 +11,7 @@ use shepherd_proto::agentmanager::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -150,7 +151,19 @@ impl Manager {
 
     /// Delivers a task to the agent's live session, at most once per task id
     /// unless the previous attempt was lost.
-    pub async fn dispatch(&self, request: TaskRequest) -> Result<Dispatched> {
+    ///
+    /// The claim and the hand-over run in a task of their own: a caller that
+    /// goes away halfway (a cancelled RPC) must not leave a task claimed but
+    /// never handed to the session, or every later dispatch of it would find
+    /// it "in flight" and deliver nothing until the session ended.
+    pub async fn dispatch(self: &Arc<Self>, request: TaskRequest) -> Result<Dispatched> {
+        let manager = self.clone();
+        tokio::spawn(async move { manager.deliver(request).await }.in_current_span())
+            .await
+            .map_err(|err| Error::Internal(format!("delivering the task failed: {err}")))?
+    }
+
+    async fn deliver(&self, request: TaskRequest) -> Result<Dispatched> {
         let Some(session) = self.supervisors.context().sessions.get(request.agent_id) else {
             let agent = self.get_agent(request.agent_id).await?;
             return Err(Error::FailedPrecondition(format!(

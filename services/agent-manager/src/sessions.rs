@@ -242,16 +242,14 @@ impl TaskReports {
     }
 
     async fn completed(&self, mut completed: TaskCompleted) -> crate::error::Result<()> {
-        let outcome = match completed.outcome() {
-            shepherd_proto::agentmanager::v1::TaskOutcome::Succeeded => "succeeded",
-            _ => "failed",
-        };
+        let succeeded =
+            completed.outcome() == shepherd_proto::agentmanager::v1::TaskOutcome::Succeeded;
         // An outcome is attributed by task id *and* session: a report for a
         // task this session does not hold (already lost, or unknown) is
         // dropped rather than overwriting a newer attempt.
         if let Some(attempt) = self
             .store
-            .mark_task_completed(&completed.task_id, self.session_id, outcome)
+            .mark_task_completed(&completed.task_id, self.session_id, succeeded)
             .await?
         {
             completed.attempt = attempt;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shepherd_platform::columns::{from_i32, from_i64, from_json, to_i64, to_json};
+use shepherd_platform::columns::{from_i64, from_json, to_i64, to_json};
 use shepherd_platform::db::{DbPool, Migration};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent};
+
+mod tasks;
 
 pub const SCHEMA: &str = "agent_manager";
 
@@ -89,11 +91,16 @@ pub struct AgentFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
+    tasks: tasks::TaskBatches,
 }
 
 impl Store {
+    /// Needs a running Tokio runtime: it starts the task table's batchers.
     pub fn new(pool: DbPool) -> Self {
-        Self { pool }
+        Self {
+            tasks: tasks::TaskBatches::spawn(pool.clone()),
+            pool,
+        }
     }
 
     // ---- agents ----
@@ -254,36 +261,38 @@ impl Store {
 
     // ---- event log ----
 
-    /// Stores `events` with consecutive sequence numbers in one transaction
-    /// and returns the sequence of the first. The counter row is locked until
-    /// commit, so a later sequence can never commit before an earlier one.
+    /// Stores `events` with consecutive sequence numbers and returns the
+    /// sequence of the first, in one statement (one round trip, one
+    /// commit). The counter row stays locked until that commit, so a later
+    /// sequence can never commit before an earlier one.
     pub async fn append_events(&self, events: &[EventRow]) -> Result<u64> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let last: i64 = tx
-            .query_one(
-                &tx.prepare_cached("UPDATE agent_manager.event_log_state SET last_seq = last_seq + $1 RETURNING last_seq").await?,
-                &[&count],
-            )
-            .await?
-            .get(0);
-        let first = last - count + 1;
-        let seqs: Vec<i64> = (first..=last).collect();
+        let client = self.pool.get().await?;
         let agents: Vec<Uuid> = events.iter().map(|e| e.agent_id).collect();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
-             SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bytea[])",
+        // Data-modifying CTEs run exactly once whether or not the final
+        // SELECT reads them.
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "WITH counter AS (
+                             UPDATE agent_manager.event_log_state
+                             SET last_seq = last_seq + cardinality($1::uuid[])
+                             RETURNING last_seq - cardinality($1::uuid[]) AS before
+                         ), stored AS (
+                             INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
+                             SELECT counter.before + v.n, v.agent_id, v.kind, v.payload
+                             FROM counter, UNNEST($1::uuid[], $2::text[], $3::bytea[])
+                                  WITH ORDINALITY AS v(agent_id, kind, payload, n)
+                         )
+                         SELECT before + 1 FROM counter",
+                    )
+                    .await?,
+                &[&agents, &kinds, &payloads],
             )
-            .await?,
-            &[&seqs, &agents, &kinds, &payloads],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(from_i64(first))
+            .await?;
+        Ok(from_i64(row.get(0)))
     }
 
     /// `(last committed sequence, pruned through)`.
@@ -374,123 +383,6 @@ impl Store {
             )
             .await?;
         Ok(row.get::<_, Option<i64>>(0).map(from_i64))
-    }
-
-    // ---- tasks ----
-
-    /// Takes `task_id` for delivery over `session_id`, atomically: a new task
-    /// or one whose last attempt was lost is (re)delivered; anything else is
-    /// reported as it stands. Concurrent callers with one id cannot both win.
-    pub async fn claim_task(
-        &self,
-        task_id: &str,
-        agent_id: Uuid,
-        session_id: Uuid,
-        generation: u64,
-    ) -> Result<TaskClaim> {
-        let client = self.pool.get().await?;
-        let claimed = client
-            .query_opt(
-                &client.prepare_cached("INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state)
-                 VALUES ($1, $2, $3, $4, 'delivered')
-                 ON CONFLICT (task_id) DO UPDATE
-                 SET state = 'delivered', attempt = tasks.attempt + 1, agent_id = EXCLUDED.agent_id,
-                     session_id = EXCLUDED.session_id, generation = EXCLUDED.generation,
-                     outcome = NULL, updated_at = now()
-                 WHERE tasks.state = 'lost'
-                 RETURNING attempt").await?,
-                &[&task_id, &agent_id, &session_id, &to_i64(generation)],
-            )
-            .await?;
-        if let Some(row) = claimed {
-            return Ok(TaskClaim::Deliver {
-                attempt: from_i32(row.get(0)),
-            });
-        }
-        let row = client
-            .query_one(
-                &client.prepare_cached("SELECT state, attempt, outcome FROM agent_manager.tasks WHERE task_id = $1").await?,
-                &[&task_id],
-            )
-            .await?;
-        Ok(TaskClaim::Existing {
-            state: TaskState::parse(row.get(0))?,
-            attempt: from_i32(row.get(1)),
-            outcome: row.get(2),
-        })
-    }
-
-    /// Marks an in-flight task completed and returns its attempt; None if
-    /// it is not in flight on this session.
-    pub async fn mark_task_completed(
-        &self,
-        task_id: &str,
-        session_id: Uuid,
-        outcome: &str,
-    ) -> Result<Option<u32>> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                &client.prepare_cached("UPDATE agent_manager.tasks SET state = 'completed', outcome = $3, updated_at = now()
-                 WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')
-                 RETURNING attempt").await?,
-                &[&task_id, &session_id, &outcome],
-            )
-            .await?;
-        Ok(row.map(|row| from_i32(row.get(0))))
-    }
-
-    /// Marks every task in flight on `session_id` lost.
-    pub async fn mark_session_tasks_lost(&self, session_id: Uuid) -> Result<Vec<LostTask>> {
-        self.mark_lost(
-            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
-             WHERE session_id = $1 AND state IN ('delivered', 'accepted')
-             RETURNING task_id, agent_id, generation, attempt",
-            &[&session_id],
-        )
-        .await
-    }
-
-    /// Marks one task lost if it is still in flight on `session_id`.
-    pub async fn mark_task_lost(&self, task_id: &str, session_id: Uuid) -> Result<Vec<LostTask>> {
-        self.mark_lost(
-            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
-             WHERE task_id = $1 AND session_id = $2 AND state IN ('delivered', 'accepted')
-             RETURNING task_id, agent_id, generation, attempt",
-            &[&task_id, &session_id],
-        )
-        .await
-    }
-
-    /// At start-up no session is live, so everything in flight is lost.
-    pub async fn mark_all_in_flight_lost(&self) -> Result<Vec<LostTask>> {
-        self.mark_lost(
-            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
-             WHERE state IN ('delivered', 'accepted')
-             RETURNING task_id, agent_id, generation, attempt",
-            &[],
-        )
-        .await
-    }
-
-    async fn mark_lost(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<LostTask>> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(&client.prepare_cached(sql).await?, params)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| LostTask {
-                task_id: row.get(0),
-                agent_id: row.get(1),
-                generation: from_i64(row.get(2)),
-                attempt: from_i32(row.get(3)),
-            })
-            .collect())
     }
 }
 

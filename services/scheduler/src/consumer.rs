@@ -19,6 +19,7 @@ use std::time::Duration;
 use shepherd_proto::agentmanager::v1::{
     self as pb, agent_event::Kind, watch_agent_events_response,
 };
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -27,13 +28,14 @@ use crate::error::Result;
 use crate::recovery::Recovery;
 use crate::runner::settle;
 use crate::store::Outcome;
-use futures_util::FutureExt;
 use tracing::Instrument;
 
 /// How often a dirty cursor is saved.
 const SAVE_EVERY: Duration = Duration::from_millis(200);
 /// Most messages handled in one go.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 1024;
+/// Most messages read ahead of the handler.
+const READ_AHEAD: usize = 4 * MAX_BATCH;
 
 pub struct Consumer {
     pub recovery: Arc<Recovery>,
@@ -85,10 +87,13 @@ impl Consumer {
             trace_id = tracing::field::Empty
         );
         shepherd_platform::telemetry::propagation::record_trace_id(&span);
-        let mut stream = match self.recovery.manager.watch(cursor).instrument(span).await {
+        let stream = match self.recovery.manager.watch(cursor).instrument(span).await {
             Ok(stream) => stream,
             Err(status) => return StreamEnd::Broken(format!("connecting: {}", status.message())),
         };
+        let reader = CancellationToken::new();
+        let _stop_reader = reader.clone().drop_guard();
+        let mut inbox = spawn_reader(stream, self.stream_timeout, reader);
         tracing::info!(after = cursor, "watching agent events");
         // Level pass on every (re)connect: whatever was missed while
         // disconnected is fixed now, events or not.
@@ -118,21 +123,25 @@ impl Consumer {
                     }
                     saved = cursor;
                 }
-                message = tokio::time::timeout(self.stream_timeout, stream.message()) => {
-                    let message = match message {
-                        Err(_) => break StreamEnd::Broken(format!("no heartbeat for {:?}", self.stream_timeout)),
-                        Ok(Err(status)) => break StreamEnd::Broken(status.message().to_owned()),
-                        Ok(Ok(None)) => break StreamEnd::Broken("stream ended".into()),
-                        Ok(Ok(Some(message))) => message,
+                received = inbox.recv() => {
+                    let first = match received {
+                        Some(Ok(message)) => message,
+                        Some(Err(reason)) => break StreamEnd::Broken(reason),
+                        None => break StreamEnd::Broken("stream reader stopped".into()),
                     };
                     backoff.reset();
-                    // Take whatever else has already arrived, so a burst of
-                    // outcomes is recorded with one statement.
-                    let mut batch = vec![message];
+                    // Everything that arrived meanwhile is handled together:
+                    // one outcome update for all the completions in it.
+                    let mut batch = vec![first];
+                    let mut broken = None;
                     while batch.len() < MAX_BATCH {
-                        match stream.message().now_or_never() {
-                            Some(Ok(Some(message))) => batch.push(message),
-                            _ => break,
+                        match inbox.try_recv() {
+                            Ok(Ok(message)) => batch.push(message),
+                            Ok(Err(reason)) => {
+                                broken = Some(reason);
+                                break;
+                            }
+                            Err(_) => break,
                         }
                     }
                     match self.handle_batch(batch, &mut cursor).await {
@@ -142,6 +151,9 @@ impl Consumer {
                             }
                         }
                         Err(err) => break StreamEnd::Broken(format!("handling an event: {err}")),
+                    }
+                    if let Some(reason) = broken {
+                        break StreamEnd::Broken(reason);
                     }
                 }
             }
@@ -156,13 +168,17 @@ impl Consumer {
 
     /// Handles messages in order. Consecutive task completions are
     /// recorded together; everything else one by one.
+    /// Handles a batch in order, except that completions are gathered and
+    /// recorded together: only a message whose handling depends on earlier
+    /// outcomes (see `needs_outcomes_first`) makes them be recorded first.
+    /// The cursor passes a completion only once its outcome is stored.
     async fn handle_batch(
         &self,
         batch: Vec<pb::WatchAgentEventsResponse>,
         cursor: &mut u64,
     ) -> Result<()> {
         let mut completions: Vec<Outcome> = Vec::new();
-        let mut last_completion = *cursor;
+        let mut handled = *cursor;
         for message in batch {
             if let Some(watch_agent_events_response::Kind::Event(event)) = &message.kind
                 && let Some(Kind::TaskCompleted(done)) = &event.kind
@@ -173,15 +189,20 @@ impl Consumer {
                     succeeded: done.outcome() == pb::TaskOutcome::Succeeded,
                     output: done.output.clone(),
                 });
-                last_completion = event.sequence;
+                handled = handled.max(event.sequence);
                 continue;
             }
-            self.record_outcomes(&mut completions).await?;
-            *cursor = (*cursor).max(last_completion);
-            self.handle(message, cursor).await?;
+            if needs_outcomes_first(&message) {
+                self.record_outcomes(&mut completions).await?;
+                *cursor = handled;
+            }
+            self.handle(message, &mut handled).await?;
+            if completions.is_empty() {
+                *cursor = handled;
+            }
         }
         self.record_outcomes(&mut completions).await?;
-        *cursor = (*cursor).max(last_completion);
+        *cursor = handled;
         Ok(())
     }
 
@@ -291,6 +312,56 @@ impl Consumer {
 
 /// Capped exponential backoff with jitter (so many schedulers do not
 /// reconnect in lockstep).
+/// Whether handling `message` may depend on the outcomes received before
+/// it: anything that changes tasks or starts runners. Acceptances,
+/// readiness losses and heartbeats do not, so completions around them are
+/// still recorded in one statement.
+fn needs_outcomes_first(message: &pb::WatchAgentEventsResponse) -> bool {
+    match &message.kind {
+        Some(watch_agent_events_response::Kind::Event(event)) => matches!(
+            event.kind,
+            Some(Kind::TaskLost(_) | Kind::Deleted(_) | Kind::Ready(_) | Kind::Restarted(_))
+        ),
+        Some(watch_agent_events_response::Kind::ResyncRequired(_)) => true,
+        Some(watch_agent_events_response::Kind::Heartbeat(_)) | None => false,
+    }
+}
+
+/// What the stream reader passes on: a message, or why the stream ended.
+type Received = std::result::Result<pb::WatchAgentEventsResponse, String>;
+
+/// Reads the stream on a task of its own, so that messages keep arriving
+/// (and HTTP/2 flow control keeps the manager sending) while a batch is
+/// being handled; the handler then takes the whole backlog in one go.
+/// The reader also watches for a stalled stream: no message, not even a
+/// heartbeat, within `timeout`.
+fn spawn_reader(
+    mut stream: tonic::Streaming<pb::WatchAgentEventsResponse>,
+    timeout: Duration,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Received> {
+    let (inbox, received) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = tokio::time::timeout(timeout, stream.message()) => next,
+            };
+            let item = match next {
+                Ok(Ok(Some(message))) => Ok(message),
+                Ok(Ok(None)) => Err("stream ended".to_owned()),
+                Ok(Err(status)) => Err(status.message().to_owned()),
+                Err(_) => Err(format!("no heartbeat for {timeout:?}")),
+            };
+            let ended = item.is_err();
+            if inbox.send(item).await.is_err() || ended {
+                return;
+            }
+        }
+    });
+    received
+}
+
 struct Backoff {
     initial: Duration,
     max: Duration,

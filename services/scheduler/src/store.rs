@@ -12,6 +12,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 
+mod claims;
+
 pub const SCHEMA: &str = "scheduler";
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -24,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "task_trace_context",
         sql: include_str!("../migrations/0002_task_trace_context.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "drop_redundant_task_key",
+        sql: include_str!("../migrations/0003_drop_redundant_task_key.sql"),
     },
 ];
 
@@ -82,11 +89,16 @@ pub struct WorkflowFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
+    claims: claims::ClaimBatches,
 }
 
 impl Store {
+    /// Needs a running Tokio runtime: it starts the claim batcher.
     pub fn new(pool: DbPool) -> Self {
-        Self { pool }
+        Self {
+            claims: claims::ClaimBatches::spawn(pool.clone()),
+            pool,
+        }
     }
 
     // ---- workflows ----
@@ -412,48 +424,6 @@ impl Store {
             .iter()
             .map(|row| Ok((row.get("seq"), task_from_row(row)?)))
             .collect()
-    }
-
-    /// Takes the workflow's oldest pending tasks for dispatch, as many as
-    /// its max_concurrency leaves room for, in one statement.
-    /// `FOR UPDATE SKIP LOCKED`: two claimers never take the same task.
-    pub async fn claim(&self, workflow: Uuid) -> Result<Vec<Claimed>> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &client.prepare_cached("WITH room AS (
-                     SELECT GREATEST(w.max_concurrency - (
-                         SELECT count(*) FROM scheduler.tasks d
-                         WHERE d.workflow_id = $1 AND d.state = 'dispatched'), 0) AS n
-                     FROM scheduler.workflows w WHERE w.id = $1
-                 ), next AS (
-                     SELECT t.id, t.seq FROM scheduler.tasks t
-                     WHERE t.workflow_id = $1 AND t.state = 'pending'
-                     ORDER BY t.seq LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED
-                 )
-                 UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
-                 FROM next WHERE t.id = next.id
-                 RETURNING t.id, t.prompt, t.attempts, next.seq, t.trace_context").await?,
-                &[&workflow],
-            )
-            .await?;
-        let mut claimed: Vec<(i64, Claimed)> = rows
-            .iter()
-            .map(|row| {
-                (
-                    row.get(3),
-                    Claimed {
-                        id: row.get(0),
-                        prompt: row.get(1),
-                        attempts: from_i32(row.get(2)),
-                        trace_context: serde_json::from_value(row.get(4)).unwrap_or_default(),
-                    },
-                )
-            })
-            .collect();
-        // Oldest first.
-        claimed.sort_by_key(|(seq, _)| *seq);
-        Ok(claimed.into_iter().map(|(_, task)| task).collect())
     }
 
     /// Puts a claimed task back (the dispatch did not happen).
