@@ -12,7 +12,7 @@ pub enum DbError {
     Config(String),
     #[error("could not get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("migration {version} ({name}) failed: {source}")]
     Migration {
@@ -23,6 +23,15 @@ pub enum DbError {
     /// One failure shared by every item of a batch (see `batch`).
     #[error("{0}")]
     Shared(std::sync::Arc<DbError>),
+}
+
+/// The server's own message when there is one: tokio-postgres displays a
+/// server error only as "db error".
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
 }
 
 impl DbError {

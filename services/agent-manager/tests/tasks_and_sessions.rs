@@ -80,6 +80,69 @@ async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow:
     Ok(())
 }
 
+/// Dispatches that arrive together are claimed together (one statement);
+/// a task id repeated among them must still be delivered exactly once, and
+/// every other task exactly once too.
+#[tokio::test]
+async fn concurrent_dispatches_deliver_each_task_exactly_once() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h
+        .create(reference_agent("busy", pb::RestartMode::Never))
+        .await?;
+    events.until(is_ready).await?;
+
+    let marker = std::env::temp_dir().join(format!("shepherd-same-{}", h.db.name));
+    let same = format!("echo ran >> {}", marker.display());
+    let calls = (0..20)
+        .map(|_| dispatch(&agent.id, "same", &same))
+        .chain((0..30).map(|n| dispatch(&agent.id, &format!("distinct-{n}"), "true")))
+        .map(|request| {
+            let mut client = h.client.clone();
+            async move { client.dispatch_task(request).await }
+        });
+    let responses = futures_util::future::join_all(calls).await;
+    let mut first_deliveries = Vec::new();
+    for response in responses {
+        let response = response?.into_inner();
+        if !response.duplicate {
+            assert_eq!(response.attempt, 1, "{response:?}");
+            first_deliveries.push(response.task_id);
+        }
+    }
+    first_deliveries.sort();
+    let mut expected: Vec<String> = std::iter::once("same".to_owned())
+        .chain((0..30).map(|n| format!("distinct-{n}")))
+        .collect();
+    expected.sort();
+    assert_eq!(first_deliveries, expected, "each task delivered once");
+
+    let mut completed = std::collections::BTreeMap::new();
+    while completed.len() < expected.len() {
+        let seen = events.until(|e| kind(e) == "task_completed").await?;
+        if let Some(Kind::TaskCompleted(done)) = &seen.last().expect("event").kind {
+            *completed.entry(done.task_id.clone()).or_insert(0) += 1;
+        }
+    }
+    assert!(completed.values().all(|&n| n == 1), "{completed:?}");
+    assert!(
+        events
+            .until_idle()
+            .await?
+            .iter()
+            .all(|e| kind(e) != "task_completed"),
+        "no task completes twice"
+    );
+    let runs = std::fs::read_to_string(&marker)?;
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the repeated task ran exactly once"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -> anyhow::Result<()>
 {

@@ -463,6 +463,9 @@ impl Store {
         outcomes: &[Outcome],
     ) -> Result<(Vec<Uuid>, Vec<(bool, f64)>)> {
         let client = self.pool.get().await?;
+        // Rows in key order, so that concurrent callers cannot deadlock.
+        let mut outcomes: Vec<&Outcome> = outcomes.iter().collect();
+        outcomes.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         let ids: Vec<&str> = outcomes.iter().map(|o| o.task_id.as_str()).collect();
         let states: Vec<&str> = outcomes
             .iter()

@@ -206,7 +206,10 @@ async fn claim_batch(
     // One upsert may not touch a row twice, so a repeated id (two callers
     // dispatching one task at once) goes in a later round: the first caller
     // wins, the second sees the task in flight.
-    for round in rounds_of_distinct(&items, |item| item.task_id.as_str()) {
+    for mut round in rounds_of_distinct(&items, |item| item.task_id.as_str()) {
+        // Rows in key order: two batches running at once lock common rows
+        // in the same order, so they cannot deadlock.
+        round.sort_by(|&a, &b| items[a].task_id.cmp(&items[b].task_id));
         let ids: Vec<&str> = round.iter().map(|&i| items[i].task_id.as_str()).collect();
         let agents: Vec<Uuid> = round.iter().map(|&i| items[i].agent_id).collect();
         let sessions: Vec<Uuid> = round.iter().map(|&i| items[i].session_id).collect();
@@ -256,9 +259,13 @@ async fn complete_batch(
     items: Vec<CompletionItem>,
 ) -> Result<Vec<Option<u32>>, Arc<DbError>> {
     let client = pool.get().await.map_err(DbError::shared)?;
-    let ids: Vec<&str> = items.iter().map(|item| item.task_id.as_str()).collect();
-    let sessions: Vec<Uuid> = items.iter().map(|item| item.session_id).collect();
-    let outcomes: Vec<&str> = items.iter().map(|item| item.outcome).collect();
+    // Rows in key order: two batches running at once lock common rows in
+    // the same order, so they cannot deadlock.
+    let mut sorted: Vec<&CompletionItem> = items.iter().collect();
+    sorted.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    let ids: Vec<&str> = sorted.iter().map(|item| item.task_id.as_str()).collect();
+    let sessions: Vec<Uuid> = sorted.iter().map(|item| item.session_id).collect();
+    let outcomes: Vec<&str> = sorted.iter().map(|item| item.outcome).collect();
     let statement = client
         .prepare_cached(
             "UPDATE agent_manager.tasks t SET state = 'completed', outcome = v.outcome, updated_at = now()
