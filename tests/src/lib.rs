@@ -257,6 +257,20 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts another scheduler replica on this stack's database and
+    /// agent-manager, with `env` on top of the stack's (e.g. its
+    /// REPLICA_ID); returns the process and a client for it.
+    pub async fn start_replica(
+        &self,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<(ServiceProcess, SchedulerClient<AuthChannel>)> {
+        let mut options = self.options.clone();
+        options.env.extend(env.iter().cloned());
+        let process = start_scheduler(&self.db, &self.options.url(&self.manager), &options).await?;
+        let client = SchedulerClient::new(self.options.channel(&process).await?);
+        Ok((process, client))
+    }
+
     /// Creates an agent running the reference agent and waits until it is
     /// ready.
     pub async fn create_agent(

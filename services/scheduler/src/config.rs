@@ -63,7 +63,27 @@ pub struct Config {
     #[arg(long, env = "DISABLE_LEVEL_RECONCILE", hide = true)]
     pub disable_level_reconcile: bool,
 
+    /// This replica's name as the owner of runner leases. Every replica
+    /// sharing a database needs its own; a restarted replica with the same
+    /// name takes its leases back at once. Defaults to the host name.
+    #[arg(long, env = "REPLICA_ID", default_value_t = default_replica_id())]
+    pub replica_id: String,
+
+    /// How long a runner lease lasts unless renewed (every third of it). A
+    /// dead replica's workflows are taken over after at most this long.
+    #[arg(long, env = "LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
     /// How often an idle runner re-checks for tasks without being woken.
     #[arg(long, env = "RUNNER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub runner_poll_interval: Duration,
+}
+
+/// The kernel's host name (unique per container), else "scheduler".
+fn default_replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "scheduler".to_owned())
 }

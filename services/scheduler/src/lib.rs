@@ -58,6 +58,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             manager: manager.clone(),
             startup_window: config.startup_window,
             poll_interval: config.runner_poll_interval,
+            replica: config.replica_id.clone(),
+            lease_ttl: config.lease_ttl,
         }),
         shutdown.child_token(),
     );
@@ -87,7 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
     println!("scheduler listening on {bound}");
-    tracing::info!(%bound, manager = %config.agent_manager_url, "scheduler listening");
+    tracing::info!(%bound, manager = %config.agent_manager_url, replica = %config.replica_id, "scheduler listening");
 
     let gauge_runners = std::sync::Arc::downgrade(&runners);
     let _runners_gauge = metrics::runners_gauge(move || {

@@ -9,6 +9,11 @@
 //! "Live" means running *and* making progress: a runner whose task has
 //! finished, or that has not reported progress for `WEDGE_TIMEOUT`, counts
 //! as missing, so every recovery path replaces it.
+//!
+//! Across replicas, a runner claims tasks only while it holds its
+//! workflow's lease (see `store::leases`): the other replicas' runners of
+//! the workflow wait on standby and take over when the lease expires or is
+//! released.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +30,7 @@ use uuid::Uuid;
 
 use crate::agents::AgentView;
 use crate::manager_client::ManagerClient;
-use crate::store::{Claimed, Store};
+use crate::store::{ClaimRequest, Claimed, LeaseAcquisition, LeaseRenewal, Store};
 
 /// Reason a runner stops when its agent stays unready past the window.
 pub const AGENT_NOT_READY: &str = "agent not ready";
@@ -39,6 +44,8 @@ pub enum RunnerState {
     WaitingForAgent,
     Running,
     Stopped,
+    /// Another replica holds the workflow's lease and runs it.
+    Standby,
 }
 
 /// What `ListRunners` shows of a workflow's runner.
@@ -65,6 +72,10 @@ pub struct RunnerContext {
     /// Fallback re-check for new tasks when no wake-up arrives (another
     /// replica's trigger, a lost notification).
     pub poll_interval: Duration,
+    /// This replica's name as a lease owner.
+    pub replica: String,
+    /// How long a lease lasts unless renewed (renewed every third of it).
+    pub lease_ttl: Duration,
 }
 
 struct Slot {
@@ -208,12 +219,13 @@ impl Runners {
 
     /// Workflows by runner state (for the runners gauge).
     pub fn count_by_state(&self) -> Vec<(&'static str, u64)> {
-        let mut counts = [0u64; 3];
+        let mut counts = [0u64; 4];
         for slot in self.lock().values() {
             let index = match slot.info.state {
                 RunnerState::WaitingForAgent => 0,
                 RunnerState::Running => 1,
                 RunnerState::Stopped => 2,
+                RunnerState::Standby => 3,
             };
             counts[index] += 1;
         }
@@ -221,6 +233,7 @@ impl Runners {
             ("waiting_for_agent", counts[0]),
             ("running", counts[1]),
             ("stopped", counts[2]),
+            ("standby", counts[3]),
         ]
     }
 
@@ -303,6 +316,23 @@ impl Runner {
     }
 
     async fn run(self) -> String {
+        let mut lease = None;
+        let reason = self.serve(&mut lease).await;
+        if let Some(held) = lease {
+            // Let another replica take over now rather than at expiry.
+            let released = self
+                .ctx
+                .store
+                .release_lease(self.workflow, &self.ctx.replica, held.term)
+                .await;
+            if let Err(err) = released {
+                tracing::warn!(workflow = %self.workflow, error = %err, "releasing the runner lease failed; it will expire");
+            }
+        }
+        reason
+    }
+
+    async fn serve(&self, lease: &mut Option<HeldLease>) -> String {
         let mut ready = self.ctx.agents.subscribe(self.agent);
         loop {
             self.beat();
@@ -316,15 +346,24 @@ impl Runner {
                     None => continue,
                 }
             }
+            let term = match self.keep_lease(lease).await {
+                Ok(term) => term,
+                Err(standby) => {
+                    self.report(RunnerState::Standby, &standby.reason);
+                    match self.pause(&mut ready, standby.retry_in).await {
+                        Some(reason) => return reason,
+                        None => continue,
+                    }
+                }
+            };
             self.report(RunnerState::Running, "");
             let claim_span = tracing::debug_span!("claim", workflow_id = %self.workflow);
-            let claimed = match self
-                .ctx
-                .store
-                .claim(self.workflow)
-                .instrument(claim_span)
-                .await
-            {
+            let request = ClaimRequest {
+                workflow: self.workflow,
+                owner: self.ctx.replica.clone(),
+                term,
+            };
+            let claimed = match self.ctx.store.claim(request).instrument(claim_span).await {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::warn!(workflow = %self.workflow, error = %err, "claiming tasks failed");
@@ -337,9 +376,94 @@ impl Runner {
                 .await;
             // The claim took all the room or all the work there was; more
             // comes with a wake-up (a trigger, a finished task: a wake-up
-            // sent meanwhile is kept by the Notify) or the poll.
-            if let Some(reason) = self.idle(&mut ready).await {
+            // sent meanwhile is kept by the Notify), the poll, or when the
+            // lease is due for renewal.
+            let renew_at = lease.as_ref().map(|held| held.renew_at);
+            if let Some(reason) = self.idle(&mut ready, renew_at).await {
                 return reason;
+            }
+        }
+    }
+
+    /// Holds the workflow's lease: renews it when due, (re)acquires it when
+    /// there is none. Returns the term to claim with, or why to stand by.
+    async fn keep_lease(&self, lease: &mut Option<HeldLease>) -> Result<i64, Standby> {
+        let ttl = self.ctx.lease_ttl;
+        let now = Instant::now();
+        if let Some(held) = lease.as_mut() {
+            if now < held.renew_at {
+                return Ok(held.term);
+            }
+            let renewal = LeaseRenewal {
+                workflow: self.workflow,
+                owner: self.ctx.replica.clone(),
+                term: held.term,
+                ttl,
+            };
+            match self.ctx.store.renew_lease(renewal).await {
+                Ok(true) => {
+                    held.extend(now, ttl);
+                    return Ok(held.term);
+                }
+                Ok(false) => {
+                    tracing::warn!(workflow = %self.workflow, "runner lease was taken over");
+                    *lease = None;
+                }
+                Err(err) if now < held.valid_until => {
+                    // Still ours for a while: keep working, retry soon.
+                    tracing::warn!(workflow = %self.workflow, error = %err, "renewing the runner lease failed");
+                    held.renew_at = now + BEAT.min(ttl / 3);
+                    return Ok(held.term);
+                }
+                Err(err) => {
+                    *lease = None;
+                    return Err(Standby {
+                        reason: format!("lease expired: {err}"),
+                        retry_in: BEAT,
+                    });
+                }
+            }
+        }
+        match self
+            .ctx
+            .store
+            .acquire_lease(self.workflow, &self.ctx.replica, ttl)
+            .await
+        {
+            Ok(LeaseAcquisition::Acquired { term }) => {
+                let mut held = HeldLease {
+                    term,
+                    valid_until: now,
+                    renew_at: now,
+                };
+                held.extend(now, ttl);
+                *lease = Some(held);
+                Ok(term)
+            }
+            Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(Standby {
+                reason: format!("replica {owner} holds the lease"),
+                // Try again as the lease runs out (a live holder renews).
+                retry_in: remaining + Duration::from_millis(10),
+            }),
+            Err(err) => Err(Standby {
+                reason: format!("could not take the lease: {err}"),
+                retry_in: BEAT,
+            }),
+        }
+    }
+
+    /// Waits `duration`, unless stopped or the agent's readiness changes.
+    async fn pause(&self, ready: &mut watch::Receiver<bool>, duration: Duration) -> Option<String> {
+        let until = Instant::now() + duration;
+        loop {
+            let step = until.saturating_duration_since(Instant::now()).min(BEAT);
+            if step.is_zero() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
+                _ = ready.changed() => return None,
+                _ = tokio::time::sleep(step) => self.beat(),
             }
         }
     }
@@ -365,10 +489,15 @@ impl Runner {
         }
     }
 
-    /// Nothing to do: wait for a wake-up, a readiness change or the poll
-    /// interval.
-    async fn idle(&self, ready: &mut watch::Receiver<bool>) -> Option<String> {
-        let until = Instant::now() + self.ctx.poll_interval;
+    /// Nothing to do: wait for a wake-up, a readiness change, the poll
+    /// interval or `renew_at`, whichever comes first.
+    async fn idle(
+        &self,
+        ready: &mut watch::Receiver<bool>,
+        renew_at: Option<Instant>,
+    ) -> Option<String> {
+        let polled = Instant::now() + self.ctx.poll_interval;
+        let until = renew_at.map_or(polled, |renew_at| renew_at.min(polled));
         loop {
             let step = until.saturating_duration_since(Instant::now()).min(BEAT);
             if step.is_zero() {
@@ -418,6 +547,28 @@ impl Runner {
     fn report(&self, state: RunnerState, reason: &str) {
         self.runners.report(self.workflow, self.id, state, reason);
     }
+}
+
+/// The lease a runner holds.
+struct HeldLease {
+    term: i64,
+    /// Until when it is surely still ours (measured from before the
+    /// statement that extended it, so on the safe side).
+    valid_until: Instant,
+    renew_at: Instant,
+}
+
+impl HeldLease {
+    fn extend(&mut self, from: Instant, ttl: Duration) {
+        self.valid_until = from + ttl;
+        self.renew_at = from + ttl / 3;
+    }
+}
+
+/// Why a runner stands by, and when it tries for the lease again.
+struct Standby {
+    reason: String,
+    retry_in: Duration,
 }
 
 /// Records what a `DispatchTask` call means for the task: in flight (true),

@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 
 mod claims;
+mod leases;
+
+pub use claims::ClaimRequest;
+pub use leases::{LeaseAcquisition, LeaseRenewal};
 
 pub const SCHEMA: &str = "scheduler";
 
@@ -31,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "drop_redundant_task_key",
         sql: include_str!("../migrations/0003_drop_redundant_task_key.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "runner_leases",
+        sql: include_str!("../migrations/0004_runner_leases.sql"),
     },
 ];
 
@@ -90,6 +99,7 @@ pub struct WorkflowFilter {
 pub struct Store {
     pool: DbPool,
     claims: claims::ClaimBatches,
+    renewals: leases::RenewalBatches,
 }
 
 impl Store {
@@ -97,6 +107,7 @@ impl Store {
     pub fn new(pool: DbPool) -> Self {
         Self {
             claims: claims::ClaimBatches::spawn(pool.clone()),
+            renewals: leases::RenewalBatches::spawn(pool.clone()),
             pool,
         }
     }
@@ -550,12 +561,18 @@ impl Store {
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
+    /// Moves the cursor forward (never back). Replicas share it: each
+    /// handles the whole stream, and every effect of an event is either
+    /// stored here or re-established by the level pass, so an event one
+    /// replica handled counts as handled for all.
     pub async fn save_cursor(&self, seq: u64) -> Result<()> {
         let client = self.pool.get().await?;
         client
             .execute(
                 &client
-                    .prepare_cached("UPDATE scheduler.event_cursor SET last_seq = $1")
+                    .prepare_cached(
+                        "UPDATE scheduler.event_cursor SET last_seq = GREATEST(last_seq, $1)",
+                    )
                     .await?,
                 &[&i64::try_from(seq).unwrap_or(i64::MAX)],
             )

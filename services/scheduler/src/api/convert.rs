@@ -258,6 +258,7 @@ pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
             RunnerState::WaitingForAgent => pb::RunnerState::WaitingForAgent,
             RunnerState::Running => pb::RunnerState::Running,
             RunnerState::Stopped => pb::RunnerState::Stopped,
+            RunnerState::Standby => pb::RunnerState::Standby,
         } as i32,
         reason: info.reason,
         since: Some(info.since.into()),

@@ -4,6 +4,12 @@
 //! a busy scheduler claims thousands of times a second. Claims go through a
 //! group-commit batcher: the runners that claim at the same moment share
 //! one statement.
+//!
+//! Claims are fenced: a workflow's tasks are taken only while the claimer
+//! holds its runner lease with the given term. The lease row is read
+//! `FOR SHARE`, so a takeover (which updates it) waits for a claim in
+//! progress, and a claim that waited for a takeover sees the new term and
+//! takes nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,25 +25,34 @@ use crate::error::Result;
 /// The claim batcher; part of `Store`.
 #[derive(Clone)]
 pub(super) struct ClaimBatches {
-    claims: Batcher<Uuid, Vec<Claimed>, Arc<DbError>>,
+    claims: Batcher<ClaimRequest, Vec<Claimed>, Arc<DbError>>,
 }
 
 impl ClaimBatches {
     pub(super) fn spawn(pool: DbPool) -> Self {
         Self {
-            claims: Batcher::spawn(BatchLimits::default(), move |workflows| {
-                claim_batch(pool.clone(), workflows)
+            claims: Batcher::spawn(BatchLimits::default(), move |requests| {
+                claim_batch(pool.clone(), requests)
             }),
         }
     }
 }
 
+/// A runner's claim: its workflow and the lease it holds.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub workflow: Uuid,
+    pub owner: String,
+    pub term: i64,
+}
+
 impl Store {
     /// Takes the workflow's oldest pending tasks for dispatch, oldest first,
-    /// as many as its max_concurrency leaves room for.
+    /// as many as its max_concurrency leaves room for; nothing unless the
+    /// lease `(owner, term)` is current and unexpired.
     /// `FOR UPDATE SKIP LOCKED`: two claimers never take the same task.
-    pub async fn claim(&self, workflow: Uuid) -> Result<Vec<Claimed>> {
-        Ok(self.claims.claims.submit(workflow).await?)
+    pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
+        Ok(self.claims.claims.submit(request).await?)
     }
 }
 
@@ -45,16 +60,22 @@ impl Store {
 /// computed and filled on its own (a lateral subquery per workflow).
 async fn claim_batch(
     pool: DbPool,
-    workflows: Vec<Uuid>,
+    requests: Vec<ClaimRequest>,
 ) -> Result<Vec<Vec<Claimed>>, Arc<DbError>> {
     let client = pool.get().await.map_err(DbError::shared)?;
     let statement = client
         .prepare_cached(
-            "WITH room AS (
+            "WITH request AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(workflow_id, owner, term)
+             ), room AS (
                  SELECT w.id AS workflow_id, GREATEST(w.max_concurrency - (
                      SELECT count(*) FROM scheduler.tasks d
                      WHERE d.workflow_id = w.id AND d.state = 'dispatched'), 0) AS n
-                 FROM scheduler.workflows w WHERE w.id = ANY($1)
+                 FROM request r
+                 JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
+                      AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
+                 JOIN scheduler.workflows w ON w.id = r.workflow_id
+                 FOR SHARE OF l
              ), next AS (
                  SELECT c.id, c.seq FROM room, LATERAL (
                      SELECT t.id, t.seq FROM scheduler.tasks t
@@ -68,8 +89,11 @@ async fn claim_batch(
         )
         .await
         .map_err(DbError::shared)?;
+    let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
+    let owners: Vec<&str> = requests.iter().map(|r| r.owner.as_str()).collect();
+    let terms: Vec<i64> = requests.iter().map(|r| r.term).collect();
     let rows = client
-        .query(&statement, &[&workflows])
+        .query(&statement, &[&workflows, &owners, &terms])
         .await
         .map_err(DbError::shared)?;
     let mut claimed: HashMap<Uuid, Vec<(i64, Claimed)>> = HashMap::new();

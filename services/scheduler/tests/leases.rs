@@ -1,0 +1,144 @@
+//! Runner leases against a real PostgreSQL: one holder at a time, takeover
+//! after expiry, and fencing: a claim with a superseded term takes nothing.
+
+use std::time::Duration;
+
+use shepherd_platform::db;
+use shepherd_scheduler::model::{TaskFields, Trigger};
+use shepherd_scheduler::store::{
+    self, ClaimRequest, LeaseAcquisition, LeaseRenewal, NewWorkflow, Store,
+};
+use shepherd_testkit::{TestDb, eventually};
+use uuid::Uuid;
+
+async fn store(db: &TestDb) -> anyhow::Result<Store> {
+    let pool = db::connect(&db.url, 4)?;
+    db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
+    Ok(Store::new(pool))
+}
+
+/// A workflow (max concurrency 2) with `tasks` pending tasks.
+async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid> {
+    let workflow = store
+        .insert_workflow(&NewWorkflow {
+            name: "leased".into(),
+            agent_id: Uuid::now_v7(),
+            enabled: true,
+            trigger: Trigger::Manual,
+            prompt_template: String::new(),
+            max_concurrency: 2,
+            max_attempts: 1,
+        })
+        .await?;
+    for n in 0..tasks {
+        store
+            .insert_task(
+                workflow.id,
+                &format!("t{n}"),
+                &TaskFields::default(),
+                "",
+                &Default::default(),
+            )
+            .await?;
+    }
+    Ok(workflow.id)
+}
+
+fn claim(workflow: Uuid, owner: &str, term: i64) -> ClaimRequest {
+    ClaimRequest {
+        workflow,
+        owner: owner.to_owned(),
+        term,
+    }
+}
+
+#[tokio::test]
+async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    let workflow = workflow_with_tasks(&store, 6).await?;
+    let short = Duration::from_millis(300);
+
+    let LeaseAcquisition::Acquired { term: first } =
+        store.acquire_lease(workflow, "a", short).await?
+    else {
+        anyhow::bail!("a free lease must be acquired");
+    };
+    // Held and unexpired: another replica stands by.
+    match store.acquire_lease(workflow, "b", short).await? {
+        LeaseAcquisition::HeldBy { owner, remaining } => {
+            assert_eq!(owner, "a");
+            assert!(remaining <= short, "{remaining:?}");
+        }
+        other => panic!("b must not get a's lease: {other:?}"),
+    }
+    // Without the lease there is no claim; with it, up to the concurrency.
+    assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
+    assert_eq!(store.claim(claim(workflow, "a", first)).await?.len(), 2);
+
+    // a stops renewing; once the lease expires b takes over with a new term.
+    let second = eventually(Duration::from_secs(10), "b takes over", || {
+        let store = store.clone();
+        async move {
+            Ok(match store.acquire_lease(workflow, "b", short).await? {
+                LeaseAcquisition::Acquired { term } => Some(term),
+                LeaseAcquisition::HeldBy { .. } => None,
+            })
+        }
+    })
+    .await?;
+    assert!(second > first, "terms only grow: {first} then {second}");
+
+    // a wakes up (a paused process): its renewal and its claims are fenced.
+    let renewal = LeaseRenewal {
+        workflow,
+        owner: "a".into(),
+        term: first,
+        ttl: short,
+    };
+    assert!(
+        !store.renew_lease(renewal).await?,
+        "a's lease was taken over"
+    );
+    store.release_lease(workflow, "a", first).await?; // a stale release is a no-op
+    assert!(store.claim(claim(workflow, "a", first)).await?.is_empty());
+    assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
+    // b holds the lease, but a's two tasks are still in flight: no room.
+    assert!(store.claim(claim(workflow, "b", second)).await?.is_empty());
+    assert_eq!(
+        store.lease_holders(&[workflow]).await?,
+        vec![(workflow, "b".to_owned())]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_back()
+-> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    let workflow = workflow_with_tasks(&store, 1).await?;
+    let long = Duration::from_secs(60);
+
+    let LeaseAcquisition::Acquired { term } = store.acquire_lease(workflow, "a", long).await?
+    else {
+        anyhow::bail!("a free lease must be acquired");
+    };
+    // The same owner (a restarted replica) gets it back at once, fencing
+    // out its earlier self.
+    let LeaseAcquisition::Acquired { term: again } =
+        store.acquire_lease(workflow, "a", long).await?
+    else {
+        anyhow::bail!("an owner takes its own lease back");
+    };
+    assert!(again > term);
+    assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
+
+    store.release_lease(workflow, "a", again).await?;
+    match store.acquire_lease(workflow, "b", long).await? {
+        LeaseAcquisition::Acquired { term: taken } => assert!(taken > again),
+        other => panic!("a released lease is free: {other:?}"),
+    }
+    assert_eq!(store.claim(claim(workflow, "b", again + 1)).await?.len(), 1);
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Two scheduler replicas on one database: each workflow runs on exactly
+//! one of them at a time (runner leases with fencing), every task runs
+//! once, and a replica that dies has its workflows taken over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shepherd_e2e::{AuthChannel, Stack, StackOptions, WAIT, lines};
+use shepherd_proto::agentmanager::v1 as am;
+use shepherd_proto::scheduler::v1::{
+    self as sched, RunnerState, TaskState, scheduler_client::SchedulerClient,
+};
+use shepherd_testkit::eventually;
+
+type Client = SchedulerClient<AuthChannel>;
+
+async fn runner_states(
+    client: &Client,
+    agent: &str,
+) -> anyhow::Result<BTreeMap<String, RunnerState>> {
+    let runners = client
+        .clone()
+        .list_runners(sched::ListRunnersRequest {
+            agent_id: agent.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .runners;
+    Ok(runners
+        .into_iter()
+        .map(|runner| (runner.workflow_id.clone(), runner.state()))
+        .collect())
+}
+
+/// Waits until every workflow runs on the replica `expect` says, and fails
+/// at once if any workflow is ever seen running on both.
+async fn wait_placement(
+    replicas: &[&Client],
+    agent: &str,
+    workflows: &[String],
+    expect: impl Fn(&[RunnerState]) -> bool,
+) -> anyhow::Result<()> {
+    eventually(WAIT, "runner placement", || async {
+        let mut views = Vec::new();
+        for replica in replicas {
+            views.push(runner_states(replica, agent).await?);
+        }
+        let mut settled = true;
+        for workflow in workflows {
+            let states: Vec<RunnerState> = views
+                .iter()
+                .map(|view| view.get(workflow).copied().unwrap_or(RunnerState::Stopped))
+                .collect();
+            let running = states
+                .iter()
+                .filter(|s| **s == RunnerState::Running)
+                .count();
+            anyhow::ensure!(running <= 1, "{workflow} runs on two replicas: {states:?}");
+            settled &= expect(&states);
+        }
+        Ok(settled.then_some(()))
+    })
+    .await
+}
+
+async fn trigger_all(
+    client: &Client,
+    workflows: &[String],
+    round: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut tasks = Vec::new();
+    for (n, workflow) in workflows.iter().enumerate() {
+        for k in 0..5 {
+            let title = format!("{round}-w{n}-{k}");
+            let task = client
+                .clone()
+                .trigger_workflow(sched::TriggerWorkflowRequest {
+                    workflow_id: workflow.clone(),
+                    idempotency_key: title.clone(),
+                    fields: Some(sched::TaskFields {
+                        title,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            tasks.push(task.id);
+        }
+    }
+    Ok(tasks)
+}
+
+#[tokio::test]
+async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "1s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (_b_process, b) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+    let a = stack.workflows.clone();
+    let agent = stack.create_agent("shared", am::RestartMode::Never).await?;
+    let file = stack.scratch_file("runs.log");
+    let template = format!("echo {{{{title}}}} >> {}", file.display());
+
+    // Half the workflows are created through each replica, so each starts
+    // some runners first; the other replica's level pass adds standbys.
+    let mut workflows = Vec::new();
+    for n in 0..4 {
+        let client = if n % 2 == 0 { &a } else { &b };
+        let workflow = client
+            .clone()
+            .create_workflow(sched::CreateWorkflowRequest {
+                workflow: Some(sched::Workflow {
+                    name: format!("shared-{n}"),
+                    agent_id: agent.id.clone(),
+                    enabled: true,
+                    prompt_template: template.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        workflows.push(workflow.id);
+    }
+    wait_placement(&[&a, &b], &agent.id, &workflows, |states| {
+        states.contains(&RunnerState::Running) && states.contains(&RunnerState::Standby)
+    })
+    .await?;
+
+    let first = trigger_all(&a, &workflows, "first").await?;
+    stack.wait_tasks(&first, TaskState::Succeeded).await?;
+
+    // Replica a dies without releasing anything: b takes over once a's
+    // leases expire.
+    stack.kill_scheduler().await?;
+    wait_placement(&[&b], &agent.id, &workflows, |states| {
+        states == [RunnerState::Running]
+    })
+    .await?;
+    let second = trigger_all(&b, &workflows, "second").await?;
+    eventually(WAIT, "second round to succeed", || {
+        let b = b.clone();
+        let second = second.clone();
+        async move {
+            for id in &second {
+                let task = b
+                    .clone()
+                    .get_task(sched::GetTaskRequest {
+                        task_id: id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                if task.state() != TaskState::Succeeded {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        }
+    })
+    .await?;
+
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines(&file) {
+        *runs.entry(line).or_insert(0) += 1;
+    }
+    assert_eq!(runs.len(), 40, "every task ran: {runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "no task ran twice: {runs:?}"
+    );
+    Ok(())
+}
