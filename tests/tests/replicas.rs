@@ -1,6 +1,7 @@
 //! Two scheduler replicas on one database: each workflow runs on exactly
 //! one of them at a time (runner leases with fencing), every task runs
-//! once, and a replica that dies has its workflows taken over.
+//! once, a workflow disabled through any replica runs on none, and a
+//! replica that dies has its workflows taken over.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -132,14 +133,39 @@ async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyh
     let first = trigger_all(&a, &workflows, "first").await?;
     stack.wait_tasks(&first, TaskState::Succeeded).await?;
 
+    // Disabled through b, whichever replica runs it: no replica runs it,
+    // and a task queued for it waits.
+    let parked = &workflows[0];
+    b.clone()
+        .update_workflow(sched::UpdateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                id: parked.clone(),
+                enabled: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["enabled".into()],
+            }),
+        })
+        .await?;
+    wait_placement(
+        &[&a, &b],
+        &agent.id,
+        std::slice::from_ref(parked),
+        |states| states.iter().all(|state| *state == RunnerState::Stopped),
+    )
+    .await?;
+    let waiting = trigger_all(&b, std::slice::from_ref(parked), "parked").await?;
+    let workflows = &workflows[1..];
+
     // Replica a dies without releasing anything: b takes over once a's
     // leases expire.
     stack.kill_scheduler().await?;
-    wait_placement(&[&b], &agent.id, &workflows, |states| {
+    wait_placement(&[&b], &agent.id, workflows, |states| {
         states == [RunnerState::Running]
     })
     .await?;
-    let second = trigger_all(&b, &workflows, "second").await?;
+    let second = trigger_all(&b, workflows, "second").await?;
     eventually(WAIT, "second round to succeed", || {
         let b = b.clone();
         let second = second.clone();
@@ -165,10 +191,18 @@ async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyh
     for line in lines(&file) {
         *runs.entry(line).or_insert(0) += 1;
     }
-    assert_eq!(runs.len(), 40, "every task ran: {runs:?}");
+    assert_eq!(runs.len(), 20 + 15, "every task ran: {runs:?}");
     assert!(
         runs.values().all(|&n| n == 1),
         "no task ran twice: {runs:?}"
     );
+    for id in waiting {
+        let task = b
+            .clone()
+            .get_task(sched::GetTaskRequest { task_id: id })
+            .await?
+            .into_inner();
+        assert_eq!(task.state(), TaskState::Pending, "{task:?}");
+    }
     Ok(())
 }

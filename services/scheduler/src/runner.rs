@@ -348,9 +348,10 @@ impl Runner {
             }
             let term = match self.keep_lease(lease).await {
                 Ok(term) => term,
-                Err(standby) => {
-                    self.report(RunnerState::Standby, &standby.reason);
-                    match self.pause(&mut ready, standby.retry_in).await {
+                Err(NoLease::Stop(reason)) => return reason,
+                Err(NoLease::Standby { reason, retry_in }) => {
+                    self.report(RunnerState::Standby, &reason);
+                    match self.pause(&mut ready, retry_in).await {
                         Some(reason) => return reason,
                         None => continue,
                     }
@@ -386,8 +387,8 @@ impl Runner {
     }
 
     /// Holds the workflow's lease: renews it when due, (re)acquires it when
-    /// there is none. Returns the term to claim with, or why to stand by.
-    async fn keep_lease(&self, lease: &mut Option<HeldLease>) -> Result<i64, Standby> {
+    /// there is none. Returns the term to claim with, or why there is none.
+    async fn keep_lease(&self, lease: &mut Option<HeldLease>) -> Result<i64, NoLease> {
         let ttl = self.ctx.lease_ttl;
         let now = Instant::now();
         if let Some(held) = lease.as_mut() {
@@ -417,7 +418,7 @@ impl Runner {
                 }
                 Err(err) => {
                     *lease = None;
-                    return Err(Standby {
+                    return Err(NoLease::Standby {
                         reason: format!("lease expired: {err}"),
                         retry_in: BEAT,
                     });
@@ -440,12 +441,15 @@ impl Runner {
                 *lease = Some(held);
                 Ok(term)
             }
-            Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(Standby {
+            Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(NoLease::Standby {
                 reason: format!("replica {owner} holds the lease"),
                 // Try again as the lease runs out (a live holder renews).
                 retry_in: remaining + Duration::from_millis(10),
             }),
-            Err(err) => Err(Standby {
+            Ok(LeaseAcquisition::WorkflowDisabled) => {
+                Err(NoLease::Stop("workflow disabled".to_owned()))
+            }
+            Err(err) => Err(NoLease::Standby {
                 reason: format!("could not take the lease: {err}"),
                 retry_in: BEAT,
             }),
@@ -565,10 +569,13 @@ impl HeldLease {
     }
 }
 
-/// Why a runner stands by, and when it tries for the lease again.
-struct Standby {
-    reason: String,
-    retry_in: Duration,
+/// Why a runner holds no lease.
+enum NoLease {
+    /// Another replica runs the workflow (or the lease cannot be taken
+    /// now): try again in `retry_in`.
+    Standby { reason: String, retry_in: Duration },
+    /// There is nothing to run: stop with this reason.
+    Stop(String),
 }
 
 /// Records what a `DispatchTask` call means for the task: in flight (true),

@@ -83,6 +83,7 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
             Ok(match store.acquire_lease(workflow, "b", short).await? {
                 LeaseAcquisition::Acquired { term } => Some(term),
                 LeaseAcquisition::HeldBy { .. } => None,
+                LeaseAcquisition::WorkflowDisabled => anyhow::bail!("the workflow is enabled"),
             })
         }
     })
@@ -140,5 +141,37 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
         other => panic!("a released lease is free: {other:?}"),
     }
     assert_eq!(store.claim(claim(workflow, "b", again + 1)).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    let workflow = workflow_with_tasks(&store, 3).await?;
+    let long = Duration::from_secs(60);
+    let LeaseAcquisition::Acquired { term } = store.acquire_lease(workflow, "a", long).await?
+    else {
+        anyhow::bail!("a free lease must be acquired");
+    };
+
+    // Disabled through another replica: the holder's claims take nothing,
+    // and no replica can take the lease to run it.
+    let mut disabled = store.get_workflow(workflow).await?;
+    disabled.enabled = false;
+    store.update_workflow(&disabled, false).await?;
+    assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
+    store.release_lease(workflow, "a", term).await?;
+    assert_eq!(
+        store.acquire_lease(workflow, "b", long).await?,
+        LeaseAcquisition::WorkflowDisabled
+    );
+    // A deleted workflow likewise (and its lease row goes with it).
+    store.delete_workflow(workflow).await?;
+    assert_eq!(
+        store.acquire_lease(workflow, "a", long).await?,
+        LeaseAcquisition::WorkflowDisabled
+    );
+    assert!(store.lease_holders(&[workflow]).await?.is_empty());
     Ok(())
 }

@@ -49,7 +49,8 @@ pub struct ClaimRequest {
 impl Store {
     /// Takes the workflow's oldest pending tasks for dispatch, oldest first,
     /// as many as its max_concurrency leaves room for; nothing unless the
-    /// lease `(owner, term)` is current and unexpired.
+    /// workflow is enabled and the lease `(owner, term)` is current and
+    /// unexpired.
     /// `FOR UPDATE SKIP LOCKED`: two claimers never take the same task.
     pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
         Ok(self.claims.claims.submit(request).await?)
@@ -74,7 +75,7 @@ async fn claim_batch(
                  FROM request r
                  JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
                       AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
-                 JOIN scheduler.workflows w ON w.id = r.workflow_id
+                 JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
                  FOR SHARE OF l
              ), next AS (
                  SELECT c.id, c.seq FROM room, LATERAL (

@@ -21,6 +21,9 @@ pub enum LeaseAcquisition {
     Acquired { term: i64 },
     /// Another replica holds it for about `remaining` more.
     HeldBy { owner: String, remaining: Duration },
+    /// The workflow is disabled or gone (perhaps through another replica):
+    /// there is nothing to run.
+    WorkflowDisabled,
 }
 
 /// One lease to extend.
@@ -49,10 +52,11 @@ impl RenewalBatches {
 }
 
 impl Store {
-    /// Takes the workflow's lease for `owner` if it is free, expired, or
-    /// already `owner`'s (a restarted replica takes its own leases back at
-    /// once). Every acquisition bumps the term, fencing out any earlier
-    /// holder, including an earlier runner of this same replica.
+    /// Takes the workflow's lease for `owner` if the workflow is enabled and
+    /// the lease is free, expired, or already `owner`'s (a restarted replica
+    /// takes its own leases back at once). Every acquisition bumps the term,
+    /// fencing out any earlier holder, including an earlier runner of this
+    /// same replica.
     pub async fn acquire_lease(
         &self,
         workflow: Uuid,
@@ -65,7 +69,8 @@ impl Store {
                 &client
                     .prepare_cached(
                         "INSERT INTO scheduler.runner_leases (workflow_id, owner, term, expires_at)
-                         VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                         SELECT w.id, $2, 1, now() + make_interval(secs => $3)
+                         FROM scheduler.workflows w WHERE w.id = $1 AND w.enabled
                          ON CONFLICT (workflow_id) DO UPDATE
                          SET owner = EXCLUDED.owner, term = runner_leases.term + 1,
                              expires_at = EXCLUDED.expires_at
@@ -79,20 +84,26 @@ impl Store {
         if let Some(row) = acquired {
             return Ok(LeaseAcquisition::Acquired { term: row.get(0) });
         }
-        let row = client
-            .query_one(
+        let holder = client
+            .query_opt(
                 &client
                     .prepare_cached(
-                        "SELECT owner, GREATEST(extract(epoch FROM expires_at - now()), 0)::float8
-                         FROM scheduler.runner_leases WHERE workflow_id = $1",
+                        "SELECT l.owner, GREATEST(extract(epoch FROM l.expires_at - now()), 0)::float8
+                         FROM scheduler.workflows w
+                         LEFT JOIN scheduler.runner_leases l ON l.workflow_id = w.id
+                         WHERE w.id = $1 AND w.enabled",
                     )
                     .await?,
                 &[&workflow],
             )
             .await?;
-        Ok(LeaseAcquisition::HeldBy {
-            owner: row.get(0),
-            remaining: Duration::from_secs_f64(row.get::<_, f64>(1)),
+        Ok(match holder {
+            None => LeaseAcquisition::WorkflowDisabled,
+            Some(row) => LeaseAcquisition::HeldBy {
+                // No lease row: it changed hands just now; try again soon.
+                owner: row.get::<_, Option<String>>(0).unwrap_or_default(),
+                remaining: Duration::from_secs_f64(row.get::<_, Option<f64>>(1).unwrap_or(0.0)),
+            },
         })
     }
 
