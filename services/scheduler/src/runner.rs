@@ -351,7 +351,10 @@ impl Runner {
                 Err(NoLease::Stop(reason)) => return reason,
                 Err(NoLease::Standby { reason, retry_in }) => {
                     self.report(RunnerState::Standby, &reason);
-                    match self.pause(&mut ready, retry_in).await {
+                    match self
+                        .rest(&mut ready, Instant::now() + retry_in, false)
+                        .await
+                    {
                         Some(reason) => return reason,
                         None => continue,
                     }
@@ -379,8 +382,11 @@ impl Runner {
             // comes with a wake-up (a trigger, a finished task: a wake-up
             // sent meanwhile is kept by the Notify), the poll, or when the
             // lease is due for renewal.
-            let renew_at = lease.as_ref().map(|held| held.renew_at);
-            if let Some(reason) = self.idle(&mut ready, renew_at).await {
+            let mut until = Instant::now() + self.ctx.poll_interval;
+            if let Some(held) = lease.as_ref() {
+                until = until.min(held.renew_at);
+            }
+            if let Some(reason) = self.rest(&mut ready, until, true).await {
                 return reason;
             }
         }
@@ -456,22 +462,6 @@ impl Runner {
         }
     }
 
-    /// Waits `duration`, unless stopped or the agent's readiness changes.
-    async fn pause(&self, ready: &mut watch::Receiver<bool>, duration: Duration) -> Option<String> {
-        let until = Instant::now() + duration;
-        loop {
-            let step = until.saturating_duration_since(Instant::now()).min(BEAT);
-            if step.is_zero() {
-                return None;
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
-                _ = ready.changed() => return None,
-                _ = tokio::time::sleep(step) => self.beat(),
-            }
-        }
-    }
-
     /// Waits for the agent to be ready for at most the startup window.
     /// Returns the reason to stop, or None once the agent is ready.
     async fn wait_for_agent(&self, ready: &mut watch::Receiver<bool>) -> Option<String> {
@@ -493,15 +483,14 @@ impl Runner {
         }
     }
 
-    /// Nothing to do: wait for a wake-up, a readiness change, the poll
-    /// interval or `renew_at`, whichever comes first.
-    async fn idle(
+    /// Rests until `until`, a readiness change, or (when `wakeable`) a
+    /// wake-up, beating meanwhile. Returns the reason to stop if stopped.
+    async fn rest(
         &self,
         ready: &mut watch::Receiver<bool>,
-        renew_at: Option<Instant>,
+        until: Instant,
+        wakeable: bool,
     ) -> Option<String> {
-        let polled = Instant::now() + self.ctx.poll_interval;
-        let until = renew_at.map_or(polled, |renew_at| renew_at.min(polled));
         loop {
             let step = until.saturating_duration_since(Instant::now()).min(BEAT);
             if step.is_zero() {
@@ -509,7 +498,7 @@ impl Runner {
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
-                _ = self.wake.notified() => return None,
+                _ = self.wake.notified(), if wakeable => return None,
                 _ = ready.changed() => return None,
                 _ = tokio::time::sleep(step) => self.beat(),
             }
