@@ -130,6 +130,20 @@ async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyh
     })
     .await?;
 
+    // A replica that has started no runners of its own still shows who
+    // runs each workflow.
+    let (mut c_process, c) = stack
+        .start_replica(&[
+            ("REPLICA_ID", "c".into()),
+            ("DISABLE_LEVEL_RECONCILE", "true".into()),
+        ])
+        .await?;
+    wait_placement(&[&c], &agent.id, &workflows, |states| {
+        states == [RunnerState::Standby]
+    })
+    .await?;
+    c_process.kill().await?;
+
     let first = trigger_all(&a, &workflows, "first").await?;
     stack.wait_tasks(&first, TaskState::Succeeded).await?;
 

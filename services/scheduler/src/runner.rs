@@ -237,6 +237,11 @@ impl Runners {
         ]
     }
 
+    /// This replica's name as a lease owner.
+    pub fn replica(&self) -> &str {
+        &self.ctx.replica
+    }
+
     pub fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
         self.lock().get(&workflow).map(|slot| slot.info.clone())
     }

@@ -1,6 +1,7 @@
 //! The scheduler's operations behind its API: validation that needs the
 //! store or the agent-manager, and keeping runners in step with workflows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -8,7 +9,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::manager_client::ManagerClient;
 use crate::model::{Task, TaskFields, Workflow};
-use crate::runner::{RunnerInfo, Runners};
+use crate::runner::{RunnerInfo, RunnerState, Runners};
 use crate::store::{NewWorkflow, Store, WorkflowFilter};
 use crate::template;
 
@@ -137,13 +138,70 @@ impl Scheduler {
         self.store.get_task(id).await
     }
 
-    /// Runners of the given workflows, with a default for never-started
-    /// ones.
-    pub fn runner_of(&self, workflow: &Workflow) -> RunnerInfo {
+    /// Every workflow's runner (of one agent, or of all) as this replica
+    /// sees it. A workflow without a live runner here that another replica
+    /// runs (it holds the workflow's lease) shows as standby, naming it.
+    pub async fn runners(&self, agent: Option<Uuid>) -> Result<Vec<(Workflow, RunnerInfo)>> {
+        const PAGE: i64 = 1000;
+        let mut workflows = Vec::new();
+        let mut filter = WorkflowFilter {
+            agent_id: agent,
+            ..WorkflowFilter::default()
+        };
+        loop {
+            let page = self.store.list_workflows(&filter, PAGE).await?;
+            filter.after = page.last().map(|workflow| workflow.id);
+            let full = page.len() as i64 == PAGE;
+            workflows.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let views: Vec<(Workflow, RunnerInfo)> = workflows
+            .into_iter()
+            .map(|workflow| {
+                let info = self.local_runner(&workflow);
+                (workflow, info)
+            })
+            .collect();
+        let elsewhere: Vec<Uuid> = views
+            .iter()
+            .filter(|(_, info)| info.state == RunnerState::Stopped)
+            .map(|(workflow, _)| workflow.id)
+            .collect();
+        if elsewhere.is_empty() {
+            return Ok(views);
+        }
+        let holders: HashMap<Uuid, String> = self
+            .store
+            .lease_holders(&elsewhere)
+            .await?
+            .into_iter()
+            .filter(|(_, owner)| owner != self.runners.replica())
+            .collect();
+        Ok(views
+            .into_iter()
+            .map(|(workflow, info)| match holders.get(&workflow.id) {
+                Some(owner) if info.state == RunnerState::Stopped => {
+                    let info = RunnerInfo {
+                        state: RunnerState::Standby,
+                        reason: format!("replica {owner} runs it"),
+                        ..info
+                    };
+                    (workflow, info)
+                }
+                _ => (workflow, info),
+            })
+            .collect())
+    }
+
+    /// This replica's runner of `workflow`, with a default for a
+    /// never-started one.
+    fn local_runner(&self, workflow: &Workflow) -> RunnerInfo {
         self.runners
             .info(workflow.id)
             .unwrap_or_else(|| RunnerInfo {
-                state: crate::runner::RunnerState::Stopped,
+                state: RunnerState::Stopped,
                 reason: if workflow.enabled {
                     "not started yet".into()
                 } else {

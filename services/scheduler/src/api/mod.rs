@@ -190,24 +190,13 @@ impl scheduler_server::Scheduler for Api {
             "" => None,
             id => Some(parse_id("agent_id", id, "agent")?),
         };
-        let mut runners = Vec::new();
-        let mut filter = WorkflowFilter {
-            agent_id,
-            ..WorkflowFilter::default()
-        };
-        loop {
-            let page = self.scheduler.list_workflows(&filter, 1000).await?;
-            for workflow in &page {
-                runners.push(convert::runner(
-                    workflow,
-                    self.scheduler.runner_of(workflow),
-                ));
-            }
-            match page.last() {
-                Some(last) if page.len() == 1000 => filter.after = Some(last.id),
-                _ => break,
-            }
-        }
+        let runners = self
+            .scheduler
+            .runners(agent_id)
+            .await?
+            .into_iter()
+            .map(|(workflow, info)| convert::runner(&workflow, info))
+            .collect();
         Ok(Response::new(pb::ListRunnersResponse { runners }))
     }
 }
