@@ -40,6 +40,15 @@ static TASK_DURATION: LazyLock<Histogram<f64>> = LazyLock::new(|| {
         .build()
 });
 
+static LEASE_CHANGES: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    meter()
+        .u64_counter("shepherd.runner.lease_changes")
+        .with_description(
+            "Runner leases this replica acquired, lost to another replica, or released",
+        )
+        .build()
+});
+
 static STREAM_LAG: LazyLock<Gauge<u64>> = LazyLock::new(|| {
     meter()
         .u64_gauge("shepherd.event_stream.lag")
@@ -66,6 +75,11 @@ pub fn task_finished(outcome: &'static str, duration_secs: Option<f64>) {
 
 pub fn dispatched(duration: std::time::Duration, ok: bool) {
     DISPATCH_DURATION.record(duration.as_secs_f64(), &[KeyValue::new("ok", ok)]);
+}
+
+/// `change`: "acquired", "lost" or "released".
+pub fn lease_changed(change: &'static str) {
+    LEASE_CHANGES.add(1, &[KeyValue::new("change", change)]);
 }
 
 pub fn stream_lag(lag: u64) {

@@ -330,8 +330,11 @@ impl Runner {
                 .store
                 .release_lease(self.workflow, &self.ctx.replica, held.term)
                 .await;
-            if let Err(err) = released {
-                tracing::warn!(workflow = %self.workflow, error = %err, "releasing the runner lease failed; it will expire");
+            match released {
+                Ok(()) => crate::metrics::lease_changed("released"),
+                Err(err) => {
+                    tracing::warn!(workflow = %self.workflow, error = %err, "releasing the runner lease failed; it will expire");
+                }
             }
         }
         reason
@@ -419,6 +422,7 @@ impl Runner {
                 }
                 Ok(false) => {
                     tracing::warn!(workflow = %self.workflow, "runner lease was taken over");
+                    crate::metrics::lease_changed("lost");
                     *lease = None;
                 }
                 Err(err) if now < held.valid_until => {
@@ -428,6 +432,7 @@ impl Runner {
                     return Ok(held.term);
                 }
                 Err(err) => {
+                    crate::metrics::lease_changed("lost");
                     *lease = None;
                     return Err(NoLease::Standby {
                         reason: format!("lease expired: {err}"),
@@ -450,6 +455,7 @@ impl Runner {
                 };
                 held.extend(now, ttl);
                 *lease = Some(held);
+                crate::metrics::lease_changed("acquired");
                 Ok(term)
             }
             Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(NoLease::Standby {
