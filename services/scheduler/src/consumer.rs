@@ -166,8 +166,6 @@ impl Consumer {
         end
     }
 
-    /// Handles messages in order. Consecutive task completions are
-    /// recorded together; everything else one by one.
     /// Handles a batch in order, except that completions are gathered and
     /// recorded together: only a message whose handling depends on earlier
     /// outcomes (see `needs_outcomes_first`) makes them be recorded first.
@@ -310,8 +308,6 @@ impl Consumer {
     }
 }
 
-/// Capped exponential backoff with jitter (so many schedulers do not
-/// reconnect in lockstep).
 /// Whether handling `message` may depend on the outcomes received before
 /// it: anything that changes tasks or starts runners. Acceptances,
 /// readiness losses and heartbeats do not, so completions around them are
@@ -362,6 +358,8 @@ fn spawn_reader(
     received
 }
 
+/// Capped exponential backoff with jitter (so many schedulers do not
+/// reconnect in lockstep).
 struct Backoff {
     initial: Duration,
     max: Duration,

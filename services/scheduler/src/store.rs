@@ -103,7 +103,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Needs a running Tokio runtime: it starts the claim batcher.
+    /// Needs a running Tokio runtime: it starts the claim and lease-renewal
+    /// batchers.
     pub fn new(pool: DbPool) -> Self {
         Self {
             claims: claims::ClaimBatches::spawn(pool.clone()),
