@@ -95,7 +95,7 @@ async fn trigger_all(
 async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyhow::Result<()> {
     let options = StackOptions {
         reconcile_interval: Duration::from_millis(300),
-        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "1s".into())],
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "2s".into())],
         ..StackOptions::default()
     };
     let mut stack = Stack::start(options).await?;

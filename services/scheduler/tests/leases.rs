@@ -8,7 +8,7 @@ use shepherd_scheduler::model::{TaskFields, Trigger};
 use shepherd_scheduler::store::{
     self, ClaimRequest, LeaseAcquisition, LeaseRenewal, NewWorkflow, Store,
 };
-use shepherd_testkit::{TestDb, eventually};
+use shepherd_testkit::TestDb;
 use uuid::Uuid;
 
 async fn store(db: &TestDb) -> anyhow::Result<Store> {
@@ -57,18 +57,18 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
     let db = TestDb::create().await?;
     let store = store(&db).await?;
     let workflow = workflow_with_tasks(&store, 6).await?;
-    let short = Duration::from_millis(300);
+    let ttl = Duration::from_secs(60);
 
     let LeaseAcquisition::Acquired { term: first } =
-        store.acquire_lease(workflow, "a", short).await?
+        store.acquire_lease(workflow, "a", ttl).await?
     else {
         anyhow::bail!("a free lease must be acquired");
     };
     // Held and unexpired: another replica stands by.
-    match store.acquire_lease(workflow, "b", short).await? {
+    match store.acquire_lease(workflow, "b", ttl).await? {
         LeaseAcquisition::HeldBy { owner, remaining } => {
             assert_eq!(owner, "a");
-            assert!(remaining <= short, "{remaining:?}");
+            assert!(remaining <= ttl, "{remaining:?}");
         }
         other => panic!("b must not get a's lease: {other:?}"),
     }
@@ -76,18 +76,20 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
     assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
     assert_eq!(store.claim(claim(workflow, "a", first)).await?.len(), 2);
 
-    // a stops renewing; once the lease expires b takes over with a new term.
-    let second = eventually(Duration::from_secs(10), "b takes over", || {
-        let store = store.clone();
-        async move {
-            Ok(match store.acquire_lease(workflow, "b", short).await? {
-                LeaseAcquisition::Acquired { term } => Some(term),
-                LeaseAcquisition::HeldBy { .. } => None,
-                LeaseAcquisition::WorkflowDisabled => anyhow::bail!("the workflow is enabled"),
-            })
-        }
-    })
-    .await?;
+    // a stops renewing (a paused process) until its lease runs out; then b
+    // takes over with a new term.
+    db.client()
+        .await?
+        .execute(
+            "UPDATE scheduler.runner_leases SET expires_at = now() - interval '1 second'",
+            &[],
+        )
+        .await?;
+    let LeaseAcquisition::Acquired { term: second } =
+        store.acquire_lease(workflow, "b", ttl).await?
+    else {
+        anyhow::bail!("an expired lease must be taken over");
+    };
     assert!(second > first, "terms only grow: {first} then {second}");
 
     // a wakes up (a paused process): its renewal and its claims are fenced.
@@ -95,7 +97,7 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
         workflow,
         owner: "a".into(),
         term: first,
-        ttl: short,
+        ttl,
     };
     assert!(
         !store.renew_lease(renewal).await?,
