@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::logs::LogStream;
 use crate::model::{AgentRecord, DesiredState, NewAgent};
-use crate::sessions::{SessionHandle, SessionLoop, hash_token};
+use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
 use crate::store::{AgentFilter, Store, TaskClaim, TaskState};
 use crate::supervisor::{Supervisors, report_lost};
 
@@ -187,6 +187,13 @@ impl Manager {
                 attempt,
                 outcome,
             } => {
+                // Acceptance is not stored; the live session knows it.
+                let state = match state {
+                    TaskState::Delivered if session.accepted.contains(&request.task_id) => {
+                        TaskState::Accepted
+                    }
+                    other => other,
+                };
                 return Ok(Dispatched {
                     state,
                     attempt,
@@ -260,6 +267,7 @@ impl Manager {
             generation: 0,
             tasks: tasks_tx,
             cancel: self.shutdown.child_token(),
+            accepted: AcceptedTasks::default(),
         };
         let agent = self
             .supervisors

@@ -38,6 +38,33 @@ pub struct SessionHandle {
     pub tasks: mpsc::Sender<ManagerMessage>,
     /// Cancelling it ends the session loop.
     pub cancel: CancellationToken,
+    /// Tasks the agent accepted on this session and has not completed.
+    pub accepted: AcceptedTasks,
+}
+
+/// Tasks accepted on a session and not yet completed. Acceptance changes
+/// no stored state (it is an event); the session loop keeps this set so
+/// that a repeated dispatch can report the task as accepted.
+#[derive(Clone, Debug, Default)]
+pub struct AcceptedTasks(Arc<Mutex<HashSet<String>>>);
+
+impl AcceptedTasks {
+    pub fn contains(&self, task_id: &str) -> bool {
+        self.lock().contains(task_id)
+    }
+
+    fn insert(&self, task_id: &str) {
+        self.lock().insert(task_id.to_owned());
+    }
+
+    fn remove(&self, task_id: &str) {
+        self.lock().remove(task_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A set of ids holds no invariant a panicking holder could break.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The current session of each agent.
@@ -118,6 +145,7 @@ where
             agent_id,
             session_id: handle.session_id,
             generation: handle.generation,
+            accepted: handle.accepted.clone(),
             store,
             events,
         };
@@ -199,6 +227,7 @@ struct TaskReports {
     agent_id: Uuid,
     session_id: Uuid,
     generation: u64,
+    accepted: AcceptedTasks,
     store: Store,
     events: EventLog,
 }
@@ -208,6 +237,7 @@ impl TaskReports {
         let result = match message.kind {
             Some(agent_message::Kind::TaskAccepted(accepted)) => {
                 if in_flight.contains(&accepted.task_id) {
+                    self.accepted.insert(&accepted.task_id);
                     self.accepted(accepted.task_id).await
                 } else {
                     Ok(())
@@ -215,6 +245,7 @@ impl TaskReports {
             }
             Some(agent_message::Kind::TaskCompleted(completed)) => {
                 if in_flight.remove(&completed.task_id) {
+                    self.accepted.remove(&completed.task_id);
                     self.completed(completed).await
                 } else {
                     Ok(())

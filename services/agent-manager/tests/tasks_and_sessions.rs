@@ -144,6 +144,37 @@ async fn concurrent_dispatches_deliver_each_task_exactly_once() -> anyhow::Resul
 }
 
 #[tokio::test]
+async fn a_repeated_dispatch_reports_an_accepted_task_as_accepted() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h
+        .create(reference_agent("steady", pb::RestartMode::Never))
+        .await?;
+    events.until(is_ready).await?;
+
+    h.client
+        .dispatch_task(dispatch(&agent.id, "slow", "sleep 2"))
+        .await?;
+    events.until(|e| kind(e) == "task_accepted").await?;
+    let again = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "slow", "sleep 2"))
+        .await?
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.state(), pb::TaskState::Accepted, "{again:?}");
+
+    events.until(|e| kind(e) == "task_completed").await?;
+    let done = h
+        .client
+        .dispatch_task(dispatch(&agent.id, "slow", "sleep 2"))
+        .await?
+        .into_inner();
+    assert_eq!(done.state(), pb::TaskState::Completed, "{done:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -> anyhow::Result<()>
 {
     let mut h = Harness::start().await?;
