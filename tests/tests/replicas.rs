@@ -180,26 +180,9 @@ async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyh
     })
     .await?;
     let second = trigger_all(&b, workflows, "second").await?;
-    eventually(WAIT, "second round to succeed", || {
-        let b = b.clone();
-        let second = second.clone();
-        async move {
-            for id in &second {
-                let task = b
-                    .clone()
-                    .get_task(sched::GetTaskRequest {
-                        task_id: id.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                if task.state() != TaskState::Succeeded {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        }
-    })
-    .await?;
+    // From here on the stack's scheduler client is b.
+    stack.workflows = b.clone();
+    stack.wait_tasks(&second, TaskState::Succeeded).await?;
 
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
     for line in lines(&file) {

@@ -1,8 +1,13 @@
 //! PostgreSQL: the connection pool and versioned migrations applied at
 //! start-up. Each service owns one schema and passes its own migrations.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use deadpool_postgres::{Config, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+
+use crate::batch::{BatchLimits, Batcher};
 
 pub use deadpool_postgres::{Object as Client, Pool as DbPool, PoolError, Transaction};
 
@@ -22,7 +27,7 @@ pub enum DbError {
     },
     /// One failure shared by every item of a batch (see `batch`).
     #[error("{0}")]
-    Shared(std::sync::Arc<DbError>),
+    Shared(Arc<DbError>),
 }
 
 /// The server's own message when there is one: tokio-postgres displays a
@@ -34,11 +39,28 @@ fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
-impl DbError {
-    /// For batch functions: an error every item of the batch can share.
-    pub fn shared(err: impl Into<DbError>) -> std::sync::Arc<DbError> {
-        std::sync::Arc::new(err.into())
-    }
+/// A group-commit batcher of database work (see `batch`): its items'
+/// results, or the one error of their batch.
+pub type DbBatcher<I, O> = Batcher<I, O, Arc<DbError>>;
+
+/// Starts a `DbBatcher`: `run` gets a pooled connection and one batch, and
+/// returns one output per item, in order.
+pub fn batcher<I, O, F, Fut>(pool: &Pool, run: F) -> DbBatcher<I, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Client, Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<O>, DbError>> + Send + 'static,
+{
+    let pool = pool.clone();
+    let run = Arc::new(run);
+    Batcher::spawn(BatchLimits::default(), move |items| {
+        let (pool, run) = (pool.clone(), run.clone());
+        async move {
+            let client = pool.get().await.map_err(|err| Arc::new(err.into()))?;
+            run(client, items).await.map_err(Arc::new)
+        }
+    })
 }
 
 /// One versioned migration. Versions are applied in ascending order, each
@@ -64,6 +86,19 @@ pub fn connect(url: &str, max_size: usize) -> Result<Pool, DbError> {
     config
         .create_pool(Some(Runtime::Tokio1), NoTls)
         .map_err(|err| DbError::Config(err.to_string()))
+}
+
+/// A pool for `url` with `schema` migrated: what each service needs at
+/// start-up before it touches its tables.
+pub async fn open(
+    url: &str,
+    max_size: usize,
+    schema: &str,
+    migrations: &[Migration],
+) -> Result<Pool, DbError> {
+    let pool = connect(url, max_size)?;
+    migrate(&pool, schema, migrations).await?;
+    Ok(pool)
 }
 
 /// Applies the migrations of `schema` that have not been applied yet.

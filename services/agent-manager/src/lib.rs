@@ -36,11 +36,13 @@ use crate::supervisor::{Context, Supervisors};
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `agent-manager listening on ADDR`, to stdout once it accepts connections.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(
+    let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,
-    )?;
-    db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
+        store::SCHEMA,
+        store::MIGRATIONS,
+    )
+    .await?;
     let store = Store::new(pool);
     let events = EventLog::start(store.clone(), config.event_heartbeat).await?;
 

@@ -98,7 +98,7 @@ impl Store {
     /// Needs a running Tokio runtime: it starts the task table's batchers.
     pub fn new(pool: DbPool) -> Self {
         Self {
-            tasks: tasks::TaskBatches::spawn(pool.clone()),
+            tasks: tasks::TaskBatches::spawn(&pool),
             pool,
         }
     }

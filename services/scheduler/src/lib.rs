@@ -39,11 +39,13 @@ use crate::store::Store;
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `scheduler listening on ADDR`, to stdout once it accepts connections.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect(
+    let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,
-    )?;
-    db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
+        store::SCHEMA,
+        store::MIGRATIONS,
+    )
+    .await?;
     let store = Store::new(pool);
     let manager = ManagerClient::new(
         &config.agent_manager_url,

@@ -107,8 +107,8 @@ impl Store {
     /// batchers.
     pub fn new(pool: DbPool) -> Self {
         Self {
-            claims: claims::ClaimBatches::spawn(pool.clone()),
-            renewals: leases::RenewalBatches::spawn(pool.clone()),
+            claims: claims::ClaimBatches::spawn(&pool),
+            renewals: leases::RenewalBatches::spawn(&pool),
             pool,
         }
     }

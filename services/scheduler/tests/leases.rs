@@ -12,8 +12,7 @@ use shepherd_testkit::TestDb;
 use uuid::Uuid;
 
 async fn store(db: &TestDb) -> anyhow::Result<Store> {
-    let pool = db::connect(&db.url, 4)?;
-    db::migrate(&pool, store::SCHEMA, store::MIGRATIONS).await?;
+    let pool = db::open(&db.url, 4, store::SCHEMA, store::MIGRATIONS).await?;
     Ok(Store::new(pool))
 }
 

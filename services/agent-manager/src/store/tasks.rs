@@ -7,11 +7,9 @@
 //! together share one statement and one commit.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use shepherd_platform::batch::{BatchLimits, Batcher};
 use shepherd_platform::columns::{from_i32, from_i64, to_i64};
-use shepherd_platform::db::{DbError, DbPool};
+use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
 use super::{LostTask, Store, TaskClaim, TaskState};
@@ -20,22 +18,15 @@ use crate::error::{Error, Result};
 /// The batchers of the task table; part of `Store`.
 #[derive(Clone)]
 pub(super) struct TaskBatches {
-    claims: Batcher<ClaimItem, Option<RawClaim>, Arc<DbError>>,
-    completions: Batcher<CompletionItem, Option<u32>, Arc<DbError>>,
+    claims: DbBatcher<ClaimItem, Option<RawClaim>>,
+    completions: DbBatcher<CompletionItem, Option<u32>>,
 }
 
 impl TaskBatches {
-    pub(super) fn spawn(pool: DbPool) -> Self {
-        let claims = Batcher::spawn(BatchLimits::default(), {
-            let pool = pool.clone();
-            move |items| claim_batch(pool.clone(), items)
-        });
-        let completions = Batcher::spawn(BatchLimits::default(), move |items| {
-            complete_batch(pool.clone(), items)
-        });
+    pub(super) fn spawn(pool: &DbPool) -> Self {
         Self {
-            claims,
-            completions,
+            claims: db::batcher(pool, claim_batch),
+            completions: db::batcher(pool, complete_batch),
         }
     }
 }
@@ -176,10 +167,9 @@ impl Store {
 /// Claims a batch: one upsert takes every new or lost task, one read
 /// reports the rest as they stand.
 async fn claim_batch(
-    pool: DbPool,
+    client: Client,
     items: Vec<ClaimItem>,
-) -> Result<Vec<Option<RawClaim>>, Arc<DbError>> {
-    let client = pool.get().await.map_err(DbError::shared)?;
+) -> Result<Vec<Option<RawClaim>>, DbError> {
     let upsert = client
         .prepare_cached(
             "INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state)
@@ -193,15 +183,13 @@ async fn claim_batch(
              WHERE tasks.state = 'lost'
              RETURNING task_id, attempt",
         )
-        .await
-        .map_err(DbError::shared)?;
+        .await?;
     let read = client
         .prepare_cached(
             "SELECT task_id, state, attempt, outcome FROM agent_manager.tasks
              WHERE task_id = ANY($1)",
         )
-        .await
-        .map_err(DbError::shared)?;
+        .await?;
     let mut claims = vec![None; items.len()];
     // One upsert may not touch a row twice, so a repeated id (two callers
     // dispatching one task at once) goes in a later round: the first caller
@@ -216,8 +204,7 @@ async fn claim_batch(
         let generations: Vec<i64> = round.iter().map(|&i| items[i].generation).collect();
         let delivered: HashMap<String, i32> = client
             .query(&upsert, &[&ids, &agents, &sessions, &generations])
-            .await
-            .map_err(DbError::shared)?
+            .await?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
@@ -228,11 +215,7 @@ async fn claim_batch(
             .collect();
         let mut stood: HashMap<String, RawClaim> = HashMap::new();
         if !existing.is_empty() {
-            for row in client
-                .query(&read, &[&existing])
-                .await
-                .map_err(DbError::shared)?
-            {
+            for row in client.query(&read, &[&existing]).await? {
                 let claim = RawClaim::Existing {
                     state: row.get(1),
                     attempt: row.get(2),
@@ -255,10 +238,9 @@ async fn claim_batch(
 /// Completes a batch in one update; an item gets its attempt only if its
 /// task was in flight on its session.
 async fn complete_batch(
-    pool: DbPool,
+    client: Client,
     items: Vec<CompletionItem>,
-) -> Result<Vec<Option<u32>>, Arc<DbError>> {
-    let client = pool.get().await.map_err(DbError::shared)?;
+) -> Result<Vec<Option<u32>>, DbError> {
     // Rows in key order: two batches running at once lock common rows in
     // the same order, so they cannot deadlock.
     let mut sorted: Vec<&CompletionItem> = items.iter().collect();
@@ -274,12 +256,10 @@ async fn complete_batch(
                AND t.state IN ('delivered', 'accepted')
              RETURNING t.task_id, t.session_id, t.attempt",
         )
-        .await
-        .map_err(DbError::shared)?;
+        .await?;
     let mut completed: HashMap<(String, Uuid), i32> = client
         .query(&statement, &[&ids, &sessions, &outcomes])
-        .await
-        .map_err(DbError::shared)?
+        .await?
         .iter()
         .map(|row| ((row.get(0), row.get(1)), row.get(2)))
         .collect();

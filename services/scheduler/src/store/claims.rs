@@ -12,11 +12,9 @@
 //! takes nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use shepherd_platform::batch::{BatchLimits, Batcher};
 use shepherd_platform::columns::from_i32;
-use shepherd_platform::db::{DbError, DbPool};
+use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
 use super::{Claimed, Store};
@@ -25,15 +23,13 @@ use crate::error::Result;
 /// The claim batcher; part of `Store`.
 #[derive(Clone)]
 pub(super) struct ClaimBatches {
-    claims: Batcher<ClaimRequest, Vec<Claimed>, Arc<DbError>>,
+    claims: DbBatcher<ClaimRequest, Vec<Claimed>>,
 }
 
 impl ClaimBatches {
-    pub(super) fn spawn(pool: DbPool) -> Self {
+    pub(super) fn spawn(pool: &DbPool) -> Self {
         Self {
-            claims: Batcher::spawn(BatchLimits::default(), move |requests| {
-                claim_batch(pool.clone(), requests)
-            }),
+            claims: db::batcher(pool, claim_batch),
         }
     }
 }
@@ -60,10 +56,9 @@ impl Store {
 /// Claims for several workflows in one statement: each workflow's room is
 /// computed and filled on its own (a lateral subquery per workflow).
 async fn claim_batch(
-    pool: DbPool,
+    client: Client,
     requests: Vec<ClaimRequest>,
-) -> Result<Vec<Vec<Claimed>>, Arc<DbError>> {
-    let client = pool.get().await.map_err(DbError::shared)?;
+) -> Result<Vec<Vec<Claimed>>, DbError> {
     let statement = client
         .prepare_cached(
             "WITH request AS (
@@ -88,15 +83,13 @@ async fn claim_batch(
              FROM next WHERE t.id = next.id
              RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context",
         )
-        .await
-        .map_err(DbError::shared)?;
+        .await?;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
     let owners: Vec<&str> = requests.iter().map(|r| r.owner.as_str()).collect();
     let terms: Vec<i64> = requests.iter().map(|r| r.term).collect();
     let rows = client
         .query(&statement, &[&workflows, &owners, &terms])
-        .await
-        .map_err(DbError::shared)?;
+        .await?;
     let mut claimed: HashMap<Uuid, Vec<(i64, Claimed)>> = HashMap::new();
     for row in &rows {
         let task = Claimed {

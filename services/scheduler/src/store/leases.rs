@@ -4,11 +4,9 @@
 //! silently drop or share a session lock, while a row with an owner, a term
 //! and an expiry means the same thing on every connection.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use shepherd_platform::batch::{BatchLimits, Batcher};
-use shepherd_platform::db::{DbError, DbPool};
+use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
 use super::Store;
@@ -38,15 +36,13 @@ pub struct LeaseRenewal {
 /// Renewals of every runner of a replica share statements; part of `Store`.
 #[derive(Clone)]
 pub(super) struct RenewalBatches {
-    renewals: Batcher<LeaseRenewal, bool, Arc<DbError>>,
+    renewals: DbBatcher<LeaseRenewal, bool>,
 }
 
 impl RenewalBatches {
-    pub(super) fn spawn(pool: DbPool) -> Self {
+    pub(super) fn spawn(pool: &DbPool) -> Self {
         Self {
-            renewals: Batcher::spawn(BatchLimits::default(), move |renewals| {
-                renew_batch(pool.clone(), renewals)
-            }),
+            renewals: db::batcher(pool, renew_batch),
         }
     }
 }
@@ -151,10 +147,9 @@ impl Store {
 }
 
 async fn renew_batch(
-    pool: DbPool,
+    client: Client,
     mut renewals: Vec<LeaseRenewal>,
-) -> Result<Vec<bool>, Arc<DbError>> {
-    let client = pool.get().await.map_err(DbError::shared)?;
+) -> Result<Vec<bool>, DbError> {
     // Rows in key order, so that concurrent batches cannot deadlock.
     let order: Vec<usize> = {
         let mut order: Vec<usize> = (0..renewals.len()).collect();
@@ -175,12 +170,10 @@ async fn renew_batch(
              WHERE l.workflow_id = v.workflow_id AND l.owner = v.owner AND l.term = v.term
              RETURNING l.workflow_id, l.term",
         )
-        .await
-        .map_err(DbError::shared)?;
+        .await?;
     let renewed: std::collections::HashSet<(Uuid, i64)> = client
         .query(&statement, &[&workflows, &owners, &terms, &ttls])
-        .await
-        .map_err(DbError::shared)?
+        .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
