@@ -11,6 +11,7 @@ use shepherd_proto::agentmanager::v1::{
     self as am, agent_event, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
 use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+use shepherd_testkit::proxy::{TcpProxy, postgres_addr};
 use shepherd_testkit::{ServiceProcess, TestDb, bin_path, eventually};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -38,6 +39,9 @@ pub struct StackOptions {
     pub tls: Option<TlsFiles>,
     /// More environment for both services (e.g. OTLP export).
     pub env: Vec<(&'static str, String)>,
+    /// Connect both services to PostgreSQL through a `TcpProxy` the test
+    /// can cut (`Stack::db_proxy`).
+    pub db_proxy: bool,
 }
 
 /// A CA and a server certificate it signed (for localhost / 127.0.0.1).
@@ -153,6 +157,7 @@ impl Default for StackOptions {
             token: None,
             tls: None,
             env: Vec::new(),
+            db_proxy: false,
         }
     }
 }
@@ -203,6 +208,10 @@ impl StackOptions {
 pub struct Stack {
     pub scheduler: Option<ServiceProcess>,
     pub manager: ServiceProcess,
+    /// Between the services and PostgreSQL, when `options.db_proxy`.
+    pub db_proxy: Option<TcpProxy>,
+    /// The database URL the services use (through the proxy, if any).
+    pub db_url: String,
     pub db: TestDb,
     pub options: StackOptions,
     pub agents: AgentManagerClient<AuthChannel>,
@@ -216,12 +225,22 @@ impl Stack {
         let db = TestDb::create().await?;
         let scratch = std::env::temp_dir().join(format!("shepherd-e2e-{}", db.name));
         std::fs::create_dir_all(&scratch)?;
-        let manager = start_manager(&db, &scratch, "127.0.0.1:0", &options).await?;
+        let db_proxy = match options.db_proxy {
+            true => Some(TcpProxy::start(postgres_addr(&db.url)?).await?),
+            false => None,
+        };
+        let db_url = match &db_proxy {
+            Some(proxy) => proxy.url_for(&db.url)?,
+            None => db.url.clone(),
+        };
+        let manager = start_manager(&db_url, &scratch, "127.0.0.1:0", &options).await?;
         let manager_port = manager.addr.port();
         let agents = AgentManagerClient::new(options.channel(&manager).await?);
-        let scheduler = start_scheduler(&db, &options.url(&manager), &options).await?;
+        let scheduler = start_scheduler(&db_url, &options.url(&manager), &options).await?;
         let workflows = SchedulerClient::new(options.channel(&scheduler).await?);
         Ok(Self {
+            db_proxy,
+            db_url,
             db,
             options,
             manager,
@@ -237,7 +256,7 @@ impl Stack {
     /// or terminated), so the scheduler finds it where it was.
     pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", self.manager_port);
-        self.manager = start_manager(&self.db, &self.scratch, &addr, &self.options).await?;
+        self.manager = start_manager(&self.db_url, &self.scratch, &addr, &self.options).await?;
         self.agents = AgentManagerClient::new(self.options.channel(&self.manager).await?);
         Ok(())
     }
@@ -250,8 +269,12 @@ impl Stack {
     }
 
     pub async fn start_scheduler(&mut self) -> anyhow::Result<()> {
-        let scheduler =
-            start_scheduler(&self.db, &self.options.url(&self.manager), &self.options).await?;
+        let scheduler = start_scheduler(
+            &self.db_url,
+            &self.options.url(&self.manager),
+            &self.options,
+        )
+        .await?;
         self.workflows = SchedulerClient::new(self.options.channel(&scheduler).await?);
         self.scheduler = Some(scheduler);
         Ok(())
@@ -266,7 +289,8 @@ impl Stack {
     ) -> anyhow::Result<(ServiceProcess, SchedulerClient<AuthChannel>)> {
         let mut options = self.options.clone();
         options.env.extend(env.iter().cloned());
-        let process = start_scheduler(&self.db, &self.options.url(&self.manager), &options).await?;
+        let process =
+            start_scheduler(&self.db_url, &self.options.url(&self.manager), &options).await?;
         let client = SchedulerClient::new(self.options.channel(&process).await?);
         Ok((process, client))
     }
@@ -483,7 +507,7 @@ impl Drop for Stack {
 }
 
 async fn start_manager(
-    db: &TestDb,
+    db_url: &str,
     scratch: &std::path::Path,
     listen: &str,
     options: &StackOptions,
@@ -500,7 +524,7 @@ async fn start_manager(
     ]);
     args.extend(options.tls_args("--agent-ca-file"));
     let mut env = vec![
-        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_URL", db_url.to_owned()),
         (
             "AGENT_LOG_DIR",
             scratch.join("agent-logs").display().to_string(),
@@ -513,7 +537,7 @@ async fn start_manager(
 }
 
 async fn start_scheduler(
-    db: &TestDb,
+    db_url: &str,
     manager_url: &str,
     options: &StackOptions,
 ) -> anyhow::Result<ServiceProcess> {
@@ -537,7 +561,7 @@ async fn start_scheduler(
         args.push("--disable-level-reconcile".into());
     }
     let mut env = vec![
-        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_URL", db_url.to_owned()),
         ("RUST_LOG", options.log.clone()),
     ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));

@@ -8,6 +8,13 @@
 //! (concurrently), and reports accepted / completed. It heartbeats, detects
 //! a silent manager, and reconnects with backoff when the connection drops.
 //!
+//! Reports are never dropped: a finished task's report is kept until the
+//! manager acknowledges that it recorded it (`ReportAck`), and sent again on
+//! every new session until then. A task keeps running across a reconnect;
+//! when the manager delivers it again meanwhile (a later attempt of the same
+//! task), the running execution or the kept report answers for it, so one
+//! process never runs a task twice side by side.
+//!
 //! ```no_run
 //! use shepherd_agent_sdk::{AgentConfig, TaskHandler, TaskOutcome, TaskResult, IncomingTask};
 //!
@@ -25,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
@@ -135,9 +142,10 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
     }
     let channel = endpoint.tcp_nodelay(true).connect_lazy();
     let handler = Arc::new(handler);
+    let ledger = Ledger::default();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match session(&config, channel.clone(), handler.clone()).await {
+        match session(&config, channel.clone(), handler.clone(), &ledger).await {
             SessionEnd::Refused(message) => return Err(SdkError::Refused(message)),
             SessionEnd::Lost { was_ready, reason } => {
                 if was_ready {
@@ -156,11 +164,124 @@ enum SessionEnd {
     Lost { was_ready: bool, reason: String },
 }
 
+/// What the process knows of its tasks across sessions: which run now, and
+/// which finished with a report the manager has not acknowledged yet.
+#[derive(Clone, Default)]
+struct Ledger {
+    inner: Arc<Mutex<LedgerState>>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    /// Running tasks and the latest attempt delivered for each.
+    running: HashMap<String, u32>,
+    /// Finished tasks' reports, until acknowledged.
+    unacked: HashMap<String, TaskCompleted>,
+    /// The live session's outbound messages, if a session is open.
+    session: Option<mpsc::Sender<AgentMessage>>,
+}
+
+/// What to do with a delivered task.
+enum Delivery {
+    /// New: run it.
+    Run,
+    /// Already running: the running execution answers for this attempt.
+    Running,
+    /// Already finished: send this (kept) report again, for this attempt.
+    Report(AgentMessage),
+}
+
+impl Ledger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        // Maps of ids and reports: no invariant a panicking holder breaks.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn deliver(&self, task_id: &str, attempt: u32) -> Delivery {
+        let mut state = self.lock();
+        if let Some(running) = state.running.get_mut(task_id) {
+            *running = (*running).max(attempt);
+            return Delivery::Running;
+        }
+        if let Some(report) = state.unacked.get_mut(task_id) {
+            report.attempt = report.attempt.max(attempt);
+            return Delivery::Report(completed_message(report.clone()));
+        }
+        state.running.insert(task_id.to_owned(), attempt);
+        Delivery::Run
+    }
+
+    /// Keeps the finished task's report and returns it with the latest
+    /// attempt delivered meanwhile, and the session to send it on.
+    fn finish(
+        &self,
+        task_id: &str,
+        result: TaskResult,
+    ) -> (AgentMessage, Option<mpsc::Sender<AgentMessage>>) {
+        let mut state = self.lock();
+        let attempt = state.running.remove(task_id).unwrap_or(0);
+        let report = TaskCompleted {
+            task_id: task_id.to_owned(),
+            outcome: result.outcome as i32,
+            output: result.output,
+            attempt,
+        };
+        state.unacked.insert(task_id.to_owned(), report.clone());
+        (completed_message(report), state.session.clone())
+    }
+
+    fn acknowledged(&self, task_id: &str, attempt: u32) {
+        let mut state = self.lock();
+        // A report re-sent for a later attempt waits for its own ack.
+        if state
+            .unacked
+            .get(task_id)
+            .is_some_and(|report| report.attempt == attempt)
+        {
+            state.unacked.remove(task_id);
+        }
+    }
+
+    /// Makes `outbound` the live session; returns the reports to send again.
+    fn open(&self, outbound: mpsc::Sender<AgentMessage>) -> Vec<AgentMessage> {
+        let mut state = self.lock();
+        state.session = Some(outbound);
+        state
+            .unacked
+            .values()
+            .cloned()
+            .map(completed_message)
+            .collect()
+    }
+
+    fn close(&self) {
+        self.lock().session = None;
+    }
+}
+
+fn completed_message(report: TaskCompleted) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::TaskCompleted(report)),
+    }
+}
+
 /// One session, from hello to its end.
 async fn session<H: TaskHandler>(
     config: &AgentConfig,
     channel: Channel,
     handler: Arc<H>,
+    ledger: &Ledger,
+) -> SessionEnd {
+    let end = session_inner(config, channel, handler, ledger).await;
+    ledger.close();
+    end
+}
+
+async fn session_inner<H: TaskHandler>(
+    config: &AgentConfig,
+    channel: Channel,
+    handler: Arc<H>,
+    ledger: &Ledger,
 ) -> SessionEnd {
     let (outbound, requests) = mpsc::channel::<AgentMessage>(256);
     let hello = AgentMessage {
@@ -203,14 +324,34 @@ async fn session<H: TaskHandler>(
                         }
                         ready = true;
                         tracing::info!(generation = welcome.generation, "session open; agent is ready");
+                        for report in ledger.open(outbound.clone()) {
+                            if outbound.send(report).await.is_err() {
+                                return lost(ready, "session request stream closed");
+                            }
+                        }
                     }
                     Some(manager_message::Kind::Task(task)) => {
-                        spawn_task(&handler, &outbound, IncomingTask {
+                        let delivery = ledger.deliver(&task.task_id, task.attempt);
+                        let incoming = IncomingTask {
                             task_id: task.task_id,
                             payload: task.payload,
                             attempt: task.attempt,
                             trace_context: task.trace_context,
-                        });
+                        };
+                        match delivery {
+                            Delivery::Run => spawn_task(&handler, &outbound, ledger, incoming),
+                            Delivery::Running => {
+                                tracing::info!(task_id = %incoming.task_id, attempt = incoming.attempt, "task delivered again while it runs; the running execution answers for it");
+                                let _ = outbound.send(accepted_message(&incoming.task_id)).await;
+                            }
+                            Delivery::Report(report) => {
+                                tracing::info!(task_id = %incoming.task_id, attempt = incoming.attempt, "task delivered again after it finished; sending its report again");
+                                let _ = outbound.send(report).await;
+                            }
+                        }
+                    }
+                    Some(manager_message::Kind::ReportAck(ack)) => {
+                        ledger.acknowledged(&ack.task_id, ack.attempt);
                     }
                     Some(manager_message::Kind::Heartbeat(_)) | None => {}
                 }
@@ -228,14 +369,26 @@ async fn session<H: TaskHandler>(
     }
 }
 
-/// Accepts the task, runs the handler, and reports the result.
+fn accepted_message(task_id: &str) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::TaskAccepted(TaskAccepted {
+            task_id: task_id.to_owned(),
+        })),
+    }
+}
+
+/// Accepts the task, runs the handler, and reports the result on whatever
+/// session is live when it finishes (the report is kept until the manager
+/// acknowledges it).
 fn spawn_task<H: TaskHandler>(
     handler: &Arc<H>,
     outbound: &mpsc::Sender<AgentMessage>,
+    ledger: &Ledger,
     task: IncomingTask,
 ) {
     let handler = handler.clone();
     let outbound = outbound.clone();
+    let ledger = ledger.clone();
     // The task's span continues the dispatcher's trace (W3C context carried
     // in the task message).
     let span = tracing::info_span!(
@@ -248,26 +401,15 @@ fn spawn_task<H: TaskHandler>(
     tokio::spawn(
         async move {
             let task_id = task.task_id.clone();
-            let attempt = task.attempt;
-            let accepted = AgentMessage {
-                kind: Some(agent_message::Kind::TaskAccepted(TaskAccepted {
-                    task_id: task_id.clone(),
-                })),
-            };
-            if outbound.send(accepted).await.is_err() {
-                // The session is gone; the manager counts the task as lost.
-                return;
-            }
+            // If the session is gone already the task runs anyway: its
+            // report goes out on the next session.
+            let _ = outbound.send(accepted_message(&task_id)).await;
+            drop(outbound);
             let result = handler.handle(task).await;
-            let completed = AgentMessage {
-                kind: Some(agent_message::Kind::TaskCompleted(TaskCompleted {
-                    task_id,
-                    outcome: result.outcome as i32,
-                    output: result.output,
-                    attempt,
-                })),
-            };
-            let _ = outbound.send(completed).await;
+            let (report, session) = ledger.finish(&task_id, result);
+            if let Some(session) = session {
+                let _ = session.send(report).await;
+            }
         }
         .instrument(span),
     );

@@ -4,7 +4,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use deadpool_postgres::{Config, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime};
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Config, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts,
+};
 use tokio_postgres::NoTls;
 
 use crate::batch::{BatchLimits, Batcher};
@@ -25,6 +29,8 @@ pub enum DbError {
         name: &'static str,
         source: tokio_postgres::Error,
     },
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
     /// One failure shared by every item of a batch (see `batch`).
     #[error("{0}")]
     Shared(Arc<DbError>),
@@ -72,17 +78,30 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// Longest wait for a pooled connection, and for opening a new one. A
+/// caller never waits forever: during an outage, or when every connection
+/// is busy, it gets an error it can map to UNAVAILABLE instead of hanging
+/// (and holding whatever it already holds).
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
+
 /// Creates a pool. Connections are opened lazily, so this does not fail when
 /// the database is down; `migrate` is the first call that needs it.
 pub fn connect(url: &str, max_size: usize) -> Result<Pool, DbError> {
     let mut config = Config::new();
     config.url = Some(url.to_owned());
+    config.connect_timeout = Some(POOL_WAIT);
     // Fast recycling runs no query on checkout; a broken connection is
     // detected by its failed query and dropped by the pool.
     config.manager = Some(ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     });
-    config.pool = Some(PoolConfig::new(max_size.max(1)));
+    let mut pool = PoolConfig::new(max_size.max(1));
+    pool.timeouts = Timeouts {
+        wait: Some(POOL_WAIT),
+        create: Some(POOL_WAIT),
+        recycle: Some(POOL_WAIT),
+    };
+    config.pool = Some(pool);
     config
         .create_pool(Some(Runtime::Tokio1), NoTls)
         .map_err(|err| DbError::Config(err.to_string()))
@@ -157,4 +176,49 @@ pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> Res
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether the database answers a trivial query within `POOL_WAIT`.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let check = async {
+        let client = pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok::<(), DbError>(())
+    };
+    match tokio::time::timeout(POOL_WAIT, check).await {
+        Ok(result) => result,
+        Err(_) => Err(DbError::Timeout(POOL_WAIT)),
+    }
+}
+
+/// How often `watch_health` checks the database.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Pings the database every second until `stop`, publishing whether it
+/// answers. The gRPC health service follows it (see `server::serve`), so a
+/// service whose database is unreachable says NOT_SERVING instead of
+/// pretending all is well.
+pub fn watch_health(
+    pool: Pool,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (healthy, receiver) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let result = ping(&pool).await;
+            let up = result.is_ok();
+            if up != *healthy.borrow() {
+                match &result {
+                    Ok(()) => tracing::info!("database reachable again"),
+                    Err(err) => tracing::warn!(error = %err, "database unreachable"),
+                }
+                healthy.send_replace(up);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(HEALTH_EVERY) => {}
+            }
+        }
+    });
+    receiver
 }

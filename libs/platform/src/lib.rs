@@ -8,6 +8,7 @@ pub mod columns;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod paging;
 pub mod server;
 pub mod shutdown;

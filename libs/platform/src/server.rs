@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -37,21 +39,25 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServerError> 
 }
 
 /// Serves `routes` on `listener` until `shutdown` is cancelled; in-flight
-/// RPCs are allowed to finish. `service_names` are reported SERVING on the
-/// health service (and NOT_SERVING once shutdown begins).
+/// RPCs are allowed to finish. `service_names` (and the server as a whole,
+/// "") are reported on the health service: SERVING while `healthy` says so
+/// (the service's database answers), NOT_SERVING otherwise and once
+/// shutdown begins.
 pub async fn serve(
     listener: TcpListener,
     mut routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     tls: Option<ServerTlsConfig>,
+    healthy: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in &service_names {
-        health_reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
+    tokio::spawn(follow_health(
+        health_reporter.clone(),
+        service_names.clone(),
+        healthy,
+        shutdown.clone(),
+    ));
     routes
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -93,6 +99,34 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming(listener), on_shutdown)
         .await?;
     Ok(())
+}
+
+/// Keeps the health service in step with `healthy` until shutdown.
+async fn follow_health(
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    mut healthy: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let status = if *healthy.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in names.iter().copied().chain([""]) {
+            reporter.set_service_status(name, status).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = healthy.changed() => {
+                if changed.is_err() {
+                    // The probe stopped (shutdown): stay as we are.
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: streams carry small

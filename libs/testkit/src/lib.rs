@@ -2,6 +2,8 @@
 //! per test, the workspace's binaries run as real processes, and waiting
 //! with a deadline instead of sleeping.
 
+pub mod proxy;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -181,6 +183,18 @@ impl ServiceProcess {
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Waits (up to `timeout`) for the process to exit by itself (a
+    /// failpoint's abort, say); returns whether it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<bool> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => {
+                status?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     /// SIGTERM, then wait (up to 30 s) for a clean exit; returns its code.

@@ -92,8 +92,8 @@ impl EventLog {
             .map_err(|_| Error::Internal("the event log writer stopped".into()))?
     }
 
-    /// Appends one event without waiting for its commit (a failure is
-    /// logged by the writer). Events queued by one caller keep their order.
+    /// Appends one event without waiting for its commit (the writer retries
+    /// until it is stored). Events queued by one caller keep their order.
     pub async fn enqueue(
         &self,
         agent_id: Uuid,
@@ -291,7 +291,16 @@ impl Watcher<'_> {
     }
 }
 
+/// Longest pause between two tries to store a batch of events.
+const MAX_APPEND_BACKOFF: Duration = Duration::from_secs(2);
+
 /// The single writer: group commit, then publish in sequence order.
+///
+/// A batch that cannot be stored (the database is down) is tried again,
+/// with backoff, until it is: an event once accepted is never dropped, and
+/// later events wait behind it, so the order holds. (If a commit's answer
+/// is lost the batch may be stored twice; every consumer of the log
+/// handles events idempotently.)
 async fn write_loop(
     store: Store,
     mut requests: mpsc::Receiver<AppendRequest>,
@@ -308,26 +317,25 @@ async fn write_loop(
                 payload: request.event.encode_to_vec(),
             })
             .collect();
-        match store.append_events(&rows).await {
-            Ok(first) => {
-                for (offset, request) in batch.drain(..).enumerate() {
-                    let seq = first + offset as u64;
-                    let mut event = request.event;
-                    event.sequence = seq;
-                    // No receivers is fine: nobody is watching right now.
-                    let _ = live.send(Arc::new(event));
-                    latest.send_replace(seq);
-                    let _ = request.done.send(Ok(seq));
+        let mut backoff = Duration::from_millis(50);
+        let first = loop {
+            match store.append_events(&rows).await {
+                Ok(first) => break first,
+                Err(err) => {
+                    tracing::warn!(error = %err, events = rows.len(), retry_in = ?backoff, "storing events failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_APPEND_BACKOFF);
                 }
             }
-            Err(err) => {
-                tracing::error!(error = %err, events = batch.len(), "appending events failed");
-                for request in batch.drain(..) {
-                    let _ = request.done.send(Err(Error::Unavailable(format!(
-                        "could not store the event: {err}"
-                    ))));
-                }
-            }
+        };
+        for (offset, request) in batch.drain(..).enumerate() {
+            let seq = first + offset as u64;
+            let mut event = request.event;
+            event.sequence = seq;
+            // No receivers is fine: nobody is watching right now.
+            let _ = live.send(Arc::new(event));
+            latest.send_replace(seq);
+            let _ = request.done.send(Ok(seq));
         }
     }
 }

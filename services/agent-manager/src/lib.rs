@@ -43,6 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store::MIGRATIONS,
     )
     .await?;
+    let healthy = db::watch_health(pool.clone(), shutdown.clone());
     let store = Store::new(pool);
     let events = EventLog::start(store.clone(), config.event_heartbeat).await?;
 
@@ -87,6 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         routes,
         names,
         tls,
+        healthy,
         shutdown.clone(),
     ));
     println!("agent-manager listening on {bound}");

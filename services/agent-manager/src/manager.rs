@@ -47,10 +47,24 @@ pub struct Dispatched {
     pub outcome: Option<String>,
 }
 
+/// Where a task stands, for a caller reconciling its in-flight tasks.
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    pub task_id: String,
+    /// None: never delivered (the manager has no record of it).
+    pub state: Option<TaskState>,
+    pub attempt: u32,
+    /// How a completed task ended ("succeeded" / "failed").
+    pub outcome: Option<String>,
+    pub output: String,
+}
+
 /// A task to deliver.
 pub struct TaskRequest {
     pub agent_id: Uuid,
     pub task_id: String,
+    /// The caller's attempt number (0: the manager numbers attempts).
+    pub attempt: u32,
     pub payload: Vec<u8>,
     pub trace_context: std::collections::HashMap<String, String>,
 }
@@ -179,6 +193,7 @@ impl Manager {
                 request.agent_id,
                 session.session_id,
                 session.generation,
+                request.attempt,
             )
             .await?;
         let attempt = match claim {
@@ -203,6 +218,9 @@ impl Manager {
             }
             TaskClaim::Deliver { attempt } => attempt,
         };
+        // A crash here leaves the attempt recorded as delivered but never
+        // handed over: start-up declares it lost (no session survives).
+        shepherd_platform::failpoint::hit("manager.after_delivery_recorded");
         let message = ManagerMessage {
             kind: Some(manager_message::Kind::Task(Task {
                 task_id: request.task_id.clone(),
@@ -231,6 +249,61 @@ impl Manager {
             duplicate: false,
             outcome: None,
         })
+    }
+
+    /// Where each task stands (`None`: never delivered). A task recorded
+    /// as in flight on a session that is no longer its agent's live one is
+    /// settled as lost here: the session's own sweep may have failed (the
+    /// database was down when it ended), and an answer must never be "in
+    /// flight" for a task that nobody runs.
+    pub async fn task_states(&self, task_ids: &[String]) -> Result<Vec<TaskStatus>> {
+        let stored = self.store.task_states(task_ids).await?;
+        let mut by_id: std::collections::HashMap<String, TaskStatus> =
+            std::collections::HashMap::with_capacity(stored.len());
+        for task in stored {
+            let live = self.supervisors.context().sessions.get(task.agent_id);
+            let on_live_session = live
+                .as_ref()
+                .is_some_and(|session| session.session_id == task.session_id);
+            let state = match task.state {
+                TaskState::Delivered | TaskState::Accepted if !on_live_session => {
+                    let lost = self
+                        .store
+                        .mark_task_lost(&task.task_id, task.session_id)
+                        .await?;
+                    report_lost(&self.events, lost, "its session is no longer live").await?;
+                    TaskState::Lost
+                }
+                TaskState::Delivered
+                    if live
+                        .as_ref()
+                        .is_some_and(|session| session.accepted.contains(&task.task_id)) =>
+                {
+                    TaskState::Accepted
+                }
+                other => other,
+            };
+            let status = TaskStatus {
+                task_id: task.task_id.clone(),
+                state: Some(state),
+                attempt: task.attempt,
+                outcome: task.outcome,
+                output: task.output,
+            };
+            by_id.insert(task.task_id, status);
+        }
+        Ok(task_ids
+            .iter()
+            .map(|id| {
+                by_id.remove(id).unwrap_or_else(|| TaskStatus {
+                    task_id: id.clone(),
+                    state: None,
+                    attempt: 0,
+                    outcome: None,
+                    output: String::new(),
+                })
+            })
+            .collect())
     }
 
     pub fn watch_events(

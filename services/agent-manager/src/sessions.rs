@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use shepherd_proto::agentmanager::v1::{
-    AgentMessage, ManagerHeartbeat, ManagerMessage, TaskCompleted, agent_event, agent_message,
-    manager_message,
+    AgentMessage, ManagerHeartbeat, ManagerMessage, ReportAck, TaskCompleted, TaskOutcome,
+    agent_event, agent_message, manager_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -22,10 +22,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::events::EventLog;
-use crate::store::Store;
+use crate::store::{Completion, Store};
 
-/// Largest task output kept in a `TaskCompleted` event.
+/// Largest task output kept (in the task row and its `TaskCompleted` event).
 const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Reports waiting to be recorded, per session. The session loop only
+/// waits when this many are queued behind a database outage.
+const REPORT_QUEUE: usize = 4096;
+/// Longest pause between two tries to record a report.
+const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What dispatch needs to deliver to a live session.
 #[derive(Clone, Debug)]
@@ -141,13 +146,23 @@ where
             store,
             events,
         } = self;
+        let (completions, pending) = mpsc::channel(REPORT_QUEUE);
+        let recorder = Recorder {
+            agent_id,
+            generation: handle.generation,
+            store,
+            events: events.clone(),
+            outbound: outbound.clone(),
+            cancel: handle.cancel.clone(),
+        };
+        let recording = tokio::spawn(recorder.run(pending));
         let reports = TaskReports {
             agent_id,
             session_id: handle.session_id,
             generation: handle.generation,
             accepted: handle.accepted.clone(),
-            store,
             events,
+            completions,
         };
         let session = Session {
             cancel: &handle.cancel,
@@ -159,6 +174,9 @@ where
         };
         let reason = session.serve().await;
         tasks.close();
+        // Reports still queued are not acknowledged: the agent sends them
+        // again on its next session.
+        recording.abort();
         reason
     }
 }
@@ -184,8 +202,8 @@ where
         let silence_limit = self.heartbeat_interval * 3;
         let mut silent_until = Instant::now() + silence_limit;
         let mut ticker = tokio::time::interval(self.heartbeat_interval);
-        // Tasks forwarded on this session and not yet completed: reports
-        // about anything else are stale and ignored without a query.
+        // Tasks forwarded on this session and not yet completed: an
+        // acceptance of anything else is stale and ignored.
         let mut in_flight = HashSet::new();
         loop {
             tokio::select! {
@@ -222,41 +240,52 @@ where
     }
 }
 
-/// Records what the agent reports about its tasks.
+/// Takes what the agent reports about its tasks.
 struct TaskReports {
     agent_id: Uuid,
     session_id: Uuid,
     generation: u64,
     accepted: AcceptedTasks,
-    store: Store,
     events: EventLog,
+    /// Completions to record (by the session's `Recorder`).
+    completions: mpsc::Sender<Completion>,
 }
 
 impl TaskReports {
     async fn on_message(&self, message: AgentMessage, in_flight: &mut HashSet<String>) {
-        let result = match message.kind {
+        match message.kind {
             Some(agent_message::Kind::TaskAccepted(accepted)) => {
                 if in_flight.contains(&accepted.task_id) {
                     self.accepted.insert(&accepted.task_id);
-                    self.accepted(accepted.task_id).await
-                } else {
-                    Ok(())
+                    if let Err(err) = self.accepted(accepted.task_id).await {
+                        tracing::warn!(agent = %self.agent_id, error = %err, "could not log a task acceptance");
+                    }
                 }
             }
             Some(agent_message::Kind::TaskCompleted(completed)) => {
-                if in_flight.remove(&completed.task_id) {
-                    self.accepted.remove(&completed.task_id);
-                    self.completed(completed).await
-                } else {
-                    Ok(())
-                }
+                // Not only tasks forwarded on this session: an agent sends
+                // the reports the manager has not acknowledged again on
+                // every new session, and they are recorded by attempt.
+                in_flight.remove(&completed.task_id);
+                self.accepted.remove(&completed.task_id);
+                let succeeded = completed.outcome() == TaskOutcome::Succeeded;
+                let mut output = completed.output;
+                truncate_utf8(&mut output, MAX_OUTPUT_BYTES);
+                let completion = Completion {
+                    succeeded,
+                    task_id: completed.task_id,
+                    agent_id: self.agent_id,
+                    session_id: self.session_id,
+                    attempt: completed.attempt,
+                    output,
+                };
+                // Fails only once the session is over; the agent then sends
+                // the report again on its next session.
+                let _ = self.completions.send(completion).await;
             }
             Some(agent_message::Kind::Heartbeat(_))
             | Some(agent_message::Kind::Hello(_))
-            | None => Ok(()),
-        };
-        if let Err(err) = result {
-            tracing::warn!(agent = %self.agent_id, error = %err, "could not record a task report");
+            | None => {}
         }
     }
 
@@ -271,31 +300,87 @@ impl TaskReports {
             .enqueue(self.agent_id, self.generation, kind)
             .await
     }
+}
 
-    async fn completed(&self, mut completed: TaskCompleted) -> crate::error::Result<()> {
-        let succeeded =
-            completed.outcome() == shepherd_proto::agentmanager::v1::TaskOutcome::Succeeded;
-        // An outcome is attributed by task id *and* session: a report for a
-        // task this session does not hold (already lost, or unknown) is
-        // dropped rather than overwriting a newer attempt.
-        if let Some(attempt) = self
-            .store
-            .mark_task_completed(&completed.task_id, self.session_id, succeeded)
-            .await?
-        {
-            completed.attempt = attempt;
-            truncate_utf8(&mut completed.output, MAX_OUTPUT_BYTES);
-            // The state is committed; the event follows in order. Not
-            // waiting for its commit keeps this session taking reports.
-            self.events
+/// Records a session's task reports durably, then acknowledges each to the
+/// agent. A failed write is retried with backoff for as long as the session
+/// lasts, never dropped; a report the session ends before recording is
+/// sent again by the agent on its next session (it keeps every report until
+/// acknowledged).
+struct Recorder {
+    agent_id: Uuid,
+    generation: u64,
+    store: Store,
+    events: EventLog,
+    outbound: mpsc::Sender<ManagerMessage>,
+    cancel: CancellationToken,
+}
+
+impl Recorder {
+    async fn run(self, mut pending: mpsc::Receiver<Completion>) {
+        let mut batch = Vec::new();
+        // Everything queued is recorded together (one batched statement).
+        while pending.recv_many(&mut batch, 256).await > 0 {
+            let recorded = batch.drain(..).map(|completion| self.record(completion));
+            futures_util::future::join_all(recorded).await;
+        }
+    }
+
+    async fn record(&self, completion: Completion) {
+        if shepherd_platform::failpoint::hit("manager.before_report_recorded") {
+            return;
+        }
+        let reported_attempt = completion.attempt;
+        let task_id = completion.task_id.clone();
+        let mut backoff = Duration::from_millis(50);
+        let recorded = loop {
+            match self.store.mark_task_completed(completion.clone()).await {
+                Ok(recorded) => break recorded,
+                Err(err) => {
+                    tracing::warn!(agent = %self.agent_id, task = %task_id, error = %err, retry_in = ?backoff, "could not record a task report yet");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_RECORD_BACKOFF);
+                }
+            }
+        };
+        // A report that completed nothing is stale (an attempt superseded
+        // or already recorded): acknowledged all the same, so the agent
+        // forgets it.
+        if let Some(attempt) = recorded {
+            let event = TaskCompleted {
+                task_id: task_id.clone(),
+                outcome: if completion.succeeded {
+                    TaskOutcome::Succeeded
+                } else {
+                    TaskOutcome::Failed
+                } as i32,
+                output: completion.output,
+                attempt,
+            };
+            // The state is committed; the event follows in order (the log
+            // retries its writes until stored).
+            if let Err(err) = self
+                .events
                 .enqueue(
                     self.agent_id,
                     self.generation,
-                    agent_event::Kind::TaskCompleted(completed),
+                    agent_event::Kind::TaskCompleted(event),
                 )
-                .await?;
+                .await
+            {
+                tracing::warn!(agent = %self.agent_id, error = %err, "could not log a task completion");
+            }
         }
-        Ok(())
+        let ack = ManagerMessage {
+            kind: Some(manager_message::Kind::ReportAck(ReportAck {
+                task_id,
+                attempt: reported_attempt,
+            })),
+        };
+        let _ = self.outbound.send(ack).await;
     }
 }
 

@@ -15,13 +15,22 @@ use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent};
 
 mod tasks;
 
+pub use tasks::Completion;
+
 pub const SCHEMA: &str = "agent_manager";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "task_output",
+        sql: include_str!("../migrations/0002_task_output.sql"),
+    },
+];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
                              generation, pid, created_at, updated_at";
@@ -56,7 +65,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    fn parse(text: &str) -> Result<Self> {
+    pub(crate) fn parse(text: &str) -> Result<Self> {
         match text {
             "delivered" => Ok(Self::Delivered),
             "accepted" => Ok(Self::Accepted),
@@ -67,6 +76,18 @@ impl TaskState {
             ))),
         }
     }
+}
+
+/// A stored task as `BatchGetTaskStates` reports it.
+#[derive(Debug, Clone)]
+pub struct StoredTask {
+    pub task_id: String,
+    pub agent_id: Uuid,
+    pub session_id: Uuid,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub outcome: Option<String>,
+    pub output: String,
 }
 
 /// A task that was in flight and is now lost.

@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
 
+    /// A runner whose workflow has had a task in flight for longer than
+    /// this shows as STALLED ("task X in flight for N s").
+    #[arg(long, env = "RUNNER_STALL_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub stall_after: Duration,
+
     /// How often an idle runner re-checks for tasks without being woken.
     #[arg(long, env = "RUNNER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub runner_poll_interval: Duration,

@@ -1,14 +1,22 @@
 //! Consumes the agent-manager's event stream (recovery mechanism 2,
-//! "resume") and schedules the level passes (mechanism 3).
+//! "resume") and schedules the level passes (mechanism 3) and the settling
+//! of tasks in flight (see `settle`).
 //!
 //! The last handled sequence is persisted; after a restart or a broken
 //! stream the consumer resumes from it, reconnecting with capped
 //! exponential backoff and jitter. The stream must prove it is alive: no
 //! message (not even a heartbeat) within `stream_timeout` means it is
 //! stalled, and the consumer reconnects. `ResyncRequired` means events were
-//! missed for good, so in-flight tasks are re-checked and a full level pass
-//! runs. Every (re)connect and every `reconcile_interval` runs a level pass;
-//! level passes run on this one task, in order with the events.
+//! missed for good, so in-flight tasks are settled and a full level pass
+//! runs. Every (re)connect and every `reconcile_interval` runs a level pass
+//! and settles the tasks in flight; they run on this one task, in order
+//! with the events.
+//!
+//! Task events of a workflow whose lease another replica holds (this
+//! replica's runner of it stands by) are left to that replica: only the
+//! holder records them and wakes its runner, so a standby costs the active
+//! replica nothing. Anything the holder misses (it died before recording)
+//! is settled by whoever takes the lease over.
 //!
 //! Handling is idempotent, so re-handling events after a crash (the cursor
 //! is saved in batches) is harmless.
@@ -26,7 +34,6 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::recovery::Recovery;
-use crate::runner::settle;
 use crate::store::Outcome;
 use tracing::Instrument;
 
@@ -36,6 +43,9 @@ const SAVE_EVERY: Duration = Duration::from_millis(200);
 const MAX_BATCH: usize = 1024;
 /// Most messages read ahead of the handler.
 const READ_AHEAD: usize = 4 * MAX_BATCH;
+/// The periodic settle pass leaves tasks dispatched less than this long ago
+/// alone: their dispatch is most likely still on its way.
+const SETTLE_MIN_AGE: Duration = Duration::from_secs(2);
 
 pub struct Consumer {
     pub recovery: Arc<Recovery>,
@@ -96,12 +106,15 @@ impl Consumer {
         let mut inbox = spawn_reader(stream, self.stream_timeout, reader);
         tracing::info!(after = cursor, "watching agent events");
         // Level pass on every (re)connect: whatever was missed while
-        // disconnected is fixed now, events or not.
+        // disconnected is fixed now, events or not. Then every task in
+        // flight is settled: a crash (ours or another replica's) or a
+        // missed event may have left some that nobody else will.
         if self.level_enabled
             && let Err(err) = self.recovery.level_pass().await
         {
             tracing::warn!(error = %err, "level pass after connect failed");
         }
+        self.settle(Duration::ZERO).await;
 
         let mut reconcile = tokio::time::interval_at(
             Instant::now() + self.reconcile_interval,
@@ -112,9 +125,15 @@ impl Consumer {
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break StreamEnd::Shutdown,
-                _ = reconcile.tick(), if self.level_enabled => {
-                    if let Err(err) = self.recovery.level_pass().await {
+                _ = reconcile.tick() => {
+                    if self.level_enabled
+                        && let Err(err) = self.recovery.level_pass().await
+                    {
                         tracing::warn!(error = %err, "periodic level pass failed");
+                    }
+                    self.settle(SETTLE_MIN_AGE).await;
+                    if let Err(err) = self.recovery.update_stalls().await {
+                        tracing::warn!(error = %err, "checking for stalled runners failed");
                     }
                 }
                 _ = tokio::time::sleep_until(save_at), if saved != cursor => {
@@ -166,6 +185,20 @@ impl Consumer {
         end
     }
 
+    /// Settles tasks in flight; a failure is retried by the next pass.
+    async fn settle(&self, min_age: Duration) {
+        if let Err(err) = self.recovery.settle_in_flight(min_age).await {
+            tracing::warn!(error = %err, "settling tasks in flight failed; the next pass retries");
+        }
+    }
+
+    /// Whether another replica runs the workflow of `task_id` (ids are
+    /// "<workflow_id>:<key>"), so its events are that replica's to handle.
+    fn held_elsewhere(&self, task_id: &str) -> bool {
+        crate::model::workflow_of_task(task_id)
+            .is_some_and(|workflow| self.recovery.runners.is_standby(workflow))
+    }
+
     /// Handles a batch in order, except that completions are gathered and
     /// recorded together: only a message whose handling depends on earlier
     /// outcomes (see `needs_outcomes_first`) makes them be recorded first.
@@ -181,6 +214,10 @@ impl Consumer {
             if let Some(watch_agent_events_response::Kind::Event(event)) = &message.kind
                 && let Some(Kind::TaskCompleted(done)) = &event.kind
             {
+                if self.held_elsewhere(&done.task_id) {
+                    handled = handled.max(event.sequence);
+                    continue;
+                }
                 completions.push(Outcome {
                     task_id: done.task_id.clone(),
                     attempt: (done.attempt > 0).then_some(done.attempt),
@@ -238,7 +275,7 @@ impl Consumer {
                     pruned_through = resync.pruned_through_sequence,
                     "events were missed for good; resynchronising"
                 );
-                self.recheck_in_flight().await?;
+                self.recovery.settle_in_flight(Duration::ZERO).await?;
                 self.recovery.level_pass().await?;
                 *cursor = resync.pruned_through_sequence;
             }
@@ -274,7 +311,7 @@ impl Consumer {
                     recovery.runners.stop(workflow, &reason);
                 }
             }
-            Some(Kind::TaskLost(lost)) => {
+            Some(Kind::TaskLost(lost)) if !self.held_elsewhere(&lost.task_id) => {
                 let attempt = (lost.attempt > 0).then_some(lost.attempt);
                 if let Some(workflow) = recovery
                     .store
@@ -285,24 +322,15 @@ impl Consumer {
                     recovery.runners.wake(workflow);
                 }
             }
-            // Completions are recorded in batches by `handle_batch`.
-            Some(Kind::Created(_) | Kind::TaskAccepted(_) | Kind::TaskCompleted(_)) | None => {}
-        }
-        Ok(())
-    }
-
-    /// After a resync the outcomes of tasks in flight may have been pruned:
-    /// dispatch each again (idempotent on task id: one the agent holds or
-    /// finished is not delivered twice, one that was lost is re-delivered)
-    /// and record what the manager says.
-    async fn recheck_in_flight(&self) -> Result<()> {
-        let recovery = &self.recovery;
-        for task in recovery.store.dispatched_tasks().await? {
-            let result = recovery
-                .manager
-                .dispatch(task.agent_id, &task.id, task.prompt.into_bytes())
-                .await;
-            settle(&recovery.store, &task.id, task.attempts, result).await?;
+            // Completions are recorded in batches by `handle_batch`; a
+            // standby leaves losses to the lease holder.
+            Some(
+                Kind::Created(_)
+                | Kind::TaskAccepted(_)
+                | Kind::TaskCompleted(_)
+                | Kind::TaskLost(_),
+            )
+            | None => {}
         }
         Ok(())
     }

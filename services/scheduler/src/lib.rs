@@ -15,6 +15,7 @@ pub mod recovery;
 pub mod runner;
 pub mod schedule;
 pub mod service;
+pub mod settle;
 pub mod store;
 pub mod template;
 
@@ -46,6 +47,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store::MIGRATIONS,
     )
     .await?;
+    let healthy = db::watch_health(pool.clone(), shutdown.clone());
     let store = Store::new(pool);
     let manager = ManagerClient::new(
         &config.agent_manager_url,
@@ -70,6 +72,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         runners: runners.clone(),
         agents,
         manager: manager.clone(),
+        replica: config.replica_id.clone(),
+        stall_after: config.stall_after,
     });
     let scheduler = Arc::new(Scheduler {
         store: store.clone(),
@@ -88,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         routes,
         names,
         tls,
+        healthy,
         shutdown.clone(),
     ));
     println!("scheduler listening on {bound}");

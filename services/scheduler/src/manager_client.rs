@@ -12,6 +12,67 @@ use uuid::Uuid;
 
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most task ids per `BatchGetTaskStates` call (the manager's limit).
+pub const MAX_TASK_STATES: usize = 1000;
+
+/// Where a task stands at the agent-manager (its answer to a dispatch or a
+/// state query), in the scheduler's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteTask {
+    /// The manager never delivered it.
+    Unknown,
+    /// Delivered to the agent's live session (perhaps by this very call)
+    /// and not finished.
+    InFlight { attempt: u32 },
+    /// Finished with this outcome.
+    Completed {
+        attempt: u32,
+        succeeded: bool,
+        output: String,
+    },
+    /// The attempt was lost (its session ended before it finished).
+    Lost { attempt: u32 },
+}
+
+/// Why a call to the agent-manager failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ManagerError {
+    /// The agent cannot take tasks now (not ready, or unknown).
+    #[error("{0}")]
+    Refused(String),
+    /// The manager could not be reached or could not answer; retry later.
+    #[error("agent-manager unreachable: {0}")]
+    Unavailable(String),
+}
+
+impl From<tonic::Status> for ManagerError {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::FailedPrecondition
+            | tonic::Code::NotFound
+            | tonic::Code::InvalidArgument => Self::Refused(status.message().to_owned()),
+            _ => Self::Unavailable(status.message().to_owned()),
+        }
+    }
+}
+
+fn remote_task(
+    state: pb::TaskState,
+    attempt: u32,
+    outcome: pb::TaskOutcome,
+    output: String,
+) -> RemoteTask {
+    match state {
+        pb::TaskState::Delivered | pb::TaskState::Accepted => RemoteTask::InFlight { attempt },
+        pb::TaskState::Completed => RemoteTask::Completed {
+            attempt,
+            succeeded: outcome == pb::TaskOutcome::Succeeded,
+            output,
+        },
+        pb::TaskState::Lost => RemoteTask::Lost { attempt },
+        pb::TaskState::Unknown | pb::TaskState::Unspecified => RemoteTask::Unknown,
+    }
+}
 
 type Client = AgentManagerClient<InterceptedService<Channel, ClientMetadata>>;
 
@@ -44,24 +105,61 @@ impl ManagerClient {
         request
     }
 
+    /// Delivers attempt `attempt` of a task (idempotent: a repeat delivers
+    /// nothing and reports the task as it stands).
     pub async fn dispatch(
         &self,
         agent: Uuid,
         task_id: &str,
+        attempt: u32,
         payload: Vec<u8>,
-    ) -> Result<pb::DispatchTaskResponse, tonic::Status> {
+    ) -> Result<RemoteTask, ManagerError> {
         let request = Self::request(pb::DispatchTaskRequest {
             agent_id: agent.to_string(),
             task_id: task_id.to_owned(),
             payload,
             trace_context: Default::default(),
+            attempt,
         });
-        Ok(self
+        let response = self
             .client
             .clone()
             .dispatch_task(request)
             .await?
-            .into_inner())
+            .into_inner();
+        Ok(remote_task(
+            response.state(),
+            response.attempt,
+            response.outcome(),
+            String::new(),
+        ))
+    }
+
+    /// Where each task stands, in the order asked (at most
+    /// `MAX_TASK_STATES` ids).
+    pub async fn task_states(
+        &self,
+        task_ids: Vec<String>,
+    ) -> Result<Vec<RemoteTask>, ManagerError> {
+        let asked = task_ids.len();
+        let request = Self::request(pb::BatchGetTaskStatesRequest { task_ids });
+        let response = self
+            .client
+            .clone()
+            .batch_get_task_states(request)
+            .await?
+            .into_inner();
+        if response.tasks.len() != asked {
+            return Err(ManagerError::Unavailable(format!(
+                "asked about {asked} tasks, got {} answers",
+                response.tasks.len()
+            )));
+        }
+        Ok(response
+            .tasks
+            .into_iter()
+            .map(|task| remote_task(task.state(), task.attempt, task.outcome(), task.output))
+            .collect())
     }
 
     /// Whether the agent exists (NOT_FOUND: false; other failures: error).

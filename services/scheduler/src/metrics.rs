@@ -56,6 +56,22 @@ static STREAM_LAG: LazyLock<Gauge<u64>> = LazyLock::new(|| {
         .build()
 });
 
+static OLDEST_IN_FLIGHT: LazyLock<Gauge<f64>> = LazyLock::new(|| {
+    meter()
+        .f64_gauge("shepherd.task.oldest_in_flight_age")
+        .with_unit("s")
+        .with_description("Age of each workflow's oldest task in flight (0 when none)")
+        .build()
+});
+
+/// Records the age of a workflow's oldest task in flight (0: none).
+pub fn oldest_in_flight(workflow: uuid::Uuid, age: std::time::Duration) {
+    OLDEST_IN_FLIGHT.record(
+        age.as_secs_f64(),
+        &[KeyValue::new("workflow_id", workflow.to_string())],
+    );
+}
+
 pub fn runner_started(workflow: uuid::Uuid, agent: uuid::Uuid) {
     RUNNER_STARTS.add(
         1,

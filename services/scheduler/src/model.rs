@@ -147,6 +147,12 @@ pub fn task_id(workflow: Uuid, key: &str) -> String {
     format!("{workflow}:{key}")
 }
 
+/// The workflow a task id belongs to (the inverse of `task_id`).
+pub fn workflow_of_task(task_id: &str) -> Option<Uuid> {
+    let (workflow, _) = task_id.split_once(':')?;
+    Uuid::parse_str(workflow).ok()
+}
+
 pub use shepherd_platform::validate::name as validate_name;
 
 pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {

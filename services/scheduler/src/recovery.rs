@@ -8,8 +8,9 @@
 //! Both only ever call `Runners::ensure_running`, whose atomic claim makes
 //! them idempotent and safe to race with each other and with the API.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -17,13 +18,18 @@ use crate::agents::AgentView;
 use crate::error::{Error, Result};
 use crate::manager_client::ManagerClient;
 use crate::runner::{Runners, StartOutcome};
-use crate::store::Store;
+use crate::settle::{self, SettleReport};
+use crate::store::{InFlightScope, Store};
 
 pub struct Recovery {
     pub store: Store,
     pub runners: Arc<Runners>,
     pub agents: Arc<AgentView>,
     pub manager: ManagerClient,
+    /// This replica's name as a lease owner.
+    pub replica: String,
+    /// A task in flight longer than this makes its runner STALLED.
+    pub stall_after: Duration,
 }
 
 /// What a level pass did.
@@ -47,6 +53,45 @@ impl Recovery {
             tracing::info!(%agent, started, "restarted missing runners for agent");
         }
         Ok(started)
+    }
+
+    /// Settles the tasks in flight of the workflows this replica runs (or
+    /// nobody runs) that were dispatched at least `min_age` ago, and wakes
+    /// the runners whose tasks changed.
+    pub async fn settle_in_flight(&self, min_age: Duration) -> Result<SettleReport> {
+        let scope = InFlightScope {
+            owner: self.replica.clone(),
+            workflow: None,
+            min_age,
+        };
+        let report = settle::settle_in_flight(&self.store, &self.manager, &scope).await?;
+        for workflow in &report.workflows {
+            self.runners.wake(*workflow);
+        }
+        Ok(report)
+    }
+
+    /// Marks the runners whose oldest task in flight is older than the
+    /// stall threshold STALLED (and clears the others), and records each
+    /// workflow's oldest in-flight age as a metric.
+    pub async fn update_stalls(&self) -> Result<()> {
+        let oldest = self.store.oldest_in_flight().await?;
+        let mut stalls = HashMap::new();
+        for task in oldest {
+            crate::metrics::oldest_in_flight(task.workflow_id, task.age);
+            if task.age >= self.stall_after {
+                stalls.insert(
+                    task.workflow_id,
+                    format!(
+                        "task {} in flight for {} s",
+                        task.task_id,
+                        task.age.as_secs()
+                    ),
+                );
+            }
+        }
+        self.runners.set_stalls(stalls);
+        Ok(())
     }
 
     /// The level-triggered pass.

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use shepherd_proto::agentmanager::v1 as pb;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,8 +28,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::agents::AgentView;
-use crate::manager_client::ManagerClient;
-use crate::store::{ClaimRequest, Claimed, LeaseAcquisition, LeaseRenewal, Store};
+use crate::manager_client::{ManagerClient, ManagerError};
+use crate::settle::{self, Applied};
+use crate::store::{ClaimRequest, Claimed, InFlightScope, LeaseAcquisition, LeaseRenewal, Store};
 
 /// Reason a runner stops when its agent stays unready past the window.
 pub const AGENT_NOT_READY: &str = "agent not ready";
@@ -46,6 +46,8 @@ pub enum RunnerState {
     Stopped,
     /// Another replica holds the workflow's lease and runs it.
     Standby,
+    /// Running but unable to make progress (the reason says why).
+    Stalled,
 }
 
 /// What `ListRunners` shows of a workflow's runner.
@@ -81,6 +83,9 @@ pub struct RunnerContext {
 struct Slot {
     info: RunnerInfo,
     live: Option<Live>,
+    /// Set by the level pass while the workflow's oldest task in flight is
+    /// older than the stall threshold: why a RUNNING runner is STALLED.
+    stall: Option<String>,
 }
 
 struct Live {
@@ -127,6 +132,7 @@ impl Runners {
                 starts: 0,
             },
             live: None,
+            stall: None,
         });
         if let Some(live) = &slot.live {
             if self.is_live(live) {
@@ -201,11 +207,21 @@ impl Runners {
         }
     }
 
-    pub fn has_live_runner(&self, workflow: Uuid) -> bool {
+    /// Whether this replica's runner of the workflow stands by (another
+    /// replica holds its lease). Only the holder acts on the workflow's
+    /// task events, so a standby costs the active replica nothing.
+    pub fn is_standby(&self, workflow: Uuid) -> bool {
         self.lock()
             .get(&workflow)
-            .and_then(|slot| slot.live.as_ref())
-            .is_some_and(|live| self.is_live(live))
+            .is_some_and(|slot| slot.info.state == RunnerState::Standby)
+    }
+
+    /// Marks the given workflows' runners stalled (with the reason), and
+    /// clears the mark of every other one.
+    pub fn set_stalls(&self, mut stalls: HashMap<Uuid, String>) {
+        for (workflow, slot) in self.lock().iter_mut() {
+            slot.stall = stalls.remove(workflow);
+        }
     }
 
     /// Workflows with a live runner.
@@ -219,13 +235,14 @@ impl Runners {
 
     /// Workflows by runner state (for the runners gauge).
     pub fn count_by_state(&self) -> Vec<(&'static str, u64)> {
-        let mut counts = [0u64; 4];
+        let mut counts = [0u64; 5];
         for slot in self.lock().values() {
-            let index = match slot.info.state {
+            let index = match Self::shown(slot).state {
                 RunnerState::WaitingForAgent => 0,
                 RunnerState::Running => 1,
                 RunnerState::Stopped => 2,
                 RunnerState::Standby => 3,
+                RunnerState::Stalled => 4,
             };
             counts[index] += 1;
         }
@@ -234,6 +251,7 @@ impl Runners {
             ("running", counts[1]),
             ("stopped", counts[2]),
             ("standby", counts[3]),
+            ("stalled", counts[4]),
         ]
     }
 
@@ -243,7 +261,19 @@ impl Runners {
     }
 
     pub fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
-        self.lock().get(&workflow).map(|slot| slot.info.clone())
+        self.lock().get(&workflow).map(Self::shown)
+    }
+
+    /// What a slot shows: a running runner behind a stuck task is STALLED.
+    fn shown(slot: &Slot) -> RunnerInfo {
+        match &slot.stall {
+            Some(reason) if slot.info.state == RunnerState::Running => RunnerInfo {
+                state: RunnerState::Stalled,
+                reason: reason.clone(),
+                ..slot.info.clone()
+            },
+            _ => slot.info.clone(),
+        }
     }
 
     /// Cancels every runner and waits for them to finish.
@@ -355,7 +385,14 @@ impl Runner {
                 }
             }
             let term = match self.keep_lease(lease).await {
-                Ok(term) => term,
+                Ok(Held::Kept(term)) => term,
+                Ok(Held::Acquired(term)) => {
+                    // A workflow taken over (or back) may have tasks in
+                    // flight that nobody settles: the previous holder died
+                    // between claim and dispatch, or its reports were lost.
+                    self.settle_in_flight().await;
+                    term
+                }
                 Err(NoLease::Stop(reason)) => return reason,
                 Err(NoLease::Standby { reason, retry_in }) => {
                     self.report(RunnerState::Standby, &reason);
@@ -368,24 +405,41 @@ impl Runner {
                     }
                 }
             };
-            self.report(RunnerState::Running, "");
             let claim_span = tracing::debug_span!("claim", workflow_id = %self.workflow);
             let request = ClaimRequest {
                 workflow: self.workflow,
                 owner: self.ctx.replica.clone(),
                 term,
             };
-            let claimed = match self.ctx.store.claim(request).instrument(claim_span).await {
-                Ok(claimed) => claimed,
+            match self.ctx.store.claim(request).instrument(claim_span).await {
+                Ok(claimed) => {
+                    if !claimed.is_empty() {
+                        // A crash here leaves the tasks DISPATCHED but never
+                        // sent: the settle pass delivers them.
+                        shepherd_platform::failpoint::hit("scheduler.after_claim");
+                    }
+                    // Claimed together, dispatched concurrently (they may
+                    // run concurrently anyway: there was room for all).
+                    let results = futures_util::future::join_all(
+                        claimed.into_iter().map(|task| self.dispatch(task)),
+                    )
+                    .await;
+                    match results.into_iter().find_map(Result::err) {
+                        Some(ManagerError::Unavailable(reason)) => self.report(
+                            RunnerState::Stalled,
+                            &format!("agent-manager unreachable: {reason}"),
+                        ),
+                        _ => self.report(RunnerState::Running, ""),
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(workflow = %self.workflow, error = %err, "claiming tasks failed");
-                    Vec::new()
+                    self.report(
+                        RunnerState::Stalled,
+                        &format!("database unreachable: {err}"),
+                    );
                 }
-            };
-            // Claimed together, dispatched concurrently (they may run
-            // concurrently anyway: there was room for all of them).
-            futures_util::future::join_all(claimed.into_iter().map(|task| self.dispatch(task)))
-                .await;
+            }
             // The claim took all the room or all the work there was; more
             // comes with a wake-up (a trigger, a finished task: a wake-up
             // sent meanwhile is kept by the Notify), the poll, or when the
@@ -402,12 +456,12 @@ impl Runner {
 
     /// Holds the workflow's lease: renews it when due, (re)acquires it when
     /// there is none. Returns the term to claim with, or why there is none.
-    async fn keep_lease(&self, lease: &mut Option<HeldLease>) -> Result<i64, NoLease> {
+    async fn keep_lease(&self, lease: &mut Option<HeldLease>) -> Result<Held, NoLease> {
         let ttl = self.ctx.lease_ttl;
         let now = Instant::now();
         if let Some(held) = lease.as_mut() {
             if now < held.renew_at {
-                return Ok(held.term);
+                return Ok(Held::Kept(held.term));
             }
             let renewal = LeaseRenewal {
                 workflow: self.workflow,
@@ -418,7 +472,7 @@ impl Runner {
             match self.ctx.store.renew_lease(renewal).await {
                 Ok(true) => {
                     held.extend(now, ttl);
-                    return Ok(held.term);
+                    return Ok(Held::Kept(held.term));
                 }
                 Ok(false) => {
                     tracing::warn!(workflow = %self.workflow, "runner lease was taken over");
@@ -429,7 +483,7 @@ impl Runner {
                     // Still ours for a while: keep working, retry soon.
                     tracing::warn!(workflow = %self.workflow, error = %err, "renewing the runner lease failed");
                     held.renew_at = now + BEAT.min(ttl / 3);
-                    return Ok(held.term);
+                    return Ok(Held::Kept(held.term));
                 }
                 Err(err) => {
                     crate::metrics::lease_changed("lost");
@@ -456,7 +510,7 @@ impl Runner {
                 held.extend(now, ttl);
                 *lease = Some(held);
                 crate::metrics::lease_changed("acquired");
-                Ok(term)
+                Ok(Held::Acquired(term))
             }
             Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(NoLease::Standby {
                 reason: format!("replica {owner} holds the lease"),
@@ -516,7 +570,9 @@ impl Runner {
         }
     }
 
-    async fn dispatch(&self, task: Claimed) {
+    /// Dispatches one claimed task and records the answer. Returns the
+    /// manager's error if the task was not delivered.
+    async fn dispatch(&self, task: Claimed) -> Result<(), ManagerError> {
         let span = tracing::info_span!(
             "dispatch",
             workflow_id = %self.workflow,
@@ -528,19 +584,46 @@ impl Runner {
         // Continue the trace of the call that created the task.
         shepherd_platform::telemetry::propagation::adopt_from_map(&span, &task.trace_context);
         async {
+            if shepherd_platform::failpoint::hit("scheduler.before_dispatch") {
+                // As if the call were lost on the way: the task stays
+                // DISPATCHED until a settle pass finds it.
+                return Ok(());
+            }
             let started = tokio::time::Instant::now();
-            let result = self
+            let answer = self
                 .ctx
                 .manager
-                .dispatch(self.agent, &task.id, task.prompt.into_bytes())
+                .dispatch(
+                    self.agent,
+                    &task.id,
+                    task.attempts,
+                    task.prompt.into_bytes(),
+                )
                 .await;
-            crate::metrics::dispatched(started.elapsed(), result.is_ok());
-            if let Err(err) = settle(&self.ctx.store, &task.id, task.attempts, result).await {
-                tracing::warn!(error = %err, "recording a dispatch failed");
+            crate::metrics::dispatched(started.elapsed(), answer.is_ok());
+            let failure = answer.as_ref().err().cloned();
+            match settle::apply(&self.ctx.store, &task.id, task.attempts, answer).await {
+                Ok(Applied::Finished | Applied::Requeued) => self.wake.notify_one(),
+                Ok(Applied::InFlight) => {}
+                Err(err) => tracing::warn!(error = %err, "recording a dispatch failed"),
             }
+            failure.map_or(Ok(()), Err)
         }
         .instrument(span)
         .await
+    }
+
+    /// Settles this workflow's tasks in flight (see `settle`).
+    async fn settle_in_flight(&self) {
+        let scope = InFlightScope {
+            owner: self.ctx.replica.clone(),
+            workflow: Some(self.workflow),
+            min_age: Duration::ZERO,
+        };
+        if let Err(err) = settle::settle_in_flight(&self.ctx.store, &self.ctx.manager, &scope).await
+        {
+            tracing::warn!(workflow = %self.workflow, error = %err, "settling tasks in flight failed; the level pass retries");
+        }
     }
 
     fn beat(&self) {
@@ -569,6 +652,14 @@ impl HeldLease {
     }
 }
 
+/// The lease a runner may claim under.
+enum Held {
+    /// Held already (renewed if it was due).
+    Kept(i64),
+    /// Just taken: the workflow may have been run elsewhere until now.
+    Acquired(i64),
+}
+
 /// Why a runner holds no lease.
 enum NoLease {
     /// Another replica runs the workflow (or the lease cannot be taken
@@ -576,40 +667,4 @@ enum NoLease {
     Standby { reason: String, retry_in: Duration },
     /// There is nothing to run: stop with this reason.
     Stop(String),
-}
-
-/// Records what a `DispatchTask` call means for the task: in flight (true),
-/// finished already (duplicate of a completed task), or not delivered
-/// (put back to pending; false).
-pub async fn settle(
-    store: &Store,
-    task: &str,
-    claimed_attempts: u32,
-    result: Result<pb::DispatchTaskResponse, tonic::Status>,
-) -> crate::error::Result<bool> {
-    match result {
-        Ok(response) if response.duplicate && response.state() == pb::TaskState::Completed => {
-            let outcome = crate::store::Outcome {
-                task_id: task.to_owned(),
-                attempt: Some(response.attempt),
-                succeeded: response.outcome() == pb::TaskOutcome::Succeeded,
-                output: String::new(),
-            };
-            store.complete_many(&[outcome]).await?;
-            Ok(true)
-        }
-        Ok(response) => {
-            if response.attempt != claimed_attempts {
-                store.set_attempts(task, response.attempt).await?;
-            }
-            Ok(true)
-        }
-        Err(status) => {
-            tracing::debug!(%task, code = ?status.code(), message = status.message(), "task not delivered");
-            store
-                .release(task, &format!("not delivered: {}", status.message()))
-                .await?;
-            Ok(false)
-        }
-    }
 }

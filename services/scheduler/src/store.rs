@@ -13,9 +13,11 @@ use crate::error::{Error, Result};
 use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 
 mod claims;
+mod in_flight;
 mod leases;
 
 pub use claims::ClaimRequest;
+pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::{LeaseAcquisition, LeaseRenewal};
 
 pub const SCHEMA: &str = "scheduler";
@@ -76,14 +78,6 @@ pub struct Outcome {
     pub attempt: Option<u32>,
     pub succeeded: bool,
     pub output: String,
-}
-
-/// A task in flight.
-pub struct InFlight {
-    pub id: String,
-    pub agent_id: Uuid,
-    pub prompt: String,
-    pub attempts: u32,
 }
 
 /// Filters of `list_workflows`.
@@ -519,32 +513,6 @@ impl Store {
             )
             .await?;
         Ok(row.map(|row| row.get(0)))
-    }
-
-    /// Tasks in flight (for the re-check after a resync).
-    pub async fn dispatched_tasks(&self) -> Result<Vec<InFlight>> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT t.id, w.agent_id, t.prompt, t.attempts FROM scheduler.tasks t
-                 JOIN scheduler.workflows w ON w.id = t.workflow_id
-                 WHERE t.state = 'dispatched'",
-                    )
-                    .await?,
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| InFlight {
-                id: row.get(0),
-                agent_id: row.get(1),
-                prompt: row.get(2),
-                attempts: from_i32(row.get(3)),
-            })
-            .collect())
     }
 
     // ---- event cursor ----

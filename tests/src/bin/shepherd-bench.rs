@@ -72,9 +72,7 @@ fn options() -> StackOptions {
         reconcile_interval: Duration::from_secs(10),
         level: true,
         log: "error".into(),
-        token: None,
-        tls: None,
-        env: Vec::new(),
+        ..StackOptions::default()
     }
 }
 

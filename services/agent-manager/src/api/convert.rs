@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     self, AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent, RestartMode, RestartPolicy,
 };
+use crate::store::TaskState;
 
 pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     let agent = agent.ok_or_else(|| Error::invalid("agent", "is required"))?;
@@ -161,4 +162,24 @@ pub fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
     Ok(AgentStatus::ALL
         .into_iter()
         .find(|candidate| self::status(*candidate) == status))
+}
+
+/// A task's state on the wire; None: never delivered (UNKNOWN).
+pub fn task_state(state: Option<TaskState>) -> pb::TaskState {
+    match state {
+        Some(TaskState::Delivered) => pb::TaskState::Delivered,
+        Some(TaskState::Accepted) => pb::TaskState::Accepted,
+        Some(TaskState::Completed) => pb::TaskState::Completed,
+        Some(TaskState::Lost) => pb::TaskState::Lost,
+        None => pb::TaskState::Unknown,
+    }
+}
+
+/// A completed task's stored outcome on the wire.
+pub fn task_outcome(outcome: Option<&str>) -> pb::TaskOutcome {
+    match outcome {
+        Some("succeeded") => pb::TaskOutcome::Succeeded,
+        Some(_) => pb::TaskOutcome::Failed,
+        None => pb::TaskOutcome::Unspecified,
+    }
 }

@@ -20,11 +20,14 @@ use crate::error::Error;
 use crate::logs::LogStream;
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, TaskRequest};
 use crate::model::parse_agent_id;
-use crate::store::{AgentFilter, TaskState};
+use crate::store::AgentFilter;
 use shepherd_platform::server::record_id;
 
 pub use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
 pub use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
+
+/// Most tasks one `BatchGetTaskStates` call may ask about.
+const MAX_TASK_STATES: usize = 1000;
 
 /// How long a new session may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,6 +202,7 @@ impl AgentManager for Api {
             .dispatch(TaskRequest {
                 agent_id,
                 task_id: request.task_id,
+                attempt: request.attempt,
                 payload: request.payload,
                 // An explicit context wins; else the task continues this
                 // call's trace.
@@ -211,19 +215,50 @@ impl AgentManager for Api {
             .await?;
         Ok(Response::new(pb::DispatchTaskResponse {
             task_id,
-            state: match dispatched.state {
-                TaskState::Delivered => pb::TaskState::Delivered,
-                TaskState::Accepted => pb::TaskState::Accepted,
-                TaskState::Completed => pb::TaskState::Completed,
-                TaskState::Lost => pb::TaskState::Lost,
-            } as i32,
+            state: convert::task_state(Some(dispatched.state)) as i32,
             duplicate: dispatched.duplicate,
             attempt: dispatched.attempt,
-            outcome: match dispatched.outcome.as_deref() {
-                Some("succeeded") => pb::TaskOutcome::Succeeded,
-                Some(_) => pb::TaskOutcome::Failed,
-                None => pb::TaskOutcome::Unspecified,
-            } as i32,
+            outcome: convert::task_outcome(dispatched.outcome.as_deref()) as i32,
+        }))
+    }
+
+    async fn batch_get_task_states(
+        &self,
+        request: Request<pb::BatchGetTaskStatesRequest>,
+    ) -> Result<Response<pb::BatchGetTaskStatesResponse>, Status> {
+        let task_ids = request.into_inner().task_ids;
+        if task_ids.is_empty() || task_ids.len() > MAX_TASK_STATES {
+            return Err(Error::invalid(
+                "task_ids",
+                format!(
+                    "must name 1-{MAX_TASK_STATES} tasks (it names {})",
+                    task_ids.len()
+                ),
+            )
+            .into());
+        }
+        if let Some(index) = task_ids
+            .iter()
+            .position(|id| id.is_empty() || id.len() > MAX_TASK_ID_LEN)
+        {
+            return Err(Error::invalid(
+                format!("task_ids[{index}]"),
+                format!("must be 1-{MAX_TASK_ID_LEN} bytes"),
+            )
+            .into());
+        }
+        let states = self.manager.task_states(&task_ids).await?;
+        Ok(Response::new(pb::BatchGetTaskStatesResponse {
+            tasks: states
+                .into_iter()
+                .map(|status| pb::TaskStatus {
+                    task_id: status.task_id,
+                    state: convert::task_state(status.state) as i32,
+                    attempt: status.attempt,
+                    outcome: convert::task_outcome(status.outcome.as_deref()) as i32,
+                    output: status.output,
+                })
+                .collect(),
         }))
     }
 

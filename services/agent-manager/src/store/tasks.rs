@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 
-use shepherd_platform::columns::{from_i32, from_i64, to_i64};
+use shepherd_platform::columns::{from_i32, from_i64, to_i32, to_i64};
 use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
-use super::{LostTask, Store, TaskClaim, TaskState};
+use super::{LostTask, Store, StoredTask, TaskClaim, TaskState};
 use crate::error::{Error, Result};
 
 /// The batchers of the task table; part of `Store`.
@@ -36,6 +36,8 @@ struct ClaimItem {
     agent_id: Uuid,
     session_id: Uuid,
     generation: i64,
+    /// The caller's attempt number; 0: the manager numbers attempts.
+    attempt: i32,
 }
 
 /// A claim as stored; parsed into `TaskClaim` by the caller, so that one
@@ -54,26 +56,46 @@ enum RawClaim {
 
 struct CompletionItem {
     task_id: String,
+    agent_id: Uuid,
     session_id: Uuid,
+    /// The attempt the agent reports about; 0: whatever is in flight on
+    /// `session_id` (agents that do not say).
+    attempt: i32,
     outcome: &'static str,
+    output: String,
+}
+
+/// An agent's report of a finished task, as the session received it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub task_id: String,
+    pub agent_id: Uuid,
+    pub session_id: Uuid,
+    pub attempt: u32,
+    pub succeeded: bool,
+    pub output: String,
 }
 
 impl Store {
     /// Takes `task_id` for delivery over `session_id`, atomically: a new task
-    /// or one whose last attempt was lost is (re)delivered; anything else is
-    /// reported as it stands. Concurrent callers with one id cannot both win.
+    /// or one whose last delivered attempt was lost (and is older than the
+    /// requested `attempt`, when one is given) is (re)delivered; anything
+    /// else is reported as it stands. So attempt N of a task is delivered at
+    /// most once, and concurrent callers with one id cannot both win.
     pub async fn claim_task(
         &self,
         task_id: &str,
         agent_id: Uuid,
         session_id: Uuid,
         generation: u64,
+        attempt: u32,
     ) -> Result<TaskClaim> {
         let item = ClaimItem {
             task_id: task_id.to_owned(),
             agent_id,
             session_id,
             generation: to_i64(generation),
+            attempt: to_i32(attempt),
         };
         match self.tasks.claims.submit(item).await? {
             Some(RawClaim::Deliver { attempt }) => Ok(TaskClaim::Deliver {
@@ -94,20 +116,55 @@ impl Store {
         }
     }
 
-    /// Marks an in-flight task completed and returns its attempt; None if
-    /// it is not in flight on this session.
-    pub async fn mark_task_completed(
-        &self,
-        task_id: &str,
-        session_id: Uuid,
-        succeeded: bool,
-    ) -> Result<Option<u32>> {
+    /// Records an agent's report and returns the attempt it completed;
+    /// None if the report is stale (about an attempt that is not the task's
+    /// current one, or already completed). A report about the current
+    /// attempt completes it even if that attempt was declared lost (the
+    /// session dropped while the agent kept working): the work was done, so
+    /// a retry need not do it again.
+    pub async fn mark_task_completed(&self, completion: Completion) -> Result<Option<u32>> {
         let item = CompletionItem {
-            task_id: task_id.to_owned(),
-            session_id,
-            outcome: if succeeded { "succeeded" } else { "failed" },
+            task_id: completion.task_id,
+            agent_id: completion.agent_id,
+            session_id: completion.session_id,
+            attempt: to_i32(completion.attempt),
+            outcome: if completion.succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            output: completion.output,
         };
         Ok(self.tasks.completions.submit(item).await?)
+    }
+
+    /// The stored state of each of `task_ids` that the manager knows.
+    pub async fn task_states(&self, task_ids: &[String]) -> Result<Vec<StoredTask>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT task_id, agent_id, session_id, state, attempt, outcome, output
+                         FROM agent_manager.tasks WHERE task_id = ANY($1)",
+                    )
+                    .await?,
+                &[&task_ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredTask {
+                    task_id: row.get(0),
+                    agent_id: row.get(1),
+                    session_id: row.get(2),
+                    state: TaskState::parse(row.get(3))?,
+                    attempt: from_i32(row.get(4)),
+                    outcome: row.get(5),
+                    output: row.get(6),
+                })
+            })
+            .collect()
     }
 
     /// Marks every task in flight on `session_id` lost.
@@ -170,18 +227,34 @@ async fn claim_batch(
     client: Client,
     items: Vec<ClaimItem>,
 ) -> Result<Vec<Option<RawClaim>>, DbError> {
+    // A lost attempt older than the requested one is delivered again (as
+    // the requested attempt, or the next one when none is given); a new
+    // task is inserted. Both in one statement: for a given id only one of
+    // the two can apply.
     let upsert = client
         .prepare_cached(
-            "INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state)
-             SELECT v.task_id, v.agent_id, v.session_id, v.generation, 'delivered'
-             FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::bigint[])
-                  AS v(task_id, agent_id, session_id, generation)
-             ON CONFLICT (task_id) DO UPDATE
-             SET state = 'delivered', attempt = tasks.attempt + 1, agent_id = EXCLUDED.agent_id,
-                 session_id = EXCLUDED.session_id, generation = EXCLUDED.generation,
-                 outcome = NULL, updated_at = now()
-             WHERE tasks.state = 'lost'
-             RETURNING task_id, attempt",
+            "WITH v AS (
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::bigint[], $5::integer[])
+                     AS v(task_id, agent_id, session_id, generation, attempt)
+             ), redelivered AS (
+                 UPDATE agent_manager.tasks t
+                 SET state = 'delivered',
+                     attempt = CASE WHEN v.attempt > 0 THEN v.attempt ELSE t.attempt + 1 END,
+                     agent_id = v.agent_id, session_id = v.session_id, generation = v.generation,
+                     outcome = NULL, output = '', updated_at = now()
+                 FROM v
+                 WHERE t.task_id = v.task_id AND t.state = 'lost'
+                   AND (v.attempt = 0 OR t.attempt < v.attempt)
+                 RETURNING t.task_id, t.attempt
+             ), inserted AS (
+                 INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state, attempt)
+                 SELECT v.task_id, v.agent_id, v.session_id, v.generation, 'delivered', GREATEST(v.attempt, 1)
+                 FROM v
+                 ON CONFLICT (task_id) DO NOTHING
+                 RETURNING task_id, attempt
+             )
+             SELECT task_id, attempt FROM redelivered
+             UNION ALL SELECT task_id, attempt FROM inserted",
         )
         .await?;
     let read = client
@@ -202,8 +275,12 @@ async fn claim_batch(
         let agents: Vec<Uuid> = round.iter().map(|&i| items[i].agent_id).collect();
         let sessions: Vec<Uuid> = round.iter().map(|&i| items[i].session_id).collect();
         let generations: Vec<i64> = round.iter().map(|&i| items[i].generation).collect();
+        let attempts: Vec<i32> = round.iter().map(|&i| items[i].attempt).collect();
         let delivered: HashMap<String, i32> = client
-            .query(&upsert, &[&ids, &agents, &sessions, &generations])
+            .query(
+                &upsert,
+                &[&ids, &agents, &sessions, &generations, &attempts],
+            )
             .await?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
@@ -235,8 +312,8 @@ async fn claim_batch(
     Ok(claims)
 }
 
-/// Completes a batch in one update; an item gets its attempt only if its
-/// task was in flight on its session.
+/// Completes a batch in one update; an item gets its attempt only if it
+/// completed its task (see `Store::mark_task_completed`).
 async fn complete_batch(
     client: Client,
     items: Vec<CompletionItem>,
@@ -246,31 +323,38 @@ async fn complete_batch(
     let mut sorted: Vec<&CompletionItem> = items.iter().collect();
     sorted.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     let ids: Vec<&str> = sorted.iter().map(|item| item.task_id.as_str()).collect();
+    let agents: Vec<Uuid> = sorted.iter().map(|item| item.agent_id).collect();
     let sessions: Vec<Uuid> = sorted.iter().map(|item| item.session_id).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|item| item.attempt).collect();
     let outcomes: Vec<&str> = sorted.iter().map(|item| item.outcome).collect();
+    let outputs: Vec<&str> = sorted.iter().map(|item| item.output.as_str()).collect();
     let statement = client
         .prepare_cached(
-            "UPDATE agent_manager.tasks t SET state = 'completed', outcome = v.outcome, updated_at = now()
-             FROM UNNEST($1::text[], $2::uuid[], $3::text[]) AS v(task_id, session_id, outcome)
-             WHERE t.task_id = v.task_id AND t.session_id = v.session_id
-               AND t.state IN ('delivered', 'accepted')
-             RETURNING t.task_id, t.session_id, t.attempt",
+            "UPDATE agent_manager.tasks t
+             SET state = 'completed', outcome = v.outcome, output = v.output, updated_at = now()
+             FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[])
+                  AS v(task_id, agent_id, session_id, attempt, outcome, output)
+             WHERE t.task_id = v.task_id AND t.agent_id = v.agent_id
+               AND CASE WHEN v.attempt > 0
+                        THEN t.attempt = v.attempt AND t.state IN ('delivered', 'accepted', 'lost')
+                        ELSE t.session_id = v.session_id AND t.state IN ('delivered', 'accepted')
+                   END
+             RETURNING t.task_id, t.attempt",
         )
         .await?;
-    let mut completed: HashMap<(String, Uuid), i32> = client
-        .query(&statement, &[&ids, &sessions, &outcomes])
+    let mut completed: HashMap<String, i32> = client
+        .query(
+            &statement,
+            &[&ids, &agents, &sessions, &attempts, &outcomes, &outputs],
+        )
         .await?
         .iter()
-        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
     // A repeated report gets nothing: only the first one completed the task.
     Ok(items
         .iter()
-        .map(|item| {
-            completed
-                .remove(&(item.task_id.clone(), item.session_id))
-                .map(from_i32)
-        })
+        .map(|item| completed.remove(&item.task_id).map(from_i32))
         .collect())
 }
 

@@ -259,6 +259,7 @@ pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
             RunnerState::Running => pb::RunnerState::Running,
             RunnerState::Stopped => pb::RunnerState::Stopped,
             RunnerState::Standby => pb::RunnerState::Standby,
+            RunnerState::Stalled => pb::RunnerState::Stalled,
         } as i32,
         reason: info.reason,
         since: Some(info.since.into()),

@@ -1,0 +1,172 @@
+//! Settling tasks in flight: what a dispatch answer means for a task, and
+//! the pass that reconciles DISPATCHED tasks with the agent-manager.
+//!
+//! A task becomes DISPATCHED when a runner claims it, *before* the manager
+//! hears of it; a crash between the two, a lost answer, a dropped report or
+//! a missed event would otherwise leave it DISPATCHED forever, holding its
+//! workflow's concurrency slot. The scheduler owns that state, so it
+//! settles it: on every (re)connect of the event stream, on every level
+//! pass, after a resync and whenever a runner takes a workflow's lease, it
+//! asks the manager about its in-flight tasks in one batched call and acts
+//! on each answer. Delivery is idempotent by task id and attempt, so
+//! delivering an attempt the manager never saw again is always safe, even
+//! while the original dispatch is still on its way.
+
+use std::collections::BTreeSet;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::manager_client::{MAX_TASK_STATES, ManagerClient, ManagerError, RemoteTask};
+use crate::store::{InFlight, InFlightScope, Outcome, Store};
+
+/// What became of a task after a dispatch answer was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Delivered and running (or waiting for the agent to take it).
+    InFlight,
+    /// Finished: its outcome is recorded.
+    Finished,
+    /// Back to pending (or failed, out of attempts): not delivered, or lost.
+    Requeued,
+}
+
+/// Records what the manager's answer about attempt `ours` of `task` means
+/// for the task. A failed call means it was not delivered, so the task goes
+/// back to pending (if it was delivered after all, its next dispatch finds
+/// it in flight: delivery is idempotent).
+pub async fn apply(
+    store: &Store,
+    task: &str,
+    ours: u32,
+    answer: std::result::Result<RemoteTask, ManagerError>,
+) -> Result<Applied> {
+    match answer {
+        Ok(RemoteTask::InFlight { attempt }) => {
+            if attempt != ours {
+                // A dispatch of a task the manager already holds is not a
+                // new attempt: align our count with its.
+                store.set_attempts(task, attempt).await?;
+            }
+            Ok(Applied::InFlight)
+        }
+        Ok(RemoteTask::Completed {
+            succeeded, output, ..
+        }) => {
+            let outcome = Outcome {
+                task_id: task.to_owned(),
+                // Whatever attempt finished it, the task is done.
+                attempt: None,
+                succeeded,
+                output,
+            };
+            store.complete_many(&[outcome]).await?;
+            Ok(Applied::Finished)
+        }
+        Ok(RemoteTask::Lost { attempt }) if attempt >= ours => {
+            store
+                .lost(
+                    task,
+                    Some(attempt),
+                    "the agent's session ended before the task finished",
+                )
+                .await?;
+            Ok(Applied::Requeued)
+        }
+        Ok(RemoteTask::Lost { .. } | RemoteTask::Unknown) => {
+            store.release(task, "not delivered").await?;
+            Ok(Applied::Requeued)
+        }
+        Err(err) => {
+            tracing::debug!(%task, error = %err, "task not delivered");
+            store
+                .release(task, &format!("not delivered: {err}"))
+                .await?;
+            Ok(Applied::Requeued)
+        }
+    }
+}
+
+/// What a settle pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SettleReport {
+    /// In-flight tasks asked about.
+    pub checked: usize,
+    /// Attempts the manager never received, delivered now.
+    pub redelivered: usize,
+    /// Tasks found finished or lost (their outcome recorded, or requeued).
+    pub settled: usize,
+    /// Workflows whose tasks changed: their runners may claim again.
+    pub workflows: BTreeSet<Uuid>,
+}
+
+/// Settles the in-flight tasks in `scope` against the manager: a finished
+/// one gets its outcome, a lost one is requeued, and an attempt the
+/// manager never received is delivered now, under the same attempt number.
+pub async fn settle_in_flight(
+    store: &Store,
+    manager: &ManagerClient,
+    scope: &InFlightScope,
+) -> Result<SettleReport> {
+    let tasks = store.in_flight(scope).await?;
+    let mut report = SettleReport::default();
+    for chunk in tasks.chunks(MAX_TASK_STATES) {
+        let ids = chunk.iter().map(|task| task.id.clone()).collect();
+        let answers = manager
+            .task_states(ids)
+            .await
+            .map_err(|err| Error::Unavailable(err.to_string()))?;
+        for (task, answer) in chunk.iter().zip(answers) {
+            report.checked += 1;
+            let applied = settle_one(store, manager, task, answer, &mut report).await?;
+            if applied != Applied::InFlight {
+                report.settled += 1;
+                report.workflows.insert(task.workflow_id);
+            }
+        }
+    }
+    if report.redelivered > 0 || report.settled > 0 {
+        tracing::info!(
+            checked = report.checked,
+            redelivered = report.redelivered,
+            settled = report.settled,
+            "settled tasks in flight"
+        );
+    }
+    Ok(report)
+}
+
+async fn settle_one(
+    store: &Store,
+    manager: &ManagerClient,
+    task: &InFlight,
+    answer: RemoteTask,
+    report: &mut SettleReport,
+) -> Result<Applied> {
+    let never_delivered = match answer {
+        RemoteTask::Unknown => true,
+        // The manager's last attempt is older than ours: ours never
+        // arrived.
+        RemoteTask::Lost { attempt } => attempt < task.attempts,
+        RemoteTask::InFlight { .. } | RemoteTask::Completed { .. } => false,
+    };
+    if !never_delivered {
+        return apply(store, &task.id, task.attempts, Ok(answer)).await;
+    }
+    report.redelivered += 1;
+    let answer = manager
+        .dispatch(
+            task.agent_id,
+            &task.id,
+            task.attempts,
+            task.prompt.clone().into_bytes(),
+        )
+        .await;
+    if let Err(ManagerError::Unavailable(reason)) = &answer {
+        // We cannot tell whether it arrived: leave it for the next pass.
+        return Err(Error::Unavailable(format!(
+            "agent-manager unreachable: {reason}"
+        )));
+    }
+    apply(store, &task.id, task.attempts, answer).await
+}
