@@ -1,0 +1,358 @@
+//! No work ever gets stuck: every in-flight state has an owner that settles
+//! it after a crash at any line. Faults are injected deterministically:
+//! failpoints abort a service at a chosen line (`SHEPHERD_FAILPOINTS`), and
+//! a TCP proxy between the services and PostgreSQL cuts the database at a
+//! chosen moment.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shepherd_e2e::{Stack, StackOptions, WAIT, lines};
+use shepherd_proto::agentmanager::v1 as am;
+use shepherd_proto::scheduler::v1::{self as sched, RunnerState, TaskState};
+use shepherd_testkit::eventually;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// A template whose tasks append their title to `file`, so a test can count
+/// how often each task ran.
+fn recording(file: &std::path::Path) -> String {
+    format!("echo {{{{title}}}} >> {}", file.display())
+}
+
+fn counts(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        *counts.entry(line.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn failpoint(spec: &str) -> (&'static str, String) {
+    ("SHEPHERD_FAILPOINTS", spec.to_owned())
+}
+
+/// Tasks the scheduler's table holds in `state` (read directly: the
+/// scheduler may be down).
+async fn stored_in_state(stack: &Stack, state: &str) -> anyhow::Result<i64> {
+    let client = stack.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM scheduler.tasks WHERE state = $1",
+            &[&state],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+async fn health(addr: std::net::SocketAddr) -> ServingStatus {
+    let check = async {
+        let channel = shepherd_testkit::channel(&format!("http://{addr}")).await?;
+        let response = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), check).await {
+        Ok(Ok(status)) => status,
+        _ => ServingStatus::Unknown,
+    }
+}
+
+async fn wait_health(stack: &Stack, want: ServingStatus) -> anyhow::Result<()> {
+    let scheduler = stack.scheduler.as_ref().map(|s| s.addr);
+    let manager = stack.manager.addr;
+    eventually(WAIT, &format!("both services {want:?}"), || async move {
+        let scheduler_status = match scheduler {
+            Some(addr) => health(addr).await,
+            None => want,
+        };
+        Ok((health(manager).await == want && scheduler_status == want).then_some(()))
+    })
+    .await
+}
+
+/// An agent and an enabled workflow recording its runs; returns the
+/// workflow and the runs file.
+async fn recorded_workflow(
+    stack: &mut Stack,
+) -> anyhow::Result<(sched::Workflow, std::path::PathBuf)> {
+    let agent = stack
+        .create_agent("worker", am::RestartMode::OnFailure)
+        .await?;
+    let file = stack.scratch_file("runs.log");
+    let workflow = stack
+        .create_workflow("work", &agent.id, true, &recording(&file))
+        .await?;
+    stack
+        .wait_runner(&workflow.id, RunnerState::Running, "")
+        .await?;
+    Ok((workflow, file))
+}
+
+#[tokio::test]
+async fn a_scheduler_crash_between_claim_and_dispatch_strands_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let (workflow, file) = recorded_workflow(&mut stack).await?;
+
+    // Swap in a scheduler that aborts right after its first claim commits.
+    stack.kill_scheduler().await?;
+    let (mut doomed, client) = stack
+        .start_replica(&[failpoint("scheduler.after_claim=abort")])
+        .await?;
+    stack.workflows = client;
+    let first = stack.trigger(&workflow.id, "first", "first").await?;
+    assert!(
+        doomed.wait_exit(WAIT).await?,
+        "the scheduler aborts at the failpoint"
+    );
+    // Claimed, never sent: DISPATCHED, and the manager never heard of it.
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 1);
+    assert!(lines(&file).is_empty());
+
+    // The restarted scheduler settles it: delivered under the same attempt.
+    stack.start_scheduler().await?;
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].attempts, 1, "the same attempt, delivered late");
+    let second = stack.trigger(&workflow.id, "second", "second").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&second.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(lines(&file), ["first", "second"], "each ran exactly once");
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_manager_crash_between_recording_and_handing_over_a_task_strands_nothing()
+-> anyhow::Result<()> {
+    let options = StackOptions {
+        env: vec![failpoint("manager.after_delivery_recorded=abort")],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, file) = recorded_workflow(&mut stack).await?;
+
+    let first = stack.trigger(&workflow.id, "first", "first").await?;
+    assert!(
+        stack.manager.wait_exit(WAIT).await?,
+        "the manager aborts at the failpoint"
+    );
+    stack.options.env.clear();
+    stack.restart_manager().await?;
+
+    // The recorded delivery is declared lost at start-up and retried.
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].attempts, 2);
+    let second = stack.trigger(&workflow.id, "second", "second").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&second.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(
+        lines(&file),
+        ["first", "second"],
+        "the first attempt never reached the agent: each ran exactly once"
+    );
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_manager_crash_before_recording_a_report_strands_nothing() -> anyhow::Result<()> {
+    let options = StackOptions {
+        env: vec![failpoint("manager.before_report_recorded=abort")],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, file) = recorded_workflow(&mut stack).await?;
+
+    let first = stack.trigger(&workflow.id, "first", "first").await?;
+    assert!(
+        stack.manager.wait_exit(WAIT).await?,
+        "the manager aborts when the report arrives"
+    );
+    assert_eq!(lines(&file), ["first"], "the agent did the work");
+    stack.options.env.clear();
+    stack.restart_manager().await?;
+
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
+        .await?;
+    let second = stack.trigger(&workflow.id, "second", "second").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&second.id), TaskState::Succeeded)
+        .await?;
+    // The report died with the manager and the restarted manager replaces
+    // the agent process, so the attempt in flight at the crash is retried:
+    // every execution is one attempt, none ran twice within an attempt.
+    let runs = counts(&lines(&file));
+    assert_eq!(runs.get("first").copied(), Some(done[0].attempts as usize));
+    assert_eq!(runs.get("second").copied(), Some(1));
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_runner_behind_a_stuck_task_says_stalled_and_why() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        // The manager drops every report (and never acknowledges it): the
+        // task stays in flight on a live session.
+        env: vec![
+            failpoint("manager.before_report_recorded=skip"),
+            ("RUNNER_STALL_AFTER", "1s".into()),
+        ],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, file) = recorded_workflow(&mut stack).await?;
+    let task = stack.trigger(&workflow.id, "stuck", "stuck").await?;
+    let runner = stack
+        .wait_runner(
+            &workflow.id,
+            RunnerState::Stalled,
+            &format!("task {} in flight for", task.id),
+        )
+        .await?;
+    assert!(runner.reason.ends_with(" s"), "{runner:?}");
+    assert_eq!(lines(&file), ["stuck"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_outage_is_ridden_out_with_nothing_lost() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(500),
+        db_proxy: true,
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let agent = stack
+        .create_agent("worker", am::RestartMode::OnFailure)
+        .await?;
+    let started = stack.scratch_file("started.log");
+    let file = stack.scratch_file("runs.log");
+    let template = format!(
+        "echo {{{{title}}}} >> {}; sleep 0.4; echo {{{{title}}}} >> {}",
+        started.display(),
+        file.display()
+    );
+    let workflow = stack
+        .create_workflow("work", &agent.id, true, &template)
+        .await?;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let key = format!("t{n}");
+        tasks.push(stack.trigger(&workflow.id, &key, &key).await?.id);
+    }
+    eventually(WAIT, "two tasks done", || async {
+        Ok((lines(&file).len() >= 2).then_some(()))
+    })
+    .await?;
+
+    // Cut with a task running: its report reaches the manager during the
+    // outage.
+    let cut_at = tokio::time::Instant::now();
+    stack.db_proxy.as_ref().expect("proxy").cut();
+    let before = lines(&file).len();
+    wait_health(&stack, ServingStatus::NotServing).await?;
+    // API calls fail fast and say so, rather than hang.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        stack.trigger(&workflow.id, "during", "during"),
+    )
+    .await
+    .expect("a call during the outage answers");
+    let status = refused
+        .expect_err("no trigger is stored while the database is cut")
+        .downcast::<tonic::Status>()?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    eventually(WAIT, "a report during the cut", || async {
+        Ok((lines(&file).len() > before).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep_until(cut_at + Duration::from_secs(10)).await;
+    wait_health(&stack, ServingStatus::NotServing).await?;
+    stack.db_proxy.as_ref().expect("proxy").restore();
+
+    wait_health(&stack, ServingStatus::Serving).await?;
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    let runs = counts(&lines(&file));
+    assert_eq!(runs.len(), 8, "{runs:?}");
+    assert!(runs.values().all(|&n| n == 1), "each ran once: {runs:?}");
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn failover_under_a_backlog_strands_nothing() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        env: vec![("LEASE_TTL", "2s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let agent = stack.create_agent("shared", am::RestartMode::Never).await?;
+    let file = stack.scratch_file("runs.log");
+    let mut workflows = Vec::new();
+    for n in 0..3 {
+        let workflow = stack
+            .create_workflow(&format!("w{n}"), &agent.id, true, &recording(&file))
+            .await?;
+        stack
+            .wait_runner(&workflow.id, RunnerState::Running, "")
+            .await?;
+        workflows.push(workflow.id);
+    }
+    // The lease holder becomes one that aborts after its first claim; a
+    // standby waits to take over.
+    stack.kill_scheduler().await?;
+    let (mut doomed, a) = stack
+        .start_replica(&[failpoint("scheduler.after_claim=abort")])
+        .await?;
+    stack.workflows = a;
+    for workflow in &workflows {
+        stack
+            .wait_runner(workflow, RunnerState::Running, "")
+            .await?;
+    }
+    let (_standby, b) = stack
+        .start_replica(&[("REPLICA_ID", "standby".into())])
+        .await?;
+
+    // A backlog, queued through the standby.
+    let mut tasks = Vec::new();
+    for workflow in &workflows {
+        for k in 0..20 {
+            let task = b
+                .clone()
+                .trigger_workflow(sched::TriggerWorkflowRequest {
+                    workflow_id: workflow.clone(),
+                    idempotency_key: format!("k{k}"),
+                    fields: Some(sched::TaskFields {
+                        title: format!("{workflow}-{k}"),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            tasks.push(task.id);
+        }
+    }
+    assert!(
+        doomed.wait_exit(WAIT).await?,
+        "the holder aborts after its claim"
+    );
+    stack.workflows = b;
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    let runs = counts(&lines(&file));
+    assert_eq!(runs.len(), 60, "{runs:?}");
+    assert!(runs.values().all(|&n| n == 1), "each ran once: {runs:?}");
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
