@@ -42,6 +42,9 @@ pub struct StackOptions {
     /// Connect both services to PostgreSQL through a `TcpProxy` the test
     /// can cut (`Stack::db_proxy`).
     pub db_proxy: bool,
+    /// Agents reach the manager through a `TcpProxy` the test can cut
+    /// (`Stack::agent_proxy`), to drop sessions of live agents.
+    pub agent_proxy: bool,
 }
 
 /// A CA and a server certificate it signed (for localhost / 127.0.0.1).
@@ -158,6 +161,7 @@ impl Default for StackOptions {
             tls: None,
             env: Vec::new(),
             db_proxy: false,
+            agent_proxy: false,
         }
     }
 }
@@ -212,6 +216,8 @@ pub struct Stack {
     pub db_proxy: Option<TcpProxy>,
     /// The database URL the services use (through the proxy, if any).
     pub db_url: String,
+    /// Between the agents and the manager, when `options.agent_proxy`.
+    pub agent_proxy: Option<TcpProxy>,
     pub db: TestDb,
     pub options: StackOptions,
     pub agents: AgentManagerClient<AuthChannel>,
@@ -233,12 +239,29 @@ impl Stack {
             Some(proxy) => proxy.url_for(&db.url)?,
             None => db.url.clone(),
         };
-        let manager = start_manager(&db_url, &scratch, "127.0.0.1:0", &options).await?;
+        let (listen, agent_proxy) = match options.agent_proxy {
+            true => {
+                // The manager's port must be known before it starts (its
+                // advertised URL names the proxy in front of it).
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let proxy = TcpProxy::start(format!("127.0.0.1:{port}").parse()?).await?;
+                (format!("127.0.0.1:{port}"), Some(proxy))
+            }
+            false => ("127.0.0.1:0".to_owned(), None),
+        };
+        let advertise = agent_proxy
+            .as_ref()
+            .map(|proxy| format!("http://{}", proxy.addr));
+        let manager =
+            start_manager(&db_url, &scratch, &listen, advertise.as_deref(), &options).await?;
         let manager_port = manager.addr.port();
         let agents = AgentManagerClient::new(options.channel(&manager).await?);
         let scheduler = start_scheduler(&db_url, &options.url(&manager), &options).await?;
         let workflows = SchedulerClient::new(options.channel(&scheduler).await?);
         Ok(Self {
+            agent_proxy,
             db_proxy,
             db_url,
             db,
@@ -256,7 +279,18 @@ impl Stack {
     /// or terminated), so the scheduler finds it where it was.
     pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", self.manager_port);
-        self.manager = start_manager(&self.db_url, &self.scratch, &addr, &self.options).await?;
+        let advertise = self
+            .agent_proxy
+            .as_ref()
+            .map(|proxy| format!("http://{}", proxy.addr));
+        self.manager = start_manager(
+            &self.db_url,
+            &self.scratch,
+            &addr,
+            advertise.as_deref(),
+            &self.options,
+        )
+        .await?;
         self.agents = AgentManagerClient::new(self.options.channel(&self.manager).await?);
         Ok(())
     }
@@ -501,7 +535,14 @@ impl Stack {
 }
 
 impl Drop for Stack {
+    /// Kills the services, then every agent process group the manager
+    /// recorded (an agent outlives a killed manager), so a test leaves no
+    /// process behind.
     fn drop(&mut self) {
+        self.scheduler.take();
+        // First the manager, so that it launches nothing more.
+        self.manager.kill_now();
+        self.db.kill_recorded_agents();
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -510,6 +551,7 @@ async fn start_manager(
     db_url: &str,
     scratch: &std::path::Path,
     listen: &str,
+    advertise: Option<&str>,
     options: &StackOptions,
 ) -> anyhow::Result<ServiceProcess> {
     let mut args = strings(&[
@@ -523,6 +565,9 @@ async fn start_manager(
         "300ms",
     ]);
     args.extend(options.tls_args("--agent-ca-file"));
+    if let Some(url) = advertise {
+        args.extend(strings(&["--advertise-url", url]));
+    }
     let mut env = vec![
         ("DATABASE_URL", db_url.to_owned()),
         (

@@ -255,11 +255,15 @@ async fn a_database_outage_is_ridden_out_with_nothing_lost() -> anyhow::Result<(
     })
     .await?;
 
-    // Cut with a task running: its report reaches the manager during the
-    // outage.
+    // Cut with a task running (started, not finished): its report reaches
+    // the manager during the outage.
+    eventually(WAIT, "a task running", || async {
+        Ok((lines(&started).len() > lines(&file).len()).then_some(()))
+    })
+    .await?;
     let cut_at = tokio::time::Instant::now();
     stack.db_proxy.as_ref().expect("proxy").cut();
-    let before = lines(&file).len();
+    let running = lines(&started).len();
     wait_health(&stack, ServingStatus::NotServing).await?;
     // API calls fail fast and say so, rather than hang.
     let refused = tokio::time::timeout(
@@ -272,8 +276,8 @@ async fn a_database_outage_is_ridden_out_with_nothing_lost() -> anyhow::Result<(
         .expect_err("no trigger is stored while the database is cut")
         .downcast::<tonic::Status>()?;
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    eventually(WAIT, "a report during the cut", || async {
-        Ok((lines(&file).len() > before).then_some(()))
+    eventually(WAIT, "the running task done during the cut", || async {
+        Ok((lines(&file).len() >= running).then_some(()))
     })
     .await?;
     tokio::time::sleep_until(cut_at + Duration::from_secs(10)).await;
@@ -354,5 +358,130 @@ async fn failover_under_a_backlog_strands_nothing() -> anyhow::Result<()> {
     assert_eq!(runs.len(), 60, "{runs:?}");
     assert!(runs.values().all(|&n| n == 1), "each ran once: {runs:?}");
     assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+/// A workflow whose tasks mark their start, work for `seconds`, then mark
+/// their end; returns it and the two files.
+async fn slow_workflow(
+    stack: &mut Stack,
+    seconds: f64,
+) -> anyhow::Result<(sched::Workflow, std::path::PathBuf, std::path::PathBuf)> {
+    let agent = stack
+        .create_agent("worker", am::RestartMode::OnFailure)
+        .await?;
+    let started = stack.scratch_file("started.log");
+    let finished = stack.scratch_file("finished.log");
+    let template = format!(
+        "echo {{{{title}}}} >> {}; sleep {seconds}; echo {{{{title}}}} >> {}",
+        started.display(),
+        finished.display()
+    );
+    let workflow = stack
+        .create_workflow("slow", &agent.id, true, &template)
+        .await?;
+    stack
+        .wait_runner(&workflow.id, RunnerState::Running, "")
+        .await?;
+    Ok((workflow, started, finished))
+}
+
+async fn wait_lines(file: &std::path::Path, count: usize) -> anyhow::Result<()> {
+    eventually(
+        WAIT,
+        &format!("{count} lines in {}", file.display()),
+        || async { Ok((lines(file).len() >= count).then_some(())) },
+    )
+    .await
+}
+
+async fn wait_task_state(stack: &Stack, task: &str, state: TaskState) -> anyhow::Result<()> {
+    let client = stack.workflows.clone();
+    eventually(WAIT, &format!("task {task} {state:?}"), || {
+        let mut client = client.clone();
+        async move {
+            let task = client
+                .get_task(sched::GetTaskRequest {
+                    task_id: task.to_owned(),
+                })
+                .await?
+                .into_inner();
+            Ok((task.state() == state).then_some(()))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_dropped_session_neither_loses_a_report_nor_runs_a_task_twice() -> anyhow::Result<()> {
+    let options = StackOptions {
+        agent_proxy: true,
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, started, finished) = slow_workflow(&mut stack, 1.0).await?;
+    let proxy = stack.agent_proxy.take().expect("agent proxy");
+
+    // 1. The task finishes while the agent is cut off: the agent keeps the
+    // report and sends it on its next session.
+    let first = stack.trigger(&workflow.id, "first", "first").await?;
+    wait_lines(&started, 1).await?;
+    proxy.cut();
+    // The manager declares the attempt lost; the scheduler requeues it.
+    wait_task_state(&stack, &first.id, TaskState::Pending).await?;
+    wait_lines(&finished, 1).await?;
+    proxy.restore();
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(lines(&started), ["first"], "ran once");
+
+    // 2. The session drops while the task runs; after the reconnect the
+    // manager delivers the next attempt, which the running execution
+    // answers for.
+    let second = stack.trigger(&workflow.id, "second", "second").await?;
+    wait_lines(&started, 2).await?;
+    proxy.cut();
+    wait_task_state(&stack, &second.id, TaskState::Pending).await?;
+    proxy.restore();
+    let redone = stack
+        .wait_tasks(std::slice::from_ref(&second.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(lines(&started), ["first", "second"], "each ran once");
+    assert_eq!(lines(&finished), ["first", "second"]);
+    assert!(
+        done[0].attempts <= 2 && redone[0].attempts == 2,
+        "{done:?} {redone:?}"
+    );
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tasks_left_on_a_dead_session_are_settled_as_lost() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        // The sweep that declares a dead session's tasks lost never runs
+        // (as when the database is down at that moment).
+        env: vec![failpoint("manager.skip_session_sweep=skip")],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, started, finished) = slow_workflow(&mut stack, 1.0).await?;
+    let task = stack.trigger(&workflow.id, "first", "first").await?;
+    wait_lines(&started, 1).await?;
+    // The agent's whole process group dies (its task shell too: containing
+    // escaped children is issue 18's business, not this test's).
+    let pid = stack.agent(&workflow.agent_id).await?.pid;
+    shepherd_e2e::kill9(-pid)?;
+
+    // The scheduler's settle pass asks about the task; the manager finds it
+    // on a session that is not live, declares it lost, and it is retried.
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].attempts, 2);
+    assert_eq!(lines(&started), ["first", "first"]);
+    assert_eq!(lines(&finished), ["first"]);
     Ok(())
 }

@@ -44,6 +44,39 @@ impl TestDb {
         Ok(Self { name, url, admin })
     }
 
+    /// Kills the process group of every agent the agent-manager recorded
+    /// in this database: an agent outlives a killed manager, and a test
+    /// must leave no process behind. Call it after the manager is dead (so
+    /// it launches nothing more). Runs on a private runtime: it is called
+    /// from `Drop`.
+    pub fn kill_recorded_agents(&self) {
+        let url = self.url.clone();
+        let pids: Vec<i32> = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = connect(&url).await?;
+                let rows = client
+                    .query(
+                        "SELECT pid FROM agent_manager.agents WHERE pid IS NOT NULL",
+                        &[],
+                    )
+                    .await?;
+                anyhow::Ok(
+                    rows.iter()
+                        .map(|row| row.get::<_, i32>(0))
+                        .collect::<Vec<_>>(),
+                )
+            })
+        })
+        .join()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        kill_groups_of("shepherd-agent", &pids);
+    }
+
     /// A client connected to the test database (to check or tamper with
     /// stored state).
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
@@ -206,6 +239,33 @@ impl ServiceProcess {
             .await
             .with_context(|| format!("{} did not exit within 30s of SIGTERM", self.name))??;
         Ok(status.code())
+    }
+}
+
+impl ServiceProcess {
+    /// SIGKILL without waiting (for use in `Drop`, outside any runtime).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Kills the process group of every `pid` whose command line names
+/// `program`, checking first so that a reused pid is left alone. For the
+/// processes a killed service left behind.
+pub fn kill_groups_of(program: &str, pids: &[i32]) {
+    for &pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid > 1 && String::from_utf8_lossy(&cmdline).contains(program) {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 

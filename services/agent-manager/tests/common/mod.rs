@@ -75,7 +75,11 @@ impl Harness {
 }
 
 impl Drop for Harness {
+    /// Kills the manager, then whatever agents it left, so a test leaves
+    /// no process behind.
     fn drop(&mut self) {
+        self.manager.kill_now();
+        self.db.kill_recorded_agents();
         let _ = std::fs::remove_dir_all(&self.log_dir);
     }
 }

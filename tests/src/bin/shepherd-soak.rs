@@ -1,0 +1,388 @@
+//! Shepherd's soak: a backlog drains while the faults of a normal week hit
+//! it, and at the end every task is checked from the agents' own record.
+//! Not a test (it takes minutes and restarts PostgreSQL); run by hand:
+//!
+//!   cargo build --release --workspace --bins && target/release/shepherd-soak
+//!
+//! Scenarios (`--only NAME`, default all):
+//! * `scheduler-kills`: 1,500 tasks over 3 workflows; the scheduler is
+//!   SIGKILLed 15 times at random moments and started again each time.
+//! * `pg-restarts`: 400 tasks; PostgreSQL is restarted 3 times
+//!   (`pg_ctlcluster ... restart -m fast`; needs root or the postgres user,
+//!   and restarts the server DATABASE_URL points at: do not run it beside
+//!   other users of that server).
+//! * `failovers`: two replicas; the lease holder is SIGKILLed 4 times
+//!   (and started again) while a backlog drains.
+//! * `standby`: no-op drain rate of one replica, of one replica with a
+//!   standby, and of two active replicas (leases spread), as ratios.
+//!
+//! Every scenario prints: tasks not in a final state (must be 0), tasks
+//! lost (never ran; must be 0), and tasks that ran more than once (each
+//! counted; only attempts in flight at a crash may repeat).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shepherd_e2e::{AuthChannel, Stack, StackOptions, lines};
+use shepherd_proto::agentmanager::v1 as am;
+use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+use shepherd_testkit::ServiceProcess;
+
+type Client = SchedulerClient<AuthChannel>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut only = None;
+    let mut seed = 42u64;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--help" | "-h" => {
+                println!(
+                    "usage: shepherd-soak [--only scheduler-kills|pg-restarts|failovers|standby] [--seed N]"
+                );
+                return Ok(());
+            }
+            "--only" => only = Some(it.next().context("--only needs a value")?),
+            "--seed" => seed = it.next().context("--seed needs a value")?.parse()?,
+            other => bail!("unknown option {other} (see --help)"),
+        }
+    }
+    let mut rng = Rng(seed);
+    let run = |name: &str| only.as_deref().is_none_or(|only| only == name);
+    if run("scheduler-kills") {
+        scheduler_kills(&mut rng).await?;
+    }
+    if run("pg-restarts") {
+        pg_restarts(&mut rng).await?;
+    }
+    if run("failovers") {
+        failovers(&mut rng).await?;
+    }
+    if run("standby") {
+        standby().await?;
+    }
+    Ok(())
+}
+
+/// A small deterministic generator (xorshift), so a seed replays a run's
+/// fault moments.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A duration in [low, high) milliseconds.
+    fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.next() % (high - low))
+    }
+}
+
+fn options() -> StackOptions {
+    StackOptions {
+        startup_window: Duration::from_secs(10),
+        reconcile_interval: Duration::from_secs(2),
+        log: "error".into(),
+        ..StackOptions::default()
+    }
+}
+
+/// Workflows (one agent each) whose tasks record their title in one file,
+/// after `work` (a shell snippet).
+async fn recorded_workflows(
+    stack: &mut Stack,
+    count: usize,
+    work: &str,
+) -> anyhow::Result<(Vec<String>, std::path::PathBuf)> {
+    let file = stack.scratch_file("runs.log");
+    let template = format!("{work}; echo {{{{title}}}} >> {}", file.display());
+    let mut workflows = Vec::new();
+    for n in 0..count {
+        let agent = stack
+            .create_agent(&format!("agent-{n}"), am::RestartMode::OnFailure)
+            .await?;
+        let workflow = stack
+            .create_workflow(&format!("soak-{n}"), &agent.id, true, &template)
+            .await?;
+        workflows.push(workflow.id);
+    }
+    Ok((workflows, file))
+}
+
+async fn queue(client: &Client, workflows: &[String], per: usize) -> anyhow::Result<usize> {
+    for workflow in workflows {
+        for k in 0..per {
+            client
+                .clone()
+                .trigger_workflow(sched::TriggerWorkflowRequest {
+                    workflow_id: workflow.clone(),
+                    idempotency_key: format!("k{k}"),
+                    fields: Some(sched::TaskFields {
+                        title: format!("{workflow}/{k}"),
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+        }
+    }
+    Ok(workflows.len() * per)
+}
+
+/// Unfinished tasks (pending or dispatched), read from the database.
+async fn open_tasks(stack: &Stack) -> anyhow::Result<i64> {
+    let db = stack.db.client().await?;
+    Ok(db
+        .query_one(
+            "SELECT count(*) FROM scheduler.tasks WHERE state IN ('pending', 'dispatched')",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Waits (up to `limit`) for the backlog to drain, however the services
+/// are doing.
+async fn drained(stack: &Stack, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        match open_tasks(stack).await {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(_) if start.elapsed() > limit => {
+                bail!("backlog not drained after {limit:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The verdict every scenario prints: from the scheduler's table and the
+/// agents' own record of what ran.
+async fn verdict(
+    name: &str,
+    stack: &Stack,
+    file: &Path,
+    total: usize,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let db = stack.db.client().await?;
+    let rows = db
+        .query(
+            "SELECT state, count(*) FROM scheduler.tasks GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await?;
+    let states: BTreeMap<String, i64> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let not_final = states.get("pending").copied().unwrap_or(0)
+        + states.get("dispatched").copied().unwrap_or(0);
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines(file) {
+        *runs.entry(line).or_insert(0) += 1;
+    }
+    let lost = total.saturating_sub(runs.len());
+    let repeated: usize = runs.values().filter(|&&n| n > 1).count();
+    let extra: usize = runs.values().map(|&n| n.saturating_sub(1)).sum();
+    println!(
+        "[{name}] {total} tasks drained in {:.1} s: states {states:?}; not final: {not_final}; lost: {lost}; ran more than once: {repeated} tasks ({extra} extra runs)",
+        drain.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn scheduler_kills(rng: &mut Rng) -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    let (workflows, file) = recorded_workflows(&mut stack, 3, "sleep 0.02").await?;
+    let total = queue(&stack.workflows.clone(), &workflows, 500).await?;
+    let start = Instant::now();
+    for kill in 0..15 {
+        tokio::time::sleep(rng.millis(300, 1200)).await;
+        stack.kill_scheduler().await?;
+        stack.start_scheduler().await?;
+        eprintln!("scheduler-kills: kill {} done", kill + 1);
+    }
+    drained(&stack, Duration::from_secs(600)).await?;
+    verdict("scheduler-kills", &stack, &file, total, start.elapsed()).await
+}
+
+async fn pg_restarts(rng: &mut Rng) -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    let (workflows, file) = recorded_workflows(&mut stack, 2, "sleep 0.05").await?;
+    let total = queue(&stack.workflows.clone(), &workflows, 200).await?;
+    let start = Instant::now();
+    for restart in 0..3 {
+        tokio::time::sleep(rng.millis(1000, 3000)).await;
+        restart_postgres()?;
+        eprintln!("pg-restarts: restart {} done", restart + 1);
+    }
+    drained(&stack, Duration::from_secs(600)).await?;
+    verdict("pg-restarts", &stack, &file, total, start.elapsed()).await
+}
+
+fn restart_postgres() -> anyhow::Result<()> {
+    let version = std::fs::read_dir("/etc/postgresql")?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("no PostgreSQL cluster under /etc/postgresql")?;
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args([
+            "--skip-systemctl-redirect",
+            &version,
+            "main",
+            "restart",
+            "-m",
+            "fast",
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "pg_ctlcluster restart failed: {status}");
+    Ok(())
+}
+
+async fn failovers(rng: &mut Rng) -> anyhow::Result<()> {
+    let mut options = options();
+    options.env = vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "2s".into())];
+    let mut stack = Stack::start(options).await?;
+    let (workflows, file) = recorded_workflows(&mut stack, 3, "sleep 0.02").await?;
+    let (b_process, b) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+    let mut replicas: Vec<(ServiceProcess, Client)> = vec![(b_process, b.clone())];
+    let total = queue(&b, &workflows, 300).await?;
+    let start = Instant::now();
+    for failover in 0..4 {
+        tokio::time::sleep(rng.millis(1500, 3000)).await;
+        // The holder of most leases is the active replica: kill it, wait
+        // for the other to take its workflows over, then start it again
+        // (as the new standby).
+        let holder = busiest_holder(&stack).await?.unwrap_or_else(|| "a".into());
+        let other = if holder == "a" { "b" } else { "a" };
+        if holder == "a" {
+            stack.kill_scheduler().await?;
+        } else {
+            replicas[0].0.kill().await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while busiest_holder(&stack).await?.as_deref() != Some(other) {
+            anyhow::ensure!(Instant::now() < deadline, "no takeover from {holder}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if holder == "a" {
+            stack.start_scheduler().await?;
+        } else {
+            replicas[0] = stack
+                .start_replica(&[("REPLICA_ID", holder.clone())])
+                .await?;
+        }
+        eprintln!("failovers: killed lease holder {holder} ({})", failover + 1);
+    }
+    drained(&stack, Duration::from_secs(600)).await?;
+    verdict("failovers", &stack, &file, total, start.elapsed()).await
+}
+
+/// The replica holding the most live leases, if any.
+async fn busiest_holder(stack: &Stack) -> anyhow::Result<Option<String>> {
+    let db = stack.db.client().await?;
+    let row = db
+        .query_opt(
+            "SELECT owner FROM scheduler.runner_leases WHERE expires_at > now()
+             GROUP BY owner ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Drain rate of no-op tasks: one replica, one replica with a standby,
+/// two active replicas.
+async fn standby() -> anyhow::Result<()> {
+    let one = drain_rate(Replicas::One).await?;
+    let with_standby = drain_rate(Replicas::WithStandby).await?;
+    let two = drain_rate(Replicas::TwoActive).await?;
+    println!(
+        "[standby] drain of 20 x {} no-op tasks (max concurrency 1): one replica {one:.0} tasks/s; with a standby {with_standby:.0} tasks/s ({:.2}x); two active replicas {two:.0} tasks/s ({:.2}x)",
+        per_workflow(),
+        with_standby / one,
+        two / one
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replicas {
+    One,
+    WithStandby,
+    TwoActive,
+}
+
+async fn drain_rate(replicas: Replicas) -> anyhow::Result<f64> {
+    let mut options = options();
+    options.env = vec![("REPLICA_ID", "a".into())];
+    let mut stack = Stack::start(options).await?;
+    let a = stack.workflows.clone();
+    let _b = match replicas {
+        Replicas::One => None,
+        _ => Some(stack.start_replica(&[("REPLICA_ID", "b".into())]).await?),
+    };
+    let mut workflows = Vec::new();
+    for n in 0..20 {
+        let agent = stack
+            .create_agent(&format!("agent-{n}"), am::RestartMode::Never)
+            .await?;
+        // Created disabled, so the backlog is queued before anything runs.
+        let workflow = a
+            .clone()
+            .create_workflow(sched::CreateWorkflowRequest {
+                workflow: Some(sched::Workflow {
+                    name: format!("noop-{n}"),
+                    agent_id: agent.id.clone(),
+                    enabled: false,
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        workflows.push(workflow.id);
+    }
+    let total = queue(&a, &workflows, per_workflow()).await?;
+    let start = Instant::now();
+    for (n, workflow) in workflows.iter().enumerate() {
+        // Enabling starts the runner of the replica it goes through, which
+        // takes the lease: alternate for two active replicas.
+        let client = match (&_b, replicas, n % 2) {
+            (Some((_, b)), Replicas::TwoActive, 1) => b.clone(),
+            _ => a.clone(),
+        };
+        enable(client, workflow).await?;
+    }
+    drained(&stack, Duration::from_secs(600)).await?;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Tasks per workflow of the `standby` drains (`SOAK_STANDBY_TASKS`,
+/// default 300).
+fn per_workflow() -> usize {
+    std::env::var("SOAK_STANDBY_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+async fn enable(mut client: Client, workflow: &str) -> anyhow::Result<()> {
+    client
+        .update_workflow(sched::UpdateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                id: workflow.to_owned(),
+                enabled: true,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["enabled".into()],
+            }),
+        })
+        .await?;
+    Ok(())
+}
