@@ -203,3 +203,66 @@ async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyh
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn leases_spread_over_the_live_replicas() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "1s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let a = stack.workflows.clone();
+    let agent = stack.create_agent("shared", am::RestartMode::Never).await?;
+    // Every workflow starts on a, the only replica.
+    let mut workflows = Vec::new();
+    for n in 0..16 {
+        let workflow = stack
+            .create_workflow(&format!("spread-{n}"), &agent.id, true, "")
+            .await?;
+        workflows.push(workflow.id);
+    }
+    wait_placement(&[&a], &agent.id, &workflows, |states| {
+        states == [RunnerState::Running]
+    })
+    .await?;
+
+    // A second replica joins: a hands over the workflows b is preferred
+    // for (rendezvous hashing; 16 workflows all on one side has odds of
+    // 1 in 32,768), and each workflow runs on exactly one of them.
+    let (_b_process, b) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+    eventually(WAIT, "leases on both replicas", || async {
+        let on_a = runner_states(&a, &agent.id).await?;
+        let on_b = runner_states(&b, &agent.id).await?;
+        let mut count = [0usize; 2];
+        for workflow in &workflows {
+            let running = [on_a.get(workflow), on_b.get(workflow)]
+                .map(|state| state == Some(&RunnerState::Running));
+            anyhow::ensure!(
+                !(running[0] && running[1]),
+                "{workflow} runs on both replicas"
+            );
+            for (side, running) in running.iter().enumerate() {
+                count[side] += usize::from(*running);
+            }
+        }
+        Ok((count[0] > 0 && count[1] > 0 && count[0] + count[1] == workflows.len())
+            .then_some(()))
+    })
+    .await?;
+
+    // Work still runs exactly once, wherever it lands.
+    let file = stack.scratch_file("runs.log");
+    let recorder = stack
+        .create_workflow(
+            "recorder",
+            &agent.id,
+            true,
+            &format!("echo {{{{title}}}} >> {}", file.display()),
+        )
+        .await?;
+    let tasks = trigger_all(&b, std::slice::from_ref(&recorder.id), "spread").await?;
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    assert_eq!(lines(&file).len(), 5);
+    Ok(())
+}

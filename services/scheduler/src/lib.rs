@@ -9,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod manager_client;
+pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod recovery;
@@ -55,6 +56,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.agent_manager_ca_file.as_deref(),
     )?;
     let agents = Arc::new(AgentView::default());
+    let membership = membership::Membership::new(config.replica_id.clone());
+    let membership_task = tokio::spawn(membership.clone().run(
+        store.clone(),
+        config.lease_ttl,
+        shutdown.clone(),
+    ));
     let runners = Runners::new(
         Arc::new(RunnerContext {
             store: store.clone(),
@@ -64,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             poll_interval: config.runner_poll_interval,
             replica: config.replica_id.clone(),
             lease_ttl: config.lease_ttl,
+            membership,
         }),
         shutdown.child_token(),
     );
@@ -118,6 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     runners.shutdown().await;
     let _ = consuming.await;
     let _ = scheduling.await;
+    let _ = membership_task.await;
     served??;
     Ok(())
 }

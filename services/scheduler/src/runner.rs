@@ -78,6 +78,8 @@ pub struct RunnerContext {
     pub replica: String,
     /// How long a lease lasts unless renewed (renewed every third of it).
     pub lease_ttl: Duration,
+    /// The live replicas, for spreading leases over them.
+    pub membership: Arc<crate::membership::Membership>,
 }
 
 struct Slot {
@@ -372,6 +374,9 @@ impl Runner {
 
     async fn serve(&self, lease: &mut Option<HeldLease>) -> String {
         let mut ready = self.ctx.agents.subscribe(self.agent);
+        // Since when this runner has held back from a free lease that
+        // another replica is preferred for.
+        let mut deferred = None;
         loop {
             self.beat();
             if !*ready.borrow_and_update() {
@@ -384,7 +389,7 @@ impl Runner {
                     None => continue,
                 }
             }
-            let term = match self.keep_lease(lease).await {
+            let term = match self.keep_lease(lease, &mut deferred).await {
                 Ok(Held::Kept(term)) => term,
                 Ok(Held::Acquired(term)) => {
                     // A workflow taken over (or back) may have tasks in
@@ -456,12 +461,31 @@ impl Runner {
 
     /// Holds the workflow's lease: renews it when due, (re)acquires it when
     /// there is none. Returns the term to claim with, or why there is none.
-    async fn keep_lease(&self, lease: &mut Option<HeldLease>) -> Result<Held, NoLease> {
+    ///
+    /// Leases spread over the live replicas: a free lease that another
+    /// replica is preferred for (see `membership`) is left to it for one
+    /// TTL before this replica takes it anyway, and a held one that another
+    /// settled replica is preferred for is handed over at renewal time.
+    async fn keep_lease(
+        &self,
+        lease: &mut Option<HeldLease>,
+        deferred: &mut Option<Instant>,
+    ) -> Result<Held, NoLease> {
         let ttl = self.ctx.lease_ttl;
         let now = Instant::now();
         if let Some(held) = lease.as_mut() {
             if now < held.renew_at {
                 return Ok(Held::Kept(held.term));
+            }
+            if let Some(other) = self.ctx.membership.preferred_elsewhere(self.workflow, ttl) {
+                let term = held.term;
+                *lease = None;
+                *deferred = Some(now);
+                self.hand_over(term).await;
+                return Err(NoLease::Standby {
+                    reason: format!("handed over to replica {other}"),
+                    retry_in: ttl,
+                });
             }
             let renewal = LeaseRenewal {
                 workflow: self.workflow,
@@ -495,6 +519,19 @@ impl Runner {
                 }
             }
         }
+        if let Some(other) = self
+            .ctx
+            .membership
+            .preferred_elsewhere(self.workflow, Duration::ZERO)
+        {
+            let since = *deferred.get_or_insert(now);
+            if now.duration_since(since) < ttl {
+                return Err(NoLease::Standby {
+                    reason: format!("replica {other} is preferred for this workflow"),
+                    retry_in: BEAT,
+                });
+            }
+        }
         match self
             .ctx
             .store
@@ -502,6 +539,7 @@ impl Runner {
             .await
         {
             Ok(LeaseAcquisition::Acquired { term }) => {
+                *deferred = None;
                 let mut held = HeldLease {
                     term,
                     valid_until: now,
@@ -524,6 +562,21 @@ impl Runner {
                 reason: format!("could not take the lease: {err}"),
                 retry_in: BEAT,
             }),
+        }
+    }
+
+    /// Gives the lease up so that the preferred replica takes it now.
+    async fn hand_over(&self, term: i64) {
+        match self
+            .ctx
+            .store
+            .release_lease(self.workflow, &self.ctx.replica, term)
+            .await
+        {
+            Ok(()) => crate::metrics::lease_changed("released"),
+            Err(err) => {
+                tracing::warn!(workflow = %self.workflow, error = %err, "handing the lease over failed; it will expire");
+            }
         }
     }
 

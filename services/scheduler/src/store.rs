@@ -15,6 +15,7 @@ use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 mod claims;
 mod in_flight;
 mod leases;
+mod replicas;
 
 pub use claims::ClaimRequest;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
@@ -42,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "runner_leases",
         sql: include_str!("../migrations/0004_runner_leases.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "replicas",
+        sql: include_str!("../migrations/0005_replicas.sql"),
     },
 ];
 
