@@ -246,8 +246,7 @@ async fn leases_spread_over_the_live_replicas() -> anyhow::Result<()> {
                 count[side] += usize::from(*running);
             }
         }
-        Ok((count[0] > 0 && count[1] > 0 && count[0] + count[1] == workflows.len())
-            .then_some(()))
+        Ok((count[0] > 0 && count[1] > 0 && count[0] + count[1] == workflows.len()).then_some(()))
     })
     .await?;
 
