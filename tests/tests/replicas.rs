@@ -265,3 +265,45 @@ async fn leases_spread_over_the_live_replicas() -> anyhow::Result<()> {
     assert_eq!(lines(&file).len(), 5);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hot_standby_runs_nothing_until_the_active_replica_dies() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "1s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let a = stack.workflows.clone();
+    let (_standby, s) = stack
+        .start_replica(&[
+            ("REPLICA_ID", "s".into()),
+            ("SCHEDULER_STANDBY", "true".into()),
+        ])
+        .await?;
+    let agent = stack.create_agent("shared", am::RestartMode::Never).await?;
+    let mut workflows = Vec::new();
+    for n in 0..8 {
+        let workflow = stack
+            .create_workflow(&format!("w{n}"), &agent.id, true, "")
+            .await?;
+        workflows.push(workflow.id);
+    }
+    wait_placement(&[&a, &s], &agent.id, &workflows, |states| {
+        states == [RunnerState::Running, RunnerState::Standby]
+    })
+    .await?;
+    // Several lease periods later the standby still runs nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_placement(&[&a, &s], &agent.id, &workflows, |states| {
+        states == [RunnerState::Running, RunnerState::Standby]
+    })
+    .await?;
+
+    stack.kill_scheduler().await?;
+    wait_placement(&[&s], &agent.id, &workflows, |states| {
+        states == [RunnerState::Running]
+    })
+    .await?;
+    Ok(())
+}

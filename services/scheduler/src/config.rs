@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "REPLICA_ID", default_value_t = default_replica_id())]
     pub replica_id: String,
 
+    /// Run as a hot standby: take workflows only while no active replica
+    /// is alive (after a whole LEASE_TTL with their lease left free), and
+    /// hand them back once one is.
+    #[arg(long, env = "SCHEDULER_STANDBY")]
+    pub standby: bool,
+
     /// How long a runner lease lasts unless renewed (every third of it). A
     /// dead replica's workflows are taken over after at most this long.
     #[arg(long, env = "LEASE_TTL", default_value = "10s", value_parser = parse_duration)]

@@ -56,7 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.agent_manager_ca_file.as_deref(),
     )?;
     let agents = Arc::new(AgentView::default());
-    let membership = membership::Membership::new(config.replica_id.clone());
+    let membership = membership::Membership::new(config.replica_id.clone(), config.standby);
     let membership_task = tokio::spawn(membership.clone().run(
         store.clone(),
         config.lease_ttl,

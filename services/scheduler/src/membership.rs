@@ -9,6 +9,11 @@
 //! a held one over; the lease row stays the only authority on who runs a
 //! workflow, so a stale or split view of the membership can delay a
 //! takeover but never run a workflow twice.
+//!
+//! A standby replica (`SCHEDULER_STANDBY`) is never preferred while an
+//! active replica is alive: it takes a workflow only when the lease is left
+//! free for a whole TTL (every active replica is gone), and hands it back
+//! once an active replica is settled again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,19 +28,22 @@ use crate::store::Store;
 /// The live replicas as this one last saw them.
 pub struct Membership {
     me: String,
+    standby: bool,
     view: Mutex<View>,
 }
 
 #[derive(Default)]
 struct View {
-    /// Live replicas (sorted) and when this replica first saw each.
+    /// Live active replicas other than this one, and when this replica
+    /// first saw each.
     live: HashMap<String, Instant>,
 }
 
 impl Membership {
-    pub fn new(me: String) -> Arc<Self> {
+    pub fn new(me: String, standby: bool) -> Arc<Self> {
         Arc::new(Self {
             me,
+            standby,
             view: Mutex::new(View::default()),
         })
     }
@@ -46,10 +54,12 @@ impl Membership {
     pub fn preferred_elsewhere(&self, workflow: Uuid, settled: Duration) -> Option<String> {
         let view = self.lock();
         let now = Instant::now();
+        // A standby competes only when no active replica is alive.
+        let me = (!self.standby || view.live.is_empty()).then_some(&self.me);
         let preferred = view
             .live
             .keys()
-            .chain(std::iter::once(&self.me))
+            .chain(me)
             .max_by_key(|replica| score(workflow, replica))?;
         if *preferred == self.me {
             return None;
@@ -81,7 +91,7 @@ impl Membership {
     /// `shutdown`, then leaves (so its share moves at once).
     pub async fn run(self: Arc<Self>, store: Store, ttl: Duration, shutdown: CancellationToken) {
         loop {
-            match store.replica_heartbeat(&self.me, ttl).await {
+            match store.replica_heartbeat(&self.me, self.standby, ttl).await {
                 Ok(live) => self.update(live),
                 Err(err) => {
                     tracing::warn!(error = %err, "renewing replica membership failed");
@@ -118,8 +128,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_standby_defers_to_any_active_replica_and_stands_in_alone() {
+        let standby = Membership::new("s".into(), true);
+        standby.update(vec!["a".into()]);
+        for _ in 0..100 {
+            assert_eq!(
+                standby.preferred_elsewhere(Uuid::now_v7(), Duration::ZERO),
+                Some("a".to_owned())
+            );
+        }
+        standby.update(Vec::new());
+        assert_eq!(
+            standby.preferred_elsewhere(Uuid::now_v7(), Duration::ZERO),
+            None
+        );
+    }
+
+    #[test]
     fn alone_a_replica_prefers_itself() {
-        let membership = Membership::new("a".into());
+        let membership = Membership::new("a".into(), false);
         assert_eq!(
             membership.preferred_elsewhere(Uuid::now_v7(), Duration::ZERO),
             None
@@ -128,8 +155,8 @@ mod tests {
 
     #[test]
     fn replicas_agree_and_split_the_work() {
-        let a = Membership::new("a".into());
-        let b = Membership::new("b".into());
+        let a = Membership::new("a".into(), false);
+        let b = Membership::new("b".into(), false);
         a.update(vec!["a".into(), "b".into()]);
         b.update(vec!["a".into(), "b".into()]);
         let mut on_a = 0;
@@ -149,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_replica_just_seen_is_not_preferred_yet() {
-        let a = Membership::new("a".into());
+        let a = Membership::new("a".into(), false);
         a.update(vec!["a".into(), "b".into()]);
         let settled = Duration::from_secs(3600);
         for _ in 0..100 {

@@ -6,27 +6,34 @@ use super::Store;
 use crate::error::Result;
 
 impl Store {
-    /// Renews `id`'s membership for `ttl` and returns the live replicas'
-    /// ids (sorted), this one included.
-    pub async fn replica_heartbeat(&self, id: &str, ttl: Duration) -> Result<Vec<String>> {
+    /// Renews `id`'s membership for `ttl` and returns the live active
+    /// (not standby) replicas' ids, sorted.
+    pub async fn replica_heartbeat(
+        &self,
+        id: &str,
+        standby: bool,
+        ttl: Duration,
+    ) -> Result<Vec<String>> {
         let client = self.pool.get().await?;
         client
             .execute(
                 &client
                     .prepare_cached(
-                        "INSERT INTO scheduler.replicas (id, expires_at)
-                         VALUES ($1, now() + make_interval(secs => $2))
-                         ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                        "INSERT INTO scheduler.replicas (id, standby, expires_at)
+                         VALUES ($1, $3, now() + make_interval(secs => $2))
+                         ON CONFLICT (id) DO UPDATE
+                         SET expires_at = EXCLUDED.expires_at, standby = EXCLUDED.standby",
                     )
                     .await?,
-                &[&id, &ttl.as_secs_f64()],
+                &[&id, &ttl.as_secs_f64(), &standby],
             )
             .await?;
         let rows = client
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT id FROM scheduler.replicas WHERE expires_at > now() ORDER BY id",
+                        "SELECT id FROM scheduler.replicas
+                         WHERE expires_at > now() AND NOT standby ORDER BY id",
                     )
                     .await?,
                 &[],
