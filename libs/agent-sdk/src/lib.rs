@@ -92,6 +92,75 @@ pub struct IncomingTask {
     pub attempt: u32,
     /// W3C trace context (`traceparent`, `tracestate`) of the dispatch.
     pub trace_context: HashMap<String, String>,
+    /// The task as data, when the dispatcher sent it (the scheduler does).
+    pub spec: Option<TaskSpec>,
+}
+
+/// A task as structured data. Pass its fields to whatever runs the task
+/// as data (environment, stdin), never pasted into a command line: see
+/// [`IncomingTask::env`].
+#[derive(Clone, Debug, Default)]
+pub struct TaskSpec {
+    /// The workflow's template rendered with the fields: text (a prompt).
+    pub prompt: String,
+    /// The template rendered for /bin/sh, referring to the fields only
+    /// through the variables of [`IncomingTask::env`].
+    pub shell_script: String,
+    pub title: String,
+    pub body: String,
+    pub url: String,
+    pub labels: Vec<String>,
+    pub metadata: HashMap<String, String>,
+    pub workflow_id: String,
+    pub workflow_name: String,
+}
+
+impl IncomingTask {
+    /// The task's `SHEPHERD_TASK_*` / `SHEPHERD_WORKFLOW_*` environment:
+    /// id, attempt, and (with a spec) title, body, url, labels
+    /// (comma-separated), every metadata key and the workflow.
+    pub fn env(&self) -> Vec<(String, String)> {
+        use shepherd_proto::task_env;
+        let mut env = vec![
+            (task_env::ID.to_owned(), self.task_id.clone()),
+            (task_env::ATTEMPT.to_owned(), self.attempt.to_string()),
+        ];
+        if let Some(spec) = &self.spec {
+            env.extend([
+                (task_env::TITLE.to_owned(), spec.title.clone()),
+                (task_env::BODY.to_owned(), spec.body.clone()),
+                (task_env::URL.to_owned(), spec.url.clone()),
+                (task_env::LABELS.to_owned(), spec.labels.join(",")),
+                (task_env::WORKFLOW_ID.to_owned(), spec.workflow_id.clone()),
+                (
+                    task_env::WORKFLOW_NAME.to_owned(),
+                    spec.workflow_name.clone(),
+                ),
+            ]);
+            env.extend(
+                spec.metadata
+                    .iter()
+                    .map(|(key, value)| (task_env::metadata(key), value.clone())),
+            );
+        }
+        env
+    }
+}
+
+impl From<shepherd_proto::agentmanager::v1::TaskSpec> for TaskSpec {
+    fn from(spec: shepherd_proto::agentmanager::v1::TaskSpec) -> Self {
+        Self {
+            prompt: spec.prompt,
+            shell_script: spec.shell_script,
+            title: spec.title,
+            body: spec.body,
+            url: spec.url,
+            labels: spec.labels,
+            metadata: spec.metadata,
+            workflow_id: spec.workflow_id,
+            workflow_name: spec.workflow_name,
+        }
+    }
 }
 
 /// What a handler reports for a task.
@@ -337,6 +406,7 @@ async fn session_inner<H: TaskHandler>(
                             payload: task.payload,
                             attempt: task.attempt,
                             trace_context: task.trace_context,
+                            spec: task.spec.map(TaskSpec::from),
                         };
                         match delivery {
                             Delivery::Run => spawn_task(&handler, &outbound, ledger, incoming),

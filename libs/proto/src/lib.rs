@@ -5,6 +5,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shepherd_descriptor.bin"));
 
 pub mod agentmanager {
+    // Generated: a task message is much larger than a heartbeat, and boxing
+    // it would buy nothing on this path.
+    #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("shepherd.agentmanager.v1");
     }
@@ -15,3 +18,5 @@ pub mod scheduler {
         tonic::include_proto!("shepherd.scheduler.v1");
     }
 }
+
+pub mod task_env;

@@ -67,6 +67,8 @@ pub struct TaskRequest {
     pub attempt: u32,
     pub payload: Vec<u8>,
     pub trace_context: std::collections::HashMap<String, String>,
+    /// The task as data, forwarded to the agent unchanged.
+    pub spec: Option<shepherd_proto::agentmanager::v1::TaskSpec>,
 }
 
 impl Manager {
@@ -227,6 +229,7 @@ impl Manager {
                 payload: request.payload,
                 attempt,
                 trace_context: request.trace_context,
+                spec: request.spec,
             })),
         };
         if session.tasks.send(message).await.is_err() {

@@ -10,6 +10,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+use crate::model::TaskFields;
+
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most task ids per `BatchGetTaskStates` call (the manager's limit).
@@ -32,6 +34,21 @@ pub enum RemoteTask {
     },
     /// The attempt was lost (its session ended before it finished).
     Lost { attempt: u32 },
+}
+
+/// An attempt of a task, as the agent will receive it.
+#[derive(Debug, Clone)]
+pub struct OutgoingTask {
+    pub agent: Uuid,
+    pub task_id: String,
+    pub attempt: u32,
+    pub workflow_id: Uuid,
+    pub workflow_name: String,
+    /// The rendered template (text).
+    pub prompt: String,
+    /// The template rendered for /bin/sh (fields through the environment).
+    pub script: String,
+    pub fields: TaskFields,
 }
 
 /// Why a call to the agent-manager failed.
@@ -105,21 +122,29 @@ impl ManagerClient {
         request
     }
 
-    /// Delivers attempt `attempt` of a task (idempotent: a repeat delivers
+    /// Delivers an attempt of a task (idempotent: a repeat delivers
     /// nothing and reports the task as it stands).
-    pub async fn dispatch(
-        &self,
-        agent: Uuid,
-        task_id: &str,
-        attempt: u32,
-        payload: Vec<u8>,
-    ) -> Result<RemoteTask, ManagerError> {
+    pub async fn dispatch(&self, task: OutgoingTask) -> Result<RemoteTask, ManagerError> {
+        let fields = task.fields;
+        let spec = pb::TaskSpec {
+            prompt: task.prompt.clone(),
+            shell_script: task.script,
+            title: fields.title,
+            body: fields.body,
+            url: fields.url,
+            labels: fields.labels,
+            metadata: fields.metadata.into_iter().collect(),
+            workflow_id: task.workflow_id.to_string(),
+            workflow_name: task.workflow_name,
+        };
         let request = Self::request(pb::DispatchTaskRequest {
-            agent_id: agent.to_string(),
-            task_id: task_id.to_owned(),
-            payload,
+            agent_id: task.agent.to_string(),
+            task_id: task.task_id,
+            // For agents that read only bytes: the prompt, as text.
+            payload: task.prompt.into_bytes(),
             trace_context: Default::default(),
-            attempt,
+            attempt: task.attempt,
+            spec: Some(spec),
         });
         let response = self
             .client

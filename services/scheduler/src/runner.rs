@@ -28,7 +28,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::agents::AgentView;
-use crate::manager_client::{ManagerClient, ManagerError};
+use crate::manager_client::{ManagerClient, ManagerError, OutgoingTask};
 use crate::settle::{self, Applied};
 use crate::store::{ClaimRequest, Claimed, InFlightScope, LeaseAcquisition, LeaseRenewal, Store};
 
@@ -643,16 +643,17 @@ impl Runner {
                 return Ok(());
             }
             let started = tokio::time::Instant::now();
-            let answer = self
-                .ctx
-                .manager
-                .dispatch(
-                    self.agent,
-                    &task.id,
-                    task.attempts,
-                    task.prompt.into_bytes(),
-                )
-                .await;
+            let outgoing = OutgoingTask {
+                agent: self.agent,
+                task_id: task.id.clone(),
+                attempt: task.attempts,
+                workflow_id: self.workflow,
+                workflow_name: task.workflow_name,
+                prompt: task.prompt,
+                script: task.script,
+                fields: task.fields,
+            };
+            let answer = self.ctx.manager.dispatch(outgoing).await;
             crate::metrics::dispatched(started.elapsed(), answer.is_ok());
             let failure = answer.as_ref().err().cloned();
             match settle::apply(&self.ctx.store, &task.id, task.attempts, answer).await {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::manager_client::ManagerClient;
 use crate::model::{Task, TaskFields, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
-use crate::store::{NewWorkflow, Store, WorkflowFilter};
+use crate::store::{NewWorkflow, Rendered, Store, WorkflowFilter};
 use crate::template;
 
 pub struct Scheduler {
@@ -123,12 +123,15 @@ impl Scheduler {
     ) -> Result<Task> {
         let workflow = self.store.get_workflow(workflow).await?;
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
-        let prompt = template::render(&workflow.prompt_template, &fields)?;
+        let rendered = Rendered {
+            prompt: template::render(&workflow.prompt_template, &fields)?,
+            script: template::render_shell(&workflow.prompt_template)?,
+        };
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();
         let (task, _created) = self
             .store
-            .insert_task(workflow.id, &key, &fields, &prompt, &trace)
+            .insert_task(workflow.id, &key, &fields, &rendered, &trace)
             .await?;
         self.runners.wake(workflow.id);
         Ok(task)

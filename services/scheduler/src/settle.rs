@@ -17,7 +17,9 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::manager_client::{MAX_TASK_STATES, ManagerClient, ManagerError, RemoteTask};
+use crate::manager_client::{
+    MAX_TASK_STATES, ManagerClient, ManagerError, OutgoingTask, RemoteTask,
+};
 use crate::store::{InFlight, InFlightScope, Outcome, Store};
 
 /// What became of a task after a dispatch answer was applied.
@@ -154,14 +156,17 @@ async fn settle_one(
         return apply(store, &task.id, task.attempts, Ok(answer)).await;
     }
     report.redelivered += 1;
-    let answer = manager
-        .dispatch(
-            task.agent_id,
-            &task.id,
-            task.attempts,
-            task.prompt.clone().into_bytes(),
-        )
-        .await;
+    let outgoing = OutgoingTask {
+        agent: task.agent_id,
+        task_id: task.id.clone(),
+        attempt: task.attempts,
+        workflow_id: task.workflow_id,
+        workflow_name: task.workflow_name.clone(),
+        prompt: task.prompt.clone(),
+        script: task.script.clone(),
+        fields: task.fields.clone(),
+    };
+    let answer = manager.dispatch(outgoing).await;
     if let Err(ManagerError::Unavailable(reason)) = &answer {
         // We cannot tell whether it arrived: leave it for the next pass.
         return Err(Error::Unavailable(format!(

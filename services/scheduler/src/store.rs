@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "replicas",
         sql: include_str!("../migrations/0005_replicas.sql"),
     },
+    Migration {
+        version: 6,
+        name: "task_script",
+        sql: include_str!("../migrations/0006_task_script.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
@@ -72,9 +77,21 @@ pub struct NewWorkflow {
 pub struct Claimed {
     pub id: String,
     pub prompt: String,
+    /// The template rendered for /bin/sh (see `template::render_shell`).
+    pub script: String,
+    pub fields: TaskFields,
+    pub workflow_name: String,
     pub attempts: u32,
     /// Trace context of the call that created the task.
     pub trace_context: std::collections::HashMap<String, String>,
+}
+
+/// A task's template rendered: the prompt (text, with the fields' values)
+/// and the script for /bin/sh (fields referred to through the environment).
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub prompt: String,
+    pub script: String,
 }
 
 /// A task's reported outcome.
@@ -326,16 +343,18 @@ impl Store {
                 ..TaskFields::default()
             };
             let prompt = crate::template::render(&workflow.prompt_template, &fields)?;
+            let script = crate::template::render_shell(&workflow.prompt_template)?;
             tx
             .execute(
-                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt)
-                 VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING").await?,
+                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, script)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6) ON CONFLICT DO NOTHING").await?,
                 &[
                     &crate::model::task_id(workflow.id, &key),
                     &workflow.id,
                     &key,
                     &to_json(&fields)?,
                     &prompt,
+                    &script,
                 ],
             )
             .await?;
@@ -370,14 +389,14 @@ impl Store {
         workflow: Uuid,
         key: &str,
         fields: &TaskFields,
-        prompt: &str,
+        rendered: &Rendered,
         trace_context: &std::collections::HashMap<String, String>,
     ) -> Result<(Task, bool)> {
         let client = self.pool.get().await?;
         let id = crate::model::task_id(workflow, key);
         let sql = format!(
-            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6)
+            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)
              ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
         );
         let result = client
@@ -388,8 +407,9 @@ impl Store {
                     &workflow,
                     &key,
                     &to_json(fields)?,
-                    &prompt,
+                    &rendered.prompt,
                     &to_json(trace_context)?,
+                    &rendered.script,
                 ],
             )
             .await;

@@ -59,6 +59,35 @@ pub fn validate(template: &str) -> Result<(), Error> {
         .map_err(|reason| Error::invalid("workflow.prompt_template", reason))
 }
 
+/// Renders a template for /bin/sh: every placeholder becomes a quoted
+/// reference to the variable that carries the field (`"$SHEPHERD_TASK_TITLE"`),
+/// so a field's value reaches the script as one word of data and is never
+/// parsed as shell, whatever it contains. (Placeholders must therefore not
+/// be quoted in the template: `echo {{title}}`, not `echo '{{title}}'`.)
+pub fn render_shell(template: &str) -> Result<String, Error> {
+    use shepherd_proto::task_env;
+    let pieces =
+        parse(template).map_err(|reason| Error::invalid("workflow.prompt_template", reason))?;
+    let mut out = String::with_capacity(template.len() + 32);
+    for piece in pieces {
+        let variable = match piece {
+            Piece::Text(text) => {
+                out.push_str(text);
+                continue;
+            }
+            Piece::Field(Field::Title) => task_env::TITLE.to_owned(),
+            Piece::Field(Field::Body) => task_env::BODY.to_owned(),
+            Piece::Field(Field::Url) => task_env::URL.to_owned(),
+            Piece::Field(Field::Labels) => task_env::LABELS.to_owned(),
+            Piece::Field(Field::Metadata(key)) => task_env::metadata(key),
+        };
+        out.push_str("\"${");
+        out.push_str(&variable);
+        out.push_str("}\"");
+    }
+    Ok(out)
+}
+
 /// Renders a validated template. Missing metadata keys render empty.
 pub fn render(template: &str, fields: &TaskFields) -> Result<String, Error> {
     let pieces =
@@ -99,6 +128,18 @@ mod tests {
         .unwrap();
         assert_eq!(out, "T|B|U|a,b|shepherd|");
         assert_eq!(render("plain", &fields).unwrap(), "plain");
+    }
+
+    #[test]
+    fn shell_rendering_refers_to_fields_only_through_the_environment() {
+        let script =
+            render_shell("echo {{title}} > /tmp/{{ metadata.team-name }}; {{labels}}").unwrap();
+        assert_eq!(
+            script,
+            "echo \"${SHEPHERD_TASK_TITLE}\" > /tmp/\"${SHEPHERD_TASK_METADATA_TEAM_NAME}\"; \"${SHEPHERD_TASK_LABELS}\""
+        );
+        assert_eq!(render_shell("no fields; ls").unwrap(), "no fields; ls");
+        assert!(render_shell("{{nope}}").is_err());
     }
 
     #[test]

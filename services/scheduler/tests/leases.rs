@@ -6,7 +6,7 @@ use std::time::Duration;
 use shepherd_platform::db;
 use shepherd_scheduler::model::{TaskFields, Trigger};
 use shepherd_scheduler::store::{
-    self, ClaimRequest, LeaseAcquisition, LeaseRenewal, NewWorkflow, Store,
+    self, ClaimRequest, LeaseAcquisition, LeaseRenewal, NewWorkflow, Rendered, Store,
 };
 use shepherd_testkit::TestDb;
 use uuid::Uuid;
@@ -35,7 +35,10 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
                 workflow.id,
                 &format!("t{n}"),
                 &TaskFields::default(),
-                "",
+                &Rendered {
+                    prompt: String::new(),
+                    script: String::new(),
+                },
                 &Default::default(),
             )
             .await?;

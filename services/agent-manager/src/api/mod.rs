@@ -203,6 +203,7 @@ impl AgentManager for Api {
                 agent_id,
                 task_id: request.task_id,
                 attempt: request.attempt,
+                spec: request.spec,
                 payload: request.payload,
                 // An explicit context wins; else the task continues this
                 // call's trace.

@@ -64,7 +64,7 @@ async fn claim_batch(
             "WITH request AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(workflow_id, owner, term)
              ), room AS (
-                 SELECT w.id AS workflow_id, GREATEST(w.max_concurrency - (
+                 SELECT w.id AS workflow_id, w.name AS workflow_name, GREATEST(w.max_concurrency - (
                      SELECT count(*) FROM scheduler.tasks d
                      WHERE d.workflow_id = w.id AND d.state = 'dispatched'), 0) AS n
                  FROM request r
@@ -73,7 +73,7 @@ async fn claim_batch(
                  JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
                  FOR SHARE OF l
              ), next AS (
-                 SELECT c.id, c.seq FROM room, LATERAL (
+                 SELECT c.id, c.seq, room.workflow_name FROM room, LATERAL (
                      SELECT t.id, t.seq FROM scheduler.tasks t
                      WHERE t.workflow_id = room.workflow_id AND t.state = 'pending'
                      ORDER BY t.seq LIMIT room.n FOR UPDATE SKIP LOCKED
@@ -81,7 +81,8 @@ async fn claim_batch(
              )
              UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
              FROM next WHERE t.id = next.id
-             RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context",
+             RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
+                       t.script, t.fields, next.workflow_name",
         )
         .await?;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
@@ -97,6 +98,9 @@ async fn claim_batch(
             prompt: row.get(3),
             attempts: from_i32(row.get(4)),
             trace_context: serde_json::from_value(row.get(5)).unwrap_or_default(),
+            script: row.get(6),
+            fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
+            workflow_name: row.get(8),
         };
         claimed
             .entry(row.get(0))

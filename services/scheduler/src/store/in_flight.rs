@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::error::Result;
+use crate::model::TaskFields;
 
 /// Most in-flight tasks one settle pass looks at; the next pass takes the
 /// rest.
@@ -19,8 +20,11 @@ const MAX_PER_PASS: i64 = 10_000;
 pub struct InFlight {
     pub id: String,
     pub workflow_id: Uuid,
+    pub workflow_name: String,
     pub agent_id: Uuid,
     pub prompt: String,
+    pub script: String,
+    pub fields: TaskFields,
     pub attempts: u32,
 }
 
@@ -55,7 +59,7 @@ impl Store {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT t.id, t.workflow_id, w.agent_id, t.prompt, t.attempts
+                        "SELECT t.id, t.workflow_id, w.agent_id, t.prompt, t.attempts, w.name, t.script, t.fields
                          FROM scheduler.tasks t
                          JOIN scheduler.workflows w ON w.id = t.workflow_id
                          LEFT JOIN scheduler.runner_leases l ON l.workflow_id = t.workflow_id
@@ -82,6 +86,9 @@ impl Store {
                 agent_id: row.get(2),
                 prompt: row.get(3),
                 attempts: from_i32(row.get(4)),
+                workflow_name: row.get(5),
+                script: row.get(6),
+                fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
             })
             .collect())
     }
