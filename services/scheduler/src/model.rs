@@ -26,14 +26,28 @@ pub enum Trigger {
 
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest interval or delay accepted: 100 years, far from any overflow
+/// and well inside PostgreSQL's timestamp range.
+pub const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Trigger {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
-            Self::Manual | Self::Delay { .. } => Ok(()),
+            Self::Manual => Ok(()),
+            Self::Delay { delay_ms } => {
+                if Duration::from_millis(*delay_ms) > MAX_PERIOD {
+                    Err(Error::invalid("workflow.trigger.delay.delay", "must be at most 100 years"))
+                } else {
+                    Ok(())
+                }
+            }
             Self::Interval { period_ms } => {
-                if Duration::from_millis(*period_ms) < MIN_INTERVAL {
-                    Err(Error::invalid("workflow.trigger.interval.period", "must be at least 1s"))
+                let period = Duration::from_millis(*period_ms);
+                if period < MIN_INTERVAL || period > MAX_PERIOD {
+                    Err(Error::invalid(
+                        "workflow.trigger.interval.period",
+                        "must be between 1s and 100 years",
+                    ))
                 } else {
                     Ok(())
                 }
@@ -52,9 +66,11 @@ impl Trigger {
     pub fn first_fire(&self, created: SystemTime, from: SystemTime) -> Option<SystemTime> {
         match self {
             Self::Manual => None,
-            Self::Interval { period_ms } => Some(from + Duration::from_millis(*period_ms)),
+            // Checked: a time past what SystemTime holds fires never,
+            // rather than wrapping (validation keeps periods far from it).
+            Self::Interval { period_ms } => from.checked_add(Duration::from_millis(*period_ms)),
             Self::Cron { .. } => self.next_fire(from),
-            Self::Delay { delay_ms } => Some(created + Duration::from_millis(*delay_ms)),
+            Self::Delay { delay_ms } => created.checked_add(Duration::from_millis(*delay_ms)),
         }
     }
 
@@ -62,7 +78,7 @@ impl Trigger {
     pub fn next_fire(&self, fired: SystemTime) -> Option<SystemTime> {
         match self {
             Self::Manual | Self::Delay { .. } => None,
-            Self::Interval { period_ms } => Some(fired + Duration::from_millis(*period_ms)),
+            Self::Interval { period_ms } => fired.checked_add(Duration::from_millis(*period_ms)),
             Self::Cron { expression } => {
                 let schedule = cron::Schedule::from_str(expression).ok()?;
                 let after: chrono::DateTime<chrono::Utc> = fired.into();

@@ -415,7 +415,10 @@ impl Store {
             .await;
         match result {
             Ok(Some(row)) => Ok((task_from_row(&row)?, true)),
-            Ok(None) => Ok((self.get_task(&id).await?, false)),
+            // The key exists: read it on the same connection. Taking a
+            // second one while holding this one would deadlock a pool that
+            // a burst of same-key retries has emptied.
+            Ok(None) => Ok((task_by_id(&client, &id).await?, false)),
             Err(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
                 Err(Error::workflow_not_found(workflow))
             }
@@ -425,12 +428,7 @@ impl Store {
 
     pub async fn get_task(&self, id: &str) -> Result<Task> {
         let client = self.pool.get().await?;
-        let sql = format!("SELECT {TASK_COLUMNS} FROM scheduler.tasks WHERE id = $1");
-        let row = client
-            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("task {id:?} not found")))?;
-        task_from_row(&row)
+        task_by_id(&client, id).await
     }
 
     pub async fn list_tasks(
@@ -574,6 +572,15 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+async fn task_by_id(client: &shepherd_platform::db::Client, id: &str) -> Result<Task> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM scheduler.tasks WHERE id = $1");
+    let row = client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("task {id:?} not found")))?;
+    task_from_row(&row)
 }
 
 fn workflow_from_row(row: &Row) -> Result<Workflow> {
