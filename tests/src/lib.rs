@@ -450,6 +450,7 @@ impl Stack {
                     title: title.to_owned(),
                     ..Default::default()
                 }),
+                timeout: None,
             })
             .await?
             .into_inner())

@@ -342,6 +342,7 @@ async fn failover_under_a_backlog_strands_nothing() -> anyhow::Result<()> {
                         title: format!("{workflow}-{k}"),
                         ..Default::default()
                     }),
+                    timeout: None,
                 })
                 .await?
                 .into_inner();

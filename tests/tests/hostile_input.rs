@@ -28,6 +28,7 @@ async fn a_burst_of_same_key_triggers_answers_every_call_with_one_task() -> anyh
                     workflow_id,
                     idempotency_key: "same".into(),
                     fields: None,
+                    timeout: None,
                 })
                 .await
                 .map(|response| response.into_inner().id)

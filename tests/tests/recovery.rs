@@ -365,6 +365,7 @@ async fn a_task_lost_mid_run_is_retried_and_completes_once() -> anyhow::Result<(
                 body: "2".into(),
                 ..Default::default()
             }),
+            timeout: None,
         })
         .await?
         .into_inner();

@@ -82,6 +82,7 @@ async fn trigger_all(
                         title,
                         ..Default::default()
                     }),
+                    timeout: None,
                 })
                 .await?
                 .into_inner();

@@ -78,6 +78,7 @@ async fn run_corpus(stack: &mut Stack, workflow: &str, corpus: &[String]) -> any
                 workflow_id: workflow.to_owned(),
                 idempotency_key: format!("v{n}"),
                 fields: Some(fields(value, n)),
+                timeout: None,
             })
             .await?
             .into_inner();
@@ -149,5 +150,207 @@ async fn no_field_can_change_what_runs_in_shell_or_exec_mode() -> anyhow::Result
         mismatches.is_empty(),
         "text did not arrive intact: {mismatches:#?}"
     );
+    Ok(())
+}
+
+/// A workflow on a fresh agent whose tasks run `template`, with the given
+/// task timeout (seconds); the agent's extra environment in `agent_env`.
+async fn timed_workflow(
+    stack: &mut Stack,
+    name: &str,
+    template: &str,
+    timeout_secs: i64,
+    agent_env: &[(&str, &str)],
+) -> anyhow::Result<(String, sched::Workflow)> {
+    let agent = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: format!("{name}-agent"),
+                command: bin_path("shepherd-agent")?.display().to_string(),
+                env: agent_env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                restart_policy: Some(am::RestartPolicy {
+                    mode: am::RestartMode::OnFailure as i32,
+                    max_restarts: 10,
+                    window: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                    initial_backoff: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 50_000_000,
+                    }),
+                    max_backoff: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    stack.wait_agent_ready(&agent.id, agent.generation).await?;
+    let workflow = stack
+        .workflows
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: name.to_owned(),
+                agent_id: agent.id.clone(),
+                enabled: true,
+                prompt_template: template.to_owned(),
+                task_timeout: Some(prost_types::Duration {
+                    seconds: timeout_secs,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    Ok((agent.id, workflow))
+}
+
+/// The pid a task wrote to `file`, once it has.
+async fn pid_in(file: &Path) -> anyhow::Result<i32> {
+    shepherd_testkit::eventually(shepherd_e2e::WAIT, "the task's pid", || async {
+        Ok(std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok()))
+    })
+    .await
+}
+
+async fn wait_gone(pid: i32) -> anyhow::Result<()> {
+    shepherd_testkit::eventually(
+        shepherd_e2e::WAIT,
+        "the task's process to be gone",
+        || async { Ok((!shepherd_testkit::process_alive(pid)).then_some(())) },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_hung_task_times_out_its_processes_die_and_the_next_task_runs() -> anyhow::Result<()> {
+    let options = StackOptions {
+        env: vec![("CANCEL_GRACE", "5s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let pidfile = stack.scratch_file("hung.pid");
+    let done = stack.scratch_file("done");
+    let template = format!(
+        "if [ {{{{title}}}} = hang ]; then sleep 1000 & echo $! > {}; wait; else touch {}; fi",
+        pidfile.display(),
+        done.display()
+    );
+    let (_, workflow) = timed_workflow(&mut stack, "hangs", &template, 1, &[]).await?;
+    let hung = stack.trigger(&workflow.id, "hang", "hang").await?;
+    let sleeper = pid_in(&pidfile).await?;
+    let timed_out = stack
+        .wait_tasks(std::slice::from_ref(&hung.id), TaskState::TimedOut)
+        .await?;
+    assert_eq!(timed_out[0].attempts, 1);
+    wait_gone(sleeper).await?;
+    let next = stack.trigger(&workflow.id, "next", "next").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
+        .await?;
+    assert!(done.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wedged_agent_that_ignores_cancel_is_restarted_and_its_runners_come_back()
+-> anyhow::Result<()> {
+    let options = StackOptions {
+        env: vec![("CANCEL_GRACE", "1s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let done = stack.scratch_file("done");
+    let template = format!(
+        "if [ {{{{title}}}} = hang ]; then sleep 1000; else touch {}; fi",
+        done.display()
+    );
+    let (agent, workflow) = timed_workflow(
+        &mut stack,
+        "wedges",
+        &template,
+        1,
+        &[("SHEPHERD_FAILPOINTS", "sdk.ignore_cancel=skip")],
+    )
+    .await?;
+    let generation = stack.agent(&agent).await?.generation;
+    let hung = stack.trigger(&workflow.id, "hang", "hang").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&hung.id), TaskState::TimedOut)
+        .await?;
+    // Replaced through the one restart path: a new generation, and the
+    // workflow's runner is back.
+    stack.wait_agent_ready(&agent, generation + 1).await?;
+    stack
+        .wait_runner(&workflow.id, sched::RunnerState::Running, "")
+        .await?;
+    let next = stack.trigger(&workflow.id, "next", "next").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
+        .await?;
+    assert!(done.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancelling_pending_and_running_tasks_is_final_and_idempotent() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let pidfile = stack.scratch_file("running.pid");
+    let done = stack.scratch_file("done");
+    let template = format!(
+        "if [ {{{{title}}}} = long ]; then sleep 1000 & echo $! > {}; wait; else touch {}; fi",
+        pidfile.display(),
+        done.display()
+    );
+    let (_, workflow) = timed_workflow(&mut stack, "cancels", &template, 3600, &[]).await?;
+    let running = stack.trigger(&workflow.id, "long", "long").await?;
+    let sleeper = pid_in(&pidfile).await?;
+    // Max concurrency 1: this one waits behind the running one.
+    let pending = stack.trigger(&workflow.id, "queued", "queued").await?;
+
+    let cancel = |id: String| {
+        let mut client = stack.workflows.clone();
+        async move {
+            anyhow::Ok(
+                client
+                    .cancel_task(sched::CancelTaskRequest { task_id: id })
+                    .await?
+                    .into_inner(),
+            )
+        }
+    };
+    let cancelled = cancel(pending.id.clone()).await?;
+    assert_eq!(cancelled.state(), TaskState::Cancelled, "pending: at once");
+    cancel(running.id.clone()).await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&running.id), TaskState::Cancelled)
+        .await?;
+    wait_gone(sleeper).await?;
+    // Again: no-ops that answer with the final state.
+    assert_eq!(
+        cancel(running.id.clone()).await?.state(),
+        TaskState::Cancelled
+    );
+    assert_eq!(
+        cancel(pending.id.clone()).await?.state(),
+        TaskState::Cancelled
+    );
+
+    let next = stack.trigger(&workflow.id, "next", "next").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
+        .await?;
+    assert!(done.exists());
     Ok(())
 }

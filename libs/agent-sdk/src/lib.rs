@@ -42,6 +42,7 @@ use shepherd_proto::agentmanager::v1::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
@@ -94,6 +95,13 @@ pub struct IncomingTask {
     pub trace_context: HashMap<String, String>,
     /// The task as data, when the dispatcher sent it (the scheduler does).
     pub spec: Option<TaskSpec>,
+    /// When the manager will cancel the task (its timeout), if ever.
+    pub deadline: Option<std::time::SystemTime>,
+    /// Cancelled when the manager asks the agent to stop this task (its
+    /// deadline passed, or someone cancelled it). A handler must then stop
+    /// what it started and return soon: an agent that has not reported the
+    /// task within the manager's grace period is restarted.
+    pub cancel: CancellationToken,
 }
 
 /// A task as structured data. Pass its fields to whatever runs the task
@@ -242,8 +250,9 @@ struct Ledger {
 
 #[derive(Default)]
 struct LedgerState {
-    /// Running tasks and the latest attempt delivered for each.
-    running: HashMap<String, u32>,
+    /// Running tasks: the latest attempt delivered for each, and the token
+    /// that cancels it.
+    running: HashMap<String, (u32, CancellationToken)>,
     /// Finished tasks' reports, until acknowledged.
     unacked: HashMap<String, TaskCompleted>,
     /// The live session's outbound messages, if a session is open.
@@ -252,8 +261,8 @@ struct LedgerState {
 
 /// What to do with a delivered task.
 enum Delivery {
-    /// New: run it.
-    Run,
+    /// New: run it; this token cancels it.
+    Run(CancellationToken),
     /// Already running: the running execution answers for this attempt.
     Running,
     /// Already finished: send this (kept) report again, for this attempt.
@@ -268,7 +277,7 @@ impl Ledger {
 
     fn deliver(&self, task_id: &str, attempt: u32) -> Delivery {
         let mut state = self.lock();
-        if let Some(running) = state.running.get_mut(task_id) {
+        if let Some((running, _)) = state.running.get_mut(task_id) {
             *running = (*running).max(attempt);
             return Delivery::Running;
         }
@@ -276,8 +285,18 @@ impl Ledger {
             report.attempt = report.attempt.max(attempt);
             return Delivery::Report(completed_message(report.clone()));
         }
-        state.running.insert(task_id.to_owned(), attempt);
-        Delivery::Run
+        let cancel = CancellationToken::new();
+        state
+            .running
+            .insert(task_id.to_owned(), (attempt, cancel.clone()));
+        Delivery::Run(cancel)
+    }
+
+    /// Cancels a running task (the manager asked to stop it).
+    fn cancel(&self, task_id: &str) {
+        if let Some((_, cancel)) = self.lock().running.get(task_id) {
+            cancel.cancel();
+        }
     }
 
     /// Keeps the finished task's report and returns it with the latest
@@ -288,7 +307,10 @@ impl Ledger {
         result: TaskResult,
     ) -> (AgentMessage, Option<mpsc::Sender<AgentMessage>>) {
         let mut state = self.lock();
-        let attempt = state.running.remove(task_id).unwrap_or(0);
+        let attempt = state
+            .running
+            .remove(task_id)
+            .map_or(0, |(attempt, _)| attempt);
         let report = TaskCompleted {
             task_id: task_id.to_owned(),
             outcome: result.outcome as i32,
@@ -326,6 +348,20 @@ impl Ledger {
     fn close(&self) {
         self.lock().session = None;
     }
+}
+
+/// Test hook: `SHEPHERD_FAILPOINTS` naming `sdk.ignore_cancel` makes the
+/// agent ignore Cancel messages (a wedged agent, for tests of the
+/// manager's grace period). Off unless set.
+fn ignores_cancel() -> bool {
+    static IGNORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IGNORE.get_or_init(|| {
+        std::env::var("SHEPHERD_FAILPOINTS").is_ok_and(|points| {
+            points
+                .split(',')
+                .any(|p| p.trim().starts_with("sdk.ignore_cancel"))
+        })
+    })
 }
 
 fn completed_message(report: TaskCompleted) -> AgentMessage {
@@ -401,15 +437,23 @@ async fn session_inner<H: TaskHandler>(
                     }
                     Some(manager_message::Kind::Task(task)) => {
                         let delivery = ledger.deliver(&task.task_id, task.attempt);
+                        let cancel = match &delivery {
+                            Delivery::Run(cancel) => cancel.clone(),
+                            _ => CancellationToken::new(),
+                        };
                         let incoming = IncomingTask {
                             task_id: task.task_id,
                             payload: task.payload,
                             attempt: task.attempt,
                             trace_context: task.trace_context,
                             spec: task.spec.map(TaskSpec::from),
+                            deadline: task
+                                .deadline
+                                .and_then(|at| std::time::SystemTime::try_from(at).ok()),
+                            cancel,
                         };
                         match delivery {
-                            Delivery::Run => spawn_task(&handler, &outbound, ledger, incoming),
+                            Delivery::Run(_) => spawn_task(&handler, &outbound, ledger, incoming),
                             Delivery::Running => {
                                 tracing::info!(task_id = %incoming.task_id, attempt = incoming.attempt, "task delivered again while it runs; the running execution answers for it");
                                 let _ = outbound.send(accepted_message(&incoming.task_id)).await;
@@ -422,6 +466,14 @@ async fn session_inner<H: TaskHandler>(
                     }
                     Some(manager_message::Kind::ReportAck(ack)) => {
                         ledger.acknowledged(&ack.task_id, ack.attempt);
+                    }
+                    Some(manager_message::Kind::Cancel(cancel)) => {
+                        if ignores_cancel() {
+                            tracing::warn!(task_id = %cancel.task_id, "ignoring a cancel (failpoint sdk.ignore_cancel)");
+                        } else {
+                            tracing::info!(task_id = %cancel.task_id, reason = %cancel.reason, "cancelling task");
+                            ledger.cancel(&cancel.task_id);
+                        }
                     }
                     Some(manager_message::Kind::Heartbeat(_)) | None => {}
                 }

@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "SESSION_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub session_heartbeat: Duration,
 
+    /// How long an agent has to report a task after being told to stop it
+    /// (timeout or CancelTask) before it counts as wedged and is restarted.
+    #[arg(long, env = "CANCEL_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub cancel_grace: Duration,
+
     /// How long an idle WatchAgentEvents stream waits before sending a
     /// heartbeat.
     #[arg(long, env = "EVENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]

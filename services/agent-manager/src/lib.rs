@@ -63,6 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let manager = Arc::new(Manager::new(
         supervisors,
         config.session_heartbeat,
+        config.cancel_grace,
         shutdown.clone(),
     ));
 

@@ -32,6 +32,8 @@ pub struct Manager {
     events: EventLog,
     supervisors: Arc<Supervisors>,
     session_heartbeat: std::time::Duration,
+    /// How long an agent has to report a task it was told to stop.
+    cancel_grace: std::time::Duration,
     /// Cancelled at shutdown: ends watchers and sessions so the server can
     /// drain.
     shutdown: CancellationToken,
@@ -69,12 +71,15 @@ pub struct TaskRequest {
     pub trace_context: std::collections::HashMap<String, String>,
     /// The task as data, forwarded to the agent unchanged.
     pub spec: Option<shepherd_proto::agentmanager::v1::TaskSpec>,
+    /// How long the agent has for this attempt, from delivery.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Manager {
     pub fn new(
         supervisors: Arc<Supervisors>,
         session_heartbeat: std::time::Duration,
+        cancel_grace: std::time::Duration,
         shutdown: CancellationToken,
     ) -> Self {
         let ctx = supervisors.context();
@@ -83,6 +88,7 @@ impl Manager {
             events: ctx.events.clone(),
             supervisors,
             session_heartbeat,
+            cancel_grace,
             shutdown,
         }
     }
@@ -230,6 +236,10 @@ impl Manager {
                 attempt,
                 trace_context: request.trace_context,
                 spec: request.spec,
+                deadline: request
+                    .timeout
+                    .and_then(|timeout| std::time::SystemTime::now().checked_add(timeout))
+                    .map(Into::into),
             })),
         };
         if session.tasks.send(message).await.is_err() {
@@ -309,6 +319,33 @@ impl Manager {
             .collect())
     }
 
+    /// Asks the agent running `task_id` to stop it; the outcome CANCELLED
+    /// follows as a TaskCompleted event. Returns the task's state (None:
+    /// never delivered); only a task in flight is asked to stop.
+    pub async fn cancel_task(&self, agent: Uuid, task_id: &str) -> Result<Option<TaskState>> {
+        let status = self
+            .task_states(&[task_id.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("no answer about the task".into()))?;
+        if let Some(TaskState::Delivered | TaskState::Accepted) = status.state
+            && let Some(session) = self.supervisors.context().sessions.get(agent)
+        {
+            let cancel = ManagerMessage {
+                kind: Some(manager_message::Kind::Cancel(
+                    shepherd_proto::agentmanager::v1::Cancel {
+                        task_id: task_id.to_owned(),
+                        attempt: status.attempt,
+                        reason: "cancelled on request".into(),
+                    },
+                )),
+            };
+            // A session that just ended has declared the task lost.
+            let _ = session.tasks.send(cancel).await;
+        }
+        Ok(status.state)
+    }
+
     pub fn watch_events(
         &self,
         after: u64,
@@ -375,15 +412,16 @@ impl Manager {
             tasks,
             outbound,
             heartbeat_interval: self.session_heartbeat,
+            cancel_grace: self.cancel_grace,
             store: self.store.clone(),
             events: self.events.clone(),
         };
         let supervisors = self.supervisors.clone();
         tokio::spawn(async move {
-            let reason = session.run().await;
-            tracing::info!(agent = %agent_id, %reason, "agent session ended");
+            let end = session.run().await;
+            tracing::info!(agent = %agent_id, reason = %end.reason, "agent session ended");
             supervisors
-                .session_closed(agent_id, handle.session_id, reason)
+                .session_closed(agent_id, handle.session_id, end.reason, end.wedged)
                 .await;
         });
         Ok(receiver)

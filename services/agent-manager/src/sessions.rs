@@ -8,12 +8,13 @@
 //! when it ends it tells the supervisor (`SessionClosed`).
 
 use std::collections::{HashMap, HashSet};
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use shepherd_proto::agentmanager::v1::{
-    AgentMessage, ManagerHeartbeat, ManagerMessage, ReportAck, TaskCompleted, TaskOutcome,
+    self as pb, AgentMessage, Cancel, ManagerHeartbeat, ManagerMessage, ReportAck, TaskCompleted,
     agent_event, agent_message, manager_message,
 };
 use tokio::sync::mpsc;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::events::EventLog;
-use crate::store::{Completion, Store};
+use crate::store::{Completion, Store, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
 const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -123,8 +124,28 @@ pub struct SessionLoop<S> {
     pub tasks: mpsc::Receiver<ManagerMessage>,
     pub outbound: mpsc::Sender<ManagerMessage>,
     pub heartbeat_interval: Duration,
+    /// How long an agent has to report a task after it was told to stop
+    /// it before its session counts as wedged.
+    pub cancel_grace: Duration,
     pub store: Store,
     pub events: EventLog,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub struct SessionEnd {
+    pub reason: String,
+    /// The agent ignored a Cancel past the grace period: restart it.
+    pub wedged: bool,
+}
+
+impl SessionEnd {
+    fn gone(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            wedged: false,
+        }
+    }
 }
 
 impl<S> SessionLoop<S>
@@ -135,7 +156,7 @@ where
     /// cancelled. Returns why it ended. The task channel is closed before
     /// returning, so every task that made it in is covered by the
     /// supervisor's lost-task sweep that follows.
-    pub async fn run(self) -> String {
+    pub async fn run(self) -> SessionEnd {
         let Self {
             agent_id,
             handle,
@@ -143,9 +164,11 @@ where
             mut tasks,
             outbound,
             heartbeat_interval,
+            cancel_grace,
             store,
             events,
         } = self;
+        let wedge_store = store.clone();
         let (completions, pending) = mpsc::channel(REPORT_QUEUE);
         let recorder = Recorder {
             agent_id,
@@ -170,7 +193,9 @@ where
             tasks: &mut tasks,
             outbound: &outbound,
             heartbeat_interval,
+            cancel_grace,
             reports: &reports,
+            store: &wedge_store,
         };
         let reason = session.serve().await;
         tasks.close();
@@ -189,39 +214,49 @@ struct Session<'a, S> {
     tasks: &'a mut mpsc::Receiver<ManagerMessage>,
     outbound: &'a mpsc::Sender<ManagerMessage>,
     heartbeat_interval: Duration,
+    cancel_grace: Duration,
     reports: &'a TaskReports,
+    store: &'a Store,
 }
 
 impl<S> Session<'_, S>
 where
     S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin,
 {
-    async fn serve(self) -> String {
+    async fn serve(self) -> SessionEnd {
         // The agent heartbeats every interval; three missed ones mean it is
         // gone even if the connection still looks open.
         let silence_limit = self.heartbeat_interval * 3;
         let mut silent_until = Instant::now() + silence_limit;
         let mut ticker = tokio::time::interval(self.heartbeat_interval);
-        // Tasks forwarded on this session and not yet completed: an
-        // acceptance of anything else is stale and ignored.
-        let mut in_flight = HashSet::new();
+        let mut in_flight = InFlightTasks::default();
         loop {
+            let timer = in_flight.next_timer();
             tokio::select! {
-                _ = self.cancel.cancelled() => return "session closed by the manager".into(),
+                _ = self.cancel.cancelled() => return SessionEnd::gone("session closed by the manager"),
                 message = self.inbound.next() => match message {
                     Some(Ok(message)) => {
                         silent_until = Instant::now() + silence_limit;
                         self.reports.on_message(message, &mut in_flight).await;
                     }
-                    Some(Err(status)) => return format!("session stream failed: {}", status.message()),
-                    None => return "agent closed the session".into(),
+                    Some(Err(status)) => return SessionEnd::gone(format!("session stream failed: {}", status.message())),
+                    None => return SessionEnd::gone("agent closed the session"),
                 },
-                Some(task) = self.tasks.recv() => {
-                    if let Some(manager_message::Kind::Task(task)) = &task.kind {
-                        in_flight.insert(task.task_id.clone());
-                    }
-                    if self.outbound.send(task).await.is_err() {
-                        return "agent went away".into();
+                Some(message) = self.tasks.recv() => {
+                    let forward = match &message.kind {
+                        Some(manager_message::Kind::Task(task)) => {
+                            in_flight.delivered(task);
+                            true
+                        }
+                        // A cancel of a task this session does not run
+                        // has nothing to stop.
+                        Some(manager_message::Kind::Cancel(cancel)) => {
+                            in_flight.stop(&cancel.task_id, TaskOutcome::Cancelled, Instant::now() + self.cancel_grace)
+                        }
+                        _ => true,
+                    };
+                    if forward && self.outbound.send(message).await.is_err() {
+                        return SessionEnd::gone("agent went away");
                     }
                 }
                 _ = ticker.tick() => {
@@ -229,14 +264,178 @@ where
                         kind: Some(manager_message::Kind::Heartbeat(ManagerHeartbeat {})),
                     };
                     if self.outbound.send(beat).await.is_err() {
-                        return "agent went away".into();
+                        return SessionEnd::gone("agent went away");
+                    }
+                }
+                _ = sleep_until_some(timer) => {
+                    let timers = Timers {
+                        outbound: self.outbound,
+                        reports: self.reports,
+                        store: self.store,
+                        cancel_grace: self.cancel_grace,
+                    };
+                    if let Some(end) = timers.fire(&mut in_flight).await {
+                        return end;
                     }
                 }
                 _ = tokio::time::sleep_until(silent_until) => {
-                    return format!("no heartbeat from the agent for {silence_limit:?}");
+                    return SessionEnd::gone(format!("no heartbeat from the agent for {silence_limit:?}"));
                 }
             }
         }
+    }
+}
+
+/// What the session's task timers need (apart from the inbound stream,
+/// which is not `Sync` and must not be borrowed across an await).
+struct Timers<'a> {
+    outbound: &'a mpsc::Sender<ManagerMessage>,
+    reports: &'a TaskReports,
+    store: &'a Store,
+    cancel_grace: Duration,
+}
+
+impl Timers<'_> {
+    /// Tells the agent to stop tasks past their deadline; a task still not
+    /// reported a grace period after that ends the session as wedged, with
+    /// the task recorded as timed out (or cancelled).
+    async fn fire(&self, in_flight: &mut InFlightTasks) -> Option<SessionEnd> {
+        let now = Instant::now();
+        for (task_id, attempt) in in_flight.past_deadline(now, now + self.cancel_grace) {
+            tracing::info!(agent = %self.reports.agent_id, task = %task_id, attempt, "task timed out; cancelling it");
+            let cancel = ManagerMessage {
+                kind: Some(manager_message::Kind::Cancel(Cancel {
+                    task_id,
+                    attempt,
+                    reason: "the task's timeout passed".into(),
+                })),
+            };
+            if self.outbound.send(cancel).await.is_err() {
+                return Some(SessionEnd::gone("agent went away"));
+            }
+        }
+        let (task_id, attempt, outcome) = in_flight.past_grace(now)?;
+        let completion = Completion {
+            task_id: task_id.clone(),
+            agent_id: self.reports.agent_id,
+            session_id: self.reports.session_id,
+            attempt,
+            outcome,
+            output: format!(
+                "the agent did not stop the task within {:?} of being told to",
+                self.cancel_grace
+            ),
+        };
+        if let Err(err) = self.reports.record_now(self.store, completion).await {
+            tracing::warn!(agent = %self.reports.agent_id, task = %task_id, error = %err, "could not record a timed-out task; it will be retried as lost");
+        }
+        Some(SessionEnd {
+            reason: format!(
+                "the agent ignored the cancellation of task {task_id} for {:?}",
+                self.cancel_grace
+            ),
+            wedged: true,
+        })
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tasks forwarded on a session and not yet reported, with their
+/// deadlines and any stop the agent was asked for.
+#[derive(Default)]
+struct InFlightTasks {
+    tasks: HashMap<String, Tracked>,
+}
+
+struct Tracked {
+    attempt: u32,
+    deadline: Option<Instant>,
+    /// Asked to stop: why, and until when it may take to report.
+    stop: Option<(TaskOutcome, Instant)>,
+}
+
+impl InFlightTasks {
+    fn delivered(&mut self, task: &pb::Task) {
+        let deadline = task.deadline.and_then(|at| {
+            let at = std::time::SystemTime::try_from(at).ok()?;
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Instant::now().checked_add(left)
+        });
+        self.tasks.insert(
+            task.task_id.clone(),
+            Tracked {
+                attempt: task.attempt,
+                deadline,
+                stop: None,
+            },
+        );
+    }
+
+    fn contains(&self, task_id: &str) -> bool {
+        self.tasks.contains_key(task_id)
+    }
+
+    /// Marks a task asked to stop (the first reason wins); false if this
+    /// session does not run it.
+    fn stop(&mut self, task_id: &str, outcome: TaskOutcome, grace_until: Instant) -> bool {
+        match self.tasks.get_mut(task_id) {
+            Some(tracked) => {
+                tracked.stop.get_or_insert((outcome, grace_until));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a reported task; returns the outcome it must be recorded
+    /// with if the agent was asked to stop it.
+    fn reported(&mut self, task_id: &str) -> Option<TaskOutcome> {
+        self.tasks
+            .remove(task_id)
+            .and_then(|tracked| tracked.stop.map(|(outcome, _)| outcome))
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.tasks
+            .values()
+            .filter_map(|tracked| match tracked.stop {
+                Some((_, grace_until)) => Some(grace_until),
+                None => tracked.deadline,
+            })
+            .min()
+    }
+
+    /// The tasks whose deadline passed and that were not told to stop yet;
+    /// they are marked as told now.
+    fn past_deadline(&mut self, now: Instant, grace_until: Instant) -> Vec<(String, u32)> {
+        let mut due = Vec::new();
+        for (task_id, tracked) in &mut self.tasks {
+            if tracked.stop.is_none() && tracked.deadline.is_some_and(|at| at <= now) {
+                tracked.stop = Some((TaskOutcome::TimedOut, grace_until));
+                due.push((task_id.clone(), tracked.attempt));
+            }
+        }
+        due
+    }
+
+    /// A task told to stop that has not reported within its grace.
+    fn past_grace(&self, now: Instant) -> Option<(String, u32, TaskOutcome)> {
+        self.tasks
+            .iter()
+            .find_map(|(task_id, tracked)| match tracked.stop {
+                Some((outcome, until)) if until <= now => {
+                    Some((task_id.clone(), tracked.attempt, outcome))
+                }
+                _ => None,
+            })
     }
 }
 
@@ -252,7 +451,31 @@ struct TaskReports {
 }
 
 impl TaskReports {
-    async fn on_message(&self, message: AgentMessage, in_flight: &mut HashSet<String>) {
+    /// Records a completion the manager decided on itself, before the
+    /// session ends (so the sweep that follows does not call it lost).
+    async fn record_now(&self, store: &Store, completion: Completion) -> crate::error::Result<()> {
+        let outcome = completion.outcome;
+        let task_id = completion.task_id.clone();
+        let output = completion.output.clone();
+        if let Some(attempt) = store.mark_task_completed(completion).await? {
+            let event = TaskCompleted {
+                task_id,
+                outcome: wire_outcome(outcome) as i32,
+                output,
+                attempt,
+            };
+            self.events
+                .enqueue(
+                    self.agent_id,
+                    self.generation,
+                    agent_event::Kind::TaskCompleted(event),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, message: AgentMessage, in_flight: &mut InFlightTasks) {
         match message.kind {
             Some(agent_message::Kind::TaskAccepted(accepted)) => {
                 if in_flight.contains(&accepted.task_id) {
@@ -265,14 +488,18 @@ impl TaskReports {
             Some(agent_message::Kind::TaskCompleted(completed)) => {
                 // Not only tasks forwarded on this session: an agent sends
                 // the reports the manager has not acknowledged again on
-                // every new session, and they are recorded by attempt.
-                in_flight.remove(&completed.task_id);
+                // every new session, and they are recorded by attempt. A
+                // task the agent was told to stop ends as why it was.
+                let stopped = in_flight.reported(&completed.task_id);
                 self.accepted.remove(&completed.task_id);
-                let succeeded = completed.outcome() == TaskOutcome::Succeeded;
+                let outcome = stopped.unwrap_or(match completed.outcome() {
+                    pb::TaskOutcome::Succeeded => TaskOutcome::Succeeded,
+                    _ => TaskOutcome::Failed,
+                });
                 let mut output = completed.output;
                 truncate_utf8(&mut output, MAX_OUTPUT_BYTES);
                 let completion = Completion {
-                    succeeded,
+                    outcome,
                     task_id: completed.task_id,
                     agent_id: self.agent_id,
                     session_id: self.session_id,
@@ -352,11 +579,7 @@ impl Recorder {
         if let Some(attempt) = recorded {
             let event = TaskCompleted {
                 task_id: task_id.clone(),
-                outcome: if completion.succeeded {
-                    TaskOutcome::Succeeded
-                } else {
-                    TaskOutcome::Failed
-                } as i32,
+                outcome: wire_outcome(completion.outcome) as i32,
                 output: completion.output,
                 attempt,
             };
@@ -381,6 +604,15 @@ impl Recorder {
             })),
         };
         let _ = self.outbound.send(ack).await;
+    }
+}
+
+fn wire_outcome(outcome: TaskOutcome) -> pb::TaskOutcome {
+    match outcome {
+        TaskOutcome::Succeeded => pb::TaskOutcome::Succeeded,
+        TaskOutcome::Failed => pb::TaskOutcome::Failed,
+        TaskOutcome::TimedOut => pb::TaskOutcome::TimedOut,
+        TaskOutcome::Cancelled => pb::TaskOutcome::Cancelled,
     }
 }
 

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::logs::LogDir;
+use crate::model::RestartMode;
 use crate::model::{AgentRecord, AgentStatus, DesiredState};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
 use crate::sessions::{SessionHandle, Sessions, hash_token, new_token};
@@ -56,6 +57,8 @@ enum Command {
     SessionClosed {
         session_id: Uuid,
         reason: String,
+        /// The agent ignored a Cancel: restart it per its policy.
+        wedged: bool,
     },
     /// Manager start-up: bring the agent back to what the user asked for.
     Reconcile,
@@ -148,9 +151,16 @@ impl Supervisors {
     }
 
     /// Fire and forget: the session loop is over either way.
-    pub async fn session_closed(&self, id: Uuid, session_id: Uuid, reason: String) {
+    pub async fn session_closed(&self, id: Uuid, session_id: Uuid, reason: String, wedged: bool) {
         let _ = self
-            .send(id, Command::SessionClosed { session_id, reason })
+            .send(
+                id,
+                Command::SessionClosed {
+                    session_id,
+                    reason,
+                    wedged,
+                },
+            )
             .await;
     }
 
@@ -280,8 +290,12 @@ impl Supervisor {
             Command::SessionOpened(session, token_hash, reply) => {
                 let _ = reply.send(self.session_opened(session, &token_hash).await);
             }
-            Command::SessionClosed { session_id, reason } => {
-                let result = self.session_closed(session_id, &reason).await;
+            Command::SessionClosed {
+                session_id,
+                reason,
+                wedged,
+            } => {
+                let result = self.session_closed(session_id, &reason, wedged).await;
                 self.log_err("session close", result);
             }
             Command::Reconcile => {
@@ -550,7 +564,7 @@ impl Supervisor {
         Ok(self.record.clone())
     }
 
-    async fn session_closed(&mut self, session_id: Uuid, reason: &str) -> Result<()> {
+    async fn session_closed(&mut self, session_id: Uuid, reason: &str, wedged: bool) -> Result<()> {
         // Out of the registry first (in memory, cannot fail): a session
         // whose loop ended is never handed another task.
         let was_current = self
@@ -561,10 +575,22 @@ impl Supervisor {
         // The loop has closed its task channel, so this sweep sees every
         // task it ever took.
         self.sweep_session(session_id, reason).await;
-        if was_current {
-            self.disconnected(reason).await?;
+        if !was_current {
+            return Ok(());
         }
-        Ok(())
+        if wedged && self.process.is_some() {
+            // A wedged agent cannot be trusted with more work: replace it
+            // (through the one restart path, so the scheduler hears
+            // AgentRestarted), unless its policy says never.
+            tracing::warn!(agent = %self.id(), %reason, "agent wedged; replacing it");
+            if self.record.spec.restart_policy.mode == RestartMode::Never {
+                self.terminate(reason).await?;
+            } else {
+                self.restart(reason).await?;
+            }
+            return Ok(());
+        }
+        self.disconnected(reason).await
     }
 
     /// Ends the current session from this side (process gone).

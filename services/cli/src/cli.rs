@@ -219,12 +219,15 @@ pub enum TaskCommand {
     /// Tasks of a workflow.
     List {
         workflow: String,
-        /// pending, dispatched, succeeded or failed.
+        /// pending, dispatched, succeeded, failed, timed_out or cancelled.
         #[arg(long)]
         state: Option<String>,
     },
     /// One task by id ("<workflow_id>:<key>").
     Get { task: String },
+    /// Cancel a task: a pending one at once, a running one through its
+    /// agent. Repeating it is harmless.
+    Cancel { task: String },
 }
 
 #[derive(Subcommand, Debug)]

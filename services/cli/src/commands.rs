@@ -413,6 +413,7 @@ impl Clients {
                     labels: trigger.labels,
                     metadata: trigger.metadata.into_iter().collect(),
                 }),
+                timeout: None,
             })
             .await?
             .into_inner())
@@ -428,7 +429,7 @@ impl Clients {
                         sched::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_uppercase()))
                             .ok_or_else(|| {
                                 UsageError(format!(
-                                    "state {s:?}: use pending, dispatched, succeeded or failed"
+                                    "state {s:?}: use pending, dispatched, succeeded, failed, timed_out or cancelled"
                                 ))
                             })?
                     }
@@ -454,6 +455,14 @@ impl Clients {
                 let task = self
                     .workflows
                     .get_task(sched::GetTaskRequest { task_id: task })
+                    .await?
+                    .into_inner();
+                render::one(self.output, &task);
+            }
+            TaskCommand::Cancel { task } => {
+                let task = self
+                    .workflows
+                    .cancel_task(sched::CancelTaskRequest { task_id: task })
                     .await?
                     .into_inner();
                 render::one(self.output, &task);

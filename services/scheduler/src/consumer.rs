@@ -221,7 +221,7 @@ impl Consumer {
                 completions.push(Outcome {
                     task_id: done.task_id.clone(),
                     attempt: (done.attempt > 0).then_some(done.attempt),
-                    succeeded: done.outcome() == pb::TaskOutcome::Succeeded,
+                    end: crate::manager_client::task_end(done.outcome()),
                     output: done.output.clone(),
                 });
                 handled = handled.max(event.sequence);
@@ -255,9 +255,8 @@ impl Consumer {
         for workflow in workflows {
             recovery.runners.wake(workflow);
         }
-        for (succeeded, seconds) in finished {
-            let outcome = if succeeded { "succeeded" } else { "failed" };
-            crate::metrics::task_finished(outcome, Some(seconds));
+        for (state, seconds) in finished {
+            crate::metrics::task_finished(state.as_str(), Some(seconds));
         }
         completions.clear();
         Ok(())

@@ -10,7 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::model::TaskFields;
+use crate::model::{TaskEnd, TaskFields};
 
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +29,7 @@ pub enum RemoteTask {
     /// Finished with this outcome.
     Completed {
         attempt: u32,
-        succeeded: bool,
+        outcome: TaskEnd,
         output: String,
     },
     /// The attempt was lost (its session ended before it finished).
@@ -49,6 +49,8 @@ pub struct OutgoingTask {
     /// The template rendered for /bin/sh (fields through the environment).
     pub script: String,
     pub fields: TaskFields,
+    /// How long the attempt may run.
+    pub timeout: Duration,
 }
 
 /// Why a call to the agent-manager failed.
@@ -73,6 +75,16 @@ impl From<tonic::Status> for ManagerError {
     }
 }
 
+/// How a task ended, from the manager's outcome.
+pub fn task_end(outcome: pb::TaskOutcome) -> TaskEnd {
+    match outcome {
+        pb::TaskOutcome::Succeeded => TaskEnd::Succeeded,
+        pb::TaskOutcome::TimedOut => TaskEnd::TimedOut,
+        pb::TaskOutcome::Cancelled => TaskEnd::Cancelled,
+        pb::TaskOutcome::Failed | pb::TaskOutcome::Unspecified => TaskEnd::Failed,
+    }
+}
+
 fn remote_task(
     state: pb::TaskState,
     attempt: u32,
@@ -83,7 +95,7 @@ fn remote_task(
         pb::TaskState::Delivered | pb::TaskState::Accepted => RemoteTask::InFlight { attempt },
         pb::TaskState::Completed => RemoteTask::Completed {
             attempt,
-            succeeded: outcome == pb::TaskOutcome::Succeeded,
+            outcome: task_end(outcome),
             output,
         },
         pb::TaskState::Lost => RemoteTask::Lost { attempt },
@@ -145,6 +157,7 @@ impl ManagerClient {
             trace_context: Default::default(),
             attempt: task.attempt,
             spec: Some(spec),
+            timeout: prost_types::Duration::try_from(task.timeout).ok(),
         });
         let response = self
             .client
@@ -185,6 +198,26 @@ impl ManagerClient {
             .into_iter()
             .map(|task| remote_task(task.state(), task.attempt, task.outcome(), task.output))
             .collect())
+    }
+
+    /// Asks the agent running a task to stop it. Returns where the task
+    /// stands at the manager (in flight: the cancellation is on its way).
+    pub async fn cancel_task(
+        &self,
+        agent: Uuid,
+        task_id: &str,
+    ) -> Result<RemoteTask, ManagerError> {
+        let request = Self::request(pb::CancelTaskRequest {
+            agent_id: agent.to_string(),
+            task_id: task_id.to_owned(),
+        });
+        let response = self.client.clone().cancel_task(request).await?.into_inner();
+        Ok(remote_task(
+            response.state(),
+            0,
+            pb::TaskOutcome::Unspecified,
+            String::new(),
+        ))
     }
 
     /// Whether the agent exists (NOT_FOUND: false; other failures: error).

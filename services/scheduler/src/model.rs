@@ -26,6 +26,32 @@ pub enum Trigger {
 
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default and bounds of a workflow's task timeout.
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MIN_TASK_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How a task's attempt ended, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEnd {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl TaskEnd {
+    /// The final task state it leads to.
+    pub fn state(self) -> TaskState {
+        match self {
+            Self::Succeeded => TaskState::Succeeded,
+            Self::Failed => TaskState::Failed,
+            Self::TimedOut => TaskState::TimedOut,
+            Self::Cancelled => TaskState::Cancelled,
+        }
+    }
+}
+
 /// Longest interval or delay accepted: 100 years, far from any overflow
 /// and well inside PostgreSQL's timestamp range.
 pub const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -98,6 +124,8 @@ pub struct Workflow {
     pub prompt_template: String,
     pub max_concurrency: u32,
     pub max_attempts: u32,
+    /// How long an attempt may run.
+    pub task_timeout: Duration,
     pub disabled_reason: String,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
@@ -119,6 +147,8 @@ pub enum TaskState {
     Dispatched,
     Succeeded,
     Failed,
+    TimedOut,
+    Cancelled,
 }
 
 impl TaskState {
@@ -128,7 +158,14 @@ impl TaskState {
             Self::Dispatched => "dispatched",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
         }
+    }
+
+    /// Whether the task is over (nothing will change it any more).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Dispatched)
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -137,6 +174,8 @@ impl TaskState {
             Self::Dispatched,
             Self::Succeeded,
             Self::Failed,
+            Self::TimedOut,
+            Self::Cancelled,
         ]
         .into_iter()
         .find(|state| state.as_str() == text)

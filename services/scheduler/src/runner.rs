@@ -652,6 +652,7 @@ impl Runner {
                 prompt: task.prompt,
                 script: task.script,
                 fields: task.fields,
+                timeout: task.timeout,
             };
             let answer = self.ctx.manager.dispatch(outgoing).await;
             crate::metrics::dispatched(started.elapsed(), answer.is_ok());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::manager_client::ManagerClient;
+use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
 use crate::model::{Task, TaskFields, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
 use crate::store::{NewWorkflow, Rendered, Store, WorkflowFilter};
@@ -28,6 +28,7 @@ pub struct UpdateMask {
     pub prompt_template: bool,
     pub max_concurrency: bool,
     pub max_attempts: bool,
+    pub task_timeout: bool,
 }
 
 impl Scheduler {
@@ -96,6 +97,9 @@ impl Scheduler {
         if mask.max_attempts {
             workflow.max_attempts = patch.max_attempts;
         }
+        if mask.task_timeout {
+            workflow.task_timeout = patch.task_timeout;
+        }
         let reschedule = mask.trigger || (workflow.enabled && !was_enabled);
         let workflow = self.store.update_workflow(&workflow, reschedule).await?;
         if workflow.enabled {
@@ -115,17 +119,54 @@ impl Scheduler {
     }
 
     /// Records a task (accepted means stored) and wakes the runner.
+    /// Cancels a task: a pending one at once; a dispatched one through its
+    /// agent (it becomes CANCELLED when the agent reports). Idempotent: a
+    /// finished task is returned as it is.
+    pub async fn cancel_task(&self, id: &str) -> Result<Task> {
+        if let Some(task) = self.store.cancel_pending(id).await? {
+            return Ok(task);
+        }
+        let task = self.store.get_task(id).await?;
+        if task.state != crate::model::TaskState::Dispatched {
+            return Ok(task);
+        }
+        let workflow = self.store.get_workflow(task.workflow_id).await?;
+        let answer = self.manager.cancel_task(workflow.agent_id, id).await;
+        match answer {
+            // Told to stop; CANCELLED arrives with the agent's report.
+            Ok(RemoteTask::InFlight { .. }) => Ok(task),
+            // Finished meanwhile: its outcome is on its way.
+            Ok(RemoteTask::Completed { .. }) => Ok(task),
+            // Nobody runs it (never delivered, or lost with its session).
+            Ok(RemoteTask::Unknown | RemoteTask::Lost { .. }) | Err(ManagerError::Refused(_)) => {
+                let cancelled = self.store.cancel_dispatched(id).await?;
+                self.runners.wake(task.workflow_id);
+                match cancelled {
+                    Some(task) => Ok(task),
+                    None => self.store.get_task(id).await,
+                }
+            }
+            Err(err @ ManagerError::Unavailable(_)) => Err(Error::Unavailable(format!(
+                "cannot reach the agent running task {id} ({err}); retry"
+            ))),
+        }
+    }
+
+    /// Records a pending task; `timeout` may shorten the workflow's task
+    /// timeout for it.
     pub async fn trigger(
         &self,
         workflow: Uuid,
         key: Option<String>,
         fields: TaskFields,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Task> {
         let workflow = self.store.get_workflow(workflow).await?;
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
         let rendered = Rendered {
             prompt: template::render(&workflow.prompt_template, &fields)?,
             script: template::render_shell(&workflow.prompt_template)?,
+            timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
         };
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();

@@ -53,13 +53,15 @@ pub async fn apply(
             Ok(Applied::InFlight)
         }
         Ok(RemoteTask::Completed {
-            succeeded, output, ..
+            outcome: end,
+            output,
+            ..
         }) => {
             let outcome = Outcome {
                 task_id: task.to_owned(),
                 // Whatever attempt finished it, the task is done.
                 attempt: None,
-                succeeded,
+                end,
                 output,
             };
             store.complete_many(&[outcome]).await?;
@@ -165,6 +167,7 @@ async fn settle_one(
         prompt: task.prompt.clone(),
         script: task.script.clone(),
         fields: task.fields.clone(),
+        timeout: task.timeout,
     };
     let answer = manager.dispatch(outgoing).await;
     if let Err(ManagerError::Unavailable(reason)) = &answer {

@@ -10,7 +10,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
+use crate::model::{Task, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
 mod claims;
 mod in_flight;
@@ -54,10 +54,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "task_script",
         sql: include_str!("../migrations/0006_task_script.sql"),
     },
+    Migration {
+        version: 7,
+        name: "timeouts_and_cancellation",
+        sql: include_str!("../migrations/0007_timeouts_and_cancellation.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
-    max_concurrency, max_attempts, disabled_reason, created_at, updated_at";
+    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
     output, last_error, created_at, updated_at";
 
@@ -70,6 +75,7 @@ pub struct NewWorkflow {
     pub prompt_template: String,
     pub max_concurrency: u32,
     pub max_attempts: u32,
+    pub task_timeout: std::time::Duration,
 }
 
 /// A task claimed for dispatch.
@@ -82,16 +88,20 @@ pub struct Claimed {
     pub fields: TaskFields,
     pub workflow_name: String,
     pub attempts: u32,
+    /// How long an attempt may run.
+    pub timeout: std::time::Duration,
     /// Trace context of the call that created the task.
     pub trace_context: std::collections::HashMap<String, String>,
 }
 
-/// A task's template rendered: the prompt (text, with the fields' values)
-/// and the script for /bin/sh (fields referred to through the environment).
+/// What a new task runs: its template rendered as the prompt (text, with
+/// the fields' values) and as the script for /bin/sh (fields referred to
+/// through the environment), and how long an attempt may take.
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub prompt: String,
     pub script: String,
+    pub timeout: std::time::Duration,
 }
 
 /// A task's reported outcome.
@@ -99,7 +109,7 @@ pub struct Rendered {
 pub struct Outcome {
     pub task_id: String,
     pub attempt: Option<u32>,
-    pub succeeded: bool,
+    pub end: TaskEnd,
     pub output: String,
 }
 
@@ -140,8 +150,8 @@ impl Store {
         let sql = format!(
             "INSERT INTO scheduler.workflows
                  (id, name, agent_id, enabled, trigger, prompt_template, max_concurrency, max_attempts,
-                  next_fire_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                  next_fire_at, created_at, updated_at, task_timeout_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)
              RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -158,6 +168,7 @@ impl Store {
                     &to_i32(new.max_attempts),
                     &next_fire,
                     &now,
+                    &millis(new.task_timeout),
                 ],
             )
             .await;
@@ -253,7 +264,7 @@ impl Store {
             "UPDATE scheduler.workflows
              SET name = $2, enabled = $3, trigger = $4, prompt_template = $5, max_concurrency = $6,
                  max_attempts = $7, disabled_reason = $8, updated_at = now(),
-                 next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END
+                 next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END, task_timeout_ms = $11
              WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -270,6 +281,7 @@ impl Store {
                     &workflow.disabled_reason,
                     &reschedule,
                     &next_fire,
+                    &millis(workflow.task_timeout),
                 ],
             )
             .await;
@@ -346,8 +358,8 @@ impl Store {
             let script = crate::template::render_shell(&workflow.prompt_template)?;
             tx
             .execute(
-                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, script)
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6) ON CONFLICT DO NOTHING").await?,
+                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, script, timeout_ms)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) ON CONFLICT DO NOTHING").await?,
                 &[
                     &crate::model::task_id(workflow.id, &key),
                     &workflow.id,
@@ -355,6 +367,7 @@ impl Store {
                     &to_json(&fields)?,
                     &prompt,
                     &script,
+                    &millis(workflow.task_timeout),
                 ],
             )
             .await?;
@@ -395,8 +408,8 @@ impl Store {
         let client = self.pool.get().await?;
         let id = crate::model::task_id(workflow, key);
         let sql = format!(
-            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)
+            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script, timeout_ms)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
         );
         let result = client
@@ -410,6 +423,7 @@ impl Store {
                     &rendered.prompt,
                     &to_json(trace_context)?,
                     &rendered.script,
+                    &millis(rendered.timeout),
                 ],
             )
             .await;
@@ -456,6 +470,35 @@ impl Store {
             .collect()
     }
 
+    /// Cancels a pending task at once; returns it if it was pending.
+    pub async fn cancel_pending(&self, id: &str) -> Result<Option<Task>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE scheduler.tasks SET state = 'cancelled', last_error = 'cancelled on request',
+                    updated_at = now()
+             WHERE id = $1 AND state = 'pending' RETURNING {TASK_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// Cancels a dispatched task the agent-manager does not run (any
+    /// more); returns it if it was dispatched.
+    pub async fn cancel_dispatched(&self, id: &str) -> Result<Option<Task>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE scheduler.tasks SET state = 'cancelled', last_error = 'cancelled on request',
+                    updated_at = now()
+             WHERE id = $1 AND state = 'dispatched' RETURNING {TASK_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
     /// Puts a claimed task back (the dispatch did not happen).
     pub async fn release(&self, id: &str, error: &str) -> Result<()> {
         let client = self.pool.get().await?;
@@ -485,22 +528,19 @@ impl Store {
 
     /// Records outcomes of the attempts in flight, in one statement; returns
     /// the workflows whose tasks changed, and for each recorded outcome
-    /// whether it succeeded and how long since dispatch (seconds). A report
+    /// its final state and how long since dispatch (seconds). A report
     /// about an attempt older than the one we know of is stale and ignored;
     /// a newer one (our count not yet aligned with the manager's) is taken.
     pub async fn complete_many(
         &self,
         outcomes: &[Outcome],
-    ) -> Result<(Vec<Uuid>, Vec<(bool, f64)>)> {
+    ) -> Result<(Vec<Uuid>, Vec<(TaskState, f64)>)> {
         let client = self.pool.get().await?;
         // Rows in key order, so that concurrent callers cannot deadlock.
         let mut outcomes: Vec<&Outcome> = outcomes.iter().collect();
         outcomes.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         let ids: Vec<&str> = outcomes.iter().map(|o| o.task_id.as_str()).collect();
-        let states: Vec<&str> = outcomes
-            .iter()
-            .map(|o| if o.succeeded { "succeeded" } else { "failed" })
-            .collect();
+        let states: Vec<&str> = outcomes.iter().map(|o| o.end.state().as_str()).collect();
         let outputs: Vec<&str> = outcomes.iter().map(|o| o.output.as_str()).collect();
         let attempts: Vec<Option<i32>> = outcomes.iter().map(|o| o.attempt.map(to_i32)).collect();
         let rows = client
@@ -508,7 +548,7 @@ impl Store {
                 &client.prepare_cached("UPDATE scheduler.tasks t SET state = v.state, output = v.output, updated_at = now()
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[]) AS v(id, state, output, attempt)
                  WHERE t.id = v.id AND t.state = 'dispatched' AND (v.attempt IS NULL OR t.attempts <= v.attempt)
-                 RETURNING t.workflow_id, t.state = 'succeeded',
+                 RETURNING t.workflow_id, t.state,
                            extract(epoch FROM clock_timestamp() - t.updated_at)::float8").await?,
                 &[&ids, &states, &outputs, &attempts],
             )
@@ -516,7 +556,10 @@ impl Store {
         let mut workflows: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
         workflows.sort_unstable();
         workflows.dedup();
-        let finished = rows.iter().map(|row| (row.get(1), row.get(2))).collect();
+        let finished = rows
+            .iter()
+            .filter_map(|row| Some((TaskState::parse(row.get(1))?, row.get(2))))
+            .collect();
         Ok((workflows, finished))
     }
 
@@ -574,6 +617,11 @@ impl Store {
     }
 }
 
+/// A duration as stored (milliseconds, saturating).
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 async fn task_by_id(client: &shepherd_platform::db::Client, id: &str) -> Result<Task> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM scheduler.tasks WHERE id = $1");
     let row = client
@@ -594,6 +642,9 @@ fn workflow_from_row(row: &Row) -> Result<Workflow> {
         max_concurrency: from_i32(row.get("max_concurrency")),
         max_attempts: from_i32(row.get("max_attempts")),
         disabled_reason: row.get("disabled_reason"),
+        task_timeout: std::time::Duration::from_millis(
+            u64::try_from(row.get::<_, i64>("task_timeout_ms")).unwrap_or(0),
+        ),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })

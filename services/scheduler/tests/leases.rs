@@ -27,6 +27,7 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
             prompt_template: String::new(),
             max_concurrency: 2,
             max_attempts: 1,
+            task_timeout: Duration::from_secs(60),
         })
         .await?;
     for n in 0..tasks {
@@ -38,6 +39,7 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
                 &Rendered {
                     prompt: String::new(),
                     script: String::new(),
+                    timeout: Duration::from_secs(60),
                 },
                 &Default::default(),
             )

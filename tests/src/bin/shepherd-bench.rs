@@ -272,6 +272,7 @@ async fn throughput(agents: usize, tasks: usize, concurrency: u32) -> anyhow::Re
                         workflow_id: workflow.clone(),
                         idempotency_key: format!("t{i}"),
                         fields: None,
+                        timeout: None,
                     })
                     .await?;
             }

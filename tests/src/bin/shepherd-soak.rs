@@ -128,6 +128,7 @@ async fn queue(client: &Client, workflows: &[String], per: usize) -> anyhow::Res
                         title: format!("{workflow}/{k}"),
                         ..Default::default()
                     }),
+                    timeout: None,
                 })
                 .await?;
         }

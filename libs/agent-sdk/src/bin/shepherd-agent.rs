@@ -78,12 +78,15 @@ impl TaskHandler for Agent {
             }
         };
         tracing::info!(task_id = %task.task_id, attempt = task.attempt, "running task");
+        // The task stays in the agent's process group, so that whatever
+        // stops the agent's group stops its tasks too; a cancel kills the
+        // task's own process tree.
         command
             .envs(task.env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        run(command, stdin).await
+        run(command, stdin, &task.cancel).await
     }
 }
 
@@ -95,18 +98,34 @@ fn prompt(task: &IncomingTask) -> Vec<u8> {
     }
 }
 
-async fn run(mut command: tokio::process::Command, stdin: Vec<u8>) -> TaskResult {
+async fn run(
+    mut command: tokio::process::Command,
+    stdin: Vec<u8>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> TaskResult {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => return TaskResult::failure(format!("could not start the task: {err}")),
     };
+    let root = child.id().and_then(|pid| i32::try_from(pid).ok());
     if let Some(mut pipe) = child.stdin.take() {
         // A program that does not read its stdin closes it early: fine.
         tokio::spawn(async move {
             let _ = pipe.write_all(&stdin).await;
         });
     }
-    match child.wait_with_output().await {
+    let output = tokio::select! {
+        output = child.wait_with_output() => output,
+        _ = cancel.cancelled() => {
+            // Stop the task's whole process tree: nothing it started keeps
+            // running after it was cancelled.
+            if let Some(root) = root {
+                kill_tree(root);
+            }
+            return TaskResult::failure("cancelled: the task's processes were killed");
+        }
+    };
+    match output {
         Ok(output) => {
             let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&output.stderr));
@@ -119,6 +138,52 @@ async fn run(mut command: tokio::process::Command, stdin: Vec<u8>) -> TaskResult
         }
         Err(err) => TaskResult::failure(format!("waiting for the task failed: {err}")),
     }
+}
+
+/// SIGKILLs `root` and every descendant of it (found through /proc; two
+/// passes, so that a child forked during the first is caught by the
+/// second).
+fn kill_tree(root: i32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for _ in 0..2 {
+        for pid in descendants(root) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// `root` and its descendants, from the parent links in /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so parse
+            // after its closing parenthesis.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        if let Some(kids) = children.get(&tree[next]) {
+            tree.extend(kids);
+        }
+        next += 1;
+    }
+    tree
 }
 
 fn truncate(text: &mut String, max: usize) {

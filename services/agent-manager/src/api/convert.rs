@@ -178,8 +178,12 @@ pub fn task_state(state: Option<TaskState>) -> pb::TaskState {
 /// A completed task's stored outcome on the wire.
 pub fn task_outcome(outcome: Option<&str>) -> pb::TaskOutcome {
     match outcome {
-        Some("succeeded") => pb::TaskOutcome::Succeeded,
-        Some(_) => pb::TaskOutcome::Failed,
+        Some(outcome) => match crate::store::TaskOutcome::parse(outcome) {
+            Some(crate::store::TaskOutcome::Succeeded) => pb::TaskOutcome::Succeeded,
+            Some(crate::store::TaskOutcome::TimedOut) => pb::TaskOutcome::TimedOut,
+            Some(crate::store::TaskOutcome::Cancelled) => pb::TaskOutcome::Cancelled,
+            Some(crate::store::TaskOutcome::Failed) | None => pb::TaskOutcome::Failed,
+        },
         None => pb::TaskOutcome::Unspecified,
     }
 }

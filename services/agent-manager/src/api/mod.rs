@@ -204,6 +204,10 @@ impl AgentManager for Api {
                 task_id: request.task_id,
                 attempt: request.attempt,
                 spec: request.spec,
+                timeout: request
+                    .timeout
+                    .and_then(|timeout| Duration::try_from(timeout).ok())
+                    .filter(|timeout| !timeout.is_zero()),
                 payload: request.payload,
                 // An explicit context wins; else the task continues this
                 // call's trace.
@@ -260,6 +264,23 @@ impl AgentManager for Api {
                     output: status.output,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let request = request.into_inner();
+        let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
+        if request.task_id.is_empty() || request.task_id.len() > MAX_TASK_ID_LEN {
+            return Err(
+                Error::invalid("task_id", format!("must be 1-{MAX_TASK_ID_LEN} bytes")).into(),
+            );
+        }
+        let state = self.manager.cancel_task(agent_id, &request.task_id).await?;
+        Ok(Response::new(pb::CancelTaskResponse {
+            state: convert::task_state(state) as i32,
         }))
     }
 

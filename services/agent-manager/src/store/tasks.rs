@@ -12,7 +12,7 @@ use shepherd_platform::columns::{from_i32, from_i64, to_i32, to_i64};
 use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
-use super::{LostTask, Store, StoredTask, TaskClaim, TaskState};
+use super::{LostTask, Store, StoredTask, TaskClaim, TaskOutcome, TaskState};
 use crate::error::{Error, Result};
 
 /// The batchers of the task table; part of `Store`.
@@ -72,7 +72,7 @@ pub struct Completion {
     pub agent_id: Uuid,
     pub session_id: Uuid,
     pub attempt: u32,
-    pub succeeded: bool,
+    pub outcome: TaskOutcome,
     pub output: String,
 }
 
@@ -128,11 +128,7 @@ impl Store {
             agent_id: completion.agent_id,
             session_id: completion.session_id,
             attempt: to_i32(completion.attempt),
-            outcome: if completion.succeeded {
-                "succeeded"
-            } else {
-                "failed"
-            },
+            outcome: completion.outcome.as_str(),
             output: completion.output,
         };
         Ok(self.tasks.completions.submit(item).await?)

@@ -31,7 +31,36 @@ pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
         prompt_template,
         max_concurrency: concurrency(workflow.max_concurrency)?,
         max_attempts: attempts(workflow.max_attempts)?,
+        task_timeout: task_timeout(workflow.task_timeout)?,
     })
+}
+
+/// A workflow's task timeout: unset means the default (1 hour).
+fn task_timeout(value: Option<prost_types::Duration>) -> Result<Duration> {
+    const FIELD: &str = "workflow.task_timeout";
+    let Some(value) = value else {
+        return Ok(model::DEFAULT_TASK_TIMEOUT);
+    };
+    let timeout = Duration::try_from(value)
+        .map_err(|_| Error::invalid(FIELD, "must be a positive duration"))?;
+    if !(model::MIN_TASK_TIMEOUT..=model::MAX_TASK_TIMEOUT).contains(&timeout) {
+        return Err(Error::invalid(FIELD, "must be between 1s and 30 days"));
+    }
+    Ok(timeout)
+}
+
+/// A trigger's timeout: shortens the workflow's (None: the workflow's).
+pub fn trigger_timeout(value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
+    const FIELD: &str = "timeout";
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let timeout = Duration::try_from(value)
+        .map_err(|_| Error::invalid(FIELD, "must be a positive duration"))?;
+    if timeout < model::MIN_TASK_TIMEOUT {
+        return Err(Error::invalid(FIELD, "must be at least 1s"));
+    }
+    Ok(Some(timeout))
 }
 
 /// The patch and mask of an UpdateWorkflow request.
@@ -44,7 +73,7 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
     if paths.is_empty() {
         return Err(Error::invalid(
             "update_mask",
-            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts)",
+            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout)",
         ));
     }
     let mut mask = UpdateMask::default();
@@ -56,11 +85,12 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             "prompt_template" => mask.prompt_template = true,
             "max_concurrency" => mask.max_concurrency = true,
             "max_attempts" => mask.max_attempts = true,
+            "task_timeout" => mask.task_timeout = true,
             other => {
                 return Err(Error::invalid(
                     "update_mask",
                     format!(
-                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency or max_attempts"
+                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts or task_timeout"
                     ),
                 ));
             }
@@ -95,6 +125,11 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             attempts(patch.max_attempts)?
         } else {
             DEFAULT_ATTEMPTS
+        },
+        task_timeout: if mask.task_timeout {
+            task_timeout(patch.task_timeout)?
+        } else {
+            model::DEFAULT_TASK_TIMEOUT
         },
         disabled_reason: String::new(),
         created_at: std::time::SystemTime::UNIX_EPOCH,
@@ -191,6 +226,7 @@ pub fn workflow(workflow: Workflow) -> pb::Workflow {
         disabled_reason: workflow.disabled_reason,
         create_time: Some(workflow.created_at.into()),
         update_time: Some(workflow.updated_at.into()),
+        task_timeout: prost_types::Duration::try_from(workflow.task_timeout).ok(),
     }
 }
 
@@ -233,6 +269,8 @@ fn task_state(state: TaskState) -> pb::TaskState {
         TaskState::Dispatched => pb::TaskState::Dispatched,
         TaskState::Succeeded => pb::TaskState::Succeeded,
         TaskState::Failed => pb::TaskState::Failed,
+        TaskState::TimedOut => pb::TaskState::TimedOut,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
     }
 }
 
@@ -243,6 +281,8 @@ pub fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
         Ok(pb::TaskState::Dispatched) => Ok(Some(TaskState::Dispatched)),
         Ok(pb::TaskState::Succeeded) => Ok(Some(TaskState::Succeeded)),
         Ok(pb::TaskState::Failed) => Ok(Some(TaskState::Failed)),
+        Ok(pb::TaskState::TimedOut) => Ok(Some(TaskState::TimedOut)),
+        Ok(pb::TaskState::Cancelled) => Ok(Some(TaskState::Cancelled)),
         Err(_) => Err(Error::invalid(
             "state",
             format!("{value} is not a known task state"),

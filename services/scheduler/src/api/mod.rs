@@ -119,10 +119,24 @@ impl scheduler_server::Scheduler for Api {
                 Some(request.idempotency_key)
             }
         };
+        let timeout = convert::trigger_timeout(request.timeout)?;
         let task = self
             .scheduler
-            .trigger(id, key, convert::fields(request.fields))
+            .trigger(id, key, convert::fields(request.fields), timeout)
             .await?;
+        Ok(Response::new(convert::task(task)))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let task_id = request.into_inner().task_id;
+        if task_id.is_empty() {
+            return Err(Error::invalid("task_id", "is required").into());
+        }
+        record_id("task_id", &task_id);
+        let task = self.scheduler.cancel_task(&task_id).await?;
         Ok(Response::new(convert::task(task)))
     }
 

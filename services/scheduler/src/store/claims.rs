@@ -82,7 +82,7 @@ async fn claim_batch(
              UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
              FROM next WHERE t.id = next.id
              RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
-                       t.script, t.fields, next.workflow_name",
+                       t.script, t.fields, next.workflow_name, t.timeout_ms",
         )
         .await?;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
@@ -101,6 +101,9 @@ async fn claim_batch(
             script: row.get(6),
             fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
             workflow_name: row.get(8),
+            timeout: std::time::Duration::from_millis(
+                u64::try_from(row.get::<_, i64>(9)).unwrap_or(0),
+            ),
         };
         claimed
             .entry(row.get(0))
