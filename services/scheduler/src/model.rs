@@ -72,7 +72,7 @@ impl Trigger {
                 if period < MIN_INTERVAL || period > MAX_PERIOD {
                     Err(Error::invalid(
                         "workflow.trigger.interval.period",
-                        "must be between 1s and 100 years",
+                        "must be at least 1s and at most 100 years",
                     ))
                 } else {
                     Ok(())
