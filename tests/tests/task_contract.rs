@@ -160,6 +160,7 @@ async fn timed_workflow(
     name: &str,
     template: &str,
     timeout_secs: i64,
+    max_attempts: u32,
     agent_env: &[(&str, &str)],
 ) -> anyhow::Result<(String, sched::Workflow)> {
     let agent = stack
@@ -206,6 +207,7 @@ async fn timed_workflow(
                     seconds: timeout_secs,
                     nanos: 0,
                 }),
+                max_attempts,
                 ..Default::default()
             }),
         })
@@ -247,14 +249,26 @@ async fn a_hung_task_times_out_its_processes_die_and_the_next_task_runs() -> any
         pidfile.display(),
         done.display()
     );
-    let (_, workflow) = timed_workflow(&mut stack, "hangs", &template, 1, &[]).await?;
+    let (_, workflow) = timed_workflow(&mut stack, "hangs", &template, 1, 2, &[]).await?;
     let hung = stack.trigger(&workflow.id, "hang", "hang").await?;
     let sleeper = pid_in(&pidfile).await?;
-    let timed_out = stack
+    // Timed out, retried (the default policy retries timeouts), timed out
+    // again: out of attempts, dead-lettered.
+    stack
         .wait_tasks(std::slice::from_ref(&hung.id), TaskState::TimedOut)
         .await?;
-    assert_eq!(timed_out[0].attempts, 1);
     wait_gone(sleeper).await?;
+    let hung = stack
+        .workflows
+        .get_task(sched::GetTaskRequest {
+            task_id: hung.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(hung.attempts, 2);
+    assert!(hung.dead_letter);
+    let outcomes: Vec<&str> = hung.history.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["timed_out", "timed_out"]);
     let next = stack.trigger(&workflow.id, "next", "next").await?;
     stack
         .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
@@ -280,6 +294,7 @@ async fn a_wedged_agent_that_ignores_cancel_is_restarted_and_its_runners_come_ba
         &mut stack,
         "wedges",
         &template,
+        1,
         1,
         &[("SHEPHERD_FAILPOINTS", "sdk.ignore_cancel=skip")],
     )
@@ -313,7 +328,7 @@ async fn cancelling_pending_and_running_tasks_is_final_and_idempotent() -> anyho
         pidfile.display(),
         done.display()
     );
-    let (_, workflow) = timed_workflow(&mut stack, "cancels", &template, 3600, &[]).await?;
+    let (_, workflow) = timed_workflow(&mut stack, "cancels", &template, 3600, 3, &[]).await?;
     let running = stack.trigger(&workflow.id, "long", "long").await?;
     let sleeper = pid_in(&pidfile).await?;
     // Max concurrency 1: this one waits behind the running one.
@@ -352,5 +367,78 @@ async fn cancelling_pending_and_running_tasks_is_final_and_idempotent() -> anyho
         .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
         .await?;
     assert!(done.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn retries_are_spaced_by_the_policy_and_a_task_out_of_attempts_is_dead_lettered()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack.create_agent("worker", am::RestartMode::Never).await?;
+    let ms = |millis: i32| {
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: millis * 1_000_000,
+        })
+    };
+    let workflow = stack
+        .workflows
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: "flaky".into(),
+                agent_id: agent.id.clone(),
+                enabled: true,
+                prompt_template: "exit 1".into(),
+                max_attempts: 4,
+                retry: Some(sched::RetryPolicy {
+                    initial_backoff: ms(400),
+                    max_backoff: ms(800),
+                    jitter: Some(0.0),
+                    retry_failed: true,
+                    retry_timed_out: None,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let task = stack.trigger(&workflow.id, "once", "once").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&task.id), TaskState::Failed)
+        .await?;
+    let task = stack
+        .workflows
+        .get_task(sched::GetTaskRequest { task_id: task.id })
+        .await?
+        .into_inner();
+    assert_eq!(task.attempts, 4);
+    assert!(task.dead_letter, "{task:?}");
+    assert_eq!(task.history.len(), 4, "{task:?}");
+    // From the stored times: each retry started no earlier than its
+    // backoff after the previous attempt ended (400, 800, 800 ms), and not
+    // much later (runners re-check every 200 ms in tests).
+    let at = |t: &Option<prost_types::Timestamp>| {
+        let t = t.expect("timestamp");
+        t.seconds as f64 + f64::from(t.nanos) / 1e9
+    };
+    for (pair, backoff) in task.history.windows(2).zip([0.4, 0.8, 0.8]) {
+        let gap = at(&pair[1].start_time) - at(&pair[0].end_time);
+        assert!(
+            gap >= backoff - 0.01 && gap < backoff + 1.0,
+            "attempt {} started {gap:.3}s after the previous one ended; backoff {backoff}s",
+            pair[1].attempt
+        );
+    }
+    let dead = stack
+        .workflows
+        .list_tasks(sched::ListTasksRequest {
+            workflow_id: workflow.id.clone(),
+            dead_letter: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .tasks;
+    assert_eq!(dead.len(), 1);
     Ok(())
 }

@@ -52,6 +52,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Registered before the first request can arrive; kept in step after.
+    let initial = if *healthy.borrow() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in service_names.iter().copied().chain([""]) {
+        health_reporter.set_service_status(name, initial).await;
+    }
     tokio::spawn(follow_health(
         health_reporter.clone(),
         service_names.clone(),

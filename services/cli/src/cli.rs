@@ -222,6 +222,9 @@ pub enum TaskCommand {
         /// pending, dispatched, succeeded, failed, timed_out or cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// Only dead-lettered tasks (out of attempts).
+        #[arg(long)]
+        dead_letter: bool,
     },
     /// One task by id ("<workflow_id>:<key>").
     Get { task: String },

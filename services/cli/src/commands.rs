@@ -421,7 +421,11 @@ impl Clients {
 
     async fn tasks(&mut self, command: TaskCommand) -> anyhow::Result<()> {
         match command {
-            TaskCommand::List { workflow, state } => {
+            TaskCommand::List {
+                workflow,
+                state,
+                dead_letter,
+            } => {
                 let workflow_id = self.workflow_id(&workflow).await?;
                 let state = match state {
                     None => sched::TaskState::Unspecified,
@@ -442,6 +446,7 @@ impl Clients {
                         state: state as i32,
                         page_size: 1000,
                         page_token,
+                        dead_letter,
                     };
                     async move {
                         let page = client.list_tasks(request).await?.into_inner();

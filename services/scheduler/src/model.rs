@@ -31,6 +31,44 @@ pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MIN_TASK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// How failed attempts are retried (see the proto's `RetryPolicy`). Stored
+/// as JSON; the SQL functions `scheduler.retries` and
+/// `scheduler.retry_delay` read the same field names and defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub jitter: f64,
+    pub retry_failed: bool,
+    pub retry_timed_out: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 60_000,
+            jitter: 0.2,
+            retry_failed: false,
+            retry_timed_out: true,
+        }
+    }
+}
+
+/// Longest retry backoff accepted.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// One finished attempt of a task.
+#[derive(Debug, Clone)]
+pub struct TaskAttempt {
+    pub attempt: u32,
+    pub outcome: String,
+    pub error: String,
+    pub started_at: Option<SystemTime>,
+    pub ended_at: SystemTime,
+}
+
 /// How a task's attempt ended, as reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskEnd {
@@ -126,6 +164,7 @@ pub struct Workflow {
     pub max_attempts: u32,
     /// How long an attempt may run.
     pub task_timeout: Duration,
+    pub retry: RetryPolicy,
     pub disabled_reason: String,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
@@ -195,6 +234,12 @@ pub struct Task {
     pub last_error: String,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+    /// Out of attempts after retryable failures.
+    pub dead_letter: bool,
+    /// A retry waiting for its backoff.
+    pub not_before: Option<SystemTime>,
+    /// Finished attempts (filled by `get_task` only).
+    pub history: Vec<TaskAttempt>,
 }
 
 /// A task's global id: unique across workflows, and the id the agent sees.

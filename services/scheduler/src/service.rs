@@ -29,6 +29,7 @@ pub struct UpdateMask {
     pub max_concurrency: bool,
     pub max_attempts: bool,
     pub task_timeout: bool,
+    pub retry: bool,
 }
 
 impl Scheduler {
@@ -99,6 +100,9 @@ impl Scheduler {
         }
         if mask.task_timeout {
             workflow.task_timeout = patch.task_timeout;
+        }
+        if mask.retry {
+            workflow.retry = patch.retry;
         }
         let reschedule = mask.trigger || (workflow.enabled && !was_enabled);
         let workflow = self.store.update_workflow(&workflow, reschedule).await?;

@@ -10,7 +10,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{Task, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
+use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
 mod claims;
 mod in_flight;
@@ -59,12 +59,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "timeouts_and_cancellation",
         sql: include_str!("../migrations/0007_timeouts_and_cancellation.sql"),
     },
+    Migration {
+        version: 8,
+        name: "retries",
+        sql: include_str!("../migrations/0008_retries.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
-    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms";
+    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
-    output, last_error, created_at, updated_at";
+    output, last_error, created_at, updated_at, dead_letter, not_before";
 
 /// A new workflow, validated.
 pub struct NewWorkflow {
@@ -76,6 +81,7 @@ pub struct NewWorkflow {
     pub max_concurrency: u32,
     pub max_attempts: u32,
     pub task_timeout: std::time::Duration,
+    pub retry: crate::model::RetryPolicy,
 }
 
 /// A task claimed for dispatch.
@@ -150,8 +156,8 @@ impl Store {
         let sql = format!(
             "INSERT INTO scheduler.workflows
                  (id, name, agent_id, enabled, trigger, prompt_template, max_concurrency, max_attempts,
-                  next_fire_at, created_at, updated_at, task_timeout_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)
+                  next_fire_at, created_at, updated_at, task_timeout_ms, retry)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)
              RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -169,6 +175,7 @@ impl Store {
                     &next_fire,
                     &now,
                     &millis(new.task_timeout),
+                    &to_json(&new.retry)?,
                 ],
             )
             .await;
@@ -264,7 +271,8 @@ impl Store {
             "UPDATE scheduler.workflows
              SET name = $2, enabled = $3, trigger = $4, prompt_template = $5, max_concurrency = $6,
                  max_attempts = $7, disabled_reason = $8, updated_at = now(),
-                 next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END, task_timeout_ms = $11
+                 next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END, task_timeout_ms = $11,
+                 retry = $12
              WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -282,6 +290,7 @@ impl Store {
                     &reschedule,
                     &next_fire,
                     &millis(workflow.task_timeout),
+                    &to_json(&workflow.retry)?,
                 ],
             )
             .await;
@@ -440,15 +449,39 @@ impl Store {
         }
     }
 
+    /// A task with its attempt history.
     pub async fn get_task(&self, id: &str) -> Result<Task> {
         let client = self.pool.get().await?;
-        task_by_id(&client, id).await
+        let mut task = task_by_id(&client, id).await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT attempt, outcome, error, started_at, ended_at
+                         FROM scheduler.task_attempts WHERE task_id = $1 ORDER BY attempt",
+                    )
+                    .await?,
+                &[&id],
+            )
+            .await?;
+        task.history = rows
+            .iter()
+            .map(|row| TaskAttempt {
+                attempt: from_i32(row.get(0)),
+                outcome: row.get(1),
+                error: row.get(2),
+                started_at: row.get(3),
+                ended_at: row.get(4),
+            })
+            .collect();
+        Ok(task)
     }
 
     pub async fn list_tasks(
         &self,
         workflow: Uuid,
         state: Option<TaskState>,
+        dead_letter_only: bool,
         after_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<(i64, Task)>> {
@@ -456,13 +489,14 @@ impl Store {
         let sql = format!(
             "SELECT seq, {TASK_COLUMNS} FROM scheduler.tasks
              WHERE workflow_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::bigint IS NULL OR seq > $3)
+               AND (NOT $5 OR dead_letter)
              ORDER BY seq LIMIT $4"
         );
         let state = state.map(TaskState::as_str);
         client
             .query(
                 &client.prepare_cached(&sql).await?,
-                &[&workflow, &state, &after_seq, &limit],
+                &[&workflow, &state, &after_seq, &limit, &dead_letter_only],
             )
             .await?
             .iter()
@@ -543,13 +577,39 @@ impl Store {
         let states: Vec<&str> = outcomes.iter().map(|o| o.end.state().as_str()).collect();
         let outputs: Vec<&str> = outcomes.iter().map(|o| o.output.as_str()).collect();
         let attempts: Vec<Option<i32>> = outcomes.iter().map(|o| o.attempt.map(to_i32)).collect();
+        // A retryable end with attempts left goes back to pending after the
+        // policy's backoff; without attempts left it is dead-lettered. Each
+        // finished attempt is kept in the history.
         let rows = client
             .query(
-                &client.prepare_cached("UPDATE scheduler.tasks t SET state = v.state, output = v.output, updated_at = now()
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[]) AS v(id, state, output, attempt)
-                 WHERE t.id = v.id AND t.state = 'dispatched' AND (v.attempt IS NULL OR t.attempts <= v.attempt)
-                 RETURNING t.workflow_id, t.state,
-                           extract(epoch FROM clock_timestamp() - t.updated_at)::float8").await?,
+                &client
+                    .prepare_cached(
+                        "WITH v AS (
+                             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[])
+                                 AS v(id, state, output, attempt)
+                         ), done AS (
+                             UPDATE scheduler.tasks t
+                             SET state = CASE WHEN scheduler.retries(w.retry, v.state) AND t.attempts < w.max_attempts
+                                              THEN 'pending' ELSE v.state END,
+                                 not_before = CASE WHEN scheduler.retries(w.retry, v.state) AND t.attempts < w.max_attempts
+                                                   THEN now() + scheduler.retry_delay(w.retry, t.attempts) END,
+                                 dead_letter = scheduler.retries(w.retry, v.state) AND t.attempts >= w.max_attempts,
+                                 output = v.output,
+                                 last_error = CASE WHEN v.state = 'succeeded' THEN '' ELSE v.state END,
+                                 updated_at = now()
+                             FROM v, scheduler.workflows w
+                             WHERE t.id = v.id AND w.id = t.workflow_id AND t.state = 'dispatched'
+                               AND (v.attempt IS NULL OR t.attempts <= v.attempt)
+                             RETURNING t.id, t.workflow_id, v.state AS outcome, t.attempts, t.dispatched_at,
+                                       GREATEST(extract(epoch FROM clock_timestamp() - t.dispatched_at), 0)::float8 AS seconds
+                         ), history AS (
+                             INSERT INTO scheduler.task_attempts (task_id, attempt, outcome, started_at)
+                             SELECT id, attempts, outcome, dispatched_at FROM done
+                             ON CONFLICT (task_id, attempt) DO NOTHING
+                         )
+                         SELECT workflow_id, outcome, coalesce(seconds, 0) FROM done",
+                    )
+                    .await?,
                 &[&ids, &states, &outputs, &attempts],
             )
             .await?;
@@ -563,19 +623,34 @@ impl Store {
         Ok((workflows, finished))
     }
 
-    /// A lost attempt: back to pending while attempts remain, else failed.
+    /// A lost attempt: back to pending (after the retry policy's backoff)
+    /// while attempts remain, else failed and dead-lettered.
     pub async fn lost(&self, id: &str, attempt: Option<u32>, reason: &str) -> Result<Option<Uuid>> {
         let client = self.pool.get().await?;
         let attempt = attempt.map(to_i32);
         let row = client
             .query_opt(
-                &client.prepare_cached("UPDATE scheduler.tasks t
-                 SET state = CASE WHEN t.attempts >= w.max_attempts THEN 'failed' ELSE 'pending' END,
-                     last_error = $3, updated_at = now()
-                 FROM scheduler.workflows w
-                 WHERE t.id = $1 AND w.id = t.workflow_id AND t.state = 'dispatched'
-                   AND ($2::integer IS NULL OR t.attempts <= $2)
-                 RETURNING t.workflow_id").await?,
+                &client
+                    .prepare_cached(
+                        "WITH done AS (
+                             UPDATE scheduler.tasks t
+                             SET state = CASE WHEN t.attempts >= w.max_attempts THEN 'failed' ELSE 'pending' END,
+                                 not_before = CASE WHEN t.attempts < w.max_attempts
+                                                   THEN now() + scheduler.retry_delay(w.retry, t.attempts) END,
+                                 dead_letter = t.attempts >= w.max_attempts,
+                                 last_error = $3, updated_at = now()
+                             FROM scheduler.workflows w
+                             WHERE t.id = $1 AND w.id = t.workflow_id AND t.state = 'dispatched'
+                               AND ($2::integer IS NULL OR t.attempts <= $2)
+                             RETURNING t.id, t.workflow_id, t.attempts, t.dispatched_at
+                         ), history AS (
+                             INSERT INTO scheduler.task_attempts (task_id, attempt, outcome, error, started_at)
+                             SELECT id, attempts, 'lost', $3, dispatched_at FROM done
+                             ON CONFLICT (task_id, attempt) DO NOTHING
+                         )
+                         SELECT workflow_id FROM done",
+                    )
+                    .await?,
                 &[&id, &attempt, &reason],
             )
             .await?;
@@ -645,6 +720,7 @@ fn workflow_from_row(row: &Row) -> Result<Workflow> {
         task_timeout: std::time::Duration::from_millis(
             u64::try_from(row.get::<_, i64>("task_timeout_ms")).unwrap_or(0),
         ),
+        retry: from_json(row.get("retry"))?,
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
@@ -665,5 +741,8 @@ fn task_from_row(row: &Row) -> Result<Task> {
         last_error: row.get("last_error"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
+        dead_letter: row.get("dead_letter"),
+        not_before: row.get("not_before"),
+        history: Vec::new(),
     })
 }

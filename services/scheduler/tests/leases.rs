@@ -28,6 +28,7 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
             max_concurrency: 2,
             max_attempts: 1,
             task_timeout: Duration::from_secs(60),
+            retry: Default::default(),
         })
         .await?;
     for n in 0..tasks {

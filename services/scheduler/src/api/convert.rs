@@ -32,7 +32,68 @@ pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
         max_concurrency: concurrency(workflow.max_concurrency)?,
         max_attempts: attempts(workflow.max_attempts)?,
         task_timeout: task_timeout(workflow.task_timeout)?,
+        retry: retry_from(workflow.retry)?,
     })
+}
+
+/// A retry policy from the wire; unset fields take their defaults.
+fn retry_from(policy: Option<pb::RetryPolicy>) -> Result<model::RetryPolicy> {
+    let defaults = model::RetryPolicy::default();
+    let Some(policy) = policy else {
+        return Ok(defaults);
+    };
+    let backoff = |field: &str, value: Option<prost_types::Duration>, default: u64| {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let duration = Duration::try_from(value)
+            .map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
+        if duration > model::MAX_BACKOFF {
+            return Err(Error::invalid(field, "must be at most 1 day"));
+        }
+        Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    };
+    let initial = backoff(
+        "workflow.retry.initial_backoff",
+        policy.initial_backoff,
+        defaults.initial_backoff_ms,
+    )?;
+    let max = backoff(
+        "workflow.retry.max_backoff",
+        policy.max_backoff,
+        defaults.max_backoff_ms.max(initial),
+    )?;
+    if max < initial {
+        return Err(Error::invalid(
+            "workflow.retry.max_backoff",
+            "must not be shorter than initial_backoff",
+        ));
+    }
+    let jitter = policy.jitter.unwrap_or(defaults.jitter);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(Error::invalid(
+            "workflow.retry.jitter",
+            "must be between 0 and 1",
+        ));
+    }
+    Ok(model::RetryPolicy {
+        initial_backoff_ms: initial,
+        max_backoff_ms: max,
+        jitter,
+        retry_failed: policy.retry_failed,
+        retry_timed_out: policy.retry_timed_out.unwrap_or(defaults.retry_timed_out),
+    })
+}
+
+fn retry_to(policy: &model::RetryPolicy) -> pb::RetryPolicy {
+    let duration = |ms: u64| prost_types::Duration::try_from(Duration::from_millis(ms)).ok();
+    pb::RetryPolicy {
+        initial_backoff: duration(policy.initial_backoff_ms),
+        max_backoff: duration(policy.max_backoff_ms),
+        jitter: Some(policy.jitter),
+        retry_failed: policy.retry_failed,
+        retry_timed_out: Some(policy.retry_timed_out),
+    }
 }
 
 /// A workflow's task timeout: unset means the default (1 hour).
@@ -73,7 +134,7 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
     if paths.is_empty() {
         return Err(Error::invalid(
             "update_mask",
-            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout)",
+            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry)",
         ));
     }
     let mut mask = UpdateMask::default();
@@ -86,11 +147,12 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             "max_concurrency" => mask.max_concurrency = true,
             "max_attempts" => mask.max_attempts = true,
             "task_timeout" => mask.task_timeout = true,
+            "retry" => mask.retry = true,
             other => {
                 return Err(Error::invalid(
                     "update_mask",
                     format!(
-                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts or task_timeout"
+                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout or retry"
                     ),
                 ));
             }
@@ -130,6 +192,11 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             task_timeout(patch.task_timeout)?
         } else {
             model::DEFAULT_TASK_TIMEOUT
+        },
+        retry: if mask.retry {
+            retry_from(patch.retry)?
+        } else {
+            model::RetryPolicy::default()
         },
         disabled_reason: String::new(),
         created_at: std::time::SystemTime::UNIX_EPOCH,
@@ -227,6 +294,7 @@ pub fn workflow(workflow: Workflow) -> pb::Workflow {
         create_time: Some(workflow.created_at.into()),
         update_time: Some(workflow.updated_at.into()),
         task_timeout: prost_types::Duration::try_from(workflow.task_timeout).ok(),
+        retry: Some(retry_to(&workflow.retry)),
     }
 }
 
@@ -260,6 +328,19 @@ pub fn task(task: Task) -> pb::Task {
         last_error: task.last_error,
         create_time: Some(task.created_at.into()),
         update_time: Some(task.updated_at.into()),
+        history: task
+            .history
+            .into_iter()
+            .map(|attempt| pb::TaskAttempt {
+                attempt: attempt.attempt,
+                outcome: attempt.outcome,
+                error: attempt.error,
+                start_time: attempt.started_at.map(Into::into),
+                end_time: Some(attempt.ended_at.into()),
+            })
+            .collect(),
+        dead_letter: task.dead_letter,
+        not_before: task.not_before.map(Into::into),
     }
 }
 

@@ -176,7 +176,7 @@ impl scheduler_server::Scheduler for Api {
         let tasks = self
             .scheduler
             .store
-            .list_tasks(workflow, state, after, limit)
+            .list_tasks(workflow, state, request.dead_letter, after, limit)
             .await?;
         let next_page_token = if tasks.len() as i64 == limit {
             tasks

@@ -76,10 +76,12 @@ async fn claim_batch(
                  SELECT c.id, c.seq, room.workflow_name FROM room, LATERAL (
                      SELECT t.id, t.seq FROM scheduler.tasks t
                      WHERE t.workflow_id = room.workflow_id AND t.state = 'pending'
+                       AND (t.not_before IS NULL OR t.not_before <= now())
                      ORDER BY t.seq LIMIT room.n FOR UPDATE SKIP LOCKED
                  ) c
              )
-             UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now()
+             UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now(),
+                 dispatched_at = now()
              FROM next WHERE t.id = next.id
              RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
                        t.script, t.fields, next.workflow_name, t.timeout_ms",
