@@ -442,3 +442,108 @@ async fn retries_are_spaced_by_the_policy_and_a_task_out_of_attempts_is_dead_let
     assert_eq!(dead.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_tool_policy_is_delivered_unchanged_across_restarts_and_reconnects()
+-> anyhow::Result<()> {
+    let options = StackOptions {
+        agent_proxy: true,
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let agent = stack
+        .create_agent("worker", am::RestartMode::OnFailure)
+        .await?;
+    let started = stack.scratch_file("started");
+    let template = format!(
+        "echo {{{{title}}}} >> {}; sleep {{{{body}}}}; printf '%s|%s' \"$SHEPHERD_ALLOWED_TOOLS\" \"$SHEPHERD_DENIED_TOOLS\"",
+        started.display()
+    );
+    let workflow = stack
+        .workflows
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: "tools".into(),
+                agent_id: agent.id.clone(),
+                enabled: true,
+                prompt_template: template,
+                tool_policy: Some(sched::ToolPolicy {
+                    allowed_tools: vec!["Read".into(), "Bash(git *)".into()],
+                    denied_tools: vec!["Write".into()],
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        workflow.tool_policy.as_ref().map(|p| p.allowed_tools.len()),
+        Some(2),
+        "{workflow:?}"
+    );
+    let proxy = stack.agent_proxy.take().expect("agent proxy");
+    let workflows = stack.workflows.clone();
+    let run = |key: &'static str, seconds: &'static str| {
+        let mut client = workflows.clone();
+        let workflow_id = workflow.id.clone();
+        async move {
+            anyhow::Ok(
+                client
+                    .trigger_workflow(sched::TriggerWorkflowRequest {
+                        workflow_id,
+                        idempotency_key: key.into(),
+                        fields: Some(sched::TaskFields {
+                            title: key.into(),
+                            body: seconds.into(),
+                            ..Default::default()
+                        }),
+                        timeout: None,
+                    })
+                    .await?
+                    .into_inner()
+                    .id,
+            )
+        }
+    };
+    let mut tasks = vec![run("before", "0").await?];
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+
+    // After a restart of the agent.
+    let restarted = stack.restart_agent(&agent.id).await?;
+    stack
+        .wait_agent_ready(&agent.id, restarted.generation)
+        .await?;
+    tasks.push(run("after-restart", "0").await?);
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+
+    // Redelivered after a reconnect in the middle of the task.
+    tasks.push(run("across-reconnect", "1").await?);
+    shepherd_testkit::eventually(shepherd_e2e::WAIT, "the task to start", || async {
+        Ok(shepherd_e2e::lines(&started)
+            .contains(&"across-reconnect".to_owned())
+            .then_some(()))
+    })
+    .await?;
+    proxy.cut();
+    let client = stack.workflows.clone();
+    let id = tasks[2].clone();
+    shepherd_testkit::eventually(shepherd_e2e::WAIT, "the attempt lost", || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            let task = client
+                .get_task(sched::GetTaskRequest { task_id: id })
+                .await?
+                .into_inner();
+            Ok((task.state() == TaskState::Pending).then_some(()))
+        }
+    })
+    .await?;
+    proxy.restore();
+    tasks.push(run("after-reconnect", "0").await?);
+    let done = stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    for task in done {
+        assert_eq!(task.output, "Read,Bash(git *)|Write", "{}", task.id);
+    }
+    Ok(())
+}

@@ -121,12 +121,16 @@ pub struct TaskSpec {
     pub metadata: HashMap<String, String>,
     pub workflow_id: String,
     pub workflow_name: String,
+    /// The workflow's tool policy: what the agent may and may not use.
+    pub allowed_tools: Vec<String>,
+    pub denied_tools: Vec<String>,
 }
 
 impl IncomingTask {
     /// The task's `SHEPHERD_TASK_*` / `SHEPHERD_WORKFLOW_*` environment:
     /// id, attempt, and (with a spec) title, body, url, labels
-    /// (comma-separated), every metadata key and the workflow.
+    /// (comma-separated), every metadata key, the workflow, and the tool
+    /// policy (`SHEPHERD_ALLOWED_TOOLS`, `SHEPHERD_DENIED_TOOLS`).
     pub fn env(&self) -> Vec<(String, String)> {
         use shepherd_proto::task_env;
         let mut env = vec![
@@ -143,6 +147,14 @@ impl IncomingTask {
                 (
                     task_env::WORKFLOW_NAME.to_owned(),
                     spec.workflow_name.clone(),
+                ),
+                (
+                    task_env::ALLOWED_TOOLS.to_owned(),
+                    spec.allowed_tools.join(","),
+                ),
+                (
+                    task_env::DENIED_TOOLS.to_owned(),
+                    spec.denied_tools.join(","),
                 ),
             ]);
             env.extend(
@@ -167,6 +179,8 @@ impl From<shepherd_proto::agentmanager::v1::TaskSpec> for TaskSpec {
             metadata: spec.metadata,
             workflow_id: spec.workflow_id,
             workflow_name: spec.workflow_name,
+            allowed_tools: spec.allowed_tools,
+            denied_tools: spec.denied_tools,
         }
     }
 }

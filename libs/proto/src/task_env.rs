@@ -18,6 +18,10 @@ pub const ATTEMPT: &str = "SHEPHERD_TASK_ATTEMPT";
 pub const WORKFLOW_ID: &str = "SHEPHERD_WORKFLOW_ID";
 pub const WORKFLOW_NAME: &str = "SHEPHERD_WORKFLOW_NAME";
 
+/// The task's tool policy, comma-separated.
+pub const ALLOWED_TOOLS: &str = "SHEPHERD_ALLOWED_TOOLS";
+pub const DENIED_TOOLS: &str = "SHEPHERD_DENIED_TOOLS";
+
 /// The variable of metadata key `key`: `SHEPHERD_TASK_METADATA_` and the
 /// key in upper case, every character other than A-Z and 0-9 replaced by
 /// `_` (so `team-name` is `SHEPHERD_TASK_METADATA_TEAM_NAME`).

@@ -47,6 +47,8 @@ pub struct Dispatched {
     pub duplicate: bool,
     /// How a completed task ended ("succeeded" / "failed").
     pub outcome: Option<String>,
+    /// A completed task's output.
+    pub output: String,
 }
 
 /// Where a task stands, for a caller reconciling its in-flight tasks.
@@ -209,6 +211,7 @@ impl Manager {
                 state,
                 attempt,
                 outcome,
+                output,
             } => {
                 // Acceptance is not stored; the live session knows it.
                 let state = match state {
@@ -222,6 +225,7 @@ impl Manager {
                     attempt,
                     duplicate: true,
                     outcome,
+                    output,
                 });
             }
             TaskClaim::Deliver { attempt } => attempt,
@@ -261,6 +265,7 @@ impl Manager {
             attempt,
             duplicate: false,
             outcome: None,
+            output: String::new(),
         })
     }
 

@@ -51,8 +51,9 @@ pub enum TaskClaim {
     Existing {
         state: TaskState,
         attempt: u32,
-        /// "succeeded" / "failed" for a completed task.
+        /// How a completed task ended, and its output.
         outcome: Option<String>,
+        output: String,
     },
 }
 

@@ -10,7 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::model::{TaskEnd, TaskFields};
+use crate::model::{TaskEnd, TaskFields, ToolPolicy};
 
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +51,7 @@ pub struct OutgoingTask {
     pub fields: TaskFields,
     /// How long the attempt may run.
     pub timeout: Duration,
+    pub tool_policy: ToolPolicy,
 }
 
 /// Why a call to the agent-manager failed.
@@ -148,6 +149,8 @@ impl ManagerClient {
             metadata: fields.metadata.into_iter().collect(),
             workflow_id: task.workflow_id.to_string(),
             workflow_name: task.workflow_name,
+            allowed_tools: task.tool_policy.allowed,
+            denied_tools: task.tool_policy.denied,
         };
         let request = Self::request(pb::DispatchTaskRequest {
             agent_id: task.agent.to_string(),
@@ -165,11 +168,12 @@ impl ManagerClient {
             .dispatch_task(request)
             .await?
             .into_inner();
+        let (state, outcome) = (response.state(), response.outcome());
         Ok(remote_task(
-            response.state(),
+            state,
             response.attempt,
-            response.outcome(),
-            String::new(),
+            outcome,
+            response.output,
         ))
     }
 

@@ -56,6 +56,41 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The tools an agent may and may not use for a workflow's tasks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ToolPolicy {
+    pub allowed: Vec<String>,
+    pub denied: Vec<String>,
+}
+
+/// Most tools per list, and the longest tool name.
+pub const MAX_TOOLS: usize = 100;
+pub const MAX_TOOL_LEN: usize = 200;
+
+impl ToolPolicy {
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, tools) in [
+            ("workflow.tool_policy.allowed_tools", &self.allowed),
+            ("workflow.tool_policy.denied_tools", &self.denied),
+        ] {
+            if tools.len() > MAX_TOOLS {
+                return Err(Error::invalid(field, format!("at most {MAX_TOOLS} tools")));
+            }
+            for (index, tool) in tools.iter().enumerate() {
+                let printable = tool.chars().all(|c| !c.is_control() && c != ',');
+                if tool.is_empty() || tool.len() > MAX_TOOL_LEN || !printable {
+                    return Err(Error::invalid(
+                        format!("{field}[{index}]"),
+                        format!("must be 1-{MAX_TOOL_LEN} printable characters without commas"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Longest retry backoff accepted.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
@@ -165,6 +200,7 @@ pub struct Workflow {
     /// How long an attempt may run.
     pub task_timeout: Duration,
     pub retry: RetryPolicy,
+    pub tool_policy: ToolPolicy,
     pub disabled_reason: String,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,

@@ -653,6 +653,7 @@ impl Runner {
                 script: task.script,
                 fields: task.fields,
                 timeout: task.timeout,
+                tool_policy: task.tool_policy,
             };
             let answer = self.ctx.manager.dispatch(outgoing).await;
             crate::metrics::dispatched(started.elapsed(), answer.is_ok());

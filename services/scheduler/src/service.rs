@@ -30,6 +30,7 @@ pub struct UpdateMask {
     pub max_attempts: bool,
     pub task_timeout: bool,
     pub retry: bool,
+    pub tool_policy: bool,
 }
 
 impl Scheduler {
@@ -104,6 +105,9 @@ impl Scheduler {
         if mask.retry {
             workflow.retry = patch.retry;
         }
+        if mask.tool_policy {
+            workflow.tool_policy = patch.tool_policy;
+        }
         let reschedule = mask.trigger || (workflow.enabled && !was_enabled);
         let workflow = self.store.update_workflow(&workflow, reschedule).await?;
         if workflow.enabled {
@@ -171,6 +175,7 @@ impl Scheduler {
             prompt: template::render(&workflow.prompt_template, &fields)?,
             script: template::render_shell(&workflow.prompt_template)?,
             timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
+            tool_policy: workflow.tool_policy.clone(),
         };
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();

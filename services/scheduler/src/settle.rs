@@ -168,6 +168,7 @@ async fn settle_one(
         script: task.script.clone(),
         fields: task.fields.clone(),
         timeout: task.timeout,
+        tool_policy: task.tool_policy.clone(),
     };
     let answer = manager.dispatch(outgoing).await;
     if let Err(ManagerError::Unavailable(reason)) = &answer {

@@ -64,10 +64,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "retries",
         sql: include_str!("../migrations/0008_retries.sql"),
     },
+    Migration {
+        version: 9,
+        name: "tool_policy",
+        sql: include_str!("../migrations/0009_tool_policy.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
-    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry";
+    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry, tool_policy";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
     output, last_error, created_at, updated_at, dead_letter, not_before";
 
@@ -82,6 +87,7 @@ pub struct NewWorkflow {
     pub max_attempts: u32,
     pub task_timeout: std::time::Duration,
     pub retry: crate::model::RetryPolicy,
+    pub tool_policy: crate::model::ToolPolicy,
 }
 
 /// A task claimed for dispatch.
@@ -96,6 +102,7 @@ pub struct Claimed {
     pub attempts: u32,
     /// How long an attempt may run.
     pub timeout: std::time::Duration,
+    pub tool_policy: crate::model::ToolPolicy,
     /// Trace context of the call that created the task.
     pub trace_context: std::collections::HashMap<String, String>,
 }
@@ -108,6 +115,8 @@ pub struct Rendered {
     pub prompt: String,
     pub script: String,
     pub timeout: std::time::Duration,
+    /// The workflow's tool policy when the task was created.
+    pub tool_policy: crate::model::ToolPolicy,
 }
 
 /// A task's reported outcome.
@@ -156,8 +165,8 @@ impl Store {
         let sql = format!(
             "INSERT INTO scheduler.workflows
                  (id, name, agent_id, enabled, trigger, prompt_template, max_concurrency, max_attempts,
-                  next_fire_at, created_at, updated_at, task_timeout_ms, retry)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)
+                  next_fire_at, created_at, updated_at, task_timeout_ms, retry, tool_policy)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13)
              RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -176,6 +185,7 @@ impl Store {
                     &now,
                     &millis(new.task_timeout),
                     &to_json(&new.retry)?,
+                    &to_json(&new.tool_policy)?,
                 ],
             )
             .await;
@@ -272,7 +282,7 @@ impl Store {
              SET name = $2, enabled = $3, trigger = $4, prompt_template = $5, max_concurrency = $6,
                  max_attempts = $7, disabled_reason = $8, updated_at = now(),
                  next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END, task_timeout_ms = $11,
-                 retry = $12
+                 retry = $12, tool_policy = $13
              WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -291,6 +301,7 @@ impl Store {
                     &next_fire,
                     &millis(workflow.task_timeout),
                     &to_json(&workflow.retry)?,
+                    &to_json(&workflow.tool_policy)?,
                 ],
             )
             .await;
@@ -367,8 +378,8 @@ impl Store {
             let script = crate::template::render_shell(&workflow.prompt_template)?;
             tx
             .execute(
-                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, script, timeout_ms)
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) ON CONFLICT DO NOTHING").await?,
+                &tx.prepare_cached("INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, script, timeout_ms, tool_policy)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING").await?,
                 &[
                     &crate::model::task_id(workflow.id, &key),
                     &workflow.id,
@@ -377,6 +388,7 @@ impl Store {
                     &prompt,
                     &script,
                     &millis(workflow.task_timeout),
+                    &to_json(&workflow.tool_policy)?,
                 ],
             )
             .await?;
@@ -417,8 +429,8 @@ impl Store {
         let client = self.pool.get().await?;
         let id = crate::model::task_id(workflow, key);
         let sql = format!(
-            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script, timeout_ms)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8)
+            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script, timeout_ms, tool_policy)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
         );
         let result = client
@@ -433,6 +445,7 @@ impl Store {
                     &to_json(trace_context)?,
                     &rendered.script,
                     &millis(rendered.timeout),
+                    &to_json(&rendered.tool_policy)?,
                 ],
             )
             .await;
@@ -721,6 +734,7 @@ fn workflow_from_row(row: &Row) -> Result<Workflow> {
             u64::try_from(row.get::<_, i64>("task_timeout_ms")).unwrap_or(0),
         ),
         retry: from_json(row.get("retry"))?,
+        tool_policy: from_json(row.get("tool_policy"))?,
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })

@@ -29,6 +29,7 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
             max_attempts: 1,
             task_timeout: Duration::from_secs(60),
             retry: Default::default(),
+            tool_policy: Default::default(),
         })
         .await?;
     for n in 0..tasks {
@@ -41,6 +42,7 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
                     prompt: String::new(),
                     script: String::new(),
                     timeout: Duration::from_secs(60),
+                    tool_policy: Default::default(),
                 },
                 &Default::default(),
             )

@@ -224,6 +224,7 @@ impl AgentManager for Api {
             duplicate: dispatched.duplicate,
             attempt: dispatched.attempt,
             outcome: convert::task_outcome(dispatched.outcome.as_deref()) as i32,
+            output: dispatched.output,
         }))
     }
 

@@ -51,6 +51,7 @@ enum RawClaim {
         state: String,
         attempt: i32,
         outcome: Option<String>,
+        output: String,
     },
 }
 
@@ -105,10 +106,12 @@ impl Store {
                 state,
                 attempt,
                 outcome,
+                output,
             }) => Ok(TaskClaim::Existing {
                 state: TaskState::parse(&state)?,
                 attempt: from_i32(attempt),
                 outcome,
+                output,
             }),
             None => Err(Error::Unavailable(format!(
                 "task {task_id} was removed while it was being claimed; dispatch it again"
@@ -255,7 +258,7 @@ async fn claim_batch(
         .await?;
     let read = client
         .prepare_cached(
-            "SELECT task_id, state, attempt, outcome FROM agent_manager.tasks
+            "SELECT task_id, state, attempt, outcome, output FROM agent_manager.tasks
              WHERE task_id = ANY($1)",
         )
         .await?;
@@ -293,6 +296,7 @@ async fn claim_batch(
                     state: row.get(1),
                     attempt: row.get(2),
                     outcome: row.get(3),
+                    output: row.get(4),
                 };
                 stood.insert(row.get(0), claim);
             }

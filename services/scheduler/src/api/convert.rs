@@ -33,7 +33,18 @@ pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
         max_attempts: attempts(workflow.max_attempts)?,
         task_timeout: task_timeout(workflow.task_timeout)?,
         retry: retry_from(workflow.retry)?,
+        tool_policy: tool_policy_from(workflow.tool_policy)?,
     })
+}
+
+fn tool_policy_from(policy: Option<pb::ToolPolicy>) -> Result<model::ToolPolicy> {
+    let policy = policy.unwrap_or_default();
+    let policy = model::ToolPolicy {
+        allowed: policy.allowed_tools,
+        denied: policy.denied_tools,
+    };
+    policy.validate()?;
+    Ok(policy)
 }
 
 /// A retry policy from the wire; unset fields take their defaults.
@@ -134,7 +145,7 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
     if paths.is_empty() {
         return Err(Error::invalid(
             "update_mask",
-            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry)",
+            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry, tool_policy)",
         ));
     }
     let mut mask = UpdateMask::default();
@@ -148,11 +159,12 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             "max_attempts" => mask.max_attempts = true,
             "task_timeout" => mask.task_timeout = true,
             "retry" => mask.retry = true,
+            "tool_policy" => mask.tool_policy = true,
             other => {
                 return Err(Error::invalid(
                     "update_mask",
                     format!(
-                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout or retry"
+                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry or tool_policy"
                     ),
                 ));
             }
@@ -197,6 +209,11 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
             retry_from(patch.retry)?
         } else {
             model::RetryPolicy::default()
+        },
+        tool_policy: if mask.tool_policy {
+            tool_policy_from(patch.tool_policy)?
+        } else {
+            model::ToolPolicy::default()
         },
         disabled_reason: String::new(),
         created_at: std::time::SystemTime::UNIX_EPOCH,
@@ -295,6 +312,10 @@ pub fn workflow(workflow: Workflow) -> pb::Workflow {
         update_time: Some(workflow.updated_at.into()),
         task_timeout: prost_types::Duration::try_from(workflow.task_timeout).ok(),
         retry: Some(retry_to(&workflow.retry)),
+        tool_policy: Some(pb::ToolPolicy {
+            allowed_tools: workflow.tool_policy.allowed,
+            denied_tools: workflow.tool_policy.denied,
+        }),
     }
 }
 

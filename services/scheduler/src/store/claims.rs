@@ -84,7 +84,7 @@ async fn claim_batch(
                  dispatched_at = now()
              FROM next WHERE t.id = next.id
              RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
-                       t.script, t.fields, next.workflow_name, t.timeout_ms",
+                       t.script, t.fields, next.workflow_name, t.timeout_ms, t.tool_policy",
         )
         .await?;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
@@ -106,6 +106,7 @@ async fn claim_batch(
             timeout: std::time::Duration::from_millis(
                 u64::try_from(row.get::<_, i64>(9)).unwrap_or(0),
             ),
+            tool_policy: serde_json::from_value(row.get(10)).unwrap_or_default(),
         };
         claimed
             .entry(row.get(0))

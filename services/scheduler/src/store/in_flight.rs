@@ -27,6 +27,7 @@ pub struct InFlight {
     pub fields: TaskFields,
     pub attempts: u32,
     pub timeout: Duration,
+    pub tool_policy: crate::model::ToolPolicy,
 }
 
 /// Which in-flight tasks a replica settles: those of workflows whose lease
@@ -60,7 +61,7 @@ impl Store {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT t.id, t.workflow_id, w.agent_id, t.prompt, t.attempts, w.name, t.script, t.fields, t.timeout_ms
+                        "SELECT t.id, t.workflow_id, w.agent_id, t.prompt, t.attempts, w.name, t.script, t.fields, t.timeout_ms, t.tool_policy
                          FROM scheduler.tasks t
                          JOIN scheduler.workflows w ON w.id = t.workflow_id
                          LEFT JOIN scheduler.runner_leases l ON l.workflow_id = t.workflow_id
@@ -91,6 +92,7 @@ impl Store {
                 script: row.get(6),
                 fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
                 timeout: Duration::from_millis(u64::try_from(row.get::<_, i64>(8)).unwrap_or(0)),
+                tool_policy: serde_json::from_value(row.get(9)).unwrap_or_default(),
             })
             .collect())
     }
