@@ -154,3 +154,215 @@ async fn extreme_periods_and_delays_are_refused() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// A rejected CreateAgent stores nothing, so a retry with the same name and
+/// a good command succeeds; relative and non-executable commands and huge
+/// arguments are refused before anything is written.
+#[tokio::test]
+async fn a_rejected_agent_is_not_stored() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let bad: Vec<(String, Vec<String>)> = vec![
+        ("/etc/passwd".into(), vec![]),
+        ("../../etc/passwd".into(), vec![]),
+        ("/bin/true".into(), vec!["x".repeat(200 * 1024)]),
+    ];
+    for (command, args) in bad {
+        let status = stack
+            .agents
+            .create_agent(am::CreateAgentRequest {
+                agent: Some(am::Agent {
+                    name: "twice".into(),
+                    command,
+                    args,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().len() < 1024, "{status:?}");
+    }
+    let listed = stack
+        .agents
+        .list_agents(am::ListAgentsRequest::default())
+        .await?
+        .into_inner()
+        .agents;
+    assert!(listed.is_empty(), "{listed:?}");
+    // The name is still free.
+    stack.create_agent("twice", am::RestartMode::Never).await?;
+    Ok(())
+}
+
+/// A cursor past the end of the event log is refused with the latest
+/// sequence, instead of a stream that silently delivers nothing.
+#[tokio::test]
+async fn a_cursor_past_the_end_is_out_of_range() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    stack.create_agent("worker", am::RestartMode::Never).await?;
+    let status = stack
+        .agents
+        .watch_agent_events(am::WatchAgentEventsRequest {
+            after_sequence: 1_000_000,
+            agent_id: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("latest sequence is"),
+        "{status:?}"
+    );
+    Ok(())
+}
+
+/// A workflow whose agent was deleted cannot be enabled again or get
+/// tasks that could never run.
+#[tokio::test]
+async fn a_workflow_of_a_deleted_agent_cannot_be_enabled_or_triggered() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack.create_agent("doomed", am::RestartMode::Never).await?;
+    let workflow = stack
+        .create_workflow("orphaned", &agent.id, true, "echo {{title}}")
+        .await?;
+    stack
+        .agents
+        .delete_agent(am::DeleteAgentRequest {
+            agent_id: agent.id.clone(),
+        })
+        .await?;
+    stack
+        .wait_runner(&workflow.id, sched::RunnerState::Stopped, "deleted")
+        .await?;
+    let status = stack
+        .workflows
+        .update_workflow(sched::UpdateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                id: workflow.id.clone(),
+                enabled: true,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["enabled".into()],
+            }),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let status = stack
+        .trigger(&workflow.id, "never", "never")
+        .await
+        .expect_err("refused")
+        .downcast::<tonic::Status>()?;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    Ok(())
+}
+
+/// Raw bytes as a gRPC message, to send what no generated client would.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+async fn raw_call(url: &str, path: &str, body: Vec<u8>) -> tonic::Status {
+    let channel = match shepherd_testkit::channel(url).await {
+        Ok(channel) => channel,
+        Err(err) => return tonic::Status::unknown(err.to_string()),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(err) = grpc.ready().await {
+        return tonic::Status::unknown(err.to_string());
+    }
+    let path = http::uri::PathAndQuery::try_from(path).expect("a valid path");
+    match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
+        Ok(_) => tonic::Status::ok("accepted"),
+        Err(status) => status,
+    }
+}
+
+/// Undecodable requests are the caller's fault (INVALID_ARGUMENT, not
+/// INTERNAL), and oversized ones say RESOURCE_EXHAUSTED (not OUT_OF_RANGE),
+/// on both services.
+#[tokio::test]
+async fn garbage_and_oversized_requests_get_the_callers_codes() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let scheduler = stack.scheduler.as_ref().expect("scheduler").url();
+    let manager = stack.manager.url();
+    let garbage = vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x12];
+    let invalid_utf8 = vec![0x12, 0x02, 0xc3, 0x28];
+    let huge = {
+        // Field 2 (name), length-delimited, 5 MiB.
+        let len = 5 * 1024 * 1024;
+        let mut message = vec![0x12];
+        let mut n = len;
+        while n >= 0x80 {
+            message.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        message.push(n as u8);
+        message.resize(message.len() + len, b'x');
+        message
+    };
+    for (url, path) in [
+        (&manager, "/shepherd.agentmanager.v1.AgentManager/GetAgent"),
+        (&scheduler, "/shepherd.scheduler.v1.Scheduler/GetWorkflow"),
+    ] {
+        for body in [garbage.clone(), invalid_utf8.clone()] {
+            let status = raw_call(url, path, body).await;
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{path}: {status:?}"
+            );
+        }
+        let status = raw_call(url, path, huge.clone()).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "{path}: {status:?}"
+        );
+    }
+    Ok(())
+}

@@ -90,6 +90,7 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     builder
+        .layer(tower::util::MapResponseLayer::new(caller_fault_codes))
         .trace_fn(|request| {
             // One span per RPC, joined to the caller's trace when it sent one.
             let span = tracing::info_span!(
@@ -108,6 +109,69 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming(listener), on_shutdown)
         .await?;
     Ok(())
+}
+
+/// The framework answers an undecodable request with INTERNAL and an
+/// oversized one with OUT_OF_RANGE; both are the caller's fault, which gRPC
+/// spells INVALID_ARGUMENT and RESOURCE_EXHAUSTED. Rewrites those two
+/// answers (in the headers of a trailers-only response, or in the
+/// trailers), recognised by the framework's own messages.
+fn caller_fault_codes(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    fix_status(response.headers_mut());
+    response.map(|body| tonic::body::Body::new(FixTrailers(body)))
+}
+
+fn fix_status(headers: &mut http::HeaderMap) {
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // The message is percent-encoded (spaces as %20).
+    let fixed = match code {
+        Some("13") if message.starts_with("failed%20to%20decode") => Some("3"),
+        Some("11") if message.contains("message%20length%20too%20large") => Some("8"),
+        _ => None,
+    };
+    if let Some(fixed) = fixed {
+        headers.insert("grpc-status", http::HeaderValue::from_static(fixed));
+    }
+}
+
+/// A response body whose trailers go through `fix_status`.
+struct FixTrailers(tonic::body::Body);
+
+impl http_body::Body for FixTrailers {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.0).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        fix_status(&mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// Keeps the health service in step with `healthy` until shutdown.

@@ -351,6 +351,11 @@ impl Manager {
         Ok(status.state)
     }
 
+    /// The last committed event sequence.
+    pub fn latest_sequence(&self) -> u64 {
+        self.events.latest()
+    }
+
     pub fn watch_events(
         &self,
         after: u64,

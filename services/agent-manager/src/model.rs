@@ -183,22 +183,56 @@ pub fn validate_command(command: &str) -> Result<(), Error> {
             "must not be empty: give the program to run, e.g. /usr/bin/python3 or shepherd-agent",
         ));
     }
-    let found = if command.contains('/') {
-        Path::new(command).is_file()
+    if command.contains('/') && !command.starts_with('/') {
+        return Err(Error::invalid(
+            "agent.command",
+            "must be an absolute path or a bare program name looked up in the manager's PATH (relative paths would depend on the manager's working directory)",
+        ));
+    }
+    let found = if command.starts_with('/') {
+        is_executable(Path::new(command))
     } else {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| is_executable(&dir.join(command)))
+        })
     };
     if found {
         Ok(())
     } else {
         Err(Error::invalid(
             "agent.command",
-            format!(
-                "{command:?} was not found: give an absolute path or a program in the manager's PATH"
-            ),
+            "was not found as an executable file: give an absolute path or a program in the manager's PATH",
         ))
     }
+}
+
+/// Most arguments, and the longest one.
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARG_BYTES: usize = 8 * 1024;
+
+pub fn validate_args(args: &[String]) -> Result<(), Error> {
+    if args.len() > MAX_ARGS {
+        return Err(Error::invalid(
+            "agent.args",
+            format!("at most {MAX_ARGS} arguments"),
+        ));
+    }
+    for (index, arg) in args.iter().enumerate() {
+        if arg.len() > MAX_ARG_BYTES || arg.contains('\0') {
+            return Err(Error::invalid(
+                format!("agent.args[{index}]"),
+                format!("must be at most {MAX_ARG_BYTES} bytes, without NUL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A regular file someone may execute.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {

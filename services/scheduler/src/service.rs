@@ -34,27 +34,30 @@ pub struct UpdateMask {
 }
 
 impl Scheduler {
-    pub async fn create_workflow(&self, new: NewWorkflow) -> Result<Workflow> {
-        let exists = self
-            .manager
-            .agent_exists(new.agent_id)
-            .await
-            .map_err(|status| {
-                Error::Unavailable(format!(
-                    "cannot check agent {} with the agent-manager ({}); retry when it is reachable",
-                    new.agent_id,
-                    status.message()
-                ))
-            })?;
-        if !exists {
-            return Err(Error::invalid(
-                "workflow.agent_id",
-                format!(
-                    "agent {} does not exist in the agent-manager; create the agent first",
-                    new.agent_id
-                ),
-            ));
+    /// Fails unless the agent exists in the agent-manager.
+    async fn require_agent(&self, agent: Uuid) -> Result<()> {
+        let exists = self.manager.agent_exists(agent).await.map_err(|status| {
+            Error::Unavailable(format!(
+                "cannot check agent {agent} with the agent-manager ({}); retry when it is reachable",
+                status.message()
+            ))
+        })?;
+        if exists {
+            Ok(())
+        } else {
+            Err(Error::FailedPrecondition(format!(
+                "agent {agent} does not exist in the agent-manager; create the agent first (or point the workflow at another agent)"
+            )))
         }
+    }
+
+    pub async fn create_workflow(&self, new: NewWorkflow) -> Result<Workflow> {
+        self.require_agent(new.agent_id)
+            .await
+            .map_err(|err| match err {
+                Error::FailedPrecondition(reason) => Error::invalid("workflow.agent_id", reason),
+                other => other,
+            })?;
         let workflow = self.store.insert_workflow(&new).await?;
         if workflow.enabled {
             self.runners.ensure_running(workflow.id, workflow.agent_id);
@@ -107,6 +110,11 @@ impl Scheduler {
         }
         if mask.tool_policy {
             workflow.tool_policy = patch.tool_policy;
+        }
+        if workflow.enabled && !was_enabled {
+            // A workflow never points at a deleted agent: enabling checks
+            // it (as creating does).
+            self.require_agent(workflow.agent_id).await?;
         }
         let reschedule = mask.trigger || (workflow.enabled && !was_enabled);
         let workflow = self.store.update_workflow(&workflow, reschedule).await?;
@@ -170,6 +178,14 @@ impl Scheduler {
         timeout: Option<std::time::Duration>,
     ) -> Result<Task> {
         let workflow = self.store.get_workflow(workflow).await?;
+        if !workflow.enabled && !workflow.disabled_reason.is_empty() {
+            // Disabled by the system (its agent was deleted): a task would
+            // never run.
+            return Err(Error::FailedPrecondition(format!(
+                "workflow {} is disabled: {}; fix that, then enable it",
+                workflow.id, workflow.disabled_reason
+            )));
+        }
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
         let rendered = Rendered {
             prompt: template::render(&workflow.prompt_template, &fields)?,

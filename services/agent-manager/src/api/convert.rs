@@ -16,6 +16,7 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     let agent = agent.ok_or_else(|| Error::invalid("agent", "is required"))?;
     model::validate_name("agent.name", &agent.name)?;
     model::validate_command(&agent.command)?;
+    model::validate_args(&agent.args)?;
     let env: BTreeMap<String, String> = agent.env.into_iter().collect();
     model::validate_env(&env)?;
     let labels: BTreeMap<String, String> = agent.labels.into_iter().collect();

@@ -296,6 +296,14 @@ impl AgentManager for Api {
             "" => None,
             id => Some(parse_agent_id("agent_id", id)?),
         };
+        let latest = self.manager.latest_sequence();
+        if request.after_sequence > latest {
+            // A cursor from the future would silently wait for events that
+            // are not coming: say so.
+            return Err(Status::out_of_range(format!(
+                "after_sequence is past the end of the event log (the latest sequence is {latest}); resume from at most {latest}"
+            )));
+        }
         let events = self.manager.watch_events(request.after_sequence, agent);
         Ok(Response::new(Box::pin(ReceiverStream::new(events).map(Ok))))
     }
