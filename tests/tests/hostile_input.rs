@@ -366,3 +366,139 @@ async fn garbage_and_oversized_requests_get_the_callers_codes() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// NUL bytes (which PostgreSQL cannot store) are refused at the edge with
+/// INVALID_ARGUMENT naming the field, never UNAVAILABLE; errors about huge
+/// inputs stay short; restart policies that would fork-loop are refused.
+#[tokio::test]
+async fn nul_bytes_huge_inputs_and_fork_loop_policies_are_refused_clearly() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack.create_agent("worker", am::RestartMode::Never).await?;
+    let workflow = stack
+        .create_workflow("flow", &agent.id, false, "echo {{title}}")
+        .await?;
+    let shell = "/bin/sh".to_owned();
+    let bad_agents = [
+        am::Agent {
+            args: vec!["a\0b".into()],
+            ..Default::default()
+        },
+        am::Agent {
+            env: [("K".to_owned(), "v\0".to_owned())].into(),
+            ..Default::default()
+        },
+        am::Agent {
+            labels: [("team".to_owned(), "x\0".to_owned())].into(),
+            ..Default::default()
+        },
+        am::Agent {
+            restart_policy: Some(am::RestartPolicy {
+                mode: am::RestartMode::Always as i32,
+                max_restarts: 100_000,
+                window: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 1_000_000,
+                }),
+                initial_backoff: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                max_backoff: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        },
+    ];
+    for (n, mut bad) in bad_agents.into_iter().enumerate() {
+        bad.name = format!("bad-{n}");
+        bad.command = shell.clone();
+        let status = stack
+            .agents
+            .create_agent(am::CreateAgentRequest { agent: Some(bad) })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{n}: {status:?}"
+        );
+    }
+    let status = stack
+        .workflows
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: "nul".into(),
+                agent_id: agent.id.clone(),
+                prompt_template: "echo \0".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = stack
+        .trigger(&workflow.id, "k", "title\0")
+        .await
+        .expect_err("refused")
+        .downcast::<tonic::Status>()?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("fields.title"), "{status:?}");
+
+    // Huge inputs: short errors.
+    let huge = "x".repeat(1 << 20);
+    let statuses = [
+        stack
+            .workflows
+            .get_task(sched::GetTaskRequest {
+                task_id: huge.clone(),
+            })
+            .await
+            .expect_err("refused"),
+        stack
+            .workflows
+            .get_workflow(sched::GetWorkflowRequest {
+                workflow_id: huge.clone(),
+            })
+            .await
+            .expect_err("refused"),
+        stack
+            .agents
+            .get_agent(am::GetAgentRequest {
+                agent_id: huge.clone(),
+            })
+            .await
+            .expect_err("refused"),
+        stack
+            .workflows
+            .create_workflow(sched::CreateWorkflowRequest {
+                workflow: Some(sched::Workflow {
+                    name: "cron".into(),
+                    agent_id: agent.id.clone(),
+                    trigger: Some(sched::Trigger {
+                        kind: Some(sched::trigger::Kind::Cron(sched::CronTrigger {
+                            expression: huge.clone(),
+                        })),
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect_err("refused"),
+    ];
+    for status in statuses {
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{:?}",
+            status.code()
+        );
+        assert!(
+            status.message().len() < 1024,
+            "a {} byte message",
+            status.message().len()
+        );
+    }
+    Ok(())
+}

@@ -66,6 +66,28 @@ impl From<BatchError<Arc<DbError>>> for Error {
 
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
+        let status = status_of(err);
+        // A safety net under the input bounds: a message never carries a
+        // large input back (clients refuse trailers over 16 KiB).
+        if status.message().len() > MAX_MESSAGE {
+            let mut message = status.message().to_owned();
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+            return tonic::Status::new(status.code(), message);
+        }
+        status
+    }
+}
+
+/// Longest error message sent.
+const MAX_MESSAGE: usize = 1000;
+
+fn status_of(err: Error) -> tonic::Status {
+    {
         match err {
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(err.to_string()),
             Error::NotFound(msg) => tonic::Status::not_found(msg),

@@ -16,14 +16,54 @@ pub fn name(field: &str, name: &str) -> Result<(), Error> {
         Err(Error::invalid(
             field,
             format!(
-                "{name:?} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+                "{} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter",
+                quote(name)
             ),
         ))
     }
 }
 
+/// Free text a client sends: at most `max` bytes, and no NUL (PostgreSQL
+/// cannot store it). The error names the field and the rule, never the
+/// value.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max || value.contains('\0') {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} bytes, without NUL characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A short, quoted prefix of a client's value for an error message (an
+/// error never echoes a whole input: it could be megabytes).
+pub fn quote(value: &str) -> String {
+    const PREFIX: usize = 40;
+    if value.len() <= PREFIX {
+        return format!("{value:?}");
+    }
+    let mut end = PREFIX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}…", &value[..end])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_is_bounded_and_nul_free_and_quotes_are_short() {
+        assert!(super::text("f", "ok", 10).is_ok());
+        assert!(super::text("f", "a\0b", 10).is_err());
+        assert!(super::text("f", &"x".repeat(11), 10).is_err());
+        let err = super::text("f", &"x".repeat(1 << 20), 10).unwrap_err();
+        assert!(err.to_string().len() < 100, "{err}");
+        let quoted = super::quote(&"é".repeat(1000));
+        assert!(quoted.len() < 60 && quoted.ends_with('…'), "{quoted}");
+        assert_eq!(super::quote("short"), "\"short\"");
+    }
+
     #[test]
     fn names() {
         assert!(super::name("name", "agent-1").is_ok());

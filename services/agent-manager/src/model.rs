@@ -235,14 +235,34 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
+/// Most environment variables and labels per agent, and their sizes.
+pub const MAX_ENTRIES: usize = 256;
+pub const MAX_KEY_BYTES: usize = 256;
+pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
-    for key in env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
+    use shepherd_platform::validate::{quote, text};
+    if env.len() > MAX_ENTRIES {
+        return Err(Error::invalid(
+            "agent.env",
+            format!("at most {MAX_ENTRIES} variables"),
+        ));
+    }
+    for (key, value) in env {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains('=') || key.contains('\0') {
             return Err(Error::invalid(
                 "agent.env",
-                format!("{key:?} is not a valid environment variable name"),
+                format!(
+                    "{} is not a valid environment variable name (1-{MAX_KEY_BYTES} bytes, no '=' or NUL)",
+                    quote(key)
+                ),
             ));
         }
+        text(
+            &format!("agent.env[{}]", quote(key)),
+            value,
+            MAX_VALUE_BYTES,
+        )?;
         if RESERVED_ENV.contains(&key.as_str()) {
             return Err(Error::invalid(
                 "agent.env",
@@ -259,28 +279,59 @@ pub fn validate_working_dir(dir: &str) -> Result<(), Error> {
     } else {
         Err(Error::invalid(
             "agent.working_dir",
-            format!("{dir:?} is not an existing directory"),
+            format!(
+                "{} is not an existing directory",
+                shepherd_platform::validate::quote(dir)
+            ),
         ))
     }
 }
 
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
+    if labels.len() > MAX_ENTRIES {
+        return Err(Error::invalid(
+            "agent.labels",
+            format!("at most {MAX_ENTRIES} labels"),
+        ));
+    }
     for (key, value) in labels {
-        if key.is_empty() || key.len() > 63 || value.len() > 255 {
+        let nul = key.contains('\0') || value.contains('\0');
+        if key.is_empty() || key.len() > 63 || value.len() > 255 || nul {
             return Err(Error::invalid(
                 "agent.labels",
-                format!("label {key:?}: keys must be 1-63 characters and values at most 255"),
+                format!(
+                    "label {}: keys must be 1-63 bytes and values at most 255, without NUL",
+                    shepherd_platform::validate::quote(key)
+                ),
             ));
         }
     }
     Ok(())
 }
 
+/// Floors of a restart policy: a zero backoff in a tiny window would
+/// fork-loop a crashing agent.
+pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
+pub const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(10);
+pub const MAX_RESTART_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
-    if policy.window.is_zero() {
+    if policy.window < MIN_RESTART_WINDOW || policy.window > MAX_RESTART_DURATION {
         return Err(Error::invalid(
             "agent.restart_policy.window",
-            "must be positive",
+            "must be between 1s and 7 days",
+        ));
+    }
+    if policy.initial_backoff < MIN_RESTART_BACKOFF {
+        return Err(Error::invalid(
+            "agent.restart_policy.initial_backoff",
+            "must be at least 10ms",
+        ));
+    }
+    if policy.max_backoff > MAX_RESTART_DURATION {
+        return Err(Error::invalid(
+            "agent.restart_policy.max_backoff",
+            "must be at most 7 days",
         ));
     }
     if policy.initial_backoff > policy.max_backoff {
@@ -297,8 +348,15 @@ pub fn parse_agent_id(field: &str, text: &str) -> Result<Uuid, Error> {
     if text.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    Uuid::parse_str(text)
-        .map_err(|_| Error::invalid(field, format!("{text:?} is not a valid agent id (a UUID)")))
+    Uuid::parse_str(text).map_err(|_| {
+        Error::invalid(
+            field,
+            format!(
+                "{} is not a valid agent id (a UUID)",
+                shepherd_platform::validate::quote(text)
+            ),
+        )
+    })
 }
 
 /// Durations stored as integer milliseconds in the spec JSON.

@@ -135,7 +135,10 @@ impl Trigger {
             Self::Manual => Ok(()),
             Self::Delay { delay_ms } => {
                 if Duration::from_millis(*delay_ms) > MAX_PERIOD {
-                    Err(Error::invalid("workflow.trigger.delay.delay", "must be at most 100 years"))
+                    Err(Error::invalid(
+                        "workflow.trigger.delay.delay",
+                        "must be at most 100 years",
+                    ))
                 } else {
                     Ok(())
                 }
@@ -151,12 +154,19 @@ impl Trigger {
                     Ok(())
                 }
             }
-            Self::Cron { expression } => cron::Schedule::from_str(expression).map(drop).map_err(|err| {
-                Error::invalid(
+            Self::Cron { expression } => {
+                shepherd_platform::validate::text(
                     "workflow.trigger.cron.expression",
-                    format!("{expression:?} is not a valid cron expression ({err}); use 6-7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\""),
-                )
-            }),
+                    expression,
+                    256,
+                )?;
+                cron::Schedule::from_str(expression).map(drop).map_err(|_| {
+                    Error::invalid(
+                        "workflow.trigger.cron.expression",
+                        format!("{} is not a valid cron expression; use 6-7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\"", shepherd_platform::validate::quote(expression)),
+                    )
+                })
+            }
         }
     }
 
@@ -295,8 +305,15 @@ pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {
     if text.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    Uuid::parse_str(text)
-        .map_err(|_| Error::invalid(field, format!("{text:?} is not a valid {what} id (a UUID)")))
+    Uuid::parse_str(text).map_err(|_| {
+        Error::invalid(
+            field,
+            format!(
+                "{} is not a valid {what} id (a UUID)",
+                shepherd_platform::validate::quote(text)
+            ),
+        )
+    })
 }
 
 /// Idempotency keys: 1-128 printable characters.

@@ -178,10 +178,15 @@ impl AgentManager for Api {
         let request = request.into_inner();
         let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
         record_id("agent_id", &agent_id);
-        if request.task_id.is_empty() || request.task_id.len() > MAX_TASK_ID_LEN {
+        if request.task_id.is_empty()
+            || request.task_id.len() > MAX_TASK_ID_LEN
+            || request.task_id.contains('\0')
+        {
             return Err(Error::invalid(
                 "task_id",
-                format!("must be 1-{MAX_TASK_ID_LEN} bytes (it is the task's idempotency key)"),
+                format!(
+                    "must be 1-{MAX_TASK_ID_LEN} bytes without NUL (it is the task's idempotency key)"
+                ),
             )
             .into());
         }

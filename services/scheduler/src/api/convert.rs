@@ -222,7 +222,11 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
     Ok((workflow, mask))
 }
 
+/// Longest prompt template.
+pub const MAX_TEMPLATE: usize = 64 * 1024;
+
 fn template_from(template: String) -> Result<String> {
+    shepherd_platform::validate::text("workflow.prompt_template", &template, MAX_TEMPLATE)?;
     let template = if template.is_empty() {
         DEFAULT_TEMPLATE.to_owned()
     } else {
@@ -319,15 +323,51 @@ pub fn workflow(workflow: Workflow) -> pb::Workflow {
     }
 }
 
-pub fn fields(fields: Option<pb::TaskFields>) -> TaskFields {
+/// Bounds of a task's fields.
+pub const MAX_TITLE: usize = 1024;
+pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_URL: usize = 2048;
+pub const MAX_LABELS: usize = 100;
+pub const MAX_LABEL: usize = 128;
+pub const MAX_METADATA: usize = 100;
+pub const MAX_METADATA_KEY: usize = 128;
+pub const MAX_METADATA_VALUE: usize = 4096;
+
+pub fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
+    use shepherd_platform::validate::text;
     let fields = fields.unwrap_or_default();
-    TaskFields {
+    text("fields.title", &fields.title, MAX_TITLE)?;
+    text("fields.body", &fields.body, MAX_BODY)?;
+    text("fields.url", &fields.url, MAX_URL)?;
+    if fields.labels.len() > MAX_LABELS {
+        return Err(Error::invalid(
+            "fields.labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (index, label) in fields.labels.iter().enumerate() {
+        text(&format!("fields.labels[{index}]"), label, MAX_LABEL)?;
+    }
+    if fields.metadata.len() > MAX_METADATA {
+        return Err(Error::invalid(
+            "fields.metadata",
+            format!("at most {MAX_METADATA} entries"),
+        ));
+    }
+    for (key, value) in &fields.metadata {
+        if key.is_empty() {
+            return Err(Error::invalid("fields.metadata", "keys must not be empty"));
+        }
+        text("fields.metadata key", key, MAX_METADATA_KEY)?;
+        text("fields.metadata value", value, MAX_METADATA_VALUE)?;
+    }
+    Ok(TaskFields {
         title: fields.title,
         body: fields.body,
         url: fields.url,
         labels: fields.labels,
         metadata: fields.metadata.into_iter().collect(),
-    }
+    })
 }
 
 pub fn task(task: Task) -> pb::Task {

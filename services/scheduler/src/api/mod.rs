@@ -122,7 +122,7 @@ impl scheduler_server::Scheduler for Api {
         let timeout = convert::trigger_timeout(request.timeout)?;
         let task = self
             .scheduler
-            .trigger(id, key, convert::fields(request.fields), timeout)
+            .trigger(id, key, convert::fields(request.fields)?, timeout)
             .await?;
         Ok(Response::new(convert::task(task)))
     }
@@ -132,9 +132,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let task_id = request.into_inner().task_id;
-        if task_id.is_empty() {
-            return Err(Error::invalid("task_id", "is required").into());
-        }
+        validate_task_id(&task_id)?;
         record_id("task_id", &task_id);
         let task = self.scheduler.cancel_task(&task_id).await?;
         Ok(Response::new(convert::task(task)))
@@ -145,9 +143,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let id = request.into_inner().task_id;
-        if id.is_empty() {
-            return Err(Error::invalid("task_id", "is required").into());
-        }
+        validate_task_id(&id)?;
         Ok(Response::new(convert::task(
             self.scheduler.get_task(&id).await?,
         )))
@@ -213,4 +209,14 @@ impl scheduler_server::Scheduler for Api {
             .collect();
         Ok(Response::new(pb::ListRunnersResponse { runners }))
     }
+}
+
+/// A task id ("<workflow_id>:<key>"): bounded and NUL-free before any
+/// query, so that a lookup of a huge id costs nothing and its error stays
+/// short.
+fn validate_task_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid("task_id", "is required"));
+    }
+    shepherd_platform::validate::text("task_id", id, 36 + 1 + 128)
 }
