@@ -12,8 +12,9 @@
 //!   here too. A task sent without a spec (a direct `DispatchTask` with
 //!   only a payload) runs its payload, which its sender wrote.
 //!
-//! Exit status 0 reports success; output is stdout then stderr. An empty
-//! script is a no-op that succeeds at once (handy for benchmarks).
+//! Exit status 0 reports success; output is stdout then stderr. In shell
+//! mode a task whose template renders empty (or an empty payload) is a
+//! no-op that succeeds at once (handy for benchmarks).
 
 use std::process::Stdio;
 
@@ -65,6 +66,11 @@ impl TaskHandler for Agent {
                 (command, prompt(&task))
             }
             Runner::Shell(shell) => {
+                // Nothing to do: the template rendered empty (e.g. the
+                // default "{{body}}" with no body), or an empty payload.
+                if prompt(&task).iter().all(u8::is_ascii_whitespace) {
+                    return TaskResult::success("");
+                }
                 let script = match &task.spec {
                     Some(spec) => spec.shell_script.clone(),
                     None => String::from_utf8_lossy(&task.payload).into_owned(),
