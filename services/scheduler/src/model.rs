@@ -284,6 +284,8 @@ pub struct Task {
     pub dead_letter: bool,
     /// A retry waiting for its backoff.
     pub not_before: Option<SystemTime>,
+    /// When its current (or last) attempt was dispatched.
+    pub dispatched_at: Option<SystemTime>,
     /// Finished attempts (filled by `get_task` only).
     pub history: Vec<TaskAttempt>,
 }

@@ -372,7 +372,19 @@ async fn drain_rate(replicas: Replicas) -> anyhow::Result<f64> {
         total += queued??;
     }
     drained(&stack, Duration::from_secs(600)).await?;
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let failed: i64 = stack
+        .db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM scheduler.tasks WHERE state <> 'succeeded'",
+            &[],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(failed == 0, "{failed} no-op tasks did not succeed");
+    Ok(rate)
 }
 
 /// Waits until every workflow runs on exactly one of the replicas.
