@@ -486,3 +486,54 @@ async fn tasks_left_on_a_dead_session_are_settled_as_lost() -> anyhow::Result<()
     assert_eq!(lines(&finished), ["first"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn agents_of_a_manager_gone_for_good_exit_with_their_tasks_after_the_orphan_timeout()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "orphan".into(),
+                command: shepherd_testkit::bin_path("shepherd-agent")?
+                    .display()
+                    .to_string(),
+                env: [("SHEPHERD_ORPHAN_TIMEOUT".to_owned(), "1s".to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    stack.wait_agent_ready(&agent.id, agent.generation).await?;
+    let pidfile = stack.scratch_file("task.pid");
+    let workflow = stack
+        .create_workflow(
+            "long",
+            &agent.id,
+            true,
+            &format!("sleep 1000 & echo $! > {}; wait", pidfile.display()),
+        )
+        .await?;
+    stack.trigger(&workflow.id, "long", "long").await?;
+    let task_pid: i32 = eventually(WAIT, "the task's pid", || async {
+        Ok(std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|text| text.trim().parse().ok()))
+    })
+    .await?;
+    let agent_pid = stack.agent(&agent.id).await?.pid;
+    assert!(
+        shepherd_testkit::process_alive(agent_pid) && shepherd_testkit::process_alive(task_pid)
+    );
+
+    // The manager dies and never comes back.
+    stack.manager.kill().await?;
+    eventually(WAIT, "the orphaned agent and its task to exit", || async {
+        let gone = !shepherd_testkit::process_alive(agent_pid)
+            && !shepherd_testkit::process_alive(task_pid);
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    Ok(())
+}

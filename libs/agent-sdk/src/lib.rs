@@ -57,11 +57,16 @@ pub enum SdkError {
     MissingEnv(&'static str),
     #[error("invalid manager URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The manager refused the session token: this process belongs to an
     /// earlier generation (or the token is wrong). Retrying cannot help.
     #[error("the agent-manager refused the session: {0}")]
     Refused(String),
 }
+
+/// How long an agent runs without hearing from its manager by default.
+pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where to connect and how to authenticate.
 #[derive(Clone, Debug)]
@@ -71,6 +76,11 @@ pub struct AgentConfig {
     pub manager_url: String,
     /// PEM CA to verify the manager's TLS certificate (https URLs).
     pub manager_ca_file: Option<std::path::PathBuf>,
+    /// How long the agent keeps running without hearing from its manager
+    /// before it exits with its whole process group, so that an agent never
+    /// outlives its manager for good (`SHEPHERD_ORPHAN_TIMEOUT`, default
+    /// 5 minutes; "0s" never).
+    pub orphan_timeout: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -81,6 +91,17 @@ impl AgentConfig {
             session_token: var("SHEPHERD_SESSION_TOKEN")?,
             manager_url: var("SHEPHERD_MANAGER_URL")?,
             manager_ca_file: std::env::var_os("SHEPHERD_MANAGER_CA_FILE").map(Into::into),
+            orphan_timeout: match std::env::var("SHEPHERD_ORPHAN_TIMEOUT") {
+                Ok(text) => {
+                    let timeout = humantime::parse_duration(&text).map_err(|err| {
+                        SdkError::InvalidConfig(format!(
+                            "SHEPHERD_ORPHAN_TIMEOUT is not a duration ({err}); use e.g. 5m"
+                        ))
+                    })?;
+                    (!timeout.is_zero()).then_some(timeout)
+                }
+                Err(_) => Some(DEFAULT_ORPHAN_TIMEOUT),
+            },
         })
     }
 }
@@ -234,6 +255,9 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
     let channel = endpoint.tcp_nodelay(true).connect_lazy();
     let handler = Arc::new(handler);
     let ledger = Ledger::default();
+    if let Some(timeout) = config.orphan_timeout {
+        tokio::spawn(orphan_watchdog(ledger.clone(), timeout));
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         match session(&config, channel.clone(), handler.clone(), &ledger).await {
@@ -271,6 +295,8 @@ struct LedgerState {
     unacked: HashMap<String, TaskCompleted>,
     /// The live session's outbound messages, if a session is open.
     session: Option<mpsc::Sender<AgentMessage>>,
+    /// When the manager was last heard from (or the agent started).
+    last_heard: Option<Instant>,
 }
 
 /// What to do with a delivered task.
@@ -362,6 +388,41 @@ impl Ledger {
     fn close(&self) {
         self.lock().session = None;
     }
+
+    fn heard(&self) {
+        self.lock().last_heard = Some(Instant::now());
+    }
+
+    fn silent_for(&self) -> Duration {
+        let mut state = self.lock();
+        let since = *state.last_heard.get_or_insert_with(Instant::now);
+        since.elapsed()
+    }
+}
+
+/// Exits with the agent's whole process group once the manager has not
+/// been heard from for `timeout`: a manager that is gone for good (killed,
+/// never restarted) must not leave its agents, and whatever they started,
+/// running forever.
+async fn orphan_watchdog(ledger: Ledger, timeout: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;
+        let silent = ledger.silent_for();
+        if silent < timeout {
+            continue;
+        }
+        tracing::error!(
+            ?silent,
+            "the agent-manager has been unreachable past the orphan timeout; exiting with the agent's process group"
+        );
+        use nix::unistd::{getpgrp, getpid};
+        // Only a group of our own (the manager starts every agent as a
+        // group leader): never the group of a shell that started us.
+        if getpgrp() == getpid() {
+            let _ = nix::sys::signal::killpg(getpgrp(), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::process::exit(1);
+    }
 }
 
 /// Test hook: `SHEPHERD_FAILPOINTS` naming `sdk.ignore_cancel` makes the
@@ -432,6 +493,7 @@ async fn session_inner<H: TaskHandler>(
                     Err(status) => return end_for(status, ready),
                 };
                 silent_until = Instant::now() + interval * 3;
+                ledger.heard();
                 match message.kind {
                     Some(manager_message::Kind::Welcome(welcome)) => {
                         if let Some(every) = welcome.heartbeat_interval.and_then(|d| Duration::try_from(d).ok())
