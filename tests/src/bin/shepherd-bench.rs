@@ -19,6 +19,11 @@ use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|b] [--rounds N] [--agents N] [--tasks N] [--concurrency N]
+  a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
+  a2: runners of --agents agents (default 200) x 5 workflows restarted at once
+  b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow, default 8)";
+
 struct Args {
     rounds: usize,
     agents: usize,
@@ -37,6 +42,10 @@ fn args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--rounds" => args.rounds = value.parse()?,
@@ -44,7 +53,7 @@ fn args() -> anyhow::Result<Args> {
             "--tasks" => args.tasks = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
             "--only" => args.only = Some(value),
-            other => bail!("unknown option {other}"),
+            other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
     Ok(args)
