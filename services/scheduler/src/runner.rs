@@ -391,11 +391,13 @@ impl Runner {
             }
             let term = match self.keep_lease(lease, &mut deferred).await {
                 Ok(Held::Kept(term)) => term,
-                Ok(Held::Acquired(term)) => {
+                Ok(Held::Acquired { term, in_flight }) => {
                     // A workflow taken over (or back) may have tasks in
                     // flight that nobody settles: the previous holder died
                     // between claim and dispatch, or its reports were lost.
-                    self.settle_in_flight().await;
+                    if in_flight {
+                        self.settle_in_flight().await;
+                    }
                     term
                 }
                 Err(NoLease::Stop(reason)) => return reason,
@@ -538,7 +540,7 @@ impl Runner {
             .acquire_lease(self.workflow, &self.ctx.replica, ttl)
             .await
         {
-            Ok(LeaseAcquisition::Acquired { term }) => {
+            Ok(LeaseAcquisition::Acquired { term, in_flight }) => {
                 *deferred = None;
                 let mut held = HeldLease {
                     term,
@@ -548,7 +550,7 @@ impl Runner {
                 held.extend(now, ttl);
                 *lease = Some(held);
                 crate::metrics::lease_changed("acquired");
-                Ok(Held::Acquired(term))
+                Ok(Held::Acquired { term, in_flight })
             }
             Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(NoLease::Standby {
                 reason: format!("replica {owner} holds the lease"),
@@ -712,8 +714,9 @@ impl HeldLease {
 enum Held {
     /// Held already (renewed if it was due).
     Kept(i64),
-    /// Just taken: the workflow may have been run elsewhere until now.
-    Acquired(i64),
+    /// Just taken: the workflow may have been run elsewhere until now
+    /// (`in_flight`: it has tasks in flight to settle).
+    Acquired { term: i64, in_flight: bool },
 }
 
 /// Why a runner holds no lease.

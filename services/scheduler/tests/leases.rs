@@ -66,7 +66,7 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
     let workflow = workflow_with_tasks(&store, 6).await?;
     let ttl = Duration::from_secs(60);
 
-    let LeaseAcquisition::Acquired { term: first } =
+    let LeaseAcquisition::Acquired { term: first, .. } =
         store.acquire_lease(workflow, "a", ttl).await?
     else {
         anyhow::bail!("a free lease must be acquired");
@@ -92,7 +92,7 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
             &[],
         )
         .await?;
-    let LeaseAcquisition::Acquired { term: second } =
+    let LeaseAcquisition::Acquired { term: second, .. } =
         store.acquire_lease(workflow, "b", ttl).await?
     else {
         anyhow::bail!("an expired lease must be taken over");
@@ -130,13 +130,13 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
     let workflow = workflow_with_tasks(&store, 1).await?;
     let long = Duration::from_secs(60);
 
-    let LeaseAcquisition::Acquired { term } = store.acquire_lease(workflow, "a", long).await?
+    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a", long).await?
     else {
         anyhow::bail!("a free lease must be acquired");
     };
     // The same owner (a restarted replica) gets it back at once, fencing
     // out its earlier self.
-    let LeaseAcquisition::Acquired { term: again } =
+    let LeaseAcquisition::Acquired { term: again, .. } =
         store.acquire_lease(workflow, "a", long).await?
     else {
         anyhow::bail!("an owner takes its own lease back");
@@ -146,7 +146,7 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
 
     store.release_lease(workflow, "a", again).await?;
     match store.acquire_lease(workflow, "b", long).await? {
-        LeaseAcquisition::Acquired { term: taken } => assert!(taken > again),
+        LeaseAcquisition::Acquired { term: taken, .. } => assert!(taken > again),
         other => panic!("a released lease is free: {other:?}"),
     }
     assert_eq!(store.claim(claim(workflow, "b", again + 1)).await?.len(), 1);
@@ -159,7 +159,7 @@ async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> an
     let store = store(&db).await?;
     let workflow = workflow_with_tasks(&store, 3).await?;
     let long = Duration::from_secs(60);
-    let LeaseAcquisition::Acquired { term } = store.acquire_lease(workflow, "a", long).await?
+    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a", long).await?
     else {
         anyhow::bail!("a free lease must be acquired");
     };

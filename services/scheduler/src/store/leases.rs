@@ -15,8 +15,9 @@ use crate::error::Result;
 /// The result of trying to take a workflow's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseAcquisition {
-    /// This replica holds the lease now, with this term.
-    Acquired { term: i64 },
+    /// This replica holds the lease now, with this term; `in_flight`: the
+    /// workflow has DISPATCHED tasks (a new holder settles them first).
+    Acquired { term: i64, in_flight: bool },
     /// Another replica holds it for about `remaining` more.
     HeldBy { owner: String, remaining: Duration },
     /// The workflow is disabled or gone (perhaps through another replica):
@@ -71,14 +72,19 @@ impl Store {
                          SET owner = EXCLUDED.owner, term = runner_leases.term + 1,
                              expires_at = EXCLUDED.expires_at
                          WHERE runner_leases.expires_at <= now() OR runner_leases.owner = EXCLUDED.owner
-                         RETURNING term",
+                         RETURNING term, EXISTS (
+                             SELECT 1 FROM scheduler.tasks t
+                             WHERE t.workflow_id = $1 AND t.state = 'dispatched')",
                     )
                     .await?,
                 &[&workflow, &owner, &ttl.as_secs_f64()],
             )
             .await?;
         if let Some(row) = acquired {
-            return Ok(LeaseAcquisition::Acquired { term: row.get(0) });
+            return Ok(LeaseAcquisition::Acquired {
+                term: row.get(0),
+                in_flight: row.get(1),
+            });
         }
         let holder = client
             .query_opt(
