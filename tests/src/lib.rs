@@ -329,38 +329,30 @@ impl Stack {
         Ok((process, client))
     }
 
-    /// Creates an agent running the reference agent and waits until it is
-    /// ready.
+    /// Creates an agent running the reference agent with a fast test
+    /// restart policy and waits until it is ready.
     pub async fn create_agent(
         &mut self,
         name: &str,
         mode: am::RestartMode,
     ) -> anyhow::Result<am::Agent> {
+        self.create_agent_with(am::Agent {
+            name: name.to_owned(),
+            restart_policy: Some(test_restart_policy(mode)),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Creates `agent` (running the reference agent unless it names a
+    /// command) and waits until it is ready.
+    pub async fn create_agent_with(&mut self, mut agent: am::Agent) -> anyhow::Result<am::Agent> {
+        if agent.command.is_empty() {
+            agent.command = bin_path("shepherd-agent")?.display().to_string();
+        }
         let agent = self
             .agents
-            .create_agent(am::CreateAgentRequest {
-                agent: Some(am::Agent {
-                    name: name.to_owned(),
-                    command: bin_path("shepherd-agent")?.display().to_string(),
-                    restart_policy: Some(am::RestartPolicy {
-                        mode: mode as i32,
-                        max_restarts: 100,
-                        window: Some(prost_types::Duration {
-                            seconds: 60,
-                            nanos: 0,
-                        }),
-                        initial_backoff: Some(prost_types::Duration {
-                            seconds: 0,
-                            nanos: 50_000_000,
-                        }),
-                        max_backoff: Some(prost_types::Duration {
-                            seconds: 1,
-                            nanos: 0,
-                        }),
-                    }),
-                    ..Default::default()
-                }),
-            })
+            .create_agent(am::CreateAgentRequest { agent: Some(agent) })
             .await?
             .into_inner();
         self.wait_agent_ready(&agent.id, agent.generation).await?;
@@ -619,6 +611,29 @@ async fn start_scheduler(
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The restart policy of test agents: a generous budget, fast backoffs.
+pub fn test_restart_policy(mode: am::RestartMode) -> am::RestartPolicy {
+    let millis = |ms: i32| {
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        })
+    };
+    am::RestartPolicy {
+        mode: mode as i32,
+        max_restarts: 100,
+        window: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        initial_backoff: millis(50),
+        max_backoff: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    }
 }
 
 /// SIGKILL a process, as a crash would.

@@ -232,19 +232,7 @@ async fn a_database_outage_is_ridden_out_with_nothing_lost() -> anyhow::Result<(
         ..StackOptions::default()
     };
     let mut stack = Stack::start(options).await?;
-    let agent = stack
-        .create_agent("worker", am::RestartMode::OnFailure)
-        .await?;
-    let started = stack.scratch_file("started.log");
-    let file = stack.scratch_file("runs.log");
-    let template = format!(
-        "echo {{{{title}}}} >> {}; sleep 0.4; echo {{{{title}}}} >> {}",
-        started.display(),
-        file.display()
-    );
-    let workflow = stack
-        .create_workflow("work", &agent.id, true, &template)
-        .await?;
+    let (workflow, started, file) = slow_workflow(&mut stack, 0.4).await?;
     let mut tasks = Vec::new();
     for n in 0..8 {
         let key = format!("t{n}");
@@ -492,20 +480,12 @@ async fn agents_of_a_manager_gone_for_good_exit_with_their_tasks_after_the_orpha
 -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions::default()).await?;
     let agent = stack
-        .agents
-        .create_agent(am::CreateAgentRequest {
-            agent: Some(am::Agent {
-                name: "orphan".into(),
-                command: shepherd_testkit::bin_path("shepherd-agent")?
-                    .display()
-                    .to_string(),
-                env: [("SHEPHERD_ORPHAN_TIMEOUT".to_owned(), "1s".to_owned())].into(),
-                ..Default::default()
-            }),
+        .create_agent_with(am::Agent {
+            name: "orphan".into(),
+            env: [("SHEPHERD_ORPHAN_TIMEOUT".to_owned(), "1s".to_owned())].into(),
+            ..Default::default()
         })
-        .await?
-        .into_inner();
-    stack.wait_agent_ready(&agent.id, agent.generation).await?;
+        .await?;
     let pidfile = stack.scratch_file("task.pid");
     let workflow = stack
         .create_workflow(

@@ -294,8 +294,23 @@ async fn a_hot_standby_runs_nothing_until_the_active_replica_dies() -> anyhow::R
         states == [RunnerState::Running, RunnerState::Standby]
     })
     .await?;
-    // Several lease periods later the standby still runs nothing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Several lease periods later (the active replica has renewed its
+    // leases past two more TTLs) the standby still runs nothing.
+    let db = stack.db.client().await?;
+    let expiry = || async {
+        let row = db
+            .query_one(
+                "SELECT extract(epoch FROM max(expires_at))::float8 FROM scheduler.runner_leases",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(row.get::<_, f64>(0))
+    };
+    let first = expiry().await?;
+    eventually(WAIT, "two more lease periods", || async {
+        Ok((expiry().await? >= first + 2.0).then_some(()))
+    })
+    .await?;
     wait_placement(&[&a, &s], &agent.id, &workflows, |states| {
         states == [RunnerState::Running, RunnerState::Standby]
     })

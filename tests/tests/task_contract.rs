@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use shepherd_e2e::{Stack, StackOptions};
+use shepherd_e2e::{Stack, StackOptions, test_restart_policy};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, TaskState};
-use shepherd_testkit::bin_path;
 
 /// Values that would run `touch MARKER` if any field were pasted into a
 /// shell command, and values a careless argv would take for options.
@@ -52,19 +51,13 @@ async fn agent(
     out: &Path,
 ) -> anyhow::Result<String> {
     let agent = stack
-        .agents
-        .create_agent(am::CreateAgentRequest {
-            agent: Some(am::Agent {
-                name: name.to_owned(),
-                command: bin_path("shepherd-agent")?.display().to_string(),
-                args,
-                env: [("OUT_DIR".to_owned(), out.display().to_string())].into(),
-                ..Default::default()
-            }),
+        .create_agent_with(am::Agent {
+            name: name.to_owned(),
+            args,
+            env: [("OUT_DIR".to_owned(), out.display().to_string())].into(),
+            ..Default::default()
         })
-        .await?
-        .into_inner();
-    stack.wait_agent_ready(&agent.id, agent.generation).await?;
+        .await?;
     Ok(agent.id)
 }
 
@@ -164,37 +157,16 @@ async fn timed_workflow(
     agent_env: &[(&str, &str)],
 ) -> anyhow::Result<(String, sched::Workflow)> {
     let agent = stack
-        .agents
-        .create_agent(am::CreateAgentRequest {
-            agent: Some(am::Agent {
-                name: format!("{name}-agent"),
-                command: bin_path("shepherd-agent")?.display().to_string(),
-                env: agent_env
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-                restart_policy: Some(am::RestartPolicy {
-                    mode: am::RestartMode::OnFailure as i32,
-                    max_restarts: 10,
-                    window: Some(prost_types::Duration {
-                        seconds: 60,
-                        nanos: 0,
-                    }),
-                    initial_backoff: Some(prost_types::Duration {
-                        seconds: 0,
-                        nanos: 50_000_000,
-                    }),
-                    max_backoff: Some(prost_types::Duration {
-                        seconds: 1,
-                        nanos: 0,
-                    }),
-                }),
-                ..Default::default()
-            }),
+        .create_agent_with(am::Agent {
+            name: format!("{name}-agent"),
+            env: agent_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            restart_policy: Some(test_restart_policy(am::RestartMode::OnFailure)),
+            ..Default::default()
         })
-        .await?
-        .into_inner();
-    stack.wait_agent_ready(&agent.id, agent.generation).await?;
+        .await?;
     let workflow = stack
         .workflows
         .create_workflow(sched::CreateWorkflowRequest {
@@ -214,6 +186,16 @@ async fn timed_workflow(
         .await?
         .into_inner();
     Ok((agent.id, workflow))
+}
+
+/// The workflow's next task runs to success (it touches `done`).
+async fn next_task_runs(stack: &mut Stack, workflow: &str, done: &Path) -> anyhow::Result<()> {
+    let next = stack.trigger(workflow, "next", "next").await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
+        .await?;
+    assert!(done.exists());
+    Ok(())
 }
 
 /// The pid a task wrote to `file`, once it has.
@@ -269,12 +251,7 @@ async fn a_hung_task_times_out_its_processes_die_and_the_next_task_runs() -> any
     assert!(hung.dead_letter);
     let outcomes: Vec<&str> = hung.history.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["timed_out", "timed_out"]);
-    let next = stack.trigger(&workflow.id, "next", "next").await?;
-    stack
-        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
-        .await?;
-    assert!(done.exists());
-    Ok(())
+    next_task_runs(&mut stack, &workflow.id, &done).await
 }
 
 #[tokio::test]
@@ -310,12 +287,7 @@ async fn a_wedged_agent_that_ignores_cancel_is_restarted_and_its_runners_come_ba
     stack
         .wait_runner(&workflow.id, sched::RunnerState::Running, "")
         .await?;
-    let next = stack.trigger(&workflow.id, "next", "next").await?;
-    stack
-        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
-        .await?;
-    assert!(done.exists());
-    Ok(())
+    next_task_runs(&mut stack, &workflow.id, &done).await
 }
 
 #[tokio::test]
@@ -362,12 +334,7 @@ async fn cancelling_pending_and_running_tasks_is_final_and_idempotent() -> anyho
         TaskState::Cancelled
     );
 
-    let next = stack.trigger(&workflow.id, "next", "next").await?;
-    stack
-        .wait_tasks(std::slice::from_ref(&next.id), TaskState::Succeeded)
-        .await?;
-    assert!(done.exists());
-    Ok(())
+    next_task_runs(&mut stack, &workflow.id, &done).await
 }
 
 #[tokio::test]

@@ -31,6 +31,15 @@ pub fn from_i32(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
 }
 
+/// A duration stored as integer milliseconds (`bigint`).
+pub fn to_millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn from_millis(millis: i64) -> std::time::Duration {
+    std::time::Duration::from_millis(from_i64(millis))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +50,9 @@ mod tests {
         assert_eq!(from_i64(-1), 0);
         assert_eq!(to_i32(u32::MAX), i32::MAX);
         assert_eq!(from_i32(-5), 0);
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(from_millis(to_millis(second)), second);
+        assert_eq!(from_millis(-1), std::time::Duration::ZERO);
         let value: Vec<u32> = from_json(to_json(&vec![1u32, 2]).unwrap()).unwrap();
         assert_eq!(value, [1, 2]);
         assert!(from_json::<u32>(serde_json::json!("x")).is_err());

@@ -3,6 +3,7 @@
 //! gRPC server that always serves reflection, health and graceful shutdown.
 
 pub mod auth;
+pub mod backoff;
 pub mod batch;
 pub mod columns;
 pub mod config;

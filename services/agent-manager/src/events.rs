@@ -24,6 +24,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use shepherd_platform::backoff::Backoff;
+
 use crate::error::{Error, Result};
 use crate::store::{EventRow, Store};
 
@@ -317,14 +319,14 @@ async fn write_loop(
                 payload: request.event.encode_to_vec(),
             })
             .collect();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
         let first = loop {
             match store.append_events(&rows).await {
                 Ok(first) => break first,
                 Err(err) => {
-                    tracing::warn!(error = %err, events = rows.len(), retry_in = ?backoff, "storing events failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_APPEND_BACKOFF);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, events = rows.len(), retry_in = ?delay, "storing events failed; retrying");
+                    tokio::time::sleep(delay).await;
                 }
             }
         };

@@ -32,6 +32,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use shepherd_platform::backoff::Backoff;
+
 use crate::error::Result;
 use crate::recovery::Recovery;
 use crate::store::Outcome;
@@ -68,7 +70,7 @@ impl Consumer {
             match self.connect_and_consume(&shutdown, &mut backoff).await {
                 StreamEnd::Shutdown => return,
                 StreamEnd::Broken(reason) => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     tracing::warn!(%reason, retry_in = ?delay, "agent event stream lost; reconnecting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -383,60 +385,4 @@ fn spawn_reader(
         }
     });
     received
-}
-
-/// Capped exponential backoff with jitter (so many schedulers do not
-/// reconnect in lockstep).
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // Up to +50% jitter.
-        let mut byte = [0u8; 1];
-        let jitter = if getrandom::fill(&mut byte).is_ok() {
-            f64::from(byte[0]) / 255.0 * 0.5
-        } else {
-            0.25
-        };
-        base.mul_f64(1.0 + jitter)
-    }
-
-    fn reset(&mut self) {
-        self.current = self.initial;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_is_capped_jittered_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<Duration> = (0..5).map(|_| backoff.next()).collect();
-        for (delay, base) in delays.iter().zip([100u64, 200, 400, 400, 400]) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *delay >= base && *delay <= base.mul_f64(1.5),
-                "{delay:?} vs {base:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(150));
-    }
 }

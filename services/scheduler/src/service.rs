@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
-use crate::model::{Task, TaskFields, Workflow};
+use crate::model::{Task, TaskFields, TaskState, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
 use crate::store::{NewWorkflow, Rendered, Store, WorkflowFilter};
 use crate::template;
@@ -139,11 +139,11 @@ impl Scheduler {
     /// agent (it becomes CANCELLED when the agent reports). Idempotent: a
     /// finished task is returned as it is.
     pub async fn cancel_task(&self, id: &str) -> Result<Task> {
-        if let Some(task) = self.store.cancel_pending(id).await? {
+        if let Some(task) = self.store.cancel_task(id, TaskState::Pending).await? {
             return Ok(task);
         }
         let task = self.store.get_task(id).await?;
-        if task.state != crate::model::TaskState::Dispatched {
+        if task.state != TaskState::Dispatched {
             return Ok(task);
         }
         let workflow = self.store.get_workflow(task.workflow_id).await?;
@@ -155,7 +155,7 @@ impl Scheduler {
             Ok(RemoteTask::Completed { .. }) => Ok(task),
             // Nobody runs it (never delivered, or lost with its session).
             Ok(RemoteTask::Unknown | RemoteTask::Lost { .. }) | Err(ManagerError::Refused(_)) => {
-                let cancelled = self.store.cancel_dispatched(id).await?;
+                let cancelled = self.store.cancel_task(id, TaskState::Dispatched).await?;
                 self.runners.wake(task.workflow_id);
                 match cancelled {
                     Some(task) => Ok(task),

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use shepherd_platform::columns::{from_i32, from_json, to_i32, to_json};
+use shepherd_platform::columns::{from_i32, from_json, from_millis, to_i32, to_json, to_millis};
 use shepherd_platform::db::{DbPool, Migration};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -183,7 +183,7 @@ impl Store {
                     &to_i32(new.max_attempts),
                     &next_fire,
                     &now,
-                    &millis(new.task_timeout),
+                    &to_millis(new.task_timeout),
                     &to_json(&new.retry)?,
                     &to_json(&new.tool_policy)?,
                 ],
@@ -299,7 +299,7 @@ impl Store {
                     &workflow.disabled_reason,
                     &reschedule,
                     &next_fire,
-                    &millis(workflow.task_timeout),
+                    &to_millis(workflow.task_timeout),
                     &to_json(&workflow.retry)?,
                     &to_json(&workflow.tool_policy)?,
                 ],
@@ -387,7 +387,7 @@ impl Store {
                     &to_json(&fields)?,
                     &prompt,
                     &script,
-                    &millis(workflow.task_timeout),
+                    &to_millis(workflow.task_timeout),
                     &to_json(&workflow.tool_policy)?,
                 ],
             )
@@ -444,7 +444,7 @@ impl Store {
                     &rendered.prompt,
                     &to_json(trace_context)?,
                     &rendered.script,
-                    &millis(rendered.timeout),
+                    &to_millis(rendered.timeout),
                     &to_json(&rendered.tool_policy)?,
                 ],
             )
@@ -526,31 +526,17 @@ impl Store {
             .collect()
     }
 
-    /// Cancels a pending task at once; returns it if it was pending.
-    pub async fn cancel_pending(&self, id: &str) -> Result<Option<Task>> {
+    /// Cancels a task that is still in `from` (pending: at once; dispatched:
+    /// one the agent-manager does not run any more); returns it if it was.
+    pub async fn cancel_task(&self, id: &str, from: TaskState) -> Result<Option<Task>> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE scheduler.tasks SET state = 'cancelled', last_error = 'cancelled on request',
                     updated_at = now()
-             WHERE id = $1 AND state = 'pending' RETURNING {TASK_COLUMNS}"
+             WHERE id = $1 AND state = $2 RETURNING {TASK_COLUMNS}"
         );
         let row = client
-            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
-            .await?;
-        row.as_ref().map(task_from_row).transpose()
-    }
-
-    /// Cancels a dispatched task the agent-manager does not run (any
-    /// more); returns it if it was dispatched.
-    pub async fn cancel_dispatched(&self, id: &str) -> Result<Option<Task>> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE scheduler.tasks SET state = 'cancelled', last_error = 'cancelled on request',
-                    updated_at = now()
-             WHERE id = $1 AND state = 'dispatched' RETURNING {TASK_COLUMNS}"
-        );
-        let row = client
-            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id, &from.as_str()])
             .await?;
         row.as_ref().map(task_from_row).transpose()
     }
@@ -717,11 +703,6 @@ impl Store {
     }
 }
 
-/// A duration as stored (milliseconds, saturating).
-fn millis(duration: std::time::Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 async fn task_by_id(client: &shepherd_platform::db::Client, id: &str) -> Result<Task> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM scheduler.tasks WHERE id = $1");
     let row = client
@@ -742,9 +723,7 @@ fn workflow_from_row(row: &Row) -> Result<Workflow> {
         max_concurrency: from_i32(row.get("max_concurrency")),
         max_attempts: from_i32(row.get("max_attempts")),
         disabled_reason: row.get("disabled_reason"),
-        task_timeout: std::time::Duration::from_millis(
-            u64::try_from(row.get::<_, i64>("task_timeout_ms")).unwrap_or(0),
-        ),
+        task_timeout: from_millis(row.get("task_timeout_ms")),
         retry: from_json(row.get("retry"))?,
         tool_policy: from_json(row.get("tool_policy"))?,
         created_at: row.get("created_at"),

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use shepherd_platform::columns::from_i32;
+use shepherd_platform::columns::{from_i32, from_millis};
 use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
@@ -103,9 +103,7 @@ async fn claim_batch(
             script: row.get(6),
             fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
             workflow_name: row.get(8),
-            timeout: std::time::Duration::from_millis(
-                u64::try_from(row.get::<_, i64>(9)).unwrap_or(0),
-            ),
+            timeout: from_millis(row.get(9)),
             tool_policy: serde_json::from_value(row.get(10)).unwrap_or_default(),
         };
         claimed

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shepherd_platform::columns::from_i32;
+use shepherd_platform::columns::{from_i32, from_millis};
 use uuid::Uuid;
 
 use super::Store;
@@ -91,7 +91,7 @@ impl Store {
                 workflow_name: row.get(5),
                 script: row.get(6),
                 fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
-                timeout: Duration::from_millis(u64::try_from(row.get::<_, i64>(8)).unwrap_or(0)),
+                timeout: from_millis(row.get(8)),
                 tool_policy: serde_json::from_value(row.get(9)).unwrap_or_default(),
             })
             .collect())
