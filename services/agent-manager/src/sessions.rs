@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use shepherd_platform::backoff::Backoff;
+
 use crate::events::EventLog;
 use crate::store::{Completion, Store, TaskOutcome};
 
@@ -178,7 +180,11 @@ where
             outbound: outbound.clone(),
             cancel: handle.cancel.clone(),
         };
-        let recording = tokio::spawn(recorder.run(pending));
+        // The recorder outlives the session: a report it is storing when the
+        // session ends is still stored and its event still logged (aborting
+        // it between the two would leave a completed task whose completion
+        // nobody hears of). It stops once the queue is drained.
+        tokio::spawn(recorder.run(pending));
         let reports = TaskReports {
             agent_id,
             session_id: handle.session_id,
@@ -199,9 +205,6 @@ where
         };
         let reason = session.serve().await;
         tasks.close();
-        // Reports still queued are not acknowledged: the agent sends them
-        // again on its next session.
-        recording.abort();
         reason
     }
 }
@@ -559,17 +562,17 @@ impl Recorder {
         }
         let reported_attempt = completion.attempt;
         let task_id = completion.task_id.clone();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_RECORD_BACKOFF);
         let recorded = loop {
             match self.store.mark_task_completed(completion.clone()).await {
                 Ok(recorded) => break recorded,
                 Err(err) => {
-                    tracing::warn!(agent = %self.agent_id, task = %task_id, error = %err, retry_in = ?backoff, "could not record a task report yet");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(agent = %self.agent_id, task = %task_id, error = %err, retry_in = ?delay, "could not record a task report yet");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_RECORD_BACKOFF);
                 }
             }
         };
