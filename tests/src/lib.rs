@@ -395,6 +395,33 @@ impl Stack {
             .with_context(|| format!("agent {id} not ready at generation {generation}"))?
     }
 
+    /// Every event of the agent's still in the log, in order: read until
+    /// the stream, caught up, sends its first heartbeat.
+    pub async fn agent_events(&self, id: &str) -> anyhow::Result<Vec<am::AgentEvent>> {
+        let mut client = self.agents.clone();
+        let mut stream = client
+            .watch_agent_events(am::WatchAgentEventsRequest {
+                after_sequence: 0,
+                agent_id: id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let read = async {
+            let mut events = Vec::new();
+            while let Some(message) = stream.message().await? {
+                match message.kind {
+                    Some(watch_agent_events_response::Kind::Event(event)) => events.push(event),
+                    Some(watch_agent_events_response::Kind::Heartbeat(_)) => return Ok(events),
+                    _ => {}
+                }
+            }
+            bail!("event stream ended")
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .with_context(|| format!("reading agent {id}'s events"))?
+    }
+
     pub async fn restart_agent(&mut self, id: &str) -> anyhow::Result<am::Agent> {
         Ok(self
             .agents
@@ -641,6 +668,64 @@ pub fn kill9(pid: i32) -> anyhow::Result<()> {
     use nix::sys::signal::{Signal, kill};
     kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)?;
     Ok(())
+}
+
+/// A workflow whose tasks append their title to `started`, sleep
+/// `seconds`, then append it to `finished`: a test sees a task in flight and
+/// counts how often each ran. Its runner is RUNNING on return.
+pub async fn slow_workflow(
+    stack: &mut Stack,
+    seconds: f64,
+) -> anyhow::Result<(sched::Workflow, std::path::PathBuf, std::path::PathBuf)> {
+    let agent = stack
+        .create_agent("worker", am::RestartMode::OnFailure)
+        .await?;
+    let started = stack.scratch_file("started.log");
+    let finished = stack.scratch_file("finished.log");
+    let template = format!(
+        "echo {{{{title}}}} >> {}; sleep {seconds}; echo {{{{title}}}} >> {}",
+        started.display(),
+        finished.display()
+    );
+    let workflow = stack
+        .create_workflow("slow", &agent.id, true, &template)
+        .await?;
+    stack
+        .wait_runner(&workflow.id, sched::RunnerState::Running, "")
+        .await?;
+    Ok((workflow, started, finished))
+}
+
+/// Waits until `file` has at least `count` lines.
+pub async fn wait_lines(file: &std::path::Path, count: usize) -> anyhow::Result<()> {
+    eventually(
+        WAIT,
+        &format!("{count} lines in {}", file.display()),
+        || async { Ok((lines(file).len() >= count).then_some(())) },
+    )
+    .await
+}
+
+/// Waits until the scheduler reports `task` in `state`.
+pub async fn wait_task_state(
+    stack: &Stack,
+    task: &str,
+    state: sched::TaskState,
+) -> anyhow::Result<()> {
+    let client = stack.workflows.clone();
+    eventually(WAIT, &format!("task {task} {state:?}"), || {
+        let mut client = client.clone();
+        async move {
+            let task = client
+                .get_task(sched::GetTaskRequest {
+                    task_id: task.to_owned(),
+                })
+                .await?
+                .into_inner();
+            Ok((task.state() == state).then_some(()))
+        }
+    })
+    .await
 }
 
 /// Lines of a file (empty if it does not exist).

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shepherd_e2e::{Stack, StackOptions, WAIT, lines};
+use shepherd_e2e::{Stack, StackOptions, WAIT, lines, slow_workflow, wait_lines, wait_task_state};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState, TaskState};
 use shepherd_testkit::eventually;
@@ -187,12 +187,11 @@ async fn a_manager_crash_before_recording_a_report_strands_nothing() -> anyhow::
     stack
         .wait_tasks(std::slice::from_ref(&second.id), TaskState::Succeeded)
         .await?;
-    // The report died with the manager and the restarted manager replaces
-    // the agent process, so the attempt in flight at the crash is retried:
-    // every execution is one attempt, none ran twice within an attempt.
-    let runs = counts(&lines(&file));
-    assert_eq!(runs.get("first").copied(), Some(done[0].attempts as usize));
-    assert_eq!(runs.get("second").copied(), Some(1));
+    // The agent process outlives the manager (live restore): the restarted
+    // manager adopts it, it reconnects holding the unacknowledged report and
+    // sends it again, and the report is recorded. Nothing ran twice.
+    assert_eq!(done[0].attempts, 1, "the crash cost no retry");
+    assert_eq!(lines(&file), ["first", "second"], "each ran exactly once");
     assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
     Ok(())
 }
@@ -352,59 +351,14 @@ async fn failover_under_a_backlog_strands_nothing() -> anyhow::Result<()> {
 
 /// A workflow whose tasks mark their start, work for `seconds`, then mark
 /// their end; returns it and the two files.
-async fn slow_workflow(
-    stack: &mut Stack,
-    seconds: f64,
-) -> anyhow::Result<(sched::Workflow, std::path::PathBuf, std::path::PathBuf)> {
-    let agent = stack
-        .create_agent("worker", am::RestartMode::OnFailure)
-        .await?;
-    let started = stack.scratch_file("started.log");
-    let finished = stack.scratch_file("finished.log");
-    let template = format!(
-        "echo {{{{title}}}} >> {}; sleep {seconds}; echo {{{{title}}}} >> {}",
-        started.display(),
-        finished.display()
-    );
-    let workflow = stack
-        .create_workflow("slow", &agent.id, true, &template)
-        .await?;
-    stack
-        .wait_runner(&workflow.id, RunnerState::Running, "")
-        .await?;
-    Ok((workflow, started, finished))
-}
-
-async fn wait_lines(file: &std::path::Path, count: usize) -> anyhow::Result<()> {
-    eventually(
-        WAIT,
-        &format!("{count} lines in {}", file.display()),
-        || async { Ok((lines(file).len() >= count).then_some(())) },
-    )
-    .await
-}
-
-async fn wait_task_state(stack: &Stack, task: &str, state: TaskState) -> anyhow::Result<()> {
-    let client = stack.workflows.clone();
-    eventually(WAIT, &format!("task {task} {state:?}"), || {
-        let mut client = client.clone();
-        async move {
-            let task = client
-                .get_task(sched::GetTaskRequest {
-                    task_id: task.to_owned(),
-                })
-                .await?
-                .into_inner();
-            Ok((task.state() == state).then_some(()))
-        }
-    })
-    .await
-}
-
 #[tokio::test]
-async fn a_dropped_session_neither_loses_a_report_nor_runs_a_task_twice() -> anyhow::Result<()> {
+async fn a_session_dropped_past_its_reconnect_window_neither_loses_a_report_nor_runs_a_task_twice()
+-> anyhow::Result<()> {
     let options = StackOptions {
         agent_proxy: true,
+        // Shorter than the cut: the manager gives up on the process coming
+        // back and declares its task lost.
+        env: vec![("RECONNECT_GRACE", "200ms".into())],
         ..StackOptions::default()
     };
     let mut stack = Stack::start(options).await?;
@@ -442,6 +396,33 @@ async fn a_dropped_session_neither_loses_a_report_nor_runs_a_task_twice() -> any
         done[0].attempts <= 2 && redone[0].attempts == 2,
         "{done:?} {redone:?}"
     );
+    assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_that_drops_and_comes_back_carries_its_task_over() -> anyhow::Result<()> {
+    let options = StackOptions {
+        agent_proxy: true,
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, started, finished) = slow_workflow(&mut stack, 1.0).await?;
+    let proxy = stack.agent_proxy.take().expect("agent proxy");
+
+    // Cut while the task runs, restored within the reconnect window: the
+    // agent's hello names the task it holds, the manager moves it to the
+    // new session, and its report completes the same attempt.
+    let task = stack.trigger(&workflow.id, "only", "only").await?;
+    wait_lines(&started, 1).await?;
+    proxy.cut();
+    wait_lines(&finished, 1).await?;
+    proxy.restore();
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].attempts, 1, "no attempt was lost: {done:?}");
+    assert_eq!(lines(&started), ["only"]);
     assert_eq!(stored_in_state(&stack, "dispatched").await?, 0);
     Ok(())
 }

@@ -304,6 +304,8 @@ async fn restart_missed_and_pruned_is_recovered_by_resync_and_level() -> anyhow:
 async fn manager_restarted_under_a_running_scheduler_heals_runners() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions {
         level: false,
+        // The opt-out of live restore: the new manager replaces the agents.
+        env: vec![("LIVE_RESTORE", "false".into())],
         ..Default::default()
     })
     .await?;
@@ -322,6 +324,8 @@ async fn manager_restarted_under_a_running_scheduler_heals_runners() -> anyhow::
 async fn manager_killed_and_reconciled_heals_runners() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions {
         level: false,
+        // The opt-out of live restore: the new manager replaces the agents.
+        env: vec![("LIVE_RESTORE", "false".into())],
         ..Default::default()
     })
     .await?;

@@ -13,7 +13,9 @@
 //! every new session until then. A task keeps running across a reconnect;
 //! when the manager delivers it again meanwhile (a later attempt of the same
 //! task), the running execution or the kept report answers for it, so one
-//! process never runs a task twice side by side.
+//! process never runs a task twice side by side. Every hello names the
+//! tasks the process holds, so a reconnect (also to a restarted manager that
+//! adopted the process) carries them over to the new session.
 //!
 //! ```no_run
 //! use shepherd_agent_sdk::{AgentConfig, TaskHandler, TaskOutcome, TaskResult, IncomingTask};
@@ -36,7 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
-    AgentHeartbeat, AgentMessage, Hello, TaskAccepted, TaskCompleted, agent_message,
+    AgentHeartbeat, AgentMessage, HeldTask, Hello, TaskAccepted, TaskCompleted, agent_message,
     agent_session_client::AgentSessionClient, manager_message,
 };
 use tokio::sync::mpsc;
@@ -290,13 +292,19 @@ struct Ledger {
 struct LedgerState {
     /// Running tasks: the latest attempt delivered for each, and the token
     /// that cancels it.
-    running: HashMap<String, (u32, CancellationToken)>,
+    running: HashMap<String, Running>,
     /// Finished tasks' reports, until acknowledged.
     unacked: HashMap<String, TaskCompleted>,
     /// The live session's outbound messages, if a session is open.
     session: Option<mpsc::Sender<AgentMessage>>,
     /// When the manager was last heard from (or the agent started).
     last_heard: Option<Instant>,
+}
+
+struct Running {
+    attempt: u32,
+    deadline: Option<prost_types::Timestamp>,
+    cancel: CancellationToken,
 }
 
 /// What to do with a delivered task.
@@ -315,10 +323,18 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn deliver(&self, task_id: &str, attempt: u32) -> Delivery {
+    fn deliver(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        deadline: Option<prost_types::Timestamp>,
+    ) -> Delivery {
         let mut state = self.lock();
-        if let Some((running, _)) = state.running.get_mut(task_id) {
-            *running = (*running).max(attempt);
+        if let Some(running) = state.running.get_mut(task_id) {
+            if attempt > running.attempt {
+                running.attempt = attempt;
+                running.deadline = deadline;
+            }
             return Delivery::Running;
         }
         if let Some(report) = state.unacked.get_mut(task_id) {
@@ -326,16 +342,36 @@ impl Ledger {
             return Delivery::Report(completed_message(report.clone()));
         }
         let cancel = CancellationToken::new();
-        state
-            .running
-            .insert(task_id.to_owned(), (attempt, cancel.clone()));
+        let running = Running {
+            attempt,
+            deadline,
+            cancel: cancel.clone(),
+        };
+        state.running.insert(task_id.to_owned(), running);
         Delivery::Run(cancel)
+    }
+
+    /// Every task this process holds (running, or finished and not
+    /// acknowledged), for the hello of a new session.
+    fn held(&self) -> Vec<HeldTask> {
+        let state = self.lock();
+        let running = state.running.iter().map(|(task_id, running)| HeldTask {
+            task_id: task_id.clone(),
+            attempt: running.attempt,
+            deadline: running.deadline,
+        });
+        let finished = state.unacked.values().map(|report| HeldTask {
+            task_id: report.task_id.clone(),
+            attempt: report.attempt,
+            deadline: None,
+        });
+        running.chain(finished).collect()
     }
 
     /// Cancels a running task (the manager asked to stop it).
     fn cancel(&self, task_id: &str) {
-        if let Some((_, cancel)) = self.lock().running.get(task_id) {
-            cancel.cancel();
+        if let Some(running) = self.lock().running.get(task_id) {
+            running.cancel.cancel();
         }
     }
 
@@ -350,7 +386,7 @@ impl Ledger {
         let attempt = state
             .running
             .remove(task_id)
-            .map_or(0, |(attempt, _)| attempt);
+            .map_or(0, |running| running.attempt);
         let report = TaskCompleted {
             task_id: task_id.to_owned(),
             outcome: result.outcome as i32,
@@ -468,6 +504,7 @@ async fn session_inner<H: TaskHandler>(
         kind: Some(agent_message::Kind::Hello(Hello {
             agent_id: config.agent_id.clone(),
             session_token: config.session_token.clone(),
+            held_tasks: ledger.held(),
         })),
     };
     // The channel is empty: this cannot fail.
@@ -512,7 +549,7 @@ async fn session_inner<H: TaskHandler>(
                         }
                     }
                     Some(manager_message::Kind::Task(task)) => {
-                        let delivery = ledger.deliver(&task.task_id, task.attempt);
+                        let delivery = ledger.deliver(&task.task_id, task.attempt, task.deadline);
                         let cancel = match &delivery {
                             Delivery::Run(cancel) => cancel.clone(),
                             _ => CancellationToken::new(),

@@ -297,7 +297,13 @@ where
 
 /// Whether a process exists (signal 0).
 pub fn process_alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
+    // A zombie (exited, not yet reaped by whoever adopted it) is dead.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            == Some("Z")
+    });
+    !zombie && kill(Pid::from_raw(pid), None).is_ok()
 }
 
 /// The grpcurl command-line client (a real third-party gRPC client).

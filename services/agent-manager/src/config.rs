@@ -60,6 +60,18 @@ pub struct Config {
     #[arg(long, env = "CANCEL_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub cancel_grace: Duration,
 
+    /// Live restore: agent processes keep running when the manager stops
+    /// (SIGTERM or a crash) and the next manager adopts them, with their
+    /// in-flight tasks. `false`: the manager stops its agents when it shuts
+    /// down and kills any it finds left at start-up.
+    #[arg(long, env = "LIVE_RESTORE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub live_restore: bool,
+
+    /// How long an agent process whose session dropped (or that a restarted
+    /// manager adopted) has to reconnect before its tasks count as lost.
+    #[arg(long, env = "RECONNECT_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub reconnect_grace: Duration,
+
     /// How long an idle WatchAgentEvents stream waits before sending a
     /// heartbeat.
     #[arg(long, env = "EVENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]

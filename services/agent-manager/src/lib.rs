@@ -56,7 +56,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         manager_url: config.advertise_url(bound),
         manager_ca_file: config.agent_ca_file.clone(),
         stop_grace: config.stop_grace,
+        live_restore: config.live_restore,
+        reconnect_grace: config.reconnect_grace,
     });
+    tokio::spawn(ctx.logs.clone().rotate_periodically(shutdown.clone()));
     let sessions = ctx.sessions.clone();
     let _sessions_gauge = metrics::sessions_gauge(move || sessions.len() as u64);
     let supervisors = Arc::new(Supervisors::new(ctx));

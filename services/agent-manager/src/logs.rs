@@ -1,12 +1,24 @@
 //! Bounded per-agent log files: `<dir>/<agent_id>/<stream>.log` plus one
-//! rotated `<stream>.log.1`. A file is rotated when it reaches half the
-//! budget, so an agent never uses more than `max_bytes` per stream.
+//! rotated `<stream>.log.1`.
+//!
+//! An agent writes its stdout and stderr straight into its files (opened
+//! for appending), not through the manager: its output must keep flowing
+//! while no manager runs (live restore). The manager rotates the files
+//! from outside, copy-then-truncate (a file the agent holds open cannot be
+//! renamed away under it): every `ROTATE_EVERY`, a file past half the
+//! budget is copied to `.log.1` and truncated. An agent thus uses about
+//! `max_bytes` per stream, plus what it writes within one check; lines
+//! written between the copy and the truncation are lost.
 
-use std::io;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// How often files are checked for rotation.
+pub const ROTATE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStream {
@@ -15,6 +27,8 @@ pub enum LogStream {
 }
 
 impl LogStream {
+    const ALL: [LogStream; 2] = [LogStream::Stdout, LogStream::Stderr];
+
     fn file_name(self) -> &'static str {
         match self {
             Self::Stdout => "stdout.log",
@@ -42,53 +56,78 @@ impl LogDir {
         self.root.join(agent.to_string()).join(stream.file_name())
     }
 
-    /// Copies `reader` (a child's stdout or stderr) into the agent's log
-    /// until end of file. Errors end the capture; they never affect the
-    /// agent itself.
-    pub async fn capture<R: AsyncRead + Unpin>(
-        &self,
-        agent: Uuid,
-        stream: LogStream,
-        mut reader: R,
-    ) {
-        let path = self.path(agent, stream);
-        if let Err(err) = self.copy(&path, &mut reader).await {
-            tracing::warn!(%agent, path = %path.display(), error = %err, "log capture stopped");
-            // Keep draining so the child never blocks on a full pipe.
-            let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+    /// The agent's stdout and stderr files, opened for appending, to hand
+    /// to its process.
+    pub fn open(&self, agent: Uuid) -> io::Result<(std::fs::File, std::fs::File)> {
+        std::fs::create_dir_all(self.root.join(agent.to_string()))?;
+        let open = |stream| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(agent, stream))
+        };
+        Ok((open(LogStream::Stdout)?, open(LogStream::Stderr)?))
+    }
+
+    /// Rotates every agent's files that reached half the budget, every
+    /// `ROTATE_EVERY`, until `stop`.
+    pub async fn rotate_periodically(self, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(ROTATE_EVERY);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let logs = self.clone();
+            // File work blocks: off the async workers.
+            let rotated = tokio::task::spawn_blocking(move || logs.rotate_all()).await;
+            if let Ok(Err(err)) = rotated {
+                tracing::warn!(error = %err, "log rotation pass failed");
+            }
         }
     }
 
-    async fn copy<R: AsyncRead + Unpin>(&self, path: &Path, reader: &mut R) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let rotate_at = self.max_bytes / 2;
-        let mut file = append(path).await?;
-        let mut written = file.metadata().await?.len();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                return file.flush().await;
-            }
-            // Split the chunk at the rotation boundary, so no file ever
-            // exceeds half the budget whatever the chunk size.
-            let mut chunk = &buf[..n];
-            while !chunk.is_empty() {
-                if written >= rotate_at {
-                    file.flush().await?;
-                    tokio::fs::rename(path, rotated(path)).await?;
-                    file = append(path).await?;
-                    written = 0;
+    /// One rotation pass over every agent's files.
+    pub fn rotate_all(&self) -> io::Result<()> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let dir = entry?.path();
+            for stream in LogStream::ALL {
+                let path = dir.join(stream.file_name());
+                if let Err(err) = self.rotate(&path)
+                    && err.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %err, "could not rotate a log file");
                 }
-                let room = usize::try_from(rotate_at - written).unwrap_or(usize::MAX);
-                let (now, rest) = chunk.split_at(room.min(chunk.len()));
-                file.write_all(now).await?;
-                written += now.len() as u64;
-                chunk = rest;
             }
         }
+        Ok(())
+    }
+
+    /// Copies the file to `.1` and truncates it, once it reached half the
+    /// budget. Keeps the newest half-budget of it if it grew past that.
+    fn rotate(&self, path: &Path) -> io::Result<()> {
+        let half = self.max_bytes / 2;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len < half {
+            return Ok(());
+        }
+        file.seek(io::SeekFrom::Start(len - half))?;
+        let mut newest = Vec::with_capacity(usize::try_from(half).unwrap_or(0));
+        Read::by_ref(&mut file)
+            .take(half)
+            .read_to_end(&mut newest)?;
+        let mut old = std::fs::File::create(rotated(path))?;
+        old.write_all(&newest)?;
+        file.set_len(0)
     }
 
     /// The last `lines` lines of the stream (rotated file included).
@@ -123,14 +162,6 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-async fn append(path: &Path) -> io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-}
-
 async fn read_if_exists(path: &Path) -> io::Result<String> {
     match tokio::fs::read(path).await {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
@@ -148,9 +179,11 @@ mod tests {
         let root = std::env::temp_dir().join(format!("shepherd-logs-{}", Uuid::new_v4()));
         let logs = LogDir::new(root.clone(), 64);
         let agent = Uuid::new_v4();
-        let input: String = (0..40).map(|i| format!("line {i}\n")).collect();
-        logs.capture(agent, LogStream::Stdout, input.as_bytes())
-            .await;
+        let (mut stdout, _stderr) = logs.open(agent).unwrap();
+        for i in 0..40 {
+            writeln!(stdout, "line {i}").unwrap();
+            logs.rotate_all().unwrap();
+        }
 
         let tail = logs.tail(agent, LogStream::Stdout, 3).await.unwrap();
         assert_eq!(tail, ["line 37", "line 38", "line 39"]);
@@ -158,6 +191,10 @@ mod tests {
         let current = std::fs::metadata(dir.join("stdout.log")).unwrap().len();
         let old = std::fs::metadata(dir.join("stdout.log.1")).unwrap().len();
         assert!(current + old <= 64, "logs grew to {} bytes", current + old);
+        // The writer appends at the new end after a truncation: no holes.
+        writeln!(stdout, "after").unwrap();
+        let text = std::fs::read(dir.join("stdout.log")).unwrap();
+        assert!(!text.contains(&0), "no zero-filled hole after truncation");
         assert!(
             logs.tail(agent, LogStream::Stderr, 3)
                 .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 use shepherd_proto::agentmanager::v1::{
-    AgentCreated, AgentMessage, ManagerMessage, Task, WatchAgentEventsResponse, Welcome,
+    AgentCreated, AgentMessage, HeldTask, ManagerMessage, Task, WatchAgentEventsResponse, Welcome,
     agent_event, manager_message,
 };
 use tokio::sync::mpsc;
@@ -95,16 +95,21 @@ impl Manager {
         }
     }
 
-    /// Start-up: tasks that were in flight are lost (no session survived),
-    /// and every agent gets its supervisor, which brings it back to its
-    /// desired state through the one launch path.
+    /// Start-up: every agent gets its supervisor, which adopts the process
+    /// a previous manager left running or brings the agent back to its
+    /// desired state through the one launch path. Tasks that were in flight
+    /// are lost (no session survived), except on adopted processes: those
+    /// come back naming the tasks they hold.
     pub async fn recover(&self) -> Result<()> {
-        let lost = self.store.mark_all_in_flight_lost().await?;
-        report_lost(&self.events, lost, "agent-manager restarted").await?;
         for agent in self.store.all_agents().await? {
             self.supervisors.spawn(agent);
         }
-        self.supervisors.reconcile_all().await;
+        let adopted = self.supervisors.reconcile_all().await;
+        if !adopted.is_empty() {
+            tracing::info!(agents = adopted.len(), "adopted running agent processes");
+        }
+        let lost = self.store.mark_in_flight_lost_except(&adopted).await?;
+        report_lost(&self.events, lost, "agent-manager restarted").await?;
         Ok(())
     }
 
@@ -278,13 +283,17 @@ impl Manager {
         let stored = self.store.task_states(task_ids).await?;
         let mut by_id: std::collections::HashMap<String, TaskStatus> =
             std::collections::HashMap::with_capacity(stored.len());
+        let sessions = &self.supervisors.context().sessions;
         for task in stored {
-            let live = self.supervisors.context().sessions.get(task.agent_id);
+            let live = sessions.get(task.agent_id);
             let on_live_session = live
                 .as_ref()
                 .is_some_and(|session| session.session_id == task.session_id);
             let state = match task.state {
-                TaskState::Delivered | TaskState::Accepted if !on_live_session => {
+                // Unless its process may still come back holding it.
+                TaskState::Delivered | TaskState::Accepted
+                    if !on_live_session && !sessions.reconnecting(task.agent_id) =>
+                {
                     let lost = self
                         .store
                         .mark_task_lost(&task.task_id, task.session_id)
@@ -378,6 +387,7 @@ impl Manager {
         &self,
         agent_id: Uuid,
         token: &str,
+        held: Vec<HeldTask>,
         inbound: S,
     ) -> Result<mpsc::Receiver<ManagerMessage>>
     where
@@ -392,9 +402,9 @@ impl Manager {
             cancel: self.shutdown.child_token(),
             accepted: AcceptedTasks::default(),
         };
-        let agent = self
+        let opened = self
             .supervisors
-            .session_opened(agent_id, handle.clone(), hash_token(token))
+            .session_opened(agent_id, handle.clone(), hash_token(token), held)
             .await
             .map_err(|err| match err {
                 // Do not tell an unauthenticated caller which ids exist.
@@ -403,7 +413,7 @@ impl Manager {
                 )),
                 other => other,
             })?;
-        let generation = agent.generation;
+        let generation = opened.agent.generation;
         handle.generation = generation;
 
         let (outbound, receiver) = mpsc::channel(256);
@@ -425,6 +435,7 @@ impl Manager {
             cancel_grace: self.cancel_grace,
             store: self.store.clone(),
             events: self.events.clone(),
+            carried: opened.carried,
         };
         let supervisors = self.supervisors.clone();
         tokio::spawn(async move {

@@ -1,18 +1,26 @@
-//! Agent processes: spawned in their own process group with captured
-//! output, terminated as a group (SIGTERM, then SIGKILL after a grace
-//! period).
+//! Agent processes: spawned in their own process group, their output
+//! written straight to log files, terminated as a group (SIGTERM, then
+//! SIGKILL after a grace period).
+//!
+//! A process outlives the manager that launched it (live restore): it
+//! writes to files rather than pipes, so nothing breaks when the manager
+//! goes away, and a restarted manager adopts it (`AgentProcess::adopt`),
+//! watching it through a pidfd since it is no longer the parent.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::logs::{LogDir, LogStream};
+use crate::logs::LogDir;
 use crate::model::AgentSpec;
+use crate::store::ProcessIdentity;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +89,17 @@ pub struct Launch<'a> {
 
 /// A running agent process, owned by its supervisor.
 pub struct AgentProcess {
-    child: Child,
-    pid: i32,
+    identity: ProcessIdentity,
+    exit: ExitWatch,
+}
+
+/// How the supervisor learns that the process ended.
+enum ExitWatch {
+    /// Launched by this manager: its child, with its exit status.
+    Child(Child),
+    /// Adopted from a previous manager: a pidfd, readable once it exits
+    /// (its status went to whoever reaps it, so it is unknown here).
+    Adopted(AsyncFd<OwnedFd>),
 }
 
 impl AgentProcess {
@@ -109,56 +126,125 @@ impl AgentProcess {
             .env("SHEPHERD_SESSION_TOKEN", launch.session_token)
             .env("SHEPHERD_GENERATION", launch.generation.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             // Its own group: signals reach the agent's children too, and a
             // Ctrl-C at the manager's terminal does not reach the agent.
             .process_group(0);
+        // Files, not pipes: a pipe would break (SIGPIPE) when the manager
+        // exits, and the agent must outlive it.
+        match logs.open(launch.agent_id) {
+            Ok((stdout, stderr)) => command.stdout(stdout).stderr(stderr),
+            Err(err) => {
+                tracing::warn!(agent = %launch.agent_id, error = %err, "cannot open the agent's log files; its output is discarded");
+                command.stdout(Stdio::null()).stderr(Stdio::null())
+            }
+        };
         if let Some(ca) = launch.manager_ca_file {
             command.env("SHEPHERD_MANAGER_CA_FILE", ca);
         }
         if let Some(dir) = &spec.working_dir {
             command.current_dir(dir);
         }
-        let mut child = command.spawn()?;
+        let child = command.spawn()?;
         let pid = child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .ok_or_else(|| io::Error::other("spawned process has no pid"))?;
-        if let Some(stdout) = child.stdout.take() {
-            let logs = logs.clone();
-            let agent = launch.agent_id;
-            tokio::spawn(async move { logs.capture(agent, LogStream::Stdout, stdout).await });
+        // Unknown (0) if it already exited: such a process is never adopted.
+        let started_at = ProcStat::read(pid).map_or(0, |stat| stat.started_at);
+        Ok(Self {
+            identity: ProcessIdentity { pid, started_at },
+            exit: ExitWatch::Child(child),
+        })
+    }
+
+    /// Takes over a process a previous manager launched, if `identity`
+    /// still names it and it is still this agent's, of this generation
+    /// (checked in its environment). `None` when it is gone or is not ours.
+    pub fn adopt(identity: ProcessIdentity, agent_id: Uuid, generation: u64) -> Option<Self> {
+        match Self::try_adopt(identity, agent_id, generation) {
+            Ok(process) => Some(process),
+            Err(why) => {
+                tracing::info!(agent = %agent_id, pid = identity.pid, why, "not adopting the recorded process");
+                None
+            }
         }
-        if let Some(stderr) = child.stderr.take() {
-            let logs = logs.clone();
-            let agent = launch.agent_id;
-            tokio::spawn(async move { logs.capture(agent, LogStream::Stderr, stderr).await });
+    }
+
+    fn try_adopt(
+        identity: ProcessIdentity,
+        agent_id: Uuid,
+        generation: u64,
+    ) -> Result<Self, &'static str> {
+        let pid = rustix::process::Pid::from_raw(identity.pid).ok_or("no such pid")?;
+        // Open the pidfd first: from then on the pid cannot be reused under
+        // us, so the checks below are about the process the fd watches.
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .map_err(|_| "the process is gone")?;
+        let stat = ProcStat::read(identity.pid).ok_or("the process is gone")?;
+        if identity.started_at == 0 || stat.started_at != identity.started_at {
+            return Err("the pid now names another process");
         }
-        Ok(Self { child, pid })
+        if stat.zombie {
+            return Err("the process has exited");
+        }
+        let environ = std::fs::read(format!("/proc/{}/environ", identity.pid))
+            .map_err(|_| "its environment is unreadable")?;
+        let has = |entry: String| {
+            environ
+                .split(|byte| *byte == 0)
+                .any(|item| item == entry.as_bytes())
+        };
+        if !has(format!("SHEPHERD_AGENT_ID={agent_id}"))
+            || !has(format!("SHEPHERD_GENERATION={generation}"))
+        {
+            return Err("it is not this agent's process of this generation");
+        }
+        // SAFETY: the fd is an `OwnedFd` moved into the `AsyncFd`: it stays
+        // open, and names the same pidfd, until the `AsyncFd` drops it.
+        let exit = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|_| "its pidfd cannot be watched")?;
+        Ok(Self {
+            identity,
+            exit: ExitWatch::Adopted(exit),
+        })
     }
 
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.identity.pid
+    }
+
+    pub fn identity(&self) -> ProcessIdentity {
+        self.identity
     }
 
     /// Waits for the process to exit. Cancel-safe.
     pub async fn wait(&mut self) -> ExitInfo {
-        ExitInfo::from_status(self.child.wait().await)
+        match &mut self.exit {
+            ExitWatch::Child(child) => ExitInfo::from_status(child.wait().await),
+            ExitWatch::Adopted(pidfd) => {
+                // Readable means exited; an error means the same as far as
+                // this manager can tell.
+                let _ = pidfd.readable().await;
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                }
+            }
+        }
     }
 
     /// SIGTERM to the group, SIGKILL after `grace`; returns how it ended.
     pub async fn terminate(&mut self, grace: Duration) -> ExitInfo {
-        signal_group(self.pid, Signal::SIGTERM);
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => {
+        signal_group(self.pid(), Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(exit) => {
                 // The leader is gone; make sure nothing it started lingers.
-                signal_group(self.pid, Signal::SIGKILL);
-                ExitInfo::from_status(status)
+                signal_group(self.pid(), Signal::SIGKILL);
+                exit
             }
             Err(_) => {
-                signal_group(self.pid, Signal::SIGKILL);
-                ExitInfo::from_status(self.child.wait().await)
+                signal_group(self.pid(), Signal::SIGKILL);
+                self.wait().await
             }
         }
     }
@@ -169,10 +255,32 @@ fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
-/// Kills an agent process left behind by a previous manager (one that was
-/// SIGKILLed: its children survive it). The pid is checked to still belong
-/// to this agent, through its environment, so a reused pid is never hit.
-/// Returns whether something was killed.
+/// What `/proc/<pid>/stat` says about a process.
+struct ProcStat {
+    /// Field 22: start time in clock ticks since boot.
+    started_at: i64,
+    zombie: bool,
+}
+
+impl ProcStat {
+    fn read(pid: i32) -> Option<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces
+        // or parentheses itself: fields are counted after the last ')'.
+        let rest = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3 (state), so field 22 is fields[19].
+        Some(Self {
+            zombie: fields.first()? == &"Z",
+            started_at: fields.get(19)?.parse().ok()?,
+        })
+    }
+}
+
+/// Kills an agent process left behind by a previous manager that cannot be
+/// adopted (live restore is off, or it is not the recorded process). The
+/// pid is checked to still belong to this agent, through its environment,
+/// so a reused pid is never hit. Returns whether something was killed.
 pub fn kill_orphan(pid: i32, agent_id: Uuid) -> bool {
     let marker = format!("SHEPHERD_AGENT_ID={agent_id}");
     let environ = match std::fs::read(format!("/proc/{pid}/environ")) {
@@ -186,4 +294,44 @@ pub fn kill_orphan(pid: i32, agent_id: Uuid) -> bool {
         signal_group(pid, Signal::SIGKILL);
     }
     ours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_read_and_stable() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let first = ProcStat::read(pid).unwrap();
+        assert!(first.started_at > 0);
+        assert!(!first.zombie);
+        assert_eq!(ProcStat::read(pid).unwrap().started_at, first.started_at);
+    }
+
+    #[tokio::test]
+    async fn a_process_of_another_agent_or_generation_is_not_adopted() {
+        let agent = Uuid::new_v4();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("SHEPHERD_AGENT_ID", agent.to_string())
+            .env("SHEPHERD_GENERATION", "3")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let started_at = ProcStat::read(pid).unwrap().started_at;
+        let identity = ProcessIdentity { pid, started_at };
+        assert!(AgentProcess::adopt(identity, Uuid::new_v4(), 3).is_none());
+        assert!(AgentProcess::adopt(identity, agent, 4).is_none());
+        let stale = ProcessIdentity {
+            pid,
+            started_at: started_at + 1,
+        };
+        assert!(AgentProcess::adopt(stale, agent, 3).is_none());
+        let mut adopted = AgentProcess::adopt(identity, agent, 3).expect("adopted");
+        child.kill().unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), adopted.wait()).await;
+        assert!(exit.is_ok(), "the pidfd reports the exit");
+        child.wait().unwrap();
+    }
 }

@@ -75,44 +75,73 @@ impl AcceptedTasks {
     }
 }
 
-/// The current session of each agent.
+/// The current session of each agent, and the agents whose process is
+/// expected to reconnect (its session dropped, or the manager restarted and
+/// adopted it): their tasks stay in flight until it does or the window
+/// closes.
 #[derive(Clone, Default)]
 pub struct Sessions {
-    inner: Arc<Mutex<HashMap<Uuid, SessionHandle>>>,
+    inner: Arc<Mutex<Registry>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    live: HashMap<Uuid, SessionHandle>,
+    reconnecting: HashMap<Uuid, Instant>,
 }
 
 impl Sessions {
     pub fn get(&self, agent: Uuid) -> Option<SessionHandle> {
-        self.lock().get(&agent).cloned()
+        self.lock().live.get(&agent).cloned()
     }
 
     /// Makes `session` current; returns the one it replaced.
     pub fn install(&self, agent: Uuid, session: SessionHandle) -> Option<SessionHandle> {
-        self.lock().insert(agent, session)
+        let mut registry = self.lock();
+        registry.reconnecting.remove(&agent);
+        registry.live.insert(agent, session)
     }
 
     /// Removes the agent's session if it is `session_id`.
     pub fn remove_if_current(&self, agent: Uuid, session_id: Uuid) -> Option<SessionHandle> {
-        let mut sessions = self.lock();
-        match sessions.get(&agent) {
-            Some(current) if current.session_id == session_id => sessions.remove(&agent),
+        let mut registry = self.lock();
+        match registry.live.get(&agent) {
+            Some(current) if current.session_id == session_id => registry.live.remove(&agent),
             _ => None,
         }
     }
 
     pub fn remove(&self, agent: Uuid) -> Option<SessionHandle> {
-        self.lock().remove(&agent)
+        self.lock().live.remove(&agent)
+    }
+
+    /// The agent's process is expected back on a new session until `until`.
+    pub fn expect_reconnect(&self, agent: Uuid, until: Instant) {
+        self.lock().reconnecting.insert(agent, until);
+    }
+
+    pub fn stop_expecting(&self, agent: Uuid) {
+        self.lock().reconnecting.remove(&agent);
+    }
+
+    /// Whether the agent's process may still come back with the tasks it
+    /// holds (so they are in flight, not lost).
+    pub fn reconnecting(&self, agent: Uuid) -> bool {
+        self.lock()
+            .reconnecting
+            .get(&agent)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SessionHandle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         // The map holds no invariant a panicking holder could break halfway.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -131,6 +160,19 @@ pub struct SessionLoop<S> {
     pub cancel_grace: Duration,
     pub store: Store,
     pub events: EventLog,
+    /// Tasks carried over from the process's earlier sessions.
+    pub carried: Vec<CarriedTask>,
+}
+
+/// A task in flight on an earlier session of the same process, carried
+/// over to this one (`Store::reattach_tasks`).
+#[derive(Debug, Clone)]
+pub struct CarriedTask {
+    pub task_id: String,
+    pub attempt: u32,
+    /// The deadline the agent was given, as it reports it.
+    pub deadline: Option<prost_types::Timestamp>,
+    pub accepted: bool,
 }
 
 /// How a session ended.
@@ -169,7 +211,15 @@ where
             cancel_grace,
             store,
             events,
+            carried,
         } = self;
+        let mut in_flight = InFlightTasks::default();
+        for task in carried {
+            in_flight.delivered(&task.task_id, task.attempt, task.deadline);
+            if task.accepted {
+                handle.accepted.insert(&task.task_id);
+            }
+        }
         let wedge_store = store.clone();
         let (completions, pending) = mpsc::channel(REPORT_QUEUE);
         let recorder = Recorder {
@@ -203,7 +253,7 @@ where
             reports: &reports,
             store: &wedge_store,
         };
-        let reason = session.serve().await;
+        let reason = session.serve(in_flight).await;
         tasks.close();
         reason
     }
@@ -226,13 +276,12 @@ impl<S> Session<'_, S>
 where
     S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin,
 {
-    async fn serve(self) -> SessionEnd {
+    async fn serve(self, mut in_flight: InFlightTasks) -> SessionEnd {
         // The agent heartbeats every interval; three missed ones mean it is
         // gone even if the connection still looks open.
         let silence_limit = self.heartbeat_interval * 3;
         let mut silent_until = Instant::now() + silence_limit;
         let mut ticker = tokio::time::interval(self.heartbeat_interval);
-        let mut in_flight = InFlightTasks::default();
         loop {
             let timer = in_flight.next_timer();
             tokio::select! {
@@ -248,7 +297,7 @@ where
                 Some(message) = self.tasks.recv() => {
                     let forward = match &message.kind {
                         Some(manager_message::Kind::Task(task)) => {
-                            in_flight.delivered(task);
+                            in_flight.delivered(&task.task_id, task.attempt, task.deadline);
                             true
                         }
                         // A cancel of a task this session does not run
@@ -364,8 +413,8 @@ struct Tracked {
 }
 
 impl InFlightTasks {
-    fn delivered(&mut self, task: &pb::Task) {
-        let deadline = task.deadline.and_then(|at| {
+    fn delivered(&mut self, task_id: &str, attempt: u32, deadline: Option<prost_types::Timestamp>) {
+        let deadline = deadline.and_then(|at| {
             let at = std::time::SystemTime::try_from(at).ok()?;
             let left = at
                 .duration_since(std::time::SystemTime::now())
@@ -373,9 +422,9 @@ impl InFlightTasks {
             Instant::now().checked_add(left)
         });
         self.tasks.insert(
-            task.task_id.clone(),
+            task_id.to_owned(),
             Tracked {
-                attempt: task.attempt,
+                attempt,
                 deadline,
                 stop: None,
             },

@@ -15,7 +15,7 @@ use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent};
 
 mod tasks;
 
-pub use tasks::Completion;
+pub use tasks::{Completion, Reattached};
 
 pub const SCHEMA: &str = "agent_manager";
 
@@ -30,10 +30,30 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "task_output",
         sql: include_str!("../migrations/0002_task_output.sql"),
     },
+    Migration {
+        version: 3,
+        name: "live_restore",
+        sql: include_str!("../migrations/0003_live_restore.sql"),
+    },
 ];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
                              generation, pid, created_at, updated_at";
+
+/// Names one process for its lifetime: a pid alone may be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    pub pid: i32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub started_at: i64,
+}
+
+/// What was recorded about an agent's running process.
+#[derive(Debug, Clone)]
+pub struct LaunchedProcess {
+    pub identity: ProcessIdentity,
+    pub token_hash: Vec<u8>,
+}
 
 /// One event ready to be stored: the sequence is assigned by `append_events`.
 pub struct EventRow {
@@ -256,24 +276,55 @@ impl Store {
         &self,
         id: Uuid,
         generation: u64,
-        pid: i32,
+        process: &ProcessIdentity,
         token_hash: &[u8],
     ) -> Result<AgentRecord> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE agent_manager.agents
-             SET generation = $2, pid = $3, session_token_hash = $4, status = 'starting',
-                 status_message = '', updated_at = now()
+             SET generation = $2, pid = $3, pid_started_at = $4, session_token_hash = $5,
+                 status = 'starting', status_message = '', updated_at = now()
              WHERE id = $1 RETURNING {AGENT_COLUMNS}"
         );
         let row = client
             .query_opt(
                 &client.prepare_cached(&sql).await?,
-                &[&id, &to_i64(generation), &pid, &token_hash],
+                &[
+                    &id,
+                    &to_i64(generation),
+                    &process.pid,
+                    &process.started_at,
+                    &token_hash,
+                ],
             )
             .await?
             .ok_or_else(|| Error::agent_not_found(id))?;
         agent_from_row(&row)
+    }
+
+    /// The process a previous manager launched for the agent, if one was
+    /// recorded: what a restarted manager needs to adopt it.
+    pub async fn launched_process(&self, id: Uuid) -> Result<Option<LaunchedProcess>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT pid, pid_started_at, session_token_hash FROM agent_manager.agents
+                         WHERE id = $1 AND pid IS NOT NULL AND pid_started_at IS NOT NULL
+                           AND session_token_hash IS NOT NULL",
+                    )
+                    .await?,
+                &[&id],
+            )
+            .await?;
+        Ok(row.map(|row| LaunchedProcess {
+            identity: ProcessIdentity {
+                pid: row.get(0),
+                started_at: row.get(1),
+            },
+            token_hash: row.get(2),
+        }))
     }
 
     /// Records the observed status. `pid: None` clears the pid (no process).

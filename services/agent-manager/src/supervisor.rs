@@ -7,6 +7,13 @@
 //! that ran before is a restart: after the process runs and the row is
 //! updated it appends `AgentRestarted{generation}`. `RestartAgent`, the
 //! restart policy and start-up reconciliation all come through it.
+//!
+//! Live restore (on by default): a manager that shuts down leaves its agent
+//! processes running, and the next one adopts each process it can prove is
+//! the one recorded (`AgentProcess::adopt`) instead of launching a new one.
+//! An adopted process keeps its generation (no `AgentRestarted`) and its
+//! session token, and reconnects naming the tasks it holds. Until it does,
+//! or its reconnect window closes, its tasks count as in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +21,7 @@ use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
     AgentDeleted, AgentDisconnected, AgentExited, AgentReady, AgentRestarted, AgentStarted,
-    AgentStopped, TaskLost, agent_event,
+    AgentStopped, HeldTask, TaskLost, agent_event,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -27,8 +34,8 @@ use crate::logs::LogDir;
 use crate::model::RestartMode;
 use crate::model::{AgentRecord, AgentStatus, DesiredState};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
-use crate::sessions::{SessionHandle, Sessions, hash_token, new_token};
-use crate::store::{LostTask, Store};
+use crate::sessions::{CarriedTask, SessionHandle, Sessions, hash_token, new_token};
+use crate::store::{LostTask, Store, TaskState};
 use shepherd_platform::auth::constant_time_eq;
 
 /// What every supervisor shares.
@@ -43,6 +50,11 @@ pub struct Context {
     pub manager_ca_file: Option<std::path::PathBuf>,
     /// SIGTERM → SIGKILL grace period.
     pub stop_grace: Duration,
+    /// Leave processes running at shutdown and adopt them at start-up.
+    pub live_restore: bool,
+    /// How long a process whose session dropped (or that was adopted) has
+    /// to come back on a new session before its tasks count as lost.
+    pub reconnect_grace: Duration,
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -52,8 +64,9 @@ enum Command {
     Stop(Reply<AgentRecord>),
     Restart(String, Reply<AgentRecord>),
     Delete(Reply<()>),
-    /// A session presents the hash of its token.
-    SessionOpened(SessionHandle, Vec<u8>, Reply<AgentRecord>),
+    /// A session presents the hash of its token and the tasks its process
+    /// holds from earlier sessions.
+    SessionOpened(SessionHandle, Vec<u8>, Vec<HeldTask>, Reply<OpenedSession>),
     SessionClosed {
         session_id: Uuid,
         reason: String,
@@ -61,7 +74,8 @@ enum Command {
         wedged: bool,
     },
     /// Manager start-up: bring the agent back to what the user asked for.
-    Reconcile,
+    /// Answers whether its running process was adopted.
+    Reconcile(Reply<bool>),
     /// Manager shutdown: stop the process, keep the desired state.
     Shutdown,
 }
@@ -70,6 +84,15 @@ enum Input {
     Command(Option<Command>),
     Exited(ExitInfo),
     BackoffElapsed,
+    /// The process did not come back on a new session in time.
+    ReconnectWindowClosed,
+}
+
+/// An accepted session: the agent as of then (its generation is the
+/// session's) and the tasks carried over to it.
+pub struct OpenedSession {
+    pub agent: AgentRecord,
+    pub carried: Vec<CarriedTask>,
 }
 
 /// The supervisors of all agents.
@@ -110,6 +133,7 @@ impl Supervisors {
             process: None,
             token_hash: None,
             backoff_until: None,
+            reconnect_until: None,
             restarts: VecDeque::new(),
             commands,
         };
@@ -136,16 +160,17 @@ impl Supervisors {
         Ok(())
     }
 
-    /// Authenticates and installs a session; returns the agent as of then
-    /// (its generation is the session's).
+    /// Authenticates and installs a session, carrying over the tasks its
+    /// process holds.
     pub async fn session_opened(
         &self,
         id: Uuid,
         session: SessionHandle,
         token_hash: Vec<u8>,
-    ) -> Result<AgentRecord> {
+        held: Vec<HeldTask>,
+    ) -> Result<OpenedSession> {
         self.call(id, |reply| {
-            Command::SessionOpened(session, token_hash, reply)
+            Command::SessionOpened(session, token_hash, held, reply)
         })
         .await
     }
@@ -164,11 +189,16 @@ impl Supervisors {
             .await;
     }
 
-    pub async fn reconcile_all(&self) {
+    /// Reconciles every agent (concurrently); returns the agents whose
+    /// running processes were adopted.
+    pub async fn reconcile_all(&self) -> Vec<Uuid> {
         let ids: Vec<Uuid> = self.lock().keys().copied().collect();
-        for id in ids {
-            let _ = self.send(id, Command::Reconcile).await;
-        }
+        let calls = ids.iter().map(|id| self.call(*id, Command::Reconcile));
+        let adopted = futures_util::future::join_all(calls).await;
+        ids.into_iter()
+            .zip(adopted)
+            .filter_map(|(id, adopted)| matches!(adopted, Ok(true)).then_some(id))
+            .collect()
     }
 
     /// Stops every process (desired states untouched) and waits for the
@@ -217,6 +247,9 @@ struct Supervisor {
     /// it starts is checked against its own generation's token.
     token_hash: Option<Vec<u8>>,
     backoff_until: Option<Instant>,
+    /// While the running process is expected back on a new session: when
+    /// its tasks stop counting as in flight.
+    reconnect_until: Option<Instant>,
     /// When automatic restarts happened, for the restart budget.
     restarts: VecDeque<Instant>,
     commands: mpsc::Receiver<Command>,
@@ -248,6 +281,10 @@ impl Supervisor {
                     self.log_err("automatic restart", result.map(drop));
                     false
                 }
+                Input::ReconnectWindowClosed => {
+                    self.reconnect_window_closed().await;
+                    false
+                }
             };
             if done {
                 return;
@@ -259,6 +296,7 @@ impl Supervisor {
         let Self {
             process,
             backoff_until,
+            reconnect_until,
             commands,
             ..
         } = self;
@@ -266,6 +304,7 @@ impl Supervisor {
             (Some(process), _) => tokio::select! {
                 exit = process.wait() => Input::Exited(exit),
                 command = commands.recv() => Input::Command(command),
+                _ = sleep_until_some(*reconnect_until) => Input::ReconnectWindowClosed,
             },
             (None, Some(at)) => tokio::select! {
                 _ = tokio::time::sleep_until(at) => Input::BackoffElapsed,
@@ -287,8 +326,8 @@ impl Supervisor {
             Command::Restart(reason, reply) => {
                 let _ = reply.send(self.restart(&reason).await);
             }
-            Command::SessionOpened(session, token_hash, reply) => {
-                let _ = reply.send(self.session_opened(session, &token_hash).await);
+            Command::SessionOpened(session, token_hash, held, reply) => {
+                let _ = reply.send(self.session_opened(session, &token_hash, held).await);
             }
             Command::SessionClosed {
                 session_id,
@@ -298,9 +337,11 @@ impl Supervisor {
                 let result = self.session_closed(session_id, &reason, wedged).await;
                 self.log_err("session close", result);
             }
-            Command::Reconcile => {
+            Command::Reconcile(reply) => {
                 let result = self.reconcile().await;
-                self.log_err("start-up reconciliation", result);
+                let adopted = matches!(result, Ok(true));
+                self.log_err("start-up reconciliation", result.map(drop));
+                let _ = reply.send(Ok(adopted));
             }
             Command::Delete(reply) => {
                 let result = self.delete().await;
@@ -363,6 +404,11 @@ impl Supervisor {
         if self.process.is_none() {
             return;
         }
+        if self.ctx.live_restore {
+            // The process keeps running and the next manager adopts it.
+            tracing::info!(agent = %self.id(), pid = self.record.pid, "leaving the agent running for the next manager");
+            return;
+        }
         let result = self.terminate("manager shutting down").await;
         self.log_err("shutdown", result);
         let result = self
@@ -373,10 +419,18 @@ impl Supervisor {
         self.log_err("shutdown", result.map(drop));
     }
 
-    /// Manager start-up: no process of ours runs. One left by a previous
-    /// manager (SIGKILLed) is killed, since it cannot be supervised; then the
-    /// agent is brought to its desired state through the one launch path.
-    async fn reconcile(&mut self) -> Result<()> {
+    /// Manager start-up: no process of ours runs. A process a previous
+    /// manager left running is adopted if live restore is on, the agent
+    /// should run and the process proves to be the recorded one (returns
+    /// true). Otherwise it is killed and the agent is brought to its desired
+    /// state through the one launch path.
+    async fn reconcile(&mut self) -> Result<bool> {
+        if self.ctx.live_restore
+            && self.record.desired_state == DesiredState::Running
+            && self.adopt().await?
+        {
+            return Ok(true);
+        }
         if let Some(pid) = self.record.pid
             && kill_orphan(pid, self.id())
         {
@@ -399,7 +453,52 @@ impl Supervisor {
                 }
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Takes over the recorded process if it still runs; true if it did.
+    async fn adopt(&mut self) -> Result<bool> {
+        let Some(launched) = self.ctx.store.launched_process(self.id()).await? else {
+            return Ok(false);
+        };
+        let Some(process) =
+            AgentProcess::adopt(launched.identity, self.id(), self.record.generation)
+        else {
+            return Ok(false);
+        };
+        let pid = process.pid();
+        self.process = Some(process);
+        self.token_hash = Some(launched.token_hash);
+        self.expect_reconnect();
+        self.record = self
+            .ctx
+            .store
+            .set_status(
+                self.id(),
+                AgentStatus::Starting,
+                "adopted after a manager restart; waiting for its session",
+                Some(pid),
+            )
+            .await?;
+        tracing::info!(agent = %self.id(), pid, generation = self.record.generation, "adopted a running agent process");
+        Ok(true)
+    }
+
+    /// Opens the reconnect window of the running process.
+    fn expect_reconnect(&mut self) {
+        let until = Instant::now() + self.ctx.reconnect_grace;
+        self.reconnect_until = Some(until);
+        self.ctx.sessions.expect_reconnect(self.id(), until);
+    }
+
+    /// The process did not come back in time: what it held is lost (it may
+    /// still reconnect later; its reports are then recorded by attempt).
+    async fn reconnect_window_closed(&mut self) {
+        self.close_reconnect_window();
+        if self.ctx.sessions.get(self.id()).is_none() {
+            self.sweep(None, "the agent did not reconnect in time")
+                .await;
+        }
     }
 
     /// The one launch path (see the module docs).
@@ -429,13 +528,14 @@ impl Supervisor {
             }
         };
         let pid = process.pid();
+        let identity = process.identity();
         self.process = Some(process);
         let token_hash = hash_token(&token);
         self.token_hash = Some(token_hash.clone());
         match self
             .ctx
             .store
-            .record_launch(self.id(), generation, pid, &token_hash)
+            .record_launch(self.id(), generation, &identity, &token_hash)
             .await
         {
             Ok(record) => self.record = record,
@@ -464,6 +564,7 @@ impl Supervisor {
     async fn on_exit(&mut self, exit: ExitInfo) -> Result<()> {
         self.process = None;
         self.token_hash = None;
+        self.close_reconnect_window();
         tracing::info!(agent = %self.id(), %exit, "agent process exited");
         self.record_exit(exit, &exit.to_string()).await?;
         self.drop_session(&format!("process {exit}")).await?;
@@ -513,6 +614,7 @@ impl Supervisor {
             return Ok(());
         };
         self.token_hash = None;
+        self.close_reconnect_window();
         let exit = process.terminate(self.ctx.stop_grace).await;
         self.record_exit(exit, reason).await?;
         self.drop_session(reason).await
@@ -536,7 +638,8 @@ impl Supervisor {
         &mut self,
         mut session: SessionHandle,
         token_hash: &[u8],
-    ) -> Result<AgentRecord> {
+        held: Vec<HeldTask>,
+    ) -> Result<OpenedSession> {
         // Only the running process's token is valid: every launch issues a
         // new one, so tokens of earlier generations are refused.
         let valid = self
@@ -550,6 +653,12 @@ impl Supervisor {
             )));
         }
         session.generation = self.record.generation;
+        // Before the session is installed (so no dispatch races it): the
+        // tasks the process holds move to it, the rest of its earlier
+        // sessions' tasks are lost. Failing here refuses the session with
+        // UNAVAILABLE; the agent tries again.
+        let carried = self.carry_over(session.session_id, held).await?;
+        self.close_reconnect_window();
         if let Some(previous) = self.ctx.sessions.install(self.id(), session) {
             // The newer session wins; the older one's loop ends and its
             // tasks are swept when it reports back.
@@ -561,7 +670,46 @@ impl Supervisor {
             .set_status(self.id(), AgentStatus::Ready, "", self.record.pid)
             .await?;
         self.append(agent_event::Kind::Ready(AgentReady {})).await?;
-        Ok(self.record.clone())
+        Ok(OpenedSession {
+            agent: self.record.clone(),
+            carried,
+        })
+    }
+
+    async fn carry_over(&self, session_id: Uuid, held: Vec<HeldTask>) -> Result<Vec<CarriedTask>> {
+        let keys: Vec<(String, u32)> = held
+            .iter()
+            .map(|task| (task.task_id.clone(), task.attempt))
+            .collect();
+        let (moved, lost) = self
+            .ctx
+            .store
+            .reattach_tasks(self.id(), self.record.generation, session_id, &keys)
+            .await?;
+        self.report_lost(lost, "the agent's process no longer holds it")
+            .await?;
+        let mut deadlines: std::collections::HashMap<String, Option<prost_types::Timestamp>> = held
+            .into_iter()
+            .map(|task| (task.task_id, task.deadline))
+            .collect();
+        if !moved.is_empty() {
+            tracing::info!(agent = %self.id(), tasks = moved.len(), "carried tasks over to the agent's new session");
+        }
+        Ok(moved
+            .into_iter()
+            .map(|task| CarriedTask {
+                deadline: deadlines.remove(&task.task_id).flatten(),
+                accepted: task.state == TaskState::Accepted,
+                task_id: task.task_id,
+                attempt: task.attempt,
+            })
+            .collect())
+    }
+
+    fn close_reconnect_window(&mut self) {
+        if self.reconnect_until.take().is_some() {
+            self.ctx.sessions.stop_expecting(self.id());
+        }
     }
 
     async fn session_closed(&mut self, session_id: Uuid, reason: &str, wedged: bool) -> Result<()> {
@@ -572,9 +720,16 @@ impl Supervisor {
             .sessions
             .remove_if_current(self.id(), session_id)
             .is_some();
-        // The loop has closed its task channel, so this sweep sees every
-        // task it ever took.
-        self.sweep_session(session_id, reason).await;
+        let process_runs = self.process.is_some();
+        if !was_current || wedged || !process_runs {
+            // The loop has closed its task channel, so this sweep sees every
+            // task it ever took.
+            self.sweep(Some(session_id), reason).await;
+        } else {
+            // The process still runs and may come back naming the tasks it
+            // holds; until then (or the window closes) they stay in flight.
+            self.expect_reconnect();
+        }
         if !was_current {
             return Ok(());
         }
@@ -595,33 +750,42 @@ impl Supervisor {
 
     /// Ends the current session from this side (process gone).
     async fn drop_session(&mut self, reason: &str) -> Result<()> {
-        let Some(session) = self.ctx.sessions.remove(self.id()) else {
-            return Ok(());
-        };
-        session.cancel.cancel();
-        self.sweep_session(session.session_id, reason).await;
-        self.append(agent_event::Kind::Disconnected(AgentDisconnected {
-            reason: reason.to_owned(),
-        }))
-        .await?;
+        let session = self.ctx.sessions.remove(self.id());
+        if let Some(session) = &session {
+            session.cancel.cancel();
+        }
+        // The process is gone: nothing of the agent's is in flight any more,
+        // on this session or on one it was expected back from.
+        self.sweep(None, reason).await;
+        if session.is_some() {
+            self.append(agent_event::Kind::Disconnected(AgentDisconnected {
+                reason: reason.to_owned(),
+            }))
+            .await?;
+        }
         Ok(())
     }
 
-    /// Declares the tasks in flight on an ended session lost. If that
-    /// cannot be stored now (the database is down) they stay recorded as
-    /// in flight on a session that is not live, and the next
-    /// `BatchGetTaskStates` about them (the scheduler's settle pass)
-    /// declares them lost then.
-    async fn sweep_session(&self, session_id: Uuid, reason: &str) {
+    /// Declares the tasks in flight on an ended session (`None`: on any of
+    /// the agent's sessions) lost. If that cannot be stored now (the
+    /// database is down) they stay recorded as in flight on a session that
+    /// is not live, and the next `BatchGetTaskStates` about them (the
+    /// scheduler's settle pass) declares them lost then.
+    async fn sweep(&self, session_id: Option<Uuid>, reason: &str) {
         if shepherd_platform::failpoint::hit("manager.skip_session_sweep") {
             return;
         }
-        let swept = match self.ctx.store.mark_session_tasks_lost(session_id).await {
+        let store = &self.ctx.store;
+        let lost = match session_id {
+            Some(session_id) => store.mark_session_tasks_lost(session_id).await,
+            None => store.mark_agent_tasks_lost(self.id(), None).await,
+        };
+        let swept = match lost {
             Ok(lost) => self.report_lost(lost, reason).await,
             Err(err) => Err(err),
         };
         if let Err(err) = swept {
-            tracing::warn!(agent = %self.id(), %session_id, error = %err, "could not declare the session's tasks lost; the scheduler's settle pass will");
+            tracing::warn!(agent = %self.id(), ?session_id, error = %err, "could not declare the tasks lost; the scheduler's settle pass will");
         }
     }
 
@@ -687,4 +851,11 @@ pub async fn report_lost(events: &EventLog, lost: Vec<LostTask>, reason: &str) -
             .await?;
     }
     Ok(())
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

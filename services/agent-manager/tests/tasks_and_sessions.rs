@@ -259,6 +259,7 @@ async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), to
         kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
             agent_id: agent_id.to_owned(),
             session_token: token.to_owned(),
+            held_tasks: Vec::new(),
         })),
     })
     .await

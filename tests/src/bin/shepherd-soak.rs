@@ -11,6 +11,11 @@
 //!   (`pg_ctlcluster ... restart -m fast`; needs root or the postgres user,
 //!   and restarts the server DATABASE_URL points at: do not run it beside
 //!   other users of that server).
+//! * `pg-outage`: 400 tasks; the services' connections to PostgreSQL are
+//!   cut (a TCP proxy) for 30 s while they drain.
+//! * `manager-restarts`: 600 tasks; the agent-manager is stopped 6 times
+//!   (SIGKILL and SIGTERM alternately) and started again; its agents keep
+//!   running and are adopted (live restore).
 //! * `failovers`: two replicas; the lease holder is SIGKILLed 4 times
 //!   (and started again) while a backlog drains.
 //! * `standby`: no-op drain rate of one replica, of one replica with a
@@ -41,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         match flag.as_str() {
             "--help" | "-h" => {
                 println!(
-                    "usage: shepherd-soak [--only scheduler-kills|pg-restarts|failovers|standby] [--seed N]"
+                    "usage: shepherd-soak [--only scheduler-kills|pg-restarts|pg-outage|manager-restarts|failovers|standby] [--seed N]"
                 );
                 return Ok(());
             }
@@ -57,6 +62,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("pg-restarts") {
         pg_restarts(&mut rng).await?;
+    }
+    if run("pg-outage") {
+        pg_outage().await?;
+    }
+    if run("manager-restarts") {
+        manager_restarts(&mut rng).await?;
     }
     if run("failovers") {
         failovers(&mut rng).await?;
@@ -223,6 +234,54 @@ async fn pg_restarts(rng: &mut Rng) -> anyhow::Result<()> {
     }
     drained(&stack, Duration::from_secs(600)).await?;
     verdict("pg-restarts", &stack, &file, total, start.elapsed()).await
+}
+
+async fn pg_outage() -> anyhow::Result<()> {
+    let mut options = options();
+    options.db_proxy = true;
+    let mut stack = Stack::start(options).await?;
+    let (workflows, file) = recorded_workflows(&mut stack, 2, "sleep 0.05").await?;
+    let total = queue(&stack.workflows.clone(), &workflows, 200).await?;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let proxy = stack.db_proxy.as_ref().context("database proxy")?;
+    proxy.cut();
+    eprintln!("pg-outage: database cut for 30 s");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    proxy.restore();
+    eprintln!("pg-outage: database back");
+    drained(&stack, Duration::from_secs(600)).await?;
+    verdict("pg-outage", &stack, &file, total, start.elapsed()).await
+}
+
+async fn manager_restarts(rng: &mut Rng) -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    let (workflows, file) = recorded_workflows(&mut stack, 3, "sleep 0.1").await?;
+    let total = queue(&stack.workflows.clone(), &workflows, 200).await?;
+    let start = Instant::now();
+    for restart in 0..6 {
+        tokio::time::sleep(rng.millis(500, 2000)).await;
+        if restart % 2 == 0 {
+            stack.manager.kill().await?;
+        } else {
+            stack.manager.terminate().await?;
+        }
+        stack.restart_manager().await?;
+        eprintln!("manager-restarts: restart {} done", restart + 1);
+    }
+    drained(&stack, Duration::from_secs(600)).await?;
+    let relaunched: i64 = stack
+        .db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM agent_manager.agents WHERE generation > 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    eprintln!("manager-restarts: agents relaunched instead of adopted: {relaunched}");
+    verdict("manager-restarts", &stack, &file, total, start.elapsed()).await
 }
 
 fn restart_postgres() -> anyhow::Result<()> {

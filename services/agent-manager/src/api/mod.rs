@@ -326,6 +326,9 @@ impl AgentManager for Api {
     }
 }
 
+/// Most tasks one agent process may name as held in its hello.
+const MAX_HELD_TASKS: usize = 10_000;
+
 #[tonic::async_trait]
 impl AgentSession for Api {
     type ConnectStream = ResponseStream<pb::ManagerMessage>;
@@ -352,9 +355,15 @@ impl AgentSession for Api {
                 hello.agent_id
             ))
         })?;
+        if hello.held_tasks.len() > MAX_HELD_TASKS {
+            return Err(Status::invalid_argument(format!(
+                "hello.held_tasks has {} entries; at most {MAX_HELD_TASKS}",
+                hello.held_tasks.len()
+            )));
+        }
         let outbound = self
             .manager
-            .open_session(agent_id, &hello.session_token, inbound)
+            .open_session(agent_id, &hello.session_token, hello.held_tasks, inbound)
             .await?;
         Ok(Response::new(Box::pin(
             ReceiverStream::new(outbound).map(Ok),

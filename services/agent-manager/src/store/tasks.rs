@@ -188,15 +188,90 @@ impl Store {
         .await
     }
 
-    /// At start-up no session is live, so everything in flight is lost.
-    pub async fn mark_all_in_flight_lost(&self) -> Result<Vec<LostTask>> {
+    /// At start-up no session is live: everything in flight is lost except
+    /// on the agents whose processes were adopted (their tasks wait for the
+    /// process to reconnect and say what it holds).
+    pub async fn mark_in_flight_lost_except(&self, adopted: &[Uuid]) -> Result<Vec<LostTask>> {
         self.mark_lost(
             "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
-             WHERE state IN ('delivered', 'accepted')
+             WHERE state IN ('delivered', 'accepted') AND NOT (agent_id = ANY($1))
              RETURNING task_id, agent_id, generation, attempt",
-            &[],
+            &[&adopted],
         )
         .await
+    }
+
+    /// Marks the agent's tasks in flight on any session but `keep` lost
+    /// (all of them when `keep` is None).
+    pub async fn mark_agent_tasks_lost(
+        &self,
+        agent_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> Result<Vec<LostTask>> {
+        self.mark_lost(
+            "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
+             WHERE agent_id = $1 AND state IN ('delivered', 'accepted')
+               AND session_id IS DISTINCT FROM $2
+             RETURNING task_id, agent_id, generation, attempt",
+            &[&agent_id, &keep],
+        )
+        .await
+    }
+
+    /// A new session of a process that held tasks on earlier sessions:
+    /// the tasks it names (by id and attempt, still in flight, same
+    /// generation) move to `session_id`; every other task in flight on the
+    /// agent's earlier sessions is lost. One transaction, so no task is
+    /// both carried over and lost.
+    pub async fn reattach_tasks(
+        &self,
+        agent_id: Uuid,
+        generation: u64,
+        session_id: Uuid,
+        held: &[(String, u32)],
+    ) -> Result<(Vec<Reattached>, Vec<LostTask>)> {
+        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let attempts: Vec<i32> = held.iter().map(|(_, attempt)| to_i32(*attempt)).collect();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let moved = tx
+            .query(
+                &tx.prepare_cached(
+                    "UPDATE agent_manager.tasks t SET session_id = $3, updated_at = now()
+                     FROM UNNEST($4::text[], $5::integer[]) AS v(task_id, attempt)
+                     WHERE t.task_id = v.task_id AND t.attempt = v.attempt
+                       AND t.agent_id = $1 AND t.generation = $2
+                       AND t.state IN ('delivered', 'accepted')
+                     RETURNING t.task_id, t.attempt, t.state",
+                )
+                .await?,
+                &[&agent_id, &to_i64(generation), &session_id, &ids, &attempts],
+            )
+            .await?;
+        let lost = tx
+            .query(
+                &tx.prepare_cached(
+                    "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
+                     WHERE agent_id = $1 AND state IN ('delivered', 'accepted')
+                       AND session_id <> $2
+                     RETURNING task_id, agent_id, generation, attempt",
+                )
+                .await?,
+                &[&agent_id, &session_id],
+            )
+            .await?;
+        tx.commit().await?;
+        let moved = moved
+            .iter()
+            .map(|row| {
+                Ok(Reattached {
+                    task_id: row.get(0),
+                    attempt: from_i32(row.get(1)),
+                    state: TaskState::parse(row.get(2))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((moved, lost.iter().map(lost_from_row).collect()))
     }
 
     async fn mark_lost(
@@ -208,16 +283,26 @@ impl Store {
         let rows = client
             .query(&client.prepare_cached(sql).await?, params)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| LostTask {
-                task_id: row.get(0),
-                agent_id: row.get(1),
-                generation: from_i64(row.get(2)),
-                attempt: from_i32(row.get(3)),
-            })
-            .collect())
+        Ok(rows.iter().map(lost_from_row).collect())
     }
+}
+
+/// A row of `RETURNING task_id, agent_id, generation, attempt`.
+fn lost_from_row(row: &tokio_postgres::Row) -> LostTask {
+    LostTask {
+        task_id: row.get(0),
+        agent_id: row.get(1),
+        generation: from_i64(row.get(2)),
+        attempt: from_i32(row.get(3)),
+    }
+}
+
+/// A task carried over to a new session of the process that runs it.
+#[derive(Debug, Clone)]
+pub struct Reattached {
+    pub task_id: String,
+    pub attempt: u32,
+    pub state: TaskState,
 }
 
 /// Claims a batch: one upsert takes every new or lost task, one read
