@@ -613,8 +613,10 @@ async fn start_scheduler(
         manager_url,
         "--event-stream-timeout",
         "2s",
+        // The wake-up safety net far beyond any test's deadline: every test
+        // proves that its work is woken by notifications, not found by it.
         "--runner-poll-interval",
-        "200ms",
+        "10m",
     ]);
     args.extend(strings(&[
         "--startup-window",

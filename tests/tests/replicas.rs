@@ -323,3 +323,57 @@ async fn a_hot_standby_runs_nothing_until_the_active_replica_dies() -> anyhow::R
     .await?;
     Ok(())
 }
+
+/// A task triggered through one replica, for a workflow whose lease the
+/// other holds, is woken there by the database's notification (the harness
+/// sets the safety poll far beyond the test's deadline).
+#[tokio::test]
+async fn work_triggered_through_one_replica_wakes_the_holder_on_another() -> anyhow::Result<()> {
+    let options = StackOptions {
+        // Leases renewed only every 200 s: a renewal never wakes the runner
+        // within the test, only a notification can.
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "600s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let a = stack.workflows.clone();
+    let (_standby, s) = stack
+        .start_replica(&[
+            ("REPLICA_ID", "s".into()),
+            ("SCHEDULER_STANDBY", "true".into()),
+        ])
+        .await?;
+    let agent = stack.create_agent("shared", am::RestartMode::Never).await?;
+    let file = stack.scratch_file("ran.log");
+    let workflow = stack
+        .create_workflow(
+            "w",
+            &agent.id,
+            true,
+            &format!("echo {{{{title}}}} >> {}", file.display()),
+        )
+        .await?;
+    wait_placement(
+        &[&a, &s],
+        &agent.id,
+        std::slice::from_ref(&workflow.id),
+        |states| states == [RunnerState::Running, RunnerState::Standby],
+    )
+    .await?;
+
+    let tasks = trigger_all(&s, std::slice::from_ref(&workflow.id), "first").await?;
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+
+    // The listening connections die (as in a database failover): a
+    // notification sent meanwhile is lost, and the re-listen finds the work.
+    let db = stack.db.client().await?;
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&shepherd_platform::notify::APPLICATION_NAME],
+    )
+    .await?;
+    let more = trigger_all(&s, std::slice::from_ref(&workflow.id), "second").await?;
+    stack.wait_tasks(&more, TaskState::Succeeded).await?;
+    assert_eq!(lines(&file).len(), 10, "every task ran once");
+    Ok(())
+}

@@ -85,8 +85,10 @@ pub struct Config {
     #[arg(long, env = "RUNNER_STALL_AFTER", default_value = "10m", value_parser = parse_duration)]
     pub stall_after: Duration,
 
-    /// How often an idle runner re-checks for tasks without being woken.
-    #[arg(long, env = "RUNNER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    /// The wake-up safety net: how often one query looks for claimable
+    /// work that no notification announced (runners otherwise sleep until
+    /// woken; see `wakeups`).
+    #[arg(long, env = "RUNNER_POLL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub runner_poll_interval: Duration,
 }
 

@@ -19,6 +19,7 @@ pub mod service;
 pub mod settle;
 pub mod store;
 pub mod template;
+pub mod wakeups;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use crate::recovery::Recovery;
 use crate::runner::{RunnerContext, Runners};
 use crate::service::Scheduler;
 use crate::store::Store;
+use crate::wakeups::Wakeups;
 
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `scheduler listening on ADDR`, to stdout once it accepts connections.
@@ -68,7 +70,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             agents: agents.clone(),
             manager: manager.clone(),
             startup_window: config.startup_window,
-            poll_interval: config.runner_poll_interval,
             replica: config.replica_id.clone(),
             lease_ttl: config.lease_ttl,
             membership,
@@ -120,12 +121,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         level_enabled: !config.disable_level_reconcile,
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
-    let scheduling = tokio::spawn(schedule::run(store, runners.clone(), shutdown.clone()));
+    let scheduling = tokio::spawn(schedule::run(
+        store.clone(),
+        runners.clone(),
+        shutdown.clone(),
+    ));
+    let wakeups = Wakeups {
+        store,
+        runners: runners.clone(),
+        database_url: config.database.database_url.clone(),
+        safety_interval: config.runner_poll_interval,
+    };
+    let waking = tokio::spawn(wakeups.run(shutdown.clone()));
 
     let served = serving.await;
     runners.shutdown().await;
     let _ = consuming.await;
     let _ = scheduling.await;
+    let _ = waking.await;
     let _ = membership_task.await;
     served??;
     Ok(())

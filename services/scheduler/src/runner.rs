@@ -71,9 +71,6 @@ pub struct RunnerContext {
     pub agents: Arc<AgentView>,
     pub manager: ManagerClient,
     pub startup_window: Duration,
-    /// Fallback re-check for new tasks when no wake-up arrives (another
-    /// replica's trigger, a lost notification).
-    pub poll_interval: Duration,
     /// This replica's name as a lease owner.
     pub replica: String,
     /// How long a lease lasts unless renewed (renewed every third of it).
@@ -448,13 +445,12 @@ impl Runner {
                 }
             }
             // The claim took all the room or all the work there was; more
-            // comes with a wake-up (a trigger, a finished task: a wake-up
-            // sent meanwhile is kept by the Notify), the poll, or when the
-            // lease is due for renewal.
-            let mut until = Instant::now() + self.ctx.poll_interval;
-            if let Some(held) = lease.as_ref() {
-                until = until.min(held.renew_at);
-            }
+            // comes with a wake-up (see `wakeups`: a trigger, a finished
+            // task, a due time; one sent meanwhile is kept by the Notify),
+            // or when the lease is due for renewal. No polling per runner.
+            let until = lease
+                .as_ref()
+                .map_or_else(|| Instant::now() + BEAT, |held| held.renew_at);
             if let Some(reason) = self.rest(&mut ready, until, true).await {
                 return reason;
             }

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
 mod claims;
+mod due;
 mod in_flight;
 mod leases;
 mod replicas;
@@ -68,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 9,
         name: "tool_policy",
         sql: include_str!("../migrations/0009_tool_policy.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "wakeups",
+        sql: include_str!("../migrations/0010_wakeups.sql"),
     },
 ];
 

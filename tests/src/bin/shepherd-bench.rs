@@ -4,13 +4,21 @@
 //!     runner of the agent is RUNNING again, for 1 agent × 3 workflows
 //!     (repeated, p50/p99) and for 200 agents × 5 workflows restarted at once;
 //! (b) throughput: tasks dispatched and completed per second with 50 agents
-//!     running a no-op task.
+//!     running a no-op task, also as a ratio to the baseline;
+//! baseline: a pgbench-like loop on the same PostgreSQL in the same run (8
+//!     connections, each committing one insert plus one update), the yard
+//!     stick every throughput is divided by;
+//! idle: N enabled workflows with no tasks: scheduler and PostgreSQL CPU
+//!     (from /proc) and scheduler memory per runner;
+//! latency: trigger -> dispatched -> completed at low load, p50/p99 (from
+//!     the database's own timestamps).
 //!
 //! Build in release and run (PostgreSQL from DATABASE_URL or 127.0.0.1):
 //!   cargo build --release --workspace --bins && target/release/shepherd-bench
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N (b, per
-//! workflow; default 8), --only a1|a2|b.
+//! workflow; default 8), --workflows N (idle; default 10000), --only
+//! a1|a2|b|baseline|idle|latency.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,16 +27,21 @@ use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|b] [--rounds N] [--agents N] [--tasks N] [--concurrency N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|b|baseline|idle|latency] [--rounds N] [--agents N] [--tasks N] [--concurrency N] [--workflows N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
-  b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow, default 8)";
+  b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow, default 8),
+      as tasks/s and as a ratio to the baseline (measured first, in the same run)
+  baseline: 8 connections committing one insert plus one update each, for 5 s
+  idle: --workflows enabled workflows (default 10000) with no tasks: CPU and memory
+  latency: trigger -> dispatched -> completed, p50/p99 over 200 sequential tasks";
 
 struct Args {
     rounds: usize,
     agents: usize,
     tasks: usize,
     concurrency: u32,
+    workflows: usize,
     only: Option<String>,
 }
 
@@ -38,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
         agents: 200,
         tasks: 20_000,
         concurrency: 8,
+        workflows: 10_000,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -52,6 +66,7 @@ fn args() -> anyhow::Result<Args> {
             "--agents" => args.agents = value.parse()?,
             "--tasks" => args.tasks = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
+            "--workflows" => args.workflows = value.parse()?,
             "--only" => args.only = Some(value),
             other => bail!("unknown option {other}\n{USAGE}"),
         }
@@ -69,8 +84,18 @@ async fn main() -> anyhow::Result<()> {
     if run("a2") {
         many_agents(args.agents, 5).await?;
     }
+    let mut baseline_tps = None;
+    if run("b") || run("baseline") {
+        baseline_tps = Some(baseline().await?);
+    }
     if run("b") {
-        throughput(50, args.tasks, args.concurrency).await?;
+        throughput(50, args.tasks, args.concurrency, baseline_tps).await?;
+    }
+    if run("latency") {
+        latency(200).await?;
+    }
+    if run("idle") {
+        idle(args.workflows).await?;
     }
     Ok(())
 }
@@ -245,7 +270,12 @@ async fn many_agents(agents: usize, workflows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(agents: usize, tasks: usize, concurrency: u32) -> anyhow::Result<()> {
+async fn throughput(
+    agents: usize,
+    tasks: usize,
+    concurrency: u32,
+    baseline: Option<f64>,
+) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let mut workflows = Vec::new();
     for a in 0..agents {
@@ -348,10 +378,209 @@ async fn throughput(agents: usize, tasks: usize, concurrency: u32) -> anyhow::Re
         )
         .await?;
     let (delivered_once, completions): (i64, i64) = (row.get(0), row.get(1));
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let ratio = baseline.map_or_else(String::new, |tps| format!(" = {:.2}x baseline", rate / tps));
     println!(
-        "(b) {agents} agents, no-op tasks, max concurrency {concurrency}/workflow: {total} tasks dispatched and completed in {:.2} s = {:.0} tasks/s ({failed} not succeeded, {delivered_once} delivered exactly once, {completions} completion events)",
+        "(b) {agents} agents, no-op tasks, max concurrency {concurrency}/workflow: {total} tasks dispatched and completed in {:.2} s = {rate:.0} tasks/s{ratio} ({failed} not succeeded, {delivered_once} delivered exactly once, {completions} completion events)",
         elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64(),
     );
     Ok(())
+}
+
+/// The yard stick: what this PostgreSQL commits per second for 8 clients
+/// each doing one insert plus one update per transaction (like `pgbench -N`
+/// in spirit), measured in the same run as the figures divided by it.
+async fn baseline() -> anyhow::Result<f64> {
+    let db = shepherd_testkit::TestDb::create().await?;
+    let setup = db.client().await?;
+    setup
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 100000) g;
+             CREATE TABLE history (id bigserial PRIMARY KEY, account int, delta int, at timestamptz DEFAULT now());",
+        )
+        .await?;
+    let run_for = Duration::from_secs(5);
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..8u32 {
+        let client = db.client().await?;
+        clients.spawn(async move {
+            let insert = client
+                .prepare("INSERT INTO history (account, delta) VALUES ($1, $2)")
+                .await?;
+            let update = client
+                .prepare("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
+                .await?;
+            let start = Instant::now();
+            let mut done = 0u64;
+            let mut account = 1 + (c as i32) * 12_500;
+            while start.elapsed() < run_for {
+                account = account % 100_000 + 1;
+                client.batch_execute("BEGIN").await?;
+                client.execute(&insert, &[&account, &1i32]).await?;
+                client.execute(&update, &[&account, &1i64]).await?;
+                client.batch_execute("COMMIT").await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let mut total = 0u64;
+    while let Some(done) = clients.join_next().await {
+        total += done??;
+    }
+    let tps = total as f64 / run_for.as_secs_f64();
+    println!("baseline: 8 connections, one insert + one update per transaction: {tps:.0} TPS");
+    Ok(tps)
+}
+
+/// Trigger -> dispatched -> completed at low load: one task at a time,
+/// timed by the database's own clock (created, dispatched, finished).
+async fn latency(tasks: usize) -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    let agent = stack
+        .create_agent("latency", am::RestartMode::Never)
+        .await?;
+    let workflow = stack
+        .create_workflow("latency", &agent.id, true, "")
+        .await?;
+    stack
+        .wait_runner(&workflow.id, RunnerState::Running, "")
+        .await?;
+    let db = stack.db.client().await?;
+    for i in 0..tasks {
+        let task = stack.trigger(&workflow.id, &format!("t{i}"), "").await?;
+        stack
+            .wait_tasks(std::slice::from_ref(&task.id), sched::TaskState::Succeeded)
+            .await?;
+    }
+    let rows = db
+        .query(
+            "SELECT extract(epoch FROM dispatched_at - created_at)::float8,
+                    extract(epoch FROM updated_at - created_at)::float8
+             FROM scheduler.tasks WHERE state = 'succeeded'",
+            &[],
+        )
+        .await?;
+    let mut dispatched: Vec<Duration> = rows
+        .iter()
+        .map(|row| Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0)))
+        .collect();
+    let mut completed: Vec<Duration> = rows
+        .iter()
+        .map(|row| Duration::from_secs_f64(row.get::<_, f64>(1).max(0.0)))
+        .collect();
+    dispatched.sort();
+    completed.sort();
+    println!(
+        "latency: {} sequential no-op tasks: trigger -> dispatched p50 {} p99 {}; trigger -> completed p50 {} p99 {}",
+        rows.len(),
+        ms(percentile(&dispatched, 0.5)),
+        ms(percentile(&dispatched, 0.99)),
+        ms(percentile(&completed, 0.5)),
+        ms(percentile(&completed, 0.99)),
+    );
+    Ok(())
+}
+
+/// N enabled workflows of one agent, no tasks: what they cost at rest.
+async fn idle(workflows: usize) -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    let agent = stack.create_agent("idle", am::RestartMode::Never).await?;
+    let mut creators = tokio::task::JoinSet::new();
+    let per_creator = workflows.div_ceil(8);
+    for c in 0..8 {
+        let mut client = stack.workflows.clone();
+        let agent = agent.id.clone();
+        let range = (c * per_creator)..((c + 1) * per_creator).min(workflows);
+        creators.spawn(async move {
+            for w in range {
+                client
+                    .create_workflow(sched::CreateWorkflowRequest {
+                        workflow: Some(sched::Workflow {
+                            name: format!("idle-{w}"),
+                            agent_id: agent.clone(),
+                            enabled: true,
+                            ..Default::default()
+                        }),
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = creators.join_next().await {
+        result??;
+    }
+    wait_all_running(
+        &stack,
+        workflows,
+        SystemTime::UNIX_EPOCH,
+        Duration::from_millis(500),
+    )
+    .await?;
+    let scheduler = stack
+        .scheduler
+        .as_ref()
+        .and_then(|s| s.pid())
+        .context("scheduler pid")?;
+    // Let start-up work (lease acquisitions, first settle passes) finish.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let window = Duration::from_secs(10);
+    let (sched_before, pg_before) = (cpu_ticks(&[scheduler]), cpu_ticks(&postgres_pids()));
+    tokio::time::sleep(window).await;
+    let (sched_after, pg_after) = (cpu_ticks(&[scheduler]), cpu_ticks(&postgres_pids()));
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let percent = |before: u64, after: u64| {
+        after.saturating_sub(before) as f64 / ticks_per_sec / window.as_secs_f64() * 100.0
+    };
+    let rss = rss_bytes(scheduler);
+    println!(
+        "idle: {workflows} enabled workflows, no tasks, over {:?}: scheduler {:.1}% CPU, PostgreSQL {:.1}% CPU (of one core; total {:.1}%); scheduler RSS {:.1} MiB = {:.2} KiB per runner",
+        window,
+        percent(sched_before, sched_after),
+        percent(pg_before, pg_after),
+        percent(sched_before + pg_before, sched_after + pg_after),
+        rss as f64 / 1024.0 / 1024.0,
+        rss as f64 / 1024.0 / workflows as f64,
+    );
+    Ok(())
+}
+
+/// utime + stime of the processes, in clock ticks (/proc/<pid>/stat 14, 15).
+fn cpu_ticks(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // fields[0] is field 3, so fields 14 and 15 are [11] and [12].
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// Every PostgreSQL server process on this machine.
+fn postgres_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .collect()
+}
+
+fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }
