@@ -295,12 +295,13 @@ async fn a_hot_standby_runs_nothing_until_the_active_replica_dies() -> anyhow::R
     })
     .await?;
     // Several lease periods later (the active replica has renewed its
-    // leases past two more TTLs) the standby still runs nothing.
+    // membership, which keeps its leases, past two more TTLs) the standby
+    // still runs nothing.
     let db = stack.db.client().await?;
     let expiry = || async {
         let row = db
             .query_one(
-                "SELECT extract(epoch FROM max(expires_at))::float8 FROM scheduler.runner_leases",
+                "SELECT extract(epoch FROM expires_at)::float8 FROM scheduler.replicas WHERE id = 'a'",
                 &[],
             )
             .await?;

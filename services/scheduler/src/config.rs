@@ -75,8 +75,9 @@ pub struct Config {
     #[arg(long, env = "SCHEDULER_STANDBY")]
     pub standby: bool,
 
-    /// How long a runner lease lasts unless renewed (every third of it). A
-    /// dead replica's workflows are taken over after at most this long.
+    /// How long this replica's membership, which keeps all of its runner
+    /// leases, lasts unless renewed (every third of it). A dead replica's
+    /// workflows are taken over after at most this long.
     #[arg(long, env = "LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
 

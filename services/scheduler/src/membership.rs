@@ -14,11 +14,23 @@
 //! active replica is alive: it takes a workflow only when the lease is left
 //! free for a whole TTL (every active replica is gone), and hands it back
 //! once an active replica is settled again.
+//!
+//! The membership row is also what keeps this replica's leases alive: a
+//! lease is valid while its owner's row is (see `store::leases`), so one
+//! statement per replica every third of the TTL renews all of them. If this
+//! replica fails to renew its row for a whole TTL, its leases may have been
+//! taken: it bumps its *epoch*, and every runner holding a lease of an
+//! older epoch drops it and takes it again (or finds it taken).
+//!
+//! Runners never poll any of this: `subscribe` gives a counter that moves
+//! whenever something they decide on changed (the live or settled set, the
+//! epoch), and they re-evaluate then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,6 +42,8 @@ pub struct Membership {
     me: String,
     standby: bool,
     view: Mutex<View>,
+    /// Moves whenever runners should re-evaluate their leases.
+    changes: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -37,6 +51,14 @@ struct View {
     /// Live active replicas other than this one, and when this replica
     /// first saw each.
     live: HashMap<String, Instant>,
+    /// Which of them were settled (live for a TTL) at the last heartbeat.
+    settled: Vec<String>,
+    /// Until when this replica's own row (and so its leases) is surely
+    /// valid: the start of its last successful renewal plus the TTL.
+    valid_until: Option<Instant>,
+    /// Bumped when the row may have lapsed (see the module docs).
+    epoch: u64,
+    lapsed: bool,
 }
 
 impl Membership {
@@ -45,7 +67,23 @@ impl Membership {
             me,
             standby,
             view: Mutex::new(View::default()),
+            changes: watch::Sender::new(0),
         })
+    }
+
+    /// A counter that moves whenever the live or settled replicas or this
+    /// replica's epoch change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The epoch leases are held under now, if this replica's row is valid
+    /// (None: it may have lapsed; hold and take no lease).
+    pub fn lease_epoch(&self) -> Option<u64> {
+        let view = self.lock();
+        view.valid_until
+            .is_some_and(|until| Instant::now() < until)
+            .then_some(view.epoch)
     }
 
     /// The replica `workflow` prefers, if it is another one that has been
@@ -68,9 +106,27 @@ impl Membership {
         (now.duration_since(*seen) >= settled).then(|| preferred.clone())
     }
 
+    #[cfg(test)]
     fn update(&self, live: Vec<String>) {
+        self.update_at(live, Instant::now(), Duration::ZERO);
+    }
+
+    /// A successful renewal that started at `renewed` (so the row is valid
+    /// until `renewed + ttl`) saw `live`.
+    fn update_at(&self, live: Vec<String>, renewed: Instant, ttl: Duration) {
         let mut view = self.lock();
         let now = Instant::now();
+        let mut changed = false;
+        if view.lapsed || view.valid_until.is_some_and(|until| renewed >= until) {
+            // A gap: the row expired before this renewal.
+            view.epoch += 1;
+            view.lapsed = false;
+            changed = true;
+        }
+        if view.valid_until.is_none() {
+            changed = true;
+        }
+        view.valid_until = Some(renewed + ttl);
         let previous = std::mem::take(&mut view.live);
         view.live = live
             .into_iter()
@@ -80,6 +136,38 @@ impl Membership {
                 (id, seen)
             })
             .collect();
+        let mut settled: Vec<String> = view
+            .live
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) >= ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        settled.sort();
+        let mut ids: Vec<&String> = view.live.keys().collect();
+        ids.sort();
+        let mut before: Vec<&String> = previous.keys().collect();
+        before.sort();
+        changed |= ids != before || settled != view.settled;
+        view.settled = settled;
+        drop(view);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A failed renewal: past the row's validity, leases may be taken.
+    fn renewal_failed(&self) {
+        let mut view = self.lock();
+        let expired = view
+            .valid_until
+            .is_some_and(|until| Instant::now() >= until);
+        if expired && !view.lapsed {
+            view.lapsed = true;
+            view.epoch += 1;
+            drop(view);
+            tracing::warn!("replica membership lapsed; runners give their leases up");
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, View> {
@@ -91,10 +179,12 @@ impl Membership {
     /// `shutdown`, then leaves (so its share moves at once).
     pub async fn run(self: Arc<Self>, store: Store, ttl: Duration, shutdown: CancellationToken) {
         loop {
+            let renewed = Instant::now();
             match store.replica_heartbeat(&self.me, self.standby, ttl).await {
-                Ok(live) => self.update(live),
+                Ok(live) => self.update_at(live, renewed, ttl),
                 Err(err) => {
                     tracing::warn!(error = %err, "renewing replica membership failed");
+                    self.renewal_failed();
                 }
             }
             tokio::select! {
@@ -142,6 +232,41 @@ mod tests {
             standby.preferred_elsewhere(Uuid::now_v7(), Duration::ZERO),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_membership_moves_the_epoch_and_tells_the_runners() {
+        let membership = Membership::new("a".into(), false);
+        let mut changes = membership.subscribe();
+        assert_eq!(membership.lease_epoch(), None, "no lease before joining");
+
+        membership.update_at(Vec::new(), Instant::now(), Duration::from_millis(20));
+        assert_eq!(membership.lease_epoch(), Some(0));
+        assert!(changes.has_changed().unwrap(), "joining is a change");
+        changes.borrow_and_update();
+
+        // Not renewed in time: no lease can be vouched for, and the failed
+        // renewal after expiry moves the epoch (leases may be taken).
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(membership.lease_epoch(), None);
+        membership.renewal_failed();
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+
+        membership.update_at(Vec::new(), Instant::now(), Duration::from_secs(60));
+        let epoch = membership.lease_epoch().expect("renewed");
+        assert!(epoch >= 1, "leases of epoch 0 are stale: {epoch}");
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+
+        // A renewal in time changes nothing runners decide on.
+        membership.update_at(Vec::new(), Instant::now(), Duration::from_secs(60));
+        assert_eq!(membership.lease_epoch(), Some(epoch));
+        assert!(!changes.has_changed().unwrap());
+
+        // A replica joining is a change.
+        membership.update_at(vec!["b".into()], Instant::now(), Duration::from_secs(60));
+        assert!(changes.has_changed().unwrap());
     }
 
     #[test]

@@ -12,8 +12,14 @@
 //!
 //! Across replicas, a runner claims tasks only while it holds its
 //! workflow's lease (see `store::leases`): the other replicas' runners of
-//! the workflow wait on standby and take over when the lease expires or is
-//! released.
+//! the workflow wait on standby and take over when the holder's membership
+//! expires or it releases the lease.
+//!
+//! Runners never poll. A resting runner waits for a wake-up (`wakeups`:
+//! work for it, or for a standby, a released lease), its agent's readiness,
+//! or a membership change (`Membership::subscribe`); it marks itself
+//! resting meanwhile, so a runner that sleeps for hours is not taken for
+//! wedged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,12 +36,15 @@ use uuid::Uuid;
 use crate::agents::AgentView;
 use crate::manager_client::{ManagerClient, ManagerError, OutgoingTask};
 use crate::settle::{self, Applied};
-use crate::store::{ClaimRequest, Claimed, InFlightScope, LeaseAcquisition, LeaseRenewal, Store};
+use crate::store::{ClaimRequest, Claimed, InFlightScope, LeaseAcquisition, Store};
 
 /// Reason a runner stops when its agent stays unready past the window.
 pub const AGENT_NOT_READY: &str = "agent not ready";
-/// A runner reports progress at least this often while it waits.
-const BEAT: Duration = Duration::from_millis(500);
+/// How soon a runner tries again after a failure (database or
+/// agent-manager unreachable).
+const RETRY: Duration = Duration::from_secs(1);
+/// `progress` of a runner that rests (waits on wake-ups, not stuck).
+const RESTING: u64 = u64::MAX;
 /// No progress for this long: the runner is wedged and will be replaced.
 const WEDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,7 +82,8 @@ pub struct RunnerContext {
     pub startup_window: Duration,
     /// This replica's name as a lease owner.
     pub replica: String,
-    /// How long a lease lasts unless renewed (renewed every third of it).
+    /// How long this replica's membership, and with it every lease it
+    /// holds, lasts unless renewed (renewed every third of it).
     pub lease_ttl: Duration,
     /// The live replicas, for spreading leases over them.
     pub membership: Arc<crate::membership::Membership>,
@@ -91,10 +101,19 @@ struct Live {
     /// Distinguishes this runner from a successor in the same slot.
     id: u64,
     cancel: CancellationToken,
-    wake: Arc<Notify>,
-    /// Milliseconds since `epoch` at the runner's last progress.
+    wake: Wakes,
+    /// Milliseconds since `epoch` at the runner's last progress, or
+    /// `RESTING`.
     progress: Arc<AtomicU64>,
     task: JoinHandle<()>,
+}
+
+/// How a runner is woken: for work (while it holds the lease), or for a
+/// lease released elsewhere (while it stands by).
+#[derive(Clone, Default)]
+struct Wakes {
+    work: Arc<Notify>,
+    lease: Arc<Notify>,
 }
 
 pub struct Runners {
@@ -143,7 +162,7 @@ impl Runners {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = self.shutdown.child_token();
-        let wake = Arc::new(Notify::new());
+        let wake = Wakes::default();
         let progress = Arc::new(AtomicU64::new(self.now_ms()));
         let runner = Runner {
             id,
@@ -202,7 +221,23 @@ impl Runners {
     /// slot).
     pub fn wake(&self, workflow: Uuid) {
         if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.wake.notify_one();
+            live.wake.work.notify_one();
+        }
+    }
+
+    /// Tells the workflow's runner its lease was released elsewhere (a
+    /// standby may take it now).
+    pub fn wake_for_lease(&self, workflow: Uuid) {
+        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
+            live.wake.lease.notify_one();
+        }
+    }
+
+    /// Tells every standing-by runner to look at its lease again (lease
+    /// notifications may have been missed).
+    pub fn wake_all_for_leases(&self) {
+        for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
+            live.wake.lease.notify_one();
         }
     }
 
@@ -289,10 +324,10 @@ impl Runners {
     }
 
     fn is_live(&self, live: &Live) -> bool {
-        let idle = self
-            .now_ms()
-            .saturating_sub(live.progress.load(Ordering::Relaxed));
-        !live.task.is_finished() && Duration::from_millis(idle) < WEDGE_TIMEOUT
+        let progress = live.progress.load(Ordering::Relaxed);
+        let idle = self.now_ms().saturating_sub(progress);
+        !live.task.is_finished()
+            && (progress == RESTING || Duration::from_millis(idle) < WEDGE_TIMEOUT)
     }
 
     fn now_ms(&self) -> u64 {
@@ -332,8 +367,18 @@ struct Runner {
     ctx: Arc<RunnerContext>,
     runners: Arc<Runners>,
     cancel: CancellationToken,
-    wake: Arc<Notify>,
+    wake: Wakes,
     progress: Arc<AtomicU64>,
+}
+
+/// What ends a runner's rest besides cancellation, readiness and membership
+/// changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WakeOn {
+    /// Work for the workflow (it holds the lease).
+    Work,
+    /// The lease released elsewhere (it stands by).
+    Lease,
 }
 
 impl Runner {
@@ -371,6 +416,7 @@ impl Runner {
 
     async fn serve(&self, lease: &mut Option<HeldLease>) -> String {
         let mut ready = self.ctx.agents.subscribe(self.agent);
+        let mut placement = self.ctx.membership.subscribe();
         // Since when this runner has held back from a free lease that
         // another replica is preferred for.
         let mut deferred = None;
@@ -386,6 +432,8 @@ impl Runner {
                     None => continue,
                 }
             }
+            // Seen before deciding: a change from now on ends the next rest.
+            placement.borrow_and_update();
             let term = match self.keep_lease(lease, &mut deferred).await {
                 Ok(Held::Kept(term)) => term,
                 Ok(Held::Acquired { term, in_flight }) => {
@@ -400,8 +448,9 @@ impl Runner {
                 Err(NoLease::Stop(reason)) => return reason,
                 Err(NoLease::Standby { reason, retry_in }) => {
                     self.report(RunnerState::Standby, &reason);
+                    let until = retry_in.map(|retry_in| Instant::now() + retry_in);
                     match self
-                        .rest(&mut ready, Instant::now() + retry_in, false)
+                        .rest(&mut ready, &mut placement, until, WakeOn::Lease)
                         .await
                     {
                         Some(reason) => return reason,
@@ -409,61 +458,76 @@ impl Runner {
                     }
                 }
             };
-            let claim_span = tracing::debug_span!("claim", workflow_id = %self.workflow);
-            let request = ClaimRequest {
-                workflow: self.workflow,
-                owner: self.ctx.replica.clone(),
-                term,
-            };
-            match self.ctx.store.claim(request).instrument(claim_span).await {
-                Ok(claimed) => {
-                    if !claimed.is_empty() {
-                        // A crash here leaves the tasks DISPATCHED but never
-                        // sent: the settle pass delivers them.
-                        shepherd_platform::failpoint::hit("scheduler.after_claim");
-                    }
-                    // Claimed together, dispatched concurrently (they may
-                    // run concurrently anyway: there was room for all).
-                    let results = futures_util::future::join_all(
-                        claimed.into_iter().map(|task| self.dispatch(task)),
-                    )
-                    .await;
-                    match results.into_iter().find_map(Result::err) {
-                        Some(ManagerError::Unavailable(reason)) => self.report(
-                            RunnerState::Stalled,
-                            &format!("agent-manager unreachable: {reason}"),
-                        ),
-                        _ => self.report(RunnerState::Running, ""),
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(workflow = %self.workflow, error = %err, "claiming tasks failed");
-                    self.report(
-                        RunnerState::Stalled,
-                        &format!("database unreachable: {err}"),
-                    );
-                }
-            }
+            let retry_in = self.claim_and_dispatch(term).await;
             // The claim took all the room or all the work there was; more
             // comes with a wake-up (see `wakeups`: a trigger, a finished
-            // task, a due time; one sent meanwhile is kept by the Notify),
-            // or when the lease is due for renewal. No polling per runner.
-            let until = lease
-                .as_ref()
-                .map_or_else(|| Instant::now() + BEAT, |held| held.renew_at);
-            if let Some(reason) = self.rest(&mut ready, until, true).await {
+            // task, a due time; one sent meanwhile is kept by the Notify).
+            let until = retry_in.map(|retry_in| Instant::now() + retry_in);
+            if let Some(reason) = self
+                .rest(&mut ready, &mut placement, until, WakeOn::Work)
+                .await
+            {
                 return reason;
             }
         }
     }
 
-    /// Holds the workflow's lease: renews it when due, (re)acquires it when
-    /// there is none. Returns the term to claim with, or why there is none.
+    /// Claims what there is room for and dispatches it. Returns when to
+    /// try again without a wake-up (after a failure), if at all.
+    async fn claim_and_dispatch(&self, term: i64) -> Option<Duration> {
+        let claim_span = tracing::debug_span!("claim", workflow_id = %self.workflow);
+        let request = ClaimRequest {
+            workflow: self.workflow,
+            owner: self.ctx.replica.clone(),
+            term,
+        };
+        match self.ctx.store.claim(request).instrument(claim_span).await {
+            Ok(claimed) => {
+                if !claimed.is_empty() {
+                    // A crash here leaves the tasks DISPATCHED but never
+                    // sent: the settle pass delivers them.
+                    shepherd_platform::failpoint::hit("scheduler.after_claim");
+                }
+                // Claimed together, dispatched concurrently (they may run
+                // concurrently anyway: there was room for all).
+                let results = futures_util::future::join_all(
+                    claimed.into_iter().map(|task| self.dispatch(task)),
+                )
+                .await;
+                match results.into_iter().find_map(Result::err) {
+                    Some(ManagerError::Unavailable(reason)) => {
+                        self.report(
+                            RunnerState::Stalled,
+                            &format!("agent-manager unreachable: {reason}"),
+                        );
+                        Some(RETRY)
+                    }
+                    _ => {
+                        self.report(RunnerState::Running, "");
+                        None
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(workflow = %self.workflow, error = %err, "claiming tasks failed");
+                self.report(
+                    RunnerState::Stalled,
+                    &format!("database unreachable: {err}"),
+                );
+                Some(RETRY)
+            }
+        }
+    }
+
+    /// Holds the workflow's lease: keeps it while this replica's membership
+    /// (which keeps it alive) has not lapsed since it was taken, (re)takes
+    /// it otherwise. Returns the term to claim with, or why there is none.
     ///
     /// Leases spread over the live replicas: a free lease that another
     /// replica is preferred for (see `membership`) is left to it for one
     /// TTL before this replica takes it anyway, and a held one that another
-    /// settled replica is preferred for is handed over at renewal time.
+    /// settled replica is preferred for is handed over (re-evaluated on
+    /// every membership change).
     async fn keep_lease(
         &self,
         lease: &mut Option<HeldLease>,
@@ -471,51 +535,35 @@ impl Runner {
     ) -> Result<Held, NoLease> {
         let ttl = self.ctx.lease_ttl;
         let now = Instant::now();
-        if let Some(held) = lease.as_mut() {
-            if now < held.renew_at {
-                return Ok(Held::Kept(held.term));
-            }
-            if let Some(other) = self.ctx.membership.preferred_elsewhere(self.workflow, ttl) {
-                let term = held.term;
-                *lease = None;
-                *deferred = Some(now);
-                self.hand_over(term).await;
-                return Err(NoLease::Standby {
-                    reason: format!("handed over to replica {other}"),
-                    retry_in: ttl,
-                });
-            }
-            let renewal = LeaseRenewal {
-                workflow: self.workflow,
-                owner: self.ctx.replica.clone(),
-                term: held.term,
-                ttl,
-            };
-            match self.ctx.store.renew_lease(renewal).await {
-                Ok(true) => {
-                    held.extend(now, ttl);
-                    return Ok(Held::Kept(held.term));
-                }
-                Ok(false) => {
-                    tracing::warn!(workflow = %self.workflow, "runner lease was taken over");
-                    crate::metrics::lease_changed("lost");
+        let Some(epoch) = self.ctx.membership.lease_epoch() else {
+            // Until the membership row is renewed no lease can be vouched
+            // for; a renewal is a membership change, which ends the wait.
+            *lease = None;
+            return Err(NoLease::Standby {
+                reason: "this replica's membership is not renewed (database unreachable?)"
+                    .to_owned(),
+                retry_in: None,
+            });
+        };
+        if let Some(held) = lease.as_ref() {
+            if held.epoch == epoch {
+                if let Some(other) = self.ctx.membership.preferred_elsewhere(self.workflow, ttl) {
+                    let term = held.term;
                     *lease = None;
-                }
-                Err(err) if now < held.valid_until => {
-                    // Still ours for a while: keep working, retry soon.
-                    tracing::warn!(workflow = %self.workflow, error = %err, "renewing the runner lease failed");
-                    held.renew_at = now + BEAT.min(ttl / 3);
-                    return Ok(Held::Kept(held.term));
-                }
-                Err(err) => {
-                    crate::metrics::lease_changed("lost");
-                    *lease = None;
+                    *deferred = Some(now);
+                    self.hand_over(term).await;
                     return Err(NoLease::Standby {
-                        reason: format!("lease expired: {err}"),
-                        retry_in: BEAT,
+                        reason: format!("handed over to replica {other}"),
+                        retry_in: Some(ttl),
                     });
                 }
+                return Ok(Held::Kept(held.term));
             }
+            // Taken under an older epoch: the membership lapsed since, and
+            // another replica may hold it now. Take it again (or learn who).
+            tracing::warn!(workflow = %self.workflow, "membership lapsed; re-taking the runner lease");
+            crate::metrics::lease_changed("lost");
+            *lease = None;
         }
         if let Some(other) = self
             .ctx
@@ -523,42 +571,41 @@ impl Runner {
             .preferred_elsewhere(self.workflow, Duration::ZERO)
         {
             let since = *deferred.get_or_insert(now);
-            if now.duration_since(since) < ttl {
+            let until = since + ttl;
+            if now < until {
                 return Err(NoLease::Standby {
                     reason: format!("replica {other} is preferred for this workflow"),
-                    retry_in: BEAT,
+                    retry_in: Some(until - now),
                 });
             }
         }
         match self
             .ctx
             .store
-            .acquire_lease(self.workflow, &self.ctx.replica, ttl)
+            .acquire_lease(self.workflow, &self.ctx.replica)
             .await
         {
             Ok(LeaseAcquisition::Acquired { term, in_flight }) => {
                 *deferred = None;
-                let mut held = HeldLease {
-                    term,
-                    valid_until: now,
-                    renew_at: now,
-                };
-                held.extend(now, ttl);
-                *lease = Some(held);
+                *lease = Some(HeldLease { term, epoch });
                 crate::metrics::lease_changed("acquired");
                 Ok(Held::Acquired { term, in_flight })
             }
-            Ok(LeaseAcquisition::HeldBy { owner, remaining }) => Err(NoLease::Standby {
+            Ok(LeaseAcquisition::HeldBy { owner }) if owner.is_empty() => Err(NoLease::Standby {
+                reason: "the lease is changing hands".to_owned(),
+                retry_in: Some(RETRY),
+            }),
+            // Woken when the holder releases it or its membership changes.
+            Ok(LeaseAcquisition::HeldBy { owner }) => Err(NoLease::Standby {
                 reason: format!("replica {owner} holds the lease"),
-                // Try again as the lease runs out (a live holder renews).
-                retry_in: remaining + Duration::from_millis(10),
+                retry_in: None,
             }),
             Ok(LeaseAcquisition::WorkflowDisabled) => {
                 Err(NoLease::Stop("workflow disabled".to_owned()))
             }
             Err(err) => Err(NoLease::Standby {
                 reason: format!("could not take the lease: {err}"),
-                retry_in: BEAT,
+                retry_in: Some(RETRY),
             }),
         }
     }
@@ -573,7 +620,7 @@ impl Runner {
         {
             Ok(()) => crate::metrics::lease_changed("released"),
             Err(err) => {
-                tracing::warn!(workflow = %self.workflow, error = %err, "handing the lease over failed; it will expire");
+                tracing::warn!(workflow = %self.workflow, error = %err, "handing the lease over failed; it lapses with this replica's membership");
             }
         }
     }
@@ -586,39 +633,42 @@ impl Runner {
             if *ready.borrow_and_update() {
                 return None;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Some(AGENT_NOT_READY.to_owned());
             }
-            let step = (deadline - now).min(BEAT);
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
-                _ = ready.changed() => {}
-                _ = tokio::time::sleep(step) => self.beat(),
+            self.resting();
+            let stopped = tokio::select! {
+                _ = self.cancel.cancelled() => true,
+                _ = ready.changed() => false,
+                _ = tokio::time::sleep_until(deadline) => false,
+            };
+            self.beat();
+            if stopped {
+                return Some("stopped".to_owned());
             }
         }
     }
 
-    /// Rests until `until`, a readiness change, or (when `wakeable`) a
-    /// wake-up, beating meanwhile. Returns the reason to stop if stopped.
+    /// Rests until a wake-up of the given kind, a readiness or membership
+    /// change, or `until`. Returns the reason to stop if stopped.
     async fn rest(
         &self,
         ready: &mut watch::Receiver<bool>,
-        until: Instant,
-        wakeable: bool,
+        placement: &mut watch::Receiver<u64>,
+        until: Option<Instant>,
+        wake_on: WakeOn,
     ) -> Option<String> {
-        loop {
-            let step = until.saturating_duration_since(Instant::now()).min(BEAT);
-            if step.is_zero() {
-                return None;
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Some("stopped".to_owned()),
-                _ = self.wake.notified(), if wakeable => return None,
-                _ = ready.changed() => return None,
-                _ = tokio::time::sleep(step) => self.beat(),
-            }
-        }
+        self.resting();
+        let stopped = tokio::select! {
+            _ = self.cancel.cancelled() => true,
+            _ = self.wake.work.notified(), if wake_on == WakeOn::Work => false,
+            _ = self.wake.lease.notified(), if wake_on == WakeOn::Lease => false,
+            _ = ready.changed() => false,
+            _ = placement.changed() => false,
+            _ = sleep_until_some(until) => false,
+        };
+        self.beat();
+        stopped.then(|| "stopped".to_owned())
     }
 
     /// Dispatches one claimed task and records the answer. Returns the
@@ -657,7 +707,7 @@ impl Runner {
             crate::metrics::dispatched(started.elapsed(), answer.is_ok());
             let failure = answer.as_ref().err().cloned();
             match settle::apply(&self.ctx.store, &task.id, task.attempts, answer).await {
-                Ok(Applied::Finished | Applied::Requeued) => self.wake.notify_one(),
+                Ok(Applied::Finished | Applied::Requeued) => self.wake.work.notify_one(),
                 Ok(Applied::InFlight) => {}
                 Err(err) => tracing::warn!(error = %err, "recording a dispatch failed"),
             }
@@ -685,25 +735,20 @@ impl Runner {
             .store(self.runners.now_ms(), Ordering::Relaxed);
     }
 
+    fn resting(&self) {
+        self.progress.store(RESTING, Ordering::Relaxed);
+    }
+
     fn report(&self, state: RunnerState, reason: &str) {
         self.runners.report(self.workflow, self.id, state, reason);
     }
 }
 
-/// The lease a runner holds.
+/// The lease a runner holds: valid while this replica's membership has
+/// not lapsed since `epoch`.
 struct HeldLease {
     term: i64,
-    /// Until when it is surely still ours (measured from before the
-    /// statement that extended it, so on the safe side).
-    valid_until: Instant,
-    renew_at: Instant,
-}
-
-impl HeldLease {
-    fn extend(&mut self, from: Instant, ttl: Duration) {
-        self.valid_until = from + ttl;
-        self.renew_at = from + ttl / 3;
-    }
+    epoch: u64,
 }
 
 /// The lease a runner may claim under.
@@ -718,8 +763,18 @@ enum Held {
 /// Why a runner holds no lease.
 enum NoLease {
     /// Another replica runs the workflow (or the lease cannot be taken
-    /// now): try again in `retry_in`.
-    Standby { reason: String, retry_in: Duration },
+    /// now): try again in `retry_in`, or when woken (None: only then).
+    Standby {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
     /// There is nothing to run: stop with this reason.
     Stop(String),
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -20,7 +20,7 @@ mod replicas;
 
 pub use claims::ClaimRequest;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
-pub use leases::{LeaseAcquisition, LeaseRenewal};
+pub use leases::LeaseAcquisition;
 
 pub const SCHEMA: &str = "scheduler";
 
@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "wakeups",
         sql: include_str!("../migrations/0010_wakeups.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "membership_leases",
+        sql: include_str!("../migrations/0011_membership_leases.sql"),
     },
 ];
 
@@ -147,16 +152,13 @@ pub struct WorkflowFilter {
 pub struct Store {
     pool: DbPool,
     claims: claims::ClaimBatches,
-    renewals: leases::RenewalBatches,
 }
 
 impl Store {
-    /// Needs a running Tokio runtime: it starts the claim and lease-renewal
-    /// batchers.
+    /// Needs a running Tokio runtime: it starts the claim batcher.
     pub fn new(pool: DbPool) -> Self {
         Self {
             claims: claims::ClaimBatches::spawn(&pool),
-            renewals: leases::RenewalBatches::spawn(&pool),
             pool,
         }
     }

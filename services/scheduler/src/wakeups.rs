@@ -9,6 +9,9 @@
 //! * **Due timers.** A delayed task (a `delay` trigger, a retry with a
 //!   delay) NOTIFYs `shepherd_due` with the time it becomes claimable; one
 //!   timer per replica fires then and wakes the workflows with due work.
+//! * **Released leases.** A lease given up (hand-over, shutdown) NOTIFYs
+//!   `shepherd_lease`, which wakes the other replicas' standing-by runners
+//!   of that workflow.
 //! * **A safety poll.** Notifications are lost while the listening
 //!   connection is down. Every (re)connection, and every `safety_interval`
 //!   besides, one query finds the workflows of this replica's runners that
@@ -30,6 +33,9 @@ use crate::store::Store;
 pub const WORK_CHANNEL: &str = "shepherd_work";
 /// Channel of "a delayed task becomes claimable at (epoch ms)".
 pub const DUE_CHANNEL: &str = "shepherd_due";
+/// Channel of "a workflow's lease was released": standing-by runners may
+/// take it.
+pub const LEASE_CHANNEL: &str = "shepherd_lease";
 /// Shortest due timer: a clock skew between this host and the database
 /// never makes the timer spin.
 const MIN_TIMER: Duration = Duration::from_millis(20);
@@ -45,7 +51,7 @@ impl Wakeups {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener = Listener::new(
             &self.database_url,
-            &[WORK_CHANNEL, DUE_CHANNEL],
+            &[WORK_CHANNEL, DUE_CHANNEL, LEASE_CHANNEL],
             shutdown.clone(),
         );
         let mut due_at: Option<Instant> = None;
@@ -57,6 +63,7 @@ impl Wakeups {
                     Some(Heard::Listening) => {
                         // Whatever was sent while nobody listened is lost:
                         // look for it.
+                        self.runners.wake_all_for_leases();
                         self.poll(&mut due_at).await;
                         safety_at = Instant::now() + self.safety_interval;
                     }
@@ -81,6 +88,10 @@ impl Wakeups {
             WORK_CHANNEL => match payload.parse::<Uuid>() {
                 Ok(workflow) => self.runners.wake(workflow),
                 Err(_) => tracing::warn!(payload, "a wake-up names no workflow"),
+            },
+            LEASE_CHANNEL => match payload.parse::<Uuid>() {
+                Ok(workflow) => self.runners.wake_for_lease(workflow),
+                Err(_) => tracing::warn!(payload, "a lease release names no workflow"),
             },
             DUE_CHANNEL => match payload.parse::<u64>() {
                 Ok(millis) => {

@@ -1,12 +1,14 @@
 //! Runner leases against a real PostgreSQL: one holder at a time, takeover
-//! after expiry, and fencing: a claim with a superseded term takes nothing.
+//! once the holder's membership expires, and fencing: a claim with a
+//! superseded term, or by a replica whose membership expired, takes
+//! nothing.
 
 use std::time::Duration;
 
 use shepherd_platform::db;
 use shepherd_scheduler::model::{TaskFields, Trigger};
 use shepherd_scheduler::store::{
-    self, ClaimRequest, LeaseAcquisition, LeaseRenewal, NewWorkflow, Rendered, Store,
+    self, ClaimRequest, LeaseAcquisition, NewWorkflow, Rendered, Store,
 };
 use shepherd_testkit::TestDb;
 use uuid::Uuid;
@@ -51,6 +53,16 @@ async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid
     Ok(workflow.id)
 }
 
+/// Replicas join (renew their membership rows) for a minute.
+async fn join(store: &Store, replicas: &[&str]) -> anyhow::Result<()> {
+    for replica in replicas {
+        store
+            .replica_heartbeat(replica, false, Duration::from_secs(60))
+            .await?;
+    }
+    Ok(())
+}
+
 fn claim(workflow: Uuid, owner: &str, term: i64) -> ClaimRequest {
     ClaimRequest {
         workflow,
@@ -64,53 +76,46 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
     let db = TestDb::create().await?;
     let store = store(&db).await?;
     let workflow = workflow_with_tasks(&store, 6).await?;
-    let ttl = Duration::from_secs(60);
+    join(&store, &["a", "b"]).await?;
 
-    let LeaseAcquisition::Acquired { term: first, .. } =
-        store.acquire_lease(workflow, "a", ttl).await?
+    let LeaseAcquisition::Acquired { term: first, .. } = store.acquire_lease(workflow, "a").await?
     else {
         anyhow::bail!("a free lease must be acquired");
     };
-    // Held and unexpired: another replica stands by.
-    match store.acquire_lease(workflow, "b", ttl).await? {
-        LeaseAcquisition::HeldBy { owner, remaining } => {
-            assert_eq!(owner, "a");
-            assert!(remaining <= ttl, "{remaining:?}");
-        }
+    // Held by a live replica: another one stands by.
+    match store.acquire_lease(workflow, "b").await? {
+        LeaseAcquisition::HeldBy { owner } => assert_eq!(owner, "a"),
         other => panic!("b must not get a's lease: {other:?}"),
     }
     // Without the lease there is no claim; with it, up to the concurrency.
     assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
     assert_eq!(store.claim(claim(workflow, "a", first)).await?.len(), 2);
 
-    // a stops renewing (a paused process) until its lease runs out; then b
-    // takes over with a new term.
+    // a stops renewing its membership (a paused process) until it runs
+    // out; its claims stop at once, and b takes over with a new term.
     db.client()
         .await?
         .execute(
-            "UPDATE scheduler.runner_leases SET expires_at = now() - interval '1 second'",
+            "UPDATE scheduler.replicas SET expires_at = now() - interval '1 second' WHERE id = 'a'",
             &[],
         )
         .await?;
+    assert!(
+        store.claim(claim(workflow, "a", first)).await?.is_empty(),
+        "a replica whose membership expired claims nothing"
+    );
+    assert!(store.lease_holders(&[workflow]).await?.is_empty());
     let LeaseAcquisition::Acquired { term: second, .. } =
-        store.acquire_lease(workflow, "b", ttl).await?
+        store.acquire_lease(workflow, "b").await?
     else {
-        anyhow::bail!("an expired lease must be taken over");
+        anyhow::bail!("the lease of a replica that is gone must be taken over");
     };
     assert!(second > first, "terms only grow: {first} then {second}");
 
-    // a wakes up (a paused process): its renewal and its claims are fenced.
-    let renewal = LeaseRenewal {
-        workflow,
-        owner: "a".into(),
-        term: first,
-        ttl,
-    };
-    assert!(
-        !store.renew_lease(renewal).await?,
-        "a's lease was taken over"
-    );
-    store.release_lease(workflow, "a", first).await?; // a stale release is a no-op
+    // a wakes up (a paused process) and renews its membership: its claims
+    // are fenced by the term, and its stale release is a no-op.
+    join(&store, &["a"]).await?;
+    store.release_lease(workflow, "a", first).await?;
     assert!(store.claim(claim(workflow, "a", first)).await?.is_empty());
     assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
     // b holds the lease, but a's two tasks are still in flight: no room.
@@ -128,16 +133,14 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
     let db = TestDb::create().await?;
     let store = store(&db).await?;
     let workflow = workflow_with_tasks(&store, 1).await?;
-    let long = Duration::from_secs(60);
+    join(&store, &["a", "b"]).await?;
 
-    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a", long).await?
-    else {
+    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await? else {
         anyhow::bail!("a free lease must be acquired");
     };
     // The same owner (a restarted replica) gets it back at once, fencing
     // out its earlier self.
-    let LeaseAcquisition::Acquired { term: again, .. } =
-        store.acquire_lease(workflow, "a", long).await?
+    let LeaseAcquisition::Acquired { term: again, .. } = store.acquire_lease(workflow, "a").await?
     else {
         anyhow::bail!("an owner takes its own lease back");
     };
@@ -145,7 +148,7 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
     assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
 
     store.release_lease(workflow, "a", again).await?;
-    match store.acquire_lease(workflow, "b", long).await? {
+    match store.acquire_lease(workflow, "b").await? {
         LeaseAcquisition::Acquired { term: taken, .. } => assert!(taken > again),
         other => panic!("a released lease is free: {other:?}"),
     }
@@ -158,9 +161,8 @@ async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> an
     let db = TestDb::create().await?;
     let store = store(&db).await?;
     let workflow = workflow_with_tasks(&store, 3).await?;
-    let long = Duration::from_secs(60);
-    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a", long).await?
-    else {
+    join(&store, &["a", "b"]).await?;
+    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await? else {
         anyhow::bail!("a free lease must be acquired");
     };
 
@@ -172,13 +174,13 @@ async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> an
     assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
     store.release_lease(workflow, "a", term).await?;
     assert_eq!(
-        store.acquire_lease(workflow, "b", long).await?,
+        store.acquire_lease(workflow, "b").await?,
         LeaseAcquisition::WorkflowDisabled
     );
     // A deleted workflow likewise (and its lease row goes with it).
     store.delete_workflow(workflow).await?;
     assert_eq!(
-        store.acquire_lease(workflow, "a", long).await?,
+        store.acquire_lease(workflow, "a").await?,
         LeaseAcquisition::WorkflowDisabled
     );
     assert!(store.lease_holders(&[workflow]).await?.is_empty());

@@ -348,7 +348,7 @@ async fn busiest_holder(stack: &Stack) -> anyhow::Result<Option<String>> {
     let db = stack.db.client().await?;
     let row = db
         .query_opt(
-            "SELECT owner FROM scheduler.runner_leases WHERE expires_at > now()
+            "SELECT owner FROM scheduler.runner_leases WHERE scheduler.lease_live(owner, expires_at)
              GROUP BY owner ORDER BY count(*) DESC LIMIT 1",
             &[],
         )

@@ -6,7 +6,8 @@
 //! one statement.
 //!
 //! Claims are fenced: a workflow's tasks are taken only while the claimer
-//! holds its runner lease with the given term. The lease row is read
+//! holds its runner lease with the given term (and its membership row, which
+//! keeps the lease alive, is unexpired). The lease row is read
 //! `FOR SHARE`, so a takeover (which updates it) waits for a claim in
 //! progress, and a claim that waited for a takeover sees the new term and
 //! takes nothing.
@@ -70,6 +71,7 @@ async fn claim_batch(
                  FROM request r
                  JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
                       AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
+                 JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
                  JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
                  FOR SHARE OF l
              ), next AS (

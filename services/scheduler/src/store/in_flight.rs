@@ -68,7 +68,8 @@ impl Store {
                          WHERE t.state = 'dispatched'
                            AND t.updated_at <= now() - make_interval(secs => $2)
                            AND ($3::uuid IS NULL OR t.workflow_id = $3)
-                           AND (l.workflow_id IS NULL OR l.owner = $1 OR l.expires_at <= now())
+                           AND (l.workflow_id IS NULL OR l.owner = $1
+                                OR NOT scheduler.lease_live(l.owner, l.expires_at))
                          ORDER BY t.updated_at LIMIT $4",
                     )
                     .await?,
