@@ -382,13 +382,17 @@ enum WakeOn {
 }
 
 impl Runner {
-    /// Runs the loop in its own task so that even a panic frees the slot.
+    /// Runs the loop so that even a panic frees the slot (one task per
+    /// runner: an aborted runner, replaced as wedged, ends whole).
     async fn supervise(self) {
+        use futures_util::FutureExt;
         let (workflow, id, runners) = (self.workflow, self.id, self.runners.clone());
-        let reason = match tokio::spawn(self.run()).await {
+        let reason = match std::panic::AssertUnwindSafe(self.run())
+            .catch_unwind()
+            .await
+        {
             Ok(reason) => reason,
-            Err(err) if err.is_panic() => "runner panicked".to_owned(),
-            Err(_) => "runner aborted".to_owned(),
+            Err(_) => "runner panicked".to_owned(),
         };
         tracing::info!(%workflow, runner = id, %reason, "runner stopped");
         runners.report(workflow, id, RunnerState::Stopped, &reason);
@@ -399,11 +403,12 @@ impl Runner {
         let reason = self.serve(&mut lease).await;
         if let Some(held) = lease {
             // Let another replica take over now rather than at expiry.
-            let released = self
-                .ctx
-                .store
-                .release_lease(self.workflow, &self.ctx.replica, held.term)
-                .await;
+            let released = Box::pin(self.ctx.store.release_lease(
+                self.workflow,
+                &self.ctx.replica,
+                held.term,
+            ))
+            .await;
             match released {
                 Ok(()) => crate::metrics::lease_changed("released"),
                 Err(err) => {
@@ -434,14 +439,17 @@ impl Runner {
             }
             // Seen before deciding: a change from now on ends the next rest.
             placement.borrow_and_update();
-            let term = match self.keep_lease(lease, &mut deferred).await {
+            // The big futures (database and agent-manager calls) are boxed:
+            // a runner rests far more than it works, and a resting runner
+            // should cost only what resting needs.
+            let term = match Box::pin(self.keep_lease(lease, &mut deferred)).await {
                 Ok(Held::Kept(term)) => term,
                 Ok(Held::Acquired { term, in_flight }) => {
                     // A workflow taken over (or back) may have tasks in
                     // flight that nobody settles: the previous holder died
                     // between claim and dispatch, or its reports were lost.
                     if in_flight {
-                        self.settle_in_flight().await;
+                        Box::pin(self.settle_in_flight()).await;
                     }
                     term
                 }
@@ -458,7 +466,7 @@ impl Runner {
                     }
                 }
             };
-            let retry_in = self.claim_and_dispatch(term).await;
+            let retry_in = Box::pin(self.claim_and_dispatch(term)).await;
             // The claim took all the room or all the work there was; more
             // comes with a wake-up (see `wakeups`: a trigger, a finished
             // task, a due time; one sent meanwhile is kept by the Notify).
@@ -776,5 +784,41 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runner rests far more than it works: its future (what every idle
+    /// runner costs in memory) must stay small, so the big database and
+    /// agent-manager calls are boxed rather than inlined in it.
+    #[tokio::test]
+    async fn a_runner_future_stays_small() {
+        let pool = shepherd_platform::db::connect("postgres://nobody@127.0.0.1:1/none", 1)
+            .expect("a lazy pool");
+        let ctx = Arc::new(RunnerContext {
+            store: Store::new(pool),
+            agents: Arc::new(AgentView::default()),
+            manager: ManagerClient::new("http://127.0.0.1:1", None, None).expect("a lazy client"),
+            startup_window: Duration::from_secs(1),
+            replica: "r".into(),
+            lease_ttl: Duration::from_secs(10),
+            membership: crate::membership::Membership::new("r".into(), false),
+        });
+        let runners = Runners::new(ctx.clone(), CancellationToken::new());
+        let runner = Runner {
+            id: 1,
+            workflow: Uuid::now_v7(),
+            agent: Uuid::now_v7(),
+            ctx,
+            runners,
+            cancel: CancellationToken::new(),
+            wake: Wakes::default(),
+            progress: Arc::new(AtomicU64::new(0)),
+        };
+        let size = std::mem::size_of_val(&runner.supervise());
+        assert!(size <= 1280, "a runner's future takes {size} bytes");
     }
 }

@@ -18,7 +18,8 @@
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N (b, per
 //! workflow; default 8), --workflows N (idle; default 10000), --only
-//! a1|a2|b|baseline|idle|latency.
+//! a1|a2|a3|b|baseline|idle|latency (a3: one agent with --workflows
+//! workflows restarted).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,9 +28,10 @@ use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|b|baseline|idle|latency] [--rounds N] [--agents N] [--tasks N] [--concurrency N] [--workflows N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|latency] [--rounds N] [--agents N] [--tasks N] [--concurrency N] [--workflows N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
+  a3: runners of one agent with --workflows workflows (default 10000) back after its restart
   b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow, default 8),
       as tasks/s and as a ratio to the baseline (measured first, in the same run)
   baseline: 8 connections committing one insert plus one update each, for 5 s
@@ -83,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("a2") {
         many_agents(args.agents, 5).await?;
+    }
+    if run("a3") {
+        many_agents(1, args.workflows).await?;
     }
     let mut baseline_tps = None;
     if run("b") || run("baseline") {
@@ -487,6 +492,12 @@ async fn latency(tasks: usize) -> anyhow::Result<()> {
 async fn idle(workflows: usize) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let agent = stack.create_agent("idle", am::RestartMode::Never).await?;
+    let scheduler = stack
+        .scheduler
+        .as_ref()
+        .and_then(|s| s.pid())
+        .context("scheduler pid")?;
+    let rss_before = rss_bytes(scheduler);
     let mut creators = tokio::task::JoinSet::new();
     let per_creator = workflows.div_ceil(8);
     for c in 0..8 {
@@ -519,11 +530,6 @@ async fn idle(workflows: usize) -> anyhow::Result<()> {
         Duration::from_millis(500),
     )
     .await?;
-    let scheduler = stack
-        .scheduler
-        .as_ref()
-        .and_then(|s| s.pid())
-        .context("scheduler pid")?;
     // Let start-up work (lease acquisitions, first settle passes) finish.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = Duration::from_secs(10);
@@ -536,13 +542,14 @@ async fn idle(workflows: usize) -> anyhow::Result<()> {
     };
     let rss = rss_bytes(scheduler);
     println!(
-        "idle: {workflows} enabled workflows, no tasks, over {:?}: scheduler {:.1}% CPU, PostgreSQL {:.1}% CPU (of one core; total {:.1}%); scheduler RSS {:.1} MiB = {:.2} KiB per runner",
+        "idle: {workflows} enabled workflows, no tasks, over {:?}: scheduler {:.1}% CPU, PostgreSQL {:.1}% CPU (of one core; total {:.1}%); scheduler RSS {:.1} MiB ({:.1} MiB before the workflows) = {:.2} KiB per runner",
         window,
         percent(sched_before, sched_after),
         percent(pg_before, pg_after),
         percent(sched_before + pg_before, sched_after + pg_after),
         rss as f64 / 1024.0 / 1024.0,
-        rss as f64 / 1024.0 / workflows as f64,
+        rss_before as f64 / 1024.0 / 1024.0,
+        rss.saturating_sub(rss_before) as f64 / 1024.0 / workflows as f64,
     );
     Ok(())
 }
