@@ -13,10 +13,32 @@
 //! result). Callers whose item must be followed by more work should not be
 //! cancellable halfway either; see the agent-manager's dispatch.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Splits item indexes into rounds in which no key repeats, keeping the
+/// submission order of repeats: a batch statement that may touch a row only
+/// once (an upsert) runs one round at a time.
+pub fn rounds_of_distinct<'a, T, K: Hash + Eq>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<K, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let round = seen.entry(key(item)).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(index);
+        *round += 1;
+    }
+    rounds
+}
 
 /// Why a submitted item has no result.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -171,6 +193,13 @@ fn deliver<O, E: Clone>(
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn repeated_keys_go_to_later_rounds_in_order() {
+        let items = ["a", "b", "a", "c", "a", "b"];
+        let rounds = rounds_of_distinct(&items, |item| *item);
+        assert_eq!(rounds, vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
+    }
 
     /// Polls `condition` until it holds, failing after a deadline.
     async fn wait_until(condition: impl Fn() -> bool) {

@@ -152,13 +152,16 @@ pub struct WorkflowFilter {
 pub struct Store {
     pool: DbPool,
     claims: claims::ClaimBatches,
+    acquisitions: leases::AcquisitionBatches,
 }
 
 impl Store {
-    /// Needs a running Tokio runtime: it starts the claim batcher.
+    /// Needs a running Tokio runtime: it starts the claim and lease
+    /// acquisition batchers.
     pub fn new(pool: DbPool) -> Self {
         Self {
             claims: claims::ClaimBatches::spawn(&pool),
+            acquisitions: leases::AcquisitionBatches::spawn(&pool),
             pool,
         }
     }

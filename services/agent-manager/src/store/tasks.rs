@@ -351,7 +351,9 @@ async fn claim_batch(
     // One upsert may not touch a row twice, so a repeated id (two callers
     // dispatching one task at once) goes in a later round: the first caller
     // wins, the second sees the task in flight.
-    for mut round in rounds_of_distinct(&items, |item| item.task_id.as_str()) {
+    for mut round in
+        shepherd_platform::batch::rounds_of_distinct(&items, |item| item.task_id.as_str())
+    {
         // Rows in key order: two batches running at once lock common rows
         // in the same order, so they cannot deadlock.
         round.sort_by(|&a, &b| items[a].task_id.cmp(&items[b].task_id));
@@ -441,32 +443,4 @@ async fn complete_batch(
         .iter()
         .map(|item| completed.remove(&item.task_id).map(from_i32))
         .collect())
-}
-
-/// Splits item indexes into rounds in which no key repeats, keeping the
-/// submission order of repeats.
-fn rounds_of_distinct<T>(items: &[T], key: impl Fn(&T) -> &str) -> Vec<Vec<usize>> {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut rounds: Vec<Vec<usize>> = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        let round = seen.entry(key(item)).or_insert(0);
-        if rounds.len() <= *round {
-            rounds.push(Vec::new());
-        }
-        rounds[*round].push(index);
-        *round += 1;
-    }
-    rounds
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_keys_go_to_later_rounds_in_order() {
-        let items = ["a", "b", "a", "c", "a", "b"];
-        let rounds = rounds_of_distinct(&items, |item| *item);
-        assert_eq!(rounds, vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
-    }
 }

@@ -9,6 +9,9 @@
 //! that one row renews all of a replica's leases, so an idle fleet costs
 //! the database one statement per replica, not one per workflow.
 
+use std::collections::HashMap;
+
+use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
 use super::Store;
@@ -27,6 +30,27 @@ pub enum LeaseAcquisition {
     WorkflowDisabled,
 }
 
+/// The acquisition batcher; part of `Store`. Runners of a replica take
+/// their leases all at once (an agent restarted with 10,000 workflows), so
+/// acquisitions that arrive together share one statement.
+#[derive(Clone)]
+pub(super) struct AcquisitionBatches {
+    acquisitions: DbBatcher<Acquisition, LeaseAcquisition>,
+}
+
+impl AcquisitionBatches {
+    pub(super) fn spawn(pool: &DbPool) -> Self {
+        Self {
+            acquisitions: db::batcher(pool, acquire_batch),
+        }
+    }
+}
+
+struct Acquisition {
+    workflow: Uuid,
+    owner: String,
+}
+
 impl Store {
     /// Takes the workflow's lease for `owner` if the workflow is enabled and
     /// the lease is free, released, held by a replica that is gone, or
@@ -34,52 +58,11 @@ impl Store {
     /// once). Every acquisition bumps the term, fencing out any earlier
     /// holder, including an earlier runner of this same replica.
     pub async fn acquire_lease(&self, workflow: Uuid, owner: &str) -> Result<LeaseAcquisition> {
-        let client = self.pool.get().await?;
-        let acquired = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "INSERT INTO scheduler.runner_leases (workflow_id, owner, term, expires_at)
-                         SELECT w.id, $2, 1, 'infinity'
-                         FROM scheduler.workflows w WHERE w.id = $1 AND w.enabled
-                         ON CONFLICT (workflow_id) DO UPDATE
-                         SET owner = EXCLUDED.owner, term = runner_leases.term + 1,
-                             expires_at = EXCLUDED.expires_at
-                         WHERE runner_leases.owner = EXCLUDED.owner
-                            OR NOT scheduler.lease_live(runner_leases.owner, runner_leases.expires_at)
-                         RETURNING term, EXISTS (
-                             SELECT 1 FROM scheduler.tasks t
-                             WHERE t.workflow_id = $1 AND t.state = 'dispatched')",
-                    )
-                    .await?,
-                &[&workflow, &owner],
-            )
-            .await?;
-        if let Some(row) = acquired {
-            return Ok(LeaseAcquisition::Acquired {
-                term: row.get(0),
-                in_flight: row.get(1),
-            });
-        }
-        let holder = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT l.owner FROM scheduler.workflows w
-                         LEFT JOIN scheduler.runner_leases l ON l.workflow_id = w.id
-                         WHERE w.id = $1 AND w.enabled",
-                    )
-                    .await?,
-                &[&workflow],
-            )
-            .await?;
-        Ok(match holder {
-            None => LeaseAcquisition::WorkflowDisabled,
-            Some(row) => LeaseAcquisition::HeldBy {
-                // No lease row: it changed hands just now.
-                owner: row.get::<_, Option<String>>(0).unwrap_or_default(),
-            },
-        })
+        let acquisition = Acquisition {
+            workflow,
+            owner: owner.to_owned(),
+        };
+        Ok(self.acquisitions.acquisitions.submit(acquisition).await?)
     }
 
     /// Gives a lease up (expires it now, keeping its term) so that another
@@ -118,4 +101,79 @@ impl Store {
             .map(|row| (row.get(0), row.get(1)))
             .collect())
     }
+}
+
+/// Acquires a batch: one upsert per round (a workflow at most once per
+/// round), then one read of who holds what was not acquired.
+async fn acquire_batch(
+    client: Client,
+    items: Vec<Acquisition>,
+) -> Result<Vec<LeaseAcquisition>, DbError> {
+    let upsert = client
+        .prepare_cached(
+            "INSERT INTO scheduler.runner_leases (workflow_id, owner, term, expires_at)
+             SELECT w.id, r.owner, 1, 'infinity'
+             FROM UNNEST($1::uuid[], $2::text[]) AS r(workflow_id, owner)
+             JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
+             ORDER BY w.id
+             ON CONFLICT (workflow_id) DO UPDATE
+             SET owner = EXCLUDED.owner, term = runner_leases.term + 1,
+                 expires_at = EXCLUDED.expires_at
+             WHERE runner_leases.owner = EXCLUDED.owner
+                OR NOT scheduler.lease_live(runner_leases.owner, runner_leases.expires_at)
+             RETURNING workflow_id, term, EXISTS (
+                 SELECT 1 FROM scheduler.tasks t
+                 WHERE t.workflow_id = runner_leases.workflow_id AND t.state = 'dispatched')",
+        )
+        .await?;
+    let holders = client
+        .prepare_cached(
+            "SELECT w.id, l.owner FROM scheduler.workflows w
+             LEFT JOIN scheduler.runner_leases l ON l.workflow_id = w.id
+             WHERE w.id = ANY($1) AND w.enabled",
+        )
+        .await?;
+    let mut results: Vec<Option<LeaseAcquisition>> = vec![None; items.len()];
+    for round in shepherd_platform::batch::rounds_of_distinct(&items, |item| item.workflow) {
+        let workflows: Vec<Uuid> = round.iter().map(|&i| items[i].workflow).collect();
+        let owners: Vec<&str> = round.iter().map(|&i| items[i].owner.as_str()).collect();
+        let mut acquired: HashMap<Uuid, (i64, bool)> = client
+            .query(&upsert, &[&workflows, &owners])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .collect();
+        let missed: Vec<Uuid> = workflows
+            .iter()
+            .filter(|workflow| !acquired.contains_key(workflow))
+            .copied()
+            .collect();
+        let mut held: HashMap<Uuid, Option<String>> = if missed.is_empty() {
+            HashMap::new()
+        } else {
+            client
+                .query(&holders, &[&missed])
+                .await?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect()
+        };
+        for &i in &round {
+            let workflow = items[i].workflow;
+            results[i] = Some(match acquired.remove(&workflow) {
+                Some((term, in_flight)) => LeaseAcquisition::Acquired { term, in_flight },
+                None => match held.remove(&workflow) {
+                    None => LeaseAcquisition::WorkflowDisabled,
+                    // No lease row: it changed hands just now.
+                    Some(owner) => LeaseAcquisition::HeldBy {
+                        owner: owner.unwrap_or_default(),
+                    },
+                },
+            });
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| result.unwrap_or(LeaseAcquisition::WorkflowDisabled))
+        .collect())
 }
