@@ -185,6 +185,34 @@ async fn a_cli_session_from_agent_to_recovered_workflow() -> anyhow::Result<()> 
     let next: Value = serde_json::from_slice(&resumed.stdout)?;
     assert!(next["sequence"].as_u64().expect("sequence") > cursor.parse::<u64>()?);
 
+    // One task followed to its end: every change, then the command exits.
+    let followed = cli
+        .run(&[
+            "--output",
+            "json",
+            "tasks",
+            "watch",
+            &format!("{workflow_id}:b"),
+        ])
+        .await?;
+    assert!(followed.status.success());
+    let changes: Vec<Value> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let states: Vec<&str> = changes
+        .iter()
+        .filter(|c| c["progress"].is_null())
+        .filter_map(|c| c["state"].as_str())
+        .collect();
+    assert_eq!(states, ["pending", "dispatched", "succeeded"]);
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["progress"]["output"].as_str() == Some("second\n")),
+        "{changes:?}"
+    );
+
     // Human output is a table.
     let table = cli.run(&["workflows", "list"]).await?;
     let text = String::from_utf8_lossy(&table.stdout);

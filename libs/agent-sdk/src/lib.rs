@@ -125,6 +125,58 @@ pub struct IncomingTask {
     /// what it started and return soon: an agent that has not reported the
     /// task within the manager's grace period is restarted.
     pub cancel: CancellationToken,
+    /// Reports progress and output while the task runs (WatchTasks shows
+    /// them).
+    pub progress: Progress,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("task_id", &self.task_id)
+            .finish()
+    }
+}
+
+/// A running task's line back to whoever watches it: a status message, a
+/// fraction done, chunks of output. Best effort: what is sent while no
+/// session is open is dropped (the task's final report never is).
+#[derive(Clone)]
+pub struct Progress {
+    task_id: String,
+    ledger: Ledger,
+}
+
+impl Progress {
+    /// A short status message (at most 1 KiB is kept) and how far along the
+    /// task is, from 0 to 1, if known.
+    pub async fn report(&self, message: impl Into<String>, fraction: Option<f32>) {
+        self.send(message.into(), fraction.unwrap_or(-1.0), String::new())
+            .await;
+    }
+
+    /// A chunk of the task's output (at most 16 KiB per chunk is kept).
+    pub async fn output(&self, chunk: impl Into<String>) {
+        self.send(String::new(), -1.0, chunk.into()).await;
+    }
+
+    async fn send(&self, message: String, fraction: f32, output: String) {
+        let Some((attempt, session)) = self.ledger.progress_route(&self.task_id) else {
+            return;
+        };
+        let progress = AgentMessage {
+            kind: Some(agent_message::Kind::TaskProgress(
+                shepherd_proto::agentmanager::v1::TaskProgress {
+                    task_id: self.task_id.clone(),
+                    attempt,
+                    message,
+                    fraction,
+                    output,
+                },
+            )),
+        };
+        let _ = session.send(progress).await;
+    }
 }
 
 /// A task as structured data. Pass its fields to whatever runs the task
@@ -351,6 +403,14 @@ impl Ledger {
         Delivery::Run(cancel)
     }
 
+    /// Where a running task's progress goes: its latest attempt and the
+    /// live session (None: not running, or no session).
+    fn progress_route(&self, task_id: &str) -> Option<(u32, mpsc::Sender<AgentMessage>)> {
+        let state = self.lock();
+        let attempt = state.running.get(task_id)?.attempt;
+        Some((attempt, state.session.clone()?))
+    }
+
     /// Every task this process holds (running, or finished and not
     /// acknowledged), for the hello of a new session.
     fn held(&self) -> Vec<HeldTask> {
@@ -554,6 +614,7 @@ async fn session_inner<H: TaskHandler>(
                             Delivery::Run(cancel) => cancel.clone(),
                             _ => CancellationToken::new(),
                         };
+                        let progress_task_id = task.task_id.clone();
                         let incoming = IncomingTask {
                             task_id: task.task_id,
                             payload: task.payload,
@@ -564,6 +625,10 @@ async fn session_inner<H: TaskHandler>(
                                 .deadline
                                 .and_then(|at| std::time::SystemTime::try_from(at).ok()),
                             cancel,
+                            progress: Progress {
+                                task_id: progress_task_id,
+                                ledger: ledger.clone(),
+                            },
                         };
                         match delivery {
                             Delivery::Run(_) => spawn_task(&handler, &outbound, ledger, incoming),

@@ -368,6 +368,7 @@ pub fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
         Some(Kind::TaskAccepted(_)) => "task_accepted",
         Some(Kind::TaskCompleted(_)) => "task_completed",
         Some(Kind::TaskLost(_)) => "task_lost",
+        Some(Kind::TaskProgress(_)) => "task_progress",
         None => "unknown",
     }
 }

@@ -29,6 +29,9 @@ use crate::store::{Completion, Store, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
 const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Largest progress message, and output chunk, of a `TaskProgress`.
+const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
 /// Reports waiting to be recorded, per session. The session loop only
 /// waits when this many are queued behind a database outage.
 const REPORT_QUEUE: usize = 4096;
@@ -561,6 +564,26 @@ impl TaskReports {
                 // Fails only once the session is over; the agent then sends
                 // the report again on its next session.
                 let _ = self.completions.send(completion).await;
+            }
+            Some(agent_message::Kind::TaskProgress(mut progress)) => {
+                // Only about a task this session runs; informational, so it
+                // is logged in order without waiting for the commit.
+                if !in_flight.contains(&progress.task_id) {
+                    return;
+                }
+                truncate_utf8(&mut progress.message, MAX_PROGRESS_MESSAGE_BYTES);
+                truncate_utf8(&mut progress.output, MAX_PROGRESS_OUTPUT_BYTES);
+                if !progress.fraction.is_finite() || progress.fraction > 1.0 {
+                    progress.fraction = -1.0;
+                }
+                let kind = agent_event::Kind::TaskProgress(progress);
+                if let Err(err) = self
+                    .events
+                    .enqueue(self.agent_id, self.generation, kind)
+                    .await
+                {
+                    tracing::warn!(agent = %self.agent_id, error = %err, "could not log task progress");
+                }
             }
             Some(agent_message::Kind::Heartbeat(_))
             | Some(agent_message::Kind::Hello(_))

@@ -231,6 +231,18 @@ pub enum TaskCommand {
     /// Cancel a task: a pending one at once, a running one through its
     /// agent. Repeating it is harmless.
     Cancel { task: String },
+    /// Follow task changes live (state, attempt, progress, output). With a
+    /// TASK, follows that task until it finishes; resumes by itself after a
+    /// disconnect.
+    Watch {
+        task: Option<String>,
+        /// Only this workflow's tasks.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Resume after this cursor (printed with every change).
+        #[arg(long, default_value = "")]
+        after: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -472,8 +472,80 @@ impl Clients {
                     .into_inner();
                 render::one(self.output, &task);
             }
+            TaskCommand::Watch {
+                task,
+                workflow,
+                after,
+            } => {
+                let workflow = match workflow {
+                    Some(workflow) => self.workflow_id(&workflow).await?,
+                    None => String::new(),
+                };
+                self.watch_tasks(after, workflow, task.unwrap_or_default())
+                    .await?;
+            }
         }
         Ok(())
+    }
+
+    /// Follows the task change log; on a broken stream, resumes after the
+    /// last cursor seen. Following one task ends when it is final.
+    async fn watch_tasks(
+        &mut self,
+        after: String,
+        workflow_id: String,
+        task_id: String,
+    ) -> anyhow::Result<()> {
+        let mut cursor = after;
+        let mut failures = 0u32;
+        loop {
+            let stream = self
+                .workflows
+                .watch_tasks(sched::WatchTasksRequest {
+                    after_cursor: cursor.clone(),
+                    workflow_id: workflow_id.clone(),
+                    task_id: task_id.clone(),
+                })
+                .await;
+            let mut stream = match stream {
+                Ok(stream) => stream.into_inner(),
+                Err(status) if failures < 5 && status.code() == tonic::Code::Unavailable => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(200 << failures)).await;
+                    continue;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        failures = 0;
+                        match message.kind {
+                            Some(sched::watch_tasks_response::Kind::Event(event)) => {
+                                render::task_event(self.output, &event);
+                                cursor = event.cursor.clone();
+                                let done = event.progress.is_none()
+                                    && !matches!(
+                                        event.state(),
+                                        sched::TaskState::Pending | sched::TaskState::Dispatched
+                                    );
+                                if !task_id.is_empty() && done {
+                                    return Ok(());
+                                }
+                            }
+                            Some(sched::watch_tasks_response::Kind::Heartbeat(beat)) => {
+                                cursor = beat.cursor;
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        eprintln!("task stream interrupted; resuming after {cursor}");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Follows the event log; on a broken stream, resumes after the last

@@ -264,6 +264,16 @@ pub fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
             "task_lost",
             json!({ "task_id": e.task_id, "reason": e.reason, "attempt": e.attempt }),
         ),
+        Some(Kind::TaskProgress(e)) => (
+            "task_progress",
+            json!({
+                "task_id": e.task_id,
+                "attempt": e.attempt,
+                "message": e.message,
+                "fraction": e.fraction,
+                "output": e.output,
+            }),
+        ),
         None => ("unknown", json!({})),
     }
 }
@@ -290,5 +300,47 @@ pub fn event(output: Output, event: &am::AgentEvent) {
             event.agent_id,
             event.generation
         ),
+    }
+}
+
+/// One task change: a line, or one JSON object per line (NDJSON).
+pub fn task_event(output: Output, event: &sched::TaskEvent) {
+    let state = short(event.state().as_str_name(), "TASK_STATE_");
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "cursor": event.cursor,
+                "time": time(event.time.as_ref()),
+                "task_id": event.task_id,
+                "workflow_id": event.workflow_id,
+                "state": state,
+                "attempt": event.attempt,
+                "progress": event.progress.as_ref().map(|p| json!({
+                    "message": p.message,
+                    "fraction": p.fraction,
+                    "output": p.output,
+                })),
+            })
+        ),
+        Output::Table => {
+            let what = match &event.progress {
+                None => state,
+                Some(p) if !p.output.is_empty() => {
+                    format!("output    {}", p.output.trim_end_matches('\n'))
+                }
+                Some(p) if p.fraction >= 0.0 => {
+                    format!("progress  {:>3.0}% {}", p.fraction * 100.0, p.message)
+                }
+                Some(p) => format!("progress  {}", p.message),
+            };
+            println!(
+                "{}  {}  {}  attempt {}  {what}",
+                event.cursor,
+                time(event.time.as_ref()),
+                event.task_id,
+                event.attempt
+            );
+        }
     }
 }

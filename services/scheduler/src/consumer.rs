@@ -323,13 +323,31 @@ impl Consumer {
                     recovery.runners.wake(workflow);
                 }
             }
+            Some(Kind::TaskProgress(progress)) if !self.held_elsewhere(&progress.task_id) => {
+                // Informational: a failed write costs a progress line, never
+                // the stream.
+                if let Err(err) = recovery
+                    .store
+                    .record_progress(
+                        &progress.task_id,
+                        progress.attempt,
+                        &progress.message,
+                        progress.fraction,
+                        &progress.output,
+                    )
+                    .await
+                {
+                    tracing::warn!(task = %progress.task_id, error = %err, "could not record task progress");
+                }
+            }
             // Completions are recorded in batches by `handle_batch`; a
-            // standby leaves losses to the lease holder.
+            // standby leaves losses and progress to the lease holder.
             Some(
                 Kind::Created(_)
                 | Kind::TaskAccepted(_)
                 | Kind::TaskCompleted(_)
-                | Kind::TaskLost(_),
+                | Kind::TaskLost(_)
+                | Kind::TaskProgress(_),
             )
             | None => {}
         }

@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod service;
 pub mod settle;
 pub mod store;
+pub mod task_watch;
 pub mod template;
 pub mod wakeups;
 
@@ -38,6 +39,7 @@ use crate::recovery::Recovery;
 use crate::runner::{RunnerContext, Runners};
 use crate::service::Scheduler;
 use crate::store::Store;
+use crate::task_watch::TaskWatch;
 use crate::wakeups::Wakeups;
 
 /// Runs the service until `shutdown` is cancelled. Prints one line,
@@ -84,10 +86,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         replica: config.replica_id.clone(),
         stall_after: config.stall_after,
     });
+    let (task_changes, changes) = tokio::sync::watch::channel(0u64);
     let scheduler = Arc::new(Scheduler {
         store: store.clone(),
         runners: runners.clone(),
         manager,
+        task_watch: TaskWatch {
+            store: store.clone(),
+            changes,
+            shutdown: shutdown.clone(),
+        },
     });
 
     let (listener, bound) = server::bind(&config.listen).await?;
@@ -131,6 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         runners: runners.clone(),
         database_url: config.database.database_url.clone(),
         safety_interval: config.runner_poll_interval,
+        task_changes,
     };
     let waking = tokio::spawn(wakeups.run(shutdown.clone()));
 

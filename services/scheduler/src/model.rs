@@ -286,6 +286,9 @@ pub struct Task {
     pub not_before: Option<SystemTime>,
     /// When its current (or last) attempt was dispatched.
     pub dispatched_at: Option<SystemTime>,
+    /// The agent's latest progress on the current attempt: message and
+    /// fraction (negative: unknown).
+    pub progress: (String, f32),
     /// Finished attempts (filled by `get_task` only).
     pub history: Vec<TaskAttempt>,
 }

@@ -21,6 +21,10 @@ use crate::runner::{Runners, StartOutcome};
 use crate::settle::{self, SettleReport};
 use crate::store::{InFlightScope, Store};
 
+/// How long WatchTasks can resume from: older task changes are pruned.
+pub const TASK_CHANGE_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
 pub struct Recovery {
     pub store: Store,
     pub runners: Arc<Runners>,
@@ -124,6 +128,10 @@ impl Recovery {
         }
         if report.started > 0 || report.stopped > 0 {
             tracing::info!(?report, "level pass fixed runners");
+        }
+        // Housekeeping rides along: the task change log keeps a week.
+        if let Err(err) = self.store.prune_task_changes(TASK_CHANGE_RETENTION).await {
+            tracing::warn!(error = %err, "pruning the task change log failed");
         }
         Ok(report)
     }

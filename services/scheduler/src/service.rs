@@ -10,13 +10,15 @@ use crate::error::{Error, Result};
 use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
 use crate::model::{Task, TaskFields, TaskState, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
-use crate::store::{NewWorkflow, Rendered, Store, WorkflowFilter};
+use crate::store::{NewWorkflow, Rendered, Store, TaskCursor, TaskEventFilter, WorkflowFilter};
+use crate::task_watch::{TaskWatch, WatchItem};
 use crate::template;
 
 pub struct Scheduler {
     pub store: Store,
     pub runners: Arc<Runners>,
     pub manager: ManagerClient,
+    pub task_watch: TaskWatch,
 }
 
 /// Which fields an update changes.
@@ -201,6 +203,15 @@ impl Scheduler {
             .await?;
         self.runners.wake(workflow.id);
         Ok(task)
+    }
+
+    /// Follows the task change log from `after` (see `task_watch`).
+    pub fn watch_tasks(
+        &self,
+        after: TaskCursor,
+        filter: TaskEventFilter,
+    ) -> tokio::sync::mpsc::Receiver<Result<WatchItem>> {
+        self.task_watch.watch(after, filter)
     }
 
     pub async fn get_task(&self, id: &str) -> Result<Task> {

@@ -17,10 +17,12 @@ mod due;
 mod in_flight;
 mod leases;
 mod replicas;
+mod task_events;
 
 pub use claims::ClaimRequest;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::LeaseAcquisition;
+pub use task_events::{TaskChange, TaskChanges, TaskCursor, TaskEventFilter};
 
 pub const SCHEMA: &str = "scheduler";
 
@@ -80,12 +82,18 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "membership_leases",
         sql: include_str!("../migrations/0011_membership_leases.sql"),
     },
+    Migration {
+        version: 12,
+        name: "task_events",
+        sql: include_str!("../migrations/0012_task_events.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
     max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry, tool_policy";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
-    output, last_error, created_at, updated_at, dead_letter, not_before, dispatched_at";
+    output, last_error, created_at, updated_at, dead_letter, not_before, dispatched_at, \
+    progress_message, progress_fraction";
 
 /// A new workflow, validated.
 pub struct NewWorkflow {
@@ -759,6 +767,7 @@ fn task_from_row(row: &Row) -> Result<Task> {
         updated_at: row.get("updated_at"),
         dead_letter: row.get("dead_letter"),
         not_before: row.get("not_before"),
+        progress: (row.get("progress_message"), row.get("progress_fraction")),
         dispatched_at: row.get("dispatched_at"),
         history: Vec::new(),
     })

@@ -36,6 +36,8 @@ pub const DUE_CHANNEL: &str = "shepherd_due";
 /// Channel of "a workflow's lease was released": standing-by runners may
 /// take it.
 pub const LEASE_CHANNEL: &str = "shepherd_lease";
+/// Channel of "the task change log grew" (for WatchTasks).
+pub const TASK_EVENTS_CHANNEL: &str = "shepherd_task_events";
 /// Shortest due timer: a clock skew between this host and the database
 /// never makes the timer spin.
 const MIN_TIMER: Duration = Duration::from_millis(20);
@@ -45,13 +47,20 @@ pub struct Wakeups {
     pub runners: Arc<Runners>,
     pub database_url: String,
     pub safety_interval: Duration,
+    /// Ticked when the task change log may have grown.
+    pub task_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Wakeups {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener = Listener::new(
             &self.database_url,
-            &[WORK_CHANNEL, DUE_CHANNEL, LEASE_CHANNEL],
+            &[
+                WORK_CHANNEL,
+                DUE_CHANNEL,
+                LEASE_CHANNEL,
+                TASK_EVENTS_CHANNEL,
+            ],
             shutdown.clone(),
         );
         let mut due_at: Option<Instant> = None;
@@ -64,6 +73,7 @@ impl Wakeups {
                         // Whatever was sent while nobody listened is lost:
                         // look for it.
                         self.runners.wake_all_for_leases();
+                        self.task_changes.send_modify(|n| *n += 1);
                         self.poll(&mut due_at).await;
                         safety_at = Instant::now() + self.safety_interval;
                     }
@@ -89,6 +99,7 @@ impl Wakeups {
                 Ok(workflow) => self.runners.wake(workflow),
                 Err(_) => tracing::warn!(payload, "a wake-up names no workflow"),
             },
+            TASK_EVENTS_CHANNEL => self.task_changes.send_modify(|n| *n += 1),
             LEASE_CHANNEL => match payload.parse::<Uuid>() {
                 Ok(workflow) => self.runners.wake_for_lease(workflow),
                 Err(_) => tracing::warn!(payload, "a lease release names no workflow"),

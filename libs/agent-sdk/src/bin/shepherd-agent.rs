@@ -15,12 +15,16 @@
 //! Exit status 0 reports success; output is stdout then stderr. In shell
 //! mode a task whose template renders empty (or an empty payload) is a
 //! no-op that succeeds at once (handy for benchmarks).
+//!
+//! While a task runs, its stdout streams to watchers (`WatchTasks`) as
+//! output chunks, and a line `::progress FRACTION MESSAGE` (FRACTION from 0
+//! to 1, or `-` when unknown) reports progress instead.
 
 use std::process::Stdio;
 
 use clap::Parser;
 use shepherd_agent_sdk::{AgentConfig, IncomingTask, TaskHandler, TaskResult};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// Output kept per task (the rest is cut).
 const MAX_OUTPUT: usize = 64 * 1024;
@@ -92,7 +96,7 @@ impl TaskHandler for Agent {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        run(command, stdin, &task.cancel).await
+        run(command, stdin, &task).await
     }
 }
 
@@ -107,7 +111,7 @@ fn prompt(task: &IncomingTask) -> Vec<u8> {
 async fn run(
     mut command: tokio::process::Command,
     stdin: Vec<u8>,
-    cancel: &tokio_util::sync::CancellationToken,
+    task: &IncomingTask,
 ) -> TaskResult {
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -120,9 +124,20 @@ async fn run(
             let _ = pipe.write_all(&stdin).await;
         });
     }
-    let output = tokio::select! {
-        output = child.wait_with_output() => output,
-        _ = cancel.cancelled() => {
+    let stdout = child.stdout.take().map(|out| {
+        let progress = task.progress.clone();
+        tokio::spawn(stream_stdout(out, progress))
+    });
+    let stderr = child.stderr.take().map(|mut err| {
+        tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            let _ = err.read_to_end(&mut bytes).await;
+            bytes
+        })
+    });
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = task.cancel.cancelled() => {
             // Stop the task's whole process tree: nothing it started keeps
             // running after it was cancelled.
             if let Some(root) = root {
@@ -131,19 +146,54 @@ async fn run(
             return TaskResult::failure("cancelled: the task's processes were killed");
         }
     };
-    match output {
-        Ok(output) => {
-            let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&output.stderr));
-            truncate(&mut text, MAX_OUTPUT);
-            if output.status.success() {
-                TaskResult::success(text)
-            } else {
-                TaskResult::failure(format!("{}\n{text}", output.status))
-            }
-        }
+    let mut text = match stdout {
+        Some(reader) => reader.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    if let Some(reader) = stderr {
+        text.push_str(&String::from_utf8_lossy(&reader.await.unwrap_or_default()));
+    }
+    truncate(&mut text, MAX_OUTPUT);
+    match status {
+        Ok(status) if status.success() => TaskResult::success(text),
+        Ok(status) => TaskResult::failure(format!("{status}\n{text}")),
         Err(err) => TaskResult::failure(format!("waiting for the task failed: {err}")),
     }
+}
+
+/// Passes the task's stdout on as it comes (progress lines as progress,
+/// the rest as output chunks) and returns all of it but the progress lines.
+async fn stream_stdout(
+    stdout: tokio::process::ChildStdout,
+    progress: shepherd_agent_sdk::Progress,
+) -> String {
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let mut text = String::new();
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        // Lines as bytes: output that is not UTF-8 is passed on lossily,
+        // never stops the reading (a full pipe would block the task).
+        match reader.read_until(b'\n', &mut raw).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let chunk = String::from_utf8_lossy(&raw);
+        if let Some(report) = chunk.trim_end_matches('\n').strip_prefix("::progress ") {
+            let (fraction, message) = report.split_once(' ').unwrap_or((report, ""));
+            let fraction = fraction
+                .parse::<f32>()
+                .ok()
+                .filter(|f| (0.0..=1.0).contains(f));
+            progress.report(message, fraction).await;
+            continue;
+        }
+        if text.len() < MAX_OUTPUT {
+            text.push_str(&chunk);
+        }
+        progress.output(chunk).await;
+    }
+    text
 }
 
 /// SIGKILLs `root` and every descendant of it (found through /proc; two

@@ -384,6 +384,13 @@ pub fn task(task: Task) -> pb::Task {
             metadata: task.fields.metadata.into_iter().collect(),
         }),
         prompt: task.prompt,
+        progress: (!task.progress.0.is_empty() || task.progress.1 >= 0.0).then(|| {
+            pb::TaskProgress {
+                message: task.progress.0.clone(),
+                fraction: task.progress.1,
+                output: String::new(),
+            }
+        }),
         attempts: task.attempts,
         output: task.output,
         last_error: task.last_error,
@@ -447,4 +454,30 @@ pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
         since: Some(info.since.into()),
         starts: info.starts,
     }
+}
+
+pub fn watch_item(item: crate::task_watch::WatchItem) -> pb::WatchTasksResponse {
+    use crate::task_watch::WatchItem;
+    use pb::watch_tasks_response::Kind;
+    let kind = match item {
+        WatchItem::Change(change) => Kind::Event(pb::TaskEvent {
+            cursor: change.cursor.to_string(),
+            task_id: change.task_id,
+            workflow_id: change.workflow_id.to_string(),
+            state: task_state(change.state) as i32,
+            attempt: change.attempt,
+            progress: change
+                .progress
+                .map(|(message, fraction, output)| pb::TaskProgress {
+                    message,
+                    fraction,
+                    output,
+                }),
+            time: Some(change.time.into()),
+        }),
+        WatchItem::Heartbeat(cursor) => Kind::Heartbeat(pb::TaskWatchHeartbeat {
+            cursor: cursor.to_string(),
+        }),
+    };
+    pb::WatchTasksResponse { kind: Some(kind) }
 }

@@ -5,6 +5,8 @@ mod convert;
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use shepherd_platform::paging::page_size;
 use shepherd_proto::scheduler::v1::{self as pb, scheduler_server};
 use tonic::{Request, Response, Status};
@@ -12,7 +14,10 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::model::{parse_id, validate_key};
 use crate::service::Scheduler;
-use crate::store::WorkflowFilter;
+use crate::store::{TaskCursor, TaskEventFilter, WorkflowFilter};
+
+type ResponseStream<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
 use shepherd_platform::server::record_id;
 
 pub use shepherd_proto::scheduler::v1::scheduler_server::SchedulerServer;
@@ -147,6 +152,33 @@ impl scheduler_server::Scheduler for Api {
         Ok(Response::new(convert::task(
             self.scheduler.get_task(&id).await?,
         )))
+    }
+
+    type WatchTasksStream = ResponseStream<pb::WatchTasksResponse>;
+
+    async fn watch_tasks(
+        &self,
+        request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let request = request.into_inner();
+        let after: TaskCursor = request.after_cursor.parse()?;
+        let workflow = match request.workflow_id.as_str() {
+            "" => None,
+            id => Some(parse_id("workflow_id", id, "workflow")?),
+        };
+        let task = match request.task_id.as_str() {
+            "" => None,
+            id => {
+                validate_task_id(id)?;
+                Some(id.to_owned())
+            }
+        };
+        let items = self
+            .scheduler
+            .watch_tasks(after, TaskEventFilter { workflow, task });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(items)
+            .map(|item| item.map(convert::watch_item).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_tasks(

@@ -83,7 +83,7 @@ async fn claim_batch(
                  ) c
              )
              UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now(),
-                 dispatched_at = now()
+                 dispatched_at = now(), progress_message = '', progress_fraction = -1
              FROM next WHERE t.id = next.id
              RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
                        t.script, t.fields, next.workflow_name, t.timeout_ms, t.tool_policy",
