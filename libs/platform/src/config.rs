@@ -15,6 +15,18 @@ pub struct DatabaseArgs {
     pub database_pool_size: usize,
 }
 
+/// Default largest request a service decodes (tonic's own default).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// gRPC settings both services share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcArgs {
+    /// Largest request message accepted, in bytes; a larger one is refused
+    /// with RESOURCE_EXHAUSTED before it is decoded.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+}
+
 /// Parses a human duration such as `500ms`, `10s` or `1m` (for clap).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)

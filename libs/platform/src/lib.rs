@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod failpoint;
+pub mod limits;
 pub mod notify;
 pub mod paging;
 pub mod server;

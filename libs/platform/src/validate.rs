@@ -2,10 +2,13 @@
 
 use crate::error::Error;
 
+/// Longest resource name (agents, workflows).
+pub const MAX_NAME: usize = 63;
+
 /// Resource names: 1-63 characters of `[a-z0-9-]`, starting with a letter.
 pub fn name(field: &str, name: &str) -> Result<(), Error> {
     let valid = !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= MAX_NAME
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -16,7 +19,7 @@ pub fn name(field: &str, name: &str) -> Result<(), Error> {
         Err(Error::invalid(
             field,
             format!(
-                "{} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter",
+                "{} is not a valid name: use 1-{MAX_NAME} characters of a-z, 0-9 and '-', starting with a letter",
                 quote(name)
             ),
         ))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shepherd_platform::auth::AuthArgs;
-use shepherd_platform::config::{DatabaseArgs, parse_duration};
+use shepherd_platform::config::{DatabaseArgs, GrpcArgs, parse_duration};
 use shepherd_platform::tls::TlsArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -21,6 +21,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 
     #[command(flatten)]
     pub auth: AuthArgs,

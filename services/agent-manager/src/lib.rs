@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod logs;
 pub mod manager;
 pub mod metrics;
@@ -76,8 +77,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // authenticate with their own per-agent tokens.
     let auth = RequireBearer::new(config.auth.api_token.as_deref());
     routes
-        .add_service(AgentManagerServer::with_interceptor(api.clone(), auth))
-        .add_service(AgentSessionServer::new(api));
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            AgentManagerServer::new(api.clone())
+                .max_decoding_message_size(config.grpc.max_message_bytes),
+            auth,
+        ))
+        .add_service(
+            AgentSessionServer::new(api).max_decoding_message_size(config.grpc.max_message_bytes),
+        );
     let names = vec![
         <AgentManagerServer<Api> as NamedService>::NAME,
         <AgentSessionServer<Api> as NamedService>::NAME,

@@ -287,6 +287,10 @@ pub fn validate_working_dir(dir: &str) -> Result<(), Error> {
     }
 }
 
+/// Longest label key and value.
+pub const MAX_LABEL_KEY: usize = 63;
+pub const MAX_LABEL_VALUE: usize = 255;
+
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
     if labels.len() > MAX_ENTRIES {
         return Err(Error::invalid(
@@ -296,11 +300,11 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
     }
     for (key, value) in labels {
         let nul = key.contains('\0') || value.contains('\0');
-        if key.is_empty() || key.len() > 63 || value.len() > 255 || nul {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY || value.len() > MAX_LABEL_VALUE || nul {
             return Err(Error::invalid(
                 "agent.labels",
                 format!(
-                    "label {}: keys must be 1-63 bytes and values at most 255, without NUL",
+                    "label {}: keys must be 1-{MAX_LABEL_KEY} bytes and values at most {MAX_LABEL_VALUE}, without NUL",
                     shepherd_platform::validate::quote(key)
                 ),
             ));

@@ -28,10 +28,10 @@ use crate::events::EventLog;
 use crate::store::{Completion, Store, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
-const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Largest progress message, and output chunk, of a `TaskProgress`.
-const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
-const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+pub const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
 /// Reports waiting to be recorded, per session. The session loop only
 /// waits when this many are queued behind a database outage.
 const REPORT_QUEUE: usize = 4096;

@@ -43,8 +43,20 @@ async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow:
     assert!(second.duplicate, "the same task id is not delivered twice");
 
     let seen = events.until(|e| kind(e) == "task_completed").await?;
-    assert_eq!(kinds(&seen), ["task_accepted", "task_completed"]);
+    // The output streams as it comes (a progress event), then the outcome.
+    assert_eq!(
+        kinds(&seen),
+        ["task_accepted", "task_progress", "task_completed"]
+    );
     match &seen[1].kind {
+        Some(Kind::TaskProgress(progress)) => {
+            assert_eq!(progress.task_id, "task-1");
+            assert_eq!(progress.attempt, 1);
+            assert_eq!(progress.output, "hello from the task\n");
+        }
+        other => panic!("expected progress, got {other:?}"),
+    }
+    match &seen[2].kind {
         Some(Kind::TaskCompleted(done)) => {
             assert_eq!(done.task_id, "task-1");
             assert_eq!(done.outcome(), pb::TaskOutcome::Succeeded);

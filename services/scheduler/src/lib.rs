@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod limits;
 pub mod manager_client;
 pub mod membership;
 pub mod metrics;
@@ -101,7 +102,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (listener, bound) = server::bind(&config.listen).await?;
     let mut routes = RoutesBuilder::default();
     let auth = RequireBearer::new(config.auth.api_token.as_deref());
-    routes.add_service(SchedulerServer::with_interceptor(Api::new(scheduler), auth));
+    routes.add_service(tonic::service::interceptor::InterceptedService::new(
+        SchedulerServer::new(Api::new(scheduler))
+            .max_decoding_message_size(config.grpc.max_message_bytes),
+        auth,
+    ));
     let names = vec![<SchedulerServer<Api> as NamedService>::NAME];
     let tls = config.tls.server_config()?;
     let serving = tokio::spawn(server::serve(

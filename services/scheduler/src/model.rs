@@ -125,6 +125,11 @@ impl TaskEnd {
     }
 }
 
+/// Longest cron expression.
+pub const MAX_CRON: usize = 256;
+/// Longest idempotency key.
+pub const MAX_KEY: usize = 128;
+
 /// Longest interval or delay accepted: 100 years, far from any overflow
 /// and well inside PostgreSQL's timestamp range.
 pub const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -158,7 +163,7 @@ impl Trigger {
                 shepherd_platform::validate::text(
                     "workflow.trigger.cron.expression",
                     expression,
-                    256,
+                    MAX_CRON,
                 )?;
                 cron::Schedule::from_str(expression).map(drop).map_err(|_| {
                     Error::invalid(
@@ -323,10 +328,10 @@ pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {
 
 /// Idempotency keys: 1-128 printable characters.
 pub fn validate_key(key: &str) -> Result<(), Error> {
-    if key.is_empty() || key.len() > 128 || key.chars().any(|c| c.is_control()) {
+    if key.is_empty() || key.len() > MAX_KEY || key.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(
             "idempotency_key",
-            "must be 1-128 printable characters (or empty to generate one)",
+            format!("must be 1-{MAX_KEY} printable characters (or empty to generate one)"),
         ));
     }
     Ok(())

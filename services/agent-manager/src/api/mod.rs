@@ -27,7 +27,12 @@ pub use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServ
 pub use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
 
 /// Most tasks one `BatchGetTaskStates` call may ask about.
-const MAX_TASK_STATES: usize = 1000;
+pub const MAX_TASK_STATES: usize = 1000;
+/// Most log lines one GetAgentLogs returns.
+pub const MAX_LOG_LINES: i32 = 10_000;
+/// Page size of ListAgents: default and most.
+pub const DEFAULT_PAGE: i64 = 100;
+pub const MAX_PAGE: i64 = 1000;
 
 /// How long a new session may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +77,8 @@ impl AgentManager for Api {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let request = request.into_inner();
-        let limit = shepherd_platform::paging::page_size(request.page_size, 100, 1000)?;
+        let limit =
+            shepherd_platform::paging::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(Uuid::parse_str(token).map_err(|_| {
@@ -158,11 +164,13 @@ impl AgentManager for Api {
         };
         let lines = match request.tail_lines {
             0 => 100,
-            n @ 1..=10_000 => n as usize,
+            n @ 1..=MAX_LOG_LINES => n as usize,
             n => {
                 return Err(Error::invalid(
                     "tail_lines",
-                    format!("{n} is out of range; use 1-10000, or 0 for the default (100)"),
+                    format!(
+                        "{n} is out of range; use 1-{MAX_LOG_LINES}, or 0 for the default (100)"
+                    ),
                 )
                 .into());
             }
@@ -327,7 +335,7 @@ impl AgentManager for Api {
 }
 
 /// Most tasks one agent process may name as held in its hello.
-const MAX_HELD_TASKS: usize = 10_000;
+pub const MAX_HELD_TASKS: usize = 10_000;
 
 #[tonic::async_trait]
 impl AgentSession for Api {

@@ -13,9 +13,9 @@ use crate::store::NewWorkflow;
 use crate::template;
 
 pub const DEFAULT_TEMPLATE: &str = "{{body}}";
-const DEFAULT_ATTEMPTS: u32 = 3;
-const MAX_CONCURRENCY: u32 = 1000;
-const MAX_ATTEMPTS: u32 = 100;
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+pub const MAX_CONCURRENCY: u32 = 1000;
+pub const MAX_ATTEMPTS: u32 = 100;
 
 pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
     let workflow = workflow.ok_or_else(|| Error::invalid("workflow", "is required"))?;

@@ -1,7 +1,7 @@
 //! gRPC handlers: translation between the wire and the scheduler, nothing
 //! more.
 
-mod convert;
+pub(crate) mod convert;
 
 use std::sync::Arc;
 
@@ -60,7 +60,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
         let request = request.into_inner();
-        let limit = page_size(request.page_size, 100, 1000)?;
+        let limit = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let agent_id = match request.agent_id.as_str() {
             "" => None,
             id => Some(parse_id("agent_id", id, "agent")?),
@@ -189,7 +189,7 @@ impl scheduler_server::Scheduler for Api {
         let workflow = parse_id("workflow_id", &request.workflow_id, "workflow")?;
         record_id("workflow_id", &workflow);
         let state = convert::task_state_filter(request.state)?;
-        let limit = page_size(request.page_size, 100, 1000)?;
+        let limit = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(token.parse::<i64>().map_err(|_| {
@@ -250,5 +250,11 @@ fn validate_task_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::invalid("task_id", "is required"));
     }
-    shepherd_platform::validate::text("task_id", id, 36 + 1 + 128)
+    shepherd_platform::validate::text("task_id", id, MAX_TASK_ID)
 }
+
+/// Page size of ListWorkflows and ListTasks: default and most.
+pub const DEFAULT_PAGE: i64 = 100;
+pub const MAX_PAGE: i64 = 1000;
+/// Longest task id: a workflow id, ':', an idempotency key.
+pub const MAX_TASK_ID: usize = 36 + 1 + crate::model::MAX_KEY;

@@ -1,0 +1,119 @@
+//! Every bound the scheduler puts on its input, listed from the constants
+//! its validators use. The README's limits table is these rows (and the
+//! agent-manager's); `tests::the_readme_lists_exactly_these_limits` keeps
+//! them identical.
+
+use shepherd_platform::limits::{Limit, bytes, duration};
+use shepherd_platform::validate::MAX_NAME;
+
+use crate::api::convert::{
+    DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_BODY, MAX_CONCURRENCY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
+    MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_TEMPLATE, MAX_TITLE, MAX_URL,
+};
+use crate::api::{DEFAULT_PAGE, MAX_PAGE, MAX_TASK_ID};
+use crate::model::{
+    MAX_BACKOFF, MAX_CRON, MAX_KEY, MAX_PERIOD, MAX_TASK_TIMEOUT, MAX_TOOL_LEN, MAX_TOOLS,
+    MIN_INTERVAL, MIN_TASK_TIMEOUT,
+};
+
+pub fn all() -> Vec<Limit> {
+    vec![
+        Limit::new(
+            "workflow.name",
+            format!("1-{MAX_NAME} characters of a-z, 0-9 and '-', starting with a letter"),
+        ),
+        Limit::new(
+            "workflow.prompt_template",
+            format!("at most {}, no NUL", bytes(MAX_TEMPLATE)),
+        ),
+        Limit::new(
+            "workflow.max_concurrency",
+            format!("1-{MAX_CONCURRENCY} (0: 1)"),
+        ),
+        Limit::new(
+            "workflow.max_attempts",
+            format!("1-{MAX_ATTEMPTS} (0: {DEFAULT_ATTEMPTS})"),
+        ),
+        Limit::new(
+            "workflow.task_timeout",
+            format!(
+                "{} to {}",
+                duration(MIN_TASK_TIMEOUT),
+                duration(MAX_TASK_TIMEOUT)
+            ),
+        ),
+        Limit::new(
+            "workflow.trigger",
+            format!(
+                "interval period {} to {}; delay at most {}; cron expression at most {MAX_CRON} bytes",
+                duration(MIN_INTERVAL),
+                duration(MAX_PERIOD),
+                duration(MAX_PERIOD)
+            ),
+        ),
+        Limit::new(
+            "workflow.retry",
+            format!(
+                "backoffs at most {}, max_backoff not below initial_backoff; jitter 0 to 1",
+                duration(MAX_BACKOFF)
+            ),
+        ),
+        Limit::new(
+            "workflow.tool_policy",
+            format!(
+                "at most {MAX_TOOLS} tools per list, each 1-{MAX_TOOL_LEN} printable characters without commas"
+            ),
+        ),
+        Limit::new(
+            "TriggerWorkflow idempotency_key",
+            format!("1-{MAX_KEY} printable characters (empty: generated)"),
+        ),
+        Limit::new(
+            "TriggerWorkflow fields",
+            format!(
+                "title {}, body {}, url {}; at most {MAX_LABELS} labels of {MAX_LABEL} B; at most {MAX_METADATA} metadata entries, keys {MAX_METADATA_KEY} B, values {}; no NUL",
+                bytes(MAX_TITLE),
+                bytes(MAX_BODY),
+                bytes(MAX_URL),
+                bytes(MAX_METADATA_VALUE)
+            ),
+        ),
+        Limit::new(
+            "TriggerWorkflow timeout",
+            format!(
+                "at least {} (shortens the workflow's)",
+                duration(MIN_TASK_TIMEOUT)
+            ),
+        ),
+        Limit::new("task_id", format!("1-{MAX_TASK_ID} bytes, no NUL")),
+        Limit::new(
+            "ListWorkflows, ListTasks page_size",
+            format!("1-{MAX_PAGE} (0: {DEFAULT_PAGE})"),
+        ),
+        Limit::new(
+            "WatchTasks after_cursor",
+            "empty, or a cursor from an event or heartbeat (\"<xid>.<n>\")",
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use shepherd_platform::limits::{markdown_rows, readme_rows};
+
+    #[test]
+    fn the_readme_lists_exactly_these_limits() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .expect("README.md");
+        let listed: Vec<String> = readme_rows(&readme)
+            .into_iter()
+            .filter(|row| row.starts_with("| scheduler |"))
+            .collect();
+        let generated = markdown_rows("scheduler", &super::all());
+        assert_eq!(
+            listed, generated,
+            "regenerate the README's limits rows: cargo run -p shepherd-e2e --bin shepherd-limits"
+        );
+    }
+}
