@@ -2,6 +2,8 @@
 //! agent-manager and the scheduler as real processes, reference agents as
 //! real processes, and gRPC clients on loopback.
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +44,9 @@ pub struct StackOptions {
     /// Connect both services to PostgreSQL through a `TcpProxy` the test
     /// can cut (`Stack::db_proxy`).
     pub db_proxy: bool,
+    /// Write the services' logs to `<scratch>/<service>.log` (see
+    /// `Stack::service_logs`) instead of the test's stderr.
+    pub capture_logs: bool,
     /// Agents reach the manager through a `TcpProxy` the test can cut
     /// (`Stack::agent_proxy`), to drop sessions of live agents.
     pub agent_proxy: bool,
@@ -162,6 +167,7 @@ impl Default for StackOptions {
             env: Vec::new(),
             db_proxy: false,
             agent_proxy: false,
+            capture_logs: false,
         }
     }
 }
@@ -258,7 +264,8 @@ impl Stack {
             start_manager(&db_url, &scratch, &listen, advertise.as_deref(), &options).await?;
         let manager_port = manager.addr.port();
         let agents = AgentManagerClient::new(options.channel(&manager).await?);
-        let scheduler = start_scheduler(&db_url, &options.url(&manager), &options).await?;
+        let scheduler =
+            start_scheduler(&db_url, &scratch, &options.url(&manager), &options).await?;
         let workflows = SchedulerClient::new(options.channel(&scheduler).await?);
         Ok(Self {
             agent_proxy,
@@ -305,6 +312,7 @@ impl Stack {
     pub async fn start_scheduler(&mut self) -> anyhow::Result<()> {
         let scheduler = start_scheduler(
             &self.db_url,
+            &self.scratch,
             &self.options.url(&self.manager),
             &self.options,
         )
@@ -323,8 +331,13 @@ impl Stack {
     ) -> anyhow::Result<(ServiceProcess, SchedulerClient<AuthChannel>)> {
         let mut options = self.options.clone();
         options.env.extend(env.iter().cloned());
-        let process =
-            start_scheduler(&self.db_url, &self.options.url(&self.manager), &options).await?;
+        let process = start_scheduler(
+            &self.db_url,
+            &self.scratch,
+            &self.options.url(&self.manager),
+            &options,
+        )
+        .await?;
         let client = SchedulerClient::new(self.options.channel(&process).await?);
         Ok((process, client))
     }
@@ -552,6 +565,15 @@ impl Stack {
     pub fn scratch_file(&self, name: &str) -> PathBuf {
         self.scratch.join(name)
     }
+
+    /// The services' logs so far (with `StackOptions::capture_logs`).
+    pub fn service_logs(&self) -> String {
+        ["agent-manager.log", "scheduler.log"]
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(self.scratch.join(name)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 impl Drop for Stack {
@@ -598,11 +620,15 @@ async fn start_manager(
     ];
     env.extend(options.token_env("SHEPHERD_API_TOKEN"));
     env.extend(options.env.iter().cloned());
-    ServiceProcess::start("agent-manager", &args, &env).await
+    let log = options
+        .capture_logs
+        .then(|| scratch.join("agent-manager.log"));
+    ServiceProcess::start_logged("agent-manager", &args, &env, log.as_deref()).await
 }
 
 async fn start_scheduler(
     db_url: &str,
+    scratch: &std::path::Path,
     manager_url: &str,
     options: &StackOptions,
 ) -> anyhow::Result<ServiceProcess> {
@@ -635,7 +661,8 @@ async fn start_scheduler(
     env.extend(options.token_env("AGENT_MANAGER_TOKEN"));
     env.extend(options.env.iter().cloned());
     args.extend(options.tls_args("--agent-manager-ca-file"));
-    ServiceProcess::start("scheduler", &args, &env).await
+    let log = options.capture_logs.then(|| scratch.join("scheduler.log"));
+    ServiceProcess::start_logged("scheduler", &args, &env, log.as_deref()).await
 }
 
 fn strings(items: &[&str]) -> Vec<String> {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use shepherd_e2e::raw::raw_call;
 use shepherd_e2e::{Stack, StackOptions};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1 as sched;
@@ -256,70 +257,6 @@ async fn a_workflow_of_a_deleted_agent_cannot_be_enabled_or_triggered() -> anyho
         .downcast::<tonic::Status>()?;
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     Ok(())
-}
-
-/// Raw bytes as a gRPC message, to send what no generated client would.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RawDecoder;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-async fn raw_call(url: &str, path: &str, body: Vec<u8>) -> tonic::Status {
-    let channel = match shepherd_testkit::channel(url).await {
-        Ok(channel) => channel,
-        Err(err) => return tonic::Status::unknown(err.to_string()),
-    };
-    let mut grpc = tonic::client::Grpc::new(channel);
-    if let Err(err) = grpc.ready().await {
-        return tonic::Status::unknown(err.to_string());
-    }
-    let path = http::uri::PathAndQuery::try_from(path).expect("a valid path");
-    match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
-        Ok(_) => tonic::Status::ok("accepted"),
-        Err(status) => status,
-    }
 }
 
 /// Undecodable requests are the caller's fault (INVALID_ARGUMENT, not

@@ -75,3 +75,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `text` accepts exactly the values within the bound and without
+        /// NUL, and its error never carries the value.
+        #[test]
+        fn text_accepts_exactly_what_its_rule_says(value in ".{0,300}", max in 0usize..200) {
+            let ok = value.len() <= max && !value.contains('\0');
+            let result = super::text("field", &value, max);
+            prop_assert_eq!(result.is_ok(), ok);
+            if let Err(err) = result {
+                let message = err.to_string();
+                prop_assert!(message.len() < 200, "{}", message);
+                if value.len() > 40 {
+                    prop_assert!(!message.contains(&value));
+                }
+            }
+        }
+
+        /// Quoting any value (any length, any unicode) stays short and
+        /// never splits a character.
+        #[test]
+        fn quotes_stay_short(value in any::<String>(), long in proptest::collection::vec(any::<char>(), 0..2000)) {
+            let long: String = long.into_iter().collect();
+            for value in [value, long] {
+                let quoted = super::quote(&value);
+                // 40 bytes of prefix, escaped (at most 10 bytes per char), quotes, ellipsis.
+                prop_assert!(quoted.len() <= 40 * 10 + 8, "{} bytes", quoted.len());
+            }
+        }
+
+        /// `name` accepts exactly the names of its rule.
+        #[test]
+        fn names_follow_their_rule(name in "[a-z0-9A-Z_ -]{0,70}") {
+            let rule = !name.is_empty()
+                && name.len() <= super::MAX_NAME
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            prop_assert_eq!(super::name("name", &name).is_ok(), rule);
+        }
+    }
+}

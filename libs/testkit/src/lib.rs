@@ -165,6 +165,27 @@ impl ServiceProcess {
         args: &[String],
         envs: &[(&str, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_logged(binary, args, envs, None).await
+    }
+
+    /// Like `start`, with the service's stderr (its logs) appended to
+    /// `log` instead of the test's own, for a test that reads them.
+    pub async fn start_logged(
+        binary: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
         let path = bin_path(binary)?;
         let mut command = Command::new(&path);
         command
@@ -178,7 +199,7 @@ impl ServiceProcess {
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = command
             .spawn()

@@ -65,7 +65,7 @@ pub fn all() -> Vec<Limit> {
             format!("1-{MAX_LOG_LINES} (0: 100)"),
         ),
         Limit::new(
-            "DispatchTask task_id",
+            "DispatchTask, CancelTask task_id",
             format!("1-{MAX_TASK_ID_LEN} bytes, no NUL"),
         ),
         Limit::new(
@@ -74,7 +74,7 @@ pub fn all() -> Vec<Limit> {
         ),
         Limit::new(
             "BatchGetTaskStates task_ids",
-            format!("1-{MAX_TASK_STATES} ids, each 1-{MAX_TASK_ID_LEN} bytes"),
+            format!("1-{MAX_TASK_STATES} ids, each 1-{MAX_TASK_ID_LEN} bytes, no NUL"),
         ),
         Limit::new(
             "WatchAgentEvents after_sequence",

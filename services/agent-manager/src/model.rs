@@ -405,3 +405,38 @@ mod tests {
         assert!(!policy.restarts_after(false));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::{RestartMode, RestartPolicy, validate_policy};
+
+    proptest! {
+        /// Any policy is refused or backs off within its bounds for any
+        /// number of restarts: no overflow, and never below the floor that
+        /// stops a fork loop.
+        #[test]
+        fn accepted_policies_back_off_within_bounds(
+            window in any::<u64>(),
+            initial in any::<u64>(),
+            max in any::<u64>(),
+            restarts in any::<u32>(),
+        ) {
+            let policy = RestartPolicy {
+                mode: RestartMode::OnFailure,
+                max_restarts: 5,
+                window: Duration::from_millis(window),
+                initial_backoff: Duration::from_millis(initial),
+                max_backoff: Duration::from_millis(max),
+            };
+            if validate_policy(&policy).is_ok() {
+                let backoff = policy.backoff(restarts);
+                prop_assert!(backoff <= policy.max_backoff);
+                prop_assert!(backoff >= super::MIN_RESTART_BACKOFF);
+            }
+        }
+    }
+}

@@ -374,3 +374,53 @@ mod tests {
         assert_eq!(Trigger::Manual.first_fire(start, start), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::time::{Duration, SystemTime};
+
+    use proptest::prelude::*;
+
+    use super::Trigger;
+
+    /// PostgreSQL's timestamptz ends in year 294276; anything a schedule
+    /// computes must stay far inside it.
+    fn storable(at: SystemTime) -> bool {
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|since| since < Duration::from_secs(9_000_000_000_000))
+    }
+
+    proptest! {
+        /// Any period or delay, however extreme, is either refused or
+        /// schedules a time after now that the database can store: no
+        /// wrap, no panic.
+        #[test]
+        fn accepted_schedules_never_overflow(
+            millis in any::<u64>(),
+            offset in 0u64..(200 * 365 * 24 * 3600),
+        ) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let from = now + Duration::from_secs(offset / 100);
+            for trigger in [
+                Trigger::Interval { period_ms: millis },
+                Trigger::Delay { delay_ms: millis },
+            ] {
+                if trigger.validate().is_err() {
+                    continue;
+                }
+                let first = trigger.first_fire(now, from);
+                prop_assert!(first.is_some_and(|at| at >= now && storable(at)), "{trigger:?}: {first:?}");
+                if let Some(fired) = first {
+                    let next = trigger.next_fire(fired);
+                    prop_assert!(next.is_none_or(|at| at > fired && storable(at)), "{trigger:?}: {next:?}");
+                }
+            }
+        }
+
+        /// Cron expressions of any text are refused or parsed, never a panic.
+        #[test]
+        fn cron_text_never_panics(expression in ".{0,300}") {
+            let _ = Trigger::Cron { expression }.validate();
+        }
+    }
+}

@@ -186,18 +186,7 @@ impl AgentManager for Api {
         let request = request.into_inner();
         let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
         record_id("agent_id", &agent_id);
-        if request.task_id.is_empty()
-            || request.task_id.len() > MAX_TASK_ID_LEN
-            || request.task_id.contains('\0')
-        {
-            return Err(Error::invalid(
-                "task_id",
-                format!(
-                    "must be 1-{MAX_TASK_ID_LEN} bytes without NUL (it is the task's idempotency key)"
-                ),
-            )
-            .into());
-        }
+        validate_task_id("task_id", &request.task_id)?;
         if request.payload.len() > MAX_PAYLOAD_BYTES {
             return Err(Error::invalid(
                 "payload",
@@ -256,15 +245,8 @@ impl AgentManager for Api {
             )
             .into());
         }
-        if let Some(index) = task_ids
-            .iter()
-            .position(|id| id.is_empty() || id.len() > MAX_TASK_ID_LEN)
-        {
-            return Err(Error::invalid(
-                format!("task_ids[{index}]"),
-                format!("must be 1-{MAX_TASK_ID_LEN} bytes"),
-            )
-            .into());
+        for (index, id) in task_ids.iter().enumerate() {
+            validate_task_id(&format!("task_ids[{index}]"), id)?;
         }
         let states = self.manager.task_states(&task_ids).await?;
         Ok(Response::new(pb::BatchGetTaskStatesResponse {
@@ -287,11 +269,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let request = request.into_inner();
         let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
-        if request.task_id.is_empty() || request.task_id.len() > MAX_TASK_ID_LEN {
-            return Err(
-                Error::invalid("task_id", format!("must be 1-{MAX_TASK_ID_LEN} bytes")).into(),
-            );
-        }
+        validate_task_id("task_id", &request.task_id)?;
         let state = self.manager.cancel_task(agent_id, &request.task_id).await?;
         Ok(Response::new(pb::CancelTaskResponse {
             state: convert::task_state(state) as i32,
@@ -332,6 +310,15 @@ impl AgentManager for Api {
             deleted,
         }))
     }
+}
+
+/// A task id (the caller's idempotency key): 1-MAX_TASK_ID_LEN bytes,
+/// without NUL (PostgreSQL cannot store it), checked before any I/O.
+fn validate_task_id(field: &str, id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    shepherd_platform::validate::text(field, id, MAX_TASK_ID_LEN)
 }
 
 /// Most tasks one agent process may name as held in its hello.
