@@ -44,6 +44,12 @@ pub struct StackOptions {
     /// Connect both services to PostgreSQL through a `TcpProxy` the test
     /// can cut (`Stack::db_proxy`).
     pub db_proxy: bool,
+    /// Put a cuttable TCP proxy between the schedulers and the
+    /// agent-manager (their event stream and dispatches): `Stack::manager_proxy`.
+    pub manager_proxy: bool,
+    /// The PostgreSQL server to create the test database on (an admin URL);
+    /// None: `DATABASE_URL` or the local one.
+    pub admin_url: Option<String>,
     /// Write the services' logs to `<scratch>/<service>.log` (see
     /// `Stack::service_logs`) instead of the test's stderr.
     pub capture_logs: bool,
@@ -168,6 +174,8 @@ impl Default for StackOptions {
             db_proxy: false,
             agent_proxy: false,
             capture_logs: false,
+            manager_proxy: false,
+            admin_url: None,
         }
     }
 }
@@ -224,6 +232,8 @@ pub struct Stack {
     pub db_url: String,
     /// Between the agents and the manager, when `options.agent_proxy`.
     pub agent_proxy: Option<TcpProxy>,
+    /// Between the schedulers and the manager (with `manager_proxy`).
+    pub manager_proxy: Option<TcpProxy>,
     pub db: TestDb,
     pub options: StackOptions,
     pub agents: AgentManagerClient<AuthChannel>,
@@ -234,7 +244,10 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
-        let db = TestDb::create().await?;
+        let db = match &options.admin_url {
+            Some(admin) => TestDb::create_on(admin).await?,
+            None => TestDb::create().await?,
+        };
         let scratch = std::env::temp_dir().join(format!("shepherd-e2e-{}", db.name));
         std::fs::create_dir_all(&scratch)?;
         let db_proxy = match options.db_proxy {
@@ -264,11 +277,19 @@ impl Stack {
             start_manager(&db_url, &scratch, &listen, advertise.as_deref(), &options).await?;
         let manager_port = manager.addr.port();
         let agents = AgentManagerClient::new(options.channel(&manager).await?);
-        let scheduler =
-            start_scheduler(&db_url, &scratch, &options.url(&manager), &options).await?;
+        let manager_proxy = match options.manager_proxy {
+            true => Some(TcpProxy::start(manager.addr).await?),
+            false => None,
+        };
+        let manager_url = match &manager_proxy {
+            Some(proxy) => format!("http://{}", proxy.addr),
+            None => options.url(&manager),
+        };
+        let scheduler = start_scheduler(&db_url, &scratch, &manager_url, &options).await?;
         let workflows = SchedulerClient::new(options.channel(&scheduler).await?);
         Ok(Self {
             agent_proxy,
+            manager_proxy,
             db_proxy,
             db_url,
             db,
@@ -309,11 +330,19 @@ impl Stack {
         Ok(())
     }
 
+    /// The manager's URL as schedulers reach it (through the proxy, if any).
+    pub fn manager_url_for_schedulers(&self) -> String {
+        match &self.manager_proxy {
+            Some(proxy) => format!("http://{}", proxy.addr),
+            None => self.options.url(&self.manager),
+        }
+    }
+
     pub async fn start_scheduler(&mut self) -> anyhow::Result<()> {
         let scheduler = start_scheduler(
             &self.db_url,
             &self.scratch,
-            &self.options.url(&self.manager),
+            &self.manager_url_for_schedulers(),
             &self.options,
         )
         .await?;
@@ -334,7 +363,7 @@ impl Stack {
         let process = start_scheduler(
             &self.db_url,
             &self.scratch,
-            &self.options.url(&self.manager),
+            &self.manager_url_for_schedulers(),
             &options,
         )
         .await?;

@@ -2,6 +2,7 @@
 //! per test, the workspace's binaries run as real processes, and waiting
 //! with a deadline instead of sleeping.
 
+pub mod cluster;
 pub mod proxy;
 
 use std::future::Future;
@@ -33,7 +34,12 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> anyhow::Result<Self> {
-        let admin = admin_url();
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A fresh database on the server `admin` (an admin URL) points at.
+    pub async fn create_on(admin: &str) -> anyhow::Result<Self> {
+        let admin = admin.to_owned();
         let name = format!("shepherd_test_{}", uuid::Uuid::new_v4().simple());
         let client = connect(&admin).await?;
         client
