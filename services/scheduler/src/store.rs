@@ -87,6 +87,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "task_events",
         sql: include_str!("../migrations/0012_task_events.sql"),
     },
+    Migration {
+        version: 13,
+        name: "quiet_task_events",
+        sql: include_str!("../migrations/0013_quiet_task_events.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "row_task_log",
+        sql: include_str!("../migrations/0014_row_task_log.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \

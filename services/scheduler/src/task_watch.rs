@@ -1,11 +1,13 @@
 //! WatchTasks: following the task change log (see `store::task_events`).
 //!
-//! Each watcher reads the log from its cursor in pages, then waits for a
-//! change: the log's insert trigger NOTIFYs `shepherd_task_events`, which
-//! `wakeups` turns into a tick of `changes`. Rows of transactions that were
-//! still running at a read are held back (that is what makes the cursor
-//! gap-free), so a watcher that was woken also looks again shortly after,
-//! until it has caught up.
+//! Each watcher reads the log from its cursor in pages, then looks again
+//! every `POLL` while it watches, and at once when a work notification
+//! (`wakeups`: a new or finished task) ticks `changes`. The log itself
+//! sends no notification: a NOTIFY per task-changing statement would make
+//! every claim take PostgreSQL's notification lock at commit, a cost paid
+//! whether anyone watches or not. Rows of transactions still running at a
+//! read are held back (that is what makes the cursor gap-free), so a woken
+//! watcher also looks again shortly after.
 
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ const PAGE: i64 = 500;
 /// How soon a woken watcher looks again for changes held back by a
 /// transaction that was still running.
 const RECHECK: Duration = Duration::from_millis(100);
+/// How often a watcher looks without a wake-up.
+const POLL: Duration = Duration::from_millis(250);
 /// An idle watcher's heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -62,6 +66,8 @@ impl TaskWatch {
     ) {
         // Rechecks left after a wake-up (see the module docs).
         let mut rechecks = 0u32;
+        // Time without anything sent, for the heartbeat.
+        let mut quiet = Duration::ZERO;
         loop {
             self.changes.borrow_and_update();
             let page = match self.store.task_changes(cursor, &filter, PAGE).await {
@@ -84,8 +90,9 @@ impl TaskWatch {
             }
             if sent_any {
                 rechecks = 0;
+                quiet = Duration::ZERO;
             }
-            let recheck = (rechecks > 0).then_some(RECHECK);
+            let wait = if rechecks > 0 { RECHECK } else { POLL };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = out.closed() => return,
@@ -95,20 +102,17 @@ impl TaskWatch {
                     }
                     rechecks = 5;
                 }
-                _ = sleep_some(recheck) => rechecks = rechecks.saturating_sub(1),
-                _ = tokio::time::sleep(HEARTBEAT), if recheck.is_none() => {
-                    if out.send(Ok(WatchItem::Heartbeat(cursor))).await.is_err() {
-                        return;
-                    }
+                _ = tokio::time::sleep(wait) => {
+                    rechecks = rechecks.saturating_sub(1);
+                    quiet += wait;
+                }
+            }
+            if quiet >= HEARTBEAT {
+                quiet = Duration::ZERO;
+                if out.send(Ok(WatchItem::Heartbeat(cursor))).await.is_err() {
+                    return;
                 }
             }
         }
-    }
-}
-
-async fn sleep_some(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
     }
 }

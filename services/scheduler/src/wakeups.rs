@@ -36,8 +36,6 @@ pub const DUE_CHANNEL: &str = "shepherd_due";
 /// Channel of "a workflow's lease was released": standing-by runners may
 /// take it.
 pub const LEASE_CHANNEL: &str = "shepherd_lease";
-/// Channel of "the task change log grew" (for WatchTasks).
-pub const TASK_EVENTS_CHANNEL: &str = "shepherd_task_events";
 /// Shortest due timer: a clock skew between this host and the database
 /// never makes the timer spin.
 const MIN_TIMER: Duration = Duration::from_millis(20);
@@ -47,7 +45,8 @@ pub struct Wakeups {
     pub runners: Arc<Runners>,
     pub database_url: String,
     pub safety_interval: Duration,
-    /// Ticked when the task change log may have grown.
+    /// Ticked when the task change log has likely grown (a work
+    /// notification); watchers also look on their own every 250 ms.
     pub task_changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -55,12 +54,7 @@ impl Wakeups {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener = Listener::new(
             &self.database_url,
-            &[
-                WORK_CHANNEL,
-                DUE_CHANNEL,
-                LEASE_CHANNEL,
-                TASK_EVENTS_CHANNEL,
-            ],
+            &[WORK_CHANNEL, DUE_CHANNEL, LEASE_CHANNEL],
             shutdown.clone(),
         );
         let mut due_at: Option<Instant> = None;
@@ -96,10 +90,13 @@ impl Wakeups {
     fn heard(&self, channel: &str, payload: &str, due_at: &mut Option<Instant>) {
         match channel {
             WORK_CHANNEL => match payload.parse::<Uuid>() {
-                Ok(workflow) => self.runners.wake(workflow),
+                Ok(workflow) => {
+                    self.runners.wake(workflow);
+                    // A new or finished task: watchers look now.
+                    self.task_changes.send_modify(|n| *n += 1);
+                }
                 Err(_) => tracing::warn!(payload, "a wake-up names no workflow"),
             },
-            TASK_EVENTS_CHANNEL => self.task_changes.send_modify(|n| *n += 1),
             LEASE_CHANNEL => match payload.parse::<Uuid>() {
                 Ok(workflow) => self.runners.wake_for_lease(workflow),
                 Err(_) => tracing::warn!(payload, "a lease release names no workflow"),
