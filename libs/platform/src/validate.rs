@@ -26,6 +26,20 @@ pub fn name(field: &str, name: &str) -> Result<(), Error> {
     }
 }
 
+/// A resource id a client gives (a UUID); `what` names the kind of
+/// resource in the error ("agent", "workflow").
+pub fn id(field: &str, text: &str, what: &str) -> Result<uuid::Uuid, Error> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    uuid::Uuid::parse_str(text).map_err(|_| {
+        Error::invalid(
+            field,
+            format!("{} is not a valid {what} id (a UUID)", quote(text)),
+        )
+    })
+}
+
 /// Free text a client sends: at most `max` bytes, and no NUL (PostgreSQL
 /// cannot store it). The error names the field and the rule, never the
 /// value.

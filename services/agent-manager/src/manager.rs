@@ -19,7 +19,7 @@ use crate::events::EventLog;
 use crate::logs::LogStream;
 use crate::model::{AgentRecord, DesiredState, NewAgent};
 use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
-use crate::store::{AgentFilter, Store, TaskClaim, TaskState};
+use crate::store::{AgentFilter, Store, TaskClaim, TaskOutcome, TaskState};
 use crate::supervisor::{Supervisors, report_lost};
 
 /// Longest task id (idempotency key) accepted.
@@ -45,8 +45,8 @@ pub struct Dispatched {
     pub state: TaskState,
     pub attempt: u32,
     pub duplicate: bool,
-    /// How a completed task ended ("succeeded" / "failed").
-    pub outcome: Option<String>,
+    /// How a completed task ended.
+    pub outcome: Option<TaskOutcome>,
     /// A completed task's output.
     pub output: String,
 }
@@ -58,8 +58,8 @@ pub struct TaskStatus {
     /// None: never delivered (the manager has no record of it).
     pub state: Option<TaskState>,
     pub attempt: u32,
-    /// How a completed task ended ("succeeded" / "failed").
-    pub outcome: Option<String>,
+    /// How a completed task ended.
+    pub outcome: Option<TaskOutcome>,
     pub output: String,
 }
 

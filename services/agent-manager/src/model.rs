@@ -349,18 +349,7 @@ pub fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
 
 /// Parses an agent id given by a client.
 pub fn parse_agent_id(field: &str, text: &str) -> Result<Uuid, Error> {
-    if text.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    Uuid::parse_str(text).map_err(|_| {
-        Error::invalid(
-            field,
-            format!(
-                "{} is not a valid agent id (a UUID)",
-                shepherd_platform::validate::quote(text)
-            ),
-        )
-    })
+    shepherd_platform::validate::id(field, text, "agent")
 }
 
 /// Durations stored as integer milliseconds in the spec JSON.

@@ -72,7 +72,7 @@ pub enum TaskClaim {
         state: TaskState,
         attempt: u32,
         /// How a completed task ended, and its output.
-        outcome: Option<String>,
+        outcome: Option<TaskOutcome>,
         output: String,
     },
 }
@@ -139,7 +139,7 @@ pub struct StoredTask {
     pub session_id: Uuid,
     pub state: TaskState,
     pub attempt: u32,
-    pub outcome: Option<String>,
+    pub outcome: Option<TaskOutcome>,
     pub output: String,
 }
 

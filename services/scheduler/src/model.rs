@@ -311,20 +311,7 @@ pub fn workflow_of_task(task_id: &str) -> Option<Uuid> {
 
 pub use shepherd_platform::validate::name as validate_name;
 
-pub fn parse_id(field: &str, text: &str, what: &str) -> Result<Uuid, Error> {
-    if text.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    Uuid::parse_str(text).map_err(|_| {
-        Error::invalid(
-            field,
-            format!(
-                "{} is not a valid {what} id (a UUID)",
-                shepherd_platform::validate::quote(text)
-            ),
-        )
-    })
-}
+pub use shepherd_platform::validate::id as parse_id;
 
 /// Idempotency keys: 1-128 printable characters.
 pub fn validate_key(key: &str) -> Result<(), Error> {

@@ -205,6 +205,22 @@ impl Scheduler {
         Ok(task)
     }
 
+    /// A page of a workflow's tasks (NOT_FOUND for an unknown workflow
+    /// rather than an empty list), with each task's position for paging.
+    pub async fn list_tasks(
+        &self,
+        workflow: Uuid,
+        state: Option<TaskState>,
+        dead_letter_only: bool,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(i64, Task)>> {
+        self.get_workflow(workflow).await?;
+        self.store
+            .list_tasks(workflow, state, dead_letter_only, after, limit)
+            .await
+    }
+
     /// Follows the task change log from `after` (see `task_watch`).
     pub fn watch_tasks(
         &self,

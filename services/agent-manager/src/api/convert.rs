@@ -177,14 +177,13 @@ pub fn task_state(state: Option<TaskState>) -> pb::TaskState {
 }
 
 /// A completed task's stored outcome on the wire.
-pub fn task_outcome(outcome: Option<&str>) -> pb::TaskOutcome {
+pub fn task_outcome(outcome: Option<crate::store::TaskOutcome>) -> pb::TaskOutcome {
+    use crate::store::TaskOutcome;
     match outcome {
-        Some(outcome) => match crate::store::TaskOutcome::parse(outcome) {
-            Some(crate::store::TaskOutcome::Succeeded) => pb::TaskOutcome::Succeeded,
-            Some(crate::store::TaskOutcome::TimedOut) => pb::TaskOutcome::TimedOut,
-            Some(crate::store::TaskOutcome::Cancelled) => pb::TaskOutcome::Cancelled,
-            Some(crate::store::TaskOutcome::Failed) | None => pb::TaskOutcome::Failed,
-        },
+        Some(TaskOutcome::Succeeded) => pb::TaskOutcome::Succeeded,
+        Some(TaskOutcome::Failed) => pb::TaskOutcome::Failed,
+        Some(TaskOutcome::TimedOut) => pb::TaskOutcome::TimedOut,
+        Some(TaskOutcome::Cancelled) => pb::TaskOutcome::Cancelled,
         None => pb::TaskOutcome::Unspecified,
     }
 }

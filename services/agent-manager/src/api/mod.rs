@@ -5,6 +5,8 @@ mod convert;
 
 use std::pin::Pin;
 use std::sync::Arc;
+
+use shepherd_platform::paging;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -77,28 +79,15 @@ impl AgentManager for Api {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let request = request.into_inner();
-        let limit =
-            shepherd_platform::paging::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let after = match request.page_token.as_str() {
-            "" => None,
-            token => Some(Uuid::parse_str(token).map_err(|_| {
-                Error::invalid(
-                    "page_token",
-                    "is not a token returned by ListAgents; omit it to start from the first page",
-                )
-            })?),
-        };
+        let limit = paging::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = paging::after::<Uuid>(&request.page_token, "ListAgents")?;
         let filter = AgentFilter {
             status: convert::status_filter(request.status)?,
             labels: request.labels.into_iter().collect(),
             after,
         };
         let agents = self.manager.list_agents(&filter, limit).await?;
-        let next_page_token = if agents.len() as i64 == limit {
-            agents.last().map(|a| a.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&agents, limit, |agent| agent.id);
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.into_iter().map(convert::agent).collect(),
             next_page_token,
@@ -225,7 +214,7 @@ impl AgentManager for Api {
             state: convert::task_state(Some(dispatched.state)) as i32,
             duplicate: dispatched.duplicate,
             attempt: dispatched.attempt,
-            outcome: convert::task_outcome(dispatched.outcome.as_deref()) as i32,
+            outcome: convert::task_outcome(dispatched.outcome) as i32,
             output: dispatched.output,
         }))
     }
@@ -256,7 +245,7 @@ impl AgentManager for Api {
                     task_id: status.task_id,
                     state: convert::task_state(status.state) as i32,
                     attempt: status.attempt,
-                    outcome: convert::task_outcome(status.outcome.as_deref()) as i32,
+                    outcome: convert::task_outcome(status.outcome) as i32,
                     output: status.output,
                 })
                 .collect(),

@@ -110,7 +110,7 @@ impl Store {
             }) => Ok(TaskClaim::Existing {
                 state: TaskState::parse(&state)?,
                 attempt: from_i32(attempt),
-                outcome,
+                outcome: outcome.as_deref().and_then(TaskOutcome::parse),
                 output,
             }),
             None => Err(Error::Unavailable(format!(
@@ -159,7 +159,7 @@ impl Store {
                     session_id: row.get(2),
                     state: TaskState::parse(row.get(3))?,
                     attempt: from_i32(row.get(4)),
-                    outcome: row.get(5),
+                    outcome: row.get::<_, Option<&str>>(5).and_then(TaskOutcome::parse),
                     output: row.get(6),
                 })
             })

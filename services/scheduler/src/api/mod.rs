@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use shepherd_platform::paging::page_size;
+use shepherd_platform::paging::{self, page_size};
 use shepherd_proto::scheduler::v1::{self as pb, scheduler_server};
 use tonic::{Request, Response, Status};
 
@@ -65,26 +65,14 @@ impl scheduler_server::Scheduler for Api {
             "" => None,
             id => Some(parse_id("agent_id", id, "agent")?),
         };
-        let after = match request.page_token.as_str() {
-            "" => None,
-            token => Some(uuid::Uuid::parse_str(token).map_err(|_| {
-                Error::invalid("page_token", "is not a token returned by ListWorkflows; omit it to start from the first page")
-            })?),
-        };
+        let after = paging::after::<uuid::Uuid>(&request.page_token, "ListWorkflows")?;
         let filter = WorkflowFilter {
             agent_id,
             enabled: request.enabled,
             after,
         };
         let workflows = self.scheduler.list_workflows(&filter, limit).await?;
-        let next_page_token = if workflows.len() as i64 == limit {
-            workflows
-                .last()
-                .map(|w| w.id.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&workflows, limit, |workflow| workflow.id);
         Ok(Response::new(pb::ListWorkflowsResponse {
             workflows: workflows.into_iter().map(convert::workflow).collect(),
             next_page_token,
@@ -190,30 +178,12 @@ impl scheduler_server::Scheduler for Api {
         record_id("workflow_id", &workflow);
         let state = convert::task_state_filter(request.state)?;
         let limit = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let after = match request.page_token.as_str() {
-            "" => None,
-            token => Some(token.parse::<i64>().map_err(|_| {
-                Error::invalid(
-                    "page_token",
-                    "is not a token returned by ListTasks; omit it to start from the first page",
-                )
-            })?),
-        };
-        // NOT_FOUND for an unknown workflow rather than an empty list.
-        self.scheduler.get_workflow(workflow).await?;
+        let after = paging::after::<i64>(&request.page_token, "ListTasks")?;
         let tasks = self
             .scheduler
-            .store
             .list_tasks(workflow, state, request.dead_letter, after, limit)
             .await?;
-        let next_page_token = if tasks.len() as i64 == limit {
-            tasks
-                .last()
-                .map(|(seq, _)| seq.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_token(&tasks, limit, |(seq, _)| *seq);
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks
                 .into_iter()
