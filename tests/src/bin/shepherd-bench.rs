@@ -511,7 +511,10 @@ async fn idle(workflows: usize) -> anyhow::Result<()> {
                         workflow: Some(sched::Workflow {
                             name: format!("idle-{w}"),
                             agent_id: agent.clone(),
-                            enabled: true,
+                            // Enabled below, all at once, without API
+                            // traffic: so that the memory measured is the
+                            // runners', not the creation calls' leftovers.
+                            enabled: false,
                             ..Default::default()
                         }),
                     })
@@ -523,13 +526,29 @@ async fn idle(workflows: usize) -> anyhow::Result<()> {
     while let Some(result) = creators.join_next().await {
         result??;
     }
-    wait_all_running(
-        &stack,
-        workflows,
-        SystemTime::UNIX_EPOCH,
-        Duration::from_millis(500),
-    )
-    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_created = rss_bytes(scheduler);
+    // The level pass starts the runners; each takes its lease.
+    let db = stack.db.client().await?;
+    db.execute("UPDATE scheduler.workflows SET enabled = true", &[])
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let held: i64 = db
+            .query_one(
+                "SELECT count(*) FROM scheduler.runner_leases WHERE expires_at = 'infinity'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if held as usize >= workflows {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{held} of {workflows} runners took their lease within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // Let start-up work (lease acquisitions, first settle passes) finish.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = Duration::from_secs(10);
@@ -542,13 +561,15 @@ async fn idle(workflows: usize) -> anyhow::Result<()> {
     };
     let rss = rss_bytes(scheduler);
     println!(
-        "idle: {workflows} enabled workflows, no tasks, over {:?}: scheduler {:.1}% CPU, PostgreSQL {:.1}% CPU (of one core; total {:.1}%); scheduler RSS {:.1} MiB ({:.1} MiB before the workflows) = {:.2} KiB per runner",
+        "idle: {workflows} enabled workflows, no tasks, over {:?}: scheduler {:.1}% CPU, PostgreSQL {:.1}% CPU (of one core; total {:.1}%); scheduler RSS {:.1} MiB ({:.1} MiB before the workflows, {:.1} MiB with them created but disabled) = {:.2} KiB per idle runner ({:.2} KiB per workflow and runner)",
         window,
         percent(sched_before, sched_after),
         percent(pg_before, pg_after),
         percent(sched_before + pg_before, sched_after + pg_after),
         rss as f64 / 1024.0 / 1024.0,
         rss_before as f64 / 1024.0 / 1024.0,
+        rss_created as f64 / 1024.0 / 1024.0,
+        rss.saturating_sub(rss_created) as f64 / 1024.0 / workflows as f64,
         rss.saturating_sub(rss_before) as f64 / 1024.0 / workflows as f64,
     );
     Ok(())
