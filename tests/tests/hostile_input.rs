@@ -348,7 +348,13 @@ async fn nul_bytes_huge_inputs_and_fork_loop_policies_are_refused_clearly() -> a
             ..Default::default()
         },
     ];
-    for (n, mut bad) in bad_agents.into_iter().enumerate() {
+    let fields = [
+        "agent.args[0]",
+        "agent.env",
+        "agent.labels",
+        "agent.restart_policy.window",
+    ];
+    for ((n, mut bad), field) in bad_agents.into_iter().enumerate().zip(fields) {
         bad.name = format!("bad-{n}");
         bad.command = shell.clone();
         let status = stack
@@ -361,6 +367,18 @@ async fn nul_bytes_huge_inputs_and_fork_loop_policies_are_refused_clearly() -> a
             tonic::Code::InvalidArgument,
             "{n}: {status:?}"
         );
+        // The field also as a google.rpc.BadRequest violation, for clients.
+        use tonic_types::StatusExt;
+        let violations = status
+            .get_details_bad_request()
+            .map(|bad| bad.field_violations)
+            .unwrap_or_default();
+        assert_eq!(violations.len(), 1, "{n}: {status:?}");
+        assert!(
+            violations[0].field.starts_with(field),
+            "{n}: {violations:?}"
+        );
+        assert!(!violations[0].description.is_empty());
     }
     let status = stack
         .workflows

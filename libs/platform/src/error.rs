@@ -77,7 +77,11 @@ impl From<Error> for tonic::Status {
             }
             message.truncate(end);
             message.push('…');
-            return tonic::Status::new(status.code(), message);
+            return tonic::Status::with_details(
+                status.code(),
+                message,
+                status.details().to_vec().into(),
+            );
         }
         status
     }
@@ -89,7 +93,14 @@ const MAX_MESSAGE: usize = 1000;
 fn status_of(err: Error) -> tonic::Status {
     {
         match err {
-            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(err.to_string()),
+            // The field and its rule also as a google.rpc.BadRequest field
+            // violation, for clients that map errors to form fields.
+            Error::InvalidArgument { field, reason } => {
+                use tonic_types::{ErrorDetails, StatusExt};
+                let message = format!("invalid {field}: {reason}");
+                let details = ErrorDetails::with_bad_request_violation(field, reason);
+                tonic::Status::with_error_details(tonic::Code::InvalidArgument, message, details)
+            }
             Error::NotFound(msg) => tonic::Status::not_found(msg),
             Error::AlreadyExists(msg) => tonic::Status::already_exists(msg),
             Error::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
