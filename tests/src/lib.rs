@@ -595,6 +595,31 @@ impl Stack {
         self.scratch.join(name)
     }
 
+    /// Unfinished tasks (pending or dispatched), read from the database.
+    pub async fn open_tasks(&self) -> anyhow::Result<i64> {
+        let db = self.db.client().await?;
+        Ok(db
+            .query_one(
+                "SELECT count(*) FROM scheduler.tasks WHERE state IN ('pending', 'dispatched')",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Waits (up to `limit`) for the backlog to drain, however the services
+    /// are doing meanwhile (a failed count is retried).
+    pub async fn wait_drained(&self, limit: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.open_tasks().await {
+                Ok(0) => return Ok(()),
+                _ if start.elapsed() > limit => bail!("backlog not drained after {limit:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// The services' logs so far (with `StackOptions::capture_logs`).
     pub fn service_logs(&self) -> String {
         ["agent-manager.log", "scheduler.log"]
@@ -791,4 +816,32 @@ pub fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|text| text.lines().map(str::to_owned).collect())
         .unwrap_or_default()
+}
+
+/// A small deterministic generator (xorshift), so a seed replays a fault
+/// program's choices and moments.
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> Self {
+        // Zero is xorshift's fixed point.
+        Self(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// An index in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// A duration in [low, high) milliseconds.
+    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.next_u64() % (high - low))
+    }
 }

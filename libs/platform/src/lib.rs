@@ -16,5 +16,6 @@ pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod timer;
 pub mod tls;
 pub mod validate;

@@ -48,6 +48,21 @@ pub fn readme_rows(readme: &str) -> Vec<String> {
         .collect()
 }
 
+/// Fails (for a service's test) unless the README's limits table lists
+/// exactly `service`'s `limits`, in order.
+pub fn assert_readme_lists(readme: &str, service: &str, limits: &[Limit]) {
+    let prefix = format!("| {service} |");
+    let listed: Vec<String> = readme_rows(readme)
+        .into_iter()
+        .filter(|row| row.starts_with(&prefix))
+        .collect();
+    assert_eq!(
+        listed,
+        markdown_rows(service, limits),
+        "regenerate the README's limits rows: cargo run -p shepherd-e2e --bin shepherd-limits -- --write"
+    );
+}
+
 /// Size of a human byte count: `64 KiB`, `1 MiB`, `200 B`.
 pub fn bytes(n: usize) -> String {
     if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {

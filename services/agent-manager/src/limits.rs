@@ -101,21 +101,11 @@ pub fn all() -> Vec<Limit> {
 
 #[cfg(test)]
 mod tests {
-    use shepherd_platform::limits::{markdown_rows, readme_rows};
-
     #[test]
     fn the_readme_lists_exactly_these_limits() {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
                 .expect("README.md");
-        let listed: Vec<String> = readme_rows(&readme)
-            .into_iter()
-            .filter(|row| row.starts_with("| agent-manager |"))
-            .collect();
-        let generated = markdown_rows("agent-manager", &super::all());
-        assert_eq!(
-            listed, generated,
-            "regenerate the README's limits rows: cargo run -p shepherd-e2e --bin shepherd-limits"
-        );
+        shepherd_platform::limits::assert_readme_lists(&readme, "agent-manager", &super::all());
     }
 }

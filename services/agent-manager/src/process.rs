@@ -319,6 +319,22 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
+        // `spawn` returns while execve may still be setting up the new
+        // image, whose environment /proc shows only once it is done (a
+        // manager adopts processes long after that).
+        let marker = format!("SHEPHERD_AGENT_ID={agent}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap_or_default()
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == marker.as_bytes())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never exec'd"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let started_at = ProcStat::read(pid).unwrap().started_at;
         let identity = ProcessIdentity { pid, started_at };
         assert!(AgentProcess::adopt(identity, Uuid::new_v4(), 3).is_none());
@@ -328,7 +344,10 @@ mod tests {
             started_at: started_at + 1,
         };
         assert!(AgentProcess::adopt(stale, agent, 3).is_none());
-        let mut adopted = AgentProcess::adopt(identity, agent, 3).expect("adopted");
+        let mut adopted = match AgentProcess::try_adopt(identity, agent, 3) {
+            Ok(adopted) => adopted,
+            Err(why) => panic!("not adopted: {why}"),
+        };
         child.kill().unwrap();
         let exit = tokio::time::timeout(Duration::from_secs(10), adopted.wait()).await;
         assert!(exit.is_ok(), "the pidfd reports the exit");

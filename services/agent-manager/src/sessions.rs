@@ -7,6 +7,7 @@
 //! agent's other state changes. A session loop never touches the registry;
 //! when it ends it tells the supervisor (`SessionClosed`).
 
+use shepherd_platform::timer::sleep_until_some;
 use std::collections::{HashMap, HashSet};
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -391,13 +392,6 @@ impl Timers<'_> {
             ),
             wedged: true,
         })
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

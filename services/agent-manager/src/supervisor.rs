@@ -15,6 +15,7 @@
 //! session token, and reconnects naming the tasks it holds. Until it does,
 //! or its reconnect window closes, its tasks count as in flight.
 
+use shepherd_platform::timer::sleep_until_some;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -851,11 +852,4 @@ pub async fn report_lost(events: &EventLog, lost: Vec<LostTask>, reason: &str) -
             .await?;
     }
     Ok(())
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

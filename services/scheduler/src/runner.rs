@@ -21,6 +21,7 @@
 //! resting meanwhile, so a runner that sleeps for hours is not taken for
 //! wedged.
 
+use shepherd_platform::timer::sleep_until_some;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -778,13 +779,6 @@ enum NoLease {
     },
     /// There is nothing to run: stop with this reason.
     Stop(String),
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

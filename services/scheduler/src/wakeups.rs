@@ -18,6 +18,7 @@
 //!   have claimable work and wakes them. It is one query for all runners,
 //!   at a long interval: idle runners cost nothing.
 
+use shepherd_platform::timer::sleep_until_some;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -141,12 +142,5 @@ fn arm(due_at: &mut Option<Instant>, at: SystemTime) {
     let at = Instant::now() + wait;
     if due_at.is_none_or(|current| at < current) {
         *due_at = Some(at);
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

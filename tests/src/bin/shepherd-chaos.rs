@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shepherd_e2e::{AuthChannel, Stack, StackOptions, kill9, lines};
+use shepherd_e2e::{AuthChannel, SeededRng, Stack, StackOptions, kill9, lines};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{
     self as sched, RunnerState, scheduler_client::SchedulerClient,
@@ -79,27 +79,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// A small deterministic generator (xorshift): a seed replays a run's
-/// choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.next() % (high - low))
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
     KillManager,
@@ -132,7 +111,7 @@ struct Run {
     replica_b: Option<ServiceProcess>,
     agents: Vec<String>,
     seed: u64,
-    rng: Rng,
+    rng: SeededRng,
     faults: Vec<(u64, Fault)>,
 }
 
@@ -191,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
         replica_b: Some(replica_b),
         agents,
         seed: args.seed,
-        rng: Rng(args.seed.max(1)),
+        rng: SeededRng::new(args.seed),
         faults: Vec::new(),
     };
     let total = queue(&run.stack.workflows, &workflows, args.tasks).await?;
@@ -202,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
 
     let start = Instant::now();
     while run.faults.len() < args.max_faults
-        && (run.faults.len() < args.min_faults || open_tasks(&run.stack).await.unwrap_or(1) > 0)
+        && (run.faults.len() < args.min_faults || run.stack.open_tasks().await.unwrap_or(1) > 0)
     {
         tokio::time::sleep(run.rng.millis(300, 1500)).await;
         let fault = FAULTS[run.rng.below(FAULTS.len())];
@@ -210,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("chaos: {fault:?} failed: {err:#}");
         }
     }
-    drained(&run.stack, Duration::from_secs(600)).await?;
+    run.stack.wait_drained(Duration::from_secs(600)).await?;
     let drain = start.elapsed();
     let verdict = verdict(&run, &workflows, total, drain).await?;
     let Run {
@@ -319,28 +298,6 @@ async fn queue(
         result??;
     }
     Ok(per * workflows.len())
-}
-
-async fn open_tasks(stack: &Stack) -> anyhow::Result<i64> {
-    let db = stack.db.client().await?;
-    Ok(db
-        .query_one(
-            "SELECT count(*) FROM scheduler.tasks WHERE state IN ('pending', 'dispatched')",
-            &[],
-        )
-        .await?
-        .get(0))
-}
-
-async fn drained(stack: &Stack, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        match open_tasks(stack).await {
-            Ok(0) => return Ok(()),
-            _ if start.elapsed() > limit => bail!("backlog not drained after {limit:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// Prints the run's figures; false if a "must" does not hold.

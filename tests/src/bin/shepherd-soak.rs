@@ -30,7 +30,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shepherd_e2e::{AuthChannel, Stack, StackOptions, lines};
+use shepherd_e2e::{AuthChannel, SeededRng, Stack, StackOptions, lines};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
 use shepherd_testkit::ServiceProcess;
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unknown option {other} (see --help)"),
         }
     }
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng::new(seed);
     let run = |name: &str| only.as_deref().is_none_or(|only| only == name);
     if run("scheduler-kills") {
         scheduler_kills(&mut rng).await?;
@@ -76,24 +76,6 @@ async fn main() -> anyhow::Result<()> {
         standby().await?;
     }
     Ok(())
-}
-
-/// A small deterministic generator (xorshift), so a seed replays a run's
-/// fault moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A duration in [low, high) milliseconds.
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.next() % (high - low))
-    }
 }
 
 fn options() -> StackOptions {
@@ -147,33 +129,6 @@ async fn queue(client: &Client, workflows: &[String], per: usize) -> anyhow::Res
     Ok(workflows.len() * per)
 }
 
-/// Unfinished tasks (pending or dispatched), read from the database.
-async fn open_tasks(stack: &Stack) -> anyhow::Result<i64> {
-    let db = stack.db.client().await?;
-    Ok(db
-        .query_one(
-            "SELECT count(*) FROM scheduler.tasks WHERE state IN ('pending', 'dispatched')",
-            &[],
-        )
-        .await?
-        .get(0))
-}
-
-/// Waits (up to `limit`) for the backlog to drain, however the services
-/// are doing.
-async fn drained(stack: &Stack, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        match open_tasks(stack).await {
-            Ok(0) => return Ok(()),
-            Ok(_) | Err(_) if start.elapsed() > limit => {
-                bail!("backlog not drained after {limit:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 /// The verdict every scenario prints: from the scheduler's table and the
 /// agents' own record of what ran.
 async fn verdict(
@@ -207,7 +162,7 @@ async fn verdict(
     Ok(())
 }
 
-async fn scheduler_kills(rng: &mut Rng) -> anyhow::Result<()> {
+async fn scheduler_kills(rng: &mut SeededRng) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let (workflows, file) = recorded_workflows(&mut stack, 3, "sleep 0.02").await?;
     let total = queue(&stack.workflows.clone(), &workflows, 500).await?;
@@ -218,11 +173,11 @@ async fn scheduler_kills(rng: &mut Rng) -> anyhow::Result<()> {
         stack.start_scheduler().await?;
         eprintln!("scheduler-kills: kill {} done", kill + 1);
     }
-    drained(&stack, Duration::from_secs(600)).await?;
+    stack.wait_drained(Duration::from_secs(600)).await?;
     verdict("scheduler-kills", &stack, &file, total, start.elapsed()).await
 }
 
-async fn pg_restarts(rng: &mut Rng) -> anyhow::Result<()> {
+async fn pg_restarts(rng: &mut SeededRng) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let (workflows, file) = recorded_workflows(&mut stack, 2, "sleep 0.05").await?;
     let total = queue(&stack.workflows.clone(), &workflows, 200).await?;
@@ -232,7 +187,7 @@ async fn pg_restarts(rng: &mut Rng) -> anyhow::Result<()> {
         restart_postgres()?;
         eprintln!("pg-restarts: restart {} done", restart + 1);
     }
-    drained(&stack, Duration::from_secs(600)).await?;
+    stack.wait_drained(Duration::from_secs(600)).await?;
     verdict("pg-restarts", &stack, &file, total, start.elapsed()).await
 }
 
@@ -250,11 +205,11 @@ async fn pg_outage() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(30)).await;
     proxy.restore();
     eprintln!("pg-outage: database back");
-    drained(&stack, Duration::from_secs(600)).await?;
+    stack.wait_drained(Duration::from_secs(600)).await?;
     verdict("pg-outage", &stack, &file, total, start.elapsed()).await
 }
 
-async fn manager_restarts(rng: &mut Rng) -> anyhow::Result<()> {
+async fn manager_restarts(rng: &mut SeededRng) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let (workflows, file) = recorded_workflows(&mut stack, 3, "sleep 0.1").await?;
     let total = queue(&stack.workflows.clone(), &workflows, 200).await?;
@@ -269,7 +224,7 @@ async fn manager_restarts(rng: &mut Rng) -> anyhow::Result<()> {
         stack.restart_manager().await?;
         eprintln!("manager-restarts: restart {} done", restart + 1);
     }
-    drained(&stack, Duration::from_secs(600)).await?;
+    stack.wait_drained(Duration::from_secs(600)).await?;
     let relaunched: i64 = stack
         .db
         .client()
@@ -304,7 +259,7 @@ fn restart_postgres() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn failovers(rng: &mut Rng) -> anyhow::Result<()> {
+async fn failovers(rng: &mut SeededRng) -> anyhow::Result<()> {
     let mut options = options();
     options.env = vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "2s".into())];
     let mut stack = Stack::start(options).await?;
@@ -339,7 +294,7 @@ async fn failovers(rng: &mut Rng) -> anyhow::Result<()> {
         }
         eprintln!("failovers: killed lease holder {holder} ({})", failover + 1);
     }
-    drained(&stack, Duration::from_secs(600)).await?;
+    stack.wait_drained(Duration::from_secs(600)).await?;
     verdict("failovers", &stack, &file, total, start.elapsed()).await
 }
 
@@ -430,7 +385,7 @@ async fn drain_rate(replicas: Replicas) -> anyhow::Result<f64> {
     while let Some(queued) = queueing.join_next().await {
         total += queued??;
     }
-    drained(&stack, Duration::from_secs(600)).await?;
+    stack.wait_drained(Duration::from_secs(600)).await?;
     let rate = total as f64 / start.elapsed().as_secs_f64();
     let failed: i64 = stack
         .db

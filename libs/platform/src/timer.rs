@@ -1,0 +1,12 @@
+//! Optional deadlines in `select!` loops.
+
+use tokio::time::Instant;
+
+/// Sleeps until `at`, or forever when there is no deadline: a `select!`
+/// branch that only fires when a deadline is set.
+pub async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
