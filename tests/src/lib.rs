@@ -243,11 +243,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+    pub async fn start(mut options: StackOptions) -> anyhow::Result<Self> {
         let db = match &options.admin_url {
             Some(admin) => TestDb::create_on(admin).await?,
             None => TestDb::create().await?,
         };
+        // The test's own cgroup parent, cleared when the stack drops.
+        if !options.env.iter().any(|(name, _)| *name == "CGROUP_PARENT") {
+            options.env.push(("CGROUP_PARENT", db.cgroup_parent()));
+        }
         let scratch = std::env::temp_dir().join(format!("shepherd-e2e-{}", db.name));
         std::fs::create_dir_all(&scratch)?;
         let db_proxy = match options.db_proxy {

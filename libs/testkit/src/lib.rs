@@ -7,7 +7,7 @@ pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -57,22 +57,19 @@ impl TestDb {
     /// from `Drop`.
     pub fn kill_recorded_agents(&self) {
         let url = self.url.clone();
-        let pids: Vec<i32> = std::thread::spawn(move || {
+        let (pids, agents): (Vec<i32>, Vec<String>) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
                 let client = connect(&url).await?;
                 let rows = client
-                    .query(
-                        "SELECT pid FROM agent_manager.agents WHERE pid IS NOT NULL",
-                        &[],
-                    )
+                    .query("SELECT id::text, pid FROM agent_manager.agents", &[])
                     .await?;
                 anyhow::Ok(
                     rows.iter()
-                        .map(|row| row.get::<_, i32>(0))
-                        .collect::<Vec<_>>(),
+                        .map(|row| (row.get::<_, Option<i32>>(1).unwrap_or(0), row.get(0)))
+                        .unzip(),
                 )
             })
         })
@@ -81,6 +78,14 @@ impl TestDb {
         .and_then(Result::ok)
         .unwrap_or_default();
         kill_groups_of("shepherd-agent", &pids);
+        clear_cgroups(&self.cgroup_parent());
+        kill_marked(&agents);
+    }
+
+    /// The cgroup directory this test's managers put their agents in
+    /// (`CGROUP_PARENT`): one per test, so that a test can clear all of it.
+    pub fn cgroup_parent(&self) -> String {
+        self.name.replace("shepherd_test_", "shepherd-test-")
     }
 
     /// A client connected to the test database (to check or tamper with
@@ -92,6 +97,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        clear_cgroups(&self.cgroup_parent());
         // Drop runs outside (or at the end of) the test's runtime: use a
         // private one on a plain thread.
         let admin = self.admin.clone();
@@ -292,6 +298,82 @@ pub fn kill_groups_of(program: &str, pids: &[i32]) {
         if pid > 1 && String::from_utf8_lossy(&cmdline).contains(program) {
             let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kills every process that carries one of `agents`' marker in its
+/// environment (every process of an agent's tree inherits it): what a
+/// manager without cgroups leaves behind when it is killed.
+pub fn kill_marked(agents: &[String]) {
+    if agents.is_empty() {
+        return;
+    }
+    let markers: Vec<String> = agents
+        .iter()
+        .map(|agent| format!("SHEPHERD_AGENT_ID={agent}"))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let marked = environ
+            .split(|byte| *byte == 0)
+            .any(|item| markers.iter().any(|marker| item == marker.as_bytes()));
+        if marked && pid > 1 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kills every process in the cgroups named `parent` (anywhere under
+/// /sys/fs/cgroup, in every hierarchy) and removes them: an agent's escaped
+/// children outlive everything else a test kills.
+pub fn clear_cgroups(parent: &str) {
+    let mut found = Vec::new();
+    find_dirs(Path::new("/sys/fs/cgroup"), parent, 6, &mut found);
+    for dir in found {
+        let agents: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|path| path.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for agent in agents {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let procs = std::fs::read_to_string(agent.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs.lines().filter_map(|line| line.parse().ok()).collect();
+                if pids.is_empty() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                for pid in pids {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = std::fs::remove_dir(&agent);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+fn find_dirs(root: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        if entry.file_name() == name {
+            found.push(path);
+        } else if depth > 0 {
+            find_dirs(&path, name, depth - 1, found);
         }
     }
 }

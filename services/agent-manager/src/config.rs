@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shepherd_platform::auth::AuthArgs;
+
+use crate::containment::{ModeChoice, ResourceLimits};
 use shepherd_platform::config::{DatabaseArgs, GrpcArgs, parse_duration};
 use shepherd_platform::tls::TlsArgs;
 
@@ -80,6 +82,29 @@ pub struct Config {
     #[arg(long, env = "EVENT_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub event_heartbeat: Duration,
 
+    /// How agents' process trees are contained: `auto` (cgroup v2 where it
+    /// is the system's hierarchy, else writable cgroup v1 controllers, else
+    /// the subreaper fallback), `cgroup-v2`, `cgroup-v1` or `subreaper`.
+    #[arg(long, env = "CONTAINMENT", value_enum, default_value = "auto")]
+    pub containment: ModeChoice,
+
+    /// Directory, under the manager's own cgroup, that holds one cgroup per
+    /// agent.
+    #[arg(long, env = "CGROUP_PARENT", default_value = "shepherd")]
+    pub cgroup_parent: String,
+
+    /// Memory limit (bytes) of agents whose spec sets none; unset: none.
+    #[arg(long, env = "AGENT_DEFAULT_MEMORY_BYTES")]
+    pub default_memory_bytes: Option<u64>,
+
+    /// CPU limit (cores, fractional) of agents whose spec sets none.
+    #[arg(long, env = "AGENT_DEFAULT_CPU_CORES")]
+    pub default_cpu_cores: Option<f64>,
+
+    /// Process limit of agents whose spec sets none.
+    #[arg(long, env = "AGENT_DEFAULT_MAX_PROCESSES")]
+    pub default_max_processes: Option<u32>,
+
     /// Events older than this are pruned (watchers behind them get
     /// ResyncRequired).
     #[arg(long, env = "EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
@@ -87,6 +112,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The manager-wide default limits, validated like an agent's.
+    pub fn default_limits(&self) -> Result<ResourceLimits, crate::error::Error> {
+        ResourceLimits::validated(
+            self.default_memory_bytes,
+            self.default_cpu_cores,
+            self.default_max_processes,
+        )
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         self.log_dir
             .clone()

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use shepherd_proto::agentmanager::v1::{
-    AgentEvent, Heartbeat, ResyncRequired, WatchAgentEventsResponse, agent_event,
+    self as pb, AgentEvent, Heartbeat, ResyncRequired, WatchAgentEventsResponse, agent_event,
     watch_agent_events_response,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -370,5 +370,17 @@ pub fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
         Some(Kind::TaskLost(_)) => "task_lost",
         Some(Kind::TaskProgress(_)) => "task_progress",
         None => "unknown",
+    }
+}
+
+/// An exit reason as the event log (and the API) encode it.
+pub fn wire_exit_reason(reason: Option<crate::model::ExitReason>) -> pb::ExitReason {
+    use crate::model::ExitReason;
+    match reason {
+        None => pb::ExitReason::Unspecified,
+        Some(ExitReason::Exited) => pb::ExitReason::Exited,
+        Some(ExitReason::Killed) => pb::ExitReason::Killed,
+        Some(ExitReason::OomKilled) => pb::ExitReason::OomKilled,
+        Some(ExitReason::Unknown) => pb::ExitReason::Unknown,
     }
 }

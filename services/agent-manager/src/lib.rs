@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod containment;
 pub mod error;
 pub mod events;
 pub mod limits;
@@ -12,6 +13,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod process;
+pub mod procfs;
 pub mod sessions;
 pub mod store;
 pub mod supervisor;
@@ -27,6 +29,7 @@ use tonic::service::RoutesBuilder;
 
 use crate::api::{AgentManagerServer, AgentSessionServer, Api};
 use crate::config::Config;
+use crate::containment::Containment;
 use crate::events::EventLog;
 use crate::logs::LogDir;
 use crate::manager::Manager;
@@ -48,9 +51,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let store = Store::new(pool);
     let events = EventLog::start(store.clone(), config.event_heartbeat).await?;
 
+    let containment = Arc::new(Containment::start(
+        config.containment,
+        &config.cgroup_parent,
+        config.default_limits()?,
+    )?);
+    let _usage_gauges = metrics::containment_gauges(containment.clone());
+
     let (listener, bound) = server::bind(&config.listen).await?;
     let ctx = Arc::new(Context {
         store: store.clone(),
+        containment,
         events: events.clone(),
         sessions: Sessions::default(),
         logs: LogDir::new(config.log_dir(), config.log_max_bytes),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::containment::{Containment, Usage};
 use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::logs::LogStream;
@@ -118,6 +119,8 @@ impl Manager {
     }
 
     pub async fn create_agent(&self, agent: NewAgent) -> Result<AgentRecord> {
+        // Refused rather than ignored: a limit nobody enforces is a lie.
+        self.containment().check(&agent.spec.limits)?;
         let record = self.store.insert_agent(&agent).await?;
         self.events
             .append(
@@ -140,6 +143,16 @@ impl Manager {
             .get_agent(id)
             .await?
             .ok_or_else(|| Error::agent_not_found(id))
+    }
+
+    /// How agents are contained here.
+    pub fn containment(&self) -> &Containment {
+        &self.supervisors.context().containment
+    }
+
+    /// What the agent's whole process tree uses now (None: nothing runs).
+    pub fn usage(&self, id: Uuid) -> Option<Usage> {
+        self.containment().usage(id)
     }
 
     pub async fn list_agents(&self, filter: &AgentFilter, limit: i64) -> Result<Vec<AgentRecord>> {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::containment::ResourceLimits;
 use crate::error::Error;
 
 /// What the user asked for.
@@ -68,6 +69,36 @@ impl AgentStatus {
 
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+/// Why an agent's process last ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It exited by itself, with a code.
+    Exited,
+    /// A signal killed it (a stop, a restart, kill -9 ...).
+    Killed,
+    /// Its tree exceeded its memory limit and was killed.
+    OomKilled,
+    /// It was adopted, so its status went to someone else.
+    Unknown,
+}
+
+impl ExitReason {
+    pub const ALL: [Self; 4] = [Self::Exited, Self::Killed, Self::OomKilled, Self::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Killed => "killed",
+            Self::OomKilled => "oom-killed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == text)
     }
 }
 
@@ -134,6 +165,10 @@ pub struct AgentSpec {
     pub env: BTreeMap<String, String>,
     pub working_dir: Option<String>,
     pub restart_policy: RestartPolicy,
+    /// Resource limits of the whole process tree (unset: the manager's
+    /// defaults, if any).
+    #[serde(default)]
+    pub limits: ResourceLimits,
 }
 
 /// An agent as stored.
@@ -148,6 +183,8 @@ pub struct AgentRecord {
     pub status_message: String,
     pub generation: u64,
     pub pid: Option<i32>,
+    /// Why the last process ended (None: none has yet).
+    pub exit_reason: Option<ExitReason>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }

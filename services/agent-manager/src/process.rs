@@ -8,7 +8,7 @@
 //! watching it through a pidfd since it is no longer the parent.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -18,8 +18,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::containment::{Cell, marker};
 use crate::logs::LogDir;
-use crate::model::AgentSpec;
+use crate::model::{AgentSpec, ExitReason};
+use crate::procfs::{ProcStat, environ_has};
 use crate::store::ProcessIdentity;
 
 /// How a process ended.
@@ -27,12 +29,30 @@ use crate::store::ProcessIdentity;
 pub struct ExitInfo {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// Killed because its tree exceeded its memory limit.
+    pub oom_killed: bool,
 }
 
 impl ExitInfo {
     pub fn success(self) -> bool {
-        self.code == Some(0)
+        self.code == Some(0) && !self.oom_killed
     }
+
+    /// Why it ended, as recorded and reported.
+    pub fn reason(self) -> ExitReason {
+        match (self.oom_killed, self.code, self.signal) {
+            (true, ..) => ExitReason::OomKilled,
+            (false, Some(_), _) => ExitReason::Exited,
+            (false, None, Some(_)) => ExitReason::Killed,
+            (false, None, None) => ExitReason::Unknown,
+        }
+    }
+
+    const UNKNOWN: Self = Self {
+        code: None,
+        signal: None,
+        oom_killed: false,
+    };
 
     fn from_status(status: io::Result<ExitStatus>) -> Self {
         use std::os::unix::process::ExitStatusExt;
@@ -40,18 +60,19 @@ impl ExitInfo {
             Ok(status) => Self {
                 code: status.code(),
                 signal: status.signal(),
+                oom_killed: false,
             },
             // Waiting failed: the process is gone as far as we can tell.
-            Err(_) => Self {
-                code: None,
-                signal: None,
-            },
+            Err(_) => Self::UNKNOWN,
         }
     }
 }
 
 impl std::fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oom_killed {
+            return f.write_str("killed: its process tree exceeded its memory limit (OOM)");
+        }
         match (self.code, self.signal) {
             (Some(code), _) => write!(f, "exited with code {code}"),
             (None, Some(signal)) => write!(f, "killed by signal {signal}"),
@@ -87,10 +108,18 @@ pub struct Launch<'a> {
     pub manager_ca_file: Option<&'a std::path::Path>,
 }
 
-/// A running agent process, owned by its supervisor.
+/// A running agent process, owned by its supervisor, and the container
+/// of its tree.
 pub struct AgentProcess {
     identity: ProcessIdentity,
     exit: ExitWatch,
+    cell: Cell,
+    /// Readable when the container runs out of memory (cgroup v1).
+    oom_events: Option<AsyncFd<OwnedFd>>,
+    /// OOM kills the container had counted when this process took it over.
+    oom_baseline: u64,
+    /// An OOM event arrived, and the tree was killed for it.
+    oom_killed: bool,
 }
 
 /// How the supervisor learns that the process ended.
@@ -103,7 +132,8 @@ enum ExitWatch {
 }
 
 impl AgentProcess {
-    pub fn spawn(launch: &Launch<'_>, logs: &LogDir) -> io::Result<Self> {
+    /// Launches the agent inside `cell` (prepared for it).
+    pub fn spawn(launch: &Launch<'_>, logs: &LogDir, cell: Cell) -> io::Result<Self> {
         let spec = launch.spec;
         let mut command = Command::new(&spec.command);
         // Agents do not inherit the manager's environment (it holds the
@@ -144,24 +174,64 @@ impl AgentProcess {
         if let Some(dir) = &spec.working_dir {
             command.current_dir(dir);
         }
+        // The child enters its container before exec, so nothing it starts
+        // is ever outside it.
+        let entry_files = cell.entry_files()?;
+        let entry_fds: Vec<i32> = entry_files.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: between fork and exec the closure only makes write(2)
+        // system calls on descriptors opened before the fork (kept open by
+        // `entry_files` until `spawn` returns); it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &entry_fds {
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                    rustix::io::write(fd, b"0").map_err(io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
         let child = command.spawn()?;
+        drop(entry_files);
         let pid = child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .ok_or_else(|| io::Error::other("spawned process has no pid"))?;
+        cell.launched(pid);
         // Unknown (0) if it already exited: such a process is never adopted.
         let started_at = ProcStat::read(pid).map_or(0, |stat| stat.started_at);
-        Ok(Self {
-            identity: ProcessIdentity { pid, started_at },
-            exit: ExitWatch::Child(child),
-        })
+        Ok(Self::contained(
+            ProcessIdentity { pid, started_at },
+            ExitWatch::Child(child),
+            cell,
+        ))
+    }
+
+    fn contained(identity: ProcessIdentity, exit: ExitWatch, cell: Cell) -> Self {
+        let oom_events = cell.oom_eventfd().and_then(|fd| {
+            // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which owns
+            // it (and keeps it open) from then on.
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+        });
+        Self {
+            identity,
+            exit,
+            oom_baseline: cell.oom_kills(),
+            oom_killed: false,
+            oom_events,
+            cell,
+        }
     }
 
     /// Takes over a process a previous manager launched, if `identity`
     /// still names it and it is still this agent's, of this generation
     /// (checked in its environment). `None` when it is gone or is not ours.
-    pub fn adopt(identity: ProcessIdentity, agent_id: Uuid, generation: u64) -> Option<Self> {
-        match Self::try_adopt(identity, agent_id, generation) {
+    pub fn adopt(
+        identity: ProcessIdentity,
+        agent_id: Uuid,
+        generation: u64,
+        cell: Cell,
+    ) -> Option<Self> {
+        match Self::try_adopt(identity, agent_id, generation, cell) {
             Ok(process) => Some(process),
             Err(why) => {
                 tracing::info!(agent = %agent_id, pid = identity.pid, why, "not adopting the recorded process");
@@ -174,6 +244,7 @@ impl AgentProcess {
         identity: ProcessIdentity,
         agent_id: Uuid,
         generation: u64,
+        cell: Cell,
     ) -> Result<Self, &'static str> {
         let pid = rustix::process::Pid::from_raw(identity.pid).ok_or("no such pid")?;
         // Open the pidfd first: from then on the pid cannot be reused under
@@ -187,15 +258,8 @@ impl AgentProcess {
         if stat.zombie {
             return Err("the process has exited");
         }
-        let environ = std::fs::read(format!("/proc/{}/environ", identity.pid))
-            .map_err(|_| "its environment is unreadable")?;
-        let has = |entry: String| {
-            environ
-                .split(|byte| *byte == 0)
-                .any(|item| item == entry.as_bytes())
-        };
-        if !has(format!("SHEPHERD_AGENT_ID={agent_id}"))
-            || !has(format!("SHEPHERD_GENERATION={generation}"))
+        if !environ_has(identity.pid, &marker(agent_id))
+            || !environ_has(identity.pid, &format!("SHEPHERD_GENERATION={generation}"))
         {
             return Err("it is not this agent's process of this generation");
         }
@@ -203,10 +267,7 @@ impl AgentProcess {
         // open, and names the same pidfd, until the `AsyncFd` drops it.
         let exit = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
             .map_err(|_| "its pidfd cannot be watched")?;
-        Ok(Self {
-            identity,
-            exit: ExitWatch::Adopted(exit),
-        })
+        Ok(Self::contained(identity, ExitWatch::Adopted(exit), cell))
     }
 
     pub fn pid(&self) -> i32 {
@@ -217,36 +278,88 @@ impl AgentProcess {
         self.identity
     }
 
-    /// Waits for the process to exit. Cancel-safe.
+    /// Waits for the process to exit. An OOM in its container (cgroup v1,
+    /// where the kernel kills one process) kills the whole tree, so the
+    /// agent ends OOM-killed as it would under v2's `memory.oom.group`.
+    /// Cancel-safe.
     pub async fn wait(&mut self) -> ExitInfo {
-        match &mut self.exit {
-            ExitWatch::Child(child) => ExitInfo::from_status(child.wait().await),
-            ExitWatch::Adopted(pidfd) => {
-                // Readable means exited; an error means the same as far as
-                // this manager can tell.
-                let _ = pidfd.readable().await;
-                ExitInfo {
-                    code: None,
-                    signal: None,
+        loop {
+            let woke = {
+                let exit = &mut self.exit;
+                let events = &self.oom_events;
+                tokio::select! {
+                    exit = Self::leader_exit(exit) => Ok(exit),
+                    () = oom_event(events) => Err(()),
+                }
+            };
+            match woke {
+                Ok(exit) => {
+                    return ExitInfo {
+                        oom_killed: self.oom_killed || self.cell.oom_kills() > self.oom_baseline,
+                        ..exit
+                    };
+                }
+                Err(()) => {
+                    // The kernel signals before its OOM killer has picked
+                    // (and counted) a victim: act on the event itself.
+                    tracing::warn!(
+                        pid = self.pid(),
+                        "the agent's process tree ran out of memory; killing all of it"
+                    );
+                    self.oom_killed = true;
+                    self.cell.kill_all_detached();
                 }
             }
         }
     }
 
-    /// SIGTERM to the group, SIGKILL after `grace`; returns how it ended.
-    pub async fn terminate(&mut self, grace: Duration) -> ExitInfo {
-        signal_group(self.pid(), Signal::SIGTERM);
-        match tokio::time::timeout(grace, self.wait()).await {
-            Ok(exit) => {
-                // The leader is gone; make sure nothing it started lingers.
-                signal_group(self.pid(), Signal::SIGKILL);
-                exit
-            }
-            Err(_) => {
-                signal_group(self.pid(), Signal::SIGKILL);
-                self.wait().await
+    async fn leader_exit(exit: &mut ExitWatch) -> ExitInfo {
+        match exit {
+            ExitWatch::Child(child) => ExitInfo::from_status(child.wait().await),
+            ExitWatch::Adopted(pidfd) => {
+                // Readable means exited; an error means the same as far as
+                // this manager can tell.
+                let _ = pidfd.readable().await;
+                ExitInfo::UNKNOWN
             }
         }
+    }
+
+    /// After the process ended: kills what is left of its tree (escaped
+    /// children included) and returns once nothing of it runs.
+    pub async fn clear(self) {
+        signal_group(self.pid(), Signal::SIGKILL);
+        self.cell.clear(self.pid()).await;
+    }
+
+    /// SIGTERM to the group, SIGKILL to the whole tree after `grace`;
+    /// returns how it ended, once nothing of the tree runs.
+    pub async fn terminate(mut self, grace: Duration) -> ExitInfo {
+        signal_group(self.pid(), Signal::SIGTERM);
+        let exit = match tokio::time::timeout(grace, self.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                signal_group(self.pid(), Signal::SIGKILL);
+                self.cell.kill_all().await;
+                self.wait().await
+            }
+        };
+        self.clear().await;
+        exit
+    }
+}
+
+/// Resolves on the next OOM event (never without an eventfd).
+async fn oom_event(events: &Option<AsyncFd<OwnedFd>>) {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    if let Ok(mut ready) = events.readable().await {
+        let mut count = [0u8; 8];
+        // Reading resets the eventfd's counter; readiness that arrives
+        // after this read survives `clear_ready`.
+        let _ = rustix::io::read(events.get_ref(), &mut count);
+        ready.clear_ready();
     }
 }
 
@@ -255,41 +368,12 @@ fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
-/// What `/proc/<pid>/stat` says about a process.
-struct ProcStat {
-    /// Field 22: start time in clock ticks since boot.
-    started_at: i64,
-    zombie: bool,
-}
-
-impl ProcStat {
-    fn read(pid: i32) -> Option<Self> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) is in parentheses and may hold spaces
-        // or parentheses itself: fields are counted after the last ')'.
-        let rest = &text[text.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // fields[0] is field 3 (state), so field 22 is fields[19].
-        Some(Self {
-            zombie: fields.first()? == &"Z",
-            started_at: fields.get(19)?.parse().ok()?,
-        })
-    }
-}
-
 /// Kills an agent process left behind by a previous manager that cannot be
 /// adopted (live restore is off, or it is not the recorded process). The
 /// pid is checked to still belong to this agent, through its environment,
 /// so a reused pid is never hit. Returns whether something was killed.
 pub fn kill_orphan(pid: i32, agent_id: Uuid) -> bool {
-    let marker = format!("SHEPHERD_AGENT_ID={agent_id}");
-    let environ = match std::fs::read(format!("/proc/{pid}/environ")) {
-        Ok(environ) => environ,
-        Err(_) => return false,
-    };
-    let ours = environ
-        .split(|byte| *byte == 0)
-        .any(|entry| entry == marker.as_bytes());
+    let ours = environ_has(pid, &marker(agent_id));
     if ours {
         signal_group(pid, Signal::SIGKILL);
     }
@@ -337,14 +421,21 @@ mod tests {
         }
         let started_at = ProcStat::read(pid).unwrap().started_at;
         let identity = ProcessIdentity { pid, started_at };
-        assert!(AgentProcess::adopt(identity, Uuid::new_v4(), 3).is_none());
-        assert!(AgentProcess::adopt(identity, agent, 4).is_none());
+        let containment = crate::containment::Containment::start(
+            crate::containment::ModeChoice::Subreaper,
+            "unused",
+            crate::containment::ResourceLimits::default(),
+        )
+        .unwrap();
+        let cell = || containment.cell(agent);
+        assert!(AgentProcess::adopt(identity, Uuid::new_v4(), 3, cell()).is_none());
+        assert!(AgentProcess::adopt(identity, agent, 4, cell()).is_none());
         let stale = ProcessIdentity {
             pid,
             started_at: started_at + 1,
         };
-        assert!(AgentProcess::adopt(stale, agent, 3).is_none());
-        let mut adopted = match AgentProcess::try_adopt(identity, agent, 3) {
+        assert!(AgentProcess::adopt(stale, agent, 3, cell()).is_none());
+        let mut adopted = match AgentProcess::try_adopt(identity, agent, 3, cell()) {
             Ok(adopted) => adopted,
             Err(why) => panic!("not adopted: {why}"),
         };

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent};
+use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, ExitReason, NewAgent};
 
 mod tasks;
 
@@ -35,10 +35,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "live_restore",
         sql: include_str!("../migrations/0003_live_restore.sql"),
     },
+    Migration {
+        version: 4,
+        name: "exit_reason",
+        sql: include_str!("../migrations/0004_exit_reason.sql"),
+    },
 ];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
-                             generation, pid, created_at, updated_at";
+                             generation, pid, exit_reason, created_at, updated_at";
 
 /// Names one process for its lifetime: a pid alone may be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +356,30 @@ impl Store {
         agent_from_row(&row)
     }
 
+    /// The process ended: EXITED, with why.
+    pub async fn record_exit(
+        &self,
+        id: Uuid,
+        message: &str,
+        reason: ExitReason,
+    ) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE agent_manager.agents
+             SET status = 'exited', status_message = $2, pid = NULL, exit_reason = $3,
+                 updated_at = now()
+             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &message, &reason.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        agent_from_row(&row)
+    }
+
     pub async fn delete_agent(&self, id: Uuid) -> Result<bool> {
         let client = self.pool.get().await?;
         let deleted = client
@@ -508,6 +537,9 @@ fn agent_from_row(row: &Row) -> Result<AgentRecord> {
         status_message: row.get("status_message"),
         generation: from_i64(row.get("generation")),
         pid: row.get("pid"),
+        exit_reason: row
+            .get::<_, Option<&str>>("exit_reason")
+            .and_then(ExitReason::parse),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::containment::Containment;
 use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::logs::LogDir;
@@ -42,6 +43,8 @@ use shepherd_platform::auth::constant_time_eq;
 /// What every supervisor shares.
 pub struct Context {
     pub store: Store,
+    /// Keeps each agent's process tree together (kill, limits, usage).
+    pub containment: Arc<Containment>,
     pub events: EventLog,
     pub sessions: Sessions,
     pub logs: LogDir,
@@ -437,6 +440,12 @@ impl Supervisor {
         {
             tracing::info!(agent = %self.id(), pid, "killed a process left by a previous manager");
         }
+        // And whatever else of its tree is left (escaped children too).
+        self.ctx
+            .containment
+            .cell(self.id())
+            .clear(self.record.pid.unwrap_or(0))
+            .await;
         match self.record.desired_state {
             DesiredState::Running => {
                 self.launch("manager start-up reconciliation").await?;
@@ -462,8 +471,9 @@ impl Supervisor {
         let Some(launched) = self.ctx.store.launched_process(self.id()).await? else {
             return Ok(false);
         };
+        let cell = self.ctx.containment.adopted(self.id(), &self.record.name);
         let Some(process) =
-            AgentProcess::adopt(launched.identity, self.id(), self.record.generation)
+            AgentProcess::adopt(launched.identity, self.id(), self.record.generation, cell)
         else {
             return Ok(false);
         };
@@ -516,7 +526,18 @@ impl Supervisor {
             manager_url: &self.ctx.manager_url,
             manager_ca_file: self.ctx.manager_ca_file.as_deref(),
         };
-        let process = match AgentProcess::spawn(&launch, &self.ctx.logs) {
+        let spawned = match self
+            .ctx
+            .containment
+            .prepare(self.id(), &self.record.name, self.record.spec.limits)
+            .await
+        {
+            Ok(cell) => AgentProcess::spawn(&launch, &self.ctx.logs, cell),
+            Err(err) => Err(std::io::Error::other(format!(
+                "its container could not be prepared: {err}"
+            ))),
+        };
+        let process = match spawned {
             Ok(process) => process,
             Err(err) => {
                 let message = format!("could not launch {:?}: {err}", self.record.spec.command);
@@ -563,7 +584,12 @@ impl Supervisor {
     /// The process exited on its own: record it, close its session, and
     /// apply the restart policy.
     async fn on_exit(&mut self, exit: ExitInfo) -> Result<()> {
-        self.process = None;
+        // Nothing of the old tree may run once its tasks are reported lost
+        // (a retry would run beside its predecessor) or a new generation
+        // starts: kill the rest of it first.
+        if let Some(process) = self.process.take() {
+            process.clear().await;
+        }
         self.token_hash = None;
         self.close_reconnect_window();
         tracing::info!(agent = %self.id(), %exit, "agent process exited");
@@ -611,7 +637,7 @@ impl Supervisor {
 
     /// Stops the running process, if any, and records its exit.
     async fn terminate(&mut self, reason: &str) -> Result<()> {
-        let Some(mut process) = self.process.take() else {
+        let Some(process) = self.process.take() else {
             return Ok(());
         };
         self.token_hash = None;
@@ -622,14 +648,18 @@ impl Supervisor {
     }
 
     async fn record_exit(&mut self, exit: ExitInfo, message: &str) -> Result<()> {
+        if exit.oom_killed {
+            crate::metrics::agent_oom_killed(self.id(), &self.record.name);
+        }
         self.record = self
             .ctx
             .store
-            .set_status(self.id(), AgentStatus::Exited, message, None)
+            .record_exit(self.id(), message, exit.reason())
             .await?;
         self.append(agent_event::Kind::Exited(AgentExited {
             code: exit.code,
             signal: exit.signal,
+            reason: crate::events::wire_exit_reason(Some(exit.reason())) as i32,
         }))
         .await?;
         Ok(())

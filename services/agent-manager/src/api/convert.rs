@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1 as pb;
 
+use crate::containment::{ResourceLimits, Usage};
 use crate::error::{Error, Result};
+use crate::events::wire_exit_reason;
 use crate::model::{
     self, AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent, RestartMode, RestartPolicy,
 };
@@ -27,6 +29,15 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     }
     let restart_policy = restart_policy(agent.restart_policy)?;
     model::validate_policy(&restart_policy)?;
+    let limits = agent
+        .limits
+        .map_or(Ok(ResourceLimits::default()), |limits| {
+            ResourceLimits::validated(
+                Some(limits.memory_bytes),
+                Some(limits.cpu_cores),
+                Some(limits.max_processes),
+            )
+        })?;
     let desired_state = match pb::DesiredState::try_from(agent.desired_state) {
         Ok(pb::DesiredState::Unspecified | pb::DesiredState::Running) => DesiredState::Running,
         Ok(pb::DesiredState::Stopped) => DesiredState::Stopped,
@@ -48,6 +59,7 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
             env,
             working_dir,
             restart_policy,
+            limits,
         },
         labels,
         desired_state,
@@ -111,9 +123,21 @@ fn duration(
     }
 }
 
-pub fn agent(record: AgentRecord) -> pb::Agent {
+/// An agent on the wire, with what its tree uses now (if it runs).
+pub fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
     let policy = &record.spec.restart_policy;
+    let limits = &record.spec.limits;
     pb::Agent {
+        limits: Some(self::limits(limits)),
+        usage: usage.map(|usage| pb::ResourceUsage {
+            memory_bytes: usage.memory_bytes,
+            cpu_time: usage
+                .cpu_time
+                .and_then(|time| prost_types::Duration::try_from(time).ok()),
+            cpu_cores: usage.cpu_cores,
+            processes: usage.processes,
+        }),
+        exit_reason: wire_exit_reason(record.exit_reason) as i32,
         id: record.id.to_string(),
         name: record.name,
         command: record.spec.command,
@@ -143,6 +167,16 @@ pub fn agent(record: AgentRecord) -> pb::Agent {
         restart_count: u32::try_from(record.generation.saturating_sub(1)).unwrap_or(u32::MAX),
         create_time: Some(record.created_at.into()),
         update_time: Some(record.updated_at.into()),
+    }
+}
+
+pub fn limits(limits: &ResourceLimits) -> pb::ResourceLimits {
+    pb::ResourceLimits {
+        memory_bytes: limits.memory_bytes.unwrap_or(0),
+        cpu_cores: limits
+            .cpu_millicores
+            .map_or(0.0, |millis| f64::from(millis) / 1000.0),
+        max_processes: limits.max_processes.unwrap_or(0),
     }
 }
 

@@ -18,10 +18,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::containment::LimitKind;
 use crate::error::Error;
 use crate::logs::LogStream;
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, TaskRequest};
-use crate::model::parse_agent_id;
+use crate::model::{AgentRecord, parse_agent_id};
 use crate::store::AgentFilter;
 use shepherd_platform::server::record_id;
 
@@ -50,6 +51,12 @@ impl Api {
     pub fn new(manager: Arc<Manager>) -> Self {
         Self { manager }
     }
+
+    /// An agent on the wire, with its tree's usage when it runs.
+    fn agent(&self, record: AgentRecord) -> pb::Agent {
+        let usage = self.manager.usage(record.id);
+        convert::agent(record, usage)
+    }
 }
 
 #[tonic::async_trait]
@@ -60,7 +67,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::Agent>, Status> {
         let agent = convert::new_agent(request.into_inner().agent)?;
         let record = self.manager.create_agent(agent).await?;
-        Ok(Response::new(convert::agent(record)))
+        Ok(Response::new(self.agent(record)))
     }
 
     async fn get_agent(
@@ -69,9 +76,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
         record_id("agent_id", &id);
-        Ok(Response::new(convert::agent(
-            self.manager.get_agent(id).await?,
-        )))
+        Ok(Response::new(self.agent(self.manager.get_agent(id).await?)))
     }
 
     async fn list_agents(
@@ -89,7 +94,10 @@ impl AgentManager for Api {
         let agents = self.manager.list_agents(&filter, limit).await?;
         let next_page_token = paging::next_token(&agents, limit, |agent| agent.id);
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: agents.into_iter().map(convert::agent).collect(),
+            agents: agents
+                .into_iter()
+                .map(|record| self.agent(record))
+                .collect(),
             next_page_token,
         }))
     }
@@ -100,9 +108,9 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
         record_id("agent_id", &id);
-        Ok(Response::new(convert::agent(
-            self.manager.start_agent(id).await?,
-        )))
+        Ok(Response::new(
+            self.agent(self.manager.start_agent(id).await?),
+        ))
     }
 
     async fn stop_agent(
@@ -111,9 +119,9 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
         record_id("agent_id", &id);
-        Ok(Response::new(convert::agent(
-            self.manager.stop_agent(id).await?,
-        )))
+        Ok(Response::new(
+            self.agent(self.manager.stop_agent(id).await?),
+        ))
     }
 
     async fn restart_agent(
@@ -122,9 +130,9 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
         record_id("agent_id", &id);
-        Ok(Response::new(convert::agent(
-            self.manager.restart_agent(id).await?,
-        )))
+        Ok(Response::new(
+            self.agent(self.manager.restart_agent(id).await?),
+        ))
     }
 
     async fn delete_agent(
@@ -297,6 +305,20 @@ impl AgentManager for Api {
         Ok(Response::new(pb::PruneEventsResponse {
             pruned_through_sequence: pruned_through,
             deleted,
+        }))
+    }
+
+    async fn get_manager_info(
+        &self,
+        _request: Request<pb::GetManagerInfoRequest>,
+    ) -> Result<Response<pb::ManagerInfo>, Status> {
+        let containment = self.manager.containment();
+        Ok(Response::new(pb::ManagerInfo {
+            containment_mode: containment.mode().as_str().to_owned(),
+            enforces_memory: containment.enforces(LimitKind::Memory),
+            enforces_cpu: containment.enforces(LimitKind::Cpu),
+            enforces_processes: containment.enforces(LimitKind::Processes),
+            default_limits: Some(convert::limits(&containment.defaults())),
         }))
     }
 }

@@ -104,6 +104,7 @@ async fn start_manager(db: &TestDb, log_dir: &std::path::Path) -> anyhow::Result
         &[
             ("DATABASE_URL", db.url.clone()),
             ("AGENT_LOG_DIR", log_dir.display().to_string()),
+            ("CGROUP_PARENT", db.cgroup_parent()),
             // A restarted manager here listens on a new port, where agents
             // of the old one could never reconnect: these tests cover the
             // replace-on-restart path (live restore is tested end to end in
