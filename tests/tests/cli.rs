@@ -5,6 +5,7 @@ use std::process::Output;
 
 use serde_json::Value;
 use shepherd_e2e::{Stack, StackOptions};
+use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::RunnerState;
 use shepherd_testkit::{bin_path, eventually};
 
@@ -66,12 +67,25 @@ async fn a_cli_session_from_agent_to_recovered_workflow() -> anyhow::Result<()> 
         token: Some(TOKEN.into()),
     };
 
-    // An agent from a TOML file.
+    // An agent from a TOML file, with a memory limit where this machine
+    // enforces one.
+    let enforces_memory = stack
+        .agents
+        .clone()
+        .get_manager_info(am::GetManagerInfoRequest {})
+        .await?
+        .into_inner()
+        .enforces_memory;
+    let limits = if enforces_memory {
+        "[limits]\nmemory = \"256MiB\"\n"
+    } else {
+        ""
+    };
     let spec = stack.scratch_file("agent.toml");
     std::fs::write(
         &spec,
         format!(
-            "name = \"cli-agent\"\ncommand = \"{}\"\n[labels]\nteam = \"docs\"\n[restart]\nmode = \"never\"\n",
+            "name = \"cli-agent\"\ncommand = \"{}\"\n[labels]\nteam = \"docs\"\n[restart]\nmode = \"never\"\n{limits}",
             bin_path("shepherd-agent")?.display()
         ),
     )?;
@@ -89,6 +103,24 @@ async fn a_cli_session_from_agent_to_recovered_workflow() -> anyhow::Result<()> 
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     let got = cli.json(&["agents", "get", "cli-agent"]).await?;
     assert_eq!(got["status"], "ready");
+    assert!(got["usage"]["processes"].as_u64() >= Some(1), "{got}");
+    assert!(got["usage"]["memory_bytes"].as_u64() > Some(0), "{got}");
+    if enforces_memory {
+        assert_eq!(got["limits"]["memory_bytes"], 256 << 20);
+    }
+    let table = cli.run(&["agents", "list"]).await?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("CPU") && header.contains("MEMORY"),
+        "a compact CPU / memory column: {table}"
+    );
+    let detail = cli.run(&["agents", "get", "cli-agent"]).await?;
+    let detail = String::from_utf8_lossy(&detail.stdout);
+    assert!(
+        detail.contains("cpu time:") && detail.contains("processes:"),
+        "{detail}"
+    );
 
     // A workflow (agent named, not id'd) and two tasks.
     let workflow = cli

@@ -132,6 +132,15 @@ pub struct CreateAgent {
     pub restart: String,
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// Memory limit of the agent's whole process tree, e.g. 512MiB or 2G.
+    #[arg(long, value_parser = crate::commands::parse_size)]
+    pub memory: Option<u64>,
+    /// CPU limit of the tree, in cores (fractional, e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Most processes (and threads) in the tree.
+    #[arg(long)]
+    pub max_processes: Option<u32>,
     /// Create without starting.
     #[arg(long)]
     pub stopped: bool,

@@ -108,6 +108,57 @@ struct AgentFile {
     stopped: bool,
     #[serde(default)]
     restart: RestartFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+/// `[limits]`: memory = "512MiB", cpus = 0.5, max_processes = 64.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    memory: Option<String>,
+    cpus: Option<f64>,
+    max_processes: Option<u32>,
+}
+
+/// A size in bytes: a number with an optional unit (K, M, G, T in powers
+/// of 1024, with or without "iB"/"B").
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB, 2G, 1048576)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn limits(
+    memory: Option<u64>,
+    cpus: Option<f64>,
+    max_processes: Option<u32>,
+) -> Option<am::ResourceLimits> {
+    (memory.is_some() || cpus.is_some() || max_processes.is_some()).then(|| am::ResourceLimits {
+        memory_bytes: memory.unwrap_or(0),
+        cpu_cores: cpus.unwrap_or(0.0),
+        max_processes: max_processes.unwrap_or(0),
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -150,7 +201,15 @@ fn agent_from_file(path: &Path) -> anyhow::Result<am::Agent> {
     let file: AgentFile =
         toml::from_str(&text).map_err(|err| UsageError(format!("{}: {err}", path.display())))?;
     let restart = &file.restart;
+    let memory = file
+        .limits
+        .memory
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(|err| UsageError(format!("limits.memory: {err}")))?;
     Ok(am::Agent {
+        limits: limits(memory, file.limits.cpus, file.limits.max_processes),
         name: file.name,
         command: file.command,
         args: file.args,
@@ -178,6 +237,7 @@ fn agent_from_file(path: &Path) -> anyhow::Result<am::Agent> {
 
 fn agent_from_flags(create: CreateAgent) -> anyhow::Result<am::Agent> {
     Ok(am::Agent {
+        limits: limits(create.memory, create.cpus, create.max_processes),
         name: create.name.unwrap_or_default(),
         command: create.command.unwrap_or_default(),
         args: create.args,
@@ -695,5 +755,22 @@ where
             return Ok(all);
         }
         page_token = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("512 kb"), Ok(512 << 10));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -11,6 +11,12 @@ pub trait Render {
     fn headers() -> &'static [&'static str];
     fn row(&self) -> Vec<String>;
     fn json(&self) -> Value;
+
+    /// The key/value list `get` prints: the row, unless a resource has more
+    /// to say about one item than fits a table.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
 }
 
 /// Prints one resource: a key/value list, or a JSON object.
@@ -18,7 +24,7 @@ pub fn one<T: Render>(output: Output, item: &T) {
     match output {
         Output::Json => println!("{}", item.json()),
         Output::Table => {
-            for (header, value) in T::headers().iter().zip(item.row()) {
+            for (header, value) in item.details() {
                 println!("{:<14} {value}", format!("{header}:"));
             }
         }
@@ -61,6 +67,42 @@ fn time(value: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+/// 12.3MiB, 1.0GiB, 512B.
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count}B");
+    }
+    let mut value = count as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+fn limits(limits: Option<&am::ResourceLimits>) -> String {
+    let Some(limits) = limits else {
+        return "none".into();
+    };
+    let mut parts = Vec::new();
+    if limits.memory_bytes > 0 {
+        parts.push(format!("memory {}", bytes(limits.memory_bytes)));
+    }
+    if limits.cpu_cores > 0.0 {
+        parts.push(format!("cpu {} cores", limits.cpu_cores));
+    }
+    if limits.max_processes > 0 {
+        parts.push(format!("{} processes", limits.max_processes));
+    }
+    if parts.is_empty() {
+        "none (manager defaults)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// `AGENT_STATUS_READY` → `ready`.
 fn short(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
@@ -75,8 +117,38 @@ impl Render for am::Agent {
             "desired",
             "generation",
             "pid",
+            "cpu",
+            "memory",
             "message",
         ]
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let usage = self.usage.as_ref();
+        let mut details: Vec<(&'static str, String)> =
+            Self::headers().iter().copied().zip(self.row()).collect();
+        details.extend([
+            (
+                "cpu time",
+                usage
+                    .and_then(|u| u.cpu_time)
+                    .and_then(|t| std::time::Duration::try_from(t).ok())
+                    .map_or("-".into(), |t| format!("{:.2}s", t.as_secs_f64())),
+            ),
+            (
+                "processes",
+                usage.map_or("-".into(), |u| u.processes.to_string()),
+            ),
+            ("limits", limits(self.limits.as_ref())),
+            (
+                "last exit",
+                match self.exit_reason() {
+                    am::ExitReason::Unspecified => "-".into(),
+                    reason => short(reason.as_str_name(), "EXIT_REASON_"),
+                },
+            ),
+        ]);
+        details
     }
 
     fn row(&self) -> Vec<String> {
@@ -91,6 +163,12 @@ impl Render for am::Agent {
             } else {
                 "-".into()
             },
+            self.usage
+                .as_ref()
+                .map_or("-".into(), |u| format!("{:.2}", u.cpu_cores)),
+            self.usage
+                .as_ref()
+                .map_or("-".into(), |u| bytes(u.memory_bytes)),
             self.status_message.clone(),
         ]
     }
@@ -110,6 +188,20 @@ impl Render for am::Agent {
             "generation": self.generation,
             "pid": self.pid,
             "restart_count": self.restart_count,
+            "limits": self.limits.as_ref().map(|l| json!({
+                "memory_bytes": l.memory_bytes,
+                "cpu_cores": l.cpu_cores,
+                "max_processes": l.max_processes,
+            })),
+            "usage": self.usage.as_ref().map(|u| json!({
+                "memory_bytes": u.memory_bytes,
+                "cpu_seconds": u.cpu_time
+                    .and_then(|t| std::time::Duration::try_from(t).ok())
+                    .map(|t| t.as_secs_f64()),
+                "cpu_cores": u.cpu_cores,
+                "processes": u.processes,
+            })),
+            "exit_reason": short(self.exit_reason().as_str_name(), "EXIT_REASON_"),
             "create_time": time(self.create_time.as_ref()),
             "update_time": time(self.update_time.as_ref()),
         })
@@ -243,7 +335,10 @@ pub fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
         Some(Kind::Started(e)) => ("started", json!({ "pid": e.pid })),
         Some(Kind::Ready(_)) => ("ready", json!({})),
         Some(Kind::Disconnected(e)) => ("disconnected", json!({ "reason": e.reason })),
-        Some(Kind::Exited(e)) => ("exited", json!({ "code": e.code, "signal": e.signal })),
+        Some(Kind::Exited(e)) => (
+            "exited",
+            json!({ "code": e.code, "signal": e.signal, "reason": short(e.reason().as_str_name(), "EXIT_REASON_") }),
+        ),
         Some(Kind::Restarted(e)) => (
             "restarted",
             json!({ "generation": e.generation, "reason": e.reason }),

@@ -11,24 +11,31 @@
 //! idle: N enabled workflows with no tasks: scheduler and PostgreSQL CPU
 //!     (from /proc) and scheduler memory per runner;
 //! latency: trigger -> dispatched -> completed at low load, p50/p99 (from
-//!     the database's own timestamps).
+//!     the database's own timestamps);
+//! containment: what containing an agent costs: per launch (prepare the
+//!     cgroup with limits, enter it, kill and remove it after the exit),
+//!     as the difference to a plain spawn over --launches launches, and per
+//!     usage read; in the detected mode and in the subreaper fallback.
 //!
 //! Build in release and run (PostgreSQL from DATABASE_URL or 127.0.0.1):
 //!   cargo build --release --workspace --bins && target/release/shepherd-bench
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N (b, per
 //! workflow; default 8), --workflows N (idle; default 10000), --only
-//! a1|a2|a3|b|baseline|idle|latency (a3: one agent with --workflows
-//! workflows restarted).
+//! a1|a2|a3|b|baseline|idle|latency|containment (a3: one agent with
+//! --workflows workflows restarted), --launches N (containment; default 1000).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use shepherd_agent_manager::containment::{
+    Cell, Containment, LimitKind, ModeChoice, ResourceLimits,
+};
 use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|latency] [--rounds N] [--agents N] [--tasks N] [--concurrency N] [--workflows N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N] [--workflows N] [--launches N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
   a3: runners of one agent with --workflows workflows (default 10000) back after its restart
@@ -36,7 +43,8 @@ const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|late
       as tasks/s and as a ratio to the baseline (measured first, in the same run)
   baseline: 8 connections committing one insert plus one update each, for 5 s
   idle: --workflows enabled workflows (default 10000) with no tasks: CPU and memory
-  latency: trigger -> dispatched -> completed, p50/p99 over 200 sequential tasks";
+  latency: trigger -> dispatched -> completed, p50/p99 over 200 sequential tasks
+  containment: cost of containing an agent per launch (over --launches, default 1000) and per usage read";
 
 struct Args {
     rounds: usize,
@@ -44,6 +52,7 @@ struct Args {
     tasks: usize,
     concurrency: u32,
     workflows: usize,
+    launches: usize,
     only: Option<String>,
 }
 
@@ -54,6 +63,7 @@ fn args() -> anyhow::Result<Args> {
         tasks: 20_000,
         concurrency: 8,
         workflows: 10_000,
+        launches: 1_000,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -69,6 +79,7 @@ fn args() -> anyhow::Result<Args> {
             "--tasks" => args.tasks = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
             "--workflows" => args.workflows = value.parse()?,
+            "--launches" => args.launches = value.parse()?,
             "--only" => args.only = Some(value),
             other => bail!("unknown option {other}\n{USAGE}"),
         }
@@ -98,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("latency") {
         latency(200).await?;
+    }
+    if run("containment") {
+        containment(ModeChoice::Auto, args.launches).await?;
+        containment(ModeChoice::Subreaper, args.launches).await?;
     }
     if run("idle") {
         idle(args.workflows).await?;
@@ -484,6 +499,99 @@ async fn latency(tasks: usize) -> anyhow::Result<()> {
         ms(percentile(&dispatched, 0.99)),
         ms(percentile(&completed, 0.5)),
         ms(percentile(&completed, 0.99)),
+    );
+    Ok(())
+}
+
+/// A short-lived process, spawned plainly or into `cell` (written to
+/// between fork and exec, as the manager does).
+async fn spawn_true(cell: Option<&Cell>) -> anyhow::Result<i32> {
+    let mut command = tokio::process::Command::new("/bin/true");
+    let files = match cell {
+        Some(cell) => cell.entry_files()?,
+        None => Vec::new(),
+    };
+    let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    // SAFETY: only write(2) on descriptors opened before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &fds {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id().map_or(0, |pid| pid as i32);
+    child.wait().await?;
+    Ok(pid)
+}
+
+/// The cost of containment per launch and per usage read.
+async fn containment(mode: ModeChoice, launches: usize) -> anyhow::Result<()> {
+    let parent = format!("shepherd-bench-{}", std::process::id());
+    let containment = Containment::start(mode, &parent, ResourceLimits::default())?;
+    let limits = ResourceLimits {
+        memory_bytes: containment.enforces(LimitKind::Memory).then_some(256 << 20),
+        cpu_millicores: containment.enforces(LimitKind::Cpu).then_some(1000),
+        max_processes: containment.enforces(LimitKind::Processes).then_some(64),
+    };
+    let agent = uuid::Uuid::now_v7();
+
+    let started = Instant::now();
+    for _ in 0..launches {
+        spawn_true(None).await?;
+    }
+    let plain = started.elapsed();
+    let started = Instant::now();
+    for _ in 0..launches {
+        let cell = containment.prepare(agent, "bench", limits).await?;
+        let pid = spawn_true(Some(&cell)).await?;
+        cell.clear(pid).await;
+    }
+    let contained = started.elapsed();
+    let per = |total: Duration| total.as_secs_f64() * 1000.0 / launches as f64;
+
+    // Usage reads of a running tree.
+    let cell = containment.prepare(agent, "bench", limits).await?;
+    let files = cell.entry_files()?;
+    let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let mut sleeper = tokio::process::Command::new("sleep");
+    sleeper
+        .arg("30")
+        .env("SHEPHERD_AGENT_ID", agent.to_string());
+    // SAFETY: as above.
+    unsafe {
+        sleeper.pre_exec(move || {
+            for fd in &fds {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = sleeper.spawn()?;
+    let pid = child.id().map_or(0, |pid| pid as i32);
+    let reads = 2_000;
+    let started = Instant::now();
+    let mut seen = 0;
+    for _ in 0..reads {
+        seen += containment.usage(agent).map_or(0, |usage| usage.processes);
+    }
+    let read = started.elapsed();
+    child.start_kill()?;
+    child.wait().await?;
+    cell.clear(pid).await;
+    shepherd_testkit::clear_cgroups(&parent);
+    println!(
+        "containment ({}): {launches} launches of /bin/true: plain {:.3} ms each, contained {:.3} ms each (limits {limits:?}) = {:.3} ms of containment per launch; usage read {:.1} us each over {reads} reads ({} processes seen per read)",
+        containment.mode().as_str(),
+        per(plain),
+        per(contained),
+        per(contained) - per(plain),
+        read.as_secs_f64() * 1e6 / reads as f64,
+        seen / reads as u32,
     );
     Ok(())
 }
