@@ -38,6 +38,7 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
         .env("DEV_DATABASE", &database)
         .env("MANAGER_ADDR", &manager)
         .env("SCHEDULER_ADDR", &scheduler)
+        .env("WEBHOOK_ADDR", format!("127.0.0.1:{}", free_port()?))
         .env("STATE_DIR", &state)
         .env("SKIP_BUILD", "1")
         .env("RUST_LOG", "warn")

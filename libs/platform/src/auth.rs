@@ -97,6 +97,14 @@ impl Interceptor for ClientMetadata {
 
 /// Compares two secrets in time that depends only on their lengths, so a
 /// caller cannot learn a token byte by byte from response times.
+/// A fresh random secret of 256 bits, as 64 hex digits (session tokens,
+/// webhook secrets).
+pub fn random_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -7,6 +7,7 @@ use shepherd_platform::limits::{Limit, bytes, duration};
 use shepherd_platform::validate::MAX_NAME;
 
 use crate::api::{DEFAULT_PAGE, MAX_HELD_TASKS, MAX_LOG_LINES, MAX_PAGE, MAX_TASK_STATES};
+use crate::containment::{MAX_CPU_CORES, MIN_MEMORY_BYTES};
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN};
 use crate::model::{
     MAX_ARG_BYTES, MAX_ARGS, MAX_ENTRIES, MAX_KEY_BYTES, MAX_LABEL_KEY, MAX_LABEL_VALUE,
@@ -29,6 +30,13 @@ pub fn all() -> Vec<Limit> {
             format!(
                 "at most {MAX_ARGS}, each at most {}, no NUL",
                 bytes(MAX_ARG_BYTES)
+            ),
+        ),
+        Limit::new(
+            "agent.limits",
+            format!(
+                "memory_bytes 0 (none) or at least {}; cpu_cores 0 (none) or 0.001-{MAX_CPU_CORES}; max_processes 0 (none) or more; each refused (FAILED_PRECONDITION) where the containment mode cannot enforce it",
+                bytes(MIN_MEMORY_BYTES as usize)
             ),
         ),
         Limit::new(

@@ -702,11 +702,7 @@ pub fn hash_token(token: &str) -> Vec<u8> {
 }
 
 /// A fresh random session token (256 bits, hex).
-pub fn new_token() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub use shepherd_platform::auth::random_secret as new_token;
 
 #[cfg(test)]
 mod tests {

@@ -174,6 +174,11 @@ pub enum WorkflowCommand {
     },
     /// Enqueue a task.
     Trigger(TriggerWorkflow),
+    /// Give a webhook workflow a new secret (printed once; the old one
+    /// stops working).
+    RotateSecret {
+        workflow: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -193,8 +198,21 @@ pub struct CreateWorkflow {
     #[arg(long, conflicts_with = "delay")]
     pub cron: Option<String>,
     /// One task, once, after this delay.
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = duration, conflicts_with = "webhook")]
     pub delay: Option<Duration>,
+    /// One task per signed webhook delivery (the secret is printed once).
+    #[arg(long, conflicts_with_all = ["interval", "cron"])]
+    pub webhook: bool,
+    /// Webhook: only these events (X-GitHub-Event), e.g. issues (repeatable).
+    #[arg(long = "event", requires = "webhook")]
+    pub events: Vec<String>,
+    /// Webhook: only these JSON actions, e.g. opened (repeatable).
+    #[arg(long = "action", requires = "webhook")]
+    pub actions: Vec<String>,
+    /// Webhook: FIELD=/json/pointer, FIELD one of title, body, url, labels,
+    /// metadata.KEY (repeatable), e.g. title=/issue/title.
+    #[arg(long = "map", requires = "webhook", value_parser = key_value)]
+    pub mapping: Vec<(String, String)>,
     /// Create disabled.
     #[arg(long)]
     pub disabled: bool,

@@ -397,6 +397,13 @@ impl Clients {
                 render::one(output, &task);
                 return Ok(());
             }
+            WorkflowCommand::RotateSecret { workflow } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                self.workflows
+                    .rotate_webhook_secret(sched::RotateWebhookSecretRequest { workflow_id })
+                    .await?
+                    .into_inner()
+            }
         };
         render::one(output, &workflow);
         Ok(())
@@ -415,6 +422,13 @@ impl Clients {
         } else if let Some(delay) = create.delay {
             Kind::Delay(sched::DelayTrigger {
                 delay: duration(delay),
+            })
+        } else if create.webhook {
+            Kind::Webhook(sched::WebhookTrigger {
+                events: create.events,
+                actions: create.actions,
+                mapping: create.mapping.into_iter().collect(),
+                ..Default::default()
             })
         } else {
             Kind::Manual(sched::ManualTrigger {})

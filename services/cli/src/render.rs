@@ -220,6 +220,19 @@ fn trigger(workflow: &sched::Workflow) -> String {
         Some(T::Interval(i)) => format!("every {}", duration(i.period.as_ref())),
         Some(T::Cron(c)) => format!("cron {}", c.expression),
         Some(T::Delay(d)) => format!("once after {}", duration(d.delay.as_ref())),
+        Some(T::Webhook(w)) => {
+            let mut text = String::from("webhook");
+            if !w.events.is_empty() {
+                text += &format!(" events={}", w.events.join(","));
+            }
+            if !w.actions.is_empty() {
+                text += &format!(" actions={}", w.actions.join(","));
+            }
+            if !w.url.is_empty() {
+                text += &format!(" {}", w.url);
+            }
+            text
+        }
     }
 }
 
@@ -242,13 +255,44 @@ impl Render for sched::Workflow {
         ]
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let mut details: Vec<(&'static str, String)> =
+            Self::headers().iter().copied().zip(self.row()).collect();
+        if let Some(sched::trigger::Kind::Webhook(webhook)) =
+            self.trigger.as_ref().and_then(|t| t.kind.as_ref())
+        {
+            details.push(("webhook url", webhook.url.clone()));
+            let mapping: Vec<String> = webhook
+                .mapping
+                .iter()
+                .map(|(field, pointer)| format!("{field}={pointer}"))
+                .collect();
+            details.push(("mapping", mapping.join(" ")));
+            if !webhook.secret.is_empty() {
+                details.push((
+                    "secret",
+                    format!("{} (shown once: keep it now)", webhook.secret),
+                ));
+            }
+        }
+        details
+    }
+
     fn json(&self) -> Value {
+        let webhook = match self.trigger.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(sched::trigger::Kind::Webhook(w)) => json!({
+                "url": w.url, "events": w.events, "actions": w.actions, "mapping": w.mapping,
+                "secret": (!w.secret.is_empty()).then_some(&w.secret),
+            }),
+            _ => Value::Null,
+        };
         json!({
             "id": self.id,
             "name": self.name,
             "agent_id": self.agent_id,
             "enabled": self.enabled,
             "trigger": trigger(self),
+            "webhook": webhook,
             "prompt_template": self.prompt_template,
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,

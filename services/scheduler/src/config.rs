@@ -17,6 +17,20 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
     pub listen: String,
 
+    /// Address to serve webhooks (`POST /hooks/{workflow}`) on over HTTP;
+    /// unset: no webhook endpoint.
+    #[arg(long, env = "WEBHOOK_LISTEN_ADDR")]
+    pub webhook_listen: Option<String>,
+
+    /// Base URL senders reach the webhook endpoint at (shown as each
+    /// webhook workflow's URL). Default: from the webhook listen address.
+    #[arg(long, env = "WEBHOOK_PUBLIC_URL")]
+    pub webhook_public_url: Option<String>,
+
+    /// Largest webhook body accepted (bigger: 413).
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub webhook_max_body_bytes: usize,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 

@@ -22,6 +22,7 @@ pub mod store;
 pub mod task_watch;
 pub mod template;
 pub mod wakeups;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -99,11 +100,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         },
     });
 
+    let webhooks = match &config.webhook_listen {
+        Some(addr) => Some(
+            serve_webhooks(
+                addr,
+                config.webhook_public_url.clone(),
+                scheduler.clone(),
+                config.webhook_max_body_bytes,
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (listener, bound) = server::bind(&config.listen).await?;
     let mut routes = RoutesBuilder::default();
     let auth = RequireBearer::new(config.auth.api_token.as_deref());
     routes.add_service(tonic::service::interceptor::InterceptedService::new(
-        SchedulerServer::new(Api::new(scheduler))
+        SchedulerServer::new(Api::new(scheduler, webhooks.clone()))
             .max_decoding_message_size(config.grpc.max_message_bytes),
         auth,
     ));
@@ -118,6 +132,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
     println!("scheduler listening on {bound}");
+    if let Some(url) = &webhooks {
+        // After the line above, which tools wait for.
+        println!("scheduler webhooks at {url}/hooks/{{workflow}}");
+    }
     tracing::info!(%bound, manager = %config.agent_manager_url, replica = %config.replica_id, "scheduler listening");
 
     let gauge_runners = std::sync::Arc::downgrade(&runners);
@@ -156,4 +174,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = membership_task.await;
     served??;
     Ok(())
+}
+
+/// Serves the webhook endpoint until shutdown; returns the base URL it is
+/// reached at.
+async fn serve_webhooks(
+    addr: &str,
+    public_url: Option<String>,
+    scheduler: Arc<Scheduler>,
+    max_body: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("binding the webhook address {addr}: {err}"))?;
+    let bound = listener.local_addr()?;
+    let router = api::webhooks::router(scheduler, max_body);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "the webhook server failed");
+        }
+    });
+    tracing::info!(%bound, "scheduler webhooks listening");
+    Ok(public_url.unwrap_or_else(|| {
+        let host = if bound.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            bound.ip().to_string()
+        };
+        format!("http://{host}:{}", bound.port())
+    }))
 }

@@ -6,15 +6,14 @@
 use shepherd_platform::limits::{Limit, bytes, duration};
 use shepherd_platform::validate::MAX_NAME;
 
-use crate::api::convert::{
-    DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_BODY, MAX_CONCURRENCY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
-    MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_TEMPLATE, MAX_TITLE, MAX_URL,
-};
+use crate::api::convert::{DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_TEMPLATE};
 use crate::api::{DEFAULT_PAGE, MAX_PAGE, MAX_TASK_ID};
 use crate::model::{
-    MAX_BACKOFF, MAX_CRON, MAX_KEY, MAX_PERIOD, MAX_TASK_TIMEOUT, MAX_TOOL_LEN, MAX_TOOLS,
-    MIN_INTERVAL, MIN_TASK_TIMEOUT,
+    MAX_BACKOFF, MAX_BODY, MAX_CRON, MAX_KEY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
+    MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_PERIOD, MAX_TASK_TIMEOUT, MAX_TITLE, MAX_TOOL_LEN,
+    MAX_TOOLS, MAX_URL, MIN_INTERVAL, MIN_TASK_TIMEOUT,
 };
+use crate::webhook::{MAX_FILTER_LEN, MAX_FILTERS, MAX_MAPPINGS, MAX_POINTER_LEN};
 
 pub fn all() -> Vec<Limit> {
     vec![
@@ -25,6 +24,21 @@ pub fn all() -> Vec<Limit> {
         Limit::new(
             "workflow.prompt_template",
             format!("at most {}, no NUL", bytes(MAX_TEMPLATE)),
+        ),
+        Limit::new(
+            "workflow.trigger.webhook.events, .actions",
+            format!("at most {MAX_FILTERS} each, 1-{MAX_FILTER_LEN} printable characters"),
+        ),
+        Limit::new(
+            "workflow.trigger.webhook.mapping",
+            format!(
+                "at most {MAX_MAPPINGS} entries: title, body, url, labels or metadata.KEY to a JSON pointer of at most {}",
+                bytes(MAX_POINTER_LEN)
+            ),
+        ),
+        Limit::new(
+            "webhook body",
+            "WEBHOOK_MAX_BODY_BYTES (default 1 MiB; over it: 413)".to_owned(),
         ),
         Limit::new(
             "workflow.max_concurrency",

@@ -22,6 +22,8 @@ pub enum Trigger {
     Cron { expression: String },
     /// One task, once, `delay` after the workflow was created.
     Delay { delay_ms: u64 },
+    /// One task per signed HTTP delivery (see `webhook`).
+    Webhook(crate::webhook::WebhookTrigger),
 }
 
 /// Shortest interval accepted.
@@ -138,6 +140,7 @@ impl Trigger {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             Self::Manual => Ok(()),
+            Self::Webhook(webhook) => webhook.validate(),
             Self::Delay { delay_ms } => {
                 if Duration::from_millis(*delay_ms) > MAX_PERIOD {
                     Err(Error::invalid(
@@ -179,7 +182,7 @@ impl Trigger {
     /// workflow; None for manual triggers.
     pub fn first_fire(&self, created: SystemTime, from: SystemTime) -> Option<SystemTime> {
         match self {
-            Self::Manual => None,
+            Self::Manual | Self::Webhook(_) => None,
             // Checked: a time past what SystemTime holds fires never,
             // rather than wrapping (validation keeps periods far from it).
             Self::Interval { period_ms } => from.checked_add(Duration::from_millis(*period_ms)),
@@ -191,7 +194,7 @@ impl Trigger {
     /// The tick after `fired`; None when the trigger fires no more.
     pub fn next_fire(&self, fired: SystemTime) -> Option<SystemTime> {
         match self {
-            Self::Manual | Self::Delay { .. } => None,
+            Self::Manual | Self::Webhook(_) | Self::Delay { .. } => None,
             Self::Interval { period_ms } => fired.checked_add(Duration::from_millis(*period_ms)),
             Self::Cron { expression } => {
                 let schedule = cron::Schedule::from_str(expression).ok()?;
@@ -229,6 +232,49 @@ pub struct TaskFields {
     pub url: String,
     pub labels: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// Bounds of a task's fields.
+pub const MAX_TITLE: usize = 1024;
+pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_URL: usize = 2048;
+pub const MAX_LABELS: usize = 100;
+pub const MAX_LABEL: usize = 128;
+pub const MAX_METADATA: usize = 100;
+pub const MAX_METADATA_KEY: usize = 128;
+pub const MAX_METADATA_VALUE: usize = 4096;
+
+impl TaskFields {
+    /// Checks every field against its bound, naming the first that is not.
+    pub fn validate(&self) -> Result<(), Error> {
+        use shepherd_platform::validate::text;
+        text("fields.title", &self.title, MAX_TITLE)?;
+        text("fields.body", &self.body, MAX_BODY)?;
+        text("fields.url", &self.url, MAX_URL)?;
+        if self.labels.len() > MAX_LABELS {
+            return Err(Error::invalid(
+                "fields.labels",
+                format!("at most {MAX_LABELS} labels"),
+            ));
+        }
+        for (index, label) in self.labels.iter().enumerate() {
+            text(&format!("fields.labels[{index}]"), label, MAX_LABEL)?;
+        }
+        if self.metadata.len() > MAX_METADATA {
+            return Err(Error::invalid(
+                "fields.metadata",
+                format!("at most {MAX_METADATA} entries"),
+            ));
+        }
+        for (key, value) in &self.metadata {
+            if key.is_empty() {
+                return Err(Error::invalid("fields.metadata", "keys must not be empty"));
+            }
+            text("fields.metadata key", key, MAX_METADATA_KEY)?;
+            text("fields.metadata value", value, MAX_METADATA_VALUE)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

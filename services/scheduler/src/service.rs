@@ -8,11 +8,12 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
-use crate::model::{Task, TaskFields, TaskState, Workflow};
+use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
 use crate::store::{NewWorkflow, Rendered, Store, TaskCursor, TaskEventFilter, WorkflowFilter};
 use crate::task_watch::{TaskWatch, WatchItem};
 use crate::template;
+use crate::webhook::{Delivery, Refused};
 
 pub struct Scheduler {
     pub store: Store,
@@ -35,6 +36,20 @@ pub struct UpdateMask {
     pub tool_policy: bool,
 }
 
+/// Why a webhook delivery made no task.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+fn new_secret() -> Result<String> {
+    shepherd_platform::auth::random_secret()
+        .map_err(|err| Error::Internal(format!("no randomness for a webhook secret: {err}")))
+}
+
 impl Scheduler {
     /// Fails unless the agent exists in the agent-manager.
     async fn require_agent(&self, agent: Uuid) -> Result<()> {
@@ -53,18 +68,57 @@ impl Scheduler {
         }
     }
 
-    pub async fn create_workflow(&self, new: NewWorkflow) -> Result<Workflow> {
+    /// Creates a workflow; a webhook-triggered one comes with its secret,
+    /// returned this once.
+    pub async fn create_workflow(&self, new: NewWorkflow) -> Result<(Workflow, Option<String>)> {
         self.require_agent(new.agent_id)
             .await
             .map_err(|err| match err {
                 Error::FailedPrecondition(reason) => Error::invalid("workflow.agent_id", reason),
                 other => other,
             })?;
-        let workflow = self.store.insert_workflow(&new).await?;
+        let secret = match new.trigger {
+            Trigger::Webhook(_) => Some(new_secret()?),
+            _ => None,
+        };
+        let workflow = self.store.insert_workflow(&new, secret.as_deref()).await?;
         if workflow.enabled {
             self.runners.ensure_running(workflow.id, workflow.agent_id);
         }
-        Ok(workflow)
+        Ok((workflow, secret))
+    }
+
+    /// Gives a webhook workflow a new secret (returned this once); the old
+    /// one stops working at once.
+    pub async fn rotate_webhook_secret(&self, id: Uuid) -> Result<(Workflow, String)> {
+        let workflow = self.store.get_workflow(id).await?;
+        if !matches!(workflow.trigger, Trigger::Webhook(_)) {
+            return Err(Error::FailedPrecondition(format!(
+                "workflow {id} is not triggered by webhooks; set a webhook trigger first"
+            )));
+        }
+        let secret = new_secret()?;
+        let workflow = self.store.set_webhook_secret(id, &secret).await?;
+        Ok((workflow, secret))
+    }
+
+    /// A webhook delivery to the workflow `reference` (id or name): the
+    /// task it made (or made before, for a redelivery).
+    pub async fn deliver(
+        &self,
+        reference: &str,
+        delivery: &Delivery<'_>,
+    ) -> std::result::Result<Task, DeliveryError> {
+        let (workflow, secret) = self
+            .store
+            .webhook_target(reference)
+            .await?
+            .ok_or(Refused::UnknownHook)?;
+        let Trigger::Webhook(trigger) = &workflow.trigger else {
+            return Err(Refused::UnknownHook.into());
+        };
+        let (fields, key) = trigger.accept(secret.as_deref(), delivery)?;
+        Ok(self.trigger(workflow.id, Some(key), fields, None).await?)
     }
 
     pub async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {

@@ -97,6 +97,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "row_task_log",
         sql: include_str!("../migrations/0014_row_task_log.sql"),
     },
+    Migration {
+        version: 15,
+        name: "webhooks",
+        sql: include_str!("../migrations/0015_webhooks.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
@@ -186,7 +191,12 @@ impl Store {
 
     // ---- workflows ----
 
-    pub async fn insert_workflow(&self, new: &NewWorkflow) -> Result<Workflow> {
+    /// Stores a new workflow, with its webhook secret if it has one.
+    pub async fn insert_workflow(
+        &self,
+        new: &NewWorkflow,
+        webhook_secret: Option<&str>,
+    ) -> Result<Workflow> {
         let client = self.pool.get().await?;
         let id = Uuid::now_v7();
         let now = SystemTime::now();
@@ -194,8 +204,9 @@ impl Store {
         let sql = format!(
             "INSERT INTO scheduler.workflows
                  (id, name, agent_id, enabled, trigger, prompt_template, max_concurrency, max_attempts,
-                  next_fire_at, created_at, updated_at, task_timeout_ms, retry, tool_policy)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13)
+                  next_fire_at, created_at, updated_at, task_timeout_ms, retry, tool_policy,
+                  webhook_secret)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)
              RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -215,6 +226,7 @@ impl Store {
                     &to_millis(new.task_timeout),
                     &to_json(&new.retry)?,
                     &to_json(&new.tool_policy)?,
+                    &webhook_secret,
                 ],
             )
             .await;
@@ -235,6 +247,49 @@ impl Store {
         let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows WHERE id = $1");
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+            .await?
+            .ok_or_else(|| Error::workflow_not_found(id))?;
+        workflow_from_row(&row)
+    }
+
+    /// A workflow named by id or name, with its webhook secret: what a
+    /// delivery is checked against. None when there is no such workflow.
+    pub async fn webhook_target(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(Workflow, Option<String>)>> {
+        let client = self.pool.get().await?;
+        let row = match Uuid::parse_str(reference) {
+            Ok(id) => {
+                let sql = format!(
+                    "SELECT {WORKFLOW_COLUMNS}, webhook_secret FROM scheduler.workflows WHERE id = $1"
+                );
+                client
+                    .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+                    .await?
+            }
+            Err(_) => {
+                let sql = format!(
+                    "SELECT {WORKFLOW_COLUMNS}, webhook_secret FROM scheduler.workflows WHERE name = $1"
+                );
+                client
+                    .query_opt(&client.prepare_cached(&sql).await?, &[&reference])
+                    .await?
+            }
+        };
+        row.map(|row| Ok((workflow_from_row(&row)?, row.get("webhook_secret"))))
+            .transpose()
+    }
+
+    /// Replaces a workflow's webhook secret.
+    pub async fn set_webhook_secret(&self, id: Uuid, secret: &str) -> Result<Workflow> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE scheduler.workflows SET webhook_secret = $2, updated_at = now()
+             WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id, &secret])
             .await?
             .ok_or_else(|| Error::workflow_not_found(id))?;
         workflow_from_row(&row)

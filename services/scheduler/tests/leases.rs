@@ -21,18 +21,21 @@ async fn store(db: &TestDb) -> anyhow::Result<Store> {
 /// A workflow (max concurrency 2) with `tasks` pending tasks.
 async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid> {
     let workflow = store
-        .insert_workflow(&NewWorkflow {
-            name: "leased".into(),
-            agent_id: Uuid::now_v7(),
-            enabled: true,
-            trigger: Trigger::Manual,
-            prompt_template: String::new(),
-            max_concurrency: 2,
-            max_attempts: 1,
-            task_timeout: Duration::from_secs(60),
-            retry: Default::default(),
-            tool_policy: Default::default(),
-        })
+        .insert_workflow(
+            &NewWorkflow {
+                name: "leased".into(),
+                agent_id: Uuid::now_v7(),
+                enabled: true,
+                trigger: Trigger::Manual,
+                prompt_template: String::new(),
+                max_concurrency: 2,
+                max_attempts: 1,
+                task_timeout: Duration::from_secs(60),
+                retry: Default::default(),
+                tool_policy: Default::default(),
+            },
+            None,
+        )
         .await?;
     for n in 0..tasks {
         store

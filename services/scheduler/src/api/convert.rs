@@ -11,6 +11,7 @@ use crate::runner::{RunnerInfo, RunnerState};
 use crate::service::UpdateMask;
 use crate::store::NewWorkflow;
 use crate::template;
+use crate::webhook::WebhookTrigger;
 
 pub const DEFAULT_TEMPLATE: &str = "{{body}}";
 pub const DEFAULT_ATTEMPTS: u32 = 3;
@@ -272,6 +273,11 @@ fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
         Some(trigger::Kind::Delay(delay)) => Trigger::Delay {
             delay_ms: millis("workflow.trigger.delay.delay", delay.delay)?,
         },
+        Some(trigger::Kind::Webhook(webhook)) => Trigger::Webhook(WebhookTrigger {
+            events: webhook.events,
+            actions: webhook.actions,
+            mapping: webhook.mapping.into_iter().collect(),
+        }),
     };
     trigger.validate()?;
     Ok(trigger)
@@ -296,6 +302,15 @@ fn trigger_to(trigger: &Trigger) -> pb::Trigger {
         }),
         Trigger::Delay { delay_ms } => trigger::Kind::Delay(pb::DelayTrigger {
             delay: duration(*delay_ms),
+        }),
+        Trigger::Webhook(webhook) => trigger::Kind::Webhook(pb::WebhookTrigger {
+            events: webhook.events.clone(),
+            actions: webhook.actions.clone(),
+            mapping: webhook.mapping.clone().into_iter().collect(),
+            // Filled in by the API (it knows where webhooks are served),
+            // the secret only in the response that made it.
+            url: String::new(),
+            secret: String::new(),
         }),
     };
     pb::Trigger { kind: Some(kind) }
@@ -323,51 +338,17 @@ pub fn workflow(workflow: Workflow) -> pb::Workflow {
     }
 }
 
-/// Bounds of a task's fields.
-pub const MAX_TITLE: usize = 1024;
-pub const MAX_BODY: usize = 64 * 1024;
-pub const MAX_URL: usize = 2048;
-pub const MAX_LABELS: usize = 100;
-pub const MAX_LABEL: usize = 128;
-pub const MAX_METADATA: usize = 100;
-pub const MAX_METADATA_KEY: usize = 128;
-pub const MAX_METADATA_VALUE: usize = 4096;
-
 pub fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
-    use shepherd_platform::validate::text;
     let fields = fields.unwrap_or_default();
-    text("fields.title", &fields.title, MAX_TITLE)?;
-    text("fields.body", &fields.body, MAX_BODY)?;
-    text("fields.url", &fields.url, MAX_URL)?;
-    if fields.labels.len() > MAX_LABELS {
-        return Err(Error::invalid(
-            "fields.labels",
-            format!("at most {MAX_LABELS} labels"),
-        ));
-    }
-    for (index, label) in fields.labels.iter().enumerate() {
-        text(&format!("fields.labels[{index}]"), label, MAX_LABEL)?;
-    }
-    if fields.metadata.len() > MAX_METADATA {
-        return Err(Error::invalid(
-            "fields.metadata",
-            format!("at most {MAX_METADATA} entries"),
-        ));
-    }
-    for (key, value) in &fields.metadata {
-        if key.is_empty() {
-            return Err(Error::invalid("fields.metadata", "keys must not be empty"));
-        }
-        text("fields.metadata key", key, MAX_METADATA_KEY)?;
-        text("fields.metadata value", value, MAX_METADATA_VALUE)?;
-    }
-    Ok(TaskFields {
+    let fields = TaskFields {
         title: fields.title,
         body: fields.body,
         url: fields.url,
         labels: fields.labels,
         metadata: fields.metadata.into_iter().collect(),
-    })
+    };
+    fields.validate()?;
+    Ok(fields)
 }
 
 pub fn task(task: Task) -> pb::Task {

@@ -2,6 +2,7 @@
 //! more.
 
 pub(crate) mod convert;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,23 +26,53 @@ pub use shepherd_proto::scheduler::v1::scheduler_server::SchedulerServer;
 #[derive(Clone)]
 pub struct Api {
     scheduler: Arc<Scheduler>,
+    /// Base URL of the webhook endpoint, when served.
+    webhooks: Option<String>,
 }
 
 impl Api {
-    pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler }
+    pub fn new(scheduler: Arc<Scheduler>, webhooks: Option<String>) -> Self {
+        Self {
+            scheduler,
+            webhooks,
+        }
+    }
+
+    /// A workflow on the wire, with its webhook URL (and its secret, for
+    /// the one response that shows it).
+    fn workflow(&self, workflow: crate::model::Workflow, secret: Option<String>) -> pb::Workflow {
+        let mut wire = convert::workflow(workflow);
+        if let Some(pb::trigger::Kind::Webhook(webhook)) =
+            wire.trigger.as_mut().and_then(|t| t.kind.as_mut())
+        {
+            if let Some(base) = &self.webhooks {
+                webhook.url = format!("{base}/hooks/{}", wire.id);
+            }
+            webhook.secret = secret.unwrap_or_default();
+        }
+        wire
     }
 }
 
 #[tonic::async_trait]
 impl scheduler_server::Scheduler for Api {
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
+        let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
+        let (workflow, secret) = self.scheduler.rotate_webhook_secret(id).await?;
+        Ok(Response::new(self.workflow(workflow, Some(secret))))
+    }
+
     async fn create_workflow(
         &self,
         request: Request<pb::CreateWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
         let new = convert::new_workflow(request.into_inner().workflow)?;
-        let workflow = self.scheduler.create_workflow(new).await?;
-        Ok(Response::new(convert::workflow(workflow)))
+        let (workflow, secret) = self.scheduler.create_workflow(new).await?;
+        Ok(Response::new(self.workflow(workflow, secret)))
     }
 
     async fn get_workflow(
@@ -50,9 +81,9 @@ impl scheduler_server::Scheduler for Api {
     ) -> Result<Response<pb::Workflow>, Status> {
         let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
         record_id("workflow_id", &id);
-        Ok(Response::new(convert::workflow(
-            self.scheduler.get_workflow(id).await?,
-        )))
+        Ok(Response::new(
+            self.workflow(self.scheduler.get_workflow(id).await?, None),
+        ))
     }
 
     async fn list_workflows(
@@ -74,7 +105,10 @@ impl scheduler_server::Scheduler for Api {
         let workflows = self.scheduler.list_workflows(&filter, limit).await?;
         let next_page_token = paging::next_token(&workflows, limit, |workflow| workflow.id);
         Ok(Response::new(pb::ListWorkflowsResponse {
-            workflows: workflows.into_iter().map(convert::workflow).collect(),
+            workflows: workflows
+                .into_iter()
+                .map(|workflow| self.workflow(workflow, None))
+                .collect(),
             next_page_token,
         }))
     }
@@ -85,7 +119,7 @@ impl scheduler_server::Scheduler for Api {
     ) -> Result<Response<pb::Workflow>, Status> {
         let (patch, mask) = convert::update(request.into_inner())?;
         let workflow = self.scheduler.update_workflow(patch, mask).await?;
-        Ok(Response::new(convert::workflow(workflow)))
+        Ok(Response::new(self.workflow(workflow, None)))
     }
 
     async fn delete_workflow(

@@ -1,0 +1,91 @@
+//! The webhook endpoint, `POST /hooks/{workflow}`: HTTP in, a task out.
+//! Translation only; what a delivery must pass is `webhook`'s.
+//!
+//! Answers: 202 with the task (also for a redelivery), 200 with the reason
+//! when a filter ignores it, 400 for a body that is not JSON, 401 for a
+//! missing or bad signature, 404 for an unknown workflow (or one without a
+//! webhook trigger), 413 for a body over the limit, 422 when the mapping
+//! fails, 409 for a workflow the system disabled, 503 when the database
+//! is unreachable. Nothing is stored unless the answer is 202.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::service::{DeliveryError, Scheduler};
+use crate::webhook::{Delivery, Refused};
+
+/// The webhook router; bodies over `max_body` bytes get 413.
+pub fn router(scheduler: Arc<Scheduler>, max_body: usize) -> axum::Router {
+    axum::Router::new()
+        .route("/hooks/{workflow}", post(deliver))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(scheduler)
+}
+
+async fn deliver(
+    State(scheduler): State<Arc<Scheduler>>,
+    Path(workflow): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|name| headers.get(*name)?.to_str().ok())
+    };
+    let delivery = Delivery {
+        body: &body,
+        signature: header(&["x-hub-signature-256", "x-shepherd-signature"]),
+        event: header(&["x-github-event", "x-shepherd-event"]),
+        delivery_id: header(&["x-github-delivery", "x-shepherd-delivery"]),
+    };
+    match scheduler.deliver(&workflow, &delivery).await {
+        Ok(task) => answer(
+            StatusCode::ACCEPTED,
+            json!({ "task_id": task.id, "state": task.state.as_str() }),
+        ),
+        Err(DeliveryError::Refused(refused)) => {
+            let status = match &refused {
+                Refused::UnknownHook => StatusCode::NOT_FOUND,
+                Refused::BadSignature(_) => StatusCode::UNAUTHORIZED,
+                Refused::NotJson(_) => StatusCode::BAD_REQUEST,
+                Refused::Filtered(_) => StatusCode::OK,
+                Refused::Unmappable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            tracing::info!(%workflow, status = status.as_u16(), reason = %refused, "webhook delivery refused");
+            let key = if status == StatusCode::OK {
+                "ignored"
+            } else {
+                "error"
+            };
+            answer(status, json!({ key: refused.to_string() }))
+        }
+        Err(DeliveryError::Failed(err)) => {
+            let status = match &err {
+                Error::FailedPrecondition(_) => StatusCode::CONFLICT,
+                Error::Unavailable(_) | Error::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::NotFound(_) => StatusCode::NOT_FOUND,
+                Error::InvalidArgument { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(%workflow, status = status.as_u16(), error = %err, "webhook delivery failed");
+            answer(status, json!({ "error": err.to_string() }))
+        }
+    }
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}

@@ -1,0 +1,312 @@
+//! Webhook triggers over real HTTP: a GitHub-format signed delivery becomes
+//! one task with the mapped fields; a redelivery returns the same task; a
+//! bad or missing signature, a rotated-away secret, an oversized body, a
+//! filtered event, a body that is not JSON and one the mapping cannot use
+//! are all refused with their status and store nothing.
+
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+use shepherd_e2e::{Stack, StackOptions};
+use shepherd_proto::agentmanager::v1 as am;
+use shepherd_proto::scheduler::v1::{self as sched, TaskState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// POSTs `body` to `url` over a plain HTTP/1.1 connection; the status and
+/// the JSON answer.
+async fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> anyhow::Result<(u16, Value)> {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let mut request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    stream.write_all(request.as_bytes()).await?;
+    // A server refusing an oversized body may close before reading it all.
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body.trim()).ok())
+        .unwrap_or(Value::Null);
+    Ok((status, json))
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+type Headers = Vec<(&'static str, String)>;
+
+/// GitHub's headers for an `event` delivery signed with `secret`.
+fn github(event: &str, delivery: &str, signature: Option<String>) -> Headers {
+    let mut headers = vec![
+        ("X-GitHub-Event", event.to_owned()),
+        ("X-GitHub-Delivery", delivery.to_owned()),
+    ];
+    if let Some(signature) = signature {
+        headers.push(("X-Hub-Signature-256", signature));
+    }
+    headers
+}
+
+fn issue(action: &str, title: &str) -> Vec<u8> {
+    serde_json::json!({
+        "action": action,
+        "issue": {
+            "number": 42,
+            "title": title,
+            "body": "It crashes on start.",
+            "html_url": "https://github.com/acme/app/issues/42",
+            "labels": [{"name": "bug"}, {"name": "p1"}],
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn task_count(stack: &Stack, workflow: &str) -> anyhow::Result<usize> {
+    Ok(stack
+        .workflows
+        .clone()
+        .list_tasks(sched::ListTasksRequest {
+            workflow_id: workflow.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .tasks
+        .len())
+}
+
+#[tokio::test]
+async fn signed_deliveries_make_one_task_each_and_everything_else_stores_nothing()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        env: vec![
+            ("WEBHOOK_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("WEBHOOK_MAX_BODY_BYTES", "4096".to_owned()),
+        ],
+        ..StackOptions::default()
+    })
+    .await?;
+    let agent = stack
+        .create_agent("triage", am::RestartMode::OnFailure)
+        .await?;
+    let created = stack
+        .workflows
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: "issues".into(),
+                agent_id: agent.id.clone(),
+                enabled: true,
+                prompt_template: "echo {{title}}".into(),
+                trigger: Some(sched::Trigger {
+                    kind: Some(sched::trigger::Kind::Webhook(sched::WebhookTrigger {
+                        events: vec!["issues".into()],
+                        actions: vec!["opened".into()],
+                        mapping: [
+                            ("title", "/issue/title"),
+                            ("body", "/issue/body"),
+                            ("url", "/issue/html_url"),
+                            ("labels", "/issue/labels"),
+                            ("metadata.number", "/issue/number"),
+                        ]
+                        .into_iter()
+                        .map(|(field, pointer)| (field.to_owned(), pointer.to_owned()))
+                        .collect(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let Some(sched::trigger::Kind::Webhook(hook)) = created.trigger.and_then(|t| t.kind) else {
+        panic!("a webhook trigger");
+    };
+    assert_eq!(hook.secret.len(), 64, "the secret is shown at creation");
+    assert!(
+        hook.url.ends_with(&format!("/hooks/{}", created.id)),
+        "{}",
+        hook.url
+    );
+    let read = stack
+        .workflows
+        .get_workflow(sched::GetWorkflowRequest {
+            workflow_id: created.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let Some(sched::trigger::Kind::Webhook(read)) = read.trigger.and_then(|t| t.kind) else {
+        panic!("a webhook trigger");
+    };
+    assert!(read.secret.is_empty(), "the secret is shown once");
+    assert_eq!(read.url, hook.url);
+
+    // A signed issues.opened delivery: one task with the mapped fields.
+    let body = issue("opened", "App crashes");
+    let headers = github("issues", "d-1", Some(sign(&hook.secret, &body)));
+    let (status, answer) = post(&hook.url, &headers, &body).await?;
+    assert_eq!(status, 202, "{answer}");
+    let task_id = answer["task_id"].as_str().expect("a task id").to_owned();
+    let task = stack
+        .workflows
+        .get_task(sched::GetTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let fields = task.fields.expect("fields");
+    assert_eq!(fields.title, "App crashes");
+    assert_eq!(fields.body, "It crashes on start.");
+    assert_eq!(fields.url, "https://github.com/acme/app/issues/42");
+    assert_eq!(fields.labels, ["bug", "p1"]);
+    assert_eq!(fields.metadata["number"], "42");
+    assert_eq!(fields.metadata["webhook_event"], "issues");
+    stack
+        .wait_tasks(std::slice::from_ref(&task_id), TaskState::Succeeded)
+        .await?;
+
+    // The same delivery again: the same task.
+    let (status, again) = post(&hook.url, &headers, &body).await?;
+    assert_eq!(
+        (status, again["task_id"].as_str()),
+        (202, Some(task_id.as_str()))
+    );
+
+    // Everything refused stores nothing.
+    let other = issue("opened", "Another");
+    let cases: Vec<(&str, Headers, Vec<u8>, u16)> = vec![
+        (
+            "no signature",
+            github("issues", "d-2", None),
+            other.clone(),
+            401,
+        ),
+        (
+            "a wrong secret",
+            github("issues", "d-3", Some(sign("not-the-secret", &other))),
+            other.clone(),
+            401,
+        ),
+        (
+            "a signature of another body",
+            github("issues", "d-4", Some(sign(&hook.secret, &body))),
+            other.clone(),
+            401,
+        ),
+        (
+            "a filtered event",
+            github("push", "d-5", Some(sign(&hook.secret, &other))),
+            other.clone(),
+            200,
+        ),
+        {
+            let closed = issue("closed", "Closed");
+            (
+                "a filtered action",
+                github("issues", "d-6", Some(sign(&hook.secret, &closed))),
+                closed,
+                200,
+            )
+        },
+        {
+            let unmappable = br#"{"action":"opened","issue":{"number":1}}"#.to_vec();
+            (
+                "a body the mapping cannot use",
+                github("issues", "d-7", Some(sign(&hook.secret, &unmappable))),
+                unmappable,
+                422,
+            )
+        },
+        {
+            let text = b"not json".to_vec();
+            (
+                "a body that is not JSON",
+                github("issues", "d-8", Some(sign(&hook.secret, &text))),
+                text,
+                400,
+            )
+        },
+        {
+            let big = issue("opened", &"x".repeat(8192));
+            (
+                "an oversized body",
+                github("issues", "d-9", Some(sign(&hook.secret, &big))),
+                big,
+                413,
+            )
+        },
+    ];
+    for (what, headers, body, expected) in cases {
+        let (status, answer) = post(&hook.url, &headers, &body).await?;
+        assert_eq!(status, expected, "{what}: {answer}");
+    }
+    let unknown = hook.url.replace(&created.id, "no-such-workflow");
+    let (status, _) = post(
+        &unknown,
+        &github("issues", "d-10", Some(sign(&hook.secret, &other))),
+        &other,
+    )
+    .await?;
+    assert_eq!(status, 404, "an unknown workflow");
+    assert_eq!(
+        task_count(&stack, &created.id).await?,
+        1,
+        "refusals stored nothing"
+    );
+
+    // Rotation: the old secret stops working, the new one works, and the
+    // workflow may be named instead of id'd.
+    let rotated = stack
+        .workflows
+        .rotate_webhook_secret(sched::RotateWebhookSecretRequest {
+            workflow_id: created.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let Some(sched::trigger::Kind::Webhook(rotated)) = rotated.trigger.and_then(|t| t.kind) else {
+        panic!("a webhook trigger");
+    };
+    assert_ne!(rotated.secret, hook.secret);
+    let (status, _) = post(
+        &hook.url,
+        &github("issues", "d-11", Some(sign(&hook.secret, &other))),
+        &other,
+    )
+    .await?;
+    assert_eq!(status, 401, "the old secret after rotation");
+    assert_eq!(task_count(&stack, &created.id).await?, 1);
+    let by_name = hook.url.replace(&created.id, "issues");
+    let (status, answer) = post(
+        &by_name,
+        &github("issues", "d-11", Some(sign(&rotated.secret, &other))),
+        &other,
+    )
+    .await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(task_count(&stack, &created.id).await?, 2);
+    Ok(())
+}
