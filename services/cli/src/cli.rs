@@ -200,6 +200,10 @@ pub struct CreateWorkflow {
     /// One task, once, after this delay.
     #[arg(long, value_parser = duration, conflicts_with = "webhook")]
     pub delay: Option<Duration>,
+    /// One task each time an agent restarts: the workflow's own (no value)
+    /// or the named one (id or name).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["interval", "cron", "delay", "webhook"])]
+    pub on_agent_restart: Option<String>,
     /// One task per signed webhook delivery (the secret is printed once).
     #[arg(long, conflicts_with_all = ["interval", "cron"])]
     pub webhook: bool,

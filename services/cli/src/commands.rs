@@ -423,6 +423,12 @@ impl Clients {
             Kind::Delay(sched::DelayTrigger {
                 delay: duration(delay),
             })
+        } else if let Some(agent) = &create.on_agent_restart {
+            let agent_id = match agent.as_str() {
+                "" => String::new(),
+                agent => self.agent_id(agent).await?,
+            };
+            Kind::AgentRestart(sched::AgentRestartTrigger { agent_id })
         } else if create.webhook {
             Kind::Webhook(sched::WebhookTrigger {
                 events: create.events,

@@ -298,9 +298,12 @@ impl Consumer {
                 recovery.agents.set_ready(agent, true);
                 recovery.restart_workflows_for_agent(agent).await?;
             }
-            Some(Kind::Restarted(_)) => {
+            Some(Kind::Restarted(restarted)) => {
                 recovery.agents.set_ready(agent, false);
                 recovery.restart_workflows_for_agent(agent).await?;
+                recovery
+                    .agent_restarted(agent, restarted.generation, &restarted.reason)
+                    .await?;
             }
             Some(Kind::Started(_) | Kind::Disconnected(_) | Kind::Exited(_) | Kind::Stopped(_)) => {
                 recovery.agents.set_ready(agent, false);

@@ -24,6 +24,9 @@ pub enum Trigger {
     Delay { delay_ms: u64 },
     /// One task per signed HTTP delivery (see `webhook`).
     Webhook(crate::webhook::WebhookTrigger),
+    /// One task per restart of an agent (None: the workflow's own), keyed
+    /// by the new generation.
+    AgentRestart { agent: Option<Uuid> },
 }
 
 /// Shortest interval accepted.
@@ -139,7 +142,7 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 impl Trigger {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
-            Self::Manual => Ok(()),
+            Self::Manual | Self::AgentRestart { .. } => Ok(()),
             Self::Webhook(webhook) => webhook.validate(),
             Self::Delay { delay_ms } => {
                 if Duration::from_millis(*delay_ms) > MAX_PERIOD {
@@ -182,7 +185,7 @@ impl Trigger {
     /// workflow; None for manual triggers.
     pub fn first_fire(&self, created: SystemTime, from: SystemTime) -> Option<SystemTime> {
         match self {
-            Self::Manual | Self::Webhook(_) => None,
+            Self::Manual | Self::Webhook(_) | Self::AgentRestart { .. } => None,
             // Checked: a time past what SystemTime holds fires never,
             // rather than wrapping (validation keeps periods far from it).
             Self::Interval { period_ms } => from.checked_add(Duration::from_millis(*period_ms)),
@@ -194,7 +197,9 @@ impl Trigger {
     /// The tick after `fired`; None when the trigger fires no more.
     pub fn next_fire(&self, fired: SystemTime) -> Option<SystemTime> {
         match self {
-            Self::Manual | Self::Webhook(_) | Self::Delay { .. } => None,
+            Self::Manual | Self::Webhook(_) | Self::AgentRestart { .. } | Self::Delay { .. } => {
+                None
+            }
             Self::Interval { period_ms } => fired.checked_add(Duration::from_millis(*period_ms)),
             Self::Cron { expression } => {
                 let schedule = cron::Schedule::from_str(expression).ok()?;

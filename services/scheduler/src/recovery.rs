@@ -45,6 +45,36 @@ pub struct LevelReport {
 }
 
 impl Recovery {
+    /// `agent` was restarted into `generation`: one task for each workflow
+    /// its restarts trigger, keyed by the generation (a redelivered event,
+    /// or another replica handling the same one, finds it already there).
+    pub async fn agent_restarted(&self, agent: Uuid, generation: u64, reason: &str) -> Result<()> {
+        for workflow in self.store.restart_triggered(agent).await? {
+            let fields = crate::model::TaskFields {
+                title: format!("agent {agent} restarted (generation {generation})"),
+                metadata: [
+                    ("agent_id".to_owned(), agent.to_string()),
+                    ("generation".to_owned(), generation.to_string()),
+                    ("reason".to_owned(), reason.to_owned()),
+                ]
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            };
+            let rendered = crate::service::render(&workflow, &fields, None)?;
+            let key = format!("agent-restart:{agent}:{generation}");
+            let (_, created) = self
+                .store
+                .insert_task(workflow.id, &key, &fields, &rendered, &Default::default())
+                .await?;
+            if created {
+                tracing::info!(workflow = %workflow.id, %agent, generation, "task for an agent restart");
+                self.runners.wake(workflow.id);
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the runners missing for the agent's enabled workflows (one
     /// indexed query by agent id). Returns how many were started.
     pub async fn restart_workflows_for_agent(&self, agent: Uuid) -> Result<usize> {

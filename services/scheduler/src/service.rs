@@ -45,6 +45,20 @@ pub enum DeliveryError {
     Failed(#[from] Error),
 }
 
+/// A new task of `workflow`, rendered from its fields.
+pub fn render(
+    workflow: &Workflow,
+    fields: &TaskFields,
+    timeout: Option<std::time::Duration>,
+) -> Result<Rendered> {
+    Ok(Rendered {
+        prompt: template::render(&workflow.prompt_template, fields)?,
+        script: template::render_shell(&workflow.prompt_template)?,
+        timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
+        tool_policy: workflow.tool_policy.clone(),
+    })
+}
+
 fn new_secret() -> Result<String> {
     shepherd_platform::auth::random_secret()
         .map_err(|err| Error::Internal(format!("no randomness for a webhook secret: {err}")))
@@ -243,12 +257,7 @@ impl Scheduler {
             )));
         }
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
-        let rendered = Rendered {
-            prompt: template::render(&workflow.prompt_template, &fields)?,
-            script: template::render_shell(&workflow.prompt_template)?,
-            timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
-            tool_policy: workflow.tool_policy.clone(),
-        };
+        let rendered = render(&workflow, &fields, timeout)?;
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();
         let (task, _created) = self

@@ -281,6 +281,21 @@ impl Store {
             .transpose()
     }
 
+    /// Enabled workflows triggered by restarts of `agent`: those naming it,
+    /// and its own that name no agent.
+    pub async fn restart_triggered(&self, agent: Uuid) -> Result<Vec<Workflow>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows
+             WHERE enabled AND trigger->>'kind' = 'agent_restart'
+               AND coalesce(trigger->>'agent', agent_id::text) = $1::uuid::text"
+        );
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &[&agent])
+            .await?;
+        rows.iter().map(workflow_from_row).collect()
+    }
+
     /// Replaces a workflow's webhook secret.
     pub async fn set_webhook_secret(&self, id: Uuid, secret: &str) -> Result<Workflow> {
         let client = self.pool.get().await?;

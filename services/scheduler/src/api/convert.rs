@@ -273,6 +273,16 @@ fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
         Some(trigger::Kind::Delay(delay)) => Trigger::Delay {
             delay_ms: millis("workflow.trigger.delay.delay", delay.delay)?,
         },
+        Some(trigger::Kind::AgentRestart(restart)) => Trigger::AgentRestart {
+            agent: match restart.agent_id.as_str() {
+                "" => None,
+                id => Some(model::parse_id(
+                    "workflow.trigger.agent_restart.agent_id",
+                    id,
+                    "agent",
+                )?),
+            },
+        },
         Some(trigger::Kind::Webhook(webhook)) => Trigger::Webhook(WebhookTrigger {
             events: webhook.events,
             actions: webhook.actions,
@@ -302,6 +312,9 @@ fn trigger_to(trigger: &Trigger) -> pb::Trigger {
         }),
         Trigger::Delay { delay_ms } => trigger::Kind::Delay(pb::DelayTrigger {
             delay: duration(*delay_ms),
+        }),
+        Trigger::AgentRestart { agent } => trigger::Kind::AgentRestart(pb::AgentRestartTrigger {
+            agent_id: agent.map(|id| id.to_string()).unwrap_or_default(),
         }),
         Trigger::Webhook(webhook) => trigger::Kind::Webhook(pb::WebhookTrigger {
             events: webhook.events.clone(),
