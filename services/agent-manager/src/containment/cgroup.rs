@@ -230,7 +230,9 @@ impl Group {
     /// returns once it is empty. Frozen first where the kernel offers it,
     /// so nothing can fork while the kill goes round.
     pub async fn kill_all(&self) -> io::Result<()> {
-        if !self.exists() {
+        // The common case (an agent that left nothing behind) costs one
+        // read per hierarchy: no freeze.
+        if !self.exists() || self.pids().is_empty() {
             return Ok(());
         }
         match self.version {
@@ -372,9 +374,16 @@ impl Group {
         }
     }
 
-    /// Processes, not threads (`pids.current` counts both).
+    /// Processes, not threads (`pids.current` counts both); every
+    /// hierarchy holds the same ones, so one is read.
     fn process_count(&self) -> u32 {
-        u32::try_from(self.pids().len()).unwrap_or(u32::MAX)
+        let procs = self
+            .dirs
+            .values()
+            .next()
+            .and_then(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
+            .unwrap_or_default();
+        u32::try_from(procs.lines().count()).unwrap_or(u32::MAX)
     }
 
     fn has(&self, controller: &str, file: &str) -> bool {

@@ -311,13 +311,7 @@ impl Containment {
     /// What the agent's tree uses now; None when nothing of it runs.
     pub fn usage(&self, agent: Uuid) -> Option<Usage> {
         let mut usage = match &self.backend {
-            Backend::Cgroup(hierarchy) => {
-                let group = hierarchy.group(agent);
-                if group.pids().is_empty() {
-                    return None;
-                }
-                group.usage()
-            }
+            Backend::Cgroup(hierarchy) => hierarchy.group(agent).usage(),
             Backend::Subreaper(_) => subreaper::usage(agent),
         };
         if usage.processes == 0 {
