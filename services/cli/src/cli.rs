@@ -200,6 +200,13 @@ pub struct CreateWorkflow {
     /// One task, once, after this delay.
     #[arg(long, value_parser = duration, conflicts_with = "webhook")]
     pub delay: Option<Duration>,
+    /// One task per finished task of this workflow (id or name): result
+    /// chaining; {{parent.output}} etc. in the template.
+    #[arg(long, conflicts_with_all = ["interval", "cron", "delay", "webhook"])]
+    pub after: Option<String>,
+    /// With --after: succeeded (default), failed or any.
+    #[arg(long, requires = "after", default_value = "succeeded")]
+    pub on: String,
     /// One task each time an agent restarts: the workflow's own (no value)
     /// or the named one (id or name).
     #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["interval", "cron", "delay", "webhook"])]

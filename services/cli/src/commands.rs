@@ -423,6 +423,22 @@ impl Clients {
             Kind::Delay(sched::DelayTrigger {
                 delay: duration(delay),
             })
+        } else if let Some(parent) = &create.after {
+            let on = match create.on.as_str() {
+                "succeeded" => sched::ChainOn::Succeeded,
+                "failed" => sched::ChainOn::Failed,
+                "any" => sched::ChainOn::Any,
+                other => {
+                    return Err(UsageError(format!(
+                        "--on {other:?}: use succeeded, failed or any"
+                    ))
+                    .into());
+                }
+            };
+            Kind::Chain(sched::ChainTrigger {
+                parent_workflow_id: self.workflow_id(parent).await?,
+                on: on as i32,
+            })
         } else if let Some(agent) = &create.on_agent_restart {
             let agent_id = match agent.as_str() {
                 "" => String::new(),

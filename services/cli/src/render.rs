@@ -220,6 +220,15 @@ fn trigger(workflow: &sched::Workflow) -> String {
         Some(T::Interval(i)) => format!("every {}", duration(i.period.as_ref())),
         Some(T::Cron(c)) => format!("cron {}", c.expression),
         Some(T::Delay(d)) => format!("once after {}", duration(d.delay.as_ref())),
+        Some(T::Chain(c)) => format!(
+            "after {} of workflow {}",
+            match c.on() {
+                sched::ChainOn::Unspecified | sched::ChainOn::Succeeded => "success",
+                sched::ChainOn::Failed => "failure",
+                sched::ChainOn::Any => "any outcome",
+            },
+            c.parent_workflow_id
+        ),
         Some(T::AgentRestart(r)) if r.agent_id.is_empty() => "on its agent's restarts".into(),
         Some(T::AgentRestart(r)) => format!("on restarts of agent {}", r.agent_id),
         Some(T::Webhook(w)) => {

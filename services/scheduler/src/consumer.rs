@@ -254,6 +254,9 @@ impl Consumer {
             .complete_many(completions)
             .instrument(span)
             .await?;
+        // Outcomes (and the chained tasks they made) are committed; nothing
+        // after this point has acted on them yet.
+        shepherd_platform::failpoint::hit("scheduler.after_outcome");
         for workflow in workflows {
             recovery.runners.wake(workflow);
         }

@@ -9,7 +9,7 @@ use shepherd_platform::validate::MAX_NAME;
 use crate::api::convert::{DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_TEMPLATE};
 use crate::api::{DEFAULT_PAGE, MAX_PAGE, MAX_TASK_ID};
 use crate::model::{
-    MAX_BACKOFF, MAX_BODY, MAX_CRON, MAX_KEY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
+    MAX_BACKOFF, MAX_BODY, MAX_CHAIN_DEPTH, MAX_CRON, MAX_KEY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
     MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_PERIOD, MAX_TASK_TIMEOUT, MAX_TITLE, MAX_TOOL_LEN,
     MAX_TOOLS, MAX_URL, MIN_INTERVAL, MIN_TASK_TIMEOUT,
 };
@@ -34,6 +34,12 @@ pub fn all() -> Vec<Limit> {
             format!(
                 "at most {MAX_MAPPINGS} entries: title, body, url, labels or metadata.KEY to a JSON pointer of at most {}",
                 bytes(MAX_POINTER_LEN)
+            ),
+        ),
+        Limit::new(
+            "chain depth",
+            format!(
+                "at most {MAX_CHAIN_DEPTH} chained tasks; the next is recorded FAILED, not run"
             ),
         ),
         Limit::new(

@@ -27,7 +27,38 @@ pub enum Trigger {
     /// One task per restart of an agent (None: the workflow's own), keyed
     /// by the new generation.
     AgentRestart { agent: Option<Uuid> },
+    /// One task per finished task of `parent` whose outcome matches.
+    Chain { parent: Uuid, on: ChainOn },
 }
+
+/// Which parent outcomes a chain follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainOn {
+    Succeeded,
+    /// Failed or timed out.
+    Failed,
+    Any,
+}
+
+impl ChainOn {
+    /// Whether a parent that ended in `state` makes a child.
+    pub fn follows(self, state: TaskState) -> bool {
+        matches!(
+            (self, state),
+            (Self::Succeeded | Self::Any, TaskState::Succeeded)
+                | (
+                    Self::Failed | Self::Any,
+                    TaskState::Failed | TaskState::TimedOut
+                )
+        )
+    }
+}
+
+/// How deep a chain may go (a self-chaining workflow stops there).
+pub const MAX_CHAIN_DEPTH: u32 = 10;
+/// The part of a parent's output a child sees as {{parent.output}}.
+pub const MAX_PARENT_OUTPUT_CHARS: usize = 4000;
 
 /// Shortest interval accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -142,7 +173,7 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 impl Trigger {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
-            Self::Manual | Self::AgentRestart { .. } => Ok(()),
+            Self::Manual | Self::AgentRestart { .. } | Self::Chain { .. } => Ok(()),
             Self::Webhook(webhook) => webhook.validate(),
             Self::Delay { delay_ms } => {
                 if Duration::from_millis(*delay_ms) > MAX_PERIOD {
@@ -185,7 +216,9 @@ impl Trigger {
     /// workflow; None for manual triggers.
     pub fn first_fire(&self, created: SystemTime, from: SystemTime) -> Option<SystemTime> {
         match self {
-            Self::Manual | Self::Webhook(_) | Self::AgentRestart { .. } => None,
+            Self::Manual | Self::Webhook(_) | Self::AgentRestart { .. } | Self::Chain { .. } => {
+                None
+            }
             // Checked: a time past what SystemTime holds fires never,
             // rather than wrapping (validation keeps periods far from it).
             Self::Interval { period_ms } => from.checked_add(Duration::from_millis(*period_ms)),
@@ -197,9 +230,11 @@ impl Trigger {
     /// The tick after `fired`; None when the trigger fires no more.
     pub fn next_fire(&self, fired: SystemTime) -> Option<SystemTime> {
         match self {
-            Self::Manual | Self::Webhook(_) | Self::AgentRestart { .. } | Self::Delay { .. } => {
-                None
-            }
+            Self::Manual
+            | Self::Webhook(_)
+            | Self::AgentRestart { .. }
+            | Self::Chain { .. }
+            | Self::Delay { .. } => None,
             Self::Interval { period_ms } => fired.checked_add(Duration::from_millis(*period_ms)),
             Self::Cron { expression } => {
                 let schedule = cron::Schedule::from_str(expression).ok()?;
@@ -347,6 +382,9 @@ pub struct Task {
     pub progress: (String, f32),
     /// Finished attempts (filled by `get_task` only).
     pub history: Vec<TaskAttempt>,
+    /// The task whose outcome made this one (chaining), and the depth.
+    pub parent_task_id: Option<String>,
+    pub chain_depth: u32,
 }
 
 /// A task's global id: unique across workflows, and the id the agent sees.

@@ -91,6 +91,7 @@ impl Scheduler {
                 Error::FailedPrecondition(reason) => Error::invalid("workflow.agent_id", reason),
                 other => other,
             })?;
+        self.require_parent(&new.trigger).await?;
         let secret = match new.trigger {
             Trigger::Webhook(_) => Some(new_secret()?),
             _ => None,
@@ -100,6 +101,20 @@ impl Scheduler {
             self.runners.ensure_running(workflow.id, workflow.agent_id);
         }
         Ok((workflow, secret))
+    }
+
+    /// A chain's parent workflow must exist.
+    async fn require_parent(&self, trigger: &Trigger) -> Result<()> {
+        let Trigger::Chain { parent, .. } = trigger else {
+            return Ok(());
+        };
+        match self.store.get_workflow(*parent).await {
+            Err(Error::NotFound(reason)) => Err(Error::invalid(
+                "workflow.trigger.chain.parent_workflow_id",
+                reason,
+            )),
+            other => other.map(drop),
+        }
     }
 
     /// Gives a webhook workflow a new secret (returned this once); the old
@@ -161,6 +176,7 @@ impl Scheduler {
             }
         }
         if mask.trigger {
+            self.require_parent(&patch.trigger).await?;
             workflow.trigger = patch.trigger;
         }
         if mask.prompt_template {

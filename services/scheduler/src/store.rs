@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
+mod chains;
 mod claims;
 mod due;
 mod in_flight;
@@ -102,13 +103,18 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "webhooks",
         sql: include_str!("../migrations/0015_webhooks.sql"),
     },
+    Migration {
+        version: 16,
+        name: "chaining",
+        sql: include_str!("../migrations/0016_chaining.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
     max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry, tool_policy";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
     output, last_error, created_at, updated_at, dead_letter, not_before, dispatched_at, \
-    progress_message, progress_fraction";
+    progress_message, progress_fraction, parent_task_id, chain_depth";
 
 /// A new workflow, validated.
 pub struct NewWorkflow {
@@ -676,7 +682,9 @@ impl Store {
         &self,
         outcomes: &[Outcome],
     ) -> Result<(Vec<Uuid>, Vec<(TaskState, f64)>)> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        // One transaction: the outcomes and the chained tasks they make.
+        let tx = client.transaction().await?;
         // Rows in key order, so that concurrent callers cannot deadlock.
         let mut outcomes: Vec<&Outcome> = outcomes.iter().collect();
         outcomes.sort_by(|a, b| a.task_id.cmp(&b.task_id));
@@ -689,40 +697,51 @@ impl Store {
         // attempt that did not succeed is kept in the history; a success is
         // the task's own final state and times (`get_task` adds it), which
         // spares the hot path a row per task.
-        let rows = client
+        let sql = format!(
+            "WITH v AS (
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[])
+                     AS v(id, state, output, attempt)
+             ), done AS (
+                 UPDATE scheduler.tasks t
+                 SET state = CASE WHEN scheduler.retries(w.retry, v.state) AND t.attempts < w.max_attempts
+                                  THEN 'pending' ELSE v.state END,
+                     not_before = CASE WHEN scheduler.retries(w.retry, v.state) AND t.attempts < w.max_attempts
+                                       THEN now() + scheduler.retry_delay(w.retry, t.attempts) END,
+                     dead_letter = scheduler.retries(w.retry, v.state) AND t.attempts >= w.max_attempts,
+                     output = v.output,
+                     last_error = CASE WHEN v.state = 'succeeded' THEN '' ELSE v.state END,
+                     updated_at = now()
+                 FROM v, scheduler.workflows w
+                 WHERE t.id = v.id AND w.id = t.workflow_id AND t.state = 'dispatched'
+                   AND (v.attempt IS NULL OR t.attempts <= v.attempt)
+                 RETURNING t.id, t.workflow_id, v.state AS outcome, t.attempts, t.dispatched_at,
+                           GREATEST(extract(epoch FROM clock_timestamp() - t.dispatched_at), 0)::float8 AS seconds,
+                           t.state AS final_state, t.output, t.fields, t.chain_depth,
+                           {} AS chains
+             ), history AS (
+                 INSERT INTO scheduler.task_attempts (task_id, attempt, outcome, started_at)
+                 SELECT id, attempts, outcome, dispatched_at FROM done
+                 WHERE outcome <> 'succeeded'
+                 ON CONFLICT (task_id, attempt) DO NOTHING
+             )
+             SELECT workflow_id, outcome, coalesce(seconds, 0), id, final_state, output, fields,
+                    chain_depth, chains
+             FROM done",
+            chains::HAS_CHILDREN
+        );
+        let rows = tx
             .query(
-                &client
-                    .prepare_cached(
-                        "WITH v AS (
-                             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::integer[])
-                                 AS v(id, state, output, attempt)
-                         ), done AS (
-                             UPDATE scheduler.tasks t
-                             SET state = CASE WHEN scheduler.retries(w.retry, v.state) AND t.attempts < w.max_attempts
-                                              THEN 'pending' ELSE v.state END,
-                                 not_before = CASE WHEN scheduler.retries(w.retry, v.state) AND t.attempts < w.max_attempts
-                                                   THEN now() + scheduler.retry_delay(w.retry, t.attempts) END,
-                                 dead_letter = scheduler.retries(w.retry, v.state) AND t.attempts >= w.max_attempts,
-                                 output = v.output,
-                                 last_error = CASE WHEN v.state = 'succeeded' THEN '' ELSE v.state END,
-                                 updated_at = now()
-                             FROM v, scheduler.workflows w
-                             WHERE t.id = v.id AND w.id = t.workflow_id AND t.state = 'dispatched'
-                               AND (v.attempt IS NULL OR t.attempts <= v.attempt)
-                             RETURNING t.id, t.workflow_id, v.state AS outcome, t.attempts, t.dispatched_at,
-                                       GREATEST(extract(epoch FROM clock_timestamp() - t.dispatched_at), 0)::float8 AS seconds
-                         ), history AS (
-                             INSERT INTO scheduler.task_attempts (task_id, attempt, outcome, started_at)
-                             SELECT id, attempts, outcome, dispatched_at FROM done
-                             WHERE outcome <> 'succeeded'
-                             ON CONFLICT (task_id, attempt) DO NOTHING
-                         )
-                         SELECT workflow_id, outcome, coalesce(seconds, 0) FROM done",
-                    )
-                    .await?,
+                &tx.prepare_cached(&sql).await?,
                 &[&ids, &states, &outputs, &attempts],
             )
             .await?;
+        let finished = rows
+            .iter()
+            .filter(|row| row.get::<_, bool>("chains"))
+            .filter_map(|row| finished_from_row(row).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        chains::insert_children(&tx, &finished).await?;
+        tx.commit().await?;
         let mut workflows: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
         workflows.sort_unstable();
         workflows.dedup();
@@ -736,12 +755,13 @@ impl Store {
     /// A lost attempt: back to pending (after the retry policy's backoff)
     /// while attempts remain, else failed and dead-lettered.
     pub async fn lost(&self, id: &str, attempt: Option<u32>, reason: &str) -> Result<Option<Uuid>> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        // One transaction: the outcome and the chained tasks it makes.
+        let tx = client.transaction().await?;
         let attempt = attempt.map(to_i32);
-        let row = client
+        let row = tx
             .query_opt(
-                &client
-                    .prepare_cached(
+                &tx.prepare_cached(&format!(
                         "WITH done AS (
                              UPDATE scheduler.tasks t
                              SET state = CASE WHEN t.attempts >= w.max_attempts THEN 'failed' ELSE 'pending' END,
@@ -752,18 +772,29 @@ impl Store {
                              FROM scheduler.workflows w
                              WHERE t.id = $1 AND w.id = t.workflow_id AND t.state = 'dispatched'
                                AND ($2::integer IS NULL OR t.attempts <= $2)
-                             RETURNING t.id, t.workflow_id, t.attempts, t.dispatched_at
+                             RETURNING t.id, t.workflow_id, t.attempts, t.dispatched_at,
+                                       t.state AS final_state, t.output, t.fields, t.chain_depth,
+                                       {} AS chains
                          ), history AS (
                              INSERT INTO scheduler.task_attempts (task_id, attempt, outcome, error, started_at)
                              SELECT id, attempts, 'lost', $3, dispatched_at FROM done
                              ON CONFLICT (task_id, attempt) DO NOTHING
                          )
-                         SELECT workflow_id FROM done",
-                    )
+                         SELECT workflow_id, id, final_state, output, fields, chain_depth, chains
+                         FROM done",
+                        chains::HAS_CHILDREN
+                    ))
                     .await?,
                 &[&id, &attempt, &reason],
             )
             .await?;
+        if let Some(row) = &row
+            && row.get::<_, bool>("chains")
+            && let Some(finished) = finished_from_row(row)?
+        {
+            chains::insert_children(&tx, &[finished]).await?;
+        }
+        tx.commit().await?;
         Ok(row.map(|row| row.get(0)))
     }
 
@@ -800,6 +831,22 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// A row of a completion that reached a final state, for chaining (None
+/// for one that goes back to pending for a retry).
+fn finished_from_row(row: &Row) -> Result<Option<chains::Finished>> {
+    let Some(state) = TaskState::parse(row.get("final_state")).filter(|s| s.is_final()) else {
+        return Ok(None);
+    };
+    Ok(Some(chains::Finished {
+        task_id: row.get("id"),
+        workflow_id: row.get("workflow_id"),
+        state,
+        output: row.get("output"),
+        fields: from_json(row.get("fields"))?,
+        depth: u32::try_from(row.get::<_, i32>("chain_depth")).unwrap_or(0),
+    }))
 }
 
 async fn task_by_id(client: &shepherd_platform::db::Client, id: &str) -> Result<Task> {
@@ -850,5 +897,7 @@ fn task_from_row(row: &Row) -> Result<Task> {
         progress: (row.get("progress_message"), row.get("progress_fraction")),
         dispatched_at: row.get("dispatched_at"),
         history: Vec::new(),
+        parent_task_id: row.get("parent_task_id"),
+        chain_depth: u32::try_from(row.get::<_, i32>("chain_depth")).unwrap_or(0),
     })
 }

@@ -37,11 +37,14 @@ fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
             "body" => Field::Body,
             "url" => Field::Url,
             "labels" => Field::Labels,
+            // A chained task carries its parent's in its metadata.
+            "parent.output" | "parent.outcome" | "parent.task_id" | "parent.workflow_id"
+            | "parent.title" | "parent.body" | "parent.url" => Field::Metadata(name),
             other => match other.strip_prefix("metadata.") {
                 Some(key) if !key.is_empty() => Field::Metadata(key),
                 _ => {
                     return Err(format!(
-                        "unknown field {{{{{name}}}}}; use title, body, url, labels or metadata.KEY"
+                        "unknown field {{{{{name}}}}}; use title, body, url, labels, metadata.KEY or (chained tasks) parent.output, parent.outcome, parent.task_id, parent.workflow_id, parent.title, parent.body, parent.url"
                     ));
                 }
             },

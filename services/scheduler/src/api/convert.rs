@@ -6,7 +6,7 @@ use std::time::Duration;
 use shepherd_proto::scheduler::v1::{self as pb, trigger};
 
 use crate::error::{Error, Result};
-use crate::model::{self, Task, TaskFields, TaskState, Trigger, Workflow};
+use crate::model::{self, ChainOn, Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState};
 use crate::service::UpdateMask;
 use crate::store::NewWorkflow;
@@ -283,6 +283,24 @@ fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
                 )?),
             },
         },
+        Some(trigger::Kind::Chain(chain)) => Trigger::Chain {
+            parent: model::parse_id(
+                "workflow.trigger.chain.parent_workflow_id",
+                &chain.parent_workflow_id,
+                "workflow",
+            )?,
+            on: match pb::ChainOn::try_from(chain.on) {
+                Ok(pb::ChainOn::Unspecified | pb::ChainOn::Succeeded) => ChainOn::Succeeded,
+                Ok(pb::ChainOn::Failed) => ChainOn::Failed,
+                Ok(pb::ChainOn::Any) => ChainOn::Any,
+                Err(_) => {
+                    return Err(Error::invalid(
+                        "workflow.trigger.chain.on",
+                        format!("{} is not known; use SUCCEEDED, FAILED or ANY", chain.on),
+                    ));
+                }
+            },
+        },
         Some(trigger::Kind::Webhook(webhook)) => Trigger::Webhook(WebhookTrigger {
             events: webhook.events,
             actions: webhook.actions,
@@ -315,6 +333,14 @@ fn trigger_to(trigger: &Trigger) -> pb::Trigger {
         }),
         Trigger::AgentRestart { agent } => trigger::Kind::AgentRestart(pb::AgentRestartTrigger {
             agent_id: agent.map(|id| id.to_string()).unwrap_or_default(),
+        }),
+        Trigger::Chain { parent, on } => trigger::Kind::Chain(pb::ChainTrigger {
+            parent_workflow_id: parent.to_string(),
+            on: match on {
+                ChainOn::Succeeded => pb::ChainOn::Succeeded,
+                ChainOn::Failed => pb::ChainOn::Failed,
+                ChainOn::Any => pb::ChainOn::Any,
+            } as i32,
         }),
         Trigger::Webhook(webhook) => trigger::Kind::Webhook(pb::WebhookTrigger {
             events: webhook.events.clone(),
@@ -366,6 +392,8 @@ pub fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
 
 pub fn task(task: Task) -> pb::Task {
     pb::Task {
+        parent_task_id: task.parent_task_id.unwrap_or_default(),
+        chain_depth: task.chain_depth,
         id: task.id,
         workflow_id: task.workflow_id.to_string(),
         idempotency_key: task.idempotency_key,
