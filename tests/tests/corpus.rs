@@ -302,6 +302,7 @@ async fn session_corpus(url: &str, failures: &mut Vec<String>) -> usize {
             agent_id,
             session_token,
             held_tasks: Vec::new(),
+            instance_id: String::new(),
         })),
     };
     let cases: Vec<(&str, Vec<AgentMessage>)> = vec![

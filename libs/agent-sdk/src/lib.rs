@@ -67,6 +67,20 @@ pub enum SdkError {
     Refused(String),
 }
 
+/// 128 random bits, hex (a process's instance id).
+fn random_instance_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness, the pid and start time still tell instances apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        let seed = u128::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+        bytes = seed.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// How long an agent runs without hearing from its manager by default.
 pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -74,7 +88,13 @@ pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub agent_id: String,
+    /// The session token the manager gave this process
+    /// (`SHEPHERD_SESSION_TOKEN`), or an external agent's long-lived
+    /// credential (`SHEPHERD_AGENT_CREDENTIAL`).
     pub session_token: String,
+    /// Random per process start: for an external agent, a new instance is a
+    /// restart while the same one reconnecting is not.
+    pub instance_id: String,
     pub manager_url: String,
     /// PEM CA to verify the manager's TLS certificate (https URLs).
     pub manager_ca_file: Option<std::path::PathBuf>,
@@ -90,7 +110,12 @@ impl AgentConfig {
         let var = |name: &'static str| std::env::var(name).map_err(|_| SdkError::MissingEnv(name));
         Ok(Self {
             agent_id: var("SHEPHERD_AGENT_ID")?,
-            session_token: var("SHEPHERD_SESSION_TOKEN")?,
+            session_token: var("SHEPHERD_SESSION_TOKEN")
+                .or_else(|_| var("SHEPHERD_AGENT_CREDENTIAL"))
+                .map_err(|_| {
+                    SdkError::MissingEnv("SHEPHERD_SESSION_TOKEN (or SHEPHERD_AGENT_CREDENTIAL)")
+                })?,
+            instance_id: random_instance_id(),
             manager_url: var("SHEPHERD_MANAGER_URL")?,
             manager_ca_file: std::env::var_os("SHEPHERD_MANAGER_CA_FILE").map(Into::into),
             orphan_timeout: match std::env::var("SHEPHERD_ORPHAN_TIMEOUT") {
@@ -316,6 +341,11 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
     loop {
         match session(&config, channel.clone(), handler.clone(), &ledger).await {
             SessionEnd::Refused(message) => return Err(SdkError::Refused(message)),
+            SessionEnd::Exit(reason) => {
+                tracing::info!(%reason, "the manager asked this agent to exit");
+                ledger.cancel_all();
+                return Ok(());
+            }
             SessionEnd::Lost { was_ready, reason } => {
                 if was_ready {
                     backoff = Duration::from_millis(50);
@@ -330,7 +360,13 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
 
 enum SessionEnd {
     Refused(String),
-    Lost { was_ready: bool, reason: String },
+    /// The manager asked the agent to exit (an external agent's restart,
+    /// stop or delete).
+    Exit(String),
+    Lost {
+        was_ready: bool,
+        reason: String,
+    },
 }
 
 /// What the process knows of its tasks across sessions: which run now, and
@@ -431,6 +467,13 @@ impl Ledger {
     /// Cancels a running task (the manager asked to stop it).
     fn cancel(&self, task_id: &str) {
         if let Some(running) = self.lock().running.get(task_id) {
+            running.cancel.cancel();
+        }
+    }
+
+    /// Stops every running task (the agent is exiting).
+    fn cancel_all(&self) {
+        for running in self.lock().running.values() {
             running.cancel.cancel();
         }
     }
@@ -565,6 +608,7 @@ async fn session_inner<H: TaskHandler>(
             agent_id: config.agent_id.clone(),
             session_token: config.session_token.clone(),
             held_tasks: ledger.held(),
+            instance_id: config.instance_id.clone(),
         })),
     };
     // The channel is empty: this cannot fail.
@@ -653,6 +697,7 @@ async fn session_inner<H: TaskHandler>(
                             ledger.cancel(&cancel.task_id);
                         }
                     }
+                    Some(manager_message::Kind::Exit(exit)) => return SessionEnd::Exit(exit.reason),
                     Some(manager_message::Kind::Heartbeat(_)) | None => {}
                 }
             }

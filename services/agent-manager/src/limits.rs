@@ -14,6 +14,7 @@ use crate::model::{
     MAX_RESTART_DURATION, MAX_VALUE_BYTES, MIN_RESTART_BACKOFF, MIN_RESTART_WINDOW, RESERVED_ENV,
 };
 use crate::sessions::{MAX_OUTPUT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, MAX_PROGRESS_OUTPUT_BYTES};
+use crate::supervisor::MAX_INSTANCE_ID;
 
 pub fn all() -> Vec<Limit> {
     vec![
@@ -38,6 +39,10 @@ pub fn all() -> Vec<Limit> {
                 "memory_bytes 0 (none) or at least {}; cpu_cores 0 (none) or 0.001-{MAX_CPU_CORES}; max_processes 0 (none) or more; each refused (FAILED_PRECONDITION) where the containment mode cannot enforce it",
                 bytes(MIN_MEMORY_BYTES as usize)
             ),
+        ),
+        Limit::new(
+            "hello.instance_id",
+            format!("external agents: 1-{MAX_INSTANCE_ID} bytes"),
         ),
         Limit::new(
             "agent.env",

@@ -18,10 +18,15 @@ use crate::containment::{Containment, Usage};
 use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::logs::LogStream;
-use crate::model::{AgentRecord, DesiredState, NewAgent};
+use crate::model::{AgentRecord, DesiredState, NewAgent, Runtime};
 use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
 use crate::store::{AgentFilter, Store, TaskClaim, TaskOutcome, TaskState};
 use crate::supervisor::{Supervisors, report_lost};
+
+fn new_credential() -> Result<String> {
+    shepherd_platform::auth::random_secret()
+        .map_err(|err| Error::Internal(format!("no randomness for a credential: {err}")))
+}
 
 /// Longest task id (idempotency key) accepted.
 pub const MAX_TASK_ID_LEN: usize = 200;
@@ -118,10 +123,22 @@ impl Manager {
         self.supervisors.shutdown().await;
     }
 
-    pub async fn create_agent(&self, agent: NewAgent) -> Result<AgentRecord> {
+    /// Creates (and, unless asked not to, starts) an agent; an external
+    /// one comes with its credential, returned this once.
+    pub async fn create_agent(&self, agent: NewAgent) -> Result<(AgentRecord, Option<String>)> {
         // Refused rather than ignored: a limit nobody enforces is a lie.
+        if agent.spec.runtime == Runtime::External && agent.spec.limits != Default::default() {
+            return Err(Error::FailedPrecondition(
+                "agent.limits: an external agent runs outside this manager's containment; limit it where it is launched".into(),
+            ));
+        }
         self.containment().check(&agent.spec.limits)?;
-        let record = self.store.insert_agent(&agent).await?;
+        let credential = match agent.spec.runtime {
+            Runtime::External => Some(new_credential()?),
+            Runtime::Process => None,
+        };
+        let hash = credential.as_deref().map(hash_token);
+        let record = self.store.insert_agent(&agent, hash.as_deref()).await?;
         self.events
             .append(
                 record.id,
@@ -132,10 +149,28 @@ impl Manager {
             )
             .await?;
         self.supervisors.spawn(record.clone());
-        match agent.desired_state {
-            DesiredState::Running => self.supervisors.start(record.id).await,
-            DesiredState::Stopped => Ok(record),
+        let record = match agent.desired_state {
+            DesiredState::Running => self.supervisors.start(record.id).await?,
+            DesiredState::Stopped => record,
+        };
+        Ok((record, credential))
+    }
+
+    /// A new credential for an external agent (returned this once); the
+    /// old one is refused from then on.
+    pub async fn rotate_credential(&self, id: Uuid) -> Result<(AgentRecord, String)> {
+        let agent = self.get_agent(id).await?;
+        if agent.spec.runtime != Runtime::External {
+            return Err(Error::FailedPrecondition(format!(
+                "agent {id} is not external: its processes get a fresh session token at every launch"
+            )));
         }
+        let credential = new_credential()?;
+        let record = self
+            .store
+            .set_credential_hash(id, &hash_token(&credential))
+            .await?;
+        Ok((record, credential))
     }
 
     pub async fn get_agent(&self, id: Uuid) -> Result<AgentRecord> {
@@ -401,6 +436,7 @@ impl Manager {
         agent_id: Uuid,
         token: &str,
         held: Vec<HeldTask>,
+        instance: String,
         inbound: S,
     ) -> Result<mpsc::Receiver<ManagerMessage>>
     where
@@ -417,7 +453,7 @@ impl Manager {
         };
         let opened = self
             .supervisors
-            .session_opened(agent_id, handle.clone(), hash_token(token), held)
+            .session_opened(agent_id, handle.clone(), hash_token(token), held, instance)
             .await
             .map_err(|err| match err {
                 // Do not tell an unauthenticated caller which ids exist.

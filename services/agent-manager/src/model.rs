@@ -169,6 +169,20 @@ pub struct AgentSpec {
     /// defaults, if any).
     #[serde(default)]
     pub limits: ResourceLimits,
+    /// Who launches the agent.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// Who launches an agent's process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// The manager, which supervises it.
+    #[default]
+    Process,
+    /// Something else; it connects with its credential.
+    External,
 }
 
 /// An agent as stored.
@@ -185,6 +199,8 @@ pub struct AgentRecord {
     pub pid: Option<i32>,
     /// Why the last process ended (None: none has yet).
     pub exit_reason: Option<ExitReason>,
+    /// External agents: the instance whose session is (or was) current.
+    pub instance: Option<String>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }

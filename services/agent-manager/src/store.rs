@@ -40,10 +40,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "exit_reason",
         sql: include_str!("../migrations/0004_exit_reason.sql"),
     },
+    Migration {
+        version: 5,
+        name: "external_agents",
+        sql: include_str!("../migrations/0005_external_agents.sql"),
+    },
 ];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
-                             generation, pid, exit_reason, created_at, updated_at";
+                             generation, pid, exit_reason, instance_id, created_at, updated_at";
 
 /// Names one process for its lifetime: a pid alone may be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,14 +189,19 @@ impl Store {
 
     // ---- agents ----
 
-    pub async fn insert_agent(&self, agent: &NewAgent) -> Result<AgentRecord> {
+    /// Stores a new agent (an external one with the hash of its credential).
+    pub async fn insert_agent(
+        &self,
+        agent: &NewAgent,
+        credential_hash: Option<&[u8]>,
+    ) -> Result<AgentRecord> {
         let client = self.pool.get().await?;
         let spec = to_json(&agent.spec)?;
         let labels = to_json(&agent.labels)?;
         let id = Uuid::now_v7();
         let sql = format!(
-            "INSERT INTO agent_manager.agents (id, name, spec, labels, desired_state, status)
-             VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING {AGENT_COLUMNS}"
+            "INSERT INTO agent_manager.agents (id, name, spec, labels, desired_state, status, credential_hash)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6) RETURNING {AGENT_COLUMNS}"
         );
         let result = client
             .query_one(
@@ -202,6 +212,7 @@ impl Store {
                     &spec,
                     &labels,
                     &agent.desired_state.as_str(),
+                    &credential_hash,
                 ],
             )
             .await;
@@ -301,6 +312,58 @@ impl Store {
                     &process.started_at,
                     &token_hash,
                 ],
+            )
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        agent_from_row(&row)
+    }
+
+    /// An external agent's credential hash (None: not external, or gone).
+    pub async fn credential_hash(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT credential_hash FROM agent_manager.agents WHERE id = $1",
+                    )
+                    .await?,
+                &[&id],
+            )
+            .await?;
+        Ok(row.and_then(|row| row.get(0)))
+    }
+
+    pub async fn set_credential_hash(&self, id: Uuid, hash: &[u8]) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE agent_manager.agents SET credential_hash = $2, updated_at = now()
+             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id, &hash])
+            .await?
+            .ok_or_else(|| Error::agent_not_found(id))?;
+        agent_from_row(&row)
+    }
+
+    /// A new instance of an external agent connected: its generation.
+    pub async fn record_instance(
+        &self,
+        id: Uuid,
+        generation: u64,
+        instance: &str,
+    ) -> Result<AgentRecord> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE agent_manager.agents
+             SET generation = $2, instance_id = $3, pid = NULL, updated_at = now()
+             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &to_i64(generation), &instance],
             )
             .await?
             .ok_or_else(|| Error::agent_not_found(id))?;
@@ -540,6 +603,7 @@ fn agent_from_row(row: &Row) -> Result<AgentRecord> {
         exit_reason: row
             .get::<_, Option<&str>>("exit_reason")
             .and_then(ExitReason::parse),
+        instance: row.get("instance_id"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
     AgentDeleted, AgentDisconnected, AgentExited, AgentReady, AgentRestarted, AgentStarted,
-    AgentStopped, HeldTask, TaskLost, agent_event,
+    AgentStopped, Exit, HeldTask, ManagerMessage, TaskLost, agent_event, manager_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -33,8 +33,8 @@ use crate::containment::Containment;
 use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::logs::LogDir;
-use crate::model::RestartMode;
 use crate::model::{AgentRecord, AgentStatus, DesiredState};
+use crate::model::{RestartMode, Runtime};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
 use crate::sessions::{CarriedTask, SessionHandle, Sessions, hash_token, new_token};
 use crate::store::{LostTask, Store, TaskState};
@@ -63,6 +63,9 @@ pub struct Context {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Longest instance id an external agent may name itself by.
+pub const MAX_INSTANCE_ID: usize = 128;
+
 enum Command {
     Start(Reply<AgentRecord>),
     Stop(Reply<AgentRecord>),
@@ -70,7 +73,14 @@ enum Command {
     Delete(Reply<()>),
     /// A session presents the hash of its token and the tasks its process
     /// holds from earlier sessions.
-    SessionOpened(SessionHandle, Vec<u8>, Vec<HeldTask>, Reply<OpenedSession>),
+    SessionOpened {
+        session: SessionHandle,
+        token_hash: Vec<u8>,
+        held: Vec<HeldTask>,
+        /// The connecting process's instance id (external agents).
+        instance: String,
+        reply: Reply<OpenedSession>,
+    },
     SessionClosed {
         session_id: Uuid,
         reason: String,
@@ -172,9 +182,14 @@ impl Supervisors {
         session: SessionHandle,
         token_hash: Vec<u8>,
         held: Vec<HeldTask>,
+        instance: String,
     ) -> Result<OpenedSession> {
-        self.call(id, |reply| {
-            Command::SessionOpened(session, token_hash, held, reply)
+        self.call(id, |reply| Command::SessionOpened {
+            session,
+            token_hash,
+            held,
+            instance,
+            reply,
         })
         .await
     }
@@ -314,7 +329,12 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(at) => Input::BackoffElapsed,
                 command = commands.recv() => Input::Command(command),
             },
-            (None, None) => Input::Command(commands.recv().await),
+            // An external agent has no process, but may have a window to
+            // reconnect in.
+            (None, None) => tokio::select! {
+                command = commands.recv() => Input::Command(command),
+                _ = sleep_until_some(*reconnect_until) => Input::ReconnectWindowClosed,
+            },
         }
     }
 
@@ -330,8 +350,20 @@ impl Supervisor {
             Command::Restart(reason, reply) => {
                 let _ = reply.send(self.restart(&reason).await);
             }
-            Command::SessionOpened(session, token_hash, held, reply) => {
-                let _ = reply.send(self.session_opened(session, &token_hash, held).await);
+            Command::SessionOpened {
+                session,
+                token_hash,
+                held,
+                instance,
+                reply,
+            } => {
+                let opened = if self.external() {
+                    self.external_session_opened(session, &token_hash, held, instance)
+                        .await
+                } else {
+                    self.session_opened(session, &token_hash, held).await
+                };
+                let _ = reply.send(opened);
             }
             Command::SessionClosed {
                 session_id,
@@ -363,6 +395,22 @@ impl Supervisor {
 
     async fn start(&mut self) -> Result<AgentRecord> {
         self.set_desired(DesiredState::Running).await?;
+        if self.external() {
+            // Nothing to launch: it may connect now.
+            if self.ctx.sessions.get(self.id()).is_none() {
+                self.record = self
+                    .ctx
+                    .store
+                    .set_status(
+                        self.id(),
+                        AgentStatus::Starting,
+                        "waiting for the external agent to connect",
+                        None,
+                    )
+                    .await?;
+            }
+            return Ok(self.record.clone());
+        }
         if self.process.is_some() {
             // Already running: a quiet no-op.
             return Ok(self.record.clone());
@@ -374,6 +422,7 @@ impl Supervisor {
     async fn stop(&mut self) -> Result<AgentRecord> {
         self.set_desired(DesiredState::Stopped).await?;
         self.backoff_until = None;
+        self.ask_to_exit("agent stopped");
         self.terminate("agent stopped").await?;
         if self.record.status != AgentStatus::Stopped {
             self.record = self
@@ -389,6 +438,12 @@ impl Supervisor {
 
     async fn restart(&mut self, reason: &str) -> Result<AgentRecord> {
         self.set_desired(DesiredState::Running).await?;
+        if self.external() {
+            // Its own supervisor brings it back; the new instance's session
+            // is the restart (generation + 1, AgentRestarted).
+            self.ask_to_exit(reason);
+            return Ok(self.record.clone());
+        }
         self.terminate("agent restarting").await?;
         self.reset_restart_budget();
         self.launch(reason).await
@@ -396,6 +451,7 @@ impl Supervisor {
 
     async fn delete(&mut self) -> Result<()> {
         self.backoff_until = None;
+        self.ask_to_exit("agent deleted");
         self.terminate("agent deleted").await?;
         self.ctx.store.delete_agent(self.id()).await?;
         self.append(agent_event::Kind::Deleted(AgentDeleted {}))
@@ -429,6 +485,9 @@ impl Supervisor {
     /// true). Otherwise it is killed and the agent is brought to its desired
     /// state through the one launch path.
     async fn reconcile(&mut self) -> Result<bool> {
+        if self.external() {
+            return self.reconcile_external().await;
+        }
         if self.ctx.live_restore
             && self.record.desired_state == DesiredState::Running
             && self.adopt().await?
@@ -751,8 +810,11 @@ impl Supervisor {
             .sessions
             .remove_if_current(self.id(), session_id)
             .is_some();
-        let process_runs = self.process.is_some();
-        if !was_current || wedged || !process_runs {
+        // An external agent is not ours to watch: it may come back (or a
+        // new instance may) as long as it should run.
+        let may_return = self.process.is_some()
+            || (self.external() && self.record.desired_state == DesiredState::Running);
+        if !was_current || wedged || !may_return {
             // The loop has closed its task channel, so this sweep sees every
             // task it ever took.
             self.sweep(Some(session_id), reason).await;
@@ -821,7 +883,9 @@ impl Supervisor {
     }
 
     async fn disconnected(&mut self, reason: &str) -> Result<()> {
-        if self.process.is_some() {
+        let waiting = self.process.is_some()
+            || (self.external() && self.record.desired_state == DesiredState::Running);
+        if waiting {
             // The process still runs: it may reconnect with its token.
             self.record = self
                 .ctx
@@ -857,6 +921,125 @@ impl Supervisor {
             .events
             .append(self.id(), self.record.generation, kind)
             .await
+    }
+
+    fn external(&self) -> bool {
+        self.record.spec.runtime == Runtime::External
+    }
+
+    /// Asks the agent over its session to exit (external agents: their
+    /// own supervisor decides what comes next). Its session stops taking
+    /// tasks at once; its tasks are swept when it closes.
+    fn ask_to_exit(&mut self, reason: &str) {
+        if !self.external() {
+            return;
+        }
+        if let Some(session) = self.ctx.sessions.remove(self.id()) {
+            let exit = ManagerMessage {
+                kind: Some(manager_message::Kind::Exit(Exit {
+                    reason: reason.to_owned(),
+                })),
+            };
+            if session.tasks.try_send(exit).is_err() {
+                // Its queue is full or the loop is over: end it here.
+                session.cancel.cancel();
+            }
+        }
+    }
+
+    /// A session of an external agent: its credential authenticates it; a
+    /// new instance is a restart, the same instance reconnecting is not.
+    async fn external_session_opened(
+        &mut self,
+        session: SessionHandle,
+        token_hash: &[u8],
+        held: Vec<HeldTask>,
+        instance: String,
+    ) -> Result<OpenedSession> {
+        let stored = self.ctx.store.credential_hash(self.id()).await?;
+        let valid = stored
+            .as_deref()
+            .is_some_and(|stored| constant_time_eq(stored, token_hash));
+        if !valid {
+            return Err(Error::Unauthenticated(format!(
+                "credential refused for agent {}: connect with the SHEPHERD_AGENT_CREDENTIAL shown when it was created or last rotated",
+                self.id()
+            )));
+        }
+        if self.record.desired_state != DesiredState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "agent {} is stopped: StartAgent lets it connect again",
+                self.id()
+            )));
+        }
+        if instance.is_empty() || instance.len() > MAX_INSTANCE_ID {
+            return Err(Error::invalid(
+                "hello.instance_id",
+                format!(
+                    "an external agent names its instance in 1-{MAX_INSTANCE_ID} bytes (the SDK does)"
+                ),
+            ));
+        }
+        let same_instance = self.record.instance.as_deref() == Some(instance.as_str());
+        let held = if same_instance {
+            held
+        } else {
+            self.new_instance(&instance).await?;
+            Vec::new()
+        };
+        self.token_hash = Some(token_hash.to_vec());
+        let opened = self.session_opened(session, token_hash, held).await;
+        self.token_hash = None;
+        opened
+    }
+
+    /// A new instance of an external agent: the next generation. What the
+    /// old instance held is lost (it is gone, or no longer ours).
+    async fn new_instance(&mut self, instance: &str) -> Result<()> {
+        if let Some(previous) = self.ctx.sessions.remove(self.id()) {
+            previous.cancel.cancel();
+        }
+        self.close_reconnect_window();
+        self.sweep(None, "a new instance of the external agent connected")
+            .await;
+        let generation = self.record.generation + 1;
+        self.record = self
+            .ctx
+            .store
+            .record_instance(self.id(), generation, instance)
+            .await?;
+        self.append(agent_event::Kind::Started(AgentStarted { pid: 0 }))
+            .await?;
+        if generation > 1 {
+            crate::metrics::agent_restarted(self.id(), &self.record.name);
+            self.append(agent_event::Kind::Restarted(AgentRestarted {
+                generation,
+                reason: "a new instance of the external agent connected".into(),
+            }))
+            .await?;
+        }
+        tracing::info!(agent = %self.id(), generation, instance, "external agent instance connected");
+        Ok(())
+    }
+
+    /// Manager start-up, external agent: it reconnects by itself; until it
+    /// does (or its window closes) its tasks count as in flight.
+    async fn reconcile_external(&mut self) -> Result<bool> {
+        if self.record.desired_state != DesiredState::Running {
+            return Ok(false);
+        }
+        self.expect_reconnect();
+        self.record = self
+            .ctx
+            .store
+            .set_status(
+                self.id(),
+                AgentStatus::Starting,
+                "waiting for the external agent to reconnect",
+                None,
+            )
+            .await?;
+        Ok(true)
     }
 
     fn log_err(&self, what: &str, result: Result<()>) {

@@ -272,6 +272,7 @@ async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), to
             agent_id: agent_id.to_owned(),
             session_token: token.to_owned(),
             held_tasks: Vec::new(),
+            instance_id: String::new(),
         })),
     })
     .await

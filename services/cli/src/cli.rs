@@ -94,6 +94,9 @@ pub enum AgentCommand {
     Stop { agent: String },
     /// Restart an agent's process (generation + 1).
     Restart { agent: String },
+    /// Give an external agent a new credential (printed once; the old one
+    /// is refused from then on).
+    RotateCredential { agent: String },
     /// Delete an agent (its workflows get disabled).
     Delete { agent: String },
     /// Last lines of an agent's stdout (or stderr).
@@ -114,8 +117,12 @@ pub struct CreateAgent {
     #[arg(long, required_unless_present = "file")]
     pub name: Option<String>,
     /// Program to run.
-    #[arg(long, required_unless_present = "file")]
+    #[arg(long, required_unless_present_any = ["file", "external"])]
     pub command: Option<String>,
+    /// An external agent: launched by something else, connecting with the
+    /// credential printed (once) at creation.
+    #[arg(long, conflicts_with_all = ["command", "file"])]
+    pub external: bool,
     /// Argument for the program (repeatable).
     #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -237,6 +237,11 @@ fn agent_from_file(path: &Path) -> anyhow::Result<am::Agent> {
 
 fn agent_from_flags(create: CreateAgent) -> anyhow::Result<am::Agent> {
     Ok(am::Agent {
+        runtime: if create.external {
+            am::Runtime::External
+        } else {
+            am::Runtime::Process
+        } as i32,
         limits: limits(create.memory, create.cpus, create.max_processes),
         name: create.name.unwrap_or_default(),
         command: create.command.unwrap_or_default(),
@@ -315,6 +320,13 @@ impl Clients {
                 let agent_id = self.agent_id(&agent).await?;
                 self.agents
                     .restart_agent(am::RestartAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::RotateCredential { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .rotate_agent_credential(am::RotateAgentCredentialRequest { agent_id })
                     .await?
                     .into_inner()
             }

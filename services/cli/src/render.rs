@@ -141,6 +141,10 @@ impl Render for am::Agent {
             ),
             ("limits", limits(self.limits.as_ref())),
             (
+                "runtime",
+                short(self.runtime().as_str_name(), "RUNTIME_").replace("unspecified", "process"),
+            ),
+            (
                 "last exit",
                 match self.exit_reason() {
                     am::ExitReason::Unspecified => "-".into(),
@@ -148,6 +152,15 @@ impl Render for am::Agent {
                 },
             ),
         ]);
+        if !self.credential.is_empty() {
+            details.push((
+                "credential",
+                format!(
+                    "{} (shown once: give it to the agent as SHEPHERD_AGENT_CREDENTIAL)",
+                    self.credential
+                ),
+            ));
+        }
         details
     }
 
@@ -202,6 +215,8 @@ impl Render for am::Agent {
                 "processes": u.processes,
             })),
             "exit_reason": short(self.exit_reason().as_str_name(), "EXIT_REASON_"),
+            "runtime": short(self.runtime().as_str_name(), "RUNTIME_"),
+            "credential": (!self.credential.is_empty()).then_some(&self.credential),
             "create_time": time(self.create_time.as_ref()),
             "update_time": time(self.update_time.as_ref()),
         })

@@ -11,13 +11,28 @@ use crate::error::{Error, Result};
 use crate::events::wire_exit_reason;
 use crate::model::{
     self, AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent, RestartMode, RestartPolicy,
+    Runtime,
 };
 use crate::store::TaskState;
 
 pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     let agent = agent.ok_or_else(|| Error::invalid("agent", "is required"))?;
     model::validate_name("agent.name", &agent.name)?;
-    model::validate_command(&agent.command)?;
+    let runtime = runtime(agent.runtime)?;
+    if runtime == Runtime::External {
+        let launch_fields = !agent.command.is_empty()
+            || !agent.args.is_empty()
+            || !agent.env.is_empty()
+            || !agent.working_dir.is_empty();
+        if launch_fields {
+            return Err(Error::invalid(
+                "agent.command",
+                "an external agent is launched by something else: leave command, args, env and working_dir empty",
+            ));
+        }
+    } else {
+        model::validate_command(&agent.command)?;
+    }
     model::validate_args(&agent.args)?;
     let env: BTreeMap<String, String> = agent.env.into_iter().collect();
     model::validate_env(&env)?;
@@ -60,10 +75,22 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
             working_dir,
             restart_policy,
             limits,
+            runtime,
         },
         labels,
         desired_state,
     })
+}
+
+fn runtime(value: i32) -> Result<Runtime> {
+    match pb::Runtime::try_from(value) {
+        Ok(pb::Runtime::Unspecified | pb::Runtime::Process) => Ok(Runtime::Process),
+        Ok(pb::Runtime::External) => Ok(Runtime::External),
+        Err(_) => Err(Error::invalid(
+            "agent.runtime",
+            format!("{value} is not a known runtime; use PROCESS or EXTERNAL"),
+        )),
+    }
 }
 
 fn restart_policy(policy: Option<pb::RestartPolicy>) -> Result<RestartPolicy> {
@@ -128,6 +155,12 @@ pub fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
     let policy = &record.spec.restart_policy;
     let limits = &record.spec.limits;
     pb::Agent {
+        runtime: match record.spec.runtime {
+            Runtime::Process => pb::Runtime::Process,
+            Runtime::External => pb::Runtime::External,
+        } as i32,
+        // Set by the API only in the response that made it.
+        credential: String::new(),
         limits: Some(self::limits(limits)),
         usage: usage.map(|usage| pb::ResourceUsage {
             memory_bytes: usage.memory_bytes,

@@ -66,8 +66,10 @@ impl AgentManager for Api {
         request: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let agent = convert::new_agent(request.into_inner().agent)?;
-        let record = self.manager.create_agent(agent).await?;
-        Ok(Response::new(self.agent(record)))
+        let (record, credential) = self.manager.create_agent(agent).await?;
+        let mut agent = self.agent(record);
+        agent.credential = credential.unwrap_or_default();
+        Ok(Response::new(agent))
     }
 
     async fn get_agent(
@@ -308,6 +310,18 @@ impl AgentManager for Api {
         }))
     }
 
+    async fn rotate_agent_credential(
+        &self,
+        request: Request<pb::RotateAgentCredentialRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        record_id("agent_id", &id);
+        let (record, credential) = self.manager.rotate_credential(id).await?;
+        let mut agent = self.agent(record);
+        agent.credential = credential;
+        Ok(Response::new(agent))
+    }
+
     async fn get_manager_info(
         &self,
         _request: Request<pb::GetManagerInfoRequest>,
@@ -369,7 +383,13 @@ impl AgentSession for Api {
         }
         let outbound = self
             .manager
-            .open_session(agent_id, &hello.session_token, hello.held_tasks, inbound)
+            .open_session(
+                agent_id,
+                &hello.session_token,
+                hello.held_tasks,
+                hello.instance_id,
+                inbound,
+            )
             .await?;
         Ok(Response::new(Box::pin(
             ReceiverStream::new(outbound).map(Ok),
