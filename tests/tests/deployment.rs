@@ -76,6 +76,81 @@ fn help(binary: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// `container -> env names` of the Kubernetes manifest's containers (the
+/// `- name: X` entries under each container's `env:`; a deliberately small
+/// reader for the form these files use).
+fn container_envs(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut envs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut container = None;
+    let mut in_env = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(name) = trimmed.strip_prefix("- name: ")
+            && indent == 8
+        {
+            container = Some(name.trim().to_owned());
+            in_env = false;
+        } else if trimmed == "env:" {
+            in_env = true;
+        } else if in_env && indent <= 10 && !trimmed.starts_with("- name:") && !trimmed.is_empty() {
+            in_env = false;
+        } else if let (true, Some(container), Some(name)) =
+            (in_env, &container, trimmed.strip_prefix("- name: "))
+        {
+            envs.entry(container.clone())
+                .or_default()
+                .push(name.trim().to_owned());
+        }
+    }
+    envs
+}
+
+#[test]
+fn kubernetes_manifests_set_only_variables_the_binaries_read() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let services = container_envs(&std::fs::read_to_string(root.join("shepherd.yaml"))?);
+    for binary in ["agent-manager", "scheduler"] {
+        let keys = services.get(binary).cloned().unwrap_or_default();
+        assert!(
+            keys.len() >= 4,
+            "no environment found for {binary}: {services:?}"
+        );
+        let help = help(binary)?;
+        for key in keys {
+            let read = READ_BY_PLATFORM.contains(&key.as_str())
+                || help.contains(&format!("[env: {key}="))
+                || help.contains(&format!("[env: {key}]"));
+            assert!(
+                read,
+                "the manifest sets {key} for {binary}, which does not read it"
+            );
+        }
+    }
+    let agent = container_envs(&std::fs::read_to_string(root.join("external-agent.yaml"))?);
+    let keys = agent.get("agent").cloned().unwrap_or_default();
+    // What the agent SDK reads (`AgentConfig::from_env`) for an external agent.
+    let sdk = [
+        "SHEPHERD_AGENT_ID",
+        "SHEPHERD_AGENT_CREDENTIAL",
+        "SHEPHERD_MANAGER_URL",
+        "SHEPHERD_MANAGER_CA_FILE",
+        "SHEPHERD_ORPHAN_TIMEOUT",
+        "RUST_LOG",
+    ];
+    assert!(
+        keys.contains(&"SHEPHERD_AGENT_CREDENTIAL".to_owned()),
+        "{keys:?}"
+    );
+    for key in keys {
+        assert!(
+            sdk.contains(&key.as_str()),
+            "the external agent sets {key}, which the SDK does not read"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn compose_sets_only_variables_the_binaries_read() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(compose_file())?;
@@ -83,6 +158,7 @@ fn compose_sets_only_variables_the_binaries_read() -> anyhow::Result<()> {
     for (service, binary) in [
         ("agent-manager", "agent-manager"),
         ("scheduler", "scheduler"),
+        ("scheduler-2", "scheduler"),
     ] {
         let keys = environments.get(service).cloned().unwrap_or_default();
         assert!(!keys.is_empty(), "no environment found for {service}");
