@@ -6,7 +6,7 @@
 
 use uuid::Uuid;
 
-use shepherd_platform::columns::{to_json, to_millis};
+use shepherd_platform::columns::{from_json, to_json, to_millis};
 use shepherd_platform::db::Transaction;
 
 use super::{WORKFLOW_COLUMNS, workflow_from_row};
@@ -23,6 +23,22 @@ pub(super) struct Finished {
     pub output: String,
     pub fields: TaskFields,
     pub depth: u32,
+}
+
+/// A row of a completion that reached a final state, for chaining (None
+/// for one that goes back to pending for a retry).
+pub(super) fn finished_from_row(row: &tokio_postgres::Row) -> Result<Option<Finished>> {
+    let Some(state) = TaskState::parse(row.get("final_state")).filter(|s| s.is_final()) else {
+        return Ok(None);
+    };
+    Ok(Some(Finished {
+        task_id: row.get("id"),
+        workflow_id: row.get("workflow_id"),
+        state,
+        output: row.get("output"),
+        fields: from_json(row.get("fields"))?,
+        depth: u32::try_from(row.get::<_, i32>("chain_depth")).unwrap_or(0),
+    }))
 }
 
 /// The SQL fragment telling whether a task's workflow has chain children
