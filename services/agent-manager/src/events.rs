@@ -7,6 +7,13 @@
 //! locked until commit, sequence order equals commit order: no reader can
 //! see seq 11 while 10 is uncommitted.
 //!
+//! Several managers may share the database: each append notifies
+//! (`shepherd_agent_events`, the last sequence, delivered at commit), and
+//! every manager's tailer reads what other writers committed and puts it
+//! on its own live feed. The feed may then carry events out of order or
+//! twice; watchers skip what they sent and go back to the database on a
+//! gap, so each still sees the one sequence, gap-free.
+//!
 //! Reads: a watcher subscribes to the live feed *before* it reads history,
 //! then skips what it already sent, so the hand-over has no gap and no
 //! duplicate. A watcher that falls behind (its live buffer overflows) goes
@@ -25,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use shepherd_platform::backoff::Backoff;
+use shepherd_platform::notify::{Heard, Listener};
 
 use crate::error::{Error, Result};
 use crate::store::{EventRow, Store};
@@ -56,12 +64,26 @@ pub struct EventLog {
 impl EventLog {
     /// Starts the writer task. It runs until every `EventLog` handle is
     /// dropped, so events appended during shutdown are still stored.
-    pub async fn start(store: Store, heartbeat_interval: Duration) -> Result<Self> {
+    /// `database_url` is listened on for other managers' appends.
+    pub async fn start(
+        store: Store,
+        heartbeat_interval: Duration,
+        database_url: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
         let (last_seq, _) = store.log_state().await?;
         let (appends, requests) = mpsc::channel(4096);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let (latest_tx, latest) = watch::channel(last_seq);
-        tokio::spawn(write_loop(store.clone(), requests, live.clone(), latest_tx));
+        let latest_tx = Arc::new(latest_tx);
+        tokio::spawn(write_loop(
+            store.clone(),
+            requests,
+            live.clone(),
+            latest_tx.clone(),
+        ));
+        let listener = Listener::new(database_url, &[NOTIFY_CHANNEL], shutdown);
+        tokio::spawn(tail(store.clone(), listener, live.clone(), latest_tx));
         Ok(Self {
             appends,
             live,
@@ -307,7 +329,7 @@ async fn write_loop(
     store: Store,
     mut requests: mpsc::Receiver<AppendRequest>,
     live: broadcast::Sender<Arc<AgentEvent>>,
-    latest: watch::Sender<u64>,
+    latest: Arc<watch::Sender<u64>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -336,10 +358,73 @@ async fn write_loop(
             event.sequence = seq;
             // No receivers is fine: nobody is watching right now.
             let _ = live.send(Arc::new(event));
-            latest.send_replace(seq);
+            raise(&latest, seq);
             let _ = request.done.send(Ok(seq));
         }
     }
+}
+
+/// The channel appends notify on (payload: the last sequence stored).
+const NOTIFY_CHANNEL: &str = "shepherd_agent_events";
+
+/// Moves the high-water mark forward (never back: the writer and the
+/// tailer both raise it).
+fn raise(latest: &watch::Sender<u64>, seq: u64) {
+    latest.send_if_modified(|current| {
+        let higher = seq > *current;
+        if higher {
+            *current = seq;
+        }
+        higher
+    });
+}
+
+/// Puts what other managers append on this manager's live feed: on each
+/// notification past the high-water mark (and after every (re)connection,
+/// when notifications may have been missed) it reads the events after the
+/// mark from the database and publishes them.
+async fn tail(
+    store: Store,
+    mut listener: Listener,
+    live: broadcast::Sender<Arc<AgentEvent>>,
+    latest: Arc<watch::Sender<u64>>,
+) {
+    while let Some(heard) = listener.next().await {
+        let reach = match heard {
+            Heard::Notification { payload, .. } => payload.parse::<u64>().ok(),
+            Heard::Listening => store.log_state().await.ok().map(|(last, _)| last),
+        };
+        let Some(reach) = reach else { continue };
+        if let Err(err) = publish_through(&store, &live, &latest, reach).await {
+            // Watchers still see everything: they read the database when
+            // they next catch up.
+            tracing::warn!(error = %err, "reading other managers' events failed");
+        }
+    }
+}
+
+async fn publish_through(
+    store: &Store,
+    live: &broadcast::Sender<Arc<AgentEvent>>,
+    latest: &watch::Sender<u64>,
+    reach: u64,
+) -> Result<()> {
+    let mut from = *latest.borrow();
+    while from < reach {
+        let rows = store.read_events(from, reach, None, PAGE).await?;
+        let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+            return Ok(());
+        };
+        for (seq, payload) in rows {
+            let mut event = AgentEvent::decode(payload.as_slice())
+                .map_err(|err| Error::Internal(format!("undecodable event {seq}: {err}")))?;
+            event.sequence = seq;
+            let _ = live.send(Arc::new(event));
+        }
+        raise(latest, last);
+        from = last;
+    }
+    Ok(())
 }
 
 fn new_event(agent_id: Uuid, generation: u64, kind: agent_event::Kind) -> AgentEvent {

@@ -49,7 +49,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await?;
     let healthy = db::watch_health(pool.clone(), shutdown.clone());
     let store = Store::new(pool);
-    let events = EventLog::start(store.clone(), config.event_heartbeat).await?;
+    let events = EventLog::start(
+        store.clone(),
+        config.event_heartbeat,
+        &config.database.database_url,
+        shutdown.clone(),
+    )
+    .await?;
 
     let containment = Arc::new(Containment::start(
         config.containment,

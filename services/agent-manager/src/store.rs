@@ -482,8 +482,14 @@ impl Store {
                              SELECT counter.before + v.n, v.agent_id, v.kind, v.payload
                              FROM counter, UNNEST($1::uuid[], $2::text[], $3::bytea[])
                                   WITH ORDINALITY AS v(agent_id, kind, payload, n)
+                         ), notified AS (
+                             -- Delivered at commit: every manager on this
+                             -- database learns how far the log reaches.
+                             SELECT pg_notify('shepherd_agent_events',
+                                              (before + cardinality($1::uuid[]))::text)
+                             FROM counter
                          )
-                         SELECT before + 1 FROM counter",
+                         SELECT before + 1 FROM counter, notified",
                     )
                     .await?,
                 &[&agents, &kinds, &payloads],

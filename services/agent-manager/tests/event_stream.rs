@@ -164,3 +164,69 @@ async fn many_watchers_and_a_stalled_one_do_not_block_the_log() -> anyhow::Resul
     assert!(sequences.windows(2).all(|w| w[0] == w[1]));
     Ok(())
 }
+
+/// Two managers on one database: each one's watchers see every event,
+/// whichever manager appended it, in the one sequence, live.
+#[tokio::test]
+async fn watchers_on_every_manager_see_the_same_sequence() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut second = common::start_manager(&h.db, &h.log_dir).await?;
+    let mut other = pb::agent_manager_client::AgentManagerClient::new(
+        shepherd_testkit::channel(&second.url()).await?,
+    );
+    let mut on_first = h.watch(0, "").await?;
+    let mut on_second = common::Events {
+        stream: other
+            .watch_agent_events(pb::WatchAgentEventsRequest::default())
+            .await?
+            .into_inner(),
+    };
+
+    // Appended by the first manager (an agent it launches), then by the
+    // second (one it creates stopped), then by the first again.
+    let launched = h
+        .create(reference_agent("on-first", pb::RestartMode::OnFailure))
+        .await?;
+    let mut stopped = reference_agent("on-second", pb::RestartMode::OnFailure);
+    stopped.desired_state = pb::DesiredState::Stopped as i32;
+    let created = other
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(stopped),
+        })
+        .await?
+        .into_inner();
+    h.client
+        .stop_agent(pb::StopAgentRequest {
+            agent_id: launched.id.clone(),
+        })
+        .await?;
+
+    let last = |e: &pb::AgentEvent| e.agent_id == launched.id && kind(e) == "stopped";
+    // Heartbeats keep a stream alive: bound the whole wait.
+    let first_view = tokio::time::timeout(common::WAIT, on_first.until(last)).await??;
+    let second_view = tokio::time::timeout(common::WAIT, on_second.until(last)).await??;
+    let seen = |events: &[pb::AgentEvent]| -> Vec<(u64, String, &'static str)> {
+        events
+            .iter()
+            .map(|e| (e.sequence, e.agent_id.clone(), kind(e)))
+            .collect()
+    };
+    assert_eq!(
+        seen(&first_view),
+        seen(&second_view),
+        "one sequence on both"
+    );
+    let sequences: Vec<u64> = first_view.iter().map(|e| e.sequence).collect();
+    assert!(
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap-free: {sequences:?}"
+    );
+    assert!(
+        first_view
+            .iter()
+            .any(|e| e.agent_id == created.id && kind(e) == "created"),
+        "the first manager's watcher saw the second's append"
+    );
+    second.kill().await?;
+    Ok(())
+}

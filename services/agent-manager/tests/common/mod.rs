@@ -84,7 +84,10 @@ impl Drop for Harness {
     }
 }
 
-async fn start_manager(db: &TestDb, log_dir: &std::path::Path) -> anyhow::Result<ServiceProcess> {
+pub async fn start_manager(
+    db: &TestDb,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<ServiceProcess> {
     let args: Vec<String> = [
         "--listen",
         "127.0.0.1:0",
