@@ -24,9 +24,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shepherd_proto::agentmanager::v1::{
-    self as pb, agent_event::Kind, watch_agent_events_response,
-};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +32,7 @@ use uuid::Uuid;
 use shepherd_platform::backoff::Backoff;
 
 use crate::error::Result;
+use crate::manager_client::{AgentEvent, EventStream, Heard};
 use crate::recovery::Recovery;
 use crate::store::Outcome;
 use tracing::Instrument;
@@ -205,28 +203,31 @@ impl Consumer {
     /// recorded together: only a message whose handling depends on earlier
     /// outcomes (see `needs_outcomes_first`) makes them be recorded first.
     /// The cursor passes a completion only once its outcome is stored.
-    async fn handle_batch(
-        &self,
-        batch: Vec<pb::WatchAgentEventsResponse>,
-        cursor: &mut u64,
-    ) -> Result<()> {
+    async fn handle_batch(&self, batch: Vec<Heard>, cursor: &mut u64) -> Result<()> {
         let mut completions: Vec<Outcome> = Vec::new();
         let mut handled = *cursor;
         for message in batch {
-            if let Some(watch_agent_events_response::Kind::Event(event)) = &message.kind
-                && let Some(Kind::TaskCompleted(done)) = &event.kind
+            if let Heard::Event {
+                sequence,
+                event:
+                    AgentEvent::TaskCompleted {
+                        task_id,
+                        attempt,
+                        end,
+                        output,
+                    },
+                ..
+            } = message
             {
-                if self.held_elsewhere(&done.task_id) {
-                    handled = handled.max(event.sequence);
-                    continue;
+                handled = handled.max(sequence);
+                if !self.held_elsewhere(&task_id) {
+                    completions.push(Outcome {
+                        task_id,
+                        attempt,
+                        end,
+                        output,
+                    });
                 }
-                completions.push(Outcome {
-                    task_id: done.task_id.clone(),
-                    attempt: (done.attempt > 0).then_some(done.attempt),
-                    end: crate::manager_client::task_end(done.outcome()),
-                    output: done.output.clone(),
-                });
-                handled = handled.max(event.sequence);
                 continue;
             }
             if needs_outcomes_first(&message) {
@@ -267,95 +268,92 @@ impl Consumer {
         Ok(())
     }
 
-    async fn handle(&self, message: pb::WatchAgentEventsResponse, cursor: &mut u64) -> Result<()> {
-        match message.kind {
-            Some(watch_agent_events_response::Kind::Event(event)) => {
-                self.handle_event(&event).await?;
-                *cursor = event.sequence;
+    async fn handle(&self, message: Heard, cursor: &mut u64) -> Result<()> {
+        match message {
+            Heard::Event {
+                sequence,
+                agent,
+                event,
+            } => {
+                if let Some(agent) = agent {
+                    self.handle_event(agent, event).await?;
+                }
+                *cursor = sequence;
             }
-            Some(watch_agent_events_response::Kind::ResyncRequired(resync)) => {
+            Heard::Resync {
+                requested_after,
+                pruned_through,
+            } => {
                 tracing::warn!(
-                    requested = resync.requested_after_sequence,
-                    pruned_through = resync.pruned_through_sequence,
+                    requested = requested_after,
+                    pruned_through,
                     "events were missed for good; resynchronising"
                 );
                 self.recovery.settle_in_flight(Duration::ZERO).await?;
                 self.recovery.level_pass().await?;
-                *cursor = resync.pruned_through_sequence;
+                *cursor = pruned_through;
             }
-            Some(watch_agent_events_response::Kind::Heartbeat(beat)) => {
-                crate::metrics::stream_lag(beat.latest_sequence.saturating_sub(*cursor));
+            Heard::Heartbeat { latest } => {
+                crate::metrics::stream_lag(latest.saturating_sub(*cursor));
             }
-            None => {}
+            Heard::Nothing => {}
         }
         Ok(())
     }
 
-    async fn handle_event(&self, event: &pb::AgentEvent) -> Result<()> {
-        let Ok(agent) = Uuid::parse_str(&event.agent_id) else {
-            return Ok(());
-        };
+    async fn handle_event(&self, agent: Uuid, event: AgentEvent) -> Result<()> {
         let recovery = &self.recovery;
-        match &event.kind {
-            Some(Kind::Ready(_)) => {
+        match event {
+            AgentEvent::Ready => {
                 recovery.agents.set_ready(agent, true);
                 recovery.restart_workflows_for_agent(agent).await?;
             }
-            Some(Kind::Restarted(restarted)) => {
+            AgentEvent::Restarted { generation, reason } => {
                 recovery.agents.set_ready(agent, false);
                 recovery.restart_workflows_for_agent(agent).await?;
-                recovery
-                    .agent_restarted(agent, restarted.generation, &restarted.reason)
-                    .await?;
+                recovery.agent_restarted(agent, generation, &reason).await?;
             }
-            Some(Kind::Started(_) | Kind::Disconnected(_) | Kind::Exited(_) | Kind::Stopped(_)) => {
-                recovery.agents.set_ready(agent, false);
-            }
-            Some(Kind::Deleted(_)) => {
+            AgentEvent::NotReady => recovery.agents.set_ready(agent, false),
+            AgentEvent::Deleted => {
                 recovery.agents.set_ready(agent, false);
                 let reason = format!("agent {agent} was deleted");
                 for workflow in recovery.store.disable_workflows_of(agent, &reason).await? {
                     recovery.runners.stop(workflow, &reason);
                 }
             }
-            Some(Kind::TaskLost(lost)) if !self.held_elsewhere(&lost.task_id) => {
-                let attempt = (lost.attempt > 0).then_some(lost.attempt);
-                if let Some(workflow) = recovery
-                    .store
-                    .lost(&lost.task_id, attempt, &lost.reason)
-                    .await?
-                {
+            AgentEvent::TaskLost {
+                task_id,
+                attempt,
+                reason,
+            } if !self.held_elsewhere(&task_id) => {
+                if let Some(workflow) = recovery.store.lost(&task_id, attempt, &reason).await? {
                     crate::metrics::task_finished("lost", None);
                     recovery.runners.wake(workflow);
                 }
             }
-            Some(Kind::TaskProgress(progress)) if !self.held_elsewhere(&progress.task_id) => {
+            AgentEvent::TaskProgress {
+                task_id,
+                attempt,
+                message,
+                fraction,
+                output,
+            } if !self.held_elsewhere(&task_id) => {
                 // Informational: a failed write costs a progress line, never
                 // the stream.
                 if let Err(err) = recovery
                     .store
-                    .record_progress(
-                        &progress.task_id,
-                        progress.attempt,
-                        &progress.message,
-                        progress.fraction,
-                        &progress.output,
-                    )
+                    .record_progress(&task_id, attempt, &message, fraction, &output)
                     .await
                 {
-                    tracing::warn!(task = %progress.task_id, error = %err, "could not record task progress");
+                    tracing::warn!(task = %task_id, error = %err, "could not record task progress");
                 }
             }
             // Completions are recorded in batches by `handle_batch`; a
             // standby leaves losses and progress to the lease holder.
-            Some(
-                Kind::Created(_)
-                | Kind::TaskAccepted(_)
-                | Kind::TaskCompleted(_)
-                | Kind::TaskLost(_)
-                | Kind::TaskProgress(_),
-            )
-            | None => {}
+            AgentEvent::TaskCompleted { .. }
+            | AgentEvent::TaskLost { .. }
+            | AgentEvent::TaskProgress { .. }
+            | AgentEvent::Other => {}
         }
         Ok(())
     }
@@ -365,19 +363,22 @@ impl Consumer {
 /// it: anything that changes tasks or starts runners. Acceptances,
 /// readiness losses and heartbeats do not, so completions around them are
 /// still recorded in one statement.
-fn needs_outcomes_first(message: &pb::WatchAgentEventsResponse) -> bool {
-    match &message.kind {
-        Some(watch_agent_events_response::Kind::Event(event)) => matches!(
-            event.kind,
-            Some(Kind::TaskLost(_) | Kind::Deleted(_) | Kind::Ready(_) | Kind::Restarted(_))
+fn needs_outcomes_first(message: &Heard) -> bool {
+    match message {
+        Heard::Event { event, .. } => matches!(
+            event,
+            AgentEvent::TaskLost { .. }
+                | AgentEvent::Deleted
+                | AgentEvent::Ready
+                | AgentEvent::Restarted { .. }
         ),
-        Some(watch_agent_events_response::Kind::ResyncRequired(_)) => true,
-        Some(watch_agent_events_response::Kind::Heartbeat(_)) | None => false,
+        Heard::Resync { .. } => true,
+        Heard::Heartbeat { .. } | Heard::Nothing => false,
     }
 }
 
 /// What the stream reader passes on: a message, or why the stream ended.
-type Received = std::result::Result<pb::WatchAgentEventsResponse, String>;
+type Received = std::result::Result<Heard, String>;
 
 /// Reads the stream on a task of its own, so that messages keep arriving
 /// (and HTTP/2 flow control keeps the manager sending) while a batch is
@@ -385,7 +386,7 @@ type Received = std::result::Result<pb::WatchAgentEventsResponse, String>;
 /// The reader also watches for a stalled stream: no message, not even a
 /// heartbeat, within `timeout`.
 fn spawn_reader(
-    mut stream: tonic::Streaming<pb::WatchAgentEventsResponse>,
+    mut stream: EventStream,
     timeout: Duration,
     stop: CancellationToken,
 ) -> mpsc::Receiver<Received> {
@@ -394,12 +395,12 @@ fn spawn_reader(
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
-                next = tokio::time::timeout(timeout, stream.message()) => next,
+                next = tokio::time::timeout(timeout, stream.next()) => next,
             };
             let item = match next {
                 Ok(Ok(Some(message))) => Ok(message),
                 Ok(Ok(None)) => Err("stream ended".to_owned()),
-                Ok(Err(status)) => Err(status.message().to_owned()),
+                Ok(Err(reason)) => Err(reason),
                 Err(_) => Err(format!("no heartbeat for {timeout:?}")),
             };
             let ended = item.is_err();

@@ -260,19 +260,207 @@ impl ManagerClient {
         }
     }
 
-    pub async fn watch(
-        &self,
-        after: u64,
-    ) -> Result<tonic::Streaming<pb::WatchAgentEventsResponse>, tonic::Status> {
+    /// The agent event stream after `after`, decoded into the scheduler's
+    /// own terms.
+    pub async fn watch(&self, after: u64) -> Result<EventStream, tonic::Status> {
         let request = tonic::Request::new(pb::WatchAgentEventsRequest {
             after_sequence: after,
             agent_id: String::new(),
         });
-        Ok(self
-            .client
-            .clone()
-            .watch_agent_events(request)
-            .await?
-            .into_inner())
+        Ok(EventStream(
+            self.client
+                .clone()
+                .watch_agent_events(request)
+                .await?
+                .into_inner(),
+        ))
+    }
+}
+
+/// What the scheduler hears on the manager's event stream, in its own
+/// terms: the wire types are decoded once, here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Heard {
+    Event {
+        sequence: u64,
+        agent: Option<Uuid>,
+        event: AgentEvent,
+    },
+    Heartbeat {
+        latest: u64,
+    },
+    /// Events up to `pruned_through` are gone for good: resynchronise.
+    Resync {
+        requested_after: u64,
+        pruned_through: u64,
+    },
+    /// An empty message.
+    Nothing,
+}
+
+/// An agent event, as far as the scheduler cares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    Ready,
+    Restarted {
+        generation: u64,
+        reason: String,
+    },
+    /// Started, disconnected, exited or stopped: not ready.
+    NotReady,
+    Deleted,
+    TaskCompleted {
+        task_id: String,
+        /// None: the manager numbered no attempt.
+        attempt: Option<u32>,
+        end: TaskEnd,
+        output: String,
+    },
+    TaskLost {
+        task_id: String,
+        attempt: Option<u32>,
+        reason: String,
+    },
+    TaskProgress {
+        task_id: String,
+        attempt: u32,
+        message: String,
+        /// 0 to 1; negative: unknown.
+        fraction: f32,
+        output: String,
+    },
+    /// Created or accepted: nothing for the scheduler to do.
+    Other,
+}
+
+/// The agent event stream.
+pub struct EventStream(tonic::Streaming<pb::WatchAgentEventsResponse>);
+
+impl EventStream {
+    /// The next message; None when the stream ended, Err when it broke.
+    pub async fn next(&mut self) -> Result<Option<Heard>, String> {
+        match self.0.message().await {
+            Ok(message) => Ok(message.map(Heard::from)),
+            Err(status) => Err(status.message().to_owned()),
+        }
+    }
+}
+
+impl From<pb::WatchAgentEventsResponse> for Heard {
+    fn from(message: pb::WatchAgentEventsResponse) -> Self {
+        use pb::watch_agent_events_response::Kind as Message;
+        match message.kind {
+            Some(Message::Event(event)) => Self::Event {
+                sequence: event.sequence,
+                agent: Uuid::parse_str(&event.agent_id).ok(),
+                event: AgentEvent::from(event.kind),
+            },
+            Some(Message::Heartbeat(beat)) => Self::Heartbeat {
+                latest: beat.latest_sequence,
+            },
+            Some(Message::ResyncRequired(resync)) => Self::Resync {
+                requested_after: resync.requested_after_sequence,
+                pruned_through: resync.pruned_through_sequence,
+            },
+            None => Self::Nothing,
+        }
+    }
+}
+
+impl From<Option<pb::agent_event::Kind>> for AgentEvent {
+    fn from(kind: Option<pb::agent_event::Kind>) -> Self {
+        use pb::agent_event::Kind;
+        let attempt = |n: u32| (n > 0).then_some(n);
+        match kind {
+            Some(Kind::Ready(_)) => Self::Ready,
+            Some(Kind::Restarted(restarted)) => Self::Restarted {
+                generation: restarted.generation,
+                reason: restarted.reason,
+            },
+            Some(Kind::Started(_) | Kind::Disconnected(_) | Kind::Exited(_) | Kind::Stopped(_)) => {
+                Self::NotReady
+            }
+            Some(Kind::Deleted(_)) => Self::Deleted,
+            Some(Kind::TaskCompleted(done)) => Self::TaskCompleted {
+                end: task_end(done.outcome()),
+                attempt: attempt(done.attempt),
+                task_id: done.task_id,
+                output: done.output,
+            },
+            Some(Kind::TaskLost(lost)) => Self::TaskLost {
+                attempt: attempt(lost.attempt),
+                task_id: lost.task_id,
+                reason: lost.reason,
+            },
+            Some(Kind::TaskProgress(progress)) => Self::TaskProgress {
+                task_id: progress.task_id,
+                attempt: progress.attempt,
+                message: progress.message,
+                fraction: progress.fraction,
+                output: progress.output,
+            },
+            Some(Kind::Created(_) | Kind::TaskAccepted(_)) | None => Self::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod decoding {
+    use super::*;
+
+    fn event(agent: &str, kind: pb::agent_event::Kind) -> pb::WatchAgentEventsResponse {
+        pb::WatchAgentEventsResponse {
+            kind: Some(pb::watch_agent_events_response::Kind::Event(
+                pb::AgentEvent {
+                    sequence: 7,
+                    agent_id: agent.to_owned(),
+                    kind: Some(kind),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn the_wire_is_read_into_the_schedulers_terms() {
+        let agent = Uuid::now_v7();
+        let done = Heard::from(event(
+            &agent.to_string(),
+            pb::agent_event::Kind::TaskCompleted(pb::TaskCompleted {
+                task_id: "w:k".into(),
+                outcome: pb::TaskOutcome::TimedOut as i32,
+                output: "out".into(),
+                attempt: 0,
+            }),
+        ));
+        assert_eq!(
+            done,
+            Heard::Event {
+                sequence: 7,
+                agent: Some(agent),
+                event: AgentEvent::TaskCompleted {
+                    task_id: "w:k".into(),
+                    attempt: None,
+                    end: TaskEnd::TimedOut,
+                    output: "out".into(),
+                },
+            }
+        );
+        let exited = Heard::from(event(
+            "not-a-uuid",
+            pb::agent_event::Kind::Exited(pb::AgentExited::default()),
+        ));
+        assert_eq!(
+            exited,
+            Heard::Event {
+                sequence: 7,
+                agent: None,
+                event: AgentEvent::NotReady,
+            }
+        );
+        assert_eq!(
+            Heard::from(pb::WatchAgentEventsResponse { kind: None }),
+            Heard::Nothing
+        );
     }
 }
