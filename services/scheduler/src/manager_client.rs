@@ -65,6 +65,15 @@ pub enum ManagerError {
     Unavailable(String),
 }
 
+impl ManagerError {
+    /// What the manager (or the transport) said.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Refused(message) | Self::Unavailable(message) => message,
+        }
+    }
+}
+
 impl From<tonic::Status> for ManagerError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
@@ -225,19 +234,19 @@ impl ManagerClient {
     }
 
     /// Whether the agent exists (NOT_FOUND: false; other failures: error).
-    pub async fn agent_exists(&self, agent: Uuid) -> Result<bool, tonic::Status> {
+    pub async fn agent_exists(&self, agent: Uuid) -> Result<bool, ManagerError> {
         let request = Self::request(pb::GetAgentRequest {
             agent_id: agent.to_string(),
         });
         match self.client.clone().get_agent(request).await {
             Ok(_) => Ok(true),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
-            Err(status) => Err(status),
+            Err(status) => Err(status.into()),
         }
     }
 
     /// Every agent that is READY right now.
-    pub async fn ready_agents(&self) -> Result<HashSet<Uuid>, tonic::Status> {
+    pub async fn ready_agents(&self) -> Result<HashSet<Uuid>, ManagerError> {
         let mut ready = HashSet::new();
         let mut page_token = String::new();
         loop {
@@ -262,7 +271,7 @@ impl ManagerClient {
 
     /// The agent event stream after `after`, decoded into the scheduler's
     /// own terms.
-    pub async fn watch(&self, after: u64) -> Result<EventStream, tonic::Status> {
+    pub async fn watch(&self, after: u64) -> Result<EventStream, ManagerError> {
         let request = tonic::Request::new(pb::WatchAgentEventsRequest {
             after_sequence: after,
             agent_id: String::new(),
