@@ -108,6 +108,13 @@ async fn a_cli_session_from_agent_to_recovered_workflow() -> anyhow::Result<()> 
     if enforces_memory {
         assert_eq!(got["limits"]["memory_bytes"], 256 << 20);
     }
+    let manager = cli.json(&["manager"]).await?;
+    assert_eq!(manager["enforces_memory"], enforces_memory, "{manager}");
+    assert!(
+        ["cgroup-v1", "cgroup-v2", "subreaper"]
+            .contains(&manager["containment_mode"].as_str().unwrap_or("")),
+        "{manager}"
+    );
     let table = cli.run(&["agents", "list"]).await?;
     let table = String::from_utf8_lossy(&table.stdout);
     let header = table.lines().next().unwrap_or_default();

@@ -71,6 +71,9 @@ pub enum Command {
     /// The agent-manager's event log.
     #[command(subcommand, alias = "event")]
     Events(EventCommand),
+    /// How the agent-manager contains agents: its containment mode, the
+    /// limits it enforces and its default limits.
+    Manager,
 }
 
 #[derive(Subcommand, Debug)]

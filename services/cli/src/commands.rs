@@ -87,6 +87,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             clients.watch(after, agent_id, limit).await
         }
+        Command::Manager => {
+            let info = clients
+                .agents
+                .get_manager_info(am::GetManagerInfoRequest {})
+                .await?
+                .into_inner();
+            render::one(clients.output, &info);
+            Ok(())
+        }
     }
 }
 

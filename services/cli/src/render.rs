@@ -67,6 +67,46 @@ fn time(value: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+impl Render for am::ManagerInfo {
+    fn headers() -> &'static [&'static str] {
+        &["containment", "enforces", "defaults"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        let enforced: Vec<&str> = [
+            (self.enforces_memory, "memory"),
+            (self.enforces_cpu, "cpu"),
+            (self.enforces_processes, "processes"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        vec![
+            self.containment_mode.clone(),
+            if enforced.is_empty() {
+                "no limits".into()
+            } else {
+                enforced.join(", ")
+            },
+            limits(self.default_limits.as_ref()),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "containment_mode": self.containment_mode,
+            "enforces_memory": self.enforces_memory,
+            "enforces_cpu": self.enforces_cpu,
+            "enforces_processes": self.enforces_processes,
+            "default_limits": self.default_limits.as_ref().map(|l| json!({
+                "memory_bytes": l.memory_bytes,
+                "cpu_cores": l.cpu_cores,
+                "max_processes": l.max_processes,
+            })),
+        })
+    }
+}
+
 /// 12.3MiB, 1.0GiB, 512B.
 fn bytes(count: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
