@@ -594,6 +594,21 @@ impl Stack {
         .await
     }
 
+    /// A workflow's tasks (its first 100), as ListTasks returns them.
+    pub async fn tasks(&self, workflow: &str) -> anyhow::Result<Vec<sched::Task>> {
+        Ok(self
+            .workflows
+            .clone()
+            .list_tasks(sched::ListTasksRequest {
+                workflow_id: workflow.to_owned(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .tasks)
+    }
+
     /// A file in this stack's scratch directory.
     pub fn scratch_file(&self, name: &str) -> PathBuf {
         self.scratch.join(name)

@@ -45,20 +45,6 @@ fn chain_on(parent: &str) -> sched::Trigger {
     }
 }
 
-async fn tasks(stack: &Stack, workflow: &str) -> anyhow::Result<Vec<sched::Task>> {
-    Ok(stack
-        .workflows
-        .clone()
-        .list_tasks(sched::ListTasksRequest {
-            workflow_id: workflow.to_owned(),
-            page_size: 100,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .tasks)
-}
-
 #[tokio::test]
 async fn a_chain_runs_in_order_and_sees_its_parents_output() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions::default()).await?;
@@ -101,13 +87,14 @@ async fn a_chain_runs_in_order_and_sees_its_parents_output() -> anyhow::Result<(
         "in order, each seeing its parent"
     );
     let c_task = eventually(WAIT, "C to succeed", || async {
-        Ok(tasks(&stack, &c.id)
+        Ok(stack
+            .tasks(&c.id)
             .await?
             .into_iter()
             .find(|t| t.state() == TaskState::Succeeded))
     })
     .await?;
-    let b_tasks = tasks(&stack, &b.id).await?;
+    let b_tasks = stack.tasks(&b.id).await?;
     assert_eq!(b_tasks.len(), 1);
     assert_eq!(b_tasks[0].parent_task_id, first.id);
     assert_eq!(b_tasks[0].chain_depth, 1);
@@ -146,7 +133,7 @@ async fn a_self_chain_stops_at_the_depth_limit_with_its_reason() -> anyhow::Resu
         .await?;
     stack.trigger(&workflow.id, "seed", "seed").await?;
     let stub = eventually(WAIT, "the chain to stop", || async {
-        let all = tasks(&stack, &workflow.id).await?;
+        let all = stack.tasks(&workflow.id).await?;
         Ok(all.into_iter().find(|t| t.state() == TaskState::Failed))
     })
     .await?;
@@ -157,7 +144,7 @@ async fn a_self_chain_stops_at_the_depth_limit_with_its_reason() -> anyhow::Resu
         stub.last_error
     );
     let all = eventually(WAIT, "every run to finish", || async {
-        let all = tasks(&stack, &workflow.id).await?;
+        let all = stack.tasks(&workflow.id).await?;
         Ok(all
             .iter()
             .all(|t| t.state() != TaskState::Pending && t.state() != TaskState::Dispatched)
@@ -229,14 +216,14 @@ async fn a_scheduler_killed_after_the_parents_outcome_makes_exactly_one_child() 
 
     stack.start_scheduler().await?;
     eventually(WAIT, "the child to run", || async {
-        let done = tasks(&stack, &b.id).await?;
+        let done = stack.tasks(&b.id).await?;
         Ok(done
             .iter()
             .any(|t| t.state() == TaskState::Succeeded)
             .then_some(()))
     })
     .await?;
-    assert_eq!(tasks(&stack, &b.id).await?.len(), 1, "exactly one child");
+    assert_eq!(stack.tasks(&b.id).await?.len(), 1, "exactly one child");
     assert_eq!(lines(&ran), ["child"], "run once");
     Ok(())
 }

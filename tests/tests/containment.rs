@@ -45,23 +45,23 @@ wait"#
 /// inherits the agent's environment, so it carries both markers (a zombie's
 /// environment reads empty, so the dead are not counted).
 fn tree_of(agent: &str, generation: u64) -> Vec<i32> {
-    let id = format!("SHEPHERD_AGENT_ID={agent}");
-    let generation = format!("SHEPHERD_GENERATION={generation}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let has = |entry: &str| {
-                environ
-                    .split(|byte| *byte == 0)
-                    .any(|item| item == entry.as_bytes())
-            };
-            has(&id) && has(&generation)
+    shepherd_testkit::processes_with_env(&[
+        &format!("SHEPHERD_AGENT_ID={agent}"),
+        &format!("SHEPHERD_GENERATION={generation}"),
+    ])
+}
+
+/// The agent's first `AgentExited` event.
+async fn first_exit(stack: &Stack, agent: &str) -> anyhow::Result<am::AgentExited> {
+    stack
+        .agent_events(agent)
+        .await?
+        .into_iter()
+        .find_map(|event| match event.kind {
+            Some(agent_event::Kind::Exited(exited)) => Some(exited),
+            _ => None,
         })
-        .collect()
+        .ok_or_else(|| anyhow::anyhow!("no AgentExited event for {agent}"))
 }
 
 async fn manager_info(stack: &Stack) -> anyhow::Result<am::ManagerInfo> {
@@ -158,15 +158,7 @@ async fn nothing_of_the_old_tree_survives(end: End, options: StackOptions) -> an
             last_old_tick < starts,
             "the retry started at {starts} while the old tree still ran (last tick {last_old_tick})"
         );
-        let exited = stack
-            .agent_events(&agent.id)
-            .await?
-            .into_iter()
-            .find_map(|event| match event.kind {
-                Some(agent_event::Kind::Exited(exited)) => Some(exited),
-                _ => None,
-            })
-            .expect("an AgentExited event");
+        let exited = first_exit(&stack, &agent.id).await?;
         assert_eq!(exited.signal, Some(9));
         assert_eq!(exited.reason(), am::ExitReason::Killed);
     }
@@ -358,15 +350,7 @@ async fn an_agent_over_its_memory_limit_is_oom_killed_and_restarted() -> anyhow:
     stack
         .wait_agent_ready(&agent.id, agent.generation + 1)
         .await?;
-    let exited = stack
-        .agent_events(&agent.id)
-        .await?
-        .into_iter()
-        .find_map(|event| match event.kind {
-            Some(agent_event::Kind::Exited(exited)) => Some(exited),
-            _ => None,
-        })
-        .expect("an AgentExited event");
+    let exited = first_exit(&stack, &agent.id).await?;
     assert_eq!(exited.reason(), am::ExitReason::OomKilled, "{exited:?}");
     let now = stack.agent(&agent.id).await?;
     assert_eq!(now.exit_reason(), am::ExitReason::OomKilled);

@@ -39,19 +39,6 @@ async fn restart_workflow(
     Ok(workflow)
 }
 
-async fn tasks(stack: &Stack, workflow: &str) -> anyhow::Result<Vec<sched::Task>> {
-    Ok(stack
-        .workflows
-        .clone()
-        .list_tasks(sched::ListTasksRequest {
-            workflow_id: workflow.to_owned(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .tasks)
-}
-
 #[tokio::test]
 async fn one_task_per_agent_restart_and_none_for_a_redelivered_event() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions::default()).await?;
@@ -71,7 +58,7 @@ async fn one_task_per_agent_restart_and_none_for_a_redelivered_event() -> anyhow
     }
     for workflow in [&own, &named] {
         let done = eventually(WAIT, "a task per restart, run", || async {
-            let tasks = tasks(&stack, &workflow.id).await?;
+            let tasks = stack.tasks(&workflow.id).await?;
             let finished =
                 tasks.len() == 2 && tasks.iter().all(|t| t.state() == TaskState::Succeeded);
             Ok(finished.then_some(tasks))
@@ -117,7 +104,7 @@ async fn one_task_per_agent_restart_and_none_for_a_redelivered_event() -> anyhow
     .await?;
     for workflow in [&own, &named] {
         assert_eq!(
-            tasks(&stack, &workflow.id).await?.len(),
+            stack.tasks(&workflow.id).await?.len(),
             2,
             "no task for a redelivery"
         );
@@ -128,9 +115,9 @@ async fn one_task_per_agent_restart_and_none_for_a_redelivered_event() -> anyhow
     stack.restart_agent(&worker.id).await?;
     stack.wait_agent_ready(&worker.id, 4).await?;
     eventually(WAIT, "the third restart's task", || async {
-        Ok((tasks(&stack, &own.id).await?.len() == 3).then_some(()))
+        Ok((stack.tasks(&own.id).await?.len() == 3).then_some(()))
     })
     .await?;
-    assert_eq!(tasks(&stack, &named.id).await?.len(), 3);
+    assert_eq!(stack.tasks(&named.id).await?.len(), 3);
     Ok(())
 }

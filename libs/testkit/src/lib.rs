@@ -306,25 +306,33 @@ pub fn kill_groups_of(program: &str, pids: &[i32]) {
 /// environment (every process of an agent's tree inherits it): what a
 /// manager without cgroups leaves behind when it is killed.
 pub fn kill_marked(agents: &[String]) {
-    if agents.is_empty() {
-        return;
-    }
-    let markers: Vec<String> = agents
-        .iter()
-        .map(|agent| format!("SHEPHERD_AGENT_ID={agent}"))
-        .collect();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for pid in entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let marked = environ
-            .split(|byte| *byte == 0)
-            .any(|item| markers.iter().any(|marker| item == marker.as_bytes()));
-        if marked && pid > 1 {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for agent in agents {
+        for pid in processes_with_env(&[&format!("SHEPHERD_AGENT_ID={agent}")]) {
+            if pid > 1 {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
     }
+}
+
+/// The live processes whose environment holds every one of `entries`
+/// (`NAME=value`); a zombie's environment reads empty, so the dead are not
+/// counted.
+pub fn processes_with_env(entries: &[&str]) -> Vec<i32> {
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc_dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            entries.iter().all(|wanted| {
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|item| item == wanted.as_bytes())
+            })
+        })
+        .collect()
 }
 
 /// Kills every process in the cgroups named `parent` (anywhere under

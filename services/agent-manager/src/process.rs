@@ -8,7 +8,7 @@
 //! watching it through a pidfd since it is no longer the parent.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -176,20 +176,7 @@ impl AgentProcess {
         }
         // The child enters its container before exec, so nothing it starts
         // is ever outside it.
-        let entry_files = cell.entry_files()?;
-        let entry_fds: Vec<i32> = entry_files.iter().map(AsRawFd::as_raw_fd).collect();
-        // SAFETY: between fork and exec the closure only makes write(2)
-        // system calls on descriptors opened before the fork (kept open by
-        // `entry_files` until `spawn` returns); it allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                for fd in &entry_fds {
-                    let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
-                    rustix::io::write(fd, b"0").map_err(io::Error::from)?;
-                }
-                Ok(())
-            });
-        }
+        let entry_files = cell.enter_on_exec(&mut command)?;
         let child = command.spawn()?;
         drop(entry_files);
         let pid = child

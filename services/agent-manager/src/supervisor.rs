@@ -726,7 +726,7 @@ impl Supervisor {
 
     async fn session_opened(
         &mut self,
-        mut session: SessionHandle,
+        session: SessionHandle,
         token_hash: &[u8],
         held: Vec<HeldTask>,
     ) -> Result<OpenedSession> {
@@ -742,6 +742,16 @@ impl Supervisor {
                 self.id()
             )));
         }
+        self.accept_session(session, held).await
+    }
+
+    /// Installs an authenticated session, carrying over the tasks its
+    /// process holds; the agent is READY.
+    async fn accept_session(
+        &mut self,
+        mut session: SessionHandle,
+        held: Vec<HeldTask>,
+    ) -> Result<OpenedSession> {
         session.generation = self.record.generation;
         // Before the session is installed (so no dispatch races it): the
         // tasks the process holds move to it, the rest of its earlier
@@ -987,10 +997,7 @@ impl Supervisor {
             self.new_instance(&instance).await?;
             Vec::new()
         };
-        self.token_hash = Some(token_hash.to_vec());
-        let opened = self.session_opened(session, token_hash, held).await;
-        self.token_hash = None;
-        opened
+        self.accept_session(session, held).await
     }
 
     /// A new instance of an external agent: the next generation. What the

@@ -147,7 +147,7 @@ impl Scheduler {
             return Err(Refused::UnknownHook.into());
         };
         let (fields, key) = trigger.accept(secret.as_deref(), delivery)?;
-        Ok(self.trigger(workflow.id, Some(key), fields, None).await?)
+        Ok(self.trigger_on(&workflow, Some(key), fields, None).await?)
     }
 
     pub async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
@@ -264,6 +264,17 @@ impl Scheduler {
         timeout: Option<std::time::Duration>,
     ) -> Result<Task> {
         let workflow = self.store.get_workflow(workflow).await?;
+        self.trigger_on(&workflow, key, fields, timeout).await
+    }
+
+    /// Enqueues a task of `workflow` (as read by the caller).
+    async fn trigger_on(
+        &self,
+        workflow: &Workflow,
+        key: Option<String>,
+        fields: TaskFields,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Task> {
         if !workflow.enabled && !workflow.disabled_reason.is_empty() {
             // Disabled by the system (its agent was deleted): a task would
             // never run.
@@ -273,7 +284,7 @@ impl Scheduler {
             )));
         }
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
-        let rendered = render(&workflow, &fields, timeout)?;
+        let rendered = render(workflow, &fields, timeout)?;
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();
         let (task, _created) = self

@@ -247,11 +247,11 @@ pub fn idempotency_key(delivery_id: Option<&str>, body: &[u8]) -> String {
     match delivery_id.filter(|id| !id.is_empty() && id.len() <= 100) {
         Some(id) => format!("webhook:{id}"),
         None => {
-            let digest: String = Sha256::digest(body)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            format!("webhook:sha256:{}", &digest[..32])
+            let digest = Sha256::digest(body);
+            format!(
+                "webhook:sha256:{}",
+                shepherd_platform::auth::hex(&digest[..16])
+            )
         }
     }
 }
@@ -263,10 +263,9 @@ mod tests {
     fn sign(secret: &str, body: &[u8]) -> String {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(body);
-        let bytes = mac.finalize().into_bytes();
         format!(
             "sha256={}",
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            shepherd_platform::auth::hex(&mac.finalize().into_bytes())
         )
     }
 

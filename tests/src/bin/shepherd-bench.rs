@@ -503,26 +503,30 @@ async fn latency(tasks: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A short-lived process, spawned plainly or into `cell` (written to
-/// between fork and exec, as the manager does).
-async fn spawn_true(cell: Option<&Cell>) -> anyhow::Result<i32> {
-    let mut command = tokio::process::Command::new("/bin/true");
+/// Spawns `program` plainly or into `cell` (entered between fork and exec,
+/// as the manager does).
+fn spawn_in(
+    cell: Option<&Cell>,
+    program: &str,
+    args: &[&str],
+    agent: uuid::Uuid,
+) -> anyhow::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env("SHEPHERD_AGENT_ID", agent.to_string());
     let files = match cell {
-        Some(cell) => cell.entry_files()?,
+        Some(cell) => cell.enter_on_exec(&mut command)?,
         None => Vec::new(),
     };
-    let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-    // SAFETY: only write(2) on descriptors opened before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            for fd in &fds {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
-                nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn()?;
+    let child = command.spawn()?;
+    drop(files);
+    Ok(child)
+}
+
+/// A short-lived process, spawned plainly or into `cell`; its pid.
+async fn spawn_true(cell: Option<&Cell>, agent: uuid::Uuid) -> anyhow::Result<i32> {
+    let mut child = spawn_in(cell, "/bin/true", &[], agent)?;
     let pid = child.id().map_or(0, |pid| pid as i32);
     child.wait().await?;
     Ok(pid)
@@ -541,13 +545,13 @@ async fn containment(mode: ModeChoice, launches: usize) -> anyhow::Result<()> {
 
     let started = Instant::now();
     for _ in 0..launches {
-        spawn_true(None).await?;
+        spawn_true(None, agent).await?;
     }
     let plain = started.elapsed();
     let started = Instant::now();
     for _ in 0..launches {
         let cell = containment.prepare(agent, "bench", limits).await?;
-        let pid = spawn_true(Some(&cell)).await?;
+        let pid = spawn_true(Some(&cell), agent).await?;
         cell.clear(pid).await;
     }
     let contained = started.elapsed();
@@ -555,23 +559,7 @@ async fn containment(mode: ModeChoice, launches: usize) -> anyhow::Result<()> {
 
     // Usage reads of a running tree.
     let cell = containment.prepare(agent, "bench", limits).await?;
-    let files = cell.entry_files()?;
-    let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-    let mut sleeper = tokio::process::Command::new("sleep");
-    sleeper
-        .arg("30")
-        .env("SHEPHERD_AGENT_ID", agent.to_string());
-    // SAFETY: as above.
-    unsafe {
-        sleeper.pre_exec(move || {
-            for fd in &fds {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
-                nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = sleeper.spawn()?;
+    let mut child = spawn_in(Some(&cell), "sleep", &["30"], agent)?;
     let pid = child.id().map_or(0, |pid| pid as i32);
     let reads = 2_000;
     let started = Instant::now();

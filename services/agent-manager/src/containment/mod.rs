@@ -14,7 +14,7 @@ mod cgroup;
 mod subreaper;
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -357,14 +357,33 @@ enum CellKind {
 }
 
 impl Cell {
-    /// Files a new process writes "0" to between fork and exec, entering
-    /// the container before it can start anything (empty for the
-    /// subreaper, whose tree is found by its environment).
-    pub fn entry_files(&self) -> std::io::Result<Vec<OwnedFd>> {
-        match &self.kind {
-            CellKind::Cgroup(group) => group.procs_files(),
-            CellKind::Subreaper(_) => Ok(Vec::new()),
+    /// Makes `command`'s child enter this container between fork and exec
+    /// (it writes "0" to each hierarchy's `cgroup.procs`), before it can
+    /// start anything. Keep the returned descriptors until `spawn` returns.
+    /// Nothing to do for the subreaper, which finds the tree by its
+    /// environment.
+    pub fn enter_on_exec(
+        &self,
+        command: &mut tokio::process::Command,
+    ) -> std::io::Result<Vec<OwnedFd>> {
+        let files = match &self.kind {
+            CellKind::Cgroup(group) => group.procs_files()?,
+            CellKind::Subreaper(_) => return Ok(Vec::new()),
+        };
+        let fds: Vec<i32> = files.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: between fork and exec the closure only makes write(2)
+        // system calls on descriptors opened before the fork (kept open by
+        // the caller until `spawn` returns); it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &fds {
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                    rustix::io::write(fd, b"0").map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
         }
+        Ok(files)
     }
 
     /// The agent's process was launched as `pid`.

@@ -127,8 +127,7 @@ async fn insert_child(tx: &Transaction<'_>, parent: &Finished, child: &Workflow)
 fn chain_key(parent_task_id: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(parent_task_id.as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("chain:{hex}")
+    format!("chain:{}", shepherd_platform::auth::hex(&digest[..16]))
 }
 
 /// The parent's fields, and the parent itself under `parent.*` in the
