@@ -375,6 +375,31 @@ impl Stack {
         Ok((process, client))
     }
 
+    /// Starts another agent-manager node on this stack's database (`env`
+    /// on top of the stack's: at least its NODE_NAME).
+    pub async fn start_manager_node(
+        &self,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<ServiceProcess> {
+        let mut options = self.options.clone();
+        options.env.extend(env.iter().cloned());
+        start_manager(&self.db_url, &self.scratch, "127.0.0.1:0", None, &options).await
+    }
+
+    /// Starts a scheduler replica that talks to the manager at
+    /// `manager_url`; returns the process and a client for it.
+    pub async fn start_scheduler_on(
+        &self,
+        manager_url: &str,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<(ServiceProcess, SchedulerClient<AuthChannel>)> {
+        let mut options = self.options.clone();
+        options.env.extend(env.iter().cloned());
+        let process = start_scheduler(&self.db_url, &self.scratch, manager_url, &options).await?;
+        let client = SchedulerClient::new(self.options.channel(&process).await?);
+        Ok((process, client))
+    }
+
     /// Creates an agent running the reference agent with a fast test
     /// restart policy and waits until it is ready.
     pub async fn create_agent(

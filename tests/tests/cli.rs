@@ -110,6 +110,10 @@ async fn a_cli_session_from_agent_to_recovered_workflow() -> anyhow::Result<()> 
     }
     let manager = cli.json(&["manager"]).await?;
     assert_eq!(manager["enforces_memory"], enforces_memory, "{manager}");
+    // The node it is, among the nodes sharing the database.
+    assert_eq!(manager["nodes"][0]["name"], manager["node"], "{manager}");
+    assert_eq!(manager["nodes"][0]["live"], true, "{manager}");
+    assert_eq!(got["node"], manager["node"], "the agent's node: {got}");
     assert!(
         ["cgroup-v1", "cgroup-v2", "subreaper"]
             .contains(&manager["containment_mode"].as_str().unwrap_or("")),

@@ -7,6 +7,9 @@
 //! READY; then it receives tasks, hands each to your [`TaskHandler`]
 //! (concurrently), and reports accepted / completed. It heartbeats, detects
 //! a silent manager, and reconnects with backoff when the connection drops.
+//! `SHEPHERD_MANAGER_URL` may list several managers sharing one database,
+//! comma-separated (external agents): a lost session is retried on the same
+//! manager once, then on the next one.
 //!
 //! Reports are never dropped: a finished task's report is kept until the
 //! manager acknowledges that it recorded it (`ReportAck`), and sent again on
@@ -322,16 +325,35 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
         url: config.manager_url.clone(),
         reason,
     };
-    let mut endpoint = Endpoint::from_shared(config.manager_url.clone())
-        .map_err(|err| invalid(err.to_string()))?;
-    if let Some(ca) = &config.manager_ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|err| invalid(format!("reading CA {}: {err}", ca.display())))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            .map_err(|err| invalid(err.to_string()))?;
+    let pem = match &config.manager_ca_file {
+        Some(ca) => Some(
+            std::fs::read(ca)
+                .map_err(|err| invalid(format!("reading CA {}: {err}", ca.display())))?,
+        ),
+        None => None,
+    };
+    // Several URLs (comma-separated): managers sharing one database; an
+    // external agent may connect to any of them.
+    let mut channels = Vec::new();
+    for url in config
+        .manager_url
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+    {
+        let mut endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|err| invalid(err.to_string()))?;
+        if let Some(pem) = &pem {
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|err| invalid(err.to_string()))?;
+        }
+        channels.push(endpoint.tcp_nodelay(true).connect_lazy());
     }
-    let channel = endpoint.tcp_nodelay(true).connect_lazy();
+    if channels.is_empty() {
+        return Err(invalid("no manager URL".into()));
+    }
+    let mut current = 0;
     let handler = Arc::new(handler);
     let ledger = Ledger::default();
     if let Some(timeout) = config.orphan_timeout {
@@ -339,7 +361,7 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
     }
     let mut backoff = Duration::from_millis(50);
     loop {
-        match session(&config, channel.clone(), handler.clone(), &ledger).await {
+        match session(&config, channels[current].clone(), handler.clone(), &ledger).await {
             SessionEnd::Refused(message) => return Err(SdkError::Refused(message)),
             SessionEnd::Exit(reason) => {
                 tracing::info!(%reason, "the manager asked this agent to exit");
@@ -348,7 +370,12 @@ pub async fn run<H: TaskHandler>(config: AgentConfig, handler: H) -> Result<(), 
             }
             SessionEnd::Lost { was_ready, reason } => {
                 if was_ready {
+                    // The same manager first: a blip keeps the session's
+                    // tasks (a session elsewhere is a new generation).
                     backoff = Duration::from_millis(50);
+                } else {
+                    // That manager is unreachable: the next one.
+                    current = (current + 1) % channels.len();
                 }
                 tracing::warn!(%reason, retry_in = ?backoff, "session lost; reconnecting");
                 tokio::time::sleep(backoff).await;

@@ -32,3 +32,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("invalid duration {text:?} ({err}); use e.g. 500ms, 10s, 1m"))
 }
+
+/// The kernel's host name (unique per container or pod), else `fallback`:
+/// the default name of a replica or node.
+pub fn host_name(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| fallback.to_owned())
+}

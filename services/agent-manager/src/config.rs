@@ -105,6 +105,17 @@ pub struct Config {
     #[arg(long, env = "AGENT_DEFAULT_MAX_PROCESSES")]
     pub default_max_processes: Option<u32>,
 
+    /// This manager's node name, unique among the managers sharing the
+    /// database and stable across its restarts (a restart under the same
+    /// name takes its agents back). Default: the host name.
+    #[arg(long, env = "NODE_NAME", default_value_t = shepherd_platform::config::host_name("agent-manager"))]
+    pub node_name: String,
+
+    /// How long this node's lease lasts unrenewed (renewed every third of
+    /// it). When it expires, peers declare its agents LOST.
+    #[arg(long, env = "NODE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub node_lease_ttl: Duration,
+
     /// Events older than this are pruned (watchers behind them get
     /// ResyncRequired).
     #[arg(long, env = "EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod process;
 pub mod procfs;
 pub mod sessions;
@@ -27,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
-use crate::api::{AgentManagerServer, AgentSessionServer, Api};
+use crate::api::{AgentManagerServer, AgentSessionServer, Api, Peers};
 use crate::config::Config;
 use crate::containment::Containment;
 use crate::events::EventLog;
 use crate::logs::LogDir;
 use crate::manager::Manager;
+use crate::node::NodeLease;
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::supervisor::{Context, Supervisors};
@@ -48,7 +50,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
     let healthy = db::watch_health(pool.clone(), shutdown.clone());
-    let store = Store::new(pool);
+    let (listener, bound) = server::bind(&config.listen).await?;
+    let advertised = config.advertise_url(bound);
+    // Peers forward calls about this node's agents to the same URL its
+    // agents connect to.
+    let fence = store::join(&pool, &config.node_name, &advertised, config.node_lease_ttl).await?;
+    tracing::info!(node = %fence.name, term = fence.term, "joined as a manager node");
+    let store = Store::new(pool, fence);
     let events = EventLog::start(
         store.clone(),
         config.event_heartbeat,
@@ -64,14 +72,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )?);
     let _usage_gauges = metrics::containment_gauges(containment.clone());
 
-    let (listener, bound) = server::bind(&config.listen).await?;
     let ctx = Arc::new(Context {
         store: store.clone(),
         containment,
         events: events.clone(),
         sessions: Sessions::default(),
         logs: LogDir::new(config.log_dir(), config.log_max_bytes),
-        manager_url: config.advertise_url(bound),
+        manager_url: advertised,
         manager_ca_file: config.agent_ca_file.clone(),
         stop_grace: config.stop_grace,
         live_restore: config.live_restore,
@@ -81,6 +88,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let sessions = ctx.sessions.clone();
     let _sessions_gauge = metrics::sessions_gauge(move || sessions.len() as u64);
     let supervisors = Arc::new(Supervisors::new(ctx));
+    let lease = NodeLease {
+        store: store.clone(),
+        events: events.clone(),
+        supervisors: supervisors.clone(),
+        ttl: config.node_lease_ttl,
+    };
     let manager = Arc::new(Manager::new(
         supervisors,
         config.session_heartbeat,
@@ -88,7 +101,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
 
-    let api = Api::new(manager.clone());
+    let api = Api::new(
+        manager.clone(),
+        Peers::new(
+            config.auth.api_token.as_deref(),
+            config.agent_ca_file.clone(),
+            &config.node_name,
+        )?,
+    );
     let mut routes = RoutesBuilder::default();
     // The API needs the bearer token (when configured); agent sessions
     // authenticate with their own per-agent tokens.
@@ -110,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // reconciliation. Relaunched agents that connect meanwhile wait in the
     // (already bound) listener's backlog.
     manager.recover().await?;
+    tokio::spawn(lease.keep(shutdown.clone()));
     let tls = config.tls.server_config()?;
     let serving = tokio::spawn(server::serve(
         listener,

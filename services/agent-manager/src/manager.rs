@@ -20,7 +20,7 @@ use crate::events::EventLog;
 use crate::logs::LogStream;
 use crate::model::{AgentRecord, DesiredState, NewAgent, Runtime};
 use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
-use crate::store::{AgentFilter, Store, TaskClaim, TaskOutcome, TaskState};
+use crate::store::{AgentFilter, NodeRecord, Placement, Store, TaskClaim, TaskOutcome, TaskState};
 use crate::supervisor::{Supervisors, report_lost};
 
 fn new_credential() -> Result<String> {
@@ -69,6 +69,22 @@ pub struct TaskStatus {
     pub output: String,
 }
 
+/// Where calls about an agent are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// On this node.
+    Here,
+    /// On the live node that supervises the agent.
+    Peer { node: String, url: String },
+}
+
+/// Task states as this node knows them, and the tasks only another node
+/// can judge (in flight on an agent it supervises), with its URL.
+pub struct TaskStates {
+    pub states: Vec<TaskStatus>,
+    pub elsewhere: Vec<(String, String)>,
+}
+
 /// A task to deliver.
 pub struct TaskRequest {
     pub agent_id: Uuid,
@@ -101,21 +117,75 @@ impl Manager {
         }
     }
 
-    /// Start-up: every agent gets its supervisor, which adopts the process
-    /// a previous manager left running or brings the agent back to its
-    /// desired state through the one launch path. Tasks that were in flight
-    /// are lost (no session survived), except on adopted processes: those
-    /// come back naming the tasks they hold.
+    /// Start-up: every agent this node supervises gets its supervisor,
+    /// which adopts the process a previous manager left running or brings
+    /// the agent back to its desired state through the one launch path.
+    /// Tasks that were in flight are lost (no session of this node
+    /// survived), except on adopted processes: those come back naming the
+    /// tasks they hold.
     pub async fn recover(&self) -> Result<()> {
-        for agent in self.store.all_agents().await? {
+        let own = self.store.claim_own_agents().await?;
+        let ids: Vec<Uuid> = own.iter().map(|agent| agent.id).collect();
+        for agent in own {
             self.supervisors.spawn(agent);
         }
         let adopted = self.supervisors.reconcile_all().await;
         if !adopted.is_empty() {
             tracing::info!(agents = adopted.len(), "adopted running agent processes");
         }
-        let lost = self.store.mark_in_flight_lost_except(&adopted).await?;
+        let not_adopted: Vec<Uuid> = ids.into_iter().filter(|id| !adopted.contains(id)).collect();
+        let lost = self.store.mark_in_flight_lost(&not_adopted).await?;
         report_lost(&self.events, lost, "agent-manager restarted").await?;
+        Ok(())
+    }
+
+    /// This node's name and term.
+    pub fn node(&self) -> (&str, i64) {
+        let fence = self.store.fence();
+        (&fence.name, fence.term)
+    }
+
+    /// Every manager node sharing the database.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.store.nodes().await
+    }
+
+    /// Where calls about the agent are served. An agent no live node
+    /// supervises is served here; with `claim` (calls that change it:
+    /// start, stop, restart, delete) this node takes it over first, so a
+    /// process agent lost with its node can be started elsewhere.
+    pub async fn route(&self, id: Uuid, claim: bool) -> Result<Route> {
+        let me = self.node().0.to_owned();
+        match self.store.placement(id).await? {
+            Placement::Node { name, url } if name != me => Ok(Route::Peer { node: name, url }),
+            Placement::Node { .. } => {
+                self.ensure_supervised(id).await?;
+                Ok(Route::Here)
+            }
+            Placement::Unheld if !claim => Ok(Route::Here),
+            Placement::Unheld => match self.store.claim_agent(id).await? {
+                Some(record) => {
+                    tracing::info!(agent = %id, node = %me, "took over an agent no live manager node supervised");
+                    self.supervisors.spawn(record);
+                    Ok(Route::Here)
+                }
+                // Another node claimed it first.
+                None => match self.store.placement(id).await? {
+                    Placement::Node { name, url } if name != me => {
+                        Ok(Route::Peer { node: name, url })
+                    }
+                    _ => Ok(Route::Here),
+                },
+            },
+        }
+    }
+
+    /// A supervisor for an agent the database gives this node (its old one
+    /// may have been retired while the agent was elsewhere).
+    async fn ensure_supervised(&self, id: Uuid) -> Result<()> {
+        if !self.supervisors.supervises(id) {
+            self.supervisors.spawn(self.get_agent(id).await?);
+        }
         Ok(())
     }
 
@@ -327,7 +397,12 @@ impl Manager {
     /// settled as lost here: the session's own sweep may have failed (the
     /// database was down when it ended), and an answer must never be "in
     /// flight" for a task that nobody runs.
-    pub async fn task_states(&self, task_ids: &[String]) -> Result<Vec<TaskStatus>> {
+    pub async fn task_states(&self, task_ids: &[String]) -> Result<TaskStates> {
+        // Only the node that supervises an agent knows whether its
+        // sessions are live; the caller asks it about these.
+        let elsewhere = self.store.tasks_held_elsewhere(task_ids).await?;
+        let remote: std::collections::HashSet<&str> =
+            elsewhere.iter().map(|(task, _)| task.as_str()).collect();
         let stored = self.store.task_states(task_ids).await?;
         let mut by_id: std::collections::HashMap<String, TaskStatus> =
             std::collections::HashMap::with_capacity(stored.len());
@@ -340,7 +415,9 @@ impl Manager {
             let state = match task.state {
                 // Unless its process may still come back holding it.
                 TaskState::Delivered | TaskState::Accepted
-                    if !on_live_session && !sessions.reconnecting(task.agent_id) =>
+                    if !on_live_session
+                        && !sessions.reconnecting(task.agent_id)
+                        && !remote.contains(task.task_id.as_str()) =>
                 {
                     let lost = self
                         .store
@@ -367,7 +444,7 @@ impl Manager {
             };
             by_id.insert(task.task_id, status);
         }
-        Ok(task_ids
+        let states = task_ids
             .iter()
             .map(|id| {
                 by_id.remove(id).unwrap_or_else(|| TaskStatus {
@@ -378,7 +455,8 @@ impl Manager {
                     output: String::new(),
                 })
             })
-            .collect())
+            .collect();
+        Ok(TaskStates { states, elsewhere })
     }
 
     /// Asks the agent running `task_id` to stop it; the outcome CANCELLED
@@ -388,6 +466,7 @@ impl Manager {
         let status = self
             .task_states(&[task_id.to_owned()])
             .await?
+            .states
             .pop()
             .ok_or_else(|| Error::Internal("no answer about the task".into()))?;
         if let Some(TaskState::Delivered | TaskState::Accepted) = status.state
@@ -429,6 +508,23 @@ impl Manager {
         self.events.prune(through).await
     }
 
+    /// An external agent's session may land on any node: the node it lands
+    /// on supervises it from then on (its supervisor checks the credential
+    /// first). A process agent connects to the node that launched it.
+    async fn supervise_session_of(&self, agent_id: Uuid) -> Result<()> {
+        if self.supervisors.supervises(agent_id) {
+            return Ok(());
+        }
+        match self.store.get_agent(agent_id).await? {
+            Some(agent) if agent.spec.runtime == Runtime::External => {
+                self.supervisors.spawn(agent);
+                Ok(())
+            }
+            // Refused as unauthenticated by the caller's NotFound mapping.
+            _ => Err(Error::agent_not_found(agent_id)),
+        }
+    }
+
     /// Authenticates a session's hello and runs the session. Returns the
     /// messages to send to the agent (the first is `Welcome`).
     pub async fn open_session<S>(
@@ -451,6 +547,7 @@ impl Manager {
             cancel: self.shutdown.child_token(),
             accepted: AcceptedTasks::default(),
         };
+        self.supervise_session_of(agent_id).await?;
         let opened = self
             .supervisors
             .session_opened(agent_id, handle.clone(), hash_token(token), held, instance)

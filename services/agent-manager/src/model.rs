@@ -44,16 +44,19 @@ pub enum AgentStatus {
     Exited,
     Failed,
     Stopped,
+    /// Its node stopped renewing its lease: what runs there is unknown.
+    Lost,
 }
 
 impl AgentStatus {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Pending,
         Self::Starting,
         Self::Ready,
         Self::Exited,
         Self::Failed,
         Self::Stopped,
+        Self::Lost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl AgentStatus {
             Self::Exited => "exited",
             Self::Failed => "failed",
             Self::Stopped => "stopped",
+            Self::Lost => "lost",
         }
     }
 
@@ -201,6 +205,8 @@ pub struct AgentRecord {
     pub exit_reason: Option<ExitReason>,
     /// External agents: the instance whose session is (or was) current.
     pub instance: Option<String>,
+    /// The manager node that supervises it now (None: none yet).
+    pub node: Option<String>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }

@@ -13,8 +13,11 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, ExitReason, NewAgent};
 
+mod nodes;
 mod tasks;
 
+pub use nodes::{Fence, NodeRecord, Orphaned, Placement, Renewal, join};
+use nodes::{fenced, moved};
 pub use tasks::{Completion, Reattached};
 
 pub const SCHEMA: &str = "agent_manager";
@@ -45,10 +48,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "external_agents",
         sql: include_str!("../migrations/0005_external_agents.sql"),
     },
+    Migration {
+        version: 6,
+        name: "nodes",
+        sql: include_str!("../migrations/0006_nodes.sql"),
+    },
 ];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
-                             generation, pid, exit_reason, instance_id, created_at, updated_at";
+                             generation, pid, exit_reason, instance_id, node, created_at, updated_at";
 
 /// Names one process for its lifetime: a pid alone may be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,14 +184,17 @@ pub struct AgentFilter {
 pub struct Store {
     pool: DbPool,
     tasks: tasks::TaskBatches,
+    /// This manager's node: writes about agents are fenced by it.
+    fence: Fence,
 }
 
 impl Store {
     /// Needs a running Tokio runtime: it starts the task table's batchers.
-    pub fn new(pool: DbPool) -> Self {
+    pub fn new(pool: DbPool, fence: Fence) -> Self {
         Self {
             tasks: tasks::TaskBatches::spawn(&pool),
             pool,
+            fence,
         }
     }
 
@@ -200,8 +211,9 @@ impl Store {
         let labels = to_json(&agent.labels)?;
         let id = Uuid::now_v7();
         let sql = format!(
-            "INSERT INTO agent_manager.agents (id, name, spec, labels, desired_state, status, credential_hash)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6) RETURNING {AGENT_COLUMNS}"
+            "INSERT INTO agent_manager.agents
+                 (id, name, spec, labels, desired_state, status, credential_hash, node)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7) RETURNING {AGENT_COLUMNS}"
         );
         let result = client
             .query_one(
@@ -213,6 +225,7 @@ impl Store {
                     &labels,
                     &agent.desired_state.as_str(),
                     &credential_hash,
+                    &self.fence.name,
                 ],
             )
             .await;
@@ -275,15 +288,16 @@ impl Store {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE agent_manager.agents SET desired_state = $2, updated_at = now()
-             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+             WHERE id = $1 AND {} RETURNING {AGENT_COLUMNS}",
+            fenced(3, 4)
         );
         let row = client
             .query_opt(
                 &client.prepare_cached(&sql).await?,
-                &[&id, &desired.as_str()],
+                &[&id, &desired.as_str(), &self.fence.name, &self.fence.term],
             )
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| moved(id))?;
         agent_from_row(&row)
     }
 
@@ -300,7 +314,8 @@ impl Store {
             "UPDATE agent_manager.agents
              SET generation = $2, pid = $3, pid_started_at = $4, session_token_hash = $5,
                  status = 'starting', status_message = '', updated_at = now()
-             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+             WHERE id = $1 AND {} RETURNING {AGENT_COLUMNS}",
+            fenced(6, 7)
         );
         let row = client
             .query_opt(
@@ -311,10 +326,12 @@ impl Store {
                     &process.pid,
                     &process.started_at,
                     &token_hash,
+                    &self.fence.name,
+                    &self.fence.term,
                 ],
             )
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| moved(id))?;
         agent_from_row(&row)
     }
 
@@ -342,29 +359,6 @@ impl Store {
         );
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &[&id, &hash])
-            .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
-        agent_from_row(&row)
-    }
-
-    /// A new instance of an external agent connected: its generation.
-    pub async fn record_instance(
-        &self,
-        id: Uuid,
-        generation: u64,
-        instance: &str,
-    ) -> Result<AgentRecord> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE agent_manager.agents
-             SET generation = $2, instance_id = $3, pid = NULL, updated_at = now()
-             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
-        );
-        let row = client
-            .query_opt(
-                &client.prepare_cached(&sql).await?,
-                &[&id, &to_i64(generation), &instance],
-            )
             .await?
             .ok_or_else(|| Error::agent_not_found(id))?;
         agent_from_row(&row)
@@ -407,15 +401,23 @@ impl Store {
         let sql = format!(
             "UPDATE agent_manager.agents
              SET status = $2, status_message = $3, pid = $4, updated_at = now()
-             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+             WHERE id = $1 AND {} RETURNING {AGENT_COLUMNS}",
+            fenced(5, 6)
         );
         let row = client
             .query_opt(
                 &client.prepare_cached(&sql).await?,
-                &[&id, &status.as_str(), &message, &pid],
+                &[
+                    &id,
+                    &status.as_str(),
+                    &message,
+                    &pid,
+                    &self.fence.name,
+                    &self.fence.term,
+                ],
             )
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| moved(id))?;
         agent_from_row(&row)
     }
 
@@ -431,26 +433,35 @@ impl Store {
             "UPDATE agent_manager.agents
              SET status = 'exited', status_message = $2, pid = NULL, exit_reason = $3,
                  updated_at = now()
-             WHERE id = $1 RETURNING {AGENT_COLUMNS}"
+             WHERE id = $1 AND {} RETURNING {AGENT_COLUMNS}",
+            fenced(4, 5)
         );
         let row = client
             .query_opt(
                 &client.prepare_cached(&sql).await?,
-                &[&id, &message, &reason.as_str()],
+                &[
+                    &id,
+                    &message,
+                    &reason.as_str(),
+                    &self.fence.name,
+                    &self.fence.term,
+                ],
             )
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| moved(id))?;
         agent_from_row(&row)
     }
 
     pub async fn delete_agent(&self, id: Uuid) -> Result<bool> {
         let client = self.pool.get().await?;
+        let sql = format!(
+            "DELETE FROM agent_manager.agents WHERE id = $1 AND {}",
+            fenced(2, 3)
+        );
         let deleted = client
             .execute(
-                &client
-                    .prepare_cached("DELETE FROM agent_manager.agents WHERE id = $1")
-                    .await?,
-                &[&id],
+                &client.prepare_cached(&sql).await?,
+                &[&id, &self.fence.name, &self.fence.term],
             )
             .await?;
         Ok(deleted == 1)
@@ -610,6 +621,7 @@ fn agent_from_row(row: &Row) -> Result<AgentRecord> {
             .get::<_, Option<&str>>("exit_reason")
             .and_then(ExitReason::parse),
         instance: row.get("instance_id"),
+        node: row.get("node"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })

@@ -92,6 +92,13 @@ enum Command {
     Reconcile(Reply<bool>),
     /// Manager shutdown: stop the process, keep the desired state.
     Shutdown,
+    /// Another node supervises the agent now (or it was deleted): end the
+    /// session and process this node holds of it, writing nothing.
+    /// Answers false (and goes on) if the agent turns out to be this node's.
+    Retire(Reply<bool>),
+    /// This node's lease had lapsed and peers may have declared the agent
+    /// LOST: show it as it is.
+    Refresh,
 }
 
 enum Input {
@@ -166,6 +173,29 @@ impl Supervisors {
     pub async fn restart(&self, id: Uuid, reason: &str) -> Result<AgentRecord> {
         let reason = reason.to_owned();
         self.call(id, |reply| Command::Restart(reason, reply)).await
+    }
+
+    /// The agents this node has supervisors for.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub fn supervises(&self, id: Uuid) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    /// Ends the supervision of an agent that is no longer this node's.
+    pub async fn retire(&self, id: Uuid) {
+        if let Ok(true) = self.call(id, Command::Retire).await {
+            self.lock().remove(&id);
+        }
+    }
+
+    /// Every supervisor shows its agent as it is (after a lapsed lease).
+    pub async fn refresh_all(&self) {
+        for id in self.ids() {
+            let _ = self.send(id, Command::Refresh).await;
+        }
     }
 
     pub async fn delete(&self, id: Uuid) -> Result<()> {
@@ -389,8 +419,74 @@ impl Supervisor {
                 self.shutdown().await;
                 return true;
             }
+            Command::Retire(reply) => {
+                let retire = self.moved_away().await;
+                if retire {
+                    self.retire().await;
+                }
+                let _ = reply.send(Ok(retire));
+                return retire;
+            }
+            Command::Refresh => {
+                let result = self.refresh().await;
+                self.log_err("refresh after a lapsed lease", result);
+            }
         }
         false
+    }
+
+    /// Whether the database gives the agent to another node (or no longer
+    /// has it). Unsure (database down): no.
+    async fn moved_away(&self) -> bool {
+        match self.ctx.store.get_agent(self.id()).await {
+            Ok(Some(agent)) => agent.node.as_deref() != Some(self.ctx.store.fence().name.as_str()),
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// See `Command::Retire`. A process this node launched must not run
+    /// beside the one the new supervisor launches.
+    async fn retire(&mut self) {
+        tracing::warn!(agent = %self.id(), "another manager node supervises this agent now; letting go of it");
+        self.close_reconnect_window();
+        if let Some(session) = self.ctx.sessions.remove(self.id()) {
+            session.cancel.cancel();
+        }
+        if let Some(process) = self.process.take() {
+            let exit = process.terminate(self.ctx.stop_grace).await;
+            tracing::info!(agent = %self.id(), %exit, "stopped the process of an agent this node no longer supervises");
+        }
+    }
+
+    /// See `Command::Refresh`.
+    async fn refresh(&mut self) -> Result<()> {
+        let Some(stored) = self.ctx.store.get_agent(self.id()).await? else {
+            return Ok(());
+        };
+        if stored.status != AgentStatus::Lost {
+            return Ok(());
+        }
+        if self.ctx.sessions.get(self.id()).is_some() {
+            self.record = self
+                .ctx
+                .store
+                .set_status(self.id(), AgentStatus::Ready, "", self.record.pid)
+                .await?;
+            self.append(agent_event::Kind::Ready(AgentReady {})).await?;
+        } else if self.process.is_some() || self.external() {
+            self.record = self
+                .ctx
+                .store
+                .set_status(
+                    self.id(),
+                    AgentStatus::Starting,
+                    "its manager node is back; waiting for its session",
+                    self.record.pid,
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn start(&mut self) -> Result<AgentRecord> {
@@ -881,7 +977,11 @@ impl Supervisor {
         let store = &self.ctx.store;
         let lost = match session_id {
             Some(session_id) => store.mark_session_tasks_lost(session_id).await,
-            None => store.mark_agent_tasks_lost(self.id(), None).await,
+            None => {
+                store
+                    .mark_agent_tasks_lost(self.id(), self.record.generation)
+                    .await
+            }
         };
         let swept = match lost {
             Ok(lost) => self.report_lost(lost, reason).await,
@@ -966,6 +1066,10 @@ impl Supervisor {
         held: Vec<HeldTask>,
         instance: String,
     ) -> Result<OpenedSession> {
+        // Another node may have supervised it since this one last did.
+        if let Some(fresh) = self.ctx.store.get_agent(self.id()).await? {
+            self.record = fresh;
+        }
         let stored = self.ctx.store.credential_hash(self.id()).await?;
         let valid = stored
             .as_deref()
@@ -990,7 +1094,11 @@ impl Supervisor {
                 ),
             ));
         }
-        let same_instance = self.record.instance.as_deref() == Some(instance.as_str());
+        // Only a reconnect to the node that still supervises its instance
+        // resumes it: a session that lands elsewhere replaces one whose
+        // tasks nobody here can account for.
+        let same_instance = self.record.instance.as_deref() == Some(instance.as_str())
+            && self.record.node.as_deref() == Some(self.ctx.store.fence().name.as_str());
         let held = if same_instance {
             held
         } else {
@@ -1009,12 +1117,8 @@ impl Supervisor {
         self.close_reconnect_window();
         self.sweep(None, "a new instance of the external agent connected")
             .await;
-        let generation = self.record.generation + 1;
-        self.record = self
-            .ctx
-            .store
-            .record_instance(self.id(), generation, instance)
-            .await?;
+        self.record = self.ctx.store.record_instance(self.id(), instance).await?;
+        let generation = self.record.generation;
         self.append(agent_event::Kind::Started(AgentStarted { pid: 0 }))
             .await?;
         if generation > 1 {

@@ -170,7 +170,7 @@ async fn many_watchers_and_a_stalled_one_do_not_block_the_log() -> anyhow::Resul
 #[tokio::test]
 async fn watchers_on_every_manager_see_the_same_sequence() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
-    let mut second = common::start_manager(&h.db, &h.log_dir).await?;
+    let mut second = common::start_manager(&h.db, &h.log_dir, "node-b").await?;
     let mut other = pb::agent_manager_client::AgentManagerClient::new(
         shepherd_testkit::channel(&second.url()).await?,
     );

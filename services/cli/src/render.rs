@@ -69,7 +69,7 @@ fn time(value: Option<&prost_types::Timestamp>) -> String {
 
 impl Render for am::ManagerInfo {
     fn headers() -> &'static [&'static str] {
-        &["containment", "enforces", "defaults"]
+        &["node", "containment", "enforces", "defaults", "nodes"]
     }
 
     fn row(&self) -> Vec<String> {
@@ -81,7 +81,16 @@ impl Render for am::ManagerInfo {
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let state = if node.live { "live" } else { "expired" };
+                format!("{} (term {}, {state}, {})", node.name, node.term, node.url)
+            })
+            .collect();
         vec![
+            format!("{} (term {})", self.node, self.term),
             self.containment_mode.clone(),
             if enforced.is_empty() {
                 "no limits".into()
@@ -89,11 +98,21 @@ impl Render for am::ManagerInfo {
                 enforced.join(", ")
             },
             limits(self.default_limits.as_ref()),
+            nodes.join("; "),
         ]
     }
 
     fn json(&self) -> Value {
         json!({
+            "node": self.node,
+            "term": self.term,
+            "nodes": self.nodes.iter().map(|node| json!({
+                "name": node.name,
+                "url": node.url,
+                "term": node.term,
+                "live": node.live,
+                "lease_expires": time(node.lease_expires.as_ref()),
+            })).collect::<Vec<_>>(),
             "containment_mode": self.containment_mode,
             "enforces_memory": self.enforces_memory,
             "enforces_cpu": self.enforces_cpu,
@@ -184,6 +203,7 @@ impl Render for am::Agent {
                 "runtime",
                 short(self.runtime().as_str_name(), "RUNTIME_").replace("unspecified", "process"),
             ),
+            ("node", self.node.clone()),
             (
                 "last exit",
                 match self.exit_reason() {
@@ -256,6 +276,7 @@ impl Render for am::Agent {
             })),
             "exit_reason": short(self.exit_reason().as_str_name(), "EXIT_REASON_"),
             "runtime": short(self.runtime().as_str_name(), "RUNTIME_"),
+            "node": self.node,
             "credential": (!self.credential.is_empty()).then_some(&self.credential),
             "create_time": time(self.create_time.as_ref()),
             "update_time": time(self.update_time.as_ref()),

@@ -112,9 +112,5 @@ pub struct Config {
 
 /// The kernel's host name (unique per container), else "scheduler".
 fn default_replica_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "scheduler".to_owned())
+    shepherd_platform::config::host_name("scheduler")
 }

@@ -200,6 +200,18 @@ pub fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
         restart_count: u32::try_from(record.generation.saturating_sub(1)).unwrap_or(u32::MAX),
         create_time: Some(record.created_at.into()),
         update_time: Some(record.updated_at.into()),
+        node: record.node.unwrap_or_default(),
+    }
+}
+
+/// A manager node on the wire.
+pub fn node(node: crate::store::NodeRecord) -> pb::ManagerNode {
+    pb::ManagerNode {
+        name: node.name,
+        url: node.url,
+        term: u64::try_from(node.term).unwrap_or(0),
+        live: node.live,
+        lease_expires: Some(node.lease_expires.into()),
     }
 }
 
@@ -221,6 +233,7 @@ pub fn status(status: AgentStatus) -> pb::AgentStatus {
         AgentStatus::Exited => pb::AgentStatus::Exited,
         AgentStatus::Failed => pb::AgentStatus::Failed,
         AgentStatus::Stopped => pb::AgentStatus::Stopped,
+        AgentStatus::Lost => pb::AgentStatus::Lost,
     }
 }
 
@@ -240,6 +253,30 @@ pub fn task_state(state: Option<TaskState>) -> pb::TaskState {
         Some(TaskState::Completed) => pb::TaskState::Completed,
         Some(TaskState::Lost) => pb::TaskState::Lost,
         None => pb::TaskState::Unknown,
+    }
+}
+
+/// A task's status as another node answered it.
+pub fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::TaskStatus {
+    use crate::store::TaskOutcome;
+    crate::manager::TaskStatus {
+        state: match pb::TaskState::try_from(task.state) {
+            Ok(pb::TaskState::Delivered) => Some(TaskState::Delivered),
+            Ok(pb::TaskState::Accepted) => Some(TaskState::Accepted),
+            Ok(pb::TaskState::Completed) => Some(TaskState::Completed),
+            Ok(pb::TaskState::Lost) => Some(TaskState::Lost),
+            _ => None,
+        },
+        outcome: match pb::TaskOutcome::try_from(task.outcome) {
+            Ok(pb::TaskOutcome::Succeeded) => Some(TaskOutcome::Succeeded),
+            Ok(pb::TaskOutcome::Failed) => Some(TaskOutcome::Failed),
+            Ok(pb::TaskOutcome::TimedOut) => Some(TaskOutcome::TimedOut),
+            Ok(pb::TaskOutcome::Cancelled) => Some(TaskOutcome::Cancelled),
+            _ => None,
+        },
+        task_id: task.task_id,
+        attempt: task.attempt,
+        output: task.output,
     }
 }
 

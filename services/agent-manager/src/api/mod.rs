@@ -2,6 +2,7 @@
 //! more.
 
 mod convert;
+mod forward;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,11 +22,13 @@ use uuid::Uuid;
 use crate::containment::LimitKind;
 use crate::error::Error;
 use crate::logs::LogStream;
-use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, TaskRequest};
+use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, Route, TaskRequest};
 use crate::model::{AgentRecord, parse_agent_id};
 use crate::store::AgentFilter;
+use forward::{PeerClient, is_forwarded};
 use shepherd_platform::server::record_id;
 
+pub use forward::Peers;
 pub use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
 pub use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
 
@@ -45,11 +48,71 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct Api {
     manager: Arc<Manager>,
+    peers: Arc<Peers>,
 }
 
 impl Api {
-    pub fn new(manager: Arc<Manager>) -> Self {
-        Self { manager }
+    pub fn new(manager: Arc<Manager>, peers: Peers) -> Self {
+        Self {
+            manager,
+            peers: Arc::new(peers),
+        }
+    }
+
+    /// The node to forward a call about agent `id` to (None: serve it
+    /// here). `claim`: a call that changes the agent takes over one no
+    /// live node supervises.
+    async fn peer_for<T>(
+        &self,
+        request: &Request<T>,
+        id: Uuid,
+        claim: bool,
+    ) -> Result<Option<PeerClient>, Status> {
+        match self.manager.route(id, claim).await? {
+            Route::Here => Ok(None),
+            Route::Peer { node, .. } if is_forwarded(request) => Err(Status::unavailable(format!(
+                "agent {id} moved to manager node {node} while this call was forwarded; retry"
+            ))),
+            Route::Peer { url, .. } => Ok(Some(self.peers.client(&url)?)),
+        }
+    }
+
+    /// Asks the nodes that supervise them about the tasks only they can
+    /// judge. A node that cannot be asked leaves its tasks as stored (in
+    /// flight): never declared lost on a guess; the caller asks again.
+    async fn ask_peers(
+        &self,
+        states: &mut [crate::manager::TaskStatus],
+        elsewhere: Vec<(String, String)>,
+    ) {
+        let mut by_url: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (task, url) in elsewhere {
+            by_url.entry(url).or_default().push(task);
+        }
+        for (url, task_ids) in by_url {
+            let answer = match self.peers.client(&url) {
+                Ok(mut peer) => peer
+                    .batch_get_task_states(
+                        self.peers
+                            .outbound(pb::BatchGetTaskStatesRequest { task_ids }),
+                    )
+                    .await
+                    .map(tonic::Response::into_inner),
+                Err(status) => Err(status),
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(status) => {
+                    tracing::warn!(%url, error = %status, "could not ask a manager node about its tasks");
+                    continue;
+                }
+            };
+            for task in answer.tasks {
+                if let Some(status) = states.iter_mut().find(|s| s.task_id == task.task_id) {
+                    *status = convert::task_status_from_wire(task);
+                }
+            }
+        }
     }
 
     /// An agent on the wire, with its tree's usage when it runs.
@@ -108,8 +171,13 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::StartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
+        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
+            return peer
+                .start_agent(self.peers.outbound(request.into_inner()))
+                .await;
+        }
         Ok(Response::new(
             self.agent(self.manager.start_agent(id).await?),
         ))
@@ -119,8 +187,13 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
+        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
+            return peer
+                .stop_agent(self.peers.outbound(request.into_inner()))
+                .await;
+        }
         Ok(Response::new(
             self.agent(self.manager.stop_agent(id).await?),
         ))
@@ -130,8 +203,13 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::RestartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
+        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
+            return peer
+                .restart_agent(self.peers.outbound(request.into_inner()))
+                .await;
+        }
         Ok(Response::new(
             self.agent(self.manager.restart_agent(id).await?),
         ))
@@ -141,8 +219,13 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = parse_agent_id("agent_id", &request.into_inner().agent_id)?;
+        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
+        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
+            return peer
+                .delete_agent(self.peers.outbound(request.into_inner()))
+                .await;
+        }
         self.manager.delete_agent(id).await?;
         Ok(Response::new(()))
     }
@@ -151,17 +234,16 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::GetAgentLogsRequest>,
     ) -> Result<Response<pb::GetAgentLogsResponse>, Status> {
-        let request = request.into_inner();
-        let id = parse_agent_id("agent_id", &request.agent_id)?;
+        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
-        let stream = match pb::LogStream::try_from(request.stream) {
+        let stream = match pb::LogStream::try_from(request.get_ref().stream) {
             Ok(pb::LogStream::Unspecified | pb::LogStream::Stdout) => LogStream::Stdout,
             Ok(pb::LogStream::Stderr) => LogStream::Stderr,
             Err(_) => {
                 return Err(Error::invalid("stream", "use STDOUT or STDERR").into());
             }
         };
-        let lines = match request.tail_lines {
+        let lines = match request.get_ref().tail_lines {
             0 => 100,
             n @ 1..=MAX_LOG_LINES => n as usize,
             n => {
@@ -174,6 +256,11 @@ impl AgentManager for Api {
                 .into());
             }
         };
+        if let Some(mut peer) = self.peer_for(&request, id, false).await? {
+            return peer
+                .get_agent_logs(self.peers.outbound(request.into_inner()))
+                .await;
+        }
         let lines = self.manager.agent_logs(id, stream, lines).await?;
         Ok(Response::new(pb::GetAgentLogsResponse { lines }))
     }
@@ -182,20 +269,23 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::DispatchTaskRequest>,
     ) -> Result<Response<pb::DispatchTaskResponse>, Status> {
-        let request = request.into_inner();
-        let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
+        let agent_id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &agent_id);
-        validate_task_id("task_id", &request.task_id)?;
-        if request.payload.len() > MAX_PAYLOAD_BYTES {
+        validate_task_id("task_id", &request.get_ref().task_id)?;
+        let payload = request.get_ref().payload.len();
+        if payload > MAX_PAYLOAD_BYTES {
             return Err(Error::invalid(
                 "payload",
-                format!(
-                    "is {} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-                    request.payload.len()
-                ),
+                format!("is {payload} bytes; the limit is {MAX_PAYLOAD_BYTES}"),
             )
             .into());
         }
+        if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
+            return peer
+                .dispatch_task(self.peers.outbound(request.into_inner()))
+                .await;
+        }
+        let request = request.into_inner();
         let task_id = request.task_id.clone();
         record_id("task_id", &task_id);
         let dispatched = self
@@ -233,6 +323,7 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::BatchGetTaskStatesRequest>,
     ) -> Result<Response<pb::BatchGetTaskStatesResponse>, Status> {
+        let forwarded = is_forwarded(&request);
         let task_ids = request.into_inner().task_ids;
         if task_ids.is_empty() || task_ids.len() > MAX_TASK_STATES {
             return Err(Error::invalid(
@@ -247,9 +338,13 @@ impl AgentManager for Api {
         for (index, id) in task_ids.iter().enumerate() {
             validate_task_id(&format!("task_ids[{index}]"), id)?;
         }
-        let states = self.manager.task_states(&task_ids).await?;
+        let mut states = self.manager.task_states(&task_ids).await?;
+        if !forwarded {
+            self.ask_peers(&mut states.states, states.elsewhere).await;
+        }
         Ok(Response::new(pb::BatchGetTaskStatesResponse {
             tasks: states
+                .states
                 .into_iter()
                 .map(|status| pb::TaskStatus {
                     task_id: status.task_id,
@@ -266,9 +361,14 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let agent_id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
+        validate_task_id("task_id", &request.get_ref().task_id)?;
+        if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
+            return peer
+                .cancel_task(self.peers.outbound(request.into_inner()))
+                .await;
+        }
         let request = request.into_inner();
-        let agent_id = parse_agent_id("agent_id", &request.agent_id)?;
-        validate_task_id("task_id", &request.task_id)?;
         let state = self.manager.cancel_task(agent_id, &request.task_id).await?;
         Ok(Response::new(pb::CancelTaskResponse {
             state: convert::task_state(state) as i32,
@@ -327,7 +427,12 @@ impl AgentManager for Api {
         _request: Request<pb::GetManagerInfoRequest>,
     ) -> Result<Response<pb::ManagerInfo>, Status> {
         let containment = self.manager.containment();
+        let (node, term) = self.manager.node();
+        let nodes = self.manager.nodes().await?;
         Ok(Response::new(pb::ManagerInfo {
+            node: node.to_owned(),
+            term: u64::try_from(term).unwrap_or(0),
+            nodes: nodes.into_iter().map(convert::node).collect(),
             containment_mode: containment.mode().as_str().to_owned(),
             enforces_memory: containment.enforces(LimitKind::Memory),
             enforces_cpu: containment.enforces(LimitKind::Cpu),

@@ -188,32 +188,33 @@ impl Store {
         .await
     }
 
-    /// At start-up no session is live: everything in flight is lost except
-    /// on the agents whose processes were adopted (their tasks wait for the
-    /// process to reconnect and say what it holds).
-    pub async fn mark_in_flight_lost_except(&self, adopted: &[Uuid]) -> Result<Vec<LostTask>> {
+    /// At start-up no session of this node is live: what was in flight on
+    /// these agents (this node's, except those whose processes were
+    /// adopted: their tasks wait for the process to reconnect and say what
+    /// it holds) is lost.
+    pub async fn mark_in_flight_lost(&self, agents: &[Uuid]) -> Result<Vec<LostTask>> {
         self.mark_lost(
             "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
-             WHERE state IN ('delivered', 'accepted') AND NOT (agent_id = ANY($1))
+             WHERE state IN ('delivered', 'accepted') AND agent_id = ANY($1)
              RETURNING task_id, agent_id, generation, attempt",
-            &[&adopted],
+            &[&agents],
         )
         .await
     }
 
-    /// Marks the agent's tasks in flight on any session but `keep` lost
-    /// (all of them when `keep` is None).
+    /// Marks the agent's tasks in flight of generations up to `through`
+    /// lost: a node sweeping what its generation left never touches the
+    /// tasks of a newer generation another node supervises.
     pub async fn mark_agent_tasks_lost(
         &self,
         agent_id: Uuid,
-        keep: Option<Uuid>,
+        through: u64,
     ) -> Result<Vec<LostTask>> {
         self.mark_lost(
             "UPDATE agent_manager.tasks SET state = 'lost', updated_at = now()
-             WHERE agent_id = $1 AND state IN ('delivered', 'accepted')
-               AND session_id IS DISTINCT FROM $2
+             WHERE agent_id = $1 AND state IN ('delivered', 'accepted') AND generation <= $2
              RETURNING task_id, agent_id, generation, attempt",
-            &[&agent_id, &keep],
+            &[&agent_id, &to_i64(through)],
         )
         .await
     }
@@ -288,7 +289,7 @@ impl Store {
 }
 
 /// A row of `RETURNING task_id, agent_id, generation, attempt`.
-fn lost_from_row(row: &tokio_postgres::Row) -> LostTask {
+pub(super) fn lost_from_row(row: &tokio_postgres::Row) -> LostTask {
     LostTask {
         task_id: row.get(0),
         agent_id: row.get(1),

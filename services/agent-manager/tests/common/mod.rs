@@ -25,7 +25,7 @@ impl Harness {
     pub async fn start() -> anyhow::Result<Self> {
         let db = TestDb::create().await?;
         let log_dir = std::env::temp_dir().join(format!("shepherd-test-logs-{}", db.name));
-        let manager = start_manager(&db, &log_dir).await?;
+        let manager = start_manager(&db, &log_dir, "node-a").await?;
         let client = AgentManagerClient::new(shepherd_testkit::channel(&manager.url()).await?);
         Ok(Self {
             manager,
@@ -37,7 +37,7 @@ impl Harness {
 
     /// Starts a new manager process on the same database (after a crash).
     pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
-        self.manager = start_manager(&self.db, &self.log_dir).await?;
+        self.manager = start_manager(&self.db, &self.log_dir, "node-a").await?;
         self.client =
             AgentManagerClient::new(shepherd_testkit::channel(&self.manager.url()).await?);
         Ok(())
@@ -84,9 +84,12 @@ impl Drop for Harness {
     }
 }
 
+/// Starts a manager as node `node` (a restart under the same name takes its
+/// agents back; another name is another node on the same database).
 pub async fn start_manager(
     db: &TestDb,
     log_dir: &std::path::Path,
+    node: &str,
 ) -> anyhow::Result<ServiceProcess> {
     let args: Vec<String> = [
         "--listen",
@@ -108,6 +111,7 @@ pub async fn start_manager(
             ("DATABASE_URL", db.url.clone()),
             ("AGENT_LOG_DIR", log_dir.display().to_string()),
             ("CGROUP_PARENT", db.cgroup_parent()),
+            ("NODE_NAME", node.to_owned()),
             // A restarted manager here listens on a new port, where agents
             // of the old one could never reconnect: these tests cover the
             // replace-on-restart path (live restore is tested end to end in
