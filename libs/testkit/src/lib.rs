@@ -3,6 +3,7 @@
 //! with a deadline instead of sleeping.
 
 pub mod cluster;
+pub mod kube_fake;
 pub mod proxy;
 
 use std::future::Future;

@@ -105,6 +105,21 @@ pub struct Config {
     #[arg(long, env = "AGENT_DEFAULT_MAX_PROCESSES")]
     pub default_max_processes: Option<u32>,
 
+    /// Kubernetes runtime (experimental): the API server agents' Pods are
+    /// created through, e.g. http://127.0.0.1:8001 (`kubectl proxy`), or
+    /// `in-cluster` for the Pod's own service account (or the local
+    /// kubeconfig). Unset: KUBERNETES agents are refused.
+    #[arg(long, env = "KUBERNETES_API_URL")]
+    pub kubernetes_api_url: Option<String>,
+
+    /// Namespace of the agents' Pods.
+    #[arg(long, env = "KUBERNETES_NAMESPACE", default_value = "default")]
+    pub kubernetes_namespace: String,
+
+    /// How often a running agent Pod's phase is read.
+    #[arg(long, env = "KUBERNETES_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub kubernetes_poll_interval: Duration,
+
     /// This manager's node name, unique among the managers sharing the
     /// database and stable across its restarts (a restart under the same
     /// name takes its agents back). Default: the host name.

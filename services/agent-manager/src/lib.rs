@@ -7,6 +7,7 @@ pub mod config;
 pub mod containment;
 pub mod error;
 pub mod events;
+pub mod kubernetes;
 pub mod limits;
 pub mod logs;
 pub mod manager;
@@ -18,6 +19,7 @@ pub mod procfs;
 pub mod sessions;
 pub mod store;
 pub mod supervisor;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,9 +74,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )?);
     let _usage_gauges = metrics::containment_gauges(containment.clone());
 
+    let kubernetes = match &config.kubernetes_api_url {
+        Some(url) => Some(Arc::new(
+            kubernetes::Kubernetes::connect(
+                url,
+                &config.kubernetes_namespace,
+                config.kubernetes_poll_interval,
+            )
+            .await?,
+        )),
+        None => None,
+    };
     let ctx = Arc::new(Context {
         store: store.clone(),
         containment,
+        kubernetes,
         events: events.clone(),
         sessions: Sessions::default(),
         logs: LogDir::new(config.log_dir(), config.log_max_bytes),

@@ -202,10 +202,13 @@ impl Manager {
                 "agent.limits: an external agent runs outside this manager's containment; limit it where it is launched".into(),
             ));
         }
-        self.containment().check(&agent.spec.limits)?;
+        match agent.spec.runtime {
+            Runtime::Kubernetes => self.check_kubernetes(&agent)?,
+            _ => self.containment().check(&agent.spec.limits)?,
+        }
         let credential = match agent.spec.runtime {
             Runtime::External => Some(new_credential()?),
-            Runtime::Process => None,
+            Runtime::Process | Runtime::Kubernetes => None,
         };
         let hash = credential.as_deref().map(hash_token);
         let record = self.store.insert_agent(&agent, hash.as_deref()).await?;
@@ -224,6 +227,23 @@ impl Manager {
             DesiredState::Stopped => record,
         };
         Ok((record, credential))
+    }
+
+    /// A Kubernetes agent needs the API configured; its limits become the
+    /// container's, where a process count has no equivalent.
+    fn check_kubernetes(&self, agent: &NewAgent) -> Result<()> {
+        if self.supervisors.context().kubernetes.is_none() {
+            return Err(Error::FailedPrecondition(
+                "agent.runtime: this manager has no Kubernetes API configured (set KUBERNETES_API_URL)".into(),
+            ));
+        }
+        if agent.spec.limits.max_processes.is_some() {
+            return Err(Error::FailedPrecondition(
+                "agent.limits.max_processes: a Pod's container has no process limit; leave it 0"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A new credential for an external agent (returned this once); the

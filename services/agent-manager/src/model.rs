@@ -176,6 +176,9 @@ pub struct AgentSpec {
     /// Who launches the agent.
     #[serde(default)]
     pub runtime: Runtime,
+    /// Container image (Kubernetes runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Who launches an agent's process.
@@ -187,6 +190,8 @@ pub enum Runtime {
     Process,
     /// Something else; it connects with its credential.
     External,
+    /// A Pod per generation, through the Kubernetes API (experimental).
+    Kubernetes,
 }
 
 /// An agent as stored.

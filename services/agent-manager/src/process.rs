@@ -48,9 +48,17 @@ impl ExitInfo {
         }
     }
 
-    const UNKNOWN: Self = Self {
+    /// It ended; how is not known here.
+    pub const UNKNOWN: Self = Self {
         code: None,
         signal: None,
+        oom_killed: false,
+    };
+
+    /// Stopped on purpose (SIGTERM, then SIGKILL if need be).
+    pub const TERMINATED: Self = Self {
+        code: None,
+        signal: Some(15),
         oom_killed: false,
     };
 

@@ -301,12 +301,13 @@ impl Store {
         agent_from_row(&row)
     }
 
-    /// Records a newly launched process: new generation, pid and token hash.
+    /// Records a newly launched generation: its process (None: a Pod) and
+    /// token hash.
     pub async fn record_launch(
         &self,
         id: Uuid,
         generation: u64,
-        process: &ProcessIdentity,
+        process: Option<&ProcessIdentity>,
         token_hash: &[u8],
     ) -> Result<AgentRecord> {
         let client = self.pool.get().await?;
@@ -323,8 +324,8 @@ impl Store {
                 &[
                     &id,
                     &to_i64(generation),
-                    &process.pid,
-                    &process.started_at,
+                    &process.map(|p| p.pid),
+                    &process.map(|p| p.started_at),
                     &token_hash,
                     &self.fence.name,
                     &self.fence.term,

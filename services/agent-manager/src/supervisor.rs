@@ -32,12 +32,14 @@ use uuid::Uuid;
 use crate::containment::Containment;
 use crate::error::{Error, Result};
 use crate::events::EventLog;
+use crate::kubernetes::Kubernetes;
 use crate::logs::LogDir;
 use crate::model::{AgentRecord, AgentStatus, DesiredState};
 use crate::model::{RestartMode, Runtime};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
 use crate::sessions::{CarriedTask, SessionHandle, Sessions, hash_token, new_token};
 use crate::store::{LostTask, Store, TaskState};
+use crate::workload::Workload;
 use shepherd_platform::auth::constant_time_eq;
 
 /// What every supervisor shares.
@@ -45,6 +47,8 @@ pub struct Context {
     pub store: Store,
     /// Keeps each agent's process tree together (kill, limits, usage).
     pub containment: Arc<Containment>,
+    /// The Kubernetes API, when configured (KUBERNETES_API_URL).
+    pub kubernetes: Option<Arc<Kubernetes>>,
     pub events: EventLog,
     pub sessions: Sessions,
     pub logs: LogDir,
@@ -290,7 +294,7 @@ struct Supervisor {
     /// The stored row as last written by this supervisor (it is the only
     /// writer of the observed columns, so the copy is current).
     record: AgentRecord,
-    process: Option<AgentProcess>,
+    process: Option<Workload>,
     /// Hash of the running process's session token. Kept here, not read
     /// back from the database, so that a process that connects the instant
     /// it starts is checked against its own generation's token.
@@ -584,6 +588,9 @@ impl Supervisor {
         if self.external() {
             return self.reconcile_external().await;
         }
+        if self.record.spec.runtime == Runtime::Kubernetes {
+            return self.reconcile_pods().await;
+        }
         if self.ctx.live_restore
             && self.record.desired_state == DesiredState::Running
             && self.adopt().await?
@@ -621,6 +628,37 @@ impl Supervisor {
         Ok(false)
     }
 
+    /// Manager start-up, Kubernetes agent: Pods of earlier generations are
+    /// deleted (not adopted, yet), and the agent brought to its desired
+    /// state through the one launch path.
+    async fn reconcile_pods(&mut self) -> Result<bool> {
+        if let Some(kubernetes) = &self.ctx.kubernetes {
+            match kubernetes.delete_agent_pods(self.id()).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(agent = %self.id(), deleted, "deleted Pods a previous manager left")
+                }
+                Err(err) => {
+                    tracing::warn!(agent = %self.id(), error = %err, "could not delete the agent's old Pods")
+                }
+            }
+        }
+        match self.record.desired_state {
+            DesiredState::Running => {
+                self.launch("manager start-up reconciliation").await?;
+            }
+            DesiredState::Stopped if self.record.status != AgentStatus::Stopped => {
+                self.record = self
+                    .ctx
+                    .store
+                    .set_status(self.id(), AgentStatus::Stopped, "", None)
+                    .await?;
+            }
+            DesiredState::Stopped => {}
+        }
+        Ok(false)
+    }
+
     /// Takes over the recorded process if it still runs; true if it did.
     async fn adopt(&mut self) -> Result<bool> {
         let Some(launched) = self.ctx.store.launched_process(self.id()).await? else {
@@ -633,7 +671,7 @@ impl Supervisor {
             return Ok(false);
         };
         let pid = process.pid();
-        self.process = Some(process);
+        self.process = Some(Workload::Process(process));
         self.token_hash = Some(launched.token_hash);
         self.expect_reconnect();
         self.record = self
@@ -681,21 +719,17 @@ impl Supervisor {
             manager_url: &self.ctx.manager_url,
             manager_ca_file: self.ctx.manager_ca_file.as_deref(),
         };
-        let spawned = match self
-            .ctx
-            .containment
-            .prepare(self.id(), &self.record.name, self.record.spec.limits)
-            .await
-        {
-            Ok(cell) => AgentProcess::spawn(&launch, &self.ctx.logs, cell),
-            Err(err) => Err(std::io::Error::other(format!(
-                "its container could not be prepared: {err}"
-            ))),
+        let spawned = match self.record.spec.runtime {
+            Runtime::Kubernetes => self.create_pod(&launch).await,
+            _ => self.spawn_process(&launch).await,
         };
         let process = match spawned {
             Ok(process) => process,
             Err(err) => {
-                let message = format!("could not launch {:?}: {err}", self.record.spec.command);
+                let message = format!(
+                    "could not launch {}: {err}",
+                    launch_target(&self.record.spec)
+                );
                 self.record = self
                     .ctx
                     .store
@@ -704,7 +738,7 @@ impl Supervisor {
                 return Err(Error::FailedPrecondition(message));
             }
         };
-        let pid = process.pid();
+        let pid = process.pid().unwrap_or(0);
         let identity = process.identity();
         self.process = Some(process);
         let token_hash = hash_token(&token);
@@ -712,7 +746,7 @@ impl Supervisor {
         match self
             .ctx
             .store
-            .record_launch(self.id(), generation, &identity, &token_hash)
+            .record_launch(self.id(), generation, identity.as_ref(), &token_hash)
             .await
         {
             Ok(record) => self.record = record,
@@ -734,6 +768,31 @@ impl Supervisor {
         }
         tracing::info!(agent = %self.id(), generation, pid, reason, "agent process launched");
         Ok(self.record.clone())
+    }
+
+    /// A process in the agent's container on this node.
+    async fn spawn_process(&self, launch: &Launch<'_>) -> std::result::Result<Workload, String> {
+        let cell = self
+            .ctx
+            .containment
+            .prepare(self.id(), &self.record.name, self.record.spec.limits)
+            .await
+            .map_err(|err| format!("its container could not be prepared: {err}"))?;
+        AgentProcess::spawn(launch, &self.ctx.logs, cell)
+            .map(Workload::Process)
+            .map_err(|err| err.to_string())
+    }
+
+    /// A Pod through the Kubernetes API.
+    async fn create_pod(&self, launch: &Launch<'_>) -> std::result::Result<Workload, String> {
+        let kubernetes = self.ctx.kubernetes.as_ref().ok_or_else(|| {
+            "this manager has no Kubernetes API configured (KUBERNETES_API_URL)".to_owned()
+        })?;
+        kubernetes
+            .launch(launch)
+            .await
+            .map(Workload::Pod)
+            .map_err(|err| err.to_string())
     }
 
     /// The process exited on its own: record it, close its session, and
@@ -1157,6 +1216,14 @@ impl Supervisor {
         if let Err(err) = result {
             tracing::error!(agent = %self.id(), error = %err, "{what} failed");
         }
+    }
+}
+
+/// What a failed launch tried to start, for its message.
+fn launch_target(spec: &crate::model::AgentSpec) -> String {
+    match (&spec.runtime, &spec.image) {
+        (Runtime::Kubernetes, Some(image)) => format!("a Pod of image {image:?}"),
+        _ => format!("{:?}", spec.command),
     }
 }
 

@@ -76,13 +76,15 @@ pub enum Command {
     Manager,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum AgentCommand {
     /// Create (and start) an agent, from flags or a TOML file.
     Create(CreateAgent),
     /// List agents.
     List {
-        /// Only agents with this status (pending, starting, ready, exited, failed, stopped).
+        /// Only agents with this status (pending, starting, ready, exited, failed, stopped, lost).
         #[arg(long)]
         status: Option<String>,
         /// Only agents with this label (KEY=VALUE; repeatable).
@@ -120,12 +122,16 @@ pub struct CreateAgent {
     #[arg(long, required_unless_present = "file")]
     pub name: Option<String>,
     /// Program to run.
-    #[arg(long, required_unless_present_any = ["file", "external"])]
+    #[arg(long, required_unless_present_any = ["file", "external", "image"])]
     pub command: Option<String>,
     /// An external agent: launched by something else, connecting with the
     /// credential printed (once) at creation.
     #[arg(long, conflicts_with_all = ["command", "file"])]
     pub external: bool,
+    /// A Kubernetes agent (experimental): one Pod of this image per
+    /// generation (`--command` then overrides the image's entrypoint).
+    #[arg(long, conflicts_with_all = ["external", "file"])]
+    pub image: Option<String>,
     /// Argument for the program (repeatable).
     #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,

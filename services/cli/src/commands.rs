@@ -248,9 +248,12 @@ fn agent_from_flags(create: CreateAgent) -> anyhow::Result<am::Agent> {
     Ok(am::Agent {
         runtime: if create.external {
             am::Runtime::External
+        } else if create.image.is_some() {
+            am::Runtime::Kubernetes
         } else {
             am::Runtime::Process
         } as i32,
+        image: create.image.unwrap_or_default(),
         limits: limits(create.memory, create.cpus, create.max_processes),
         name: create.name.unwrap_or_default(),
         command: create.command.unwrap_or_default(),

@@ -15,6 +15,9 @@ use crate::model::{
 };
 use crate::store::TaskState;
 
+/// Longest image reference (and Kubernetes command) accepted.
+const MAX_IMAGE_LEN: usize = 4096;
+
 pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     let agent = agent.ok_or_else(|| Error::invalid("agent", "is required"))?;
     model::validate_name("agent.name", &agent.name)?;
@@ -30,9 +33,26 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
                 "an external agent is launched by something else: leave command, args, env and working_dir empty",
             ));
         }
+    } else if runtime == Runtime::Kubernetes {
+        // The command runs in the image, not on this host: only its shape
+        // is checked (empty keeps the image's entrypoint).
+        shepherd_platform::validate::text("agent.command", &agent.command, MAX_IMAGE_LEN)?;
+        if agent.image.trim().is_empty() {
+            return Err(Error::invalid(
+                "agent.image",
+                "a KUBERNETES agent needs its container image, e.g. ghcr.io/you/agent:1.0",
+            ));
+        }
     } else {
         model::validate_command(&agent.command)?;
     }
+    if runtime != Runtime::Kubernetes && !agent.image.is_empty() {
+        return Err(Error::invalid(
+            "agent.image",
+            "only a KUBERNETES agent runs an image; leave it empty or set runtime: KUBERNETES",
+        ));
+    }
+    shepherd_platform::validate::text("agent.image", &agent.image, MAX_IMAGE_LEN)?;
     model::validate_args(&agent.args)?;
     let env: BTreeMap<String, String> = agent.env.into_iter().collect();
     model::validate_env(&env)?;
@@ -76,6 +96,7 @@ pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
             restart_policy,
             limits,
             runtime,
+            image: Some(agent.image).filter(|image| !image.is_empty()),
         },
         labels,
         desired_state,
@@ -86,9 +107,10 @@ fn runtime(value: i32) -> Result<Runtime> {
     match pb::Runtime::try_from(value) {
         Ok(pb::Runtime::Unspecified | pb::Runtime::Process) => Ok(Runtime::Process),
         Ok(pb::Runtime::External) => Ok(Runtime::External),
+        Ok(pb::Runtime::Kubernetes) => Ok(Runtime::Kubernetes),
         Err(_) => Err(Error::invalid(
             "agent.runtime",
-            format!("{value} is not a known runtime; use PROCESS or EXTERNAL"),
+            format!("{value} is not a known runtime; use PROCESS, EXTERNAL or KUBERNETES"),
         )),
     }
 }
@@ -158,7 +180,9 @@ pub fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
         runtime: match record.spec.runtime {
             Runtime::Process => pb::Runtime::Process,
             Runtime::External => pb::Runtime::External,
+            Runtime::Kubernetes => pb::Runtime::Kubernetes,
         } as i32,
+        image: record.spec.image.clone().unwrap_or_default(),
         // Set by the API only in the response that made it.
         credential: String::new(),
         limits: Some(self::limits(limits)),
