@@ -1,10 +1,11 @@
-# Builds the agent-manager, the scheduler, the reference agent and the
-# health-check probe into one slim runtime image.
+# Builds the agent-manager, the scheduler, the web console, the reference
+# agent and the health-check probe into one slim runtime image.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
-      -p shepherd-agent-manager -p shepherd-scheduler -p shepherd-agent-sdk -p shepherd-platform --bins
+      -p shepherd-agent-manager -p shepherd-scheduler -p shepherd-console \
+      -p shepherd-agent-sdk -p shepherd-platform --bins
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -15,6 +16,7 @@ RUN apt-get update \
 COPY --from=build \
      /src/target/release/agent-manager \
      /src/target/release/scheduler \
+     /src/target/release/shepherd-console \
      /src/target/release/shepherd-agent \
      /src/target/release/shepherd-healthcheck \
      /usr/local/bin/

@@ -2,6 +2,7 @@
 //! agent-manager and the scheduler as real processes, reference agents as
 //! real processes, and gRPC clients on loopback.
 
+pub mod http;
 pub mod raw;
 
 use std::path::PathBuf;

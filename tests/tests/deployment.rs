@@ -163,6 +163,7 @@ fn compose_sets_only_variables_the_binaries_read() -> anyhow::Result<()> {
         ("agent-manager-2", "agent-manager"),
         ("scheduler", "scheduler"),
         ("scheduler-2", "scheduler"),
+        ("console", "shepherd-console"),
     ] {
         let keys = environments.get(service).cloned().unwrap_or_default();
         assert!(!keys.is_empty(), "no environment found for {service}");

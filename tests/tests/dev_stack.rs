@@ -32,6 +32,7 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
     let database = format!("shepherd_devtest_{}", uuid::Uuid::new_v4().simple());
     let manager = format!("127.0.0.1:{}", free_port()?);
     let scheduler = format!("127.0.0.1:{}", free_port()?);
+    let console = format!("127.0.0.1:{}", free_port()?);
     let mut dev = tokio::process::Command::new("bash")
         .arg(root.join("scripts/dev"))
         .env("DATABASE_URL", shepherd_testkit::admin_url())
@@ -39,6 +40,7 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
         .env("MANAGER_ADDR", &manager)
         .env("SCHEDULER_ADDR", &scheduler)
         .env("WEBHOOK_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("CONSOLE_ADDR", &console)
         .env("STATE_DIR", &state)
         .env("SKIP_BUILD", "1")
         .env("RUST_LOG", "warn")
@@ -102,6 +104,23 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
             agent_id: demo.id.clone(),
         })
         .await?;
+    // And the console serves the fleet.
+    let session =
+        shepherd_e2e::http::request("GET", &format!("http://{console}/api/session"), &[], None)
+            .await?;
+    let cookie = session
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    let fleet = shepherd_e2e::http::request(
+        "GET",
+        &format!("http://{console}/api/agents"),
+        &[("cookie", cookie)],
+        None,
+    )
+    .await?;
+    assert_eq!(fleet.json()[0]["name"], "demo-agent", "{}", fleet.body);
 
     // Ctrl-C.
     killpg(group, Signal::SIGINT)?;
@@ -119,7 +138,8 @@ async fn dev_stack_starts_with_a_demo_and_ctrl_c_leaves_nothing_behind() -> anyh
             || std::fs::read_to_string(format!("/proc/{}/stat", demo.pid))
                 .map_or(true, |s| s.contains(") Z "));
         let ports_closed = std::net::TcpStream::connect(&manager).is_err()
-            && std::net::TcpStream::connect(&scheduler).is_err();
+            && std::net::TcpStream::connect(&scheduler).is_err()
+            && std::net::TcpStream::connect(&console).is_err();
         Ok((group_gone && agent_gone && ports_closed).then_some(()))
     })
     .await?;

@@ -9,38 +9,11 @@ use serde_json::Value;
 use shepherd_e2e::{Stack, StackOptions};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, TaskState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// POSTs `body` to `url` over a plain HTTP/1.1 connection; the status and
-/// the JSON answer.
+/// POSTs `body` to `url`; the status and the JSON answer.
 async fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> anyhow::Result<(u16, Value)> {
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let (host, path) = rest.split_once('/').expect("a path");
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let mut request = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request += &format!("{name}: {value}\r\n");
-    }
-    request += "\r\n";
-    stream.write_all(request.as_bytes()).await?;
-    // A server refusing an oversized body may close before reading it all.
-    let _ = stream.write_all(body).await;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let json = answer
-        .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body.trim()).ok())
-        .unwrap_or(Value::Null);
-    Ok((status, json))
+    let answer = shepherd_e2e::http::request("POST", url, headers, Some(body)).await?;
+    Ok((answer.status, answer.json()))
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {

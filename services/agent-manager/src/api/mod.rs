@@ -432,6 +432,7 @@ impl AgentManager for Api {
         Ok(Response::new(pb::ManagerInfo {
             node: node.to_owned(),
             term: u64::try_from(term).unwrap_or(0),
+            latest_sequence: self.manager.latest_sequence(),
             nodes: nodes.into_iter().map(convert::node).collect(),
             containment_mode: containment.mode().as_str().to_owned(),
             enforces_memory: containment.enforces(LimitKind::Memory),
