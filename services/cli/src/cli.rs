@@ -74,6 +74,10 @@ pub enum Command {
     /// How the agent-manager contains agents: its containment mode, the
     /// limits it enforces and its default limits.
     Manager,
+    /// The fleet live in the terminal: agents, workflows, tasks/s, recent
+    /// events; keys restart/stop/start the selected agent (r/s/S), trigger
+    /// the selected workflow (t), filter (/), switch lists (tab), quit (q).
+    Top,
 }
 
 // Parsed once per run: the size of the largest variant does not matter.

@@ -20,7 +20,7 @@ use crate::cli::{
 };
 use crate::render;
 
-type Authed = InterceptedService<Channel, ClientMetadata>;
+pub type Authed = InterceptedService<Channel, ClientMetadata>;
 
 /// Bad usage found after parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             clients.watch(after, agent_id, limit).await
         }
+        Command::Top => crate::top::run(clients.agents, clients.workflows).await,
         Command::Manager => {
             let info = clients
                 .agents
