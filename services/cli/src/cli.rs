@@ -170,6 +170,10 @@ pub struct CreateAgent {
 pub enum WorkflowCommand {
     /// Create a workflow for an agent.
     Create(CreateWorkflow),
+    /// Why isn't it running? A diagnosis and a one-line verdict.
+    Why {
+        workflow: String,
+    },
     /// List workflows.
     List {
         /// Only this agent's (id or name).

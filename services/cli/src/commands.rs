@@ -417,6 +417,16 @@ impl Clients {
                 eprintln!("deleted workflow {workflow_id}");
                 return Ok(());
             }
+            WorkflowCommand::Why { workflow } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                let diagnosis = self
+                    .workflows
+                    .explain_workflow(sched::ExplainWorkflowRequest { workflow_id })
+                    .await?
+                    .into_inner();
+                render::one(output, &diagnosis);
+                return Ok(());
+            }
             WorkflowCommand::Trigger(trigger) => {
                 let task = self.trigger(trigger).await?;
                 render::one(output, &task);

@@ -570,3 +570,117 @@ pub fn task_event(output: Output, event: &sched::TaskEvent) {
         }
     }
 }
+
+impl Render for sched::WorkflowDiagnosis {
+    fn headers() -> &'static [&'static str] {
+        &["verdict", "summary"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            short(self.verdict().as_str_name(), "VERDICT_"),
+            self.summary.clone(),
+        ]
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let seconds = |d: Option<&prost_types::Duration>| {
+            d.and_then(|d| std::time::Duration::try_from(*d).ok())
+                .map_or(String::new(), |d| format!("{}s", d.as_secs()))
+        };
+        let in_flight: Vec<String> = self
+            .in_flight
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} (attempt {}, {})",
+                    t.task_id,
+                    t.attempt,
+                    seconds(t.age.as_ref())
+                )
+            })
+            .collect();
+        vec![
+            ("verdict", short(self.verdict().as_str_name(), "VERDICT_")),
+            ("why", self.summary.clone()),
+            (
+                "enabled",
+                format!("{} {}", self.enabled, self.disabled_reason)
+                    .trim()
+                    .to_owned(),
+            ),
+            (
+                "agent",
+                format!(
+                    "{} (generation {}) since {} {}",
+                    self.agent_status,
+                    self.agent_generation,
+                    time(self.agent_since.as_ref()),
+                    self.agent_status_message
+                )
+                .trim()
+                .to_owned(),
+            ),
+            (
+                "runner",
+                format!(
+                    "{} {}",
+                    short(self.runner_state().as_str_name(), "RUNNER_STATE_"),
+                    self.runner_reason
+                ),
+            ),
+            (
+                "lease",
+                format!("{} (term {})", self.lease_holder, self.lease_term),
+            ),
+            (
+                "in flight",
+                format!(
+                    "{}/{} {}",
+                    self.in_flight.len(),
+                    self.max_concurrency,
+                    in_flight.join(", ")
+                ),
+            ),
+            (
+                "pending",
+                format!(
+                    "{} ({} due) oldest {} {}",
+                    self.pending,
+                    self.due,
+                    self.oldest_pending_task_id,
+                    seconds(self.oldest_pending_age.as_ref())
+                ),
+            ),
+            ("next fire", time(self.next_fire.as_ref())),
+            ("last error", self.last_error.clone()),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "workflow_id": self.workflow_id,
+            "verdict": short(self.verdict().as_str_name(), "VERDICT_"),
+            "summary": self.summary,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "agent_status": self.agent_status,
+            "agent_status_message": self.agent_status_message,
+            "agent_generation": self.agent_generation,
+            "runner_state": short(self.runner_state().as_str_name(), "RUNNER_STATE_"),
+            "runner_reason": self.runner_reason,
+            "lease_holder": self.lease_holder,
+            "lease_term": self.lease_term,
+            "max_concurrency": self.max_concurrency,
+            "in_flight": self.in_flight.iter().map(|t| json!({
+                "task_id": t.task_id,
+                "attempt": t.attempt,
+            })).collect::<Vec<_>>(),
+            "pending": self.pending,
+            "due": self.due,
+            "oldest_pending_task_id": self.oldest_pending_task_id,
+            "next_fire": time(self.next_fire.as_ref()),
+            "last_error": self.last_error,
+        })
+    }
+}

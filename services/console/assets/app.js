@@ -287,6 +287,23 @@ async function taskView(id) {
     el("h2", {}, "Output"), el("pre", { class: "logs", id: "output" }, task.output || (task.progress && task.progress.output) || ""));
 }
 
+// The agent page's log tail follows the file (logs are not events).
+let logTimer = null;
+
+function followLogs(id) {
+  if (logTimer) { clearInterval(logTimer); logTimer = null; }
+  if (!id) return;
+  logTimer = setInterval(async () => {
+    const pre = document.getElementById("logs");
+    if (!pre) return;
+    try {
+      const lines = await api("GET", "/agents/" + id + "/logs?lines=200");
+      const text = lines.join("\n");
+      if (pre.textContent !== text) pre.textContent = text;
+    } catch (err) { /* the badge and the next refresh tell */ }
+  }, 2000);
+}
+
 // ---- routing ----
 
 let currentRoute = "";
@@ -299,6 +316,7 @@ async function route(refreshOnly) {
     if (parts[0] === "workflows" && parts[1]) watchTasks("workflow=" + encodeURIComponent(parts[1]));
     else if (parts[0] === "tasks" && parts[1]) watchTasks("task=" + encodeURIComponent(parts[1]));
     else watchTasks(null);
+    followLogs(parts[0] === "agents" ? parts[1] : null);
   }
   try {
     if (parts[0] === "agents" && parts[1]) await agentView(parts[1]);

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod explain;
 pub mod limits;
 pub mod manager_client;
 pub mod membership;

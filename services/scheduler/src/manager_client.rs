@@ -245,6 +245,31 @@ impl ManagerClient {
         }
     }
 
+    /// The agent as the manager reports it, for a diagnosis.
+    pub async fn agent_facts(
+        &self,
+        agent: Uuid,
+    ) -> Result<crate::explain::AgentFacts, ManagerError> {
+        let request = Self::request(pb::GetAgentRequest {
+            agent_id: agent.to_string(),
+        });
+        let agent = self.client.clone().get_agent(request).await?.into_inner();
+        let status = agent.status();
+        let desired_running = agent.desired_state() != pb::DesiredState::Stopped;
+        Ok(crate::explain::AgentFacts {
+            status: status
+                .as_str_name()
+                .trim_start_matches("AGENT_STATUS_")
+                .to_ascii_lowercase(),
+            message: agent.status_message,
+            desired_running,
+            generation: agent.generation,
+            since: agent
+                .update_time
+                .and_then(|time| std::time::SystemTime::try_from(time).ok()),
+        })
+    }
+
     /// Every agent that is READY right now.
     pub async fn ready_agents(&self) -> Result<HashSet<Uuid>, ManagerError> {
         let mut ready = HashSet::new();

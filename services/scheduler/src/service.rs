@@ -7,6 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::explain::{AgentFacts, Facts, InFlightFacts, Verdict};
 use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
 use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
@@ -23,6 +24,14 @@ pub struct Scheduler {
 }
 
 /// Which fields an update changes.
+/// A workflow's diagnosis: the facts looked at and the verdict.
+pub struct Diagnosis {
+    pub workflow: Workflow,
+    pub verdict: Verdict,
+    pub summary: String,
+    pub facts: Facts,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UpdateMask {
     pub name: bool,
@@ -327,6 +336,59 @@ impl Scheduler {
     /// Every workflow's runner (of one agent, or of all) as this replica
     /// sees it. A workflow without a live runner here that another replica
     /// runs (it holds the workflow's lease) shows as standby, naming it.
+    /// "Why isn't it running?" (see `explain`).
+    pub async fn explain(&self, id: Uuid) -> Result<Diagnosis> {
+        let workflow = self.get_workflow(id).await?;
+        let queue = self.store.queue_facts(id).await?;
+        let agent = match self.manager.agent_facts(workflow.agent_id).await {
+            Ok(agent) => agent,
+            Err(err) => AgentFacts {
+                status: "unknown".into(),
+                message: format!("the agent-manager could not be asked: {}", err.message()),
+                desired_running: true,
+                generation: 0,
+                since: None,
+            },
+        };
+        let runner = self
+            .runner_views(vec![workflow.clone()])
+            .await?
+            .pop()
+            .map(|(_, info)| info);
+        let facts = Facts {
+            enabled: workflow.enabled,
+            disabled_reason: workflow.disabled_reason.clone(),
+            agent,
+            runner_state: runner.as_ref().map_or(RunnerState::Stopped, |r| r.state),
+            runner_reason: runner.map(|r| r.reason).unwrap_or_default(),
+            lease_holder: queue.lease.clone(),
+            me: self.runners.replica().to_owned(),
+            max_concurrency: workflow.max_concurrency,
+            in_flight: queue
+                .in_flight
+                .iter()
+                .map(|(task_id, attempt, age)| InFlightFacts {
+                    task_id: task_id.clone(),
+                    attempt: *attempt,
+                    age: *age,
+                })
+                .collect(),
+            in_flight_count: queue.in_flight_count,
+            pending: queue.pending,
+            due: queue.due,
+            oldest_pending: queue.oldest_pending.clone(),
+            next_fire: queue.next_fire,
+            last_error: queue.last_error.clone(),
+        };
+        let (verdict, summary) = crate::explain::judge(&facts);
+        Ok(Diagnosis {
+            workflow,
+            verdict,
+            summary,
+            facts,
+        })
+    }
+
     pub async fn runners(&self, agent: Option<Uuid>) -> Result<Vec<(Workflow, RunnerInfo)>> {
         const PAGE: i64 = 1000;
         let mut workflows = Vec::new();
@@ -343,6 +405,12 @@ impl Scheduler {
                 break;
             }
         }
+        self.runner_views(workflows).await
+    }
+
+    /// The runners of `workflows` as this replica sees them: its own, and
+    /// STANDBY naming the replica that holds a lease it does not.
+    async fn runner_views(&self, workflows: Vec<Workflow>) -> Result<Vec<(Workflow, RunnerInfo)>> {
         let views: Vec<(Workflow, RunnerInfo)> = workflows
             .into_iter()
             .map(|workflow| {

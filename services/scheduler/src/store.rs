@@ -14,6 +14,7 @@ use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, W
 
 mod chains;
 mod claims;
+mod diagnosis;
 mod due;
 mod event_cursor;
 mod in_flight;
@@ -25,6 +26,7 @@ mod tasks;
 mod workflows;
 
 pub use claims::ClaimRequest;
+pub use diagnosis::QueueFacts;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::LeaseAcquisition;
 pub use task_events::{TaskChange, TaskChanges, TaskCursor, TaskEventFilter};

@@ -461,17 +461,77 @@ pub fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
     }
 }
 
+fn runner_state(state: RunnerState) -> pb::RunnerState {
+    match state {
+        RunnerState::WaitingForAgent => pb::RunnerState::WaitingForAgent,
+        RunnerState::Running => pb::RunnerState::Running,
+        RunnerState::Stopped => pb::RunnerState::Stopped,
+        RunnerState::Standby => pb::RunnerState::Standby,
+        RunnerState::Stalled => pb::RunnerState::Stalled,
+    }
+}
+
+pub fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDiagnosis {
+    use crate::explain::Verdict;
+    let facts = diagnosis.facts;
+    let duration = |d: std::time::Duration| prost_types::Duration::try_from(d).ok();
+    pb::WorkflowDiagnosis {
+        workflow_id: diagnosis.workflow.id.to_string(),
+        verdict: match diagnosis.verdict {
+            Verdict::Running => pb::Verdict::Running,
+            Verdict::Disabled => pb::Verdict::Disabled,
+            Verdict::AgentStopped => pb::Verdict::AgentStopped,
+            Verdict::AgentCrashLooping => pb::Verdict::AgentCrashLooping,
+            Verdict::AgentNotReady => pb::Verdict::AgentNotReady,
+            Verdict::LeaseElsewhere => pb::Verdict::LeaseElsewhere,
+            Verdict::ConcurrencyFull => pb::Verdict::ConcurrencyFull,
+            Verdict::NothingDue => pb::Verdict::NothingDue,
+            Verdict::Stalled => pb::Verdict::Stalled,
+        } as i32,
+        summary: diagnosis.summary,
+        enabled: facts.enabled,
+        disabled_reason: facts.disabled_reason,
+        agent_status: facts.agent.status,
+        agent_status_message: facts.agent.message,
+        agent_since: facts.agent.since.map(Into::into),
+        agent_generation: facts.agent.generation,
+        runner_state: runner_state(facts.runner_state) as i32,
+        runner_reason: facts.runner_reason,
+        lease_term: facts
+            .lease_holder
+            .as_ref()
+            .map_or(0, |(_, term)| u64::try_from(*term).unwrap_or(0)),
+        lease_holder: facts
+            .lease_holder
+            .map(|(holder, _)| holder)
+            .unwrap_or_default(),
+        max_concurrency: facts.max_concurrency,
+        in_flight: facts
+            .in_flight
+            .into_iter()
+            .map(|task| pb::InFlightTask {
+                task_id: task.task_id,
+                attempt: task.attempt,
+                age: duration(task.age),
+            })
+            .collect(),
+        pending: facts.pending,
+        due: facts.due,
+        oldest_pending_age: facts
+            .oldest_pending
+            .as_ref()
+            .and_then(|(_, age)| duration(*age)),
+        oldest_pending_task_id: facts.oldest_pending.map(|(id, _)| id).unwrap_or_default(),
+        next_fire: facts.next_fire.map(Into::into),
+        last_error: facts.last_error,
+    }
+}
+
 pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
     pb::Runner {
         workflow_id: workflow.id.to_string(),
         agent_id: workflow.agent_id.to_string(),
-        state: match info.state {
-            RunnerState::WaitingForAgent => pb::RunnerState::WaitingForAgent,
-            RunnerState::Running => pb::RunnerState::Running,
-            RunnerState::Stopped => pb::RunnerState::Stopped,
-            RunnerState::Standby => pb::RunnerState::Standby,
-            RunnerState::Stalled => pb::RunnerState::Stalled,
-        } as i32,
+        state: runner_state(info.state) as i32,
         reason: info.reason,
         since: Some(info.since.into()),
         starts: info.starts,

@@ -245,6 +245,16 @@ impl scheduler_server::Scheduler for Api {
             .collect();
         Ok(Response::new(pb::ListRunnersResponse { runners }))
     }
+
+    async fn explain_workflow(
+        &self,
+        request: Request<pb::ExplainWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDiagnosis>, Status> {
+        let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
+        let diagnosis = self.scheduler.explain(id).await?;
+        Ok(Response::new(convert::diagnosis(diagnosis)))
+    }
 }
 
 /// A task id ("<workflow_id>:<key>"): bounded and NUL-free before any

@@ -1,0 +1,253 @@
+//! "Why isn't it running?": a workflow's diagnosis from what decides
+//! whether its tasks run, checked in order of how decisive each is, and a
+//! one-line verdict a person can act on. Pure: the service gathers the
+//! facts, this module judges them.
+
+use std::time::{Duration, SystemTime};
+
+use crate::runner::RunnerState;
+
+/// The agent as the manager reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFacts {
+    /// "ready", "starting", "exited", "failed", "stopped", "lost", ... or
+    /// "unknown" when the manager could not be asked.
+    pub status: String,
+    pub message: String,
+    pub desired_running: bool,
+    pub generation: u64,
+    pub since: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightFacts {
+    pub task_id: String,
+    pub attempt: u32,
+    pub age: Duration,
+}
+
+/// Everything a diagnosis looks at.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub enabled: bool,
+    pub disabled_reason: String,
+    pub agent: AgentFacts,
+    pub runner_state: RunnerState,
+    pub runner_reason: String,
+    pub lease_holder: Option<(String, i64)>,
+    /// This replica's id.
+    pub me: String,
+    pub max_concurrency: u32,
+    pub in_flight: Vec<InFlightFacts>,
+    /// How many are in flight in all (`in_flight` holds at most 20).
+    pub in_flight_count: u64,
+    pub pending: u64,
+    pub due: u64,
+    pub oldest_pending: Option<(String, Duration)>,
+    pub next_fire: Option<SystemTime>,
+    pub last_error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Running,
+    Disabled,
+    AgentStopped,
+    AgentCrashLooping,
+    AgentNotReady,
+    LeaseElsewhere,
+    ConcurrencyFull,
+    NothingDue,
+    Stalled,
+}
+
+/// The verdict and its one line.
+pub fn judge(facts: &Facts) -> (Verdict, String) {
+    if !facts.enabled {
+        let why = if facts.disabled_reason.is_empty() {
+            "disabled".to_owned()
+        } else {
+            format!("disabled: {}", facts.disabled_reason)
+        };
+        return (
+            Verdict::Disabled,
+            format!("{why}; enable it to run its tasks"),
+        );
+    }
+    let agent = &facts.agent;
+    if agent.status != "ready" {
+        return judge_agent(agent);
+    }
+    if let Some((holder, term)) = &facts.lease_holder
+        && *holder != facts.me
+        && facts.runner_state == RunnerState::Standby
+    {
+        return (
+            Verdict::LeaseElsewhere,
+            format!("scheduler replica {holder} runs it (lease term {term}); ask that replica"),
+        );
+    }
+    if facts.runner_state == RunnerState::Stalled {
+        return (
+            Verdict::Stalled,
+            format!("stalled: {}", facts.runner_reason),
+        );
+    }
+    if facts.in_flight_count >= u64::from(facts.max_concurrency) && facts.due > 0 {
+        let oldest = facts
+            .in_flight
+            .first()
+            .map(|task| format!("; the oldest, {}, for {}", task.task_id, human(task.age)))
+            .unwrap_or_default();
+        return (
+            Verdict::ConcurrencyFull,
+            format!(
+                "concurrency full: {} of {} in flight{oldest}; {} due task(s) wait",
+                facts.in_flight_count, facts.max_concurrency, facts.due
+            ),
+        );
+    }
+    if facts.due == 0 {
+        let waiting = match facts.pending {
+            0 => "no task pending".to_owned(),
+            n => format!("{n} task(s) pending, none due yet (retry backoff)"),
+        };
+        let next = match facts.next_fire {
+            Some(at) => format!("; next scheduled fire in {}", human(until(at))),
+            None => String::new(),
+        };
+        return (Verdict::NothingDue, format!("nothing due: {waiting}{next}"));
+    }
+    (
+        Verdict::Running,
+        format!(
+            "running: {} in flight, {} due",
+            facts.in_flight_count, facts.due
+        ),
+    )
+}
+
+fn judge_agent(agent: &AgentFacts) -> (Verdict, String) {
+    let since = agent
+        .since
+        .map(|at| format!(" for {}", human(age(at))))
+        .unwrap_or_default();
+    let message = if agent.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", agent.message)
+    };
+    match agent.status.as_str() {
+        "stopped" => (
+            Verdict::AgentStopped,
+            format!("its agent is stopped{since}; StartAgent runs it again"),
+        ),
+        "failed" | "exited" if agent.desired_running && agent.generation > 1 => (
+            Verdict::AgentCrashLooping,
+            format!(
+                "its agent is crash-looping (generation {}, {}{since}){message}",
+                agent.generation, agent.status
+            ),
+        ),
+        status => (
+            Verdict::AgentNotReady,
+            format!("its agent is not ready ({status}{since}){message}"),
+        ),
+    }
+}
+
+fn age(at: SystemTime) -> Duration {
+    SystemTime::now().duration_since(at).unwrap_or_default()
+}
+
+fn until(at: SystemTime) -> Duration {
+    at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// 5s, 3m, 2h.
+fn human(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0..90 => format!("{secs}s"),
+        90..5400 => format!("{}m", secs / 60),
+        _ => format!("{}h", secs / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Facts {
+        Facts {
+            enabled: true,
+            disabled_reason: String::new(),
+            agent: AgentFacts {
+                status: "ready".into(),
+                message: String::new(),
+                desired_running: true,
+                generation: 1,
+                since: None,
+            },
+            runner_state: RunnerState::Running,
+            runner_reason: String::new(),
+            lease_holder: Some(("me".into(), 3)),
+            me: "me".into(),
+            max_concurrency: 1,
+            in_flight: Vec::new(),
+            in_flight_count: 0,
+            pending: 1,
+            due: 1,
+            oldest_pending: None,
+            next_fire: None,
+            last_error: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_fact_gives_its_verdict_in_order() {
+        assert_eq!(judge(&healthy()).0, Verdict::Running);
+
+        let mut facts = healthy();
+        facts.enabled = false;
+        facts.agent.status = "stopped".into();
+        assert_eq!(
+            judge(&facts).0,
+            Verdict::Disabled,
+            "disabled beats the agent"
+        );
+
+        let mut facts = healthy();
+        facts.agent.status = "stopped".into();
+        assert_eq!(judge(&facts).0, Verdict::AgentStopped);
+
+        facts.agent.status = "exited".into();
+        facts.agent.generation = 4;
+        assert_eq!(judge(&facts).0, Verdict::AgentCrashLooping);
+        facts.agent.generation = 1;
+        assert_eq!(judge(&facts).0, Verdict::AgentNotReady, "first launch");
+
+        let mut facts = healthy();
+        facts.runner_state = RunnerState::Standby;
+        facts.lease_holder = Some(("other".into(), 7));
+        let (verdict, line) = judge(&facts);
+        assert_eq!(verdict, Verdict::LeaseElsewhere);
+        assert!(line.contains("other") && line.contains('7'), "{line}");
+
+        let mut facts = healthy();
+        facts.in_flight_count = 1;
+        facts.in_flight = vec![InFlightFacts {
+            task_id: "t1".into(),
+            attempt: 1,
+            age: Duration::from_secs(300),
+        }];
+        let (verdict, line) = judge(&facts);
+        assert_eq!(verdict, Verdict::ConcurrencyFull);
+        assert!(line.contains("t1") && line.contains("5m"), "{line}");
+
+        let mut facts = healthy();
+        facts.pending = 0;
+        facts.due = 0;
+        assert_eq!(judge(&facts).0, Verdict::NothingDue);
+    }
+}
