@@ -74,6 +74,14 @@ pub enum Command {
     /// How the agent-manager contains agents: its containment mode, the
     /// limits it enforces and its default limits.
     Manager,
+    /// Serve the fleet as Model Context Protocol tools on stdin/stdout
+    /// (for an AI assistant). Only reading tools unless --allow-writes.
+    Mcp {
+        /// Also offer the tools that change things (start, stop, restart,
+        /// trigger, cancel).
+        #[arg(long)]
+        allow_writes: bool,
+    },
     /// The fleet live in the terminal: agents, workflows, tasks/s, recent
     /// events; keys restart/stop/start the selected agent (r/s/S), trigger
     /// the selected workflow (t), filter (/), switch lists (tab), quit (q).

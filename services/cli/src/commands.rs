@@ -88,6 +88,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clients.watch(after, agent_id, limit).await
         }
         Command::Top => crate::top::run(clients.agents, clients.workflows).await,
+        Command::Mcp { allow_writes } => {
+            crate::mcp::run(clients.agents, clients.workflows, allow_writes).await
+        }
         Command::Manager => {
             let info = clients
                 .agents

@@ -1,0 +1,491 @@
+//! `shepherd mcp`: the fleet as Model Context Protocol tools over stdio, so
+//! an AI assistant can look at agents, workflows and tasks and (with
+//! `--allow-writes`) act on them. Built on the official Rust SDK (rmcp).
+//! Every tool has a JSON schema and says whether it only reads or changes
+//! something (and whether the change is destructive); tools that change
+//! anything are neither listed nor callable unless writes are allowed.
+//! Uses the CLI's connection and auth settings.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+use shepherd_proto::agentmanager::v1::{self as am, agent_manager_client::AgentManagerClient};
+use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+
+use crate::commands::Authed;
+use crate::render::Render;
+
+/// Whether a tool reads or changes, and how.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Reads,
+    Changes,
+    Destroys,
+}
+
+struct Spec {
+    name: &'static str,
+    description: &'static str,
+    effect: Effect,
+    /// Properties of the input: (name, JSON type, description, required).
+    inputs: &'static [(&'static str, &'static str, &'static str, bool)],
+}
+
+const AGENT: (&str, &str, &str, bool) = ("agent", "string", "agent id or name", true);
+const WORKFLOW: (&str, &str, &str, bool) = ("workflow", "string", "workflow id or name", true);
+const TASK: (&str, &str, &str, bool) = ("task", "string", "task id (<workflow id>:<key>)", true);
+
+const TOOLS: &[Spec] = &[
+    Spec {
+        name: "list_agents",
+        description: "List agents with status, generation, restarts and usage.",
+        effect: Effect::Reads,
+        inputs: &[(
+            "label",
+            "string",
+            "only agents with this label, key=value",
+            false,
+        )],
+    },
+    Spec {
+        name: "get_agent",
+        description: "One agent: status, generation, pid, limits, usage, last exit.",
+        effect: Effect::Reads,
+        inputs: &[AGENT],
+    },
+    Spec {
+        name: "tail_agent_logs",
+        description: "The last lines of an agent's stdout (or stderr).",
+        effect: Effect::Reads,
+        inputs: &[
+            AGENT,
+            ("lines", "integer", "how many lines (default 50)", false),
+            ("stderr", "boolean", "stderr instead of stdout", false),
+        ],
+    },
+    Spec {
+        name: "start_agent",
+        description: "Start a stopped agent.",
+        effect: Effect::Changes,
+        inputs: &[AGENT],
+    },
+    Spec {
+        name: "stop_agent",
+        description: "Stop an agent (its tasks in flight are lost and retried later).",
+        effect: Effect::Destroys,
+        inputs: &[AGENT],
+    },
+    Spec {
+        name: "restart_agent",
+        description: "Restart an agent: a new generation; its workflows' runners heal.",
+        effect: Effect::Destroys,
+        inputs: &[AGENT],
+    },
+    Spec {
+        name: "list_workflows",
+        description: "List workflows with their runners.",
+        effect: Effect::Reads,
+        inputs: &[("agent", "string", "only this agent's (id or name)", false)],
+    },
+    Spec {
+        name: "get_workflow",
+        description: "One workflow: trigger, template, limits, tool policy.",
+        effect: Effect::Reads,
+        inputs: &[WORKFLOW],
+    },
+    Spec {
+        name: "explain_workflow",
+        description: "Why isn't it running? A verdict and the facts behind it.",
+        effect: Effect::Reads,
+        inputs: &[WORKFLOW],
+    },
+    Spec {
+        name: "trigger_workflow",
+        description: "Create a task now (idempotent per key).",
+        effect: Effect::Changes,
+        inputs: &[
+            WORKFLOW,
+            ("title", "string", "the task's title", false),
+            (
+                "key",
+                "string",
+                "idempotency key (default: a new one)",
+                false,
+            ),
+        ],
+    },
+    Spec {
+        name: "list_tasks",
+        description: "A workflow's newest tasks.",
+        effect: Effect::Reads,
+        inputs: &[
+            WORKFLOW,
+            (
+                "state",
+                "string",
+                "pending, dispatched, succeeded, failed or cancelled",
+                false,
+            ),
+        ],
+    },
+    Spec {
+        name: "get_task",
+        description: "One task: state, attempts, progress, output.",
+        effect: Effect::Reads,
+        inputs: &[TASK],
+    },
+    Spec {
+        name: "cancel_task",
+        description: "Cancel a task (a running one is stopped by its agent).",
+        effect: Effect::Destroys,
+        inputs: &[TASK],
+    },
+];
+
+fn tool(spec: &Spec) -> Tool {
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for (name, kind, description, is_required) in spec.inputs {
+        properties.insert(
+            (*name).into(),
+            json!({"type": kind, "description": description}),
+        );
+        if *is_required {
+            required.push(*name);
+        }
+    }
+    let schema = json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    });
+    let schema: JsonObject = match schema {
+        Value::Object(object) => object,
+        _ => JsonObject::new(),
+    };
+    let mut tool = Tool::new(spec.name, spec.description, Arc::new(schema));
+    tool.annotations = Some(
+        ToolAnnotations::new()
+            .read_only(spec.effect == Effect::Reads)
+            .destructive(spec.effect == Effect::Destroys)
+            .idempotent(spec.effect != Effect::Changes),
+    );
+    tool
+}
+
+pub struct Server {
+    agents: AgentManagerClient<Authed>,
+    workflows: SchedulerClient<Authed>,
+    allow_writes: bool,
+}
+
+/// Serves MCP on stdin/stdout until the client goes away.
+pub async fn run(
+    agents: AgentManagerClient<Authed>,
+    workflows: SchedulerClient<Authed>,
+    allow_writes: bool,
+) -> anyhow::Result<()> {
+    let server = Server {
+        agents,
+        workflows,
+        allow_writes,
+    };
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    running.waiting().await?;
+    Ok(())
+}
+
+/// A tool's failure as the caller should read it (not a protocol error).
+struct Failure(String);
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Self(format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+type Outcome = Result<Value, Failure>;
+
+fn arg<'a>(args: &'a JsonObject, name: &str) -> Result<&'a str, Failure> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| Failure(format!("`{name}` is required")))
+}
+
+fn optional<'a>(args: &'a JsonObject, name: &str) -> Option<&'a str> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+impl Server {
+    fn visible(&self) -> impl Iterator<Item = &'static Spec> + '_ {
+        TOOLS
+            .iter()
+            .filter(|spec| self.allow_writes || spec.effect == Effect::Reads)
+    }
+
+    async fn agent_id(&self, agent: &str) -> Result<String, Failure> {
+        if uuid::Uuid::parse_str(agent).is_ok() {
+            return Ok(agent.to_owned());
+        }
+        let agents = self
+            .agents
+            .clone()
+            .list_agents(am::ListAgentsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .agents;
+        agents
+            .into_iter()
+            .find(|a| a.name == agent)
+            .map(|a| a.id)
+            .ok_or_else(|| Failure(format!("no agent named {agent:?}")))
+    }
+
+    async fn workflow_id(&self, workflow: &str) -> Result<String, Failure> {
+        if uuid::Uuid::parse_str(workflow).is_ok() {
+            return Ok(workflow.to_owned());
+        }
+        let workflows = self
+            .workflows
+            .clone()
+            .list_workflows(sched::ListWorkflowsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .workflows;
+        workflows
+            .into_iter()
+            .find(|w| w.name == workflow)
+            .map(|w| w.id)
+            .ok_or_else(|| Failure(format!("no workflow named {workflow:?}")))
+    }
+
+    async fn call(&self, name: &str, args: &JsonObject) -> Outcome {
+        let mut agents = self.agents.clone();
+        let mut workflows = self.workflows.clone();
+        Ok(match name {
+            "list_agents" => {
+                let labels = optional(args, "label")
+                    .and_then(|label| label.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into_iter()
+                    .collect();
+                let list = agents
+                    .list_agents(am::ListAgentsRequest {
+                        page_size: 1000,
+                        labels,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Value::Array(list.agents.iter().map(Render::json).collect())
+            }
+            "get_agent" => {
+                let agent_id = self.agent_id(arg(args, "agent")?).await?;
+                agents
+                    .get_agent(am::GetAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+                    .json()
+            }
+            "tail_agent_logs" => {
+                let agent_id = self.agent_id(arg(args, "agent")?).await?;
+                let stderr = args.get("stderr").and_then(Value::as_bool) == Some(true);
+                let lines = args.get("lines").and_then(Value::as_i64).unwrap_or(50);
+                let logs = agents
+                    .get_agent_logs(am::GetAgentLogsRequest {
+                        agent_id,
+                        stream: if stderr {
+                            am::LogStream::Stderr
+                        } else {
+                            am::LogStream::Stdout
+                        } as i32,
+                        tail_lines: i32::try_from(lines).unwrap_or(50),
+                    })
+                    .await?
+                    .into_inner();
+                json!(logs.lines)
+            }
+            "start_agent" | "stop_agent" | "restart_agent" => {
+                let agent_id = self.agent_id(arg(args, "agent")?).await?;
+                let agent = match name {
+                    "start_agent" => agents.start_agent(am::StartAgentRequest { agent_id }).await,
+                    "stop_agent" => agents.stop_agent(am::StopAgentRequest { agent_id }).await,
+                    _ => {
+                        agents
+                            .restart_agent(am::RestartAgentRequest { agent_id })
+                            .await
+                    }
+                }?;
+                agent.into_inner().json()
+            }
+            "list_workflows" => {
+                let agent_id = match optional(args, "agent") {
+                    Some(agent) => self.agent_id(agent).await?,
+                    None => String::new(),
+                };
+                let list = workflows
+                    .list_workflows(sched::ListWorkflowsRequest {
+                        page_size: 1000,
+                        agent_id: agent_id.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let runners = workflows
+                    .list_runners(sched::ListRunnersRequest { agent_id })
+                    .await?
+                    .into_inner()
+                    .runners;
+                Value::Array(
+                    list.workflows
+                        .iter()
+                        .map(|workflow| {
+                            let mut view = workflow.json();
+                            if let Some(runner) =
+                                runners.iter().find(|r| r.workflow_id == workflow.id)
+                            {
+                                view["runner"] = runner.json();
+                            }
+                            view
+                        })
+                        .collect(),
+                )
+            }
+            "get_workflow" | "explain_workflow" => {
+                let workflow_id = self.workflow_id(arg(args, "workflow")?).await?;
+                if name == "get_workflow" {
+                    workflows
+                        .get_workflow(sched::GetWorkflowRequest { workflow_id })
+                        .await?
+                        .into_inner()
+                        .json()
+                } else {
+                    workflows
+                        .explain_workflow(sched::ExplainWorkflowRequest { workflow_id })
+                        .await?
+                        .into_inner()
+                        .json()
+                }
+            }
+            "trigger_workflow" => {
+                let workflow_id = self.workflow_id(arg(args, "workflow")?).await?;
+                workflows
+                    .trigger_workflow(sched::TriggerWorkflowRequest {
+                        workflow_id,
+                        idempotency_key: optional(args, "key").unwrap_or_default().to_owned(),
+                        fields: Some(sched::TaskFields {
+                            title: optional(args, "title").unwrap_or_default().to_owned(),
+                            ..Default::default()
+                        }),
+                        timeout: None,
+                    })
+                    .await?
+                    .into_inner()
+                    .json()
+            }
+            "list_tasks" => {
+                let workflow_id = self.workflow_id(arg(args, "workflow")?).await?;
+                let state = match optional(args, "state") {
+                    None => sched::TaskState::Unspecified,
+                    Some(state) => sched::TaskState::from_str_name(&format!(
+                        "TASK_STATE_{}",
+                        state.to_ascii_uppercase()
+                    ))
+                    .ok_or_else(|| Failure(format!("unknown state {state:?}")))?,
+                };
+                let list = workflows
+                    .list_tasks(sched::ListTasksRequest {
+                        workflow_id,
+                        state: state as i32,
+                        page_size: 50,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Value::Array(list.tasks.iter().map(Render::json).collect())
+            }
+            "get_task" | "cancel_task" => {
+                let task_id = arg(args, "task")?.to_owned();
+                let task = if name == "get_task" {
+                    workflows.get_task(sched::GetTaskRequest { task_id }).await
+                } else {
+                    workflows
+                        .cancel_task(sched::CancelTaskRequest { task_id })
+                        .await
+                }?;
+                task.into_inner().json()
+            }
+            other => return Err(Failure(format!("no tool {other:?}"))),
+        })
+    }
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        info.instructions = Some(
+            "Shepherd keeps fleets of long-running agents alive and their workflows running. \
+             Tools read agents, workflows and tasks; explain_workflow says why a workflow is not \
+             running. Tools that change anything exist only when the server runs with --allow-writes."
+                .into(),
+        );
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            self.visible().map(tool).collect(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.visible().find(|spec| spec.name == name).map(tool)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.as_ref();
+        let Some(spec) = TOOLS.iter().find(|spec| spec.name == name) else {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "no tool {name:?}"
+            ))])
+            .into());
+        };
+        if spec.effect != Effect::Reads && !self.allow_writes {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "{name} changes the fleet: start `shepherd mcp --allow-writes` to allow it"
+            ))])
+            .into());
+        }
+        let args = request.arguments.unwrap_or_default();
+        Ok(match self.call(name, &args).await {
+            Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
+            Err(Failure(message)) => CallToolResult::error(vec![ContentBlock::text(message)]),
+        }
+        .into())
+    }
+}

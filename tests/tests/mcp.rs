@@ -1,0 +1,120 @@
+//! `shepherd mcp` through an outside MCP client (PyPI's `mcp`, the
+//! official Python SDK, in `tests/clients/mcp_client.py`) over stdio,
+//! against real services: tools with schemas and read-only/destructive
+//! annotations, reads that work, a helpful error for an unknown agent,
+//! writes refused (and unlisted) without --allow-writes and done with it.
+//! Where the Python SDK is missing the test skips and says why (the test
+//! command installs it).
+
+use shepherd_e2e::{Stack, StackOptions};
+use shepherd_proto::agentmanager::v1 as am;
+use shepherd_testkit::bin_path;
+
+async fn run_client(
+    stack: &Stack,
+    allow_writes: bool,
+    agent: &str,
+    workflow: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/mcp_client.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(bin_path("shepherd")?)
+        .arg(if allow_writes { "1" } else { "0" })
+        .args([agent, workflow])
+        .env(
+            "SHEPHERD_AGENT_MANAGER_URL",
+            stack.options.url(&stack.manager),
+        )
+        .env(
+            "SHEPHERD_SCHEDULER_URL",
+            stack
+                .scheduler
+                .as_ref()
+                .map(|s| stack.options.url(s))
+                .unwrap_or_default(),
+        )
+        .env_remove("SHEPHERD_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(shepherd_e2e::WAIT, output).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "the MCP client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[tokio::test]
+async fn an_outside_mcp_client_reads_the_fleet_and_writes_only_when_allowed() -> anyhow::Result<()>
+{
+    let has_sdk = std::process::Command::new("python3")
+        .args(["-c", "import mcp"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_sdk {
+        anyhow::ensure!(
+            std::env::var_os("SHEPHERD_REQUIRE_MCP").is_none(),
+            "SHEPHERD_REQUIRE_MCP is set but the Python MCP SDK is missing"
+        );
+        eprintln!("skipping the MCP test: no Python MCP SDK (pip install mcp)");
+        return Ok(());
+    }
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack
+        .create_agent("assistant-visible", am::RestartMode::OnFailure)
+        .await?;
+    let workflow = stack
+        .create_workflow("assisted", &agent.id, false, "echo {{title}}")
+        .await?;
+
+    // Read-only: the reading tools, no writing ones, and writes refused.
+    let seen = run_client(&stack, false, "assistant-visible", "assisted").await?;
+    let tools = &seen["tools"];
+    assert_eq!(tools["list_agents"]["read_only"], true, "{tools}");
+    assert_eq!(
+        tools["explain_workflow"]["required"],
+        serde_json::json!(["workflow"])
+    );
+    assert!(
+        tools.get("restart_agent").is_none(),
+        "writes listed: {tools}"
+    );
+    assert!(tools.get("cancel_task").is_none());
+    assert_eq!(seen["list_agents"]["error"], false);
+    assert!(
+        seen["list_agents"]["text"]
+            .as_str()
+            .is_some_and(|text| text.contains("assistant-visible"))
+    );
+    let explain: serde_json::Value =
+        serde_json::from_str(seen["explain"]["text"].as_str().unwrap_or("{}"))?;
+    assert_eq!(explain["verdict"], "disabled", "{explain}");
+    assert_eq!(seen["missing"]["error"], true);
+    assert!(
+        seen["missing"]["text"]
+            .as_str()
+            .is_some_and(|text| text.contains("no-such-agent"))
+    );
+    assert_eq!(seen["restart"]["error"], true);
+    assert!(
+        seen["restart"]["text"]
+            .as_str()
+            .is_some_and(|text| text.contains("--allow-writes"))
+    );
+    assert_eq!(
+        stack.agent(&agent.id).await?.generation,
+        1,
+        "nothing restarted"
+    );
+
+    // With --allow-writes: listed, annotated destructive, and done.
+    let seen = run_client(&stack, true, "assistant-visible", &workflow.id).await?;
+    assert_eq!(seen["tools"]["restart_agent"]["destructive"], true);
+    assert_eq!(seen["tools"]["restart_agent"]["read_only"], false);
+    assert_eq!(seen["restart"]["error"], false, "{}", seen["restart"]);
+    stack.wait_agent_ready(&agent.id, 2).await?;
+    assert_eq!(stack.agent(&agent.id).await?.generation, 2);
+    Ok(())
+}
