@@ -139,6 +139,9 @@ async fn an_external_agent_outlives_the_manager_holding_its_session() -> anyhow:
     let lease = ("NODE_LEASE_TTL", "3s".to_owned());
     let mut stack = Stack::start(StackOptions {
         env: vec![lease.clone(), ("NODE_NAME", "node-a".into())],
+        // Kept (and shown if the tasks do not all succeed).
+        capture_logs: true,
+        log: "info".into(),
         ..Default::default()
     })
     .await?;
@@ -246,7 +249,24 @@ async fn an_external_agent_outlives_the_manager_holding_its_session() -> anyhow:
         .await?;
     let third = trigger_all(&mut scheduler, &workflow.id, "after", 5).await?;
     let all: Vec<String> = second.into_iter().chain(third).collect();
-    stack.wait_tasks(&all, sched::TaskState::Succeeded).await?;
+    if let Err(err) = stack.wait_tasks(&all, sched::TaskState::Succeeded).await {
+        // What each task went through, and what the services said.
+        for task in stack.tasks(&workflow.id).await? {
+            eprintln!(
+                "{} {:?} attempts {:?} error {:?} dead {}",
+                task.id,
+                task.state(),
+                task.history
+                    .iter()
+                    .map(|a| a.outcome.clone())
+                    .collect::<Vec<_>>(),
+                task.last_error,
+                task.dead_letter
+            );
+        }
+        eprintln!("{}", stack.service_logs());
+        return Err(err);
+    }
 
     // A rotated credential is refused on every node left; the new one is
     // taken.
