@@ -260,6 +260,8 @@ async function workflowView(id) {
     el("dl", {},
       el("dt", {}, "runner"), el("dd", { id: "runner", class: "state-" + workflow.runner_state }, workflow.runner_state || "-"),
       el("dt", {}, "reason"), el("dd", {}, workflow.runner_reason || workflow.disabled_reason || ""),
+      el("dt", {}, "why"), el("dd", { id: "verdict" }, workflow.verdict),
+      el("dt", {}, "lease"), el("dd", { id: "lease" }, workflow.lease_holder ? workflow.lease_holder + " (term " + workflow.lease_term + ")" : "-"),
       el("dt", {}, "queue"), el("dd", { id: "queue" }, workflow.queue_depth),
       el("dt", {}, "last outcome"), el("dd", {}, tasks.length ? tasks[0].state : "-"),
       el("dt", {}, "tasks/s"), el("dd", {}, sparkline(tasks))),

@@ -234,6 +234,16 @@ impl Backend {
         } else {
             format!("{}+", pending.tasks.len())
         });
+        // Who runs it, and why it does or does not.
+        let diagnosis = client
+            .explain_workflow(sched::ExplainWorkflowRequest {
+                workflow_id: id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        view["lease_holder"] = json!(diagnosis.lease_holder);
+        view["lease_term"] = json!(diagnosis.lease_term);
+        view["verdict"] = json!(diagnosis.summary);
         Ok(view)
     }
 
