@@ -1,5 +1,6 @@
 //! The API's edges: bad input gets precise codes and messages; reflection
 //! and health work for third-party clients (grpcurl).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

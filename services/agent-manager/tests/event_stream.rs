@@ -1,5 +1,6 @@
 //! WatchAgentEvents: resume from a cursor, concurrent watchers, filtering,
 //! and resync after pruning.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Agent lifecycle against real processes: create, crash, policy restart,
 //! RestartAgent, stop, delete, and recovery after the manager is killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Task delivery through real agent sessions, and session authentication.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

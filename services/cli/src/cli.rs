@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     after_help = "Exit codes: 0 ok, 1 other error, 2 bad usage or input, 3 not found, \
                   4 conflict (already exists, not ready), 5 service unavailable, 6 unauthenticated."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// agent-manager URL.
     #[arg(
         long,
@@ -49,13 +49,13 @@ pub struct Cli {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Agents: long-running processes supervised by the agent-manager.
     #[command(subcommand, alias = "agent")]
     Agents(AgentCommand),
@@ -91,7 +91,7 @@ pub enum Command {
 // Parsed once per run: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
-pub enum AgentCommand {
+pub(crate) enum AgentCommand {
     /// Create (and start) an agent, from flags or a TOML file.
     Create(CreateAgent),
     /// List agents.
@@ -127,7 +127,7 @@ pub enum AgentCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateAgent {
+pub(crate) struct CreateAgent {
     /// TOML file with the agent's spec (see README); flags are ignored.
     #[arg(long, short, conflicts_with_all = ["name", "command"])]
     pub file: Option<PathBuf>,
@@ -175,7 +175,7 @@ pub struct CreateAgent {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum WorkflowCommand {
+pub(crate) enum WorkflowCommand {
     /// Create a workflow for an agent.
     Create(CreateWorkflow),
     /// Why isn't it running? A diagnosis and a one-line verdict.
@@ -214,7 +214,7 @@ pub enum WorkflowCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateWorkflow {
+pub(crate) struct CreateWorkflow {
     #[arg(long)]
     pub name: String,
     /// The agent (id or name).
@@ -266,7 +266,7 @@ pub struct CreateWorkflow {
 }
 
 #[derive(Args, Debug)]
-pub struct TriggerWorkflow {
+pub(crate) struct TriggerWorkflow {
     pub workflow: String,
     /// Idempotency key (default: a fresh one).
     #[arg(long)]
@@ -285,7 +285,7 @@ pub struct TriggerWorkflow {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum TaskCommand {
+pub(crate) enum TaskCommand {
     /// Tasks of a workflow.
     List {
         workflow: String,
@@ -316,7 +316,7 @@ pub enum TaskCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum RunnerCommand {
+pub(crate) enum RunnerCommand {
     /// Runners of all workflows (or one agent's).
     List {
         #[arg(long)]
@@ -325,7 +325,7 @@ pub enum RunnerCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum EventCommand {
+pub(crate) enum EventCommand {
     /// Follow the event log live, resuming after disconnects.
     Watch {
         /// Start after this sequence number.

@@ -20,12 +20,12 @@ use crate::cli::{
 };
 use crate::render;
 
-pub type Authed = InterceptedService<Channel, ClientMetadata>;
+pub(crate) type Authed = InterceptedService<Channel, ClientMetadata>;
 
 /// Bad usage found after parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 struct Clients {
     agents: AgentManagerClient<Authed>,
@@ -43,7 +43,7 @@ fn connect(url: &str, ca_file: Option<&Path>, auth: &ClientMetadata) -> anyhow::
     Ok(InterceptedService::new(channel, auth.clone()))
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let auth = ClientMetadata::new(cli.token.as_deref())?;
     let mut clients = Clients {
         agents: AgentManagerClient::new(connect(
@@ -136,7 +136,7 @@ struct LimitsFile {
 
 /// A size in bytes: a number with an optional unit (K, M, G, T in powers
 /// of 1024, with or without "iB"/"B").
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

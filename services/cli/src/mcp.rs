@@ -181,14 +181,14 @@ fn tool(spec: &Spec) -> Tool {
     tool
 }
 
-pub struct Server {
+pub(crate) struct Server {
     agents: AgentManagerClient<Authed>,
     workflows: SchedulerClient<Authed>,
     allow_writes: bool,
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn run(
+pub(crate) async fn run(
     agents: AgentManagerClient<Authed>,
     workflows: SchedulerClient<Authed>,
     allow_writes: bool,

@@ -7,7 +7,7 @@ use shepherd_proto::scheduler::v1 as sched;
 use crate::cli::Output;
 
 /// A resource that can be printed both ways.
-pub trait Render {
+pub(crate) trait Render {
     fn headers() -> &'static [&'static str];
     fn row(&self) -> Vec<String>;
     fn json(&self) -> Value;
@@ -20,7 +20,7 @@ pub trait Render {
 }
 
 /// Prints one resource: a key/value list, or a JSON object.
-pub fn one<T: Render>(output: Output, item: &T) {
+pub(crate) fn one<T: Render>(output: Output, item: &T) {
     match output {
         Output::Json => println!("{}", item.json()),
         Output::Table => {
@@ -32,7 +32,7 @@ pub fn one<T: Render>(output: Output, item: &T) {
 }
 
 /// Prints a list: an aligned table, or a JSON array.
-pub fn many<T: Render>(output: Output, items: &[T]) {
+pub(crate) fn many<T: Render>(output: Output, items: &[T]) {
     match output {
         Output::Json => println!("{}", Value::Array(items.iter().map(Render::json).collect())),
         Output::Table => table(T::headers(), items.iter().map(Render::row).collect()),
@@ -460,7 +460,7 @@ impl Render for sched::Runner {
 }
 
 /// An event's kind and its details.
-pub fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
+pub(crate) fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
     match &event.kind {
         Some(Kind::Created(e)) => ("created", json!({ "name": e.name })),
         Some(Kind::Started(e)) => ("started", json!({ "pid": e.pid })),
@@ -505,7 +505,7 @@ pub fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
 }
 
 /// One event: a line, or one JSON object per line (NDJSON).
-pub fn event(output: Output, event: &am::AgentEvent) {
+pub(crate) fn event(output: Output, event: &am::AgentEvent) {
     let (kind, details) = event_kind(event);
     match output {
         Output::Json => println!(
@@ -530,7 +530,7 @@ pub fn event(output: Output, event: &am::AgentEvent) {
 }
 
 /// One task change: a line, or one JSON object per line (NDJSON).
-pub fn task_event(output: Output, event: &sched::TaskEvent) {
+pub(crate) fn task_event(output: Output, event: &sched::TaskEvent) {
     let state = short(event.state().as_str_name(), "TASK_STATE_");
     match output {
         Output::Json => println!(

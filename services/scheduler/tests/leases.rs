@@ -2,6 +2,7 @@
 //! once the holder's membership expires, and fencing: a claim with a
 //! superseded term, or by a replica whose membership expired, takes
 //! nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

@@ -18,7 +18,7 @@ use crate::store::TaskState;
 /// Longest image reference (and Kubernetes command) accepted.
 const MAX_IMAGE_LEN: usize = 4096;
 
-pub fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
+pub(super) fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     let agent = agent.ok_or_else(|| Error::invalid("agent", "is required"))?;
     model::validate_name("agent.name", &agent.name)?;
     let runtime = runtime(agent.runtime)?;
@@ -173,7 +173,7 @@ fn duration(
 }
 
 /// An agent on the wire, with what its tree uses now (if it runs).
-pub fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
+pub(super) fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
     let policy = &record.spec.restart_policy;
     let limits = &record.spec.limits;
     pb::Agent {
@@ -229,7 +229,7 @@ pub fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
 }
 
 /// A manager node on the wire.
-pub fn node(node: crate::store::NodeRecord) -> pb::ManagerNode {
+pub(super) fn node(node: crate::store::NodeRecord) -> pb::ManagerNode {
     pb::ManagerNode {
         name: node.name,
         url: node.url,
@@ -239,7 +239,7 @@ pub fn node(node: crate::store::NodeRecord) -> pb::ManagerNode {
     }
 }
 
-pub fn limits(limits: &ResourceLimits) -> pb::ResourceLimits {
+pub(super) fn limits(limits: &ResourceLimits) -> pb::ResourceLimits {
     pb::ResourceLimits {
         memory_bytes: limits.memory_bytes.unwrap_or(0),
         cpu_cores: limits
@@ -249,7 +249,7 @@ pub fn limits(limits: &ResourceLimits) -> pb::ResourceLimits {
     }
 }
 
-pub fn status(status: AgentStatus) -> pb::AgentStatus {
+pub(super) fn status(status: AgentStatus) -> pb::AgentStatus {
     match status {
         AgentStatus::Pending => pb::AgentStatus::Pending,
         AgentStatus::Starting => pb::AgentStatus::Starting,
@@ -261,7 +261,7 @@ pub fn status(status: AgentStatus) -> pb::AgentStatus {
     }
 }
 
-pub fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
+pub(super) fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
     let status = pb::AgentStatus::try_from(value)
         .map_err(|_| Error::invalid("status", format!("{value} is not a known agent status")))?;
     Ok(AgentStatus::ALL
@@ -270,7 +270,7 @@ pub fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
 }
 
 /// A task's state on the wire; None: never delivered (UNKNOWN).
-pub fn task_state(state: Option<TaskState>) -> pb::TaskState {
+pub(super) fn task_state(state: Option<TaskState>) -> pb::TaskState {
     match state {
         Some(TaskState::Delivered) => pb::TaskState::Delivered,
         Some(TaskState::Accepted) => pb::TaskState::Accepted,
@@ -281,7 +281,7 @@ pub fn task_state(state: Option<TaskState>) -> pb::TaskState {
 }
 
 /// A task's status as another node answered it.
-pub fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::TaskStatus {
+pub(super) fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::TaskStatus {
     use crate::store::TaskOutcome;
     crate::manager::TaskStatus {
         state: match pb::TaskState::try_from(task.state) {
@@ -305,7 +305,7 @@ pub fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::TaskStatus
 }
 
 /// A completed task's stored outcome on the wire.
-pub fn task_outcome(outcome: Option<crate::store::TaskOutcome>) -> pb::TaskOutcome {
+pub(super) fn task_outcome(outcome: Option<crate::store::TaskOutcome>) -> pb::TaskOutcome {
     use crate::store::TaskOutcome;
     match outcome {
         Some(TaskOutcome::Succeeded) => pb::TaskOutcome::Succeeded,

@@ -16,7 +16,7 @@ use tonic::{Request, Status};
 /// Marks a call one node forwarded to another.
 const FORWARDED: &str = "x-shepherd-forwarded-by";
 
-pub type PeerClient = AgentManagerClient<InterceptedService<Channel, ClientMetadata>>;
+pub(super) type PeerClient = AgentManagerClient<InterceptedService<Channel, ClientMetadata>>;
 
 /// Clients of the other nodes, one lazily connected channel per URL.
 pub struct Peers {
@@ -63,6 +63,6 @@ impl Peers {
 }
 
 /// Whether another node forwarded this call.
-pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+pub(super) fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }

@@ -27,14 +27,14 @@ const KILL_DEADLINE: Duration = Duration::from_secs(10);
 const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
+pub(super) enum Version {
     V1,
     V2,
 }
 
 /// Where agent cgroups live: per controller (v1) or one directory (v2).
 #[derive(Debug, Clone)]
-pub struct Hierarchy {
+pub(super) struct Hierarchy {
     version: Version,
     /// v1: controller name -> `<mount>/<own path>/<parent>`; v2: one entry,
     /// "unified".
@@ -48,7 +48,7 @@ const V1_CONTROLLERS: [&str; 5] = ["freezer", "memory", "cpu", "cpuacct", "pids"
 impl Hierarchy {
     /// The v1 controllers that are mounted and let the manager create its
     /// parent directory; `None` when none does.
-    pub fn v1(parent: &str) -> Option<Self> {
+    pub(super) fn v1(parent: &str) -> Option<Self> {
         let mounts = Mounts::read()?;
         let mut parents = BTreeMap::new();
         for controller in V1_CONTROLLERS {
@@ -73,7 +73,7 @@ impl Hierarchy {
 
     /// The unified (v2) hierarchy, if mounted and writable. Controllers are
     /// enabled for the agents' parent where the kernel allows it.
-    pub fn v2(parent: &str) -> Option<Self> {
+    pub(super) fn v2(parent: &str) -> Option<Self> {
         let mounts = Mounts::read()?;
         let own = mounts.v2_dir()?;
         let dir = own.join(parent);
@@ -98,12 +98,12 @@ impl Hierarchy {
         })
     }
 
-    pub fn version(&self) -> Version {
+    pub(super) fn version(&self) -> Version {
         self.version
     }
 
     /// Whether a limit of this kind can be applied to an agent's cgroup.
-    pub fn enforces(&self, kind: LimitKind) -> bool {
+    pub(super) fn enforces(&self, kind: LimitKind) -> bool {
         let controller = kind.controller();
         match self.version {
             Version::V1 => self.parents.contains_key(controller),
@@ -115,7 +115,7 @@ impl Hierarchy {
     }
 
     /// The agent's cgroup (which may not exist).
-    pub fn group(&self, agent: Uuid) -> Group {
+    pub(super) fn group(&self, agent: Uuid) -> Group {
         Group {
             version: self.version,
             dirs: self
@@ -129,7 +129,7 @@ impl Hierarchy {
 
 /// One agent's cgroup.
 #[derive(Debug, Clone)]
-pub struct Group {
+pub(super) struct Group {
     version: Version,
     dirs: BTreeMap<&'static str, PathBuf>,
 }
@@ -137,7 +137,7 @@ pub struct Group {
 impl Group {
     /// Creates the cgroup (emptying what a previous generation left in it)
     /// and applies `limits`.
-    pub async fn prepare(&self, limits: &ResourceLimits) -> io::Result<()> {
+    pub(super) async fn prepare(&self, limits: &ResourceLimits) -> io::Result<()> {
         if self.exists() {
             self.kill_all().await?;
         }
@@ -197,7 +197,7 @@ impl Group {
 
     /// Opens the files a new process writes "0" to, between fork and exec,
     /// to enter this cgroup (in every hierarchy) before it can fork itself.
-    pub fn procs_files(&self) -> io::Result<Vec<OwnedFd>> {
+    pub(super) fn procs_files(&self) -> io::Result<Vec<OwnedFd>> {
         self.dirs
             .values()
             .map(|dir| {
@@ -210,7 +210,7 @@ impl Group {
     }
 
     /// The processes in the cgroup now.
-    pub fn pids(&self) -> Vec<i32> {
+    pub(super) fn pids(&self) -> Vec<i32> {
         let mut pids: Vec<i32> = self
             .dirs
             .values()
@@ -229,7 +229,7 @@ impl Group {
     /// Kills every process in the cgroup, escaped children included, and
     /// returns once it is empty. Frozen first where the kernel offers it,
     /// so nothing can fork while the kill goes round.
-    pub async fn kill_all(&self) -> io::Result<()> {
+    pub(super) async fn kill_all(&self) -> io::Result<()> {
         // The common case (an agent that left nothing behind) costs one
         // read per hierarchy: no freeze.
         if !self.exists() || self.pids().is_empty() {
@@ -298,7 +298,7 @@ impl Group {
     }
 
     /// Removes the (empty) cgroup.
-    pub fn remove(&self) {
+    pub(super) fn remove(&self) {
         for dir in self.dirs.values() {
             if let Err(err) = fs::remove_dir(dir)
                 && err.kind() != io::ErrorKind::NotFound
@@ -309,7 +309,7 @@ impl Group {
     }
 
     /// OOM kills in the cgroup since it was created.
-    pub fn oom_kills(&self) -> u64 {
+    pub(super) fn oom_kills(&self) -> u64 {
         let (controller, file) = match self.version {
             Version::V1 => ("memory", "memory.oom_control"),
             Version::V2 => ("unified", "memory.events"),
@@ -322,7 +322,7 @@ impl Group {
     /// v1: an eventfd the kernel signals when the cgroup runs out of
     /// memory (it then kills one process, not the tree; the manager kills
     /// the rest). None on v2, where `memory.oom.group` does it.
-    pub fn oom_eventfd(&self) -> Option<OwnedFd> {
+    pub(super) fn oom_eventfd(&self) -> Option<OwnedFd> {
         if self.version != Version::V1 {
             return None;
         }
@@ -345,7 +345,7 @@ impl Group {
     }
 
     /// What the tree uses now.
-    pub fn usage(&self) -> Usage {
+    pub(super) fn usage(&self) -> Usage {
         match self.version {
             Version::V1 => Usage {
                 memory_bytes: self

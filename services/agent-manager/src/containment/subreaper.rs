@@ -24,30 +24,30 @@ const KILL_DEADLINE: Duration = Duration::from_secs(10);
 /// exit statuses belong to their supervisors (tokio reaps them); every
 /// other child is a re-parented descendant it reaps itself.
 #[derive(Default)]
-pub struct Reaper {
+pub(super) struct Reaper {
     leaders: Mutex<HashSet<i32>>,
 }
 
 impl Reaper {
     /// Makes this process the subreaper of its descendants.
-    pub fn install() -> std::io::Result<Self> {
+    pub(super) fn install() -> std::io::Result<Self> {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
         Ok(Self::default())
     }
 
     /// An agent process this manager launched (its supervisor reaps it).
-    pub fn launched(&self, pid: i32) {
+    pub(super) fn launched(&self, pid: i32) {
         self.lock().insert(pid);
     }
 
     /// Its supervisor has reaped it.
-    pub fn reaped(&self, pid: i32) {
+    pub(super) fn reaped(&self, pid: i32) {
         self.lock().remove(&pid);
     }
 
     /// Kills every process carrying `agent`'s marker and returns once none
     /// is left.
-    pub async fn kill_all(&self, agent: Uuid) -> std::io::Result<()> {
+    pub(super) async fn kill_all(&self, agent: Uuid) -> std::io::Result<()> {
         let deadline = tokio::time::Instant::now() + KILL_DEADLINE;
         loop {
             let tree = members(agent);
@@ -72,7 +72,7 @@ impl Reaper {
 
     /// Reaps the re-parented descendants that have exited (never an agent
     /// process: its status is its supervisor's).
-    pub fn reap_orphans(&self) {
+    pub(super) fn reap_orphans(&self) {
         let me = rustix::process::getpid().as_raw_nonzero().get();
         let leaders = self.lock().clone();
         for pid in procfs::all_pids() {
@@ -107,7 +107,7 @@ fn members(agent: Uuid) -> Vec<i32> {
 
 /// What the agent's live processes use (exited descendants' CPU time is
 /// not counted: only a cgroup keeps it).
-pub fn usage(agent: Uuid) -> Usage {
+pub(super) fn usage(agent: Uuid) -> Usage {
     let page = procfs::page_size();
     let mut usage = Usage {
         cpu_time: Some(Duration::ZERO),

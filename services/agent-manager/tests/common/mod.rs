@@ -1,6 +1,6 @@
 //! Harness for the agent-manager's integration tests: a fresh database, the
 //! real `agent-manager` binary on loopback, the real reference agent.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::time::Duration;
@@ -12,9 +12,9 @@ use shepherd_proto::agentmanager::v1::{
 use shepherd_testkit::{ServiceProcess, TestDb, bin_path};
 use tonic::transport::Channel;
 
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub manager: ServiceProcess,
     pub client: AgentManagerClient<Channel>,
     pub db: TestDb,
@@ -22,7 +22,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let db = TestDb::create().await?;
         let log_dir = std::env::temp_dir().join(format!("shepherd-test-logs-{}", db.name));
         let manager = start_manager(&db, &log_dir, "node-a").await?;
@@ -36,14 +36,14 @@ impl Harness {
     }
 
     /// Starts a new manager process on the same database (after a crash).
-    pub async fn restart_manager(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn restart_manager(&mut self) -> anyhow::Result<()> {
         self.manager = start_manager(&self.db, &self.log_dir, "node-a").await?;
         self.client =
             AgentManagerClient::new(shepherd_testkit::channel(&self.manager.url()).await?);
         Ok(())
     }
 
-    pub async fn create(&mut self, agent: pb::Agent) -> anyhow::Result<pb::Agent> {
+    pub(crate) async fn create(&mut self, agent: pb::Agent) -> anyhow::Result<pb::Agent> {
         Ok(self
             .client
             .create_agent(pb::CreateAgentRequest { agent: Some(agent) })
@@ -51,7 +51,7 @@ impl Harness {
             .into_inner())
     }
 
-    pub async fn get(&mut self, id: &str) -> anyhow::Result<pb::Agent> {
+    pub(crate) async fn get(&mut self, id: &str) -> anyhow::Result<pb::Agent> {
         Ok(self
             .client
             .get_agent(pb::GetAgentRequest {
@@ -61,7 +61,7 @@ impl Harness {
             .into_inner())
     }
 
-    pub async fn watch(&mut self, after: u64, agent: &str) -> anyhow::Result<Events> {
+    pub(crate) async fn watch(&mut self, after: u64, agent: &str) -> anyhow::Result<Events> {
         let stream = self
             .client
             .watch_agent_events(pb::WatchAgentEventsRequest {
@@ -86,7 +86,7 @@ impl Drop for Harness {
 
 /// Starts a manager as node `node` (a restart under the same name takes its
 /// agents back; another name is another node on the same database).
-pub async fn start_manager(
+pub(crate) async fn start_manager(
     db: &TestDb,
     log_dir: &std::path::Path,
     node: &str,
@@ -123,7 +123,7 @@ pub async fn start_manager(
 }
 
 /// An agent running the reference agent, with a fast restart policy.
-pub fn reference_agent(name: &str, mode: pb::RestartMode) -> pb::Agent {
+pub(crate) fn reference_agent(name: &str, mode: pb::RestartMode) -> pb::Agent {
     pb::Agent {
         name: name.to_owned(),
         command: bin_path("shepherd-agent")
@@ -151,13 +151,15 @@ pub fn reference_agent(name: &str, mode: pb::RestartMode) -> pb::Agent {
 }
 
 /// A WatchAgentEvents stream with waiting helpers.
-pub struct Events {
+pub(crate) struct Events {
     pub stream: tonic::Streaming<pb::WatchAgentEventsResponse>,
 }
 
 impl Events {
     /// Next message of any kind (events, heartbeats, resync).
-    pub async fn next_message(&mut self) -> anyhow::Result<watch_agent_events_response::Kind> {
+    pub(crate) async fn next_message(
+        &mut self,
+    ) -> anyhow::Result<watch_agent_events_response::Kind> {
         let message = tokio::time::timeout(WAIT, self.stream.message())
             .await
             .context("no message on the event stream within the deadline")??
@@ -166,7 +168,7 @@ impl Events {
     }
 
     /// Next event, skipping heartbeats.
-    pub async fn next(&mut self) -> anyhow::Result<pb::AgentEvent> {
+    pub(crate) async fn next(&mut self) -> anyhow::Result<pb::AgentEvent> {
         loop {
             match self.next_message().await? {
                 watch_agent_events_response::Kind::Event(event) => return Ok(event),
@@ -177,7 +179,7 @@ impl Events {
     }
 
     /// Events up to and including the first that matches `until`.
-    pub async fn until(
+    pub(crate) async fn until(
         &mut self,
         until: impl Fn(&pb::AgentEvent) -> bool,
     ) -> anyhow::Result<Vec<pb::AgentEvent>> {
@@ -193,7 +195,7 @@ impl Events {
     }
 
     /// Every event until the stream goes idle (a heartbeat arrives).
-    pub async fn until_idle(&mut self) -> anyhow::Result<Vec<pb::AgentEvent>> {
+    pub(crate) async fn until_idle(&mut self) -> anyhow::Result<Vec<pb::AgentEvent>> {
         let mut seen = Vec::new();
         loop {
             match self.next_message().await? {
@@ -207,20 +209,20 @@ impl Events {
 
 /// Short name of an event's kind, for readable assertions (the name the
 /// manager stores in its `kind` column).
-pub fn kind(event: &pb::AgentEvent) -> &'static str {
+pub(crate) fn kind(event: &pb::AgentEvent) -> &'static str {
     shepherd_agent_manager::events::kind_name(event.kind.as_ref())
 }
 
-pub fn kinds(events: &[pb::AgentEvent]) -> Vec<&'static str> {
+pub(crate) fn kinds(events: &[pb::AgentEvent]) -> Vec<&'static str> {
     events.iter().map(kind).collect()
 }
 
-pub fn is_ready(event: &pb::AgentEvent) -> bool {
+pub(crate) fn is_ready(event: &pb::AgentEvent) -> bool {
     kind(event) == "ready"
 }
 
 /// SIGKILL a process, as a crash would.
-pub fn kill9(pid: i32) {
+pub(crate) fn kill9(pid: i32) {
     use nix::sys::signal::{Signal, kill};
     kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
 }

@@ -28,7 +28,7 @@ enum Feed {
     Event { line: String, task_completed: bool },
 }
 
-pub async fn run(
+pub(crate) async fn run(
     agents: AgentManagerClient<Authed>,
     workflows: SchedulerClient<Authed>,
 ) -> anyhow::Result<()> {

@@ -13,13 +13,13 @@ const EVENTS: usize = 200;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Focus {
+pub(super) enum Focus {
     Agents,
     Workflows,
 }
 
 #[derive(Default)]
-pub struct State {
+pub(super) struct State {
     pub agents: Vec<am::Agent>,
     pub workflows: Vec<(sched::Workflow, Option<sched::Runner>)>,
     pub events: VecDeque<String>,
@@ -38,11 +38,11 @@ pub struct State {
 }
 
 impl State {
-    pub fn focus(&self) -> Focus {
+    pub(super) fn focus(&self) -> Focus {
         self.focus.unwrap_or(Focus::Agents)
     }
 
-    pub fn visible_agents(&self) -> Vec<&am::Agent> {
+    pub(super) fn visible_agents(&self) -> Vec<&am::Agent> {
         let filter = self.filter.to_lowercase();
         self.agents
             .iter()
@@ -57,17 +57,17 @@ impl State {
             .collect()
     }
 
-    pub fn selected_agent(&self) -> Option<&am::Agent> {
+    pub(super) fn selected_agent(&self) -> Option<&am::Agent> {
         self.visible_agents().get(self.selected_agent).copied()
     }
 
-    pub fn selected_workflow(&self) -> Option<&sched::Workflow> {
+    pub(super) fn selected_workflow(&self) -> Option<&sched::Workflow> {
         self.workflows
             .get(self.selected_workflow)
             .map(|(workflow, _)| workflow)
     }
 
-    pub fn name_of(&self, agent_id: &str) -> String {
+    pub(super) fn name_of(&self, agent_id: &str) -> String {
         self.agents
             .iter()
             .find(|agent| agent.id == agent_id)
@@ -75,7 +75,7 @@ impl State {
     }
 
     /// Moves the selection of the focused list.
-    pub fn step(&mut self, down: bool) {
+    pub(super) fn step(&mut self, down: bool) {
         let agents = self.visible_agents().len();
         let (index, len) = match self.focus() {
             Focus::Agents => (&mut self.selected_agent, agents),
@@ -90,7 +90,7 @@ impl State {
         }
     }
 
-    pub fn toggle_focus(&mut self) {
+    pub(super) fn toggle_focus(&mut self) {
         self.focus = Some(match self.focus() {
             Focus::Agents => Focus::Workflows,
             Focus::Workflows => Focus::Agents,
@@ -98,7 +98,7 @@ impl State {
     }
 
     /// Keeps selections inside the lists after a refresh or a filter.
-    pub fn clamp(&mut self) {
+    pub(super) fn clamp(&mut self) {
         let agents = self.visible_agents().len();
         self.selected_agent = self.selected_agent.min(agents.saturating_sub(1));
         self.selected_workflow = self
@@ -106,7 +106,7 @@ impl State {
             .min(self.workflows.len().saturating_sub(1));
     }
 
-    pub fn push_event(&mut self, line: String, task_completed: bool) {
+    pub(super) fn push_event(&mut self, line: String, task_completed: bool) {
         if self.events.len() == EVENTS {
             self.events.pop_back();
         }
@@ -117,7 +117,7 @@ impl State {
     }
 
     /// Tasks completed per second over the last RATE_WINDOW.
-    pub fn tasks_per_second(&mut self) -> f64 {
+    pub(super) fn tasks_per_second(&mut self) -> f64 {
         let now = Instant::now();
         while self
             .completions

@@ -22,7 +22,7 @@ fn bytes(count: u64) -> String {
     }
 }
 
-pub fn draw(frame: &mut Frame, state: &mut State) {
+pub(super) fn draw(frame: &mut Frame, state: &mut State) {
     let [header, agents, workflows, events, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Percentage(40),

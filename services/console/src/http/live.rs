@@ -28,7 +28,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Agent events of the whole fleet, from the browser's cursor (or now).
-pub async fn agents(State(console): Shared, headers: HeaderMap) -> Response {
+pub(super) async fn agents(State(console): Shared, headers: HeaderMap) -> Response {
     let after = last_event_id(&headers).and_then(|id| id.parse().ok());
     match console.backend.agent_feed(after).await {
         Ok(feed) => sse("agent", feed),
@@ -37,7 +37,7 @@ pub async fn agents(State(console): Shared, headers: HeaderMap) -> Response {
 }
 
 /// Task changes of one workflow (`?workflow=`) or task (`?task=`).
-pub async fn tasks(
+pub(super) async fn tasks(
     State(console): Shared,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,

@@ -13,12 +13,12 @@ use crate::store::NewWorkflow;
 use crate::template;
 use crate::webhook::WebhookTrigger;
 
-pub const DEFAULT_TEMPLATE: &str = "{{body}}";
-pub const DEFAULT_ATTEMPTS: u32 = 3;
-pub const MAX_CONCURRENCY: u32 = 1000;
-pub const MAX_ATTEMPTS: u32 = 100;
+pub(crate) const DEFAULT_TEMPLATE: &str = "{{body}}";
+pub(crate) const DEFAULT_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_CONCURRENCY: u32 = 1000;
+pub(crate) const MAX_ATTEMPTS: u32 = 100;
 
-pub fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
+pub(crate) fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow> {
     let workflow = workflow.ok_or_else(|| Error::invalid("workflow", "is required"))?;
     model::validate_name("workflow.name", &workflow.name)?;
     let agent_id = model::parse_id("workflow.agent_id", &workflow.agent_id, "agent")?;
@@ -123,7 +123,7 @@ fn task_timeout(value: Option<prost_types::Duration>) -> Result<Duration> {
 }
 
 /// A trigger's timeout: shortens the workflow's (None: the workflow's).
-pub fn trigger_timeout(value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
+pub(crate) fn trigger_timeout(value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
     const FIELD: &str = "timeout";
     let Some(value) = value else {
         return Ok(None);
@@ -137,7 +137,7 @@ pub fn trigger_timeout(value: Option<prost_types::Duration>) -> Result<Option<Du
 }
 
 /// The patch and mask of an UpdateWorkflow request.
-pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMask)> {
+pub(crate) fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMask)> {
     let patch = request
         .workflow
         .ok_or_else(|| Error::invalid("workflow", "is required"))?;
@@ -224,7 +224,7 @@ pub fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, UpdateMas
 }
 
 /// Longest prompt template.
-pub const MAX_TEMPLATE: usize = 64 * 1024;
+pub(crate) const MAX_TEMPLATE: usize = 64 * 1024;
 
 fn template_from(template: String) -> Result<String> {
     shepherd_platform::validate::text("workflow.prompt_template", &template, MAX_TEMPLATE)?;
@@ -355,7 +355,7 @@ fn trigger_to(trigger: &Trigger) -> pb::Trigger {
     pb::Trigger { kind: Some(kind) }
 }
 
-pub fn workflow(workflow: Workflow) -> pb::Workflow {
+pub(crate) fn workflow(workflow: Workflow) -> pb::Workflow {
     pb::Workflow {
         id: workflow.id.to_string(),
         trigger: Some(trigger_to(&workflow.trigger)),
@@ -377,7 +377,7 @@ pub fn workflow(workflow: Workflow) -> pb::Workflow {
     }
 }
 
-pub fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
+pub(crate) fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
     let fields = fields.unwrap_or_default();
     let fields = TaskFields {
         title: fields.title,
@@ -390,7 +390,7 @@ pub fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
     Ok(fields)
 }
 
-pub fn task(task: Task) -> pb::Task {
+pub(crate) fn task(task: Task) -> pb::Task {
     pb::Task {
         parent_task_id: task.parent_task_id.unwrap_or_default(),
         chain_depth: task.chain_depth,
@@ -445,7 +445,7 @@ fn task_state(state: TaskState) -> pb::TaskState {
     }
 }
 
-pub fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
+pub(crate) fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
     match pb::TaskState::try_from(value) {
         Ok(pb::TaskState::Unspecified) => Ok(None),
         Ok(pb::TaskState::Pending) => Ok(Some(TaskState::Pending)),
@@ -471,7 +471,7 @@ fn runner_state(state: RunnerState) -> pb::RunnerState {
     }
 }
 
-pub fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDiagnosis {
+pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDiagnosis {
     use crate::explain::Verdict;
     let facts = diagnosis.facts;
     let duration = |d: std::time::Duration| prost_types::Duration::try_from(d).ok();
@@ -527,7 +527,7 @@ pub fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDiagnosis 
     }
 }
 
-pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
+pub(crate) fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
     pb::Runner {
         workflow_id: workflow.id.to_string(),
         agent_id: workflow.agent_id.to_string(),
@@ -538,7 +538,7 @@ pub fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
     }
 }
 
-pub fn watch_item(item: crate::task_watch::WatchItem) -> pb::WatchTasksResponse {
+pub(crate) fn watch_item(item: crate::task_watch::WatchItem) -> pb::WatchTasksResponse {
     use crate::task_watch::WatchItem;
     use pb::watch_tasks_response::Kind;
     let kind = match item {
