@@ -567,18 +567,34 @@ impl Manager {
             cancel: self.shutdown.child_token(),
             accepted: AcceptedTasks::default(),
         };
-        self.supervise_session_of(agent_id).await?;
-        let opened = self
-            .supervisors
-            .session_opened(agent_id, handle.clone(), hash_token(token), held, instance)
-            .await
-            .map_err(|err| match err {
-                // Do not tell an unauthenticated caller which ids exist.
-                Error::NotFound(_) => Error::Unauthenticated(format!(
-                    "session refused: {agent_id} is not an agent with a running process"
-                )),
-                other => other,
-            })?;
+        let token_hash = hash_token(token);
+        let mut opened = Err(Error::agent_not_found(agent_id));
+        // Twice at most: an external agent's supervisor spawned here can be
+        // retired by the lease tick before the session reaches it (the row
+        // still named the old node); the second one sees it.
+        for _ in 0..2 {
+            self.supervise_session_of(agent_id).await?;
+            opened = self
+                .supervisors
+                .session_opened(
+                    agent_id,
+                    handle.clone(),
+                    token_hash.clone(),
+                    held.clone(),
+                    instance.clone(),
+                )
+                .await;
+            if !matches!(opened, Err(Error::NotFound(_))) {
+                break;
+            }
+        }
+        let opened = opened.map_err(|err| match err {
+            // Do not tell an unauthenticated caller which ids exist.
+            Error::NotFound(_) => Error::Unauthenticated(format!(
+                "session refused: {agent_id} is not an agent with a running process"
+            )),
+            other => other,
+        })?;
         let generation = opened.agent.generation;
         handle.generation = generation;
 
