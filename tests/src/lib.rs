@@ -770,33 +770,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 /// The restart policy of test agents: a generous budget, fast backoffs.
 pub fn test_restart_policy(mode: am::RestartMode) -> am::RestartPolicy {
-    let millis = |ms: i32| {
-        Some(prost_types::Duration {
-            seconds: 0,
-            nanos: ms * 1_000_000,
-        })
-    };
-    am::RestartPolicy {
-        mode: mode as i32,
-        max_restarts: 100,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-        initial_backoff: millis(50),
-        max_backoff: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-    }
+    shepherd_testkit::agents::restart_policy(mode, 100)
 }
 
-/// SIGKILL a process, as a crash would.
-pub fn kill9(pid: i32) -> anyhow::Result<()> {
-    use nix::sys::signal::{Signal, kill};
-    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)?;
-    Ok(())
-}
+pub use shepherd_testkit::agents::kill9;
 
 /// A workflow whose tasks append their title to `started`, sleep
 /// `seconds`, then append it to `finished`: a test sees a task in flight and

@@ -2,6 +2,7 @@
 //! per test, the workspace's binaries run as real processes, and waiting
 //! with a deadline instead of sleeping.
 
+pub mod agents;
 pub mod cluster;
 pub mod kube_fake;
 pub mod proxy;

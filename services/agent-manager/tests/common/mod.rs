@@ -5,11 +5,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use shepherd_proto::agentmanager::v1::{
-    self as pb, agent_manager_client::AgentManagerClient, watch_agent_events_response,
-};
-use shepherd_testkit::{ServiceProcess, TestDb, bin_path};
+use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
+use shepherd_testkit::{ServiceProcess, TestDb};
 use tonic::transport::Channel;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
@@ -122,90 +119,14 @@ pub(crate) async fn start_manager(
     .await
 }
 
-/// An agent running the reference agent, with a fast restart policy.
+/// An agent running the reference agent, with a fast restart policy
+/// (10 restarts a minute, so a crash loop ends FAILED soon).
 pub(crate) fn reference_agent(name: &str, mode: pb::RestartMode) -> pb::Agent {
-    pb::Agent {
-        name: name.to_owned(),
-        command: bin_path("shepherd-agent")
-            .expect("reference agent binary")
-            .display()
-            .to_string(),
-        restart_policy: Some(pb::RestartPolicy {
-            mode: mode as i32,
-            max_restarts: 10,
-            window: Some(prost_types::Duration {
-                seconds: 60,
-                nanos: 0,
-            }),
-            initial_backoff: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 50_000_000,
-            }),
-            max_backoff: Some(prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            }),
-        }),
-        ..Default::default()
-    }
+    shepherd_testkit::agents::reference_agent(name, mode, 10)
+        .unwrap_or_else(|err| panic!("the reference agent: {err}"))
 }
 
-/// A WatchAgentEvents stream with waiting helpers.
-pub(crate) struct Events {
-    pub stream: tonic::Streaming<pb::WatchAgentEventsResponse>,
-}
-
-impl Events {
-    /// Next message of any kind (events, heartbeats, resync).
-    pub(crate) async fn next_message(
-        &mut self,
-    ) -> anyhow::Result<watch_agent_events_response::Kind> {
-        let message = tokio::time::timeout(WAIT, self.stream.message())
-            .await
-            .context("no message on the event stream within the deadline")??
-            .context("event stream ended")?;
-        message.kind.context("empty message")
-    }
-
-    /// Next event, skipping heartbeats.
-    pub(crate) async fn next(&mut self) -> anyhow::Result<pb::AgentEvent> {
-        loop {
-            match self.next_message().await? {
-                watch_agent_events_response::Kind::Event(event) => return Ok(event),
-                watch_agent_events_response::Kind::Heartbeat(_) => continue,
-                other => bail!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    /// Events up to and including the first that matches `until`.
-    pub(crate) async fn until(
-        &mut self,
-        until: impl Fn(&pb::AgentEvent) -> bool,
-    ) -> anyhow::Result<Vec<pb::AgentEvent>> {
-        let mut seen = Vec::new();
-        loop {
-            let event = self.next().await?;
-            let done = until(&event);
-            seen.push(event);
-            if done {
-                return Ok(seen);
-            }
-        }
-    }
-
-    /// Every event until the stream goes idle (a heartbeat arrives).
-    pub(crate) async fn until_idle(&mut self) -> anyhow::Result<Vec<pb::AgentEvent>> {
-        let mut seen = Vec::new();
-        loop {
-            match self.next_message().await? {
-                watch_agent_events_response::Kind::Event(event) => seen.push(event),
-                watch_agent_events_response::Kind::Heartbeat(_) => return Ok(seen),
-                other => bail!("unexpected message {other:?}"),
-            }
-        }
-    }
-}
+pub(crate) use shepherd_testkit::agents::Events;
 
 /// Short name of an event's kind, for readable assertions (the name the
 /// manager stores in its `kind` column).
@@ -223,6 +144,7 @@ pub(crate) fn is_ready(event: &pb::AgentEvent) -> bool {
 
 /// SIGKILL a process, as a crash would.
 pub(crate) fn kill9(pid: i32) {
-    use nix::sys::signal::{Signal, kill};
-    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+    if let Err(err) = shepherd_testkit::agents::kill9(pid) {
+        panic!("kill -9 {pid}: {err}");
+    }
 }
