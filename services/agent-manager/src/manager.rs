@@ -155,6 +155,14 @@ impl Manager {
     /// start, stop, restart, delete) this node takes it over first, so a
     /// process agent lost with its node can be started elsewhere.
     pub async fn route(&self, id: Uuid, claim: bool) -> Result<Route> {
+        // The hot path (every dispatch): a live session here means the
+        // agent's stream is open to this node, which supervises it; no
+        // query needed. (A session whose agent went elsewhere ended when
+        // its stream closed, and left the registry then.)
+        if self.supervisors.context().sessions.get(id).is_some() && self.supervisors.supervises(id)
+        {
+            return Ok(Route::Here);
+        }
         let me = self.node().0.to_owned();
         match self.store.placement(id).await? {
             Placement::Node { name, url } if name != me => Ok(Route::Peer { node: name, url }),
