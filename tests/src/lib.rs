@@ -2,6 +2,7 @@
 //! agent-manager and the scheduler as real processes, reference agents as
 //! real processes, and gRPC clients on loopback.
 
+pub mod external;
 pub mod http;
 pub mod raw;
 
@@ -333,6 +334,14 @@ impl Stack {
             scheduler.kill().await?;
         }
         Ok(())
+    }
+
+    /// The (first) scheduler's URL, as clients reach it.
+    pub fn scheduler_url(&self) -> String {
+        self.scheduler
+            .as_ref()
+            .map(|scheduler| self.options.url(scheduler))
+            .unwrap_or_default()
     }
 
     /// The manager's URL as schedulers reach it (through the proxy, if any).

@@ -25,14 +25,7 @@ async fn start_console(stack: &Stack, token: Option<&str>) -> anyhow::Result<Ser
     let args = ["--listen", "127.0.0.1:0"].map(str::to_owned);
     let mut env = vec![
         ("AGENT_MANAGER_URL", stack.options.url(&stack.manager)),
-        (
-            "SCHEDULER_URL",
-            stack
-                .scheduler
-                .as_ref()
-                .map(|s| stack.options.url(s))
-                .unwrap_or_default(),
-        ),
+        ("SCHEDULER_URL", stack.scheduler_url()),
     ];
     if let Some(token) = token {
         env.push(("SHEPHERD_TOKEN", token.to_owned()));

@@ -148,14 +148,7 @@ async fn every_verdict_is_built_for_real() -> anyhow::Result<()> {
             "SHEPHERD_AGENT_MANAGER_URL",
             stack.options.url(&stack.manager),
         )
-        .env(
-            "SHEPHERD_SCHEDULER_URL",
-            stack
-                .scheduler
-                .as_ref()
-                .map(|s| stack.options.url(s))
-                .unwrap_or_default(),
-        )
+        .env("SHEPHERD_SCHEDULER_URL", stack.scheduler_url())
         .env_remove("SHEPHERD_TOKEN")
         .output()
         .await?;

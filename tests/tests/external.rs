@@ -5,30 +5,14 @@
 //! and StopAgent ask it over its session to exit; a stolen or rotated
 //! credential is refused.
 
-use std::process::Stdio;
-
+use shepherd_e2e::external::{launch_external, session_refusal};
 use shepherd_e2e::{Stack, StackOptions, WAIT, kill9, test_restart_policy};
-use shepherd_proto::agentmanager::v1::{
-    self as am, agent_event, agent_message, agent_session_client::AgentSessionClient,
-};
+use shepherd_proto::agentmanager::v1::{self as am, agent_event};
 use shepherd_proto::scheduler::v1::{RunnerState, TaskState};
-use shepherd_testkit::bin_path;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-/// Starts an instance of the reference agent as an external agent.
 fn launch(stack: &Stack, agent: &str, credential: &str) -> anyhow::Result<Child> {
-    Ok(Command::new(bin_path("shepherd-agent")?)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SHEPHERD_AGENT_ID", agent)
-        .env("SHEPHERD_AGENT_CREDENTIAL", credential)
-        .env("SHEPHERD_MANAGER_URL", stack.manager.url())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+    launch_external(agent, credential, &stack.manager.url())
 }
 
 async fn external_agent(stack: &mut Stack, name: &str) -> anyhow::Result<am::Agent> {
@@ -46,26 +30,8 @@ async fn external_agent(stack: &mut Stack, name: &str) -> anyhow::Result<am::Age
         .into_inner())
 }
 
-/// Opens a session by hand with `credential`; the status it is refused with.
 async fn refusal(stack: &Stack, agent: &str, credential: &str) -> anyhow::Result<tonic::Code> {
-    let mut client =
-        AgentSessionClient::new(shepherd_testkit::channel(&stack.manager.url()).await?);
-    let hello = am::AgentMessage {
-        kind: Some(agent_message::Kind::Hello(am::Hello {
-            agent_id: agent.to_owned(),
-            session_token: credential.to_owned(),
-            instance_id: "intruder".into(),
-            ..Default::default()
-        })),
-    };
-    let answer = match client.connect(tokio_stream::iter(vec![hello])).await {
-        Err(status) => Err(status),
-        Ok(response) => response.into_inner().message().await.map(drop),
-    };
-    Ok(match answer {
-        Err(status) => status.code(),
-        Ok(()) => tonic::Code::Ok,
-    })
+    session_refusal(&stack.manager.url(), agent, credential).await
 }
 
 #[tokio::test]

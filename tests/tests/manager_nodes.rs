@@ -8,17 +8,15 @@
 //! - A node whose lease expires: its process agents show as LOST with the
 //!   reason; the node comes back under its name and takes them back.
 
-use std::process::Stdio;
 use std::time::Instant;
 
+use shepherd_e2e::external::{launch_external, session_refusal};
 use shepherd_e2e::{AuthChannel, Stack, StackOptions, WAIT, kill9, test_restart_policy};
 use shepherd_proto::agentmanager::v1::{
-    self as am, agent_manager_client::AgentManagerClient, agent_message,
-    agent_session_client::AgentSessionClient, watch_agent_events_response,
+    self as am, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
 use shepherd_proto::scheduler::v1 as sched;
-use shepherd_testkit::{ServiceProcess, bin_path, eventually};
-use tokio::process::{Child, Command};
+use shepherd_testkit::{ServiceProcess, eventually};
 
 async fn client(
     stack: &Stack,
@@ -35,23 +33,6 @@ async fn get(client: &AgentManagerClient<AuthChannel>, id: &str) -> anyhow::Resu
         })
         .await?
         .into_inner())
-}
-
-/// An instance of the reference agent as an external agent that knows
-/// every manager (`urls`, comma-separated).
-fn launch_external(agent: &str, credential: &str, urls: &str) -> anyhow::Result<Child> {
-    Ok(Command::new(bin_path("shepherd-agent")?)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SHEPHERD_AGENT_ID", agent)
-        .env("SHEPHERD_AGENT_CREDENTIAL", credential)
-        .env("SHEPHERD_MANAGER_URL", urls)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
 }
 
 /// The log as a node's WatchAgentEvents shows it from the start: through
@@ -86,27 +67,6 @@ async fn watched_log(
         anyhow::bail!("event stream ended")
     };
     tokio::time::timeout(WAIT, read).await?
-}
-
-/// Opens a session by hand with `credential`; the code it is refused with.
-async fn refusal(url: &str, agent: &str, credential: &str) -> anyhow::Result<tonic::Code> {
-    let mut client = AgentSessionClient::new(shepherd_testkit::channel(url).await?);
-    let hello = am::AgentMessage {
-        kind: Some(agent_message::Kind::Hello(am::Hello {
-            agent_id: agent.to_owned(),
-            session_token: credential.to_owned(),
-            instance_id: "intruder".into(),
-            ..Default::default()
-        })),
-    };
-    let answer = match client.connect(tokio_stream::iter(vec![hello])).await {
-        Err(status) => Err(status),
-        Ok(response) => response.into_inner().message().await.map(drop),
-    };
-    Ok(match answer {
-        Err(status) => status.code(),
-        Ok(()) => tonic::Code::Ok,
-    })
 }
 
 async fn trigger_all(
@@ -280,7 +240,7 @@ async fn an_external_agent_outlives_the_manager_holding_its_session() -> anyhow:
     for node in [&node_b, &node_c] {
         let url = stack.options.url(node);
         assert_eq!(
-            refusal(&url, &agent.id, &agent.credential).await?,
+            session_refusal(&url, &agent.id, &agent.credential).await?,
             tonic::Code::Unauthenticated
         );
     }
@@ -288,7 +248,7 @@ async fn an_external_agent_outlives_the_manager_holding_its_session() -> anyhow:
     // So is a stolen id with a guessed credential.
     let guessed = "0".repeat(64);
     assert_eq!(
-        refusal(&stack.options.url(&node_b), &agent.id, &guessed).await?,
+        session_refusal(&stack.options.url(&node_b), &agent.id, &guessed).await?,
         tonic::Code::Unauthenticated
     );
     Ok(())

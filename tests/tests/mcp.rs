@@ -26,14 +26,7 @@ async fn run_client(
             "SHEPHERD_AGENT_MANAGER_URL",
             stack.options.url(&stack.manager),
         )
-        .env(
-            "SHEPHERD_SCHEDULER_URL",
-            stack
-                .scheduler
-                .as_ref()
-                .map(|s| stack.options.url(s))
-                .unwrap_or_default(),
-        )
+        .env("SHEPHERD_SCHEDULER_URL", stack.scheduler_url())
         .env_remove("SHEPHERD_TOKEN")
         .kill_on_drop(true)
         .output();

@@ -87,11 +87,7 @@ async fn shepherd_top_shows_the_fleet_live_and_acts_on_keys() -> anyhow::Result<
     let tmux = Tmux {
         socket: format!("shepherd-top-{}", uuid::Uuid::new_v4().simple()),
     };
-    let scheduler_url = stack
-        .scheduler
-        .as_ref()
-        .map(|s| stack.options.url(s))
-        .unwrap_or_default();
+    let scheduler_url = stack.scheduler_url();
     let command = format!(
         "env SHEPHERD_AGENT_MANAGER_URL={} SHEPHERD_SCHEDULER_URL={scheduler_url} {} top",
         stack.options.url(&stack.manager),

@@ -82,13 +82,8 @@ impl NodeLease {
     /// before it lets go.
     async fn let_go_of_moved_agents(&self) -> Result<()> {
         let supervised = self.supervisors.ids();
-        let own: std::collections::HashSet<uuid::Uuid> = self
-            .store
-            .own_agents()
-            .await?
-            .into_iter()
-            .map(|agent| agent.id)
-            .collect();
+        let own: std::collections::HashSet<uuid::Uuid> =
+            self.store.own_agent_ids().await?.into_iter().collect();
         for id in supervised.into_iter().filter(|id| !own.contains(id)) {
             self.supervisors.retire(id).await;
         }

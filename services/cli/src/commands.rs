@@ -27,9 +27,10 @@ pub(crate) type Authed = InterceptedService<Channel, ClientMetadata>;
 #[error("{0}")]
 pub(crate) struct UsageError(pub String);
 
-struct Clients {
-    agents: AgentManagerClient<Authed>,
-    workflows: SchedulerClient<Authed>,
+/// The two services' clients, and how results are printed.
+pub(crate) struct Clients {
+    pub(crate) agents: AgentManagerClient<Authed>,
+    pub(crate) workflows: SchedulerClient<Authed>,
     output: Output,
 }
 
@@ -88,9 +89,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             clients.watch(after, agent_id, limit).await
         }
         Command::Top => crate::top::run(clients.agents, clients.workflows).await,
-        Command::Mcp { allow_writes } => {
-            crate::mcp::run(clients.agents, clients.workflows, allow_writes).await
-        }
+        Command::Mcp { allow_writes } => crate::mcp::run(clients, allow_writes).await,
         Command::Manager => {
             let info = clients
                 .agents
@@ -740,7 +739,7 @@ impl Clients {
     }
 
     /// An agent id from an id or a name.
-    async fn agent_id(&mut self, agent: &str) -> anyhow::Result<String> {
+    pub(crate) async fn agent_id(&self, agent: &str) -> anyhow::Result<String> {
         if uuid::Uuid::parse_str(agent).is_ok() {
             return Ok(agent.to_owned());
         }
@@ -754,8 +753,8 @@ impl Clients {
             })
     }
 
-    async fn all_agents(
-        &mut self,
+    pub(crate) async fn all_agents(
+        &self,
         status: am::AgentStatus,
         labels: HashMap<String, String>,
     ) -> anyhow::Result<Vec<am::Agent>> {
@@ -777,7 +776,7 @@ impl Clients {
     }
 
     /// A workflow id from an id or a name.
-    async fn workflow_id(&mut self, workflow: &str) -> anyhow::Result<String> {
+    pub(crate) async fn workflow_id(&self, workflow: &str) -> anyhow::Result<String> {
         if uuid::Uuid::parse_str(workflow).is_ok() {
             return Ok(workflow.to_owned());
         }
@@ -791,8 +790,8 @@ impl Clients {
             })
     }
 
-    async fn all_workflows(
-        &mut self,
+    pub(crate) async fn all_workflows(
+        &self,
         agent_id: String,
         enabled: Option<bool>,
     ) -> anyhow::Result<Vec<sched::Workflow>> {

@@ -16,10 +16,10 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
-use shepherd_proto::agentmanager::v1::{self as am, agent_manager_client::AgentManagerClient};
-use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
+use shepherd_proto::agentmanager::v1 as am;
+use shepherd_proto::scheduler::v1 as sched;
 
-use crate::commands::Authed;
+use crate::commands::Clients;
 use crate::render::Render;
 
 /// Whether a tool reads or changes, and how.
@@ -182,20 +182,15 @@ fn tool(spec: &Spec) -> Tool {
 }
 
 pub(crate) struct Server {
-    agents: AgentManagerClient<Authed>,
-    workflows: SchedulerClient<Authed>,
+    /// The CLI's clients, and its id-or-name lookups.
+    clients: Clients,
     allow_writes: bool,
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub(crate) async fn run(
-    agents: AgentManagerClient<Authed>,
-    workflows: SchedulerClient<Authed>,
-    allow_writes: bool,
-) -> anyhow::Result<()> {
+pub(crate) async fn run(clients: Clients, allow_writes: bool) -> anyhow::Result<()> {
     let server = Server {
-        agents,
-        workflows,
+        clients,
         allow_writes,
     };
     let running = server.serve(rmcp::transport::stdio()).await?;
@@ -209,6 +204,15 @@ struct Failure(String);
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
         Self(format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        match err.downcast::<tonic::Status>() {
+            Ok(status) => status.into(),
+            Err(err) => Self(format!("{err:#}")),
+        }
     }
 }
 
@@ -235,50 +239,16 @@ impl Server {
     }
 
     async fn agent_id(&self, agent: &str) -> Result<String, Failure> {
-        if uuid::Uuid::parse_str(agent).is_ok() {
-            return Ok(agent.to_owned());
-        }
-        let agents = self
-            .agents
-            .clone()
-            .list_agents(am::ListAgentsRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .agents;
-        agents
-            .into_iter()
-            .find(|a| a.name == agent)
-            .map(|a| a.id)
-            .ok_or_else(|| Failure(format!("no agent named {agent:?}")))
+        Ok(self.clients.agent_id(agent).await?)
     }
 
     async fn workflow_id(&self, workflow: &str) -> Result<String, Failure> {
-        if uuid::Uuid::parse_str(workflow).is_ok() {
-            return Ok(workflow.to_owned());
-        }
-        let workflows = self
-            .workflows
-            .clone()
-            .list_workflows(sched::ListWorkflowsRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .workflows;
-        workflows
-            .into_iter()
-            .find(|w| w.name == workflow)
-            .map(|w| w.id)
-            .ok_or_else(|| Failure(format!("no workflow named {workflow:?}")))
+        Ok(self.clients.workflow_id(workflow).await?)
     }
 
     async fn call(&self, name: &str, args: &JsonObject) -> Outcome {
-        let mut agents = self.agents.clone();
-        let mut workflows = self.workflows.clone();
+        let mut agents = self.clients.agents.clone();
+        let mut workflows = self.clients.workflows.clone();
         Ok(match name {
             "list_agents" => {
                 let labels = optional(args, "label")
@@ -286,15 +256,11 @@ impl Server {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .into_iter()
                     .collect();
-                let list = agents
-                    .list_agents(am::ListAgentsRequest {
-                        page_size: 1000,
-                        labels,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Value::Array(list.agents.iter().map(Render::json).collect())
+                let agents = self
+                    .clients
+                    .all_agents(am::AgentStatus::Unspecified, labels)
+                    .await?;
+                Value::Array(agents.iter().map(Render::json).collect())
             }
             "get_agent" => {
                 let agent_id = self.agent_id(arg(args, "agent")?).await?;
@@ -340,22 +306,14 @@ impl Server {
                     Some(agent) => self.agent_id(agent).await?,
                     None => String::new(),
                 };
-                let list = workflows
-                    .list_workflows(sched::ListWorkflowsRequest {
-                        page_size: 1000,
-                        agent_id: agent_id.clone(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
+                let list = self.clients.all_workflows(agent_id.clone(), None).await?;
                 let runners = workflows
                     .list_runners(sched::ListRunnersRequest { agent_id })
                     .await?
                     .into_inner()
                     .runners;
                 Value::Array(
-                    list.workflows
-                        .iter()
+                    list.iter()
                         .map(|workflow| {
                             let mut view = workflow.json();
                             if let Some(runner) =

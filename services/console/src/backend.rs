@@ -211,36 +211,21 @@ impl Backend {
             })
             .await?
             .into_inner();
-        let runners = client
-            .list_runners(sched::ListRunnersRequest {
-                agent_id: workflow.agent_id.clone(),
-            })
-            .await?
-            .into_inner()
-            .runners;
-        let runner = runners.iter().find(|r| r.workflow_id == workflow.id);
-        let mut view = workflow_view(workflow, runner);
-        let pending = client
-            .list_tasks(sched::ListTasksRequest {
-                workflow_id: id.to_owned(),
-                state: sched::TaskState::Pending as i32,
-                page_size: 100,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        view["queue_depth"] = json!(if pending.next_page_token.is_empty() {
-            pending.tasks.len().to_string()
-        } else {
-            format!("{}+", pending.tasks.len())
-        });
-        // Who runs it, and why it does or does not.
+        // The diagnosis carries the runner, the lease, the queue and why:
+        // one call for all of them.
         let diagnosis = client
             .explain_workflow(sched::ExplainWorkflowRequest {
                 workflow_id: id.to_owned(),
             })
             .await?
             .into_inner();
+        let runner = sched::Runner {
+            state: diagnosis.runner_state,
+            reason: diagnosis.runner_reason.clone(),
+            ..Default::default()
+        };
+        let mut view = workflow_view(workflow, Some(&runner));
+        view["queue_depth"] = json!(diagnosis.pending.to_string());
         view["lease_holder"] = json!(diagnosis.lease_holder);
         view["lease_term"] = json!(diagnosis.lease_term);
         view["verdict"] = json!(diagnosis.summary);

@@ -238,6 +238,21 @@ impl Store {
         self.own_agents().await
     }
 
+    /// The ids of the agents this node supervises (the lease tick's check:
+    /// ids only, not whole rows, every third of the TTL).
+    pub(crate) async fn own_agent_ids(&self) -> Result<Vec<Uuid>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached("SELECT id FROM agent_manager.agents WHERE node = $1")
+                    .await?,
+                &[&self.fence.name],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// The agents this node supervises, by the database.
     pub async fn own_agents(&self) -> Result<Vec<AgentRecord>> {
         let client = self.pool.get().await?;
