@@ -423,7 +423,7 @@ async fn the_tool_policy_is_delivered_unchanged_across_restarts_and_reconnects()
         .await?;
     let started = stack.scratch_file("started");
     let template = format!(
-        "echo {{{{title}}}} >> {}; sleep {{{{body}}}}; printf '%s|%s' \"$SHEPHERD_ALLOWED_TOOLS\" \"$SHEPHERD_DENIED_TOOLS\"",
+        "echo {{{{title}}}} >> {}; sleep {{{{body}}}}; printf '%s|%s|%s' \"$SHEPHERD_ALLOWED_TOOLS\" \"$SHEPHERD_DENIED_TOOLS\" \"$SHEPHERD_ASK_TOOLS\"",
         started.display()
     );
     let workflow = stack
@@ -437,6 +437,7 @@ async fn the_tool_policy_is_delivered_unchanged_across_restarts_and_reconnects()
                 tool_policy: Some(sched::ToolPolicy {
                     allowed_tools: vec!["Read".into(), "Bash(git *)".into()],
                     denied_tools: vec!["Write".into()],
+                    ask_tools: vec!["Deploy".into()],
                 }),
                 ..Default::default()
             }),
@@ -510,7 +511,7 @@ async fn the_tool_policy_is_delivered_unchanged_across_restarts_and_reconnects()
     tasks.push(run("after-reconnect", "0").await?);
     let done = stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
     for task in done {
-        assert_eq!(task.output, "Read,Bash(git *)|Write", "{}", task.id);
+        assert_eq!(task.output, "Read,Bash(git *)|Write|Deploy", "{}", task.id);
     }
     Ok(())
 }

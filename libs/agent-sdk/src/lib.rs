@@ -54,6 +54,11 @@ use tracing::Instrument;
 
 pub use shepherd_proto::agentmanager::v1::TaskOutcome;
 
+pub mod approval_socket;
+mod approvals;
+
+pub use approvals::{ApprovalDecision, ApprovalState, Approver};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
     #[error(
@@ -156,6 +161,9 @@ pub struct IncomingTask {
     /// Reports progress and output while the task runs (WatchTasks shows
     /// them).
     pub progress: Progress,
+    /// Asks for approval before using a tool on the workflow's `ask` list
+    /// (see [`IncomingTask::ask_approval`]).
+    pub approver: Approver,
 }
 
 impl std::fmt::Debug for Progress {
@@ -224,12 +232,27 @@ pub struct TaskSpec {
     pub metadata: HashMap<String, String>,
     pub workflow_id: String,
     pub workflow_name: String,
-    /// The workflow's tool policy: what the agent may and may not use.
+    /// The workflow's tool policy: what the agent may and may not use,
+    /// and what it must ask approval for first.
     pub allowed_tools: Vec<String>,
     pub denied_tools: Vec<String>,
+    pub ask_tools: Vec<String>,
 }
 
 impl IncomingTask {
+    /// Asks a person for approval to use `tool` (with `input`, summarised,
+    /// for `reason`) and waits for the decision: the task's approval is
+    /// durable at the manager and survives reconnects and manager restarts.
+    /// A cancelled task's request is withdrawn.
+    pub async fn ask_approval(
+        &self,
+        tool: impl Into<String>,
+        input: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> ApprovalDecision {
+        self.approver.ask(tool, input, reason).await
+    }
+
     /// The task's `SHEPHERD_TASK_*` / `SHEPHERD_WORKFLOW_*` environment:
     /// id, attempt, and (with a spec) title, body, url, labels
     /// (comma-separated), every metadata key, the workflow, and the tool
@@ -259,6 +282,7 @@ impl IncomingTask {
                     task_env::DENIED_TOOLS.to_owned(),
                     spec.denied_tools.join(","),
                 ),
+                (task_env::ASK_TOOLS.to_owned(), spec.ask_tools.join(",")),
             ]);
             env.extend(
                 spec.metadata
@@ -284,6 +308,7 @@ impl From<shepherd_proto::agentmanager::v1::TaskSpec> for TaskSpec {
             workflow_name: spec.workflow_name,
             allowed_tools: spec.allowed_tools,
             denied_tools: spec.denied_tools,
+            ask_tools: spec.ask_tools,
         }
     }
 }
@@ -410,6 +435,8 @@ struct LedgerState {
     running: HashMap<String, Running>,
     /// Finished tasks' reports, until acknowledged.
     unacked: HashMap<String, TaskCompleted>,
+    /// Approval requests waiting for their answer, by request id.
+    approvals: HashMap<String, approvals::PendingApproval>,
     /// The live session's outbound messages, if a session is open.
     session: Option<mpsc::Sender<AgentMessage>>,
     /// When the manager was last heard from (or the agent started).
@@ -673,7 +700,11 @@ async fn session_inner<H: TaskHandler>(
                         }
                         ready = true;
                         tracing::info!(generation = welcome.generation, "session open; agent is ready");
-                        for report in ledger.open(outbound.clone()) {
+                        // Unacknowledged reports and unanswered approval
+                        // requests go out again on every new session.
+                        let reports = ledger.open(outbound.clone());
+                        let pending = ledger.pending_approvals();
+                        for report in reports.into_iter().chain(pending) {
                             if outbound.send(report).await.is_err() {
                                 return lost(ready, "session request stream closed");
                             }
@@ -686,6 +717,12 @@ async fn session_inner<H: TaskHandler>(
                             _ => CancellationToken::new(),
                         };
                         let progress_task_id = task.task_id.clone();
+                        let approver = Approver {
+                            task_id: task.task_id.clone(),
+                            workflow_id: task.spec.as_ref().map(|spec| spec.workflow_id.clone()).unwrap_or_default(),
+                            cancel: cancel.clone(),
+                            ledger: ledger.clone(),
+                        };
                         let incoming = IncomingTask {
                             task_id: task.task_id,
                             payload: task.payload,
@@ -700,6 +737,7 @@ async fn session_inner<H: TaskHandler>(
                                 task_id: progress_task_id,
                                 ledger: ledger.clone(),
                             },
+                            approver,
                         };
                         match delivery {
                             Delivery::Run(_) => spawn_task(&handler, &outbound, ledger, incoming),
@@ -723,6 +761,9 @@ async fn session_inner<H: TaskHandler>(
                             tracing::info!(task_id = %cancel.task_id, reason = %cancel.reason, "cancelling task");
                             ledger.cancel(&cancel.task_id);
                         }
+                    }
+                    Some(manager_message::Kind::ApprovalAnswer(answer)) => {
+                        ledger.approval_answered(answer);
                     }
                     Some(manager_message::Kind::Exit(exit)) => return SessionEnd::Exit(exit.reason),
                     Some(manager_message::Kind::Heartbeat(_)) | None => {}

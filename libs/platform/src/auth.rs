@@ -16,25 +16,102 @@ use tonic::{Request, Status};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthArgs {
     /// Require `authorization: Bearer <token>` on every API call. Unset: the
-    /// API is open (health and reflection are always open).
+    /// API is open (health and reflection are always open). Callers with
+    /// it are recorded as `api-token`.
     #[arg(long, env = "SHEPHERD_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+
+    /// Named tokens, `NAME=TOKEN` (comma-separated), accepted besides
+    /// --api-token: a caller is recorded by its token's name (who decided
+    /// an approval).
+    #[arg(
+        long,
+        env = "SHEPHERD_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_tokens: Vec<String>,
+}
+
+/// The name recorded for callers with `--api-token`.
+pub const API_TOKEN_CALLER: &str = "api-token";
+
+impl AuthArgs {
+    /// The server-side check for these tokens.
+    pub fn require_bearer(&self) -> Result<RequireBearer, String> {
+        let mut tokens = Vec::new();
+        if let Some(token) = self.api_token.as_deref().filter(|t| !t.is_empty()) {
+            tokens.push((API_TOKEN_CALLER.to_owned(), token.to_owned()));
+        }
+        for named in &self.api_tokens {
+            let (name, token) = named
+                .split_once('=')
+                .filter(|(name, token)| !name.trim().is_empty() && !token.is_empty())
+                .ok_or_else(|| {
+                    "SHEPHERD_API_TOKENS must be NAME=TOKEN pairs, comma-separated".to_owned()
+                })?;
+            tokens.push((name.trim().to_owned(), token.to_owned()));
+        }
+        Ok(RequireBearer::with_tokens(tokens))
+    }
+
+    /// The token this service sends to its peers: --api-token, else the
+    /// first named one.
+    pub fn service_token(&self) -> Option<&str> {
+        self.api_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or_else(|| {
+                self.api_tokens
+                    .first()
+                    .and_then(|named| named.split_once('='))
+                    .map(|(_, token)| token)
+            })
+    }
 }
 
 /// Server-side check of the bearer token. Without a configured token every
-/// call passes.
+/// call passes. An accepted call carries its [`Caller`].
 #[derive(Clone, Default)]
 pub struct RequireBearer {
-    expected: Option<Arc<[u8]>>,
+    /// (caller name, token); None: the API is open.
+    expected: Option<Arc<[(String, Vec<u8>)]>>,
 }
+
+/// Who made a call, by the name of the token it presented (a request
+/// extension set by [`RequireBearer`]).
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
 
 impl RequireBearer {
     pub fn new(token: Option<&str>) -> Self {
-        Self {
-            expected: token
+        Self::with_tokens(
+            token
                 .filter(|t| !t.is_empty())
-                .map(|t| Arc::from(t.as_bytes())),
+                .map(|t| (API_TOKEN_CALLER.to_owned(), t.to_owned())),
+        )
+    }
+
+    fn with_tokens(tokens: impl IntoIterator<Item = (String, String)>) -> Self {
+        let tokens: Vec<(String, Vec<u8>)> = tokens
+            .into_iter()
+            .map(|(name, token)| (name, token.into_bytes()))
+            .collect();
+        Self {
+            expected: (!tokens.is_empty()).then(|| Arc::from(tokens)),
         }
+    }
+}
+
+/// Who made `request`: its token's name, or `anonymous` and its address
+/// when the API is open.
+pub fn caller<T>(request: &Request<T>) -> String {
+    match request.extensions().get::<Caller>() {
+        Some(Caller(name)) => name.clone(),
+        None => match request.remote_addr() {
+            Some(addr) => format!("anonymous ({})", addr.ip()),
+            None => "anonymous".to_owned(),
+        },
     }
 }
 
@@ -53,11 +130,18 @@ impl Interceptor for RequireBearer {
                     "missing credentials: send the header `authorization: Bearer <token>`",
                 )
             })?;
-        if constant_time_eq(presented.as_bytes(), expected) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("invalid bearer token"))
+        // Every token is compared, so the time taken does not tell which
+        // one (if any) matched.
+        let mut matched = None;
+        for (name, token) in expected.iter() {
+            if constant_time_eq(presented.as_bytes(), token) {
+                matched = Some(name.clone());
+            }
         }
+        let name = matched.ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+        let mut request = request;
+        request.extensions_mut().insert(Caller(name));
+        Ok(request)
     }
 }
 
@@ -146,5 +230,33 @@ mod tests {
 
         let mut open = RequireBearer::new(None);
         assert!(open.call(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn named_tokens_name_their_callers() {
+        let args = AuthArgs {
+            api_token: Some("shared".into()),
+            api_tokens: vec!["alice=a-secret".into(), "bob=b-secret".into()],
+        };
+        let mut server = args.require_bearer().unwrap();
+        let call = |token: &str| {
+            ClientMetadata::new(Some(token))
+                .unwrap()
+                .call(Request::new(()))
+                .unwrap()
+        };
+        let accepted = server.call(call("b-secret")).unwrap();
+        assert_eq!(caller(&accepted), "bob");
+        let accepted = server.call(call("shared")).unwrap();
+        assert_eq!(caller(&accepted), API_TOKEN_CALLER);
+        assert!(server.call(call("c-secret")).is_err());
+        assert_eq!(caller(&Request::new(())), "anonymous");
+        assert_eq!(args.service_token(), Some("shared"));
+
+        let bad = AuthArgs {
+            api_token: None,
+            api_tokens: vec!["no-equals-sign".into()],
+        };
+        assert!(bad.require_bearer().is_err());
     }
 }

@@ -21,6 +21,13 @@ pub const WORKFLOW_NAME: &str = "SHEPHERD_WORKFLOW_NAME";
 /// The task's tool policy, comma-separated.
 pub const ALLOWED_TOOLS: &str = "SHEPHERD_ALLOWED_TOOLS";
 pub const DENIED_TOOLS: &str = "SHEPHERD_DENIED_TOOLS";
+/// Tools to ask approval for before use, comma-separated.
+pub const ASK_TOOLS: &str = "SHEPHERD_ASK_TOOLS";
+
+/// Where a task's program asks for approvals (`shepherd-agent approve`):
+/// the reference agent's unix socket, and the token naming the task.
+pub const APPROVAL_SOCKET: &str = "SHEPHERD_APPROVAL_SOCKET";
+pub const APPROVAL_TOKEN: &str = "SHEPHERD_APPROVAL_TOKEN";
 
 /// The variable of metadata key `key`: `SHEPHERD_TASK_METADATA_` and the
 /// key in upper case, every character other than A-Z and 0-9 replaced by

@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "CANCEL_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub cancel_grace: Duration,
 
+    /// How long an agent's approval request waits for a decision before it
+    /// expires (a denial).
+    #[arg(long, env = "APPROVAL_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub approval_timeout: Duration,
+
     /// Live restore: agent processes keep running when the manager stops
     /// (SIGTERM or a crash) and the next manager adopts them, with their
     /// in-flight tasks. `false`: the manager stops its agents when it shuts

@@ -140,6 +140,13 @@ impl EventLog {
         *self.latest.borrow()
     }
 
+    /// Every event committed from now on (by this node or, once its
+    /// tailer reads them, by others), possibly out of order or twice; a
+    /// receiver that lags misses some.
+    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<AgentEvent>> {
+        self.live.subscribe()
+    }
+
     pub async fn prune(&self, through: u64) -> Result<(u64, u64)> {
         self.store.prune_events(through).await
     }
@@ -454,6 +461,8 @@ pub fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
         Some(Kind::TaskCompleted(_)) => "task_completed",
         Some(Kind::TaskLost(_)) => "task_lost",
         Some(Kind::TaskProgress(_)) => "task_progress",
+        Some(Kind::ApprovalRequested(_)) => "approval_requested",
+        Some(Kind::ApprovalDecided(_)) => "approval_decided",
         None => "unknown",
     }
 }

@@ -3,6 +3,7 @@
 //! tasks over it, and keeps the durable event log that clients watch.
 
 pub mod api;
+pub mod approvals;
 pub mod config;
 pub mod containment;
 pub mod error;
@@ -24,13 +25,13 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shepherd_platform::auth::RequireBearer;
 use shepherd_platform::{db, server};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
 use crate::api::{AgentManagerServer, AgentSessionServer, Api, Peers};
+use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::containment::Containment;
 use crate::events::EventLog;
@@ -99,6 +100,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         reconnect_grace: config.reconnect_grace,
     });
     tokio::spawn(ctx.logs.clone().rotate_periodically(shutdown.clone()));
+    let approvals = Approvals::new(
+        store.clone(),
+        events.clone(),
+        ctx.sessions.clone(),
+        config.approval_timeout,
+    );
     let sessions = ctx.sessions.clone();
     let _sessions_gauge = metrics::sessions_gauge(move || sessions.len() as u64);
     let supervisors = Arc::new(Supervisors::new(ctx));
@@ -110,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let manager = Arc::new(Manager::new(
         supervisors,
+        approvals.clone(),
         config.session_heartbeat,
         config.cancel_grace,
         shutdown.clone(),
@@ -118,7 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let api = Api::new(
         manager.clone(),
         Peers::new(
-            config.auth.api_token.as_deref(),
+            config.auth.service_token(),
             config.agent_ca_file.clone(),
             &config.node_name,
         )?,
@@ -126,7 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut routes = RoutesBuilder::default();
     // The API needs the bearer token (when configured); agent sessions
     // authenticate with their own per-agent tokens.
-    let auth = RequireBearer::new(config.auth.api_token.as_deref());
+    let auth = config.auth.require_bearer().map_err(anyhow::Error::msg)?;
     routes
         .add_service(tonic::service::interceptor::InterceptedService::new(
             AgentManagerServer::new(api.clone())
@@ -145,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // (already bound) listener's backlog.
     manager.recover().await?;
     tokio::spawn(lease.keep(shutdown.clone()));
+    tokio::spawn(approvals.run(shutdown.clone()));
     let tls = config.tls.server_config()?;
     let serving = tokio::spawn(server::serve(
         listener,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::approvals::Approvals;
 use crate::containment::{Containment, Usage};
 use crate::error::{Error, Result};
 use crate::events::EventLog;
@@ -36,6 +37,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub struct Manager {
     store: Store,
     events: EventLog,
+    approvals: Approvals,
     supervisors: Arc<Supervisors>,
     session_heartbeat: std::time::Duration,
     /// How long an agent has to report a task it was told to stop.
@@ -102,6 +104,7 @@ pub struct TaskRequest {
 impl Manager {
     pub fn new(
         supervisors: Arc<Supervisors>,
+        approvals: Approvals,
         session_heartbeat: std::time::Duration,
         cancel_grace: std::time::Duration,
         shutdown: CancellationToken,
@@ -110,6 +113,7 @@ impl Manager {
         Self {
             store: ctx.store.clone(),
             events: ctx.events.clone(),
+            approvals,
             supervisors,
             session_heartbeat,
             cancel_grace,
@@ -284,6 +288,11 @@ impl Manager {
     }
 
     /// What the agent's whole process tree uses now (None: nothing runs).
+    /// Approvals the node's agents asked for.
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
     pub fn usage(&self, id: Uuid) -> Option<Usage> {
         self.containment().usage(id)
     }
@@ -625,6 +634,7 @@ impl Manager {
             cancel_grace: self.cancel_grace,
             store: self.store.clone(),
             events: self.events.clone(),
+            approvals: self.approvals.clone(),
             carried: opened.carried,
         };
         let supervisors = self.supervisors.clone();

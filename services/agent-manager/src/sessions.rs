@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use shepherd_platform::backoff::Backoff;
 
+use crate::approvals::{ApprovalAsk, Approvals, refusal};
 use crate::events::EventLog;
 use crate::store::{Completion, Store, TaskOutcome};
 
@@ -38,6 +39,9 @@ pub const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
 const REPORT_QUEUE: usize = 4096;
 /// Longest pause between two tries to record a report.
 const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(2);
+/// Approval requests of one session being stored at once; more are
+/// dropped (the agent sends them again).
+const APPROVALS_IN_PROGRESS: usize = 8;
 
 /// What dispatch needs to deliver to a live session.
 #[derive(Clone, Debug)]
@@ -164,6 +168,7 @@ pub struct SessionLoop<S> {
     pub cancel_grace: Duration,
     pub store: Store,
     pub events: EventLog,
+    pub approvals: Approvals,
     /// Tasks carried over from the process's earlier sessions.
     pub carried: Vec<CarriedTask>,
 }
@@ -215,6 +220,7 @@ where
             cancel_grace,
             store,
             events,
+            approvals,
             carried,
         } = self;
         let mut in_flight = InFlightTasks::default();
@@ -246,6 +252,9 @@ where
             accepted: handle.accepted.clone(),
             events,
             completions,
+            approvals,
+            approvals_in_progress: Arc::new(tokio::sync::Semaphore::new(APPROVALS_IN_PROGRESS)),
+            outbound: outbound.clone(),
         };
         let session = Session {
             cancel: &handle.cancel,
@@ -497,6 +506,9 @@ struct TaskReports {
     events: EventLog,
     /// Completions to record (by the session's `Recorder`).
     completions: mpsc::Sender<Completion>,
+    approvals: Approvals,
+    approvals_in_progress: Arc<tokio::sync::Semaphore>,
+    outbound: mpsc::Sender<ManagerMessage>,
 }
 
 impl TaskReports {
@@ -579,10 +591,50 @@ impl TaskReports {
                     tracing::warn!(agent = %self.agent_id, error = %err, "could not log task progress");
                 }
             }
+            Some(agent_message::Kind::ApprovalRequest(request)) => {
+                let runs_task = in_flight.contains(&request.task_id);
+                self.approval_requested(request, runs_task);
+            }
             Some(agent_message::Kind::Heartbeat(_))
             | Some(agent_message::Kind::Hello(_))
             | None => {}
         }
+    }
+
+    /// Stores (or looks up) an approval request off the session loop, and
+    /// answers it at once when it is answered already. A request that
+    /// cannot be handled now is dropped: the agent sends it again.
+    fn approval_requested(&self, request: pb::ApprovalRequest, runs_task: bool) {
+        let answer = |answer: pb::ApprovalAnswer| ManagerMessage {
+            kind: Some(manager_message::Kind::ApprovalAnswer(answer)),
+        };
+        let request_id = request.request_id.clone();
+        let ask = match ApprovalAsk::from_wire(request) {
+            Ok(ask) => ask,
+            Err(why) => {
+                let refused = refusal(&request_id, format!("invalid approval request: {why}"));
+                let _ = self.outbound.try_send(answer(refused));
+                return;
+            }
+        };
+        let Ok(permit) = self.approvals_in_progress.clone().try_acquire_owned() else {
+            tracing::debug!(agent = %self.agent_id, "too many approval requests at once; the agent sends this one again");
+            return;
+        };
+        let (approvals, outbound) = (self.approvals.clone(), self.outbound.clone());
+        let (agent_id, generation) = (self.agent_id, self.generation);
+        tokio::spawn(async move {
+            let _permit = permit;
+            match approvals.ask(agent_id, generation, ask, runs_task).await {
+                Ok(Some(reply)) => {
+                    let _ = outbound.send(answer(reply)).await;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(agent = %agent_id, error = %err, "could not store an approval request; the agent sends it again");
+                }
+            }
+        });
     }
 
     /// Acceptance is informational: no state changes, so it is only

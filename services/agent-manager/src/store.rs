@@ -13,9 +13,11 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, ExitReason, NewAgent};
 
+mod approvals;
 mod nodes;
 mod tasks;
 
+pub use approvals::SHEPHERD;
 pub use nodes::{Fence, NodeRecord, Orphaned, Placement, Renewal, join};
 use nodes::{fenced, moved};
 pub use tasks::{Completion, Reattached};
@@ -52,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "nodes",
         sql: include_str!("../migrations/0006_nodes.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "approvals",
+        sql: include_str!("../migrations/0007_approvals.sql"),
     },
 ];
 

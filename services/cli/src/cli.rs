@@ -71,6 +71,10 @@ pub(crate) enum Command {
     /// The agent-manager's event log.
     #[command(subcommand, alias = "event")]
     Events(EventCommand),
+    /// Approvals agents ask for before using a tool on their workflow's
+    /// ask list.
+    #[command(subcommand, alias = "approval")]
+    Approvals(ApprovalCommand),
     /// How the agent-manager contains agents: its containment mode, the
     /// limits it enforces and its default limits.
     Manager,
@@ -263,6 +267,16 @@ pub(crate) struct CreateWorkflow {
     pub max_concurrency: u32,
     #[arg(long, default_value_t = 0)]
     pub max_attempts: u32,
+    /// Tool policy: a tool the agent may use (repeatable; none: any).
+    #[arg(long = "allow-tool")]
+    pub allowed_tools: Vec<String>,
+    /// Tool policy: a tool the agent must not use (repeatable).
+    #[arg(long = "deny-tool")]
+    pub denied_tools: Vec<String>,
+    /// Tool policy: a tool the agent asks approval for before each use
+    /// (repeatable; `shepherd approvals`).
+    #[arg(long = "ask-tool")]
+    pub ask_tools: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -334,6 +348,43 @@ pub(crate) enum EventCommand {
         /// Only this agent's events (id or name).
         #[arg(long)]
         agent: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ApprovalCommand {
+    /// List approvals, newest first (pending ones by default).
+    List {
+        /// pending, approved, denied, expired, withdrawn or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        /// Only this agent's (id or name).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this workflow's (id or name).
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Show one approval: the tool, its input and why the agent asks.
+    Get { approval: String },
+    /// Let the agent go on (recorded with your credentials' name).
+    Approve {
+        approval: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+    },
+    /// Refuse it: the agent is told, with your comment.
+    Deny {
+        approval: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+    },
+    /// Print the pending approvals, then each approval asked or decided
+    /// from now on, as it happens.
+    Watch {
         /// Exit after this many events.
         #[arg(long)]
         limit: Option<usize>,

@@ -88,6 +88,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             clients.watch(after, agent_id, limit).await
         }
+        Command::Approvals(command) => clients.approvals(command).await,
         Command::Top => crate::top::run(clients.agents, clients.workflows).await,
         Command::Mcp { allow_writes } => crate::mcp::run(clients, allow_writes).await,
         Command::Manager => {
@@ -279,6 +280,10 @@ fn agent_from_flags(create: CreateAgent) -> anyhow::Result<am::Agent> {
 }
 
 impl Clients {
+    pub(crate) fn output(&self) -> Output {
+        self.output
+    }
+
     async fn agents(&mut self, command: AgentCommand) -> anyhow::Result<()> {
         let output = self.output;
         let agent = match command {
@@ -503,6 +508,11 @@ impl Clients {
                     prompt_template: create.template,
                     max_concurrency: create.max_concurrency,
                     max_attempts: create.max_attempts,
+                    tool_policy: Some(sched::ToolPolicy {
+                        allowed_tools: create.allowed_tools,
+                        denied_tools: create.denied_tools,
+                        ask_tools: create.ask_tools,
+                    }),
                     ..Default::default()
                 }),
             })

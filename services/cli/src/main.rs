@@ -1,6 +1,7 @@
 //! `shepherd`: the command-line client. Tables for people, `--output json`
 //! for scripts, and exit codes scripts can rely on (see `--help`).
 
+mod approvals;
 mod cli;
 mod commands;
 mod mcp;

@@ -500,7 +500,88 @@ pub(crate) fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
                 "output": e.output,
             }),
         ),
+        Some(Kind::ApprovalRequested(e)) => {
+            ("approval_requested", approval_json(e.approval.as_ref()))
+        }
+        Some(Kind::ApprovalDecided(e)) => ("approval_decided", approval_json(e.approval.as_ref())),
         None => ("unknown", json!({})),
+    }
+}
+
+fn approval_json(approval: Option<&am::Approval>) -> Value {
+    approval.map_or_else(|| json!({}), Render::json)
+}
+
+/// An approval state's short name ("pending", "approved", ...).
+pub(crate) fn approval_state(approval: &am::Approval) -> String {
+    short(approval.state().as_str_name(), "APPROVAL_STATE_")
+}
+
+impl Render for am::Approval {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "id",
+            "state",
+            "tool",
+            "task",
+            "agent",
+            "asked",
+            "decided by",
+            "comment",
+        ]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            approval_state(self),
+            self.tool.clone(),
+            self.task_id.clone(),
+            self.agent_id.clone(),
+            time(self.create_time.as_ref()),
+            self.decided_by.clone(),
+            self.comment.clone(),
+        ]
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.id.clone()),
+            ("state", approval_state(self)),
+            ("tool", self.tool.clone()),
+            ("input", self.input.clone()),
+            ("reason", self.reason.clone()),
+            (
+                "task",
+                format!("{} (attempt {})", self.task_id, self.attempt),
+            ),
+            ("workflow", self.workflow_id.clone()),
+            ("agent", self.agent_id.clone()),
+            ("asked", time(self.create_time.as_ref())),
+            ("expires", time(self.expire_time.as_ref())),
+            ("decided", time(self.decide_time.as_ref())),
+            ("decided by", self.decided_by.clone()),
+            ("comment", self.comment.clone()),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "state": approval_state(self),
+            "agent_id": self.agent_id,
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "workflow_id": self.workflow_id,
+            "tool": self.tool,
+            "input": self.input,
+            "reason": self.reason,
+            "comment": self.comment,
+            "decided_by": self.decided_by,
+            "create_time": time(self.create_time.as_ref()),
+            "decide_time": time(self.decide_time.as_ref()),
+            "expire_time": time(self.expire_time.as_ref()),
+        })
     }
 }
 

@@ -437,6 +437,16 @@ fn agent_view(agent: am::Agent) -> Value {
     })
 }
 
+/// "deploy for task T: pending".
+fn approval_line(approval: Option<am::Approval>) -> String {
+    approval
+        .map(|a| {
+            let state = short(a.state().as_str_name(), "APPROVAL_STATE_");
+            format!("{} for task {}: {state}", a.tool, a.task_id)
+        })
+        .unwrap_or_default()
+}
+
 fn event_view(event: am::AgentEvent) -> Value {
     use agent_event::Kind;
     let (kind, detail) = match event.kind {
@@ -460,6 +470,8 @@ fn event_view(event: am::AgentEvent) -> Value {
         Some(Kind::TaskCompleted(e)) => ("task_completed", e.task_id),
         Some(Kind::TaskLost(e)) => ("task_lost", format!("{}: {}", e.task_id, e.reason)),
         Some(Kind::TaskProgress(e)) => ("task_progress", e.task_id),
+        Some(Kind::ApprovalRequested(e)) => ("approval_requested", approval_line(e.approval)),
+        Some(Kind::ApprovalDecided(e)) => ("approval_decided", approval_line(e.approval)),
         None => ("unknown", String::new()),
     };
     json!({

@@ -26,6 +26,15 @@ pub struct InFlightFacts {
     pub age: Duration,
 }
 
+/// An approval a task of the workflow waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalFacts {
+    pub approval_id: String,
+    pub task_id: String,
+    pub tool: String,
+    pub age: Duration,
+}
+
 /// Everything a diagnosis looks at.
 #[derive(Debug, Clone)]
 pub struct Facts {
@@ -46,6 +55,8 @@ pub struct Facts {
     pub oldest_pending: Option<(String, Duration)>,
     pub next_fire: Option<SystemTime>,
     pub last_error: String,
+    /// Pending approvals of the workflow's tasks, the oldest first.
+    pub approvals: Vec<ApprovalFacts>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +67,7 @@ pub enum Verdict {
     AgentCrashLooping,
     AgentNotReady,
     LeaseElsewhere,
+    WaitingOnApproval,
     ConcurrencyFull,
     NothingDue,
     Stalled,
@@ -91,6 +103,19 @@ pub fn judge(facts: &Facts) -> (Verdict, String) {
         return (
             Verdict::Stalled,
             format!("stalled: {}", facts.runner_reason),
+        );
+    }
+    if let Some(oldest) = facts.approvals.first() {
+        return (
+            Verdict::WaitingOnApproval,
+            format!(
+                "waiting on approval: {} pending; the oldest, {} for task {}, for {}: `shepherd approvals approve {}` (or deny)",
+                facts.approvals.len(),
+                oldest.tool,
+                oldest.task_id,
+                human(oldest.age),
+                oldest.approval_id
+            ),
         );
     }
     if facts.in_flight_count >= u64::from(facts.max_concurrency) && facts.due > 0 {
@@ -201,6 +226,7 @@ mod tests {
             oldest_pending: None,
             next_fire: None,
             last_error: String::new(),
+            approvals: Vec::new(),
         }
     }
 
@@ -244,6 +270,23 @@ mod tests {
         let (verdict, line) = judge(&facts);
         assert_eq!(verdict, Verdict::ConcurrencyFull);
         assert!(line.contains("t1") && line.contains("5m"), "{line}");
+
+        facts.approvals = vec![ApprovalFacts {
+            approval_id: "a1".into(),
+            task_id: "t1".into(),
+            tool: "deploy".into(),
+            age: Duration::from_secs(120),
+        }];
+        let (verdict, line) = judge(&facts);
+        assert_eq!(
+            verdict,
+            Verdict::WaitingOnApproval,
+            "a task waiting on a person explains a full concurrency"
+        );
+        assert!(
+            line.contains("deploy") && line.contains("approve a1"),
+            "{line}"
+        );
 
         let mut facts = healthy();
         facts.pending = 0;

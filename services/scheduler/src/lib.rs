@@ -27,7 +27,6 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use shepherd_platform::auth::RequireBearer;
 use shepherd_platform::{db, server};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -116,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let (listener, bound) = server::bind(&config.listen).await?;
     let mut routes = RoutesBuilder::default();
-    let auth = RequireBearer::new(config.auth.api_token.as_deref());
+    let auth = config.auth.require_bearer().map_err(anyhow::Error::msg)?;
     routes.add_service(tonic::service::interceptor::InterceptedService::new(
         SchedulerServer::new(Api::new(scheduler, webhooks.clone()))
             .max_decoding_message_size(config.grpc.max_message_bytes),

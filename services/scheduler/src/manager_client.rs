@@ -160,6 +160,7 @@ impl ManagerClient {
             workflow_name: task.workflow_name,
             allowed_tools: task.tool_policy.allowed,
             denied_tools: task.tool_policy.denied,
+            ask_tools: task.tool_policy.ask,
         };
         let request = Self::request(pb::DispatchTaskRequest {
             agent_id: task.agent.to_string(),
@@ -270,6 +271,42 @@ impl ManagerClient {
         })
     }
 
+    /// The workflow's pending approvals, the oldest first (at most 100).
+    pub async fn pending_approvals(
+        &self,
+        workflow: Uuid,
+    ) -> Result<Vec<crate::explain::ApprovalFacts>, ManagerError> {
+        let request = Self::request(pb::ListApprovalsRequest {
+            state: pb::ApprovalState::Pending as i32,
+            workflow_id: workflow.to_string(),
+            page_size: 100,
+            ..Default::default()
+        });
+        let page = self
+            .client
+            .clone()
+            .list_approvals(request)
+            .await?
+            .into_inner();
+        let now = std::time::SystemTime::now();
+        // Listed newest first.
+        Ok(page
+            .approvals
+            .into_iter()
+            .rev()
+            .map(|approval| crate::explain::ApprovalFacts {
+                age: approval
+                    .create_time
+                    .and_then(|at| std::time::SystemTime::try_from(at).ok())
+                    .and_then(|at| now.duration_since(at).ok())
+                    .unwrap_or_default(),
+                approval_id: approval.id,
+                task_id: approval.task_id,
+                tool: approval.tool,
+            })
+            .collect())
+    }
+
     /// Every agent that is READY right now.
     pub async fn ready_agents(&self) -> Result<HashSet<Uuid>, ManagerError> {
         let mut ready = HashSet::new();
@@ -367,6 +404,26 @@ pub enum AgentEvent {
     Other,
 }
 
+/// "deploy: approved by alice (ship it)".
+fn approval_outcome(approval: &pb::Approval) -> String {
+    let state = approval
+        .state()
+        .as_str_name()
+        .trim_start_matches("APPROVAL_STATE_")
+        .to_ascii_lowercase();
+    let by = if approval.decided_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", approval.decided_by)
+    };
+    let comment = if approval.comment.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", approval.comment)
+    };
+    format!("{}: {state}{by}{comment}", approval.tool)
+}
+
 /// The agent event stream.
 pub struct EventStream(tonic::Streaming<pb::WatchAgentEventsResponse>);
 
@@ -433,7 +490,36 @@ impl From<Option<pb::agent_event::Kind>> for AgentEvent {
                 fraction: progress.fraction,
                 output: progress.output,
             },
-            Some(Kind::Created(_) | Kind::TaskAccepted(_)) | None => Self::Other,
+            // An approval shows on its task as progress: what it waits
+            // for, then how that was decided.
+            Some(Kind::ApprovalRequested(pb::ApprovalRequested {
+                approval: Some(approval),
+            })) => Self::TaskProgress {
+                message: format!(
+                    "waiting for approval to use {} (approval {})",
+                    approval.tool, approval.id
+                ),
+                task_id: approval.task_id,
+                attempt: approval.attempt,
+                fraction: -1.0,
+                output: String::new(),
+            },
+            Some(Kind::ApprovalDecided(pb::ApprovalDecided {
+                approval: Some(approval),
+            })) => Self::TaskProgress {
+                message: approval_outcome(&approval),
+                task_id: approval.task_id,
+                attempt: approval.attempt,
+                fraction: -1.0,
+                output: String::new(),
+            },
+            Some(
+                Kind::Created(_)
+                | Kind::TaskAccepted(_)
+                | Kind::ApprovalRequested(_)
+                | Kind::ApprovalDecided(_),
+            )
+            | None => Self::Other,
         }
     }
 }

@@ -98,6 +98,8 @@ impl Default for RetryPolicy {
 pub struct ToolPolicy {
     pub allowed: Vec<String>,
     pub denied: Vec<String>,
+    /// Tools the agent asks approval for before each use.
+    pub ask: Vec<String>,
 }
 
 /// Most tools per list, and the longest tool name.
@@ -109,6 +111,7 @@ impl ToolPolicy {
         for (field, tools) in [
             ("workflow.tool_policy.allowed_tools", &self.allowed),
             ("workflow.tool_policy.denied_tools", &self.denied),
+            ("workflow.tool_policy.ask_tools", &self.ask),
         ] {
             if tools.len() > MAX_TOOLS {
                 return Err(Error::invalid(field, format!("at most {MAX_TOOLS} tools")));

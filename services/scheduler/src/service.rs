@@ -350,6 +350,9 @@ impl Scheduler {
                 since: None,
             },
         };
+        // Unknown when the manager cannot be asked (the agent's facts say
+        // so already).
+        let approvals = self.manager.pending_approvals(id).await.unwrap_or_default();
         let runner = self
             .runner_views(vec![workflow.clone()])
             .await?
@@ -379,6 +382,7 @@ impl Scheduler {
             oldest_pending: queue.oldest_pending.clone(),
             next_fire: queue.next_fire,
             last_error: queue.last_error.clone(),
+            approvals,
         };
         let (verdict, summary) = crate::explain::judge(&facts);
         Ok(Diagnosis {

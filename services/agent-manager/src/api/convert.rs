@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1 as pb;
 
+use crate::approvals::{ApprovalState, Decision};
 use crate::containment::{ResourceLimits, Usage};
 use crate::error::{Error, Result};
 use crate::events::wire_exit_reason;
@@ -267,6 +268,31 @@ pub(super) fn status_filter(value: i32) -> Result<Option<AgentStatus>> {
     Ok(AgentStatus::ALL
         .into_iter()
         .find(|candidate| self::status(*candidate) == status))
+}
+
+/// ListApprovals' state filter (UNSPECIFIED: all).
+pub(super) fn approval_state_filter(value: i32) -> Result<Option<ApprovalState>> {
+    let state = pb::ApprovalState::try_from(value)
+        .map_err(|_| Error::invalid("state", format!("{value} is not a known approval state")))?;
+    Ok(match state {
+        pb::ApprovalState::Unspecified => None,
+        pb::ApprovalState::Pending => Some(ApprovalState::Pending),
+        pb::ApprovalState::Approved => Some(ApprovalState::Approved),
+        pb::ApprovalState::Denied => Some(ApprovalState::Denied),
+        pb::ApprovalState::Expired => Some(ApprovalState::Expired),
+        pb::ApprovalState::Withdrawn => Some(ApprovalState::Withdrawn),
+    })
+}
+
+pub(super) fn decision(value: i32) -> Result<Decision> {
+    match pb::Decision::try_from(value) {
+        Ok(pb::Decision::Approve) => Ok(Decision::Approve),
+        Ok(pb::Decision::Deny) => Ok(Decision::Deny),
+        _ => Err(Error::invalid(
+            "decision",
+            "must be DECISION_APPROVE or DECISION_DENY",
+        )),
+    }
 }
 
 /// A task's state on the wire; None: never delivered (UNKNOWN).

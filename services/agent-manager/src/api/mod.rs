@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::approvals::{Approval, ApprovalFilter};
 use crate::containment::LimitKind;
 use crate::error::Error;
 use crate::logs::LogStream;
@@ -420,6 +421,60 @@ impl AgentManager for Api {
         let mut agent = self.agent(record);
         agent.credential = credential;
         Ok(Response::new(agent))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = paging::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let filter = ApprovalFilter {
+            state: convert::approval_state_filter(request.state)?,
+            agent_id: (!request.agent_id.is_empty())
+                .then(|| parse_agent_id("agent_id", &request.agent_id))
+                .transpose()?,
+            workflow_id: (!request.workflow_id.is_empty()).then_some(request.workflow_id),
+            before: paging::after::<Uuid>(&request.page_token, "ListApprovals")?,
+        };
+        let approvals = self.manager.approvals().list(&filter, limit).await?;
+        let next_page_token = paging::next_token(&approvals, limit, |approval| approval.id);
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: approvals.iter().map(Approval::to_wire).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_approval(
+        &self,
+        request: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let id = shepherd_platform::validate::id(
+            "approval_id",
+            &request.into_inner().approval_id,
+            "approval",
+        )?;
+        record_id("approval_id", &id);
+        let approval = self.manager.approvals().get(id).await?;
+        Ok(Response::new(approval.to_wire()))
+    }
+
+    async fn decide_approval(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        // Recorded from the credentials, never from the request's fields.
+        let decided_by = shepherd_platform::auth::caller(&request);
+        let request = request.into_inner();
+        let id = shepherd_platform::validate::id("approval_id", &request.approval_id, "approval")?;
+        record_id("approval_id", &id);
+        let decision = convert::decision(request.decision)?;
+        let approval = self
+            .manager
+            .approvals()
+            .decide(id, decision, &request.comment, &decided_by)
+            .await?;
+        Ok(Response::new(approval.to_wire()))
     }
 
     async fn get_manager_info(

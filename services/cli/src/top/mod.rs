@@ -167,6 +167,14 @@ fn describe(event: &am::AgentEvent) -> Option<Feed> {
         Kind::TaskAccepted(e) => (format!("task {} accepted", e.task_id), false),
         Kind::TaskCompleted(e) => (format!("task {} completed", e.task_id), true),
         Kind::TaskLost(e) => (format!("task {} lost: {}", e.task_id, e.reason), false),
+        Kind::ApprovalRequested(e) => (
+            format!("asks approval: {}", approval_line(e.approval.as_ref())),
+            false,
+        ),
+        Kind::ApprovalDecided(e) => (
+            format!("approval: {}", approval_line(e.approval.as_ref())),
+            false,
+        ),
         // Progress is too chatty for this list.
         Kind::TaskProgress(_) => return None,
     };
@@ -314,4 +322,18 @@ impl App {
             Err(status) => format!("trigger {name} failed: {}", status.message()),
         };
     }
+}
+
+/// "deploy for task T (pending)".
+fn approval_line(approval: Option<&shepherd_proto::agentmanager::v1::Approval>) -> String {
+    approval
+        .map(|a| {
+            let state = a
+                .state()
+                .as_str_name()
+                .trim_start_matches("APPROVAL_STATE_")
+                .to_ascii_lowercase();
+            format!("{} for task {} ({state})", a.tool, a.task_id)
+        })
+        .unwrap_or_default()
 }

@@ -43,6 +43,7 @@ fn tool_policy_from(policy: Option<pb::ToolPolicy>) -> Result<model::ToolPolicy>
     let policy = model::ToolPolicy {
         allowed: policy.allowed_tools,
         denied: policy.denied_tools,
+        ask: policy.ask_tools,
     };
     policy.validate()?;
     Ok(policy)
@@ -373,6 +374,7 @@ pub(crate) fn workflow(workflow: Workflow) -> pb::Workflow {
         tool_policy: Some(pb::ToolPolicy {
             allowed_tools: workflow.tool_policy.allowed,
             denied_tools: workflow.tool_policy.denied,
+            ask_tools: workflow.tool_policy.ask,
         }),
     }
 }
@@ -484,6 +486,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
             Verdict::AgentCrashLooping => pb::Verdict::AgentCrashLooping,
             Verdict::AgentNotReady => pb::Verdict::AgentNotReady,
             Verdict::LeaseElsewhere => pb::Verdict::LeaseElsewhere,
+            Verdict::WaitingOnApproval => pb::Verdict::WaitingOnApproval,
             Verdict::ConcurrencyFull => pb::Verdict::ConcurrencyFull,
             Verdict::NothingDue => pb::Verdict::NothingDue,
             Verdict::Stalled => pb::Verdict::Stalled,
@@ -524,6 +527,16 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
         oldest_pending_task_id: facts.oldest_pending.map(|(id, _)| id).unwrap_or_default(),
         next_fire: facts.next_fire.map(Into::into),
         last_error: facts.last_error,
+        pending_approvals: facts
+            .approvals
+            .into_iter()
+            .map(|approval| pb::PendingApproval {
+                approval_id: approval.approval_id,
+                task_id: approval.task_id,
+                tool: approval.tool,
+                age: duration(approval.age),
+            })
+            .collect(),
     }
 }
 

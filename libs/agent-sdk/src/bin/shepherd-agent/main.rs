@@ -19,6 +19,12 @@
 //! While a task runs, its stdout streams to watchers (`WatchTasks`) as
 //! output chunks, and a line `::progress FRACTION MESSAGE` (FRACTION from 0
 //! to 1, or `-` when unknown) reports progress instead.
+//!
+//! A task's programs ask for approval with `shepherd-agent approve` (see
+//! `approve.rs`): the agent exports its approval socket and a token naming
+//! the task to them, and puts its own directory first on their PATH.
+
+mod approve;
 
 use std::process::Stdio;
 
@@ -59,6 +65,11 @@ enum Runner {
 
 struct Agent {
     runner: Runner,
+    /// Where the task's programs ask for approvals.
+    approvals: shepherd_agent_sdk::approval_socket::ApprovalSocket,
+    /// PATH for tasks: this program's directory first, so that
+    /// `shepherd-agent approve` is found.
+    task_path: Option<std::ffi::OsString>,
 }
 
 impl TaskHandler for Agent {
@@ -91,8 +102,14 @@ impl TaskHandler for Agent {
         // The task stays in the agent's process group, so that whatever
         // stops the agent's group stops its tasks too; a cancel kills the
         // task's own process tree.
+        // The registration ends with the task: a program it left behind
+        // can ask for nothing.
+        let registration = self.approvals.register(task.approver.clone());
+        command.envs(task.env()).envs(registration.env());
+        if let Some(path) = &self.task_path {
+            command.env("PATH", path);
+        }
         command
-            .envs(task.env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -242,6 +259,14 @@ fn descendants(root: i32) -> Vec<i32> {
     tree
 }
 
+/// PATH with this program's directory first.
+fn task_path() -> Option<std::ffi::OsString> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&rest))).ok()
+}
+
 fn truncate(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max;
@@ -257,6 +282,9 @@ fn truncate(text: &mut String, max: usize) {
 // worker threads (measured: +25% fleet throughput).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("approve") {
+        std::process::exit(approve::main().await);
+    }
     let args = Args::parse();
     // Logs to stderr (captured by the manager); traces exported over OTLP
     // when OTEL_EXPORTER_OTLP_ENDPOINT is set.
@@ -270,7 +298,12 @@ async fn main() -> anyhow::Result<()> {
         None => Runner::Shell(args.shell),
     };
     tracing::info!(agent_id = %config.agent_id, manager = %config.manager_url, "shepherd-agent starting");
-    let result = shepherd_agent_sdk::run(config, Agent { runner }).await;
+    let agent = Agent {
+        runner,
+        approvals: shepherd_agent_sdk::approval_socket::ApprovalSocket::bind()?,
+        task_path: task_path(),
+    };
+    let result = shepherd_agent_sdk::run(config, agent).await;
     telemetry.shutdown();
     Ok(result?)
 }

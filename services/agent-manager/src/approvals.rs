@@ -1,0 +1,511 @@
+//! Tool approvals: an agent asks before it uses a tool its workflow puts on
+//! the `ask` list, someone decides, and the agent gets the answer over its
+//! session.
+//!
+//! Durability comes from two owners that never lose track:
+//! * the row in `agent_manager.approvals`, whose state changes once, by one
+//!   conditional UPDATE (a person's decision, the expiry, or the withdrawal
+//!   when the task stops needing it: whichever comes first);
+//! * the agent, which keeps every unanswered request and sends it again on
+//!   each new session and every `RESEND` while waiting. A request that was
+//!   answered already is answered again from the row, so an answer lost to
+//!   a disconnect, a manager restart or a session moving to another node
+//!   arrives in the end.
+//!
+//! The quick path: every decision is an `ApprovalDecided` event, and each
+//! node's courier passes those about agents whose session it holds to that
+//! session at once, whichever node decided.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use shepherd_proto::agentmanager::v1::{self as pb, agent_event, manager_message};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::events::EventLog;
+use crate::sessions::Sessions;
+use crate::store::Store;
+
+/// Longest request id, tool name and workflow id an agent may send.
+pub const MAX_REQUEST_ID_LEN: usize = 100;
+pub const MAX_TOOL_LEN: usize = 200;
+const MAX_WORKFLOW_ID_LEN: usize = 100;
+/// Longest input summary, reason and comment kept (longer ones are cut).
+pub const MAX_INPUT_BYTES: usize = 4 * 1024;
+pub const MAX_REASON_BYTES: usize = 1024;
+pub const MAX_COMMENT_BYTES: usize = 1024;
+/// Most approvals one agent may have pending: a runaway agent cannot fill
+/// the table.
+const MAX_PENDING_PER_AGENT: i64 = 100;
+/// How often a node resolves expired and withdrawn approvals.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    /// Nobody decided in time: a denial.
+    Expired,
+    /// The task stopped needing it: a denial.
+    Withdrawn,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::Withdrawn => "withdrawn",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "approved" => Some(Self::Approved),
+            "denied" => Some(Self::Denied),
+            "expired" => Some(Self::Expired),
+            "withdrawn" => Some(Self::Withdrawn),
+            _ => None,
+        }
+    }
+
+    fn to_wire(self) -> pb::ApprovalState {
+        match self {
+            Self::Pending => pb::ApprovalState::Pending,
+            Self::Approved => pb::ApprovalState::Approved,
+            Self::Denied => pb::ApprovalState::Denied,
+            Self::Expired => pb::ApprovalState::Expired,
+            Self::Withdrawn => pb::ApprovalState::Withdrawn,
+        }
+    }
+}
+
+/// A stored approval.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub request_id: String,
+    /// The agent's generation when it asked.
+    pub generation: u64,
+    pub task_id: String,
+    pub attempt: u32,
+    pub workflow_id: String,
+    pub tool: String,
+    pub input: String,
+    pub reason: String,
+    pub state: ApprovalState,
+    pub comment: String,
+    pub decided_by: String,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub decided_at: Option<SystemTime>,
+}
+
+impl Approval {
+    /// The approval as the API and the event log carry it.
+    pub fn to_wire(&self) -> pb::Approval {
+        pb::Approval {
+            id: self.id.to_string(),
+            agent_id: self.agent_id.to_string(),
+            task_id: self.task_id.clone(),
+            attempt: self.attempt,
+            workflow_id: self.workflow_id.clone(),
+            tool: self.tool.clone(),
+            input: self.input.clone(),
+            reason: self.reason.clone(),
+            state: self.state.to_wire() as i32,
+            comment: self.comment.clone(),
+            decided_by: self.decided_by.clone(),
+            create_time: Some(self.created_at.into()),
+            decide_time: self.decided_at.map(Into::into),
+            expire_time: Some(self.expires_at.into()),
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// What the agent is told: its request's final state.
+    fn answer(&self) -> pb::ApprovalAnswer {
+        answer(&self.to_wire())
+    }
+}
+
+fn answer(approval: &pb::Approval) -> pb::ApprovalAnswer {
+    pb::ApprovalAnswer {
+        request_id: approval.request_id.clone(),
+        approval_id: approval.id.clone(),
+        state: approval.state,
+        comment: approval.comment.clone(),
+        decided_by: approval.decided_by.clone(),
+    }
+}
+
+/// What an agent asked, within bounds.
+#[derive(Debug, Clone)]
+pub struct ApprovalAsk {
+    pub request_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+    pub workflow_id: String,
+    pub tool: String,
+    pub input: String,
+    pub reason: String,
+}
+
+impl ApprovalAsk {
+    /// Checks the identifying fields and cuts the free text to its bounds.
+    pub fn from_wire(request: pb::ApprovalRequest) -> std::result::Result<Self, String> {
+        let pb::ApprovalRequest {
+            request_id,
+            task_id,
+            attempt,
+            workflow_id,
+            tool,
+            mut input,
+            mut reason,
+        } = request;
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(format!(
+                "request_id must be 1-{MAX_REQUEST_ID_LEN} characters"
+            ));
+        }
+        if tool.is_empty() || tool.len() > MAX_TOOL_LEN || tool.chars().any(char::is_control) {
+            return Err(format!(
+                "tool must be 1-{MAX_TOOL_LEN} printable characters"
+            ));
+        }
+        if workflow_id.len() > MAX_WORKFLOW_ID_LEN {
+            return Err(format!(
+                "workflow_id must be at most {MAX_WORKFLOW_ID_LEN} characters"
+            ));
+        }
+        truncate_utf8(&mut input, MAX_INPUT_BYTES);
+        truncate_utf8(&mut reason, MAX_REASON_BYTES);
+        Ok(Self {
+            request_id,
+            task_id,
+            attempt,
+            workflow_id,
+            tool,
+            input,
+            reason,
+        })
+    }
+}
+
+/// Which approvals to list.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalFilter {
+    pub state: Option<ApprovalState>,
+    pub agent_id: Option<Uuid>,
+    pub workflow_id: Option<String>,
+    /// Paging: only approvals older than this one.
+    pub before: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Deny,
+}
+
+/// The approvals of this node's agents and of the API.
+#[derive(Clone)]
+pub struct Approvals {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    events: EventLog,
+    sessions: Sessions,
+    /// How long an approval waits for a decision before it is denied.
+    timeout: Duration,
+}
+
+impl Approvals {
+    pub fn new(store: Store, events: EventLog, sessions: Sessions, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                events,
+                sessions,
+                timeout,
+            }),
+        }
+    }
+
+    /// Takes an agent's request: stores it (logging `ApprovalRequested`
+    /// the first time) and returns the answer to send at once, if there
+    /// is one already. `runs_task`: the asking session runs the task; a
+    /// request about any other task is only looked up, never stored.
+    pub async fn ask(
+        &self,
+        agent_id: Uuid,
+        generation: u64,
+        ask: ApprovalAsk,
+        runs_task: bool,
+    ) -> Result<Option<pb::ApprovalAnswer>> {
+        let inner = &self.inner;
+        if !runs_task {
+            return Ok(
+                match inner
+                    .store
+                    .approval_by_request(agent_id, &ask.request_id)
+                    .await?
+                {
+                    Some(approval) if approval.state != ApprovalState::Pending => {
+                        Some(approval.answer())
+                    }
+                    // The withdrawal pass answers it once it sees the task
+                    // is gone.
+                    Some(_) => None,
+                    None => Some(refusal(
+                        &ask.request_id,
+                        format!(
+                            "task {} attempt {} does not run on this agent's session",
+                            ask.task_id, ask.attempt
+                        ),
+                    )),
+                },
+            );
+        }
+        let stored = inner
+            .store
+            .request_approval(
+                agent_id,
+                generation,
+                &ask,
+                inner.timeout,
+                MAX_PENDING_PER_AGENT,
+            )
+            .await?;
+        let Some((approval, created)) = stored else {
+            return Ok(Some(refusal(
+                &ask.request_id,
+                format!("the agent has {MAX_PENDING_PER_AGENT} approvals pending already"),
+            )));
+        };
+        if created {
+            tracing::info!(agent = %agent_id, approval = %approval.id, tool = %approval.tool, task = %approval.task_id, "approval requested");
+            let event = pb::ApprovalRequested {
+                approval: Some(approval.to_wire()),
+            };
+            inner
+                .events
+                .append(
+                    agent_id,
+                    generation,
+                    agent_event::Kind::ApprovalRequested(event),
+                )
+                .await?;
+        }
+        Ok((approval.state != ApprovalState::Pending).then(|| approval.answer()))
+    }
+
+    /// Decides a pending approval; one decided before is returned as it
+    /// stands. The agent hears of it through the `ApprovalDecided` event.
+    pub async fn decide(
+        &self,
+        id: Uuid,
+        decision: Decision,
+        comment: &str,
+        decided_by: &str,
+    ) -> Result<Approval> {
+        if comment.len() > MAX_COMMENT_BYTES {
+            return Err(Error::invalid(
+                "comment",
+                format!("at most {MAX_COMMENT_BYTES} bytes"),
+            ));
+        }
+        let state = match decision {
+            Decision::Approve => ApprovalState::Approved,
+            Decision::Deny => ApprovalState::Denied,
+        };
+        let (approval, decided) = self
+            .inner
+            .store
+            .decide_approval(id, state, comment, decided_by)
+            .await?;
+        if decided {
+            tracing::info!(approval = %id, state = state.as_str(), %decided_by, "approval decided");
+            self.decided(&approval).await?;
+        }
+        Ok(approval)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Approval> {
+        self.inner.store.get_approval(id).await
+    }
+
+    pub async fn list(&self, filter: &ApprovalFilter, limit: i64) -> Result<Vec<Approval>> {
+        self.inner.store.list_approvals(filter, limit).await
+    }
+
+    /// Runs this node's part until shutdown: resolves stale approvals
+    /// every `SWEEP_INTERVAL` and passes decisions to the sessions here.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tokio::join!(self.clone().sweep(shutdown.clone()), self.courier(shutdown));
+    }
+
+    /// Expires approvals nobody decided in time and withdraws those whose
+    /// task attempt stopped running. Level-triggered: whatever state a
+    /// crash left, the next pass finds it.
+    async fn sweep(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let resolved = match self
+                .inner
+                .store
+                .resolve_stale_approvals(self.inner.timeout)
+                .await
+            {
+                Ok(resolved) => resolved,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not resolve stale approvals; retrying");
+                    continue;
+                }
+            };
+            for approval in resolved {
+                tracing::info!(approval = %approval.id, state = approval.state.as_str(), comment = %approval.comment, "approval resolved");
+                if let Err(err) = self.decided(&approval).await {
+                    tracing::warn!(approval = %approval.id, error = %err, "could not log an approval's resolution; the agent still gets it when it asks again");
+                }
+            }
+        }
+    }
+
+    async fn decided(&self, approval: &Approval) -> Result<()> {
+        let event = pb::ApprovalDecided {
+            approval: Some(approval.to_wire()),
+        };
+        self.inner
+            .events
+            .append(
+                approval.agent_id,
+                approval.generation,
+                agent_event::Kind::ApprovalDecided(event),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Passes every decision about an agent whose session this node holds
+    /// to that session. Best effort: an answer missed here (the feed
+    /// lagged, the session was busy) reaches the agent when it sends its
+    /// request again.
+    async fn courier(self, shutdown: CancellationToken) {
+        let mut live = self.inner.events.subscribe_live();
+        loop {
+            let event = tokio::select! {
+                event = live.recv() => event,
+                _ = shutdown.cancelled() => return,
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "approval courier lagged; agents ask again");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(agent_event::Kind::ApprovalDecided(decided)) = &event.kind else {
+                continue;
+            };
+            let Some(approval) = &decided.approval else {
+                continue;
+            };
+            let Ok(agent_id) = approval.agent_id.parse::<Uuid>() else {
+                continue;
+            };
+            let Some(session) = self.inner.sessions.get(agent_id) else {
+                continue;
+            };
+            let message = pb::ManagerMessage {
+                kind: Some(manager_message::Kind::ApprovalAnswer(answer(approval))),
+            };
+            let _ = session.tasks.try_send(message);
+        }
+    }
+}
+
+/// An answer that refuses a request without storing it.
+pub fn refusal(request_id: &str, why: String) -> pb::ApprovalAnswer {
+    pb::ApprovalAnswer {
+        request_id: request_id.to_owned(),
+        approval_id: String::new(),
+        state: pb::ApprovalState::Denied as i32,
+        comment: why,
+        decided_by: crate::store::SHEPHERD.to_owned(),
+    }
+}
+
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> pb::ApprovalRequest {
+        pb::ApprovalRequest {
+            request_id: "r1".into(),
+            task_id: "t1".into(),
+            attempt: 1,
+            workflow_id: String::new(),
+            tool: "deploy".into(),
+            input: "x".repeat(MAX_INPUT_BYTES + 10),
+            reason: "é".repeat(MAX_REASON_BYTES),
+        }
+    }
+
+    #[test]
+    fn cuts_free_text_and_refuses_bad_identifiers() {
+        let ask = ApprovalAsk::from_wire(request()).unwrap();
+        assert_eq!(ask.input.len(), MAX_INPUT_BYTES);
+        assert!(ask.reason.len() <= MAX_REASON_BYTES);
+        assert!(ask.reason.chars().all(|c| c == 'é'));
+
+        let mut empty_tool = request();
+        empty_tool.tool.clear();
+        assert!(ApprovalAsk::from_wire(empty_tool).is_err());
+        let mut control = request();
+        control.tool = "rm\n-rf".into();
+        assert!(ApprovalAsk::from_wire(control).is_err());
+        let mut long_id = request();
+        long_id.request_id = "r".repeat(MAX_REQUEST_ID_LEN + 1);
+        assert!(ApprovalAsk::from_wire(long_id).is_err());
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for state in [
+            ApprovalState::Pending,
+            ApprovalState::Approved,
+            ApprovalState::Denied,
+            ApprovalState::Expired,
+            ApprovalState::Withdrawn,
+        ] {
+            assert_eq!(ApprovalState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(ApprovalState::parse("maybe"), None);
+    }
+}
