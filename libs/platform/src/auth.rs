@@ -74,8 +74,14 @@ impl AuthArgs {
 /// call passes. An accepted call carries its [`Caller`].
 #[derive(Clone, Default)]
 pub struct RequireBearer {
-    /// (caller name, token); None: the API is open.
-    expected: Option<Arc<[(String, Vec<u8>)]>>,
+    /// None: the API is open.
+    expected: Option<Arc<[NamedToken]>>,
+}
+
+/// A token and the name its callers are recorded by.
+struct NamedToken {
+    caller: String,
+    token: Vec<u8>,
 }
 
 /// Who made a call, by the name of the token it presented (a request
@@ -93,9 +99,12 @@ impl RequireBearer {
     }
 
     fn with_tokens(tokens: impl IntoIterator<Item = (String, String)>) -> Self {
-        let tokens: Vec<(String, Vec<u8>)> = tokens
+        let tokens: Vec<NamedToken> = tokens
             .into_iter()
-            .map(|(name, token)| (name, token.into_bytes()))
+            .map(|(caller, token)| NamedToken {
+                caller,
+                token: token.into_bytes(),
+            })
             .collect();
         Self {
             expected: (!tokens.is_empty()).then(|| Arc::from(tokens)),
@@ -133,9 +142,9 @@ impl Interceptor for RequireBearer {
         // Every token is compared, so the time taken does not tell which
         // one (if any) matched.
         let mut matched = None;
-        for (name, token) in expected.iter() {
-            if constant_time_eq(presented.as_bytes(), token) {
-                matched = Some(name.clone());
+        for named in expected.iter() {
+            if constant_time_eq(presented.as_bytes(), &named.token) {
+                matched = Some(named.caller.clone());
             }
         }
         let name = matched.ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;

@@ -142,6 +142,35 @@ const TOOLS: &[Spec] = &[
         inputs: &[TASK],
     },
     Spec {
+        name: "list_approvals",
+        description: "Approvals agents asked for before using a tool, newest first: the tool, its input, why, and the decision.",
+        effect: Effect::Reads,
+        inputs: &[
+            (
+                "state",
+                "string",
+                "pending (default), approved, denied, expired, withdrawn or all",
+                false,
+            ),
+            (
+                "workflow",
+                "string",
+                "only this workflow's (id or name)",
+                false,
+            ),
+        ],
+    },
+    Spec {
+        name: "decide_approval",
+        description: "Approve or deny a pending approval; the agent goes on or is refused. Deciding twice keeps the first decision.",
+        effect: Effect::Changes,
+        inputs: &[
+            ("approval", "string", "approval id", true),
+            ("decision", "string", "approve or deny", true),
+            ("comment", "string", "passed to the agent", false),
+        ],
+    },
+    Spec {
         name: "cancel_task",
         description: "Cancel a task (a running one is stopped by its agent).",
         effect: Effect::Destroys,
@@ -389,6 +418,43 @@ impl Server {
                         .await
                 }?;
                 task.into_inner().json()
+            }
+            "list_approvals" => {
+                let state = match optional(args, "state").unwrap_or("pending") {
+                    "all" => am::ApprovalState::Unspecified,
+                    state => am::ApprovalState::from_str_name(&format!(
+                        "APPROVAL_STATE_{}",
+                        state.to_ascii_uppercase()
+                    ))
+                    .ok_or_else(|| Failure(format!("unknown state {state:?}")))?,
+                };
+                let workflow_id = match optional(args, "workflow") {
+                    Some(workflow) => self.workflow_id(workflow).await?,
+                    None => String::new(),
+                };
+                let list = self
+                    .clients
+                    .list_approvals(state, String::new(), workflow_id)
+                    .await?;
+                Value::Array(list.iter().map(Render::json).collect())
+            }
+            "decide_approval" => {
+                let decision = match arg(args, "decision")? {
+                    "approve" => am::Decision::Approve,
+                    "deny" => am::Decision::Deny,
+                    other => {
+                        return Err(Failure(format!("decision {other:?}: use approve or deny")));
+                    }
+                };
+                agents
+                    .decide_approval(am::DecideApprovalRequest {
+                        approval_id: arg(args, "approval")?.to_owned(),
+                        decision: decision as i32,
+                        comment: optional(args, "comment").unwrap_or_default().to_owned(),
+                    })
+                    .await?
+                    .into_inner()
+                    .json()
             }
             other => return Err(Failure(format!("no tool {other:?}"))),
         })

@@ -734,6 +734,22 @@ impl Render for sched::WorkflowDiagnosis {
                 ),
             ),
             ("next fire", time(self.next_fire.as_ref())),
+            (
+                "approvals",
+                self.pending_approvals
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} ({} for task {}, {})",
+                            a.approval_id,
+                            a.tool,
+                            a.task_id,
+                            seconds(a.age.as_ref())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("last error", self.last_error.clone()),
         ]
     }
@@ -762,6 +778,11 @@ impl Render for sched::WorkflowDiagnosis {
             "oldest_pending_task_id": self.oldest_pending_task_id,
             "next_fire": time(self.next_fire.as_ref()),
             "last_error": self.last_error,
+            "pending_approvals": self.pending_approvals.iter().map(|a| json!({
+                "approval_id": a.approval_id,
+                "task_id": a.task_id,
+                "tool": a.tool,
+            })).collect::<Vec<_>>(),
         })
     }
 }
