@@ -2,7 +2,10 @@
 `shepherd mcp` test: starts the server over stdio, lists its tools, calls
 a few, and prints what it saw as one JSON object.
 
-usage: mcp_client.py SHEPHERD_BINARY ALLOW_WRITES(0|1) AGENT WORKFLOW
+usage: mcp_client.py SHEPHERD_BINARY ALLOW_WRITES(0|1) AGENT WORKFLOW [URL TOKEN]
+
+With URL (and TOKEN), it connects to a running `shepherd mcp --http` over
+streamable HTTP instead of starting one on stdio.
 """
 import asyncio
 import json
@@ -11,6 +14,7 @@ import sys
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 
 def field(obj, *names):
@@ -27,12 +31,20 @@ def result(answer):
     return {"error": bool(field(answer, "isError", "is_error")), "text": text}
 
 
-async def main():
-    binary, allow, agent, workflow = sys.argv[1:5]
+def transport(binary, allow):
+    if len(sys.argv) > 6:
+        url, token = sys.argv[5:7]
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        return streamable_http_client(url, http_client=client)
     args = ["mcp"] + (["--allow-writes"] if allow == "1" else [])
     params = StdioServerParameters(command=binary, args=args, env=dict(os.environ))
+    return stdio_client(params)
+
+
+async def main():
+    binary, allow, agent, workflow = sys.argv[1:5]
     seen = {}
-    async with stdio_client(params) as (read, write):
+    async with transport(binary, allow) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
             tools = (await session.list_tools()).tools
@@ -45,6 +57,7 @@ async def main():
                 for tool in tools
             }
             seen["list_agents"] = result(await session.call_tool("list_agents", {}))
+            seen["approvals"] = result(await session.call_tool("list_approvals", {"state": "all"}))
             seen["explain"] = result(
                 await session.call_tool("explain_workflow", {"workflow": workflow})
             )

@@ -82,9 +82,14 @@ pub(crate) enum Command {
     /// (for an AI assistant). Only reading tools unless --allow-writes.
     Mcp {
         /// Also offer the tools that change things (start, stop, restart,
-        /// trigger, cancel).
+        /// trigger, cancel, decide approvals).
         #[arg(long)]
         allow_writes: bool,
+        /// Serve MCP over streamable HTTP on this address (path /mcp)
+        /// instead of stdio. Loopback only (Host checked); with a token
+        /// set (--token), clients must send it as a bearer token.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// The fleet live in the terminal: agents, workflows, tasks/s, recent
     /// events; keys restart/stop/start the selected agent (r/s/S), trigger

@@ -28,6 +28,7 @@ pub(crate) type Authed = InterceptedService<Channel, ClientMetadata>;
 pub(crate) struct UsageError(pub String);
 
 /// The two services' clients, and how results are printed.
+#[derive(Clone)]
 pub(crate) struct Clients {
     pub(crate) agents: AgentManagerClient<Authed>,
     pub(crate) workflows: SchedulerClient<Authed>,
@@ -90,7 +91,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Approvals(command) => clients.approvals(command).await,
         Command::Top => crate::top::run(clients.agents, clients.workflows).await,
-        Command::Mcp { allow_writes } => crate::mcp::run(clients, allow_writes).await,
+        Command::Mcp { allow_writes, http } => match http {
+            Some(addr) => {
+                crate::mcp::serve_http(clients, allow_writes, &addr, cli.token.clone()).await
+            }
+            None => crate::mcp::run(clients, allow_writes).await,
+        },
         Command::Manager => {
             let info = clients
                 .agents

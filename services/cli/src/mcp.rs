@@ -210,6 +210,7 @@ fn tool(spec: &Spec) -> Tool {
     tool
 }
 
+#[derive(Clone)]
 pub(crate) struct Server {
     /// The CLI's clients, and its id-or-name lookups.
     clients: Clients,
@@ -225,6 +226,79 @@ pub(crate) async fn run(clients: Clients, allow_writes: bool) -> anyhow::Result<
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
+}
+
+/// Serves MCP over streamable HTTP at `http://ADDR/mcp` until interrupted
+/// (Ctrl-C). Prints `shepherd mcp listening on URL` to stderr once bound.
+pub(crate) async fn serve_http(
+    clients: Clients,
+    allow_writes: bool,
+    addr: &str,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let server = Server {
+        clients,
+        allow_writes,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = StreamableHttpServerConfig::default();
+    config.cancellation_token = shutdown.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let token = token.filter(|t| !t.is_empty()).map(Arc::<str>::from);
+    let router =
+        axum::Router::new()
+            .nest_service("/mcp", service)
+            .layer(axum::middleware::from_fn(move |request, next| {
+                require_token(token.clone(), request, next)
+            }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| crate::commands::UsageError(format!("--http {addr}: {err}")))?;
+    eprintln!(
+        "shepherd mcp listening on http://{}/mcp",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        })
+        .await?;
+    Ok(())
+}
+
+/// With a token set, every request must carry it as a bearer token.
+async fn require_token(
+    token: Option<Arc<str>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(token) = token {
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let ok = presented.is_some_and(|presented| {
+            shepherd_platform::auth::constant_time_eq(presented.as_bytes(), token.as_bytes())
+        });
+        if !ok {
+            return (
+                http::StatusCode::UNAUTHORIZED,
+                "send the Shepherd token as `Authorization: Bearer <token>`",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// A tool's failure as the caller should read it (not a protocol error).
