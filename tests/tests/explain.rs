@@ -1,6 +1,6 @@
 //! "Why isn't it running?": each verdict ExplainWorkflow can give, built
 //! for real (real agents, real replicas), and the CLI's `workflows why`.
-//! (Waiting on an approval joins when approvals exist.)
+//! (Waiting on an approval is built in `approvals.rs`, with the approval.)
 
 use shepherd_e2e::{AuthChannel, Stack, StackOptions, WAIT, test_restart_policy};
 use shepherd_proto::agentmanager::v1 as am;
