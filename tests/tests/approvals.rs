@@ -188,6 +188,18 @@ async fn a_task_waits_for_a_decision_and_goes_on_or_fails_as_decided() -> anyhow
         diagnosis.summary
     );
     assert_eq!(diagnosis.pending_approvals.len(), 1);
+    // The task itself says what it waits for.
+    eventually(WAIT, "the wait shown as the task's progress", || async {
+        let progress = task(&stack, &first.id).await?.progress.unwrap_or_default();
+        Ok(progress
+            .message
+            .contains(&format!(
+                "waiting for approval to use deploy (approval {})",
+                asked.id
+            ))
+            .then_some(()))
+    })
+    .await?;
     assert_eq!(
         task(&stack, &first.id).await?.state(),
         TaskState::Dispatched

@@ -85,9 +85,11 @@ pub struct ApprovalSocket {
 }
 
 impl ApprovalSocket {
-    /// Listens in a new private (0700) directory under the temp dir.
+    /// Listens in a new private (0700) directory under the temp dir
+    /// (first removing those of agents that died without removing theirs).
     pub fn bind() -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
+        remove_stale_dirs();
         let dir = std::env::temp_dir().join(format!(
             "shepherd-agent-{}-{}",
             std::process::id(),
@@ -127,6 +129,28 @@ impl Drop for ApprovalSocket {
     fn drop(&mut self) {
         self.accept.abort();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes `shepherd-agent-PID-*` directories of processes that no longer
+/// exist (an agent killed with SIGKILL leaves its directory behind).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("shepherd-agent-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
