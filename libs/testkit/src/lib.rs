@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod cluster;
 pub mod kube_fake;
+pub mod manager;
 pub mod proxy;
 
 use std::future::Future;

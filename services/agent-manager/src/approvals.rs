@@ -19,12 +19,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shepherd_proto::agentmanager::v1::{self as pb, agent_event, manager_message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::events::EventLog;
+use crate::events::{Event, EventLog};
+use crate::protocol::ToAgent;
 use crate::sessions::Sessions;
 use crate::store::Store;
 
@@ -74,16 +74,6 @@ impl ApprovalState {
             _ => None,
         }
     }
-
-    fn to_wire(self) -> pb::ApprovalState {
-        match self {
-            Self::Pending => pb::ApprovalState::Pending,
-            Self::Approved => pb::ApprovalState::Approved,
-            Self::Denied => pb::ApprovalState::Denied,
-            Self::Expired => pb::ApprovalState::Expired,
-            Self::Withdrawn => pb::ApprovalState::Withdrawn,
-        }
-    }
 }
 
 /// A stored approval.
@@ -109,41 +99,27 @@ pub struct Approval {
 }
 
 impl Approval {
-    /// The approval as the API and the event log carry it.
-    pub fn to_wire(&self) -> pb::Approval {
-        pb::Approval {
-            id: self.id.to_string(),
-            agent_id: self.agent_id.to_string(),
-            task_id: self.task_id.clone(),
-            attempt: self.attempt,
-            workflow_id: self.workflow_id.clone(),
-            tool: self.tool.clone(),
-            input: self.input.clone(),
-            reason: self.reason.clone(),
-            state: self.state.to_wire() as i32,
+    /// What the agent is told: its request's final state.
+    fn answer(&self) -> Answer {
+        Answer {
+            request_id: self.request_id.clone(),
+            approval_id: self.id.to_string(),
+            state: self.state,
             comment: self.comment.clone(),
             decided_by: self.decided_by.clone(),
-            create_time: Some(self.created_at.into()),
-            decide_time: self.decided_at.map(Into::into),
-            expire_time: Some(self.expires_at.into()),
-            request_id: self.request_id.clone(),
         }
-    }
-
-    /// What the agent is told: its request's final state.
-    fn answer(&self) -> pb::ApprovalAnswer {
-        answer(&self.to_wire())
     }
 }
 
-fn answer(approval: &pb::Approval) -> pb::ApprovalAnswer {
-    pb::ApprovalAnswer {
-        request_id: approval.request_id.clone(),
-        approval_id: approval.id.clone(),
-        state: approval.state,
-        comment: approval.comment.clone(),
-        decided_by: approval.decided_by.clone(),
-    }
+/// The answer to an agent's request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub request_id: String,
+    /// Empty when the request was refused without being stored.
+    pub approval_id: String,
+    pub state: ApprovalState,
+    pub comment: String,
+    pub decided_by: String,
 }
 
 /// What an agent asked, within bounds.
@@ -160,42 +136,28 @@ pub struct ApprovalAsk {
 
 impl ApprovalAsk {
     /// Checks the identifying fields and cuts the free text to its bounds.
-    pub fn from_wire(request: pb::ApprovalRequest) -> std::result::Result<Self, String> {
-        let pb::ApprovalRequest {
-            request_id,
-            task_id,
-            attempt,
-            workflow_id,
-            tool,
-            mut input,
-            mut reason,
-        } = request;
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+    pub fn bounded(mut self) -> std::result::Result<Self, String> {
+        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID_LEN {
             return Err(format!(
                 "request_id must be 1-{MAX_REQUEST_ID_LEN} characters"
             ));
         }
-        if tool.is_empty() || tool.len() > MAX_TOOL_LEN || tool.chars().any(char::is_control) {
+        if self.tool.is_empty()
+            || self.tool.len() > MAX_TOOL_LEN
+            || self.tool.chars().any(char::is_control)
+        {
             return Err(format!(
                 "tool must be 1-{MAX_TOOL_LEN} printable characters"
             ));
         }
-        if workflow_id.len() > MAX_WORKFLOW_ID_LEN {
+        if self.workflow_id.len() > MAX_WORKFLOW_ID_LEN {
             return Err(format!(
                 "workflow_id must be at most {MAX_WORKFLOW_ID_LEN} characters"
             ));
         }
-        truncate_utf8(&mut input, MAX_INPUT_BYTES);
-        truncate_utf8(&mut reason, MAX_REASON_BYTES);
-        Ok(Self {
-            request_id,
-            task_id,
-            attempt,
-            workflow_id,
-            tool,
-            input,
-            reason,
-        })
+        truncate_utf8(&mut self.input, MAX_INPUT_BYTES);
+        truncate_utf8(&mut self.reason, MAX_REASON_BYTES);
+        Ok(self)
     }
 }
 
@@ -251,7 +213,7 @@ impl Approvals {
         generation: u64,
         ask: ApprovalAsk,
         runs_task: bool,
-    ) -> Result<Option<pb::ApprovalAnswer>> {
+    ) -> Result<Option<Answer>> {
         let inner = &self.inner;
         if !runs_task {
             return Ok(
@@ -294,15 +256,12 @@ impl Approvals {
         };
         if created {
             tracing::info!(agent = %agent_id, approval = %approval.id, tool = %approval.tool, task = %approval.task_id, "approval requested");
-            let event = pb::ApprovalRequested {
-                approval: Some(approval.to_wire()),
-            };
             inner
                 .events
                 .append(
                     agent_id,
                     generation,
-                    agent_event::Kind::ApprovalRequested(event),
+                    Event::ApprovalRequested(approval.clone()),
                 )
                 .await?;
         }
@@ -387,15 +346,12 @@ impl Approvals {
     }
 
     async fn decided(&self, approval: &Approval) -> Result<()> {
-        let event = pb::ApprovalDecided {
-            approval: Some(approval.to_wire()),
-        };
         self.inner
             .events
             .append(
                 approval.agent_id,
                 approval.generation,
-                agent_event::Kind::ApprovalDecided(event),
+                Event::ApprovalDecided(approval.clone()),
             )
             .await
             .map(drop)
@@ -420,32 +376,25 @@ impl Approvals {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let Some(agent_event::Kind::ApprovalDecided(decided)) = &event.kind else {
+            let Some(decided) = crate::events::decided_approval(&event) else {
                 continue;
             };
-            let Some(approval) = &decided.approval else {
+            let Some(session) = self.inner.sessions.get(decided.agent_id) else {
                 continue;
             };
-            let Ok(agent_id) = approval.agent_id.parse::<Uuid>() else {
-                continue;
-            };
-            let Some(session) = self.inner.sessions.get(agent_id) else {
-                continue;
-            };
-            let message = pb::ManagerMessage {
-                kind: Some(manager_message::Kind::ApprovalAnswer(answer(approval))),
-            };
-            let _ = session.tasks.try_send(message);
+            let _ = session
+                .tasks
+                .try_send(ToAgent::ApprovalAnswer(decided.answer));
         }
     }
 }
 
 /// An answer that refuses a request without storing it.
-pub fn refusal(request_id: &str, why: String) -> pb::ApprovalAnswer {
-    pb::ApprovalAnswer {
+pub fn refusal(request_id: &str, why: String) -> Answer {
+    Answer {
         request_id: request_id.to_owned(),
         approval_id: String::new(),
-        state: pb::ApprovalState::Denied as i32,
+        state: ApprovalState::Denied,
         comment: why,
         decided_by: crate::store::SHEPHERD.to_owned(),
     }
@@ -465,8 +414,8 @@ fn truncate_utf8(text: &mut String, max: usize) {
 mod tests {
     use super::*;
 
-    fn request() -> pb::ApprovalRequest {
-        pb::ApprovalRequest {
+    fn request() -> ApprovalAsk {
+        ApprovalAsk {
             request_id: "r1".into(),
             task_id: "t1".into(),
             attempt: 1,
@@ -479,20 +428,20 @@ mod tests {
 
     #[test]
     fn cuts_free_text_and_refuses_bad_identifiers() {
-        let ask = ApprovalAsk::from_wire(request()).unwrap();
+        let ask = request().bounded().unwrap();
         assert_eq!(ask.input.len(), MAX_INPUT_BYTES);
         assert!(ask.reason.len() <= MAX_REASON_BYTES);
         assert!(ask.reason.chars().all(|c| c == 'é'));
 
         let mut empty_tool = request();
         empty_tool.tool.clear();
-        assert!(ApprovalAsk::from_wire(empty_tool).is_err());
+        assert!(ApprovalAsk::bounded(empty_tool).is_err());
         let mut control = request();
         control.tool = "rm\n-rf".into();
-        assert!(ApprovalAsk::from_wire(control).is_err());
+        assert!(ApprovalAsk::bounded(control).is_err());
         let mut long_id = request();
         long_id.request_id = "r".repeat(MAX_REQUEST_ID_LEN + 1);
-        assert!(ApprovalAsk::from_wire(long_id).is_err());
+        assert!(ApprovalAsk::bounded(long_id).is_err());
     }
 
     #[test]

@@ -34,8 +34,10 @@ use uuid::Uuid;
 use shepherd_platform::backoff::Backoff;
 use shepherd_platform::notify::{Heard, Listener};
 
+use crate::approvals::{Answer, Approval, ApprovalState};
 use crate::error::{Error, Result};
-use crate::store::{EventRow, Store};
+pub use crate::event::Event;
+use crate::store::{EventRow, Store, TaskOutcome};
 
 /// Events a watcher may lag behind the live feed before it falls back to
 /// reading the database.
@@ -50,6 +52,9 @@ struct AppendRequest {
     event: AgentEvent,
     done: oneshot::Sender<Result<u64>>,
 }
+
+/// One message of a watch stream, as the log encodes it (the wire's).
+pub use pb::WatchAgentEventsResponse as WatchItem;
 
 /// Handle to the event log; cheap to clone.
 #[derive(Clone)]
@@ -95,13 +100,8 @@ impl EventLog {
 
     /// Appends one event and returns its sequence number once it is
     /// committed.
-    pub async fn append(
-        &self,
-        agent_id: Uuid,
-        generation: u64,
-        kind: agent_event::Kind,
-    ) -> Result<u64> {
-        let event = new_event(agent_id, generation, kind);
+    pub async fn append(&self, agent_id: Uuid, generation: u64, event: Event) -> Result<u64> {
+        let event = new_event(agent_id, generation, encode(event));
         let (done, result) = oneshot::channel();
         self.appends
             .send(AppendRequest {
@@ -118,17 +118,12 @@ impl EventLog {
 
     /// Appends one event without waiting for its commit (the writer retries
     /// until it is stored). Events queued by one caller keep their order.
-    pub async fn enqueue(
-        &self,
-        agent_id: Uuid,
-        generation: u64,
-        kind: agent_event::Kind,
-    ) -> Result<()> {
+    pub async fn enqueue(&self, agent_id: Uuid, generation: u64, event: Event) -> Result<()> {
         let (done, _) = oneshot::channel();
         self.appends
             .send(AppendRequest {
                 agent_id,
-                event: new_event(agent_id, generation, kind),
+                event: new_event(agent_id, generation, encode(event)),
                 done,
             })
             .await
@@ -442,6 +437,144 @@ fn new_event(agent_id: Uuid, generation: u64, kind: agent_event::Kind) -> AgentE
         time: Some(SystemTime::now().into()),
         kind: Some(kind),
     }
+}
+
+/// An event as the log stores it.
+fn encode(event: Event) -> agent_event::Kind {
+    use agent_event::Kind;
+    match event {
+        Event::Created { name } => Kind::Created(pb::AgentCreated { name }),
+        Event::Started { pid } => Kind::Started(pb::AgentStarted { pid }),
+        Event::Ready => Kind::Ready(pb::AgentReady {}),
+        Event::Disconnected { reason } => Kind::Disconnected(pb::AgentDisconnected { reason }),
+        Event::Exited {
+            code,
+            signal,
+            reason,
+        } => Kind::Exited(pb::AgentExited {
+            code,
+            signal,
+            reason: wire_exit_reason(Some(reason)) as i32,
+        }),
+        Event::Restarted { generation, reason } => {
+            Kind::Restarted(pb::AgentRestarted { generation, reason })
+        }
+        Event::Stopped => Kind::Stopped(pb::AgentStopped {}),
+        Event::Deleted => Kind::Deleted(pb::AgentDeleted {}),
+        Event::TaskAccepted { task_id } => Kind::TaskAccepted(pb::TaskAccepted { task_id }),
+        Event::TaskCompleted {
+            task_id,
+            outcome,
+            output,
+            attempt,
+        } => Kind::TaskCompleted(pb::TaskCompleted {
+            task_id,
+            outcome: wire_outcome(outcome) as i32,
+            output,
+            attempt,
+        }),
+        Event::TaskLost {
+            task_id,
+            reason,
+            attempt,
+        } => Kind::TaskLost(pb::TaskLost {
+            task_id,
+            reason,
+            attempt,
+        }),
+        Event::TaskProgress {
+            task_id,
+            attempt,
+            message,
+            fraction,
+            output,
+        } => Kind::TaskProgress(pb::TaskProgress {
+            task_id,
+            attempt,
+            message,
+            fraction,
+            output,
+        }),
+        Event::ApprovalRequested(approval) => Kind::ApprovalRequested(pb::ApprovalRequested {
+            approval: Some(wire_approval(&approval)),
+        }),
+        Event::ApprovalDecided(approval) => Kind::ApprovalDecided(pb::ApprovalDecided {
+            approval: Some(wire_approval(&approval)),
+        }),
+    }
+}
+
+/// A task outcome as the log (and the API) encode it.
+pub fn wire_outcome(outcome: TaskOutcome) -> pb::TaskOutcome {
+    match outcome {
+        TaskOutcome::Succeeded => pb::TaskOutcome::Succeeded,
+        TaskOutcome::Failed => pb::TaskOutcome::Failed,
+        TaskOutcome::TimedOut => pb::TaskOutcome::TimedOut,
+        TaskOutcome::Cancelled => pb::TaskOutcome::Cancelled,
+    }
+}
+
+/// The approval an `ApprovalDecided` event carries (its agent and final
+/// state), for the couriers that pass decisions to sessions.
+pub fn decided_approval(event: &AgentEvent) -> Option<DecidedApproval> {
+    let Some(agent_event::Kind::ApprovalDecided(decided)) = &event.kind else {
+        return None;
+    };
+    let approval = decided.approval.as_ref()?;
+    Some(DecidedApproval {
+        agent_id: approval.agent_id.parse().ok()?,
+        answer: Answer {
+            request_id: approval.request_id.clone(),
+            approval_id: approval.id.clone(),
+            state: approval_state_from_wire(approval.state()),
+            comment: approval.comment.clone(),
+            decided_by: approval.decided_by.clone(),
+        },
+    })
+}
+
+fn approval_state_from_wire(state: pb::ApprovalState) -> ApprovalState {
+    match state {
+        pb::ApprovalState::Approved => ApprovalState::Approved,
+        pb::ApprovalState::Expired => ApprovalState::Expired,
+        pb::ApprovalState::Withdrawn => ApprovalState::Withdrawn,
+        pb::ApprovalState::Pending => ApprovalState::Pending,
+        pb::ApprovalState::Denied | pb::ApprovalState::Unspecified => ApprovalState::Denied,
+    }
+}
+
+/// An approval as the log (and the API) encode it.
+pub fn wire_approval(approval: &Approval) -> pb::Approval {
+    let state = match approval.state {
+        ApprovalState::Pending => pb::ApprovalState::Pending,
+        ApprovalState::Approved => pb::ApprovalState::Approved,
+        ApprovalState::Denied => pb::ApprovalState::Denied,
+        ApprovalState::Expired => pb::ApprovalState::Expired,
+        ApprovalState::Withdrawn => pb::ApprovalState::Withdrawn,
+    };
+    pb::Approval {
+        id: approval.id.to_string(),
+        agent_id: approval.agent_id.to_string(),
+        task_id: approval.task_id.clone(),
+        attempt: approval.attempt,
+        workflow_id: approval.workflow_id.clone(),
+        tool: approval.tool.clone(),
+        input: approval.input.clone(),
+        reason: approval.reason.clone(),
+        state: state as i32,
+        comment: approval.comment.clone(),
+        decided_by: approval.decided_by.clone(),
+        create_time: Some(approval.created_at.into()),
+        decide_time: approval.decided_at.map(Into::into),
+        expire_time: Some(approval.expires_at.into()),
+        request_id: approval.request_id.clone(),
+    }
+}
+
+/// A decision read back from the log.
+pub struct DecidedApproval {
+    pub agent_id: Uuid,
+    pub answer: Answer,
 }
 
 /// A readable name of an event kind: the `kind` column operators query,

@@ -5,10 +5,6 @@
 use std::sync::Arc;
 
 use futures_util::Stream;
-use shepherd_proto::agentmanager::v1::{
-    AgentCreated, AgentMessage, HeldTask, ManagerMessage, Task, WatchAgentEventsResponse, Welcome,
-    agent_event, manager_message,
-};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,9 +13,10 @@ use uuid::Uuid;
 use crate::approvals::Approvals;
 use crate::containment::{Containment, Usage};
 use crate::error::{Error, Result};
-use crate::events::EventLog;
+use crate::events::{Event, EventLog, WatchItem};
 use crate::logs::LogStream;
 use crate::model::{AgentRecord, DesiredState, NewAgent, Runtime};
+use crate::protocol::{DeliveredTask, FromAgent, HeldTask, ToAgent};
 use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
 use crate::store::{AgentFilter, NodeRecord, Placement, Store, TaskClaim, TaskOutcome, TaskState};
 use crate::supervisor::{Supervisors, report_lost};
@@ -95,8 +92,9 @@ pub struct TaskRequest {
     pub attempt: u32,
     pub payload: Vec<u8>,
     pub trace_context: std::collections::HashMap<String, String>,
-    /// The task as data, forwarded to the agent unchanged.
-    pub spec: Option<shepherd_proto::agentmanager::v1::TaskSpec>,
+    /// The task as data (an encoded `TaskSpec`), forwarded to the agent
+    /// unread.
+    pub spec: Option<Vec<u8>>,
     /// How long the agent has for this attempt, from delivery.
     pub timeout: Option<std::time::Duration>,
 }
@@ -228,9 +226,9 @@ impl Manager {
             .append(
                 record.id,
                 0,
-                agent_event::Kind::Created(AgentCreated {
+                Event::Created {
                     name: record.name.clone(),
-                }),
+                },
             )
             .await?;
         self.supervisors.spawn(record.clone());
@@ -393,19 +391,16 @@ impl Manager {
         // A crash here leaves the attempt recorded as delivered but never
         // handed over: start-up declares it lost (no session survives).
         shepherd_platform::failpoint::hit("manager.after_delivery_recorded");
-        let message = ManagerMessage {
-            kind: Some(manager_message::Kind::Task(Task {
-                task_id: request.task_id.clone(),
-                payload: request.payload,
-                attempt,
-                trace_context: request.trace_context,
-                spec: request.spec,
-                deadline: request
-                    .timeout
-                    .and_then(|timeout| std::time::SystemTime::now().checked_add(timeout))
-                    .map(Into::into),
-            })),
-        };
+        let message = ToAgent::Task(DeliveredTask {
+            task_id: request.task_id.clone(),
+            payload: request.payload,
+            attempt,
+            trace_context: request.trace_context,
+            spec: request.spec,
+            deadline: request
+                .timeout
+                .and_then(|timeout| std::time::SystemTime::now().checked_add(timeout)),
+        });
         if session.tasks.send(message).await.is_err() {
             // The session ended between lookup and delivery. Its sweep may
             // have run before our claim committed, so record the loss here
@@ -509,14 +504,10 @@ impl Manager {
         if let Some(TaskState::Delivered | TaskState::Accepted) = status.state
             && let Some(session) = self.supervisors.context().sessions.get(agent)
         {
-            let cancel = ManagerMessage {
-                kind: Some(manager_message::Kind::Cancel(
-                    shepherd_proto::agentmanager::v1::Cancel {
-                        task_id: task_id.to_owned(),
-                        attempt: status.attempt,
-                        reason: "cancelled on request".into(),
-                    },
-                )),
+            let cancel = ToAgent::Cancel {
+                task_id: task_id.to_owned(),
+                attempt: status.attempt,
+                reason: "cancelled on request".into(),
             };
             // A session that just ended has declared the task lost.
             let _ = session.tasks.send(cancel).await;
@@ -529,11 +520,7 @@ impl Manager {
         self.events.latest()
     }
 
-    pub fn watch_events(
-        &self,
-        after: u64,
-        agent: Option<Uuid>,
-    ) -> mpsc::Receiver<WatchAgentEventsResponse> {
+    pub fn watch_events(&self, after: u64, agent: Option<Uuid>) -> mpsc::Receiver<WatchItem> {
         let (out, receiver) = mpsc::channel(256);
         let events = self.events.clone();
         let stop = self.shutdown.child_token();
@@ -571,9 +558,9 @@ impl Manager {
         held: Vec<HeldTask>,
         instance: String,
         inbound: S,
-    ) -> Result<mpsc::Receiver<ManagerMessage>>
+    ) -> Result<mpsc::Receiver<ToAgent>>
     where
-        S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin + Send + 'static,
+        S: Stream<Item = Result<FromAgent, String>> + Unpin + Send + 'static,
     {
         let (tasks_tx, tasks) = mpsc::channel(1024);
         let mut handle = SessionHandle {
@@ -616,11 +603,9 @@ impl Manager {
         handle.generation = generation;
 
         let (outbound, receiver) = mpsc::channel(256);
-        let welcome = ManagerMessage {
-            kind: Some(manager_message::Kind::Welcome(Welcome {
-                generation,
-                heartbeat_interval: prost_types::Duration::try_from(self.session_heartbeat).ok(),
-            })),
+        let welcome = ToAgent::Welcome {
+            generation,
+            heartbeat_interval: self.session_heartbeat,
         };
         // Capacity is free: this cannot fail before the receiver is returned.
         let _ = outbound.try_send(welcome);

@@ -22,11 +22,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shepherd_proto::agentmanager::v1::{AgentDisconnected, agent_event};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::events::EventLog;
+use crate::events::{Event, EventLog};
 use crate::store::{Renewal, Store};
 use crate::supervisor::{Supervisors, report_lost};
 
@@ -98,12 +97,12 @@ impl NodeLease {
                 .append(
                     agent.agent_id,
                     agent.generation,
-                    agent_event::Kind::Disconnected(AgentDisconnected {
+                    Event::Disconnected {
                         reason: format!(
                             "its manager node {} stopped renewing its lease",
                             agent.node
                         ),
-                    }),
+                    },
                 )
                 .await?;
         }

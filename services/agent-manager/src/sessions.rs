@@ -14,10 +14,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use shepherd_proto::agentmanager::v1::{
-    self as pb, AgentMessage, Cancel, ManagerHeartbeat, ManagerMessage, ReportAck, TaskCompleted,
-    agent_event, agent_message, manager_message,
-};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +22,8 @@ use uuid::Uuid;
 use shepherd_platform::backoff::Backoff;
 
 use crate::approvals::{ApprovalAsk, Approvals, refusal};
-use crate::events::EventLog;
+use crate::events::{Event, EventLog};
+use crate::protocol::{FromAgent, ToAgent};
 use crate::store::{Completion, Store, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
@@ -51,7 +48,7 @@ pub struct SessionHandle {
     /// Tasks to forward to the agent. Closed once the session loop ended, so
     /// a send that succeeds was taken before the session's tasks were
     /// declared lost.
-    pub tasks: mpsc::Sender<ManagerMessage>,
+    pub tasks: mpsc::Sender<ToAgent>,
     /// Cancelling it ends the session loop.
     pub cancel: CancellationToken,
     /// Tasks the agent accepted on this session and has not completed.
@@ -160,8 +157,8 @@ pub struct SessionLoop<S> {
     pub agent_id: Uuid,
     pub handle: SessionHandle,
     pub inbound: S,
-    pub tasks: mpsc::Receiver<ManagerMessage>,
-    pub outbound: mpsc::Sender<ManagerMessage>,
+    pub tasks: mpsc::Receiver<ToAgent>,
+    pub outbound: mpsc::Sender<ToAgent>,
     pub heartbeat_interval: Duration,
     /// How long an agent has to report a task after it was told to stop
     /// it before its session counts as wedged.
@@ -180,7 +177,7 @@ pub struct CarriedTask {
     pub task_id: String,
     pub attempt: u32,
     /// The deadline the agent was given, as it reports it.
-    pub deadline: Option<prost_types::Timestamp>,
+    pub deadline: Option<std::time::SystemTime>,
     pub accepted: bool,
 }
 
@@ -203,7 +200,7 @@ impl SessionEnd {
 
 impl<S> SessionLoop<S>
 where
-    S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin,
+    S: Stream<Item = Result<FromAgent, String>> + Unpin,
 {
     /// Runs until the agent goes away, goes silent, or the session is
     /// cancelled. Returns why it ended. The task channel is closed before
@@ -277,8 +274,8 @@ where
 struct Session<'a, S> {
     cancel: &'a CancellationToken,
     inbound: &'a mut S,
-    tasks: &'a mut mpsc::Receiver<ManagerMessage>,
-    outbound: &'a mpsc::Sender<ManagerMessage>,
+    tasks: &'a mut mpsc::Receiver<ToAgent>,
+    outbound: &'a mpsc::Sender<ToAgent>,
     heartbeat_interval: Duration,
     cancel_grace: Duration,
     reports: &'a TaskReports,
@@ -287,7 +284,7 @@ struct Session<'a, S> {
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin,
+    S: Stream<Item = Result<FromAgent, String>> + Unpin,
 {
     async fn serve(self, mut in_flight: InFlightTasks) -> SessionEnd {
         // The agent heartbeats every interval; three missed ones mean it is
@@ -304,19 +301,19 @@ where
                         silent_until = Instant::now() + silence_limit;
                         self.reports.on_message(message, &mut in_flight).await;
                     }
-                    Some(Err(status)) => return SessionEnd::gone(format!("session stream failed: {}", status.message())),
+                    Some(Err(reason)) => return SessionEnd::gone(format!("session stream failed: {reason}")),
                     None => return SessionEnd::gone("agent closed the session"),
                 },
                 Some(message) = self.tasks.recv() => {
-                    let forward = match &message.kind {
-                        Some(manager_message::Kind::Task(task)) => {
+                    let forward = match &message {
+                        ToAgent::Task(task) => {
                             in_flight.delivered(&task.task_id, task.attempt, task.deadline);
                             true
                         }
                         // A cancel of a task this session does not run
                         // has nothing to stop.
-                        Some(manager_message::Kind::Cancel(cancel)) => {
-                            in_flight.stop(&cancel.task_id, TaskOutcome::Cancelled, Instant::now() + self.cancel_grace)
+                        ToAgent::Cancel { task_id, .. } => {
+                            in_flight.stop(task_id, TaskOutcome::Cancelled, Instant::now() + self.cancel_grace)
                         }
                         _ => true,
                     };
@@ -325,10 +322,7 @@ where
                     }
                 }
                 _ = ticker.tick() => {
-                    let beat = ManagerMessage {
-                        kind: Some(manager_message::Kind::Heartbeat(ManagerHeartbeat {})),
-                    };
-                    if self.outbound.send(beat).await.is_err() {
+                    if self.outbound.send(ToAgent::Heartbeat).await.is_err() {
                         return SessionEnd::gone("agent went away");
                     }
                 }
@@ -354,7 +348,7 @@ where
 /// What the session's task timers need (apart from the inbound stream,
 /// which is not `Sync` and must not be borrowed across an await).
 struct Timers<'a> {
-    outbound: &'a mpsc::Sender<ManagerMessage>,
+    outbound: &'a mpsc::Sender<ToAgent>,
     reports: &'a TaskReports,
     store: &'a Store,
     cancel_grace: Duration,
@@ -368,12 +362,10 @@ impl Timers<'_> {
         let now = Instant::now();
         for (task_id, attempt) in in_flight.past_deadline(now, now + self.cancel_grace) {
             tracing::info!(agent = %self.reports.agent_id, task = %task_id, attempt, "task timed out; cancelling it");
-            let cancel = ManagerMessage {
-                kind: Some(manager_message::Kind::Cancel(Cancel {
-                    task_id,
-                    attempt,
-                    reason: "the task's timeout passed".into(),
-                })),
+            let cancel = ToAgent::Cancel {
+                task_id,
+                attempt,
+                reason: "the task's timeout passed".into(),
             };
             if self.outbound.send(cancel).await.is_err() {
                 return Some(SessionEnd::gone("agent went away"));
@@ -419,9 +411,8 @@ struct Tracked {
 }
 
 impl InFlightTasks {
-    fn delivered(&mut self, task_id: &str, attempt: u32, deadline: Option<prost_types::Timestamp>) {
+    fn delivered(&mut self, task_id: &str, attempt: u32, deadline: Option<std::time::SystemTime>) {
         let deadline = deadline.and_then(|at| {
-            let at = std::time::SystemTime::try_from(at).ok()?;
             let left = at
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
@@ -508,7 +499,7 @@ struct TaskReports {
     completions: mpsc::Sender<Completion>,
     approvals: Approvals,
     approvals_in_progress: Arc<tokio::sync::Semaphore>,
-    outbound: mpsc::Sender<ManagerMessage>,
+    outbound: mpsc::Sender<ToAgent>,
 }
 
 impl TaskReports {
@@ -519,101 +510,109 @@ impl TaskReports {
         let task_id = completion.task_id.clone();
         let output = completion.output.clone();
         if let Some(attempt) = store.mark_task_completed(completion).await? {
-            let event = TaskCompleted {
+            let event = Event::TaskCompleted {
                 task_id,
-                outcome: wire_outcome(outcome) as i32,
+                outcome,
                 output,
                 attempt,
             };
             self.events
-                .enqueue(
-                    self.agent_id,
-                    self.generation,
-                    agent_event::Kind::TaskCompleted(event),
-                )
+                .enqueue(self.agent_id, self.generation, event)
                 .await?;
         }
         Ok(())
     }
 
-    async fn on_message(&self, message: AgentMessage, in_flight: &mut InFlightTasks) {
-        match message.kind {
-            Some(agent_message::Kind::TaskAccepted(accepted)) => {
-                if in_flight.contains(&accepted.task_id) {
-                    self.accepted.insert(&accepted.task_id);
-                    if let Err(err) = self.accepted(accepted.task_id).await {
+    async fn on_message(&self, message: FromAgent, in_flight: &mut InFlightTasks) {
+        match message {
+            FromAgent::TaskAccepted { task_id } => {
+                if in_flight.contains(&task_id) {
+                    self.accepted.insert(&task_id);
+                    if let Err(err) = self.accepted(task_id).await {
                         tracing::warn!(agent = %self.agent_id, error = %err, "could not log a task acceptance");
                     }
                 }
             }
-            Some(agent_message::Kind::TaskCompleted(completed)) => {
+            FromAgent::TaskCompleted {
+                task_id,
+                succeeded,
+                mut output,
+                attempt,
+            } => {
                 // Not only tasks forwarded on this session: an agent sends
                 // the reports the manager has not acknowledged again on
                 // every new session, and they are recorded by attempt. A
                 // task the agent was told to stop ends as why it was.
-                let stopped = in_flight.reported(&completed.task_id);
-                self.accepted.remove(&completed.task_id);
-                let outcome = stopped.unwrap_or(match completed.outcome() {
-                    pb::TaskOutcome::Succeeded => TaskOutcome::Succeeded,
-                    _ => TaskOutcome::Failed,
+                let stopped = in_flight.reported(&task_id);
+                self.accepted.remove(&task_id);
+                let outcome = stopped.unwrap_or(if succeeded {
+                    TaskOutcome::Succeeded
+                } else {
+                    TaskOutcome::Failed
                 });
-                let mut output = completed.output;
                 truncate_utf8(&mut output, MAX_OUTPUT_BYTES);
                 let completion = Completion {
                     outcome,
-                    task_id: completed.task_id,
+                    task_id,
                     agent_id: self.agent_id,
                     session_id: self.session_id,
-                    attempt: completed.attempt,
+                    attempt,
                     output,
                 };
                 // Fails only once the session is over; the agent then sends
                 // the report again on its next session.
                 let _ = self.completions.send(completion).await;
             }
-            Some(agent_message::Kind::TaskProgress(mut progress)) => {
+            FromAgent::TaskProgress {
+                task_id,
+                attempt,
+                mut message,
+                mut fraction,
+                mut output,
+            } => {
                 // Only about a task this session runs; informational, so it
                 // is logged in order without waiting for the commit.
-                if !in_flight.contains(&progress.task_id) {
+                if !in_flight.contains(&task_id) {
                     return;
                 }
-                truncate_utf8(&mut progress.message, MAX_PROGRESS_MESSAGE_BYTES);
-                truncate_utf8(&mut progress.output, MAX_PROGRESS_OUTPUT_BYTES);
-                if !progress.fraction.is_finite() || progress.fraction > 1.0 {
-                    progress.fraction = -1.0;
+                truncate_utf8(&mut message, MAX_PROGRESS_MESSAGE_BYTES);
+                truncate_utf8(&mut output, MAX_PROGRESS_OUTPUT_BYTES);
+                if !fraction.is_finite() || fraction > 1.0 {
+                    fraction = -1.0;
                 }
-                let kind = agent_event::Kind::TaskProgress(progress);
+                let event = Event::TaskProgress {
+                    task_id,
+                    attempt,
+                    message,
+                    fraction,
+                    output,
+                };
                 if let Err(err) = self
                     .events
-                    .enqueue(self.agent_id, self.generation, kind)
+                    .enqueue(self.agent_id, self.generation, event)
                     .await
                 {
                     tracing::warn!(agent = %self.agent_id, error = %err, "could not log task progress");
                 }
             }
-            Some(agent_message::Kind::ApprovalRequest(request)) => {
-                let runs_task = in_flight.contains(&request.task_id);
-                self.approval_requested(request, runs_task);
+            FromAgent::ApprovalRequest(ask) => {
+                let runs_task = in_flight.contains(&ask.task_id);
+                self.approval_requested(ask, runs_task);
             }
-            Some(agent_message::Kind::Heartbeat(_))
-            | Some(agent_message::Kind::Hello(_))
-            | None => {}
+            FromAgent::Heartbeat | FromAgent::Ignored => {}
         }
     }
 
     /// Stores (or looks up) an approval request off the session loop, and
     /// answers it at once when it is answered already. A request that
     /// cannot be handled now is dropped: the agent sends it again.
-    fn approval_requested(&self, request: pb::ApprovalRequest, runs_task: bool) {
-        let answer = |answer: pb::ApprovalAnswer| ManagerMessage {
-            kind: Some(manager_message::Kind::ApprovalAnswer(answer)),
-        };
-        let request_id = request.request_id.clone();
-        let ask = match ApprovalAsk::from_wire(request) {
+    fn approval_requested(&self, ask: ApprovalAsk, runs_task: bool) {
+        let request_id = ask.request_id.clone();
+        let ask = match ask.bounded() {
             Ok(ask) => ask,
             Err(why) => {
                 let refused = refusal(&request_id, format!("invalid approval request: {why}"));
-                let _ = self.outbound.try_send(answer(refused));
+                let _ = self.outbound.try_send(ToAgent::ApprovalAnswer(refused));
                 return;
             }
         };
@@ -627,7 +626,7 @@ impl TaskReports {
             let _permit = permit;
             match approvals.ask(agent_id, generation, ask, runs_task).await {
                 Ok(Some(reply)) => {
-                    let _ = outbound.send(answer(reply)).await;
+                    let _ = outbound.send(ToAgent::ApprovalAnswer(reply)).await;
                 }
                 Ok(None) => {}
                 Err(err) => {
@@ -640,12 +639,12 @@ impl TaskReports {
     /// Acceptance is informational: no state changes, so it is only
     /// logged as an event, queued (in order) without waiting for the commit.
     async fn accepted(&self, task_id: String) -> crate::error::Result<()> {
-        let kind =
-            agent_event::Kind::TaskAccepted(shepherd_proto::agentmanager::v1::TaskAccepted {
-                task_id,
-            });
         self.events
-            .enqueue(self.agent_id, self.generation, kind)
+            .enqueue(
+                self.agent_id,
+                self.generation,
+                Event::TaskAccepted { task_id },
+            )
             .await
     }
 }
@@ -660,7 +659,7 @@ struct Recorder {
     generation: u64,
     store: Store,
     events: EventLog,
-    outbound: mpsc::Sender<ManagerMessage>,
+    outbound: mpsc::Sender<ToAgent>,
     cancel: CancellationToken,
 }
 
@@ -698,9 +697,9 @@ impl Recorder {
         // or already recorded): acknowledged all the same, so the agent
         // forgets it.
         if let Some(attempt) = recorded {
-            let event = TaskCompleted {
+            let event = Event::TaskCompleted {
                 task_id: task_id.clone(),
-                outcome: wire_outcome(completion.outcome) as i32,
+                outcome: completion.outcome,
                 output: completion.output,
                 attempt,
             };
@@ -708,32 +707,17 @@ impl Recorder {
             // retries its writes until stored).
             if let Err(err) = self
                 .events
-                .enqueue(
-                    self.agent_id,
-                    self.generation,
-                    agent_event::Kind::TaskCompleted(event),
-                )
+                .enqueue(self.agent_id, self.generation, event)
                 .await
             {
                 tracing::warn!(agent = %self.agent_id, error = %err, "could not log a task completion");
             }
         }
-        let ack = ManagerMessage {
-            kind: Some(manager_message::Kind::ReportAck(ReportAck {
-                task_id,
-                attempt: reported_attempt,
-            })),
+        let ack = ToAgent::ReportAck {
+            task_id,
+            attempt: reported_attempt,
         };
         let _ = self.outbound.send(ack).await;
-    }
-}
-
-fn wire_outcome(outcome: TaskOutcome) -> pb::TaskOutcome {
-    match outcome {
-        TaskOutcome::Succeeded => pb::TaskOutcome::Succeeded,
-        TaskOutcome::Failed => pb::TaskOutcome::Failed,
-        TaskOutcome::TimedOut => pb::TaskOutcome::TimedOut,
-        TaskOutcome::Cancelled => pb::TaskOutcome::Cancelled,
     }
 }
 
@@ -765,6 +749,51 @@ mod tests {
         let mut text = "aé".repeat(10);
         truncate_utf8(&mut text, 4);
         assert_eq!(text, "aéa");
+    }
+
+    #[test]
+    fn a_task_past_its_deadline_is_told_once_then_judged_after_its_grace() {
+        let mut in_flight = InFlightTasks::default();
+        let past = std::time::SystemTime::now() - Duration::from_secs(1);
+        in_flight.delivered("late", 2, Some(past));
+        in_flight.delivered("open-ended", 1, None);
+        let now = Instant::now();
+        let grace_until = now + Duration::from_secs(10);
+        assert_eq!(
+            in_flight.past_deadline(now, grace_until),
+            vec![("late".to_owned(), 2)]
+        );
+        assert!(
+            in_flight.past_deadline(now, grace_until).is_empty(),
+            "told to stop once"
+        );
+        assert_eq!(in_flight.next_timer(), Some(grace_until));
+        assert!(
+            in_flight.past_grace(now).is_none(),
+            "still within its grace"
+        );
+        assert_eq!(
+            in_flight.past_grace(grace_until),
+            Some(("late".to_owned(), 2, TaskOutcome::TimedOut))
+        );
+        // A report ends it as why it was stopped, whatever the agent says.
+        assert_eq!(in_flight.reported("late"), Some(TaskOutcome::TimedOut));
+        assert_eq!(in_flight.reported("open-ended"), None);
+        assert_eq!(in_flight.next_timer(), None);
+    }
+
+    #[test]
+    fn the_first_reason_to_stop_a_task_wins() {
+        let mut in_flight = InFlightTasks::default();
+        in_flight.delivered("t", 1, None);
+        let until = Instant::now() + Duration::from_secs(5);
+        assert!(in_flight.stop("t", TaskOutcome::Cancelled, until));
+        assert!(in_flight.stop("t", TaskOutcome::TimedOut, until));
+        assert!(
+            !in_flight.stop("elsewhere", TaskOutcome::Cancelled, until),
+            "a task this session does not run has nothing to stop"
+        );
+        assert_eq!(in_flight.reported("t"), Some(TaskOutcome::Cancelled));
     }
 
     #[test]

@@ -20,10 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use shepherd_proto::agentmanager::v1::{
-    AgentDeleted, AgentDisconnected, AgentExited, AgentReady, AgentRestarted, AgentStarted,
-    AgentStopped, Exit, HeldTask, ManagerMessage, TaskLost, agent_event, manager_message,
-};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,12 +27,13 @@ use uuid::Uuid;
 
 use crate::containment::Containment;
 use crate::error::{Error, Result};
-use crate::events::EventLog;
+use crate::events::{Event, EventLog};
 use crate::kubernetes::Kubernetes;
 use crate::logs::LogDir;
 use crate::model::{AgentRecord, AgentStatus, DesiredState};
 use crate::model::{RestartMode, Runtime};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
+use crate::protocol::{HeldTask, ToAgent};
 use crate::sessions::{CarriedTask, SessionHandle, Sessions, hash_token, new_token};
 use crate::store::{LostTask, Store, TaskState};
 use crate::workload::Workload;
@@ -477,7 +474,7 @@ impl Supervisor {
                 .store
                 .set_status(self.id(), AgentStatus::Ready, "", self.record.pid)
                 .await?;
-            self.append(agent_event::Kind::Ready(AgentReady {})).await?;
+            self.append(Event::Ready).await?;
         } else if self.process.is_some() || self.external() {
             self.record = self
                 .ctx
@@ -530,8 +527,7 @@ impl Supervisor {
                 .store
                 .set_status(self.id(), AgentStatus::Stopped, "stopped on request", None)
                 .await?;
-            self.append(agent_event::Kind::Stopped(AgentStopped {}))
-                .await?;
+            self.append(Event::Stopped).await?;
         }
         Ok(self.record.clone())
     }
@@ -554,8 +550,7 @@ impl Supervisor {
         self.ask_to_exit("agent deleted");
         self.terminate("agent deleted").await?;
         self.ctx.store.delete_agent(self.id()).await?;
-        self.append(agent_event::Kind::Deleted(AgentDeleted {}))
-            .await?;
+        self.append(Event::Deleted).await?;
         self.ctx.logs.remove(self.id()).await;
         Ok(())
     }
@@ -756,14 +751,13 @@ impl Supervisor {
                 return Err(err);
             }
         }
-        self.append(agent_event::Kind::Started(AgentStarted { pid }))
-            .await?;
+        self.append(Event::Started { pid }).await?;
         if generation > 1 {
             crate::metrics::agent_restarted(self.id(), &self.record.name);
-            self.append(agent_event::Kind::Restarted(AgentRestarted {
+            self.append(Event::Restarted {
                 generation,
                 reason: reason.to_owned(),
-            }))
+            })
             .await?;
         }
         tracing::info!(agent = %self.id(), generation, pid, reason, "agent process launched");
@@ -870,11 +864,11 @@ impl Supervisor {
             .store
             .record_exit(self.id(), message, exit.reason())
             .await?;
-        self.append(agent_event::Kind::Exited(AgentExited {
+        self.append(Event::Exited {
             code: exit.code,
             signal: exit.signal,
-            reason: crate::events::wire_exit_reason(Some(exit.reason())) as i32,
-        }))
+            reason: exit.reason(),
+        })
         .await?;
         Ok(())
     }
@@ -924,7 +918,7 @@ impl Supervisor {
             .store
             .set_status(self.id(), AgentStatus::Ready, "", self.record.pid)
             .await?;
-        self.append(agent_event::Kind::Ready(AgentReady {})).await?;
+        self.append(Event::Ready).await?;
         Ok(OpenedSession {
             agent: self.record.clone(),
             carried,
@@ -943,7 +937,7 @@ impl Supervisor {
             .await?;
         self.report_lost(lost, "the agent's process no longer holds it")
             .await?;
-        let mut deadlines: std::collections::HashMap<String, Option<prost_types::Timestamp>> = held
+        let mut deadlines: std::collections::HashMap<String, Option<std::time::SystemTime>> = held
             .into_iter()
             .map(|task| (task.task_id, task.deadline))
             .collect();
@@ -1016,9 +1010,9 @@ impl Supervisor {
         // on this session or on one it was expected back from.
         self.sweep(None, reason).await;
         if session.is_some() {
-            self.append(agent_event::Kind::Disconnected(AgentDisconnected {
+            self.append(Event::Disconnected {
                 reason: reason.to_owned(),
-            }))
+            })
             .await?;
         }
         Ok(())
@@ -1062,9 +1056,9 @@ impl Supervisor {
                 .set_status(self.id(), AgentStatus::Starting, reason, self.record.pid)
                 .await?;
         }
-        self.append(agent_event::Kind::Disconnected(AgentDisconnected {
+        self.append(Event::Disconnected {
             reason: reason.to_owned(),
-        }))
+        })
         .await?;
         Ok(())
     }
@@ -1085,10 +1079,10 @@ impl Supervisor {
         self.restarts.clear();
     }
 
-    async fn append(&self, kind: agent_event::Kind) -> Result<u64> {
+    async fn append(&self, event: Event) -> Result<u64> {
         self.ctx
             .events
-            .append(self.id(), self.record.generation, kind)
+            .append(self.id(), self.record.generation, event)
             .await
     }
 
@@ -1104,10 +1098,8 @@ impl Supervisor {
             return;
         }
         if let Some(session) = self.ctx.sessions.remove(self.id()) {
-            let exit = ManagerMessage {
-                kind: Some(manager_message::Kind::Exit(Exit {
-                    reason: reason.to_owned(),
-                })),
+            let exit = ToAgent::Exit {
+                reason: reason.to_owned(),
             };
             if session.tasks.try_send(exit).is_err() {
                 // Its queue is full or the loop is over: end it here.
@@ -1178,14 +1170,13 @@ impl Supervisor {
             .await;
         self.record = self.ctx.store.record_instance(self.id(), instance).await?;
         let generation = self.record.generation;
-        self.append(agent_event::Kind::Started(AgentStarted { pid: 0 }))
-            .await?;
+        self.append(Event::Started { pid: 0 }).await?;
         if generation > 1 {
             crate::metrics::agent_restarted(self.id(), &self.record.name);
-            self.append(agent_event::Kind::Restarted(AgentRestarted {
+            self.append(Event::Restarted {
                 generation,
                 reason: "a new instance of the external agent connected".into(),
-            }))
+            })
             .await?;
         }
         tracing::info!(agent = %self.id(), generation, instance, "external agent instance connected");
@@ -1234,11 +1225,11 @@ pub async fn report_lost(events: &EventLog, lost: Vec<LostTask>, reason: &str) -
             .append(
                 task.agent_id,
                 task.generation,
-                agent_event::Kind::TaskLost(TaskLost {
+                Event::TaskLost {
                     task_id: task.task_id,
                     reason: reason.to_owned(),
                     attempt: task.attempt,
-                }),
+                },
             )
             .await?;
     }

@@ -411,3 +411,58 @@ fn spawn_reader(
     });
     received
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskEnd;
+
+    fn event(event: AgentEvent) -> Heard {
+        Heard::Event {
+            sequence: 1,
+            agent: Some(Uuid::nil()),
+            event,
+        }
+    }
+
+    #[test]
+    fn only_what_changes_tasks_or_starts_runners_waits_for_earlier_outcomes() {
+        // These act on tasks or runners: the outcomes before them must be
+        // stored first, or a runner could start beside a task that already
+        // finished.
+        for first in [
+            event(AgentEvent::Ready),
+            event(AgentEvent::Deleted),
+            event(AgentEvent::Restarted {
+                generation: 2,
+                reason: "crash".into(),
+            }),
+            event(AgentEvent::TaskLost {
+                task_id: "t".into(),
+                attempt: Some(1),
+                reason: "gone".into(),
+            }),
+            Heard::Resync {
+                requested_after: 1,
+                pruned_through: 9,
+            },
+        ] {
+            assert!(needs_outcomes_first(&first), "{first:?}");
+        }
+        // These do not: completions around them still share one statement.
+        for batched in [
+            event(AgentEvent::NotReady),
+            event(AgentEvent::Other),
+            event(AgentEvent::TaskCompleted {
+                task_id: "t".into(),
+                attempt: Some(1),
+                end: TaskEnd::Succeeded,
+                output: String::new(),
+            }),
+            Heard::Heartbeat { latest: 3 },
+            Heard::Nothing,
+        ] {
+            assert!(!needs_outcomes_first(&batched), "{batched:?}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 mod convert;
 mod forward;
+mod session;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::approvals::{Approval, ApprovalFilter};
+use crate::approvals::ApprovalFilter;
 use crate::containment::LimitKind;
 use crate::error::Error;
+use crate::events::wire_approval;
 use crate::logs::LogStream;
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, Route, TaskRequest};
 use crate::model::{AgentRecord, parse_agent_id};
@@ -295,7 +297,7 @@ impl AgentManager for Api {
                 agent_id,
                 task_id: request.task_id,
                 attempt: request.attempt,
-                spec: request.spec,
+                spec: request.spec.map(session::encode_spec),
                 timeout: request
                     .timeout
                     .and_then(|timeout| Duration::try_from(timeout).ok())
@@ -440,7 +442,7 @@ impl AgentManager for Api {
         let approvals = self.manager.approvals().list(&filter, limit).await?;
         let next_page_token = paging::next_token(&approvals, limit, |approval| approval.id);
         Ok(Response::new(pb::ListApprovalsResponse {
-            approvals: approvals.iter().map(Approval::to_wire).collect(),
+            approvals: approvals.iter().map(wire_approval).collect(),
             next_page_token,
         }))
     }
@@ -456,7 +458,7 @@ impl AgentManager for Api {
         )?;
         record_id("approval_id", &id);
         let approval = self.manager.approvals().get(id).await?;
-        Ok(Response::new(approval.to_wire()))
+        Ok(Response::new(wire_approval(&approval)))
     }
 
     async fn decide_approval(
@@ -474,7 +476,7 @@ impl AgentManager for Api {
             .approvals()
             .decide(id, decision, &request.comment, &decided_by)
             .await?;
-        Ok(Response::new(approval.to_wire()))
+        Ok(Response::new(wire_approval(&approval)))
     }
 
     async fn get_manager_info(
@@ -547,13 +549,21 @@ impl AgentSession for Api {
             .open_session(
                 agent_id,
                 &hello.session_token,
-                hello.held_tasks,
+                hello
+                    .held_tasks
+                    .into_iter()
+                    .map(session::held_task)
+                    .collect(),
                 hello.instance_id,
-                inbound,
+                inbound.map(|message| {
+                    message
+                        .map(session::from_agent)
+                        .map_err(|status| status.message().to_owned())
+                }),
             )
             .await?;
         Ok(Response::new(Box::pin(
-            ReceiverStream::new(outbound).map(Ok),
+            ReceiverStream::new(outbound).map(|message| Ok(session::to_agent(message))),
         )))
     }
 }

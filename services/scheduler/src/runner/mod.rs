@@ -22,13 +22,11 @@
 //! wedged.
 
 use shepherd_platform::timer::sleep_until_some;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -37,7 +35,7 @@ use uuid::Uuid;
 use crate::agents::AgentView;
 use crate::manager_client::{ManagerClient, ManagerError, OutgoingTask};
 use crate::settle::{self, Applied};
-use crate::store::{ClaimRequest, Claimed, InFlightScope, LeaseAcquisition, Store};
+use crate::store::{ClaimRequest, Claimed, InFlightScope, Store};
 
 /// Reason a runner stops when its agent stays unready past the window.
 pub const AGENT_NOT_READY: &str = "agent not ready";
@@ -90,275 +88,12 @@ pub struct RunnerContext {
     pub membership: Arc<crate::membership::Membership>,
 }
 
-struct Slot {
-    info: RunnerInfo,
-    live: Option<Live>,
-    /// Set by the level pass while the workflow's oldest task in flight is
-    /// older than the stall threshold: why a RUNNING runner is STALLED.
-    stall: Option<String>,
-}
+mod lease;
+mod registry;
 
-struct Live {
-    /// Distinguishes this runner from a successor in the same slot.
-    id: u64,
-    cancel: CancellationToken,
-    wake: Wakes,
-    /// Milliseconds since `epoch` at the runner's last progress, or
-    /// `RESTING`.
-    progress: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-/// How a runner is woken: for work (while it holds the lease), or for a
-/// lease released elsewhere (while it stands by).
-#[derive(Clone, Default)]
-struct Wakes {
-    work: Arc<Notify>,
-    lease: Arc<Notify>,
-}
-
-pub struct Runners {
-    ctx: Arc<RunnerContext>,
-    slots: Mutex<HashMap<Uuid, Slot>>,
-    next_id: AtomicU64,
-    epoch: Instant,
-    shutdown: CancellationToken,
-}
-
-impl Runners {
-    pub fn new(ctx: Arc<RunnerContext>, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(Self {
-            ctx,
-            slots: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            epoch: Instant::now(),
-            shutdown,
-        })
-    }
-
-    /// Starts the workflow's runner unless a live one exists. Atomic: the
-    /// check and the claim happen under one lock.
-    pub fn ensure_running(self: &Arc<Self>, workflow: Uuid, agent: Uuid) -> StartOutcome {
-        if self.shutdown.is_cancelled() {
-            return StartOutcome::AlreadyRunning;
-        }
-        let mut slots = self.lock();
-        let slot = slots.entry(workflow).or_insert_with(|| Slot {
-            info: RunnerInfo {
-                state: RunnerState::Stopped,
-                reason: "never started".into(),
-                since: SystemTime::now(),
-                starts: 0,
-            },
-            live: None,
-            stall: None,
-        });
-        if let Some(live) = &slot.live {
-            if self.is_live(live) {
-                return StartOutcome::AlreadyRunning;
-            }
-            // Finished or wedged: replace it.
-            live.cancel.cancel();
-            live.task.abort();
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cancel = self.shutdown.child_token();
-        let wake = Wakes::default();
-        let progress = Arc::new(AtomicU64::new(self.now_ms()));
-        let runner = Runner {
-            id,
-            workflow,
-            agent,
-            ctx: self.ctx.clone(),
-            runners: self.clone(),
-            cancel: cancel.clone(),
-            wake: wake.clone(),
-            progress: progress.clone(),
-        };
-        let task = tokio::spawn(runner.supervise());
-        slot.info = RunnerInfo {
-            state: RunnerState::WaitingForAgent,
-            reason: "waiting for the agent to be ready".into(),
-            since: SystemTime::now(),
-            starts: slot.info.starts + 1,
-        };
-        slot.live = Some(Live {
-            id,
-            cancel,
-            wake,
-            progress,
-            task,
-        });
-        tracing::info!(%workflow, %agent, runner = id, "runner started");
-        crate::metrics::runner_started(workflow, agent);
-        StartOutcome::Started
-    }
-
-    /// Stops the workflow's runner, if any.
-    pub fn stop(&self, workflow: Uuid, reason: &str) {
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(&workflow) {
-            if let Some(live) = slot.live.take() {
-                live.cancel.cancel();
-            }
-            if slot.info.state != RunnerState::Stopped {
-                slot.info.state = RunnerState::Stopped;
-                slot.info.reason = reason.to_owned();
-                slot.info.since = SystemTime::now();
-            }
-        }
-    }
-
-    /// Forgets a deleted workflow.
-    pub fn remove(&self, workflow: Uuid) {
-        if let Some(slot) = self.lock().remove(&workflow)
-            && let Some(live) = slot.live
-        {
-            live.cancel.cancel();
-        }
-    }
-
-    /// Tells the workflow's runner there may be work (a new task, a freed
-    /// slot).
-    pub fn wake(&self, workflow: Uuid) {
-        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.wake.work.notify_one();
-        }
-    }
-
-    /// Tells the workflow's runner its lease was released elsewhere (a
-    /// standby may take it now).
-    pub fn wake_for_lease(&self, workflow: Uuid) {
-        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.wake.lease.notify_one();
-        }
-    }
-
-    /// Tells every standing-by runner to look at its lease again (lease
-    /// notifications may have been missed).
-    pub fn wake_all_for_leases(&self) {
-        for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
-            live.wake.lease.notify_one();
-        }
-    }
-
-    /// Whether this replica's runner of the workflow stands by (another
-    /// replica holds its lease). Only the holder acts on the workflow's
-    /// task events, so a standby costs the active replica nothing.
-    pub fn is_standby(&self, workflow: Uuid) -> bool {
-        self.lock()
-            .get(&workflow)
-            .is_some_and(|slot| slot.info.state == RunnerState::Standby)
-    }
-
-    /// Marks the given workflows' runners stalled (with the reason), and
-    /// clears the mark of every other one.
-    pub fn set_stalls(&self, mut stalls: HashMap<Uuid, String>) {
-        for (workflow, slot) in self.lock().iter_mut() {
-            slot.stall = stalls.remove(workflow);
-        }
-    }
-
-    /// Workflows with a live runner.
-    pub fn live_workflows(&self) -> Vec<Uuid> {
-        self.lock()
-            .iter()
-            .filter(|(_, slot)| slot.live.as_ref().is_some_and(|live| self.is_live(live)))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// Workflows by runner state (for the runners gauge).
-    pub fn count_by_state(&self) -> Vec<(&'static str, u64)> {
-        let mut counts = [0u64; 5];
-        for slot in self.lock().values() {
-            let index = match Self::shown(slot).state {
-                RunnerState::WaitingForAgent => 0,
-                RunnerState::Running => 1,
-                RunnerState::Stopped => 2,
-                RunnerState::Standby => 3,
-                RunnerState::Stalled => 4,
-            };
-            counts[index] += 1;
-        }
-        vec![
-            ("waiting_for_agent", counts[0]),
-            ("running", counts[1]),
-            ("stopped", counts[2]),
-            ("standby", counts[3]),
-            ("stalled", counts[4]),
-        ]
-    }
-
-    /// This replica's name as a lease owner.
-    pub fn replica(&self) -> &str {
-        &self.ctx.replica
-    }
-
-    pub fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
-        self.lock().get(&workflow).map(Self::shown)
-    }
-
-    /// What a slot shows: a running runner behind a stuck task is STALLED.
-    fn shown(slot: &Slot) -> RunnerInfo {
-        match &slot.stall {
-            Some(reason) if slot.info.state == RunnerState::Running => RunnerInfo {
-                state: RunnerState::Stalled,
-                reason: reason.clone(),
-                ..slot.info.clone()
-            },
-            _ => slot.info.clone(),
-        }
-    }
-
-    /// Cancels every runner and waits for them to finish.
-    pub async fn shutdown(&self) {
-        self.shutdown.cancel();
-        let tasks: Vec<JoinHandle<()>> = self
-            .lock()
-            .values_mut()
-            .filter_map(|slot| slot.live.take().map(|live| live.task))
-            .collect();
-        for task in tasks {
-            let _ = task.await;
-        }
-    }
-
-    fn is_live(&self, live: &Live) -> bool {
-        let progress = live.progress.load(Ordering::Relaxed);
-        let idle = self.now_ms().saturating_sub(progress);
-        !live.task.is_finished()
-            && (progress == RESTING || Duration::from_millis(idle) < WEDGE_TIMEOUT)
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Records a runner's state, if it still owns its slot.
-    fn report(&self, workflow: Uuid, runner: u64, state: RunnerState, reason: &str) {
-        let mut slots = self.lock();
-        let Some(slot) = slots.get_mut(&workflow) else {
-            return;
-        };
-        if slot.live.as_ref().is_none_or(|live| live.id != runner) {
-            return;
-        }
-        if state == RunnerState::Stopped {
-            // The slot is free the moment the runner ends, for any reason.
-            slot.live = None;
-        }
-        if slot.info.state != state || slot.info.reason != reason {
-            slot.info.state = state;
-            slot.info.reason = reason.to_owned();
-            slot.info.since = SystemTime::now();
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+use lease::{Held, HeldLease, NoLease};
+pub use registry::Runners;
+use registry::Wakes;
 
 /// One workflow's runner.
 struct Runner {
@@ -528,112 +263,6 @@ impl Runner {
         }
     }
 
-    /// Holds the workflow's lease: keeps it while this replica's membership
-    /// (which keeps it alive) has not lapsed since it was taken, (re)takes
-    /// it otherwise. Returns the term to claim with, or why there is none.
-    ///
-    /// Leases spread over the live replicas: a free lease that another
-    /// replica is preferred for (see `membership`) is left to it for one
-    /// TTL before this replica takes it anyway, and a held one that another
-    /// settled replica is preferred for is handed over (re-evaluated on
-    /// every membership change).
-    async fn keep_lease(
-        &self,
-        lease: &mut Option<HeldLease>,
-        deferred: &mut Option<Instant>,
-    ) -> Result<Held, NoLease> {
-        let ttl = self.ctx.lease_ttl;
-        let now = Instant::now();
-        let Some(epoch) = self.ctx.membership.lease_epoch() else {
-            // Until the membership row is renewed no lease can be vouched
-            // for; a renewal is a membership change, which ends the wait.
-            *lease = None;
-            return Err(NoLease::Standby {
-                reason: "this replica's membership is not renewed (database unreachable?)"
-                    .to_owned(),
-                retry_in: None,
-            });
-        };
-        if let Some(held) = lease.as_ref() {
-            if held.epoch == epoch {
-                if let Some(other) = self.ctx.membership.preferred_elsewhere(self.workflow, ttl) {
-                    let term = held.term;
-                    *lease = None;
-                    *deferred = Some(now);
-                    self.hand_over(term).await;
-                    return Err(NoLease::Standby {
-                        reason: format!("handed over to replica {other}"),
-                        retry_in: Some(ttl),
-                    });
-                }
-                return Ok(Held::Kept(held.term));
-            }
-            // Taken under an older epoch: the membership lapsed since, and
-            // another replica may hold it now. Take it again (or learn who).
-            tracing::warn!(workflow = %self.workflow, "membership lapsed; re-taking the runner lease");
-            crate::metrics::lease_changed("lost");
-            *lease = None;
-        }
-        if let Some(other) = self
-            .ctx
-            .membership
-            .preferred_elsewhere(self.workflow, Duration::ZERO)
-        {
-            let since = *deferred.get_or_insert(now);
-            let until = since + ttl;
-            if now < until {
-                return Err(NoLease::Standby {
-                    reason: format!("replica {other} is preferred for this workflow"),
-                    retry_in: Some(until - now),
-                });
-            }
-        }
-        match self
-            .ctx
-            .store
-            .acquire_lease(self.workflow, &self.ctx.replica)
-            .await
-        {
-            Ok(LeaseAcquisition::Acquired { term, in_flight }) => {
-                *deferred = None;
-                *lease = Some(HeldLease { term, epoch });
-                crate::metrics::lease_changed("acquired");
-                Ok(Held::Acquired { term, in_flight })
-            }
-            Ok(LeaseAcquisition::HeldBy { owner }) if owner.is_empty() => Err(NoLease::Standby {
-                reason: "the lease is changing hands".to_owned(),
-                retry_in: Some(RETRY),
-            }),
-            // Woken when the holder releases it or its membership changes.
-            Ok(LeaseAcquisition::HeldBy { owner }) => Err(NoLease::Standby {
-                reason: format!("replica {owner} holds the lease"),
-                retry_in: None,
-            }),
-            Ok(LeaseAcquisition::WorkflowDisabled) => {
-                Err(NoLease::Stop("workflow disabled".to_owned()))
-            }
-            Err(err) => Err(NoLease::Standby {
-                reason: format!("could not take the lease: {err}"),
-                retry_in: Some(RETRY),
-            }),
-        }
-    }
-
-    /// Gives the lease up so that the preferred replica takes it now.
-    async fn hand_over(&self, term: i64) {
-        match self
-            .ctx
-            .store
-            .release_lease(self.workflow, &self.ctx.replica, term)
-            .await
-        {
-            Ok(()) => crate::metrics::lease_changed("released"),
-            Err(err) => {
-                tracing::warn!(workflow = %self.workflow, error = %err, "handing the lease over failed; it lapses with this replica's membership");
-            }
-        }
-    }
-
     /// Waits for the agent to be ready for at most the startup window.
     /// Returns the reason to stop, or None once the agent is ready.
     async fn wait_for_agent(&self, ready: &mut watch::Receiver<bool>) -> Option<String> {
@@ -751,34 +380,6 @@ impl Runner {
     fn report(&self, state: RunnerState, reason: &str) {
         self.runners.report(self.workflow, self.id, state, reason);
     }
-}
-
-/// The lease a runner holds: valid while this replica's membership has
-/// not lapsed since `epoch`.
-struct HeldLease {
-    term: i64,
-    epoch: u64,
-}
-
-/// The lease a runner may claim under.
-enum Held {
-    /// Held already (renewed if it was due).
-    Kept(i64),
-    /// Just taken: the workflow may have been run elsewhere until now
-    /// (`in_flight`: it has tasks in flight to settle).
-    Acquired { term: i64, in_flight: bool },
-}
-
-/// Why a runner holds no lease.
-enum NoLease {
-    /// Another replica runs the workflow (or the lease cannot be taken
-    /// now): try again in `retry_in`, or when woken (None: only then).
-    Standby {
-        reason: String,
-        retry_in: Option<Duration>,
-    },
-    /// There is nothing to run: stop with this reason.
-    Stop(String),
 }
 
 #[cfg(test)]

@@ -1,0 +1,97 @@
+//! The agent session's messages in the domain's words. The gRPC edge
+//! (`api::session`) translates the wire's `AgentMessage` / `ManagerMessage`
+//! to and from these; the session loop, the supervisor and dispatch speak
+//! only these.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::approvals::{Answer, ApprovalAsk};
+
+/// The first message of a session.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub agent_id: String,
+    pub session_token: String,
+    /// Tasks the process holds from earlier sessions.
+    pub held_tasks: Vec<HeldTask>,
+    /// Random per process start (an external agent's instance).
+    pub instance_id: String,
+}
+
+/// A task an agent process holds across sessions.
+#[derive(Debug, Clone)]
+pub struct HeldTask {
+    pub task_id: String,
+    pub attempt: u32,
+    /// The attempt's deadline as delivered, if it had one.
+    pub deadline: Option<SystemTime>,
+}
+
+/// What an agent says on its session.
+#[derive(Debug, Clone)]
+pub enum FromAgent {
+    /// A second hello, or a message this manager does not know: ignored.
+    Ignored,
+    Heartbeat,
+    TaskAccepted {
+        task_id: String,
+    },
+    TaskCompleted {
+        task_id: String,
+        succeeded: bool,
+        output: String,
+        /// 0: whatever attempt is in flight on the session.
+        attempt: u32,
+    },
+    TaskProgress {
+        task_id: String,
+        attempt: u32,
+        message: String,
+        /// 0 to 1; anything else: unknown.
+        fraction: f32,
+        output: String,
+    },
+    /// Not checked yet (`ApprovalAsk::bounded`).
+    ApprovalRequest(ApprovalAsk),
+}
+
+/// What the manager says to an agent.
+#[derive(Debug, Clone)]
+pub enum ToAgent {
+    Welcome {
+        generation: u64,
+        heartbeat_interval: Duration,
+    },
+    Heartbeat,
+    Task(DeliveredTask),
+    /// Its report of this attempt is recorded (or stale): forget it.
+    ReportAck {
+        task_id: String,
+        attempt: u32,
+    },
+    /// Stop this task and report it.
+    Cancel {
+        task_id: String,
+        attempt: u32,
+        reason: String,
+    },
+    /// Exit (an external agent's restart, stop or delete).
+    Exit {
+        reason: String,
+    },
+    ApprovalAnswer(Answer),
+}
+
+/// A task as delivered to the agent.
+#[derive(Debug, Clone)]
+pub struct DeliveredTask {
+    pub task_id: String,
+    pub payload: Vec<u8>,
+    pub attempt: u32,
+    pub trace_context: HashMap<String, String>,
+    /// The dispatcher's task spec, encoded: the manager passes it on
+    /// unread.
+    pub spec: Option<Vec<u8>>,
+    pub deadline: Option<SystemTime>,
+}
