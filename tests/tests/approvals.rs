@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
+
 use shepherd_e2e::{Stack, StackOptions, WAIT, test_restart_policy, wait_task_state};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, TaskState, Verdict};
@@ -235,11 +237,48 @@ async fn a_task_waits_for_a_decision_and_goes_on_or_fails_as_decided() -> anyhow
     assert_eq!(again.decided_by, "alice");
     assert_eq!(again.comment, "looks good");
 
+    // `approvals watch` prints what is pending now (nothing), then each
+    // request and decision as it happens.
+    let mut watch = tokio::process::Command::new(bin_path("shepherd")?)
+        .args(["--output", "json", "approvals", "watch", "--limit", "2"])
+        .env(
+            "SHEPHERD_AGENT_MANAGER_URL",
+            stack.options.url(&stack.manager),
+        )
+        .env("SHEPHERD_SCHEDULER_URL", stack.scheduler_url())
+        .env("SHEPHERD_TOKEN", ALICE)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut watched = tokio::io::BufReader::new(watch.stdout.take().expect("piped")).lines();
+    let pending_now = tokio::time::timeout(WAIT, watched.next_line()).await??;
+    assert_eq!(pending_now.as_deref(), Some("[]"));
+
     // Denied: the task fails, with the reason in its output.
     let second = stack.trigger(&workflow.id, "v2", "v2").await?;
     let asked = pending_approval(&stack, &second.id).await?;
     let denied = cli(&stack, &["deny", &asked.id, "--comment", "not on a friday"]).await?;
     assert_eq!(denied["state"], "denied");
+    let mut seen = Vec::new();
+    while let Some(line) = tokio::time::timeout(WAIT, watched.next_line()).await?? {
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        seen.push((
+            event["kind"].as_str().unwrap_or_default().to_owned(),
+            event["details"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("approval_requested".to_owned(), "pending".to_owned()),
+            ("approval_decided".to_owned(), "denied".to_owned()),
+        ],
+        "the watch shows the request and its decision, then exits at its limit"
+    );
+    assert!(watch.wait().await?.success());
     wait_task_state(&stack, &second.id, TaskState::Failed).await?;
     let failed = task(&stack, &second.id).await?;
     assert!(

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::{Event, EventLog};
 use crate::protocol::ToAgent;
 use crate::sessions::Sessions;
@@ -137,10 +137,17 @@ pub struct ApprovalAsk {
 impl ApprovalAsk {
     /// Checks the identifying fields and cuts the free text to its bounds.
     pub fn bounded(mut self) -> std::result::Result<Self, String> {
-        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID_LEN {
+        let printable = |text: &str| !text.chars().any(char::is_control);
+        if self.request_id.is_empty()
+            || self.request_id.len() > MAX_REQUEST_ID_LEN
+            || !printable(&self.request_id)
+        {
             return Err(format!(
-                "request_id must be 1-{MAX_REQUEST_ID_LEN} characters"
+                "request_id must be 1-{MAX_REQUEST_ID_LEN} printable characters"
             ));
+        }
+        if !printable(&self.task_id) || !printable(&self.workflow_id) {
+            return Err("task_id and workflow_id must be printable".into());
         }
         if self.tool.is_empty()
             || self.tool.len() > MAX_TOOL_LEN
@@ -154,6 +161,12 @@ impl ApprovalAsk {
             return Err(format!(
                 "workflow_id must be at most {MAX_WORKFLOW_ID_LEN} characters"
             ));
+        }
+        // Free text is kept, but PostgreSQL cannot store a NUL.
+        for text in [&mut self.input, &mut self.reason] {
+            if text.contains('\0') {
+                *text = text.replace('\0', "\u{FFFD}");
+            }
         }
         truncate_utf8(&mut self.input, MAX_INPUT_BYTES);
         truncate_utf8(&mut self.reason, MAX_REASON_BYTES);
@@ -277,12 +290,7 @@ impl Approvals {
         comment: &str,
         decided_by: &str,
     ) -> Result<Approval> {
-        if comment.len() > MAX_COMMENT_BYTES {
-            return Err(Error::invalid(
-                "comment",
-                format!("at most {MAX_COMMENT_BYTES} bytes"),
-            ));
-        }
+        shepherd_platform::validate::text("comment", comment, MAX_COMMENT_BYTES)?;
         let state = match decision {
             Decision::Approve => ApprovalState::Approved,
             Decision::Deny => ApprovalState::Denied,
@@ -442,6 +450,12 @@ mod tests {
         let mut long_id = request();
         long_id.request_id = "r".repeat(MAX_REQUEST_ID_LEN + 1);
         assert!(ApprovalAsk::bounded(long_id).is_err());
+        let mut nul_task = request();
+        nul_task.task_id = "t\0".into();
+        assert!(ApprovalAsk::bounded(nul_task).is_err());
+        let mut nul_input = request();
+        nul_input.input = "a\0b".into();
+        assert_eq!(nul_input.bounded().unwrap().input, "a\u{FFFD}b");
     }
 
     #[test]

@@ -436,7 +436,10 @@ impl AgentManager for Api {
             agent_id: (!request.agent_id.is_empty())
                 .then(|| parse_agent_id("agent_id", &request.agent_id))
                 .transpose()?,
-            workflow_id: (!request.workflow_id.is_empty()).then_some(request.workflow_id),
+            workflow_id: {
+                shepherd_platform::validate::text("workflow_id", &request.workflow_id, 100)?;
+                (!request.workflow_id.is_empty()).then_some(request.workflow_id)
+            },
             before: paging::after::<Uuid>(&request.page_token, "ListApprovals")?,
         };
         let approvals = self.manager.approvals().list(&filter, limit).await?;
