@@ -1,5 +1,6 @@
-//! The typed errors of both services' domain logic, and their one mapping
-//! to gRPC status codes at the edge.
+//! The errors of the shared plumbing (validation, paging, the database),
+//! and the one mapping to gRPC status codes that each service's own error
+//! goes through at its edge.
 
 use std::sync::Arc;
 
@@ -32,14 +33,6 @@ impl Error {
             field: field.into(),
             reason: reason.into(),
         }
-    }
-
-    pub fn agent_not_found(id: impl std::fmt::Display) -> Self {
-        Self::NotFound(format!("agent {id} not found"))
-    }
-
-    pub fn workflow_not_found(id: impl std::fmt::Display) -> Self {
-        Self::NotFound(format!("workflow {id} not found"))
     }
 }
 

@@ -277,7 +277,7 @@ impl Manager {
         self.store
             .get_agent(id)
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))
+            .ok_or_else(|| Error::AgentNotFound(id))
     }
 
     /// How agents are contained here.
@@ -348,11 +348,10 @@ impl Manager {
     async fn deliver(&self, request: TaskRequest) -> Result<Dispatched> {
         let Some(session) = self.supervisors.context().sessions.get(request.agent_id) else {
             let agent = self.get_agent(request.agent_id).await?;
-            return Err(Error::FailedPrecondition(format!(
-                "agent {} is not ready (status: {}); tasks can be dispatched once its process has connected (AgentReady event)",
-                agent.id,
-                agent.status.as_str()
-            )));
+            return Err(Error::AgentNotReady {
+                agent: agent.id,
+                status: agent.status.as_str().to_owned(),
+            });
         };
         let claim = self
             .store
@@ -545,7 +544,7 @@ impl Manager {
                 Ok(())
             }
             // Refused as unauthenticated by the caller's NotFound mapping.
-            _ => Err(Error::agent_not_found(agent_id)),
+            _ => Err(Error::AgentNotFound(agent_id)),
         }
     }
 
@@ -572,7 +571,7 @@ impl Manager {
             accepted: AcceptedTasks::default(),
         };
         let token_hash = hash_token(token);
-        let mut opened = Err(Error::agent_not_found(agent_id));
+        let mut opened = Err(Error::AgentNotFound(agent_id));
         // Twice at most: an external agent's supervisor spawned here can be
         // retired by the lease tick before the session reaches it (the row
         // still named the old node); the second one sees it.
@@ -588,13 +587,13 @@ impl Manager {
                     instance.clone(),
                 )
                 .await;
-            if !matches!(opened, Err(Error::NotFound(_))) {
+            if !matches!(opened, Err(Error::NotFound(_) | Error::AgentNotFound(_))) {
                 break;
             }
         }
         let opened = opened.map_err(|err| match err {
             // Do not tell an unauthenticated caller which ids exist.
-            Error::NotFound(_) => Error::Unauthenticated(format!(
+            Error::NotFound(_) | Error::AgentNotFound(_) => Error::StaleSession(format!(
                 "session refused: {agent_id} is not an agent with a running process"
             )),
             other => other,

@@ -413,7 +413,7 @@ pub fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
 
 /// Parses an agent id given by a client.
 pub fn parse_agent_id(field: &str, text: &str) -> Result<Uuid, Error> {
-    shepherd_platform::validate::id(field, text, "agent")
+    Ok(shepherd_platform::validate::id(field, text, "agent")?)
 }
 
 /// Durations stored as integer milliseconds in the spec JSON.

@@ -368,7 +368,7 @@ impl Store {
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &[&id, &hash])
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| Error::AgentNotFound(id))?;
         agent_from_row(&row)
     }
 

@@ -266,7 +266,7 @@ impl Supervisors {
     async fn call<T>(&self, id: Uuid, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (reply, result) = oneshot::channel();
         self.send(id, command(reply)).await?;
-        result.await.map_err(|_| Error::agent_not_found(id))?
+        result.await.map_err(|_| Error::AgentNotFound(id))?
     }
 
     async fn send(&self, id: Uuid, command: Command) -> Result<()> {
@@ -274,11 +274,11 @@ impl Supervisors {
             .lock()
             .get(&id)
             .map(|actor| actor.mailbox.clone())
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| Error::AgentNotFound(id))?;
         mailbox
             .send(command)
             .await
-            .map_err(|_| Error::agent_not_found(id))
+            .map_err(|_| Error::AgentNotFound(id))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Actor>> {
@@ -886,7 +886,7 @@ impl Supervisor {
             .as_deref()
             .is_some_and(|current| constant_time_eq(current, token_hash));
         if !valid {
-            return Err(Error::Unauthenticated(format!(
+            return Err(Error::StaleSession(format!(
                 "session token refused for agent {}: connect with the SHEPHERD_SESSION_TOKEN the manager gave this process; tokens of earlier generations are invalid",
                 self.id()
             )));
@@ -1126,7 +1126,7 @@ impl Supervisor {
             .as_deref()
             .is_some_and(|stored| constant_time_eq(stored, token_hash));
         if !valid {
-            return Err(Error::Unauthenticated(format!(
+            return Err(Error::StaleSession(format!(
                 "credential refused for agent {}: connect with the SHEPHERD_AGENT_CREDENTIAL shown when it was created or last rotated",
                 self.id()
             )));

@@ -509,7 +509,11 @@ fn validate_task_id(field: &str, id: &str) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    shepherd_platform::validate::text(field, id, MAX_TASK_ID_LEN)
+    Ok(shepherd_platform::validate::text(
+        field,
+        id,
+        MAX_TASK_ID_LEN,
+    )?)
 }
 
 /// Most tasks one agent process may name as held in its hello.

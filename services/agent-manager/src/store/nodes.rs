@@ -166,7 +166,7 @@ impl Store {
                 &[&id],
             )
             .await?
-            .ok_or_else(|| Error::agent_not_found(id))?;
+            .ok_or_else(|| Error::AgentNotFound(id))?;
         Ok(match (row.get(0), row.get(1)) {
             (Some(name), Some(url)) => Placement::Node { name, url },
             _ => Placement::Unheld,

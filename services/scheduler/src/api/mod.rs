@@ -264,7 +264,11 @@ fn validate_task_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::invalid("task_id", "is required"));
     }
-    shepherd_platform::validate::text("task_id", id, MAX_TASK_ID)
+    Ok(shepherd_platform::validate::text(
+        "task_id",
+        id,
+        MAX_TASK_ID,
+    )?)
 }
 
 /// Page size of ListWorkflows and ListTasks: default and most.

@@ -71,7 +71,7 @@ async fn deliver(
             let status = match &err {
                 Error::FailedPrecondition(_) => StatusCode::CONFLICT,
                 Error::Unavailable(_) | Error::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Error::NotFound(_) => StatusCode::NOT_FOUND,
+                Error::NotFound(_) | Error::WorkflowNotFound(_) => StatusCode::NOT_FOUND,
                 Error::InvalidArgument { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };

@@ -44,7 +44,7 @@ impl Store {
             // a burst of same-key retries has emptied.
             Ok(None) => Ok((task_by_id(&client, &id).await?, false)),
             Err(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                Err(Error::workflow_not_found(workflow))
+                Err(Error::WorkflowNotFound(workflow))
             }
             Err(err) => Err(err.into()),
         }

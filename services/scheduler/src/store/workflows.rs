@@ -60,7 +60,7 @@ impl Store {
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &[&id])
             .await?
-            .ok_or_else(|| Error::workflow_not_found(id))?;
+            .ok_or_else(|| Error::WorkflowNotFound(id))?;
         workflow_from_row(&row)
     }
 
@@ -118,7 +118,7 @@ impl Store {
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &[&id, &secret])
             .await?
-            .ok_or_else(|| Error::workflow_not_found(id))?;
+            .ok_or_else(|| Error::WorkflowNotFound(id))?;
         workflow_from_row(&row)
     }
 
@@ -218,7 +218,7 @@ impl Store {
             .await;
         match result {
             Ok(Some(row)) => workflow_from_row(&row),
-            Ok(None) => Err(Error::workflow_not_found(workflow.id)),
+            Ok(None) => Err(Error::WorkflowNotFound(workflow.id)),
             Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 Err(Error::AlreadyExists(format!(
                     "a workflow named {:?} already exists; pick another name",
@@ -240,7 +240,7 @@ impl Store {
             )
             .await?;
         if deleted == 0 {
-            return Err(Error::workflow_not_found(id));
+            return Err(Error::WorkflowNotFound(id));
         }
         Ok(())
     }
