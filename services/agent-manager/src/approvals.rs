@@ -29,13 +29,13 @@ use crate::sessions::Sessions;
 use crate::store::Store;
 
 /// Longest request id, tool name and workflow id an agent may send.
-pub const MAX_REQUEST_ID_LEN: usize = 100;
-pub const MAX_TOOL_LEN: usize = 200;
+pub(crate) const MAX_REQUEST_ID_LEN: usize = 100;
+pub(crate) const MAX_TOOL_LEN: usize = 200;
 const MAX_WORKFLOW_ID_LEN: usize = 100;
 /// Longest input summary, reason and comment kept (longer ones are cut).
-pub const MAX_INPUT_BYTES: usize = 4 * 1024;
-pub const MAX_REASON_BYTES: usize = 1024;
-pub const MAX_COMMENT_BYTES: usize = 1024;
+pub(crate) const MAX_INPUT_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_REASON_BYTES: usize = 1024;
+pub(crate) const MAX_COMMENT_BYTES: usize = 1024;
 /// Most approvals one agent may have pending: a runaway agent cannot fill
 /// the table.
 const MAX_PENDING_PER_AGENT: i64 = 100;
@@ -185,14 +185,14 @@ pub struct ApprovalFilter {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Approve,
     Deny,
 }
 
 /// The approvals of this node's agents and of the API.
 #[derive(Clone)]
-pub struct Approvals {
+pub(crate) struct Approvals {
     inner: Arc<Inner>,
 }
 
@@ -205,7 +205,12 @@ struct Inner {
 }
 
 impl Approvals {
-    pub fn new(store: Store, events: EventLog, sessions: Sessions, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        events: EventLog,
+        sessions: Sessions,
+        timeout: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -220,7 +225,7 @@ impl Approvals {
     /// the first time) and returns the answer to send at once, if there
     /// is one already. `runs_task`: the asking session runs the task; a
     /// request about any other task is only looked up, never stored.
-    pub async fn ask(
+    pub(crate) async fn ask(
         &self,
         agent_id: Uuid,
         generation: u64,
@@ -283,7 +288,7 @@ impl Approvals {
 
     /// Decides a pending approval; one decided before is returned as it
     /// stands. The agent hears of it through the `ApprovalDecided` event.
-    pub async fn decide(
+    pub(crate) async fn decide(
         &self,
         id: Uuid,
         decision: Decision,
@@ -307,17 +312,17 @@ impl Approvals {
         Ok(approval)
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Approval> {
+    pub(crate) async fn get(&self, id: Uuid) -> Result<Approval> {
         self.inner.store.get_approval(id).await
     }
 
-    pub async fn list(&self, filter: &ApprovalFilter, limit: i64) -> Result<Vec<Approval>> {
+    pub(crate) async fn list(&self, filter: &ApprovalFilter, limit: i64) -> Result<Vec<Approval>> {
         self.inner.store.list_approvals(filter, limit).await
     }
 
     /// Runs this node's part until shutdown: resolves stale approvals
     /// every `SWEEP_INTERVAL` and passes decisions to the sessions here.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         tokio::join!(self.clone().sweep(shutdown.clone()), self.courier(shutdown));
     }
 
@@ -398,7 +403,7 @@ impl Approvals {
 }
 
 /// An answer that refuses a request without storing it.
-pub fn refusal(request_id: &str, why: String) -> Answer {
+pub(crate) fn refusal(request_id: &str, why: String) -> Answer {
     Answer {
         request_id: request_id.to_owned(),
         approval_id: String::new(),

@@ -26,7 +26,7 @@ use crate::process::{ExitInfo, Launch};
 const AGENT_LABEL: &str = "shepherd.dev/agent-id";
 
 #[derive(Debug, thiserror::Error)]
-pub enum KubernetesError {
+pub(crate) enum KubernetesError {
     #[error("no Kubernetes configuration: {0}")]
     Config(String),
     #[error("Kubernetes API: {0}")]
@@ -36,7 +36,7 @@ pub enum KubernetesError {
 }
 
 /// The Pods API of one namespace.
-pub struct Kubernetes {
+pub(crate) struct Kubernetes {
     pods: Api<Pod>,
     namespace: String,
     /// How often a running Pod's phase is read.
@@ -48,7 +48,7 @@ impl Kubernetes {
     /// credentials: a proxy such as `kubectl proxy`, or a test server), or
     /// with `url` "in-cluster" the configuration Kubernetes gives a Pod
     /// (or the local kubeconfig).
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         namespace: &str,
         poll: Duration,
@@ -71,12 +71,8 @@ impl Kubernetes {
         })
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     /// Creates the Pod of `launch`'s generation.
-    pub async fn launch(&self, launch: &Launch<'_>) -> Result<AgentPod, KubernetesError> {
+    pub(crate) async fn launch(&self, launch: &Launch<'_>) -> Result<AgentPod, KubernetesError> {
         let pod: Pod = serde_json::from_value(pod_spec(launch))?;
         let created = self.pods.create(&PostParams::default(), &pod).await?;
         let name = created.metadata.name.unwrap_or_default();
@@ -89,7 +85,7 @@ impl Kubernetes {
     }
 
     /// Deletes every Pod of the agent (what a previous manager left).
-    pub async fn delete_agent_pods(&self, agent: Uuid) -> Result<usize, KubernetesError> {
+    pub(crate) async fn delete_agent_pods(&self, agent: Uuid) -> Result<usize, KubernetesError> {
         let selector = format!("{AGENT_LABEL}={agent}");
         let pods = self
             .pods
@@ -170,20 +166,16 @@ fn pod_spec(launch: &Launch<'_>) -> serde_json::Value {
 }
 
 /// A running generation's Pod.
-pub struct AgentPod {
+pub(crate) struct AgentPod {
     pods: Api<Pod>,
     name: String,
     poll: Duration,
 }
 
 impl AgentPod {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Waits for the Pod to end (its container terminated, or the Pod
     /// deleted by someone else). Cancel-safe.
-    pub async fn wait(&mut self) -> ExitInfo {
+    pub(crate) async fn wait(&mut self) -> ExitInfo {
         loop {
             tokio::time::sleep(self.poll).await;
             match self.pods.get_opt(&self.name).await {
@@ -202,7 +194,7 @@ impl AgentPod {
 
     /// Deletes the Pod (the kubelet sends SIGTERM, then SIGKILL after
     /// `grace`) and waits until it is gone.
-    pub async fn terminate(mut self, grace: Duration) -> ExitInfo {
+    pub(crate) async fn terminate(mut self, grace: Duration) -> ExitInfo {
         let params = DeleteParams {
             grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
             ..DeleteParams::default()
@@ -224,7 +216,7 @@ impl AgentPod {
     }
 
     /// After the Pod ended by itself: delete it (its record is not needed).
-    pub async fn clear(self) {
+    pub(crate) async fn clear(self) {
         if let Err(err) = self.pods.delete(&self.name, &DeleteParams::default()).await
             && !matches!(&err, kube::Error::Api(status) if status.code == 404)
         {

@@ -2,27 +2,27 @@
 //! processes, accepts the session each agent opens back to it, delivers
 //! tasks over it, and keeps the durable event log that clients watch.
 
-pub mod api;
-pub mod approvals;
+pub(crate) mod api;
+pub(crate) mod approvals;
 pub mod config;
 pub mod containment;
 pub mod error;
-pub mod event;
+pub(crate) mod event;
 pub mod events;
-pub mod kubernetes;
+pub(crate) mod kubernetes;
 pub mod limits;
-pub mod logs;
-pub mod manager;
-pub mod metrics;
-pub mod model;
-pub mod node;
-pub mod process;
-pub mod procfs;
-pub mod protocol;
-pub mod sessions;
-pub mod store;
-pub mod supervisor;
-pub mod workload;
+pub(crate) mod logs;
+pub(crate) mod manager;
+pub(crate) mod metrics;
+pub(crate) mod model;
+pub(crate) mod node;
+pub(crate) mod process;
+pub(crate) mod procfs;
+pub(crate) mod protocol;
+pub(crate) mod sessions;
+pub(crate) mod store;
+pub(crate) mod supervisor;
+pub(crate) mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;

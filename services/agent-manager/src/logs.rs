@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How often files are checked for rotation.
-pub const ROTATE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const ROTATE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogStream {
+pub(crate) enum LogStream {
     Stdout,
     Stderr,
 }
@@ -39,13 +39,13 @@ impl LogStream {
 
 /// Where agents' logs live and how large they may grow.
 #[derive(Debug, Clone)]
-pub struct LogDir {
+pub(crate) struct LogDir {
     root: PathBuf,
     max_bytes: u64,
 }
 
 impl LogDir {
-    pub fn new(root: PathBuf, max_bytes: u64) -> Self {
+    pub(crate) fn new(root: PathBuf, max_bytes: u64) -> Self {
         Self {
             root,
             max_bytes: max_bytes.max(2),
@@ -58,7 +58,7 @@ impl LogDir {
 
     /// The agent's stdout and stderr files, opened for appending, to hand
     /// to its process.
-    pub fn open(&self, agent: Uuid) -> io::Result<(std::fs::File, std::fs::File)> {
+    pub(crate) fn open(&self, agent: Uuid) -> io::Result<(std::fs::File, std::fs::File)> {
         std::fs::create_dir_all(self.root.join(agent.to_string()))?;
         let open = |stream| {
             std::fs::OpenOptions::new()
@@ -71,7 +71,7 @@ impl LogDir {
 
     /// Rotates every agent's files that reached half the budget, every
     /// `ROTATE_EVERY`, until `stop`.
-    pub async fn rotate_periodically(self, stop: CancellationToken) {
+    pub(crate) async fn rotate_periodically(self, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(ROTATE_EVERY);
         loop {
             tokio::select! {
@@ -88,7 +88,7 @@ impl LogDir {
     }
 
     /// One rotation pass over every agent's files.
-    pub fn rotate_all(&self) -> io::Result<()> {
+    pub(crate) fn rotate_all(&self) -> io::Result<()> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -131,7 +131,7 @@ impl LogDir {
     }
 
     /// The last `lines` lines of the stream (rotated file included).
-    pub async fn tail(
+    pub(crate) async fn tail(
         &self,
         agent: Uuid,
         stream: LogStream,
@@ -146,7 +146,7 @@ impl LogDir {
     }
 
     /// Removes a deleted agent's logs.
-    pub async fn remove(&self, agent: Uuid) {
+    pub(crate) async fn remove(&self, agent: Uuid) {
         let dir = self.root.join(agent.to_string());
         if let Err(err) = tokio::fs::remove_dir_all(&dir).await
             && err.kind() != io::ErrorKind::NotFound

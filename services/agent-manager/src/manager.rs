@@ -27,11 +27,11 @@ fn new_credential() -> Result<String> {
 }
 
 /// Longest task id (idempotency key) accepted.
-pub const MAX_TASK_ID_LEN: usize = 200;
+pub(crate) const MAX_TASK_ID_LEN: usize = 200;
 /// Largest task payload accepted.
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
-pub struct Manager {
+pub(crate) struct Manager {
     store: Store,
     events: EventLog,
     approvals: Approvals,
@@ -46,7 +46,7 @@ pub struct Manager {
 
 /// The result of a dispatch.
 #[derive(Debug, Clone)]
-pub struct Dispatched {
+pub(crate) struct Dispatched {
     pub state: TaskState,
     pub attempt: u32,
     pub duplicate: bool,
@@ -58,7 +58,7 @@ pub struct Dispatched {
 
 /// Where a task stands, for a caller reconciling its in-flight tasks.
 #[derive(Debug, Clone)]
-pub struct TaskStatus {
+pub(crate) struct TaskStatus {
     pub task_id: String,
     /// None: never delivered (the manager has no record of it).
     pub state: Option<TaskState>,
@@ -70,7 +70,7 @@ pub struct TaskStatus {
 
 /// Where calls about an agent are served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// On this node.
     Here,
     /// On the live node that supervises the agent.
@@ -79,13 +79,13 @@ pub enum Route {
 
 /// Task states as this node knows them, and the tasks only another node
 /// can judge (in flight on an agent it supervises), with its URL.
-pub struct TaskStates {
+pub(crate) struct TaskStates {
     pub states: Vec<TaskStatus>,
     pub elsewhere: Vec<(String, String)>,
 }
 
 /// A task to deliver.
-pub struct TaskRequest {
+pub(crate) struct TaskRequest {
     pub agent_id: Uuid,
     pub task_id: String,
     /// The caller's attempt number (0: the manager numbers attempts).
@@ -100,7 +100,7 @@ pub struct TaskRequest {
 }
 
 impl Manager {
-    pub fn new(
+    pub(crate) fn new(
         supervisors: Arc<Supervisors>,
         approvals: Approvals,
         session_heartbeat: std::time::Duration,
@@ -125,7 +125,7 @@ impl Manager {
     /// Tasks that were in flight are lost (no session of this node
     /// survived), except on adopted processes: those come back naming the
     /// tasks they hold.
-    pub async fn recover(&self) -> Result<()> {
+    pub(crate) async fn recover(&self) -> Result<()> {
         let own = self.store.claim_own_agents().await?;
         let ids: Vec<Uuid> = own.iter().map(|agent| agent.id).collect();
         for agent in own {
@@ -142,13 +142,13 @@ impl Manager {
     }
 
     /// This node's name and term.
-    pub fn node(&self) -> (&str, i64) {
+    pub(crate) fn node(&self) -> (&str, i64) {
         let fence = self.store.fence();
         (&fence.name, fence.term)
     }
 
     /// Every manager node sharing the database.
-    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+    pub(crate) async fn nodes(&self) -> Result<Vec<NodeRecord>> {
         self.store.nodes().await
     }
 
@@ -156,7 +156,7 @@ impl Manager {
     /// supervises is served here; with `claim` (calls that change it:
     /// start, stop, restart, delete) this node takes it over first, so a
     /// process agent lost with its node can be started elsewhere.
-    pub async fn route(&self, id: Uuid, claim: bool) -> Result<Route> {
+    pub(crate) async fn route(&self, id: Uuid, claim: bool) -> Result<Route> {
         // The hot path (every dispatch): a live session here means the
         // agent's stream is open to this node, which supervises it; no
         // query needed. (A session whose agent went elsewhere ended when
@@ -199,13 +199,16 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.supervisors.shutdown().await;
     }
 
     /// Creates (and, unless asked not to, starts) an agent; an external
     /// one comes with its credential, returned this once.
-    pub async fn create_agent(&self, agent: NewAgent) -> Result<(AgentRecord, Option<String>)> {
+    pub(crate) async fn create_agent(
+        &self,
+        agent: NewAgent,
+    ) -> Result<(AgentRecord, Option<String>)> {
         // Refused rather than ignored: a limit nobody enforces is a lie.
         if agent.spec.runtime == Runtime::External && agent.spec.limits != Default::default() {
             return Err(Error::FailedPrecondition(
@@ -258,7 +261,7 @@ impl Manager {
 
     /// A new credential for an external agent (returned this once); the
     /// old one is refused from then on.
-    pub async fn rotate_credential(&self, id: Uuid) -> Result<(AgentRecord, String)> {
+    pub(crate) async fn rotate_credential(&self, id: Uuid) -> Result<(AgentRecord, String)> {
         let agent = self.get_agent(id).await?;
         if agent.spec.runtime != Runtime::External {
             return Err(Error::FailedPrecondition(format!(
@@ -273,7 +276,7 @@ impl Manager {
         Ok((record, credential))
     }
 
-    pub async fn get_agent(&self, id: Uuid) -> Result<AgentRecord> {
+    pub(crate) async fn get_agent(&self, id: Uuid) -> Result<AgentRecord> {
         self.store
             .get_agent(id)
             .await?
@@ -281,41 +284,45 @@ impl Manager {
     }
 
     /// How agents are contained here.
-    pub fn containment(&self) -> &Containment {
+    pub(crate) fn containment(&self) -> &Containment {
         &self.supervisors.context().containment
     }
 
     /// What the agent's whole process tree uses now (None: nothing runs).
     /// Approvals the node's agents asked for.
-    pub fn approvals(&self) -> &Approvals {
+    pub(crate) fn approvals(&self) -> &Approvals {
         &self.approvals
     }
 
-    pub fn usage(&self, id: Uuid) -> Option<Usage> {
+    pub(crate) fn usage(&self, id: Uuid) -> Option<Usage> {
         self.containment().usage(id)
     }
 
-    pub async fn list_agents(&self, filter: &AgentFilter, limit: i64) -> Result<Vec<AgentRecord>> {
+    pub(crate) async fn list_agents(
+        &self,
+        filter: &AgentFilter,
+        limit: i64,
+    ) -> Result<Vec<AgentRecord>> {
         self.store.list_agents(filter, limit).await
     }
 
-    pub async fn start_agent(&self, id: Uuid) -> Result<AgentRecord> {
+    pub(crate) async fn start_agent(&self, id: Uuid) -> Result<AgentRecord> {
         self.supervisors.start(id).await
     }
 
-    pub async fn stop_agent(&self, id: Uuid) -> Result<AgentRecord> {
+    pub(crate) async fn stop_agent(&self, id: Uuid) -> Result<AgentRecord> {
         self.supervisors.stop(id).await
     }
 
-    pub async fn restart_agent(&self, id: Uuid) -> Result<AgentRecord> {
+    pub(crate) async fn restart_agent(&self, id: Uuid) -> Result<AgentRecord> {
         self.supervisors.restart(id, "restarted on request").await
     }
 
-    pub async fn delete_agent(&self, id: Uuid) -> Result<()> {
+    pub(crate) async fn delete_agent(&self, id: Uuid) -> Result<()> {
         self.supervisors.delete(id).await
     }
 
-    pub async fn agent_logs(
+    pub(crate) async fn agent_logs(
         &self,
         id: Uuid,
         stream: LogStream,
@@ -338,7 +345,7 @@ impl Manager {
     /// goes away halfway (a cancelled RPC) must not leave a task claimed but
     /// never handed to the session, or every later dispatch of it would find
     /// it "in flight" and deliver nothing until the session ended.
-    pub async fn dispatch(self: &Arc<Self>, request: TaskRequest) -> Result<Dispatched> {
+    pub(crate) async fn dispatch(self: &Arc<Self>, request: TaskRequest) -> Result<Dispatched> {
         let manager = self.clone();
         tokio::spawn(async move { manager.deliver(request).await }.in_current_span())
             .await
@@ -428,7 +435,7 @@ impl Manager {
     /// settled as lost here: the session's own sweep may have failed (the
     /// database was down when it ended), and an answer must never be "in
     /// flight" for a task that nobody runs.
-    pub async fn task_states(&self, task_ids: &[String]) -> Result<TaskStates> {
+    pub(crate) async fn task_states(&self, task_ids: &[String]) -> Result<TaskStates> {
         // Only the node that supervises an agent knows whether its
         // sessions are live; the caller asks it about these.
         let elsewhere = self.store.tasks_held_elsewhere(task_ids).await?;
@@ -493,7 +500,11 @@ impl Manager {
     /// Asks the agent running `task_id` to stop it; the outcome CANCELLED
     /// follows as a TaskCompleted event. Returns the task's state (None:
     /// never delivered); only a task in flight is asked to stop.
-    pub async fn cancel_task(&self, agent: Uuid, task_id: &str) -> Result<Option<TaskState>> {
+    pub(crate) async fn cancel_task(
+        &self,
+        agent: Uuid,
+        task_id: &str,
+    ) -> Result<Option<TaskState>> {
         let status = self
             .task_states(&[task_id.to_owned()])
             .await?
@@ -515,11 +526,15 @@ impl Manager {
     }
 
     /// The last committed event sequence.
-    pub fn latest_sequence(&self) -> u64 {
+    pub(crate) fn latest_sequence(&self) -> u64 {
         self.events.latest()
     }
 
-    pub fn watch_events(&self, after: u64, agent: Option<Uuid>) -> mpsc::Receiver<WatchItem> {
+    pub(crate) fn watch_events(
+        &self,
+        after: u64,
+        agent: Option<Uuid>,
+    ) -> mpsc::Receiver<WatchItem> {
         let (out, receiver) = mpsc::channel(256);
         let events = self.events.clone();
         let stop = self.shutdown.child_token();
@@ -527,7 +542,7 @@ impl Manager {
         receiver
     }
 
-    pub async fn prune_events(&self, through: u64) -> Result<(u64, u64)> {
+    pub(crate) async fn prune_events(&self, through: u64) -> Result<(u64, u64)> {
         self.events.prune(through).await
     }
 
@@ -550,7 +565,7 @@ impl Manager {
 
     /// Authenticates a session's hello and runs the session. Returns the
     /// messages to send to the agent (the first is `Welcome`).
-    pub async fn open_session<S>(
+    pub(crate) async fn open_session<S>(
         &self,
         agent_id: Uuid,
         token: &str,

@@ -19,12 +19,14 @@ static RESTARTS: LazyLock<Counter<u64>> = LazyLock::new(|| {
         .build()
 });
 
-pub fn agent_restarted(agent: uuid::Uuid, name: &str) {
+pub(crate) fn agent_restarted(agent: uuid::Uuid, name: &str) {
     RESTARTS.add(1, &agent_attributes(agent, name));
 }
 
 /// Registers the active-sessions gauge; keep the instrument alive.
-pub fn sessions_gauge(count: impl Fn() -> u64 + Send + Sync + 'static) -> ObservableGauge<u64> {
+pub(crate) fn sessions_gauge(
+    count: impl Fn() -> u64 + Send + Sync + 'static,
+) -> ObservableGauge<u64> {
     meter()
         .u64_observable_gauge("shepherd.sessions.active")
         .with_description("Agent sessions open now")
@@ -39,7 +41,7 @@ static OOM_KILLS: LazyLock<Counter<u64>> = LazyLock::new(|| {
         .build()
 });
 
-pub fn agent_oom_killed(agent: uuid::Uuid, name: &str) {
+pub(crate) fn agent_oom_killed(agent: uuid::Uuid, name: &str) {
     OOM_KILLS.add(1, &agent_attributes(agent, name));
 }
 
@@ -53,7 +55,7 @@ fn agent_attributes(agent: uuid::Uuid, name: &str) -> [KeyValue; 2] {
 /// The containment instruments; keep them alive. Usage is read when the
 /// exporter collects, per contained agent: memory, CPU time, processes;
 /// and the active mode (a gauge of 1 with the mode as attribute).
-pub fn containment_gauges(containment: Arc<Containment>) -> Vec<ObservableGauge<u64>> {
+pub(crate) fn containment_gauges(containment: Arc<Containment>) -> Vec<ObservableGauge<u64>> {
     let mode = containment.mode().as_str();
     let usage = |name: &'static str, description: &'static str, read: fn(&Usage) -> u64| {
         let containment = containment.clone();

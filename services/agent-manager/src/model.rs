@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use crate::containment::ResourceLimits;
+pub(crate) use crate::containment::ResourceLimits;
 use crate::error::Error;
 
 /// What the user asked for.
@@ -227,7 +227,7 @@ pub struct NewAgent {
 
 /// Environment variables the manager sets for every agent; a spec may not
 /// override them.
-pub const RESERVED_ENV: [&str; 5] = [
+pub(crate) const RESERVED_ENV: [&str; 5] = [
     "SHEPHERD_AGENT_ID",
     "SHEPHERD_MANAGER_URL",
     "SHEPHERD_MANAGER_CA_FILE",
@@ -235,12 +235,12 @@ pub const RESERVED_ENV: [&str; 5] = [
     "SHEPHERD_GENERATION",
 ];
 
-pub use shepherd_platform::validate::name as validate_name;
+pub(crate) use shepherd_platform::validate::name as validate_name;
 
 /// Checks that `command` can be executed: an existing path, or a program
 /// found in PATH. Catching this at create time gives a clear error instead of
 /// an agent that fails on every launch.
-pub fn validate_command(command: &str) -> Result<(), Error> {
+pub(crate) fn validate_command(command: &str) -> Result<(), Error> {
     if command.trim().is_empty() {
         return Err(Error::invalid(
             "agent.command",
@@ -271,10 +271,10 @@ pub fn validate_command(command: &str) -> Result<(), Error> {
 }
 
 /// Most arguments, and the longest one.
-pub const MAX_ARGS: usize = 256;
-pub const MAX_ARG_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_ARGS: usize = 256;
+pub(crate) const MAX_ARG_BYTES: usize = 8 * 1024;
 
-pub fn validate_args(args: &[String]) -> Result<(), Error> {
+pub(crate) fn validate_args(args: &[String]) -> Result<(), Error> {
     if args.len() > MAX_ARGS {
         return Err(Error::invalid(
             "agent.args",
@@ -300,11 +300,11 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Most environment variables and labels per agent, and their sizes.
-pub const MAX_ENTRIES: usize = 256;
-pub const MAX_KEY_BYTES: usize = 256;
-pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_ENTRIES: usize = 256;
+pub(crate) const MAX_KEY_BYTES: usize = 256;
+pub(crate) const MAX_VALUE_BYTES: usize = 32 * 1024;
 
-pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
+pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
     use shepherd_platform::validate::{quote, text};
     if env.len() > MAX_ENTRIES {
         return Err(Error::invalid(
@@ -337,7 +337,7 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn validate_working_dir(dir: &str) -> Result<(), Error> {
+pub(crate) fn validate_working_dir(dir: &str) -> Result<(), Error> {
     if Path::new(dir).is_dir() {
         Ok(())
     } else {
@@ -352,10 +352,10 @@ pub fn validate_working_dir(dir: &str) -> Result<(), Error> {
 }
 
 /// Longest label key and value.
-pub const MAX_LABEL_KEY: usize = 63;
-pub const MAX_LABEL_VALUE: usize = 255;
+pub(crate) const MAX_LABEL_KEY: usize = 63;
+pub(crate) const MAX_LABEL_VALUE: usize = 255;
 
-pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
+pub(crate) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
     if labels.len() > MAX_ENTRIES {
         return Err(Error::invalid(
             "agent.labels",
@@ -379,11 +379,11 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
 
 /// Floors of a restart policy: a zero backoff in a tiny window would
 /// fork-loop a crashing agent.
-pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
-pub const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(10);
-pub const MAX_RESTART_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(10);
+pub(crate) const MAX_RESTART_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
+pub(crate) fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
     if policy.window < MIN_RESTART_WINDOW || policy.window > MAX_RESTART_DURATION {
         return Err(Error::invalid(
             "agent.restart_policy.window",
@@ -412,7 +412,7 @@ pub fn validate_policy(policy: &RestartPolicy) -> Result<(), Error> {
 }
 
 /// Parses an agent id given by a client.
-pub fn parse_agent_id(field: &str, text: &str) -> Result<Uuid, Error> {
+pub(crate) fn parse_agent_id(field: &str, text: &str) -> Result<Uuid, Error> {
     Ok(shepherd_platform::validate::id(field, text, "agent")?)
 }
 

@@ -29,7 +29,7 @@ use crate::events::{Event, EventLog};
 use crate::store::{Renewal, Store};
 use crate::supervisor::{Supervisors, report_lost};
 
-pub struct NodeLease {
+pub(crate) struct NodeLease {
     pub store: Store,
     pub events: EventLog,
     pub supervisors: Arc<Supervisors>,
@@ -38,7 +38,7 @@ pub struct NodeLease {
 
 impl NodeLease {
     /// Renews until `shutdown`; cancels `shutdown` itself when fenced out.
-    pub async fn keep(self, shutdown: CancellationToken) {
+    pub(crate) async fn keep(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.ttl / 3);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -26,7 +26,7 @@ use crate::store::ProcessIdentity;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitInfo {
+pub(crate) struct ExitInfo {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     /// Killed because its tree exceeded its memory limit.
@@ -34,12 +34,12 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    pub fn success(self) -> bool {
+    pub(crate) fn success(self) -> bool {
         self.code == Some(0) && !self.oom_killed
     }
 
     /// Why it ended, as recorded and reported.
-    pub fn reason(self) -> ExitReason {
+    pub(crate) fn reason(self) -> ExitReason {
         match (self.oom_killed, self.code, self.signal) {
             (true, ..) => ExitReason::OomKilled,
             (false, Some(_), _) => ExitReason::Exited,
@@ -49,14 +49,14 @@ impl ExitInfo {
     }
 
     /// It ended; how is not known here.
-    pub const UNKNOWN: Self = Self {
+    pub(crate) const UNKNOWN: Self = Self {
         code: None,
         signal: None,
         oom_killed: false,
     };
 
     /// Stopped on purpose (SIGTERM, then SIGKILL if need be).
-    pub const TERMINATED: Self = Self {
+    pub(crate) const TERMINATED: Self = Self {
         code: None,
         signal: Some(15),
         oom_killed: false,
@@ -106,7 +106,7 @@ const INHERITED_ENV: &[&str] = &[
 ];
 
 /// What the process needs to find and authenticate to the manager.
-pub struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     pub agent_id: Uuid,
     pub agent_name: &'a str,
     pub spec: &'a AgentSpec,
@@ -118,7 +118,7 @@ pub struct Launch<'a> {
 
 /// A running agent process, owned by its supervisor, and the container
 /// of its tree.
-pub struct AgentProcess {
+pub(crate) struct AgentProcess {
     identity: ProcessIdentity,
     exit: ExitWatch,
     cell: Cell,
@@ -141,7 +141,7 @@ enum ExitWatch {
 
 impl AgentProcess {
     /// Launches the agent inside `cell` (prepared for it).
-    pub fn spawn(launch: &Launch<'_>, logs: &LogDir, cell: Cell) -> io::Result<Self> {
+    pub(crate) fn spawn(launch: &Launch<'_>, logs: &LogDir, cell: Cell) -> io::Result<Self> {
         let spec = launch.spec;
         let mut command = Command::new(&spec.command);
         // Agents do not inherit the manager's environment (it holds the
@@ -220,7 +220,7 @@ impl AgentProcess {
     /// Takes over a process a previous manager launched, if `identity`
     /// still names it and it is still this agent's, of this generation
     /// (checked in its environment). `None` when it is gone or is not ours.
-    pub fn adopt(
+    pub(crate) fn adopt(
         identity: ProcessIdentity,
         agent_id: Uuid,
         generation: u64,
@@ -265,11 +265,11 @@ impl AgentProcess {
         Ok(Self::contained(identity, ExitWatch::Adopted(exit), cell))
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.identity.pid
     }
 
-    pub fn identity(&self) -> ProcessIdentity {
+    pub(crate) fn identity(&self) -> ProcessIdentity {
         self.identity
     }
 
@@ -277,7 +277,7 @@ impl AgentProcess {
     /// where the kernel kills one process) kills the whole tree, so the
     /// agent ends OOM-killed as it would under v2's `memory.oom.group`.
     /// Cancel-safe.
-    pub async fn wait(&mut self) -> ExitInfo {
+    pub(crate) async fn wait(&mut self) -> ExitInfo {
         loop {
             let woke = {
                 let exit = &mut self.exit;
@@ -322,14 +322,14 @@ impl AgentProcess {
 
     /// After the process ended: kills what is left of its tree (escaped
     /// children included) and returns once nothing of it runs.
-    pub async fn clear(self) {
+    pub(crate) async fn clear(self) {
         signal_group(self.pid(), Signal::SIGKILL);
         self.cell.clear(self.pid()).await;
     }
 
     /// SIGTERM to the group, SIGKILL to the whole tree after `grace`;
     /// returns how it ended, once nothing of the tree runs.
-    pub async fn terminate(mut self, grace: Duration) -> ExitInfo {
+    pub(crate) async fn terminate(mut self, grace: Duration) -> ExitInfo {
         signal_group(self.pid(), Signal::SIGTERM);
         let exit = match tokio::time::timeout(grace, self.wait()).await {
             Ok(exit) => exit,
@@ -367,7 +367,7 @@ fn signal_group(pgid: i32, signal: Signal) {
 /// adopted (live restore is off, or it is not the recorded process). The
 /// pid is checked to still belong to this agent, through its environment,
 /// so a reused pid is never hit. Returns whether something was killed.
-pub fn kill_orphan(pid: i32, agent_id: Uuid) -> bool {
+pub(crate) fn kill_orphan(pid: i32, agent_id: Uuid) -> bool {
     let ours = environ_has(pid, &marker(agent_id));
     if ours {
         signal_group(pid, Signal::SIGKILL);

@@ -10,7 +10,7 @@ const TICKS_PER_SECOND: u64 = 100;
 
 /// What `/proc/<pid>/stat` says about a process.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcStat {
+pub(crate) struct ProcStat {
     pub ppid: i32,
     /// Field 22: start time in clock ticks since boot.
     pub started_at: i64,
@@ -22,7 +22,7 @@ pub struct ProcStat {
 }
 
 impl ProcStat {
-    pub fn read(pid: i32) -> Option<Self> {
+    pub(crate) fn read(pid: i32) -> Option<Self> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) is in parentheses and may hold spaces
         // or parentheses itself: fields are counted after the last ')'.
@@ -44,7 +44,7 @@ impl ProcStat {
 /// Whether the process's environment holds exactly `entry` (`NAME=value`).
 /// False when it is gone, a zombie (whose environment reads empty) or
 /// unreadable.
-pub fn environ_has(pid: i32, entry: &str) -> bool {
+pub(crate) fn environ_has(pid: i32, entry: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
         environ
             .split(|byte| *byte == 0)
@@ -53,7 +53,7 @@ pub fn environ_has(pid: i32, entry: &str) -> bool {
 }
 
 /// Every process id in `/proc` now.
-pub fn all_pids() -> Vec<i32> {
+pub(crate) fn all_pids() -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -63,6 +63,6 @@ pub fn all_pids() -> Vec<i32> {
 }
 
 /// The system's page size in bytes.
-pub fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     rustix::param::page_size() as u64
 }

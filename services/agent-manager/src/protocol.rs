@@ -8,20 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::approvals::{Answer, ApprovalAsk};
 
-/// The first message of a session.
-#[derive(Debug, Clone)]
-pub struct Hello {
-    pub agent_id: String,
-    pub session_token: String,
-    /// Tasks the process holds from earlier sessions.
-    pub held_tasks: Vec<HeldTask>,
-    /// Random per process start (an external agent's instance).
-    pub instance_id: String,
-}
-
 /// A task an agent process holds across sessions.
 #[derive(Debug, Clone)]
-pub struct HeldTask {
+pub(crate) struct HeldTask {
     pub task_id: String,
     pub attempt: u32,
     /// The attempt's deadline as delivered, if it had one.
@@ -30,7 +19,7 @@ pub struct HeldTask {
 
 /// What an agent says on its session.
 #[derive(Debug, Clone)]
-pub enum FromAgent {
+pub(crate) enum FromAgent {
     /// A second hello, or a message this manager does not know: ignored.
     Ignored,
     Heartbeat,
@@ -58,7 +47,7 @@ pub enum FromAgent {
 
 /// What the manager says to an agent.
 #[derive(Debug, Clone)]
-pub enum ToAgent {
+pub(crate) enum ToAgent {
     Welcome {
         generation: u64,
         heartbeat_interval: Duration,
@@ -85,7 +74,7 @@ pub enum ToAgent {
 
 /// A task as delivered to the agent.
 #[derive(Debug, Clone)]
-pub struct DeliveredTask {
+pub(crate) struct DeliveredTask {
     pub task_id: String,
     pub payload: Vec<u8>,
     pub attempt: u32,

@@ -27,10 +27,10 @@ use crate::protocol::{FromAgent, ToAgent};
 use crate::store::{Completion, Store, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
-pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Largest progress message, and output chunk, of a `TaskProgress`.
-pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
-pub const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
 /// Reports waiting to be recorded, per session. The session loop only
 /// waits when this many are queued behind a database outage.
 const REPORT_QUEUE: usize = 4096;
@@ -42,7 +42,7 @@ const APPROVALS_IN_PROGRESS: usize = 8;
 
 /// What dispatch needs to deliver to a live session.
 #[derive(Clone, Debug)]
-pub struct SessionHandle {
+pub(crate) struct SessionHandle {
     pub session_id: Uuid,
     pub generation: u64,
     /// Tasks to forward to the agent. Closed once the session loop ended, so
@@ -59,10 +59,10 @@ pub struct SessionHandle {
 /// no stored state (it is an event); the session loop keeps this set so
 /// that a repeated dispatch can report the task as accepted.
 #[derive(Clone, Debug, Default)]
-pub struct AcceptedTasks(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct AcceptedTasks(Arc<Mutex<HashSet<String>>>);
 
 impl AcceptedTasks {
-    pub fn contains(&self, task_id: &str) -> bool {
+    pub(crate) fn contains(&self, task_id: &str) -> bool {
         self.lock().contains(task_id)
     }
 
@@ -85,7 +85,7 @@ impl AcceptedTasks {
 /// adopted it): their tasks stay in flight until it does or the window
 /// closes.
 #[derive(Clone, Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     inner: Arc<Mutex<Registry>>,
 }
 
@@ -96,19 +96,19 @@ struct Registry {
 }
 
 impl Sessions {
-    pub fn get(&self, agent: Uuid) -> Option<SessionHandle> {
+    pub(crate) fn get(&self, agent: Uuid) -> Option<SessionHandle> {
         self.lock().live.get(&agent).cloned()
     }
 
     /// Makes `session` current; returns the one it replaced.
-    pub fn install(&self, agent: Uuid, session: SessionHandle) -> Option<SessionHandle> {
+    pub(crate) fn install(&self, agent: Uuid, session: SessionHandle) -> Option<SessionHandle> {
         let mut registry = self.lock();
         registry.reconnecting.remove(&agent);
         registry.live.insert(agent, session)
     }
 
     /// Removes the agent's session if it is `session_id`.
-    pub fn remove_if_current(&self, agent: Uuid, session_id: Uuid) -> Option<SessionHandle> {
+    pub(crate) fn remove_if_current(&self, agent: Uuid, session_id: Uuid) -> Option<SessionHandle> {
         let mut registry = self.lock();
         match registry.live.get(&agent) {
             Some(current) if current.session_id == session_id => registry.live.remove(&agent),
@@ -116,34 +116,30 @@ impl Sessions {
         }
     }
 
-    pub fn remove(&self, agent: Uuid) -> Option<SessionHandle> {
+    pub(crate) fn remove(&self, agent: Uuid) -> Option<SessionHandle> {
         self.lock().live.remove(&agent)
     }
 
     /// The agent's process is expected back on a new session until `until`.
-    pub fn expect_reconnect(&self, agent: Uuid, until: Instant) {
+    pub(crate) fn expect_reconnect(&self, agent: Uuid, until: Instant) {
         self.lock().reconnecting.insert(agent, until);
     }
 
-    pub fn stop_expecting(&self, agent: Uuid) {
+    pub(crate) fn stop_expecting(&self, agent: Uuid) {
         self.lock().reconnecting.remove(&agent);
     }
 
     /// Whether the agent's process may still come back with the tasks it
     /// holds (so they are in flight, not lost).
-    pub fn reconnecting(&self, agent: Uuid) -> bool {
+    pub(crate) fn reconnecting(&self, agent: Uuid) -> bool {
         self.lock()
             .reconnecting
             .get(&agent)
             .is_some_and(|until| *until > Instant::now())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -153,7 +149,7 @@ impl Sessions {
 }
 
 /// Everything one session loop needs.
-pub struct SessionLoop<S> {
+pub(crate) struct SessionLoop<S> {
     pub agent_id: Uuid,
     pub handle: SessionHandle,
     pub inbound: S,
@@ -173,7 +169,7 @@ pub struct SessionLoop<S> {
 /// A task in flight on an earlier session of the same process, carried
 /// over to this one (`Store::reattach_tasks`).
 #[derive(Debug, Clone)]
-pub struct CarriedTask {
+pub(crate) struct CarriedTask {
     pub task_id: String,
     pub attempt: u32,
     /// The deadline the agent was given, as it reports it.
@@ -183,7 +179,7 @@ pub struct CarriedTask {
 
 /// How a session ended.
 #[derive(Debug)]
-pub struct SessionEnd {
+pub(crate) struct SessionEnd {
     pub reason: String,
     /// The agent ignored a Cancel past the grace period: restart it.
     pub wedged: bool,
@@ -206,7 +202,7 @@ where
     /// cancelled. Returns why it ended. The task channel is closed before
     /// returning, so every task that made it in is covered by the
     /// supervisor's lost-task sweep that follows.
-    pub async fn run(self) -> SessionEnd {
+    pub(crate) async fn run(self) -> SessionEnd {
         let Self {
             agent_id,
             handle,
@@ -732,13 +728,13 @@ fn truncate_utf8(text: &mut String, max: usize) {
 }
 
 /// The hex SHA-256 of a session token: only this is stored.
-pub fn hash_token(token: &str) -> Vec<u8> {
+pub(crate) fn hash_token(token: &str) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// A fresh random session token (256 bits, hex).
-pub use shepherd_platform::auth::random_secret as new_token;
+pub(crate) use shepherd_platform::auth::random_secret as new_token;
 
 #[cfg(test)]
 mod tests {

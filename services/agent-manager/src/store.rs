@@ -17,14 +17,14 @@ mod approvals;
 mod nodes;
 mod tasks;
 
-pub use approvals::SHEPHERD;
-pub use nodes::{Fence, NodeRecord, Orphaned, Placement, Renewal, join};
+pub(crate) use approvals::SHEPHERD;
+pub(crate) use nodes::{Fence, NodeRecord, Placement, Renewal, join};
 use nodes::{fenced, moved};
-pub use tasks::{Completion, Reattached};
+pub(crate) use tasks::Completion;
 
-pub const SCHEMA: &str = "agent_manager";
+pub(crate) const SCHEMA: &str = "agent_manager";
 
-pub const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "init",

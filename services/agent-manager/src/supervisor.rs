@@ -40,7 +40,7 @@ use crate::workload::Workload;
 use shepherd_platform::auth::constant_time_eq;
 
 /// What every supervisor shares.
-pub struct Context {
+pub(crate) struct Context {
     pub store: Store,
     /// Keeps each agent's process tree together (kill, limits, usage).
     pub containment: Arc<Containment>,
@@ -65,7 +65,7 @@ pub struct Context {
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// Longest instance id an external agent may name itself by.
-pub const MAX_INSTANCE_ID: usize = 128;
+pub(crate) const MAX_INSTANCE_ID: usize = 128;
 
 enum Command {
     Start(Reply<AgentRecord>),
@@ -112,13 +112,13 @@ enum Input {
 
 /// An accepted session: the agent as of then (its generation is the
 /// session's) and the tasks carried over to it.
-pub struct OpenedSession {
+pub(crate) struct OpenedSession {
     pub agent: AgentRecord,
     pub carried: Vec<CarriedTask>,
 }
 
 /// The supervisors of all agents.
-pub struct Supervisors {
+pub(crate) struct Supervisors {
     ctx: Arc<Context>,
     actors: Mutex<HashMap<Uuid, Actor>>,
 }
@@ -129,20 +129,20 @@ struct Actor {
 }
 
 impl Supervisors {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
         Self {
             ctx,
             actors: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn context(&self) -> &Context {
+    pub(crate) fn context(&self) -> &Context {
         &self.ctx
     }
 
     /// Starts the supervisor of a stored agent (once: an agent never has
     /// two supervisors).
-    pub fn spawn(&self, record: AgentRecord) {
+    pub(crate) fn spawn(&self, record: AgentRecord) {
         let mut actors = self.lock();
         if actors.contains_key(&record.id) {
             return;
@@ -163,43 +163,43 @@ impl Supervisors {
         actors.insert(id, Actor { mailbox, task });
     }
 
-    pub async fn start(&self, id: Uuid) -> Result<AgentRecord> {
+    pub(crate) async fn start(&self, id: Uuid) -> Result<AgentRecord> {
         self.call(id, Command::Start).await
     }
 
-    pub async fn stop(&self, id: Uuid) -> Result<AgentRecord> {
+    pub(crate) async fn stop(&self, id: Uuid) -> Result<AgentRecord> {
         self.call(id, Command::Stop).await
     }
 
-    pub async fn restart(&self, id: Uuid, reason: &str) -> Result<AgentRecord> {
+    pub(crate) async fn restart(&self, id: Uuid, reason: &str) -> Result<AgentRecord> {
         let reason = reason.to_owned();
         self.call(id, |reply| Command::Restart(reason, reply)).await
     }
 
     /// The agents this node has supervisors for.
-    pub fn ids(&self) -> Vec<Uuid> {
+    pub(crate) fn ids(&self) -> Vec<Uuid> {
         self.lock().keys().copied().collect()
     }
 
-    pub fn supervises(&self, id: Uuid) -> bool {
+    pub(crate) fn supervises(&self, id: Uuid) -> bool {
         self.lock().contains_key(&id)
     }
 
     /// Ends the supervision of an agent that is no longer this node's.
-    pub async fn retire(&self, id: Uuid) {
+    pub(crate) async fn retire(&self, id: Uuid) {
         if let Ok(true) = self.call(id, Command::Retire).await {
             self.lock().remove(&id);
         }
     }
 
     /// Every supervisor shows its agent as it is (after a lapsed lease).
-    pub async fn refresh_all(&self) {
+    pub(crate) async fn refresh_all(&self) {
         for id in self.ids() {
             let _ = self.send(id, Command::Refresh).await;
         }
     }
 
-    pub async fn delete(&self, id: Uuid) -> Result<()> {
+    pub(crate) async fn delete(&self, id: Uuid) -> Result<()> {
         self.call(id, Command::Delete).await?;
         self.lock().remove(&id);
         Ok(())
@@ -207,7 +207,7 @@ impl Supervisors {
 
     /// Authenticates and installs a session, carrying over the tasks its
     /// process holds.
-    pub async fn session_opened(
+    pub(crate) async fn session_opened(
         &self,
         id: Uuid,
         session: SessionHandle,
@@ -226,7 +226,13 @@ impl Supervisors {
     }
 
     /// Fire and forget: the session loop is over either way.
-    pub async fn session_closed(&self, id: Uuid, session_id: Uuid, reason: String, wedged: bool) {
+    pub(crate) async fn session_closed(
+        &self,
+        id: Uuid,
+        session_id: Uuid,
+        reason: String,
+        wedged: bool,
+    ) {
         let _ = self
             .send(
                 id,
@@ -241,7 +247,7 @@ impl Supervisors {
 
     /// Reconciles every agent (concurrently); returns the agents whose
     /// running processes were adopted.
-    pub async fn reconcile_all(&self) -> Vec<Uuid> {
+    pub(crate) async fn reconcile_all(&self) -> Vec<Uuid> {
         let ids: Vec<Uuid> = self.lock().keys().copied().collect();
         let calls = ids.iter().map(|id| self.call(*id, Command::Reconcile));
         let adopted = futures_util::future::join_all(calls).await;
@@ -253,7 +259,7 @@ impl Supervisors {
 
     /// Stops every process (desired states untouched) and waits for the
     /// supervisors to finish.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let actors: Vec<Actor> = self.lock().drain().map(|(_, actor)| actor).collect();
         for actor in &actors {
             let _ = actor.mailbox.send(Command::Shutdown).await;
@@ -1219,7 +1225,11 @@ fn launch_target(spec: &crate::model::AgentSpec) -> String {
 }
 
 /// Appends a `TaskLost` event for each lost task.
-pub async fn report_lost(events: &EventLog, lost: Vec<LostTask>, reason: &str) -> Result<()> {
+pub(crate) async fn report_lost(
+    events: &EventLog,
+    lost: Vec<LostTask>,
+    reason: &str,
+) -> Result<()> {
     for task in lost {
         events
             .append(

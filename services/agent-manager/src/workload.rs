@@ -8,14 +8,14 @@ use crate::kubernetes::AgentPod;
 use crate::process::{AgentProcess, ExitInfo};
 use crate::store::ProcessIdentity;
 
-pub enum Workload {
+pub(crate) enum Workload {
     Process(AgentProcess),
     Pod(AgentPod),
 }
 
 impl Workload {
     /// The process id on this node (None: a Pod).
-    pub fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         match self {
             Self::Process(process) => Some(process.pid()),
             Self::Pod(_) => None,
@@ -23,7 +23,7 @@ impl Workload {
     }
 
     /// What names the process for adoption (None: a Pod).
-    pub fn identity(&self) -> Option<ProcessIdentity> {
+    pub(crate) fn identity(&self) -> Option<ProcessIdentity> {
         match self {
             Self::Process(process) => Some(process.identity()),
             Self::Pod(_) => None,
@@ -31,7 +31,7 @@ impl Workload {
     }
 
     /// Resolves when it ended. Cancel-safe.
-    pub async fn wait(&mut self) -> ExitInfo {
+    pub(crate) async fn wait(&mut self) -> ExitInfo {
         match self {
             Self::Process(process) => process.wait().await,
             Self::Pod(pod) => pod.wait().await,
@@ -39,7 +39,7 @@ impl Workload {
     }
 
     /// After it ended: nothing of it may keep running (or lying around).
-    pub async fn clear(self) {
+    pub(crate) async fn clear(self) {
         match self {
             Self::Process(process) => process.clear().await,
             Self::Pod(pod) => pod.clear().await,
@@ -47,7 +47,7 @@ impl Workload {
     }
 
     /// Stops it (SIGTERM, SIGKILL after `grace`) and returns how it ended.
-    pub async fn terminate(self, grace: Duration) -> ExitInfo {
+    pub(crate) async fn terminate(self, grace: Duration) -> ExitInfo {
         match self {
             Self::Process(process) => process.terminate(grace).await,
             Self::Pod(pod) => pod.terminate(grace).await,

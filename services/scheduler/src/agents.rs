@@ -8,24 +8,20 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 #[derive(Default)]
-pub struct AgentView {
+pub(crate) struct AgentView {
     ready: Mutex<HashMap<Uuid, watch::Sender<bool>>>,
 }
 
 impl AgentView {
-    pub fn set_ready(&self, agent: Uuid, ready: bool) {
+    pub(crate) fn set_ready(&self, agent: Uuid, ready: bool) {
         self.lock()
             .entry(agent)
             .or_insert_with(|| watch::Sender::new(false))
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
-    pub fn is_ready(&self, agent: Uuid) -> bool {
-        self.lock().get(&agent).is_some_and(|tx| *tx.borrow())
-    }
-
     /// A receiver that sees every readiness change of `agent`.
-    pub fn subscribe(&self, agent: Uuid) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self, agent: Uuid) -> watch::Receiver<bool> {
         self.lock()
             .entry(agent)
             .or_insert_with(|| watch::Sender::new(false))
@@ -33,7 +29,7 @@ impl AgentView {
     }
 
     /// Level pass: exactly the agents in `ready` are ready.
-    pub fn replace(&self, ready: &HashSet<Uuid>) {
+    pub(crate) fn replace(&self, ready: &HashSet<Uuid>) {
         let mut agents = self.lock();
         for (agent, tx) in agents.iter() {
             let now = ready.contains(agent);
@@ -67,6 +63,6 @@ mod tests {
         view.replace(&[b].into());
         rx.changed().await.unwrap();
         assert!(!*rx.borrow());
-        assert!(view.is_ready(b) && !view.is_ready(a));
+        assert!(*view.subscribe(b).borrow() && !*view.subscribe(a).borrow());
     }
 }

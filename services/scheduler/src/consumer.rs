@@ -47,7 +47,7 @@ const READ_AHEAD: usize = 4 * MAX_BATCH;
 /// alone: their dispatch is most likely still on its way.
 const SETTLE_MIN_AGE: Duration = Duration::from_secs(2);
 
-pub struct Consumer {
+pub(crate) struct Consumer {
     pub recovery: Arc<Recovery>,
     pub reconcile_interval: Duration,
     pub stream_timeout: Duration,
@@ -62,7 +62,7 @@ enum StreamEnd {
 }
 
 impl Consumer {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.connect_and_consume(&shutdown, &mut backoff).await {

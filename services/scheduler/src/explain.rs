@@ -9,7 +9,7 @@ use crate::runner::RunnerState;
 
 /// The agent as the manager reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentFacts {
+pub(crate) struct AgentFacts {
     /// "ready", "starting", "exited", "failed", "stopped", "lost", ... or
     /// "unknown" when the manager could not be asked.
     pub status: String,
@@ -20,7 +20,7 @@ pub struct AgentFacts {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InFlightFacts {
+pub(crate) struct InFlightFacts {
     pub task_id: String,
     pub attempt: u32,
     pub age: Duration,
@@ -28,7 +28,7 @@ pub struct InFlightFacts {
 
 /// An approval a task of the workflow waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApprovalFacts {
+pub(crate) struct ApprovalFacts {
     pub approval_id: String,
     pub task_id: String,
     pub tool: String,
@@ -37,7 +37,7 @@ pub struct ApprovalFacts {
 
 /// Everything a diagnosis looks at.
 #[derive(Debug, Clone)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub enabled: bool,
     pub disabled_reason: String,
     pub agent: AgentFacts,
@@ -60,7 +60,7 @@ pub struct Facts {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Running,
     Disabled,
     AgentStopped,
@@ -74,7 +74,7 @@ pub enum Verdict {
 }
 
 /// The verdict and its one line.
-pub fn judge(facts: &Facts) -> (Verdict, String) {
+pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
     if !facts.enabled {
         let why = if facts.disabled_reason.is_empty() {
             "disabled".to_owned()

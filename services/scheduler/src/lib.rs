@@ -3,27 +3,27 @@
 //! agent-manager, and heals runners when agents restart: on the event edge,
 //! by resuming the event stream, and by periodic level passes.
 
-pub mod agents;
-pub mod api;
+pub(crate) mod agents;
+pub(crate) mod api;
 pub mod config;
-pub mod consumer;
+pub(crate) mod consumer;
 pub mod error;
-pub mod explain;
+pub(crate) mod explain;
 pub mod limits;
-pub mod manager_client;
-pub mod membership;
-pub mod metrics;
+pub(crate) mod manager_client;
+pub(crate) mod membership;
+pub(crate) mod metrics;
 pub mod model;
-pub mod recovery;
-pub mod runner;
-pub mod schedule;
-pub mod service;
-pub mod settle;
+pub(crate) mod recovery;
+pub(crate) mod runner;
+pub(crate) mod schedule;
+pub(crate) mod service;
+pub(crate) mod settle;
 pub mod store;
-pub mod task_watch;
-pub mod template;
-pub mod wakeups;
-pub mod webhook;
+pub(crate) mod task_watch;
+pub(crate) mod template;
+pub(crate) mod wakeups;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 

@@ -15,12 +15,12 @@ use crate::model::{TaskEnd, TaskFields, ToolPolicy};
 /// Deadline of unary calls: a hung manager must not wedge a runner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most task ids per `BatchGetTaskStates` call (the manager's limit).
-pub const MAX_TASK_STATES: usize = 1000;
+pub(crate) const MAX_TASK_STATES: usize = 1000;
 
 /// Where a task stands at the agent-manager (its answer to a dispatch or a
 /// state query), in the scheduler's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteTask {
+pub(crate) enum RemoteTask {
     /// The manager never delivered it.
     Unknown,
     /// Delivered to the agent's live session (perhaps by this very call)
@@ -38,7 +38,7 @@ pub enum RemoteTask {
 
 /// An attempt of a task, as the agent will receive it.
 #[derive(Debug, Clone)]
-pub struct OutgoingTask {
+pub(crate) struct OutgoingTask {
     pub agent: Uuid,
     pub task_id: String,
     pub attempt: u32,
@@ -56,7 +56,7 @@ pub struct OutgoingTask {
 
 /// Why a call to the agent-manager failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ManagerError {
+pub(crate) enum ManagerError {
     /// The agent cannot take tasks now (not ready, or unknown).
     #[error("{0}")]
     Refused(String),
@@ -67,7 +67,7 @@ pub enum ManagerError {
 
 impl ManagerError {
     /// What the manager (or the transport) said.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             Self::Refused(message) | Self::Unavailable(message) => message,
         }
@@ -86,7 +86,7 @@ impl From<tonic::Status> for ManagerError {
 }
 
 /// How a task ended, from the manager's outcome.
-pub fn task_end(outcome: pb::TaskOutcome) -> TaskEnd {
+pub(crate) fn task_end(outcome: pb::TaskOutcome) -> TaskEnd {
     match outcome {
         pb::TaskOutcome::Succeeded => TaskEnd::Succeeded,
         pb::TaskOutcome::TimedOut => TaskEnd::TimedOut,
@@ -116,14 +116,14 @@ fn remote_task(
 type Client = AgentManagerClient<InterceptedService<Channel, ClientMetadata>>;
 
 #[derive(Clone)]
-pub struct ManagerClient {
+pub(crate) struct ManagerClient {
     client: Client,
 }
 
 impl ManagerClient {
     /// Connects lazily: the scheduler starts (and serves its API) while the
     /// manager is still down.
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         token: Option<&str>,
         ca_file: Option<&std::path::Path>,
@@ -146,7 +146,7 @@ impl ManagerClient {
 
     /// Delivers an attempt of a task (idempotent: a repeat delivers
     /// nothing and reports the task as it stands).
-    pub async fn dispatch(&self, task: OutgoingTask) -> Result<RemoteTask, ManagerError> {
+    pub(crate) async fn dispatch(&self, task: OutgoingTask) -> Result<RemoteTask, ManagerError> {
         let fields = task.fields;
         let spec = pb::TaskSpec {
             prompt: task.prompt.clone(),
@@ -189,7 +189,7 @@ impl ManagerClient {
 
     /// Where each task stands, in the order asked (at most
     /// `MAX_TASK_STATES` ids).
-    pub async fn task_states(
+    pub(crate) async fn task_states(
         &self,
         task_ids: Vec<String>,
     ) -> Result<Vec<RemoteTask>, ManagerError> {
@@ -216,7 +216,7 @@ impl ManagerClient {
 
     /// Asks the agent running a task to stop it. Returns where the task
     /// stands at the manager (in flight: the cancellation is on its way).
-    pub async fn cancel_task(
+    pub(crate) async fn cancel_task(
         &self,
         agent: Uuid,
         task_id: &str,
@@ -235,7 +235,7 @@ impl ManagerClient {
     }
 
     /// Whether the agent exists (NOT_FOUND: false; other failures: error).
-    pub async fn agent_exists(&self, agent: Uuid) -> Result<bool, ManagerError> {
+    pub(crate) async fn agent_exists(&self, agent: Uuid) -> Result<bool, ManagerError> {
         let request = Self::request(pb::GetAgentRequest {
             agent_id: agent.to_string(),
         });
@@ -247,7 +247,7 @@ impl ManagerClient {
     }
 
     /// The agent as the manager reports it, for a diagnosis.
-    pub async fn agent_facts(
+    pub(crate) async fn agent_facts(
         &self,
         agent: Uuid,
     ) -> Result<crate::explain::AgentFacts, ManagerError> {
@@ -272,7 +272,7 @@ impl ManagerClient {
     }
 
     /// The workflow's pending approvals, the oldest first (at most 100).
-    pub async fn pending_approvals(
+    pub(crate) async fn pending_approvals(
         &self,
         workflow: Uuid,
     ) -> Result<Vec<crate::explain::ApprovalFacts>, ManagerError> {
@@ -308,7 +308,7 @@ impl ManagerClient {
     }
 
     /// Every agent that is READY right now.
-    pub async fn ready_agents(&self) -> Result<HashSet<Uuid>, ManagerError> {
+    pub(crate) async fn ready_agents(&self) -> Result<HashSet<Uuid>, ManagerError> {
         let mut ready = HashSet::new();
         let mut page_token = String::new();
         loop {
@@ -333,7 +333,7 @@ impl ManagerClient {
 
     /// The agent event stream after `after`, decoded into the scheduler's
     /// own terms.
-    pub async fn watch(&self, after: u64) -> Result<EventStream, ManagerError> {
+    pub(crate) async fn watch(&self, after: u64) -> Result<EventStream, ManagerError> {
         let request = tonic::Request::new(pb::WatchAgentEventsRequest {
             after_sequence: after,
             agent_id: String::new(),
@@ -351,7 +351,7 @@ impl ManagerClient {
 /// What the scheduler hears on the manager's event stream, in its own
 /// terms: the wire types are decoded once, here.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Heard {
+pub(crate) enum Heard {
     Event {
         sequence: u64,
         agent: Option<Uuid>,
@@ -371,7 +371,7 @@ pub enum Heard {
 
 /// An agent event, as far as the scheduler cares.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AgentEvent {
+pub(crate) enum AgentEvent {
     Ready,
     Restarted {
         generation: u64,
@@ -425,11 +425,11 @@ fn approval_outcome(approval: &pb::Approval) -> String {
 }
 
 /// The agent event stream.
-pub struct EventStream(tonic::Streaming<pb::WatchAgentEventsResponse>);
+pub(crate) struct EventStream(tonic::Streaming<pb::WatchAgentEventsResponse>);
 
 impl EventStream {
     /// The next message; None when the stream ended, Err when it broke.
-    pub async fn next(&mut self) -> Result<Option<Heard>, String> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Heard>, String> {
         match self.0.message().await {
             Ok(message) => Ok(message.map(Heard::from)),
             Err(status) => Err(status.message().to_owned()),

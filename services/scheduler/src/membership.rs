@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::store::Store;
 
 /// The live replicas as this one last saw them.
-pub struct Membership {
+pub(crate) struct Membership {
     me: String,
     standby: bool,
     view: Mutex<View>,
@@ -62,7 +62,7 @@ struct View {
 }
 
 impl Membership {
-    pub fn new(me: String, standby: bool) -> Arc<Self> {
+    pub(crate) fn new(me: String, standby: bool) -> Arc<Self> {
         Arc::new(Self {
             me,
             standby,
@@ -73,13 +73,13 @@ impl Membership {
 
     /// A counter that moves whenever the live or settled replicas or this
     /// replica's epoch change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
     /// The epoch leases are held under now, if this replica's row is valid
     /// (None: it may have lapsed; hold and take no lease).
-    pub fn lease_epoch(&self) -> Option<u64> {
+    pub(crate) fn lease_epoch(&self) -> Option<u64> {
         let view = self.lock();
         view.valid_until
             .is_some_and(|until| Instant::now() < until)
@@ -89,7 +89,7 @@ impl Membership {
     /// The replica `workflow` prefers, if it is another one that has been
     /// live for at least `settled` (a replica that just joined, or that
     /// this one has not seen, is not preferred yet: no premature moves).
-    pub fn preferred_elsewhere(&self, workflow: Uuid, settled: Duration) -> Option<String> {
+    pub(crate) fn preferred_elsewhere(&self, workflow: Uuid, settled: Duration) -> Option<String> {
         let view = self.lock();
         let now = Instant::now();
         // A standby competes only when no active replica is alive.
@@ -177,7 +177,12 @@ impl Membership {
 
     /// Renews this replica's membership every third of `ttl` until
     /// `shutdown`, then leaves (so its share moves at once).
-    pub async fn run(self: Arc<Self>, store: Store, ttl: Duration, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        store: Store,
+        ttl: Duration,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let renewed = Instant::now();
             match store.replica_heartbeat(&self.me, self.standby, ttl).await {

@@ -65,14 +65,14 @@ static OLDEST_IN_FLIGHT: LazyLock<Gauge<f64>> = LazyLock::new(|| {
 });
 
 /// Records the age of a workflow's oldest task in flight (0: none).
-pub fn oldest_in_flight(workflow: uuid::Uuid, age: std::time::Duration) {
+pub(crate) fn oldest_in_flight(workflow: uuid::Uuid, age: std::time::Duration) {
     OLDEST_IN_FLIGHT.record(
         age.as_secs_f64(),
         &[KeyValue::new("workflow_id", workflow.to_string())],
     );
 }
 
-pub fn runner_started(workflow: uuid::Uuid, agent: uuid::Uuid) {
+pub(crate) fn runner_started(workflow: uuid::Uuid, agent: uuid::Uuid) {
     RUNNER_STARTS.add(
         1,
         &[
@@ -82,29 +82,29 @@ pub fn runner_started(workflow: uuid::Uuid, agent: uuid::Uuid) {
     );
 }
 
-pub fn task_finished(outcome: &'static str, duration_secs: Option<f64>) {
+pub(crate) fn task_finished(outcome: &'static str, duration_secs: Option<f64>) {
     TASKS_FINISHED.add(1, &[KeyValue::new("outcome", outcome)]);
     if let Some(duration) = duration_secs {
         TASK_DURATION.record(duration, &[KeyValue::new("outcome", outcome)]);
     }
 }
 
-pub fn dispatched(duration: std::time::Duration, ok: bool) {
+pub(crate) fn dispatched(duration: std::time::Duration, ok: bool) {
     DISPATCH_DURATION.record(duration.as_secs_f64(), &[KeyValue::new("ok", ok)]);
 }
 
 /// `change`: "acquired", "lost" or "released".
-pub fn lease_changed(change: &'static str) {
+pub(crate) fn lease_changed(change: &'static str) {
     LEASE_CHANGES.add(1, &[KeyValue::new("change", change)]);
 }
 
-pub fn stream_lag(lag: u64) {
+pub(crate) fn stream_lag(lag: u64) {
     STREAM_LAG.record(lag, &[]);
 }
 
 /// Registers the runners-by-state gauge, read from `count` at each export.
 /// Keep the returned instrument alive for as long as it should report.
-pub fn runners_gauge(
+pub(crate) fn runners_gauge(
     count: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
 ) -> opentelemetry::metrics::ObservableGauge<u64> {
     meter()

@@ -22,10 +22,10 @@ use crate::settle::{self, SettleReport};
 use crate::store::{InFlightScope, Store};
 
 /// How long WatchTasks can resume from: older task changes are pruned.
-pub const TASK_CHANGE_RETENTION: std::time::Duration =
+pub(crate) const TASK_CHANGE_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(7 * 24 * 3600);
 
-pub struct Recovery {
+pub(crate) struct Recovery {
     pub store: Store,
     pub runners: Arc<Runners>,
     pub agents: Arc<AgentView>,
@@ -38,7 +38,7 @@ pub struct Recovery {
 
 /// What a level pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LevelReport {
+pub(crate) struct LevelReport {
     pub desired: usize,
     pub started: usize,
     pub stopped: usize,
@@ -48,7 +48,12 @@ impl Recovery {
     /// `agent` was restarted into `generation`: one task for each workflow
     /// its restarts trigger, keyed by the generation (a redelivered event,
     /// or another replica handling the same one, finds it already there).
-    pub async fn agent_restarted(&self, agent: Uuid, generation: u64, reason: &str) -> Result<()> {
+    pub(crate) async fn agent_restarted(
+        &self,
+        agent: Uuid,
+        generation: u64,
+        reason: &str,
+    ) -> Result<()> {
         for workflow in self.store.restart_triggered(agent).await? {
             let fields = crate::model::TaskFields {
                 title: format!("agent {agent} restarted (generation {generation})"),
@@ -77,7 +82,7 @@ impl Recovery {
 
     /// Starts the runners missing for the agent's enabled workflows (one
     /// indexed query by agent id). Returns how many were started.
-    pub async fn restart_workflows_for_agent(&self, agent: Uuid) -> Result<usize> {
+    pub(crate) async fn restart_workflows_for_agent(&self, agent: Uuid) -> Result<usize> {
         let workflows = self.store.enabled_workflows_of(&[agent]).await?;
         let started = workflows
             .iter()
@@ -92,7 +97,7 @@ impl Recovery {
     /// Settles the tasks in flight of the workflows this replica runs (or
     /// nobody runs) that were dispatched at least `min_age` ago, and wakes
     /// the runners whose tasks changed.
-    pub async fn settle_in_flight(&self, min_age: Duration) -> Result<SettleReport> {
+    pub(crate) async fn settle_in_flight(&self, min_age: Duration) -> Result<SettleReport> {
         let scope = InFlightScope {
             owner: self.replica.clone(),
             workflow: None,
@@ -108,7 +113,7 @@ impl Recovery {
     /// Marks the runners whose oldest task in flight is older than the
     /// stall threshold STALLED (and clears the others), and records each
     /// workflow's oldest in-flight age as a metric.
-    pub async fn update_stalls(&self) -> Result<()> {
+    pub(crate) async fn update_stalls(&self) -> Result<()> {
         let oldest = self.store.oldest_in_flight().await?;
         let mut stalls = HashMap::new();
         for task in oldest {
@@ -129,7 +134,7 @@ impl Recovery {
     }
 
     /// The level-triggered pass.
-    pub async fn level_pass(&self) -> Result<LevelReport> {
+    pub(crate) async fn level_pass(&self) -> Result<LevelReport> {
         let ready = self.manager.ready_agents().await.map_err(|status| {
             Error::Unavailable(format!("agent-manager unavailable: {}", status.message()))
         })?;

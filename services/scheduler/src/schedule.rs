@@ -12,7 +12,7 @@ use crate::store::Store;
 /// How often due ticks are looked for; also the schedules' resolution.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-pub async fn run(store: Store, runners: Arc<Runners>, shutdown: CancellationToken) {
+pub(crate) async fn run(store: Store, runners: Arc<Runners>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -16,7 +16,7 @@ use crate::task_watch::{TaskWatch, WatchItem};
 use crate::template;
 use crate::webhook::{Delivery, Refused};
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     pub store: Store,
     pub runners: Arc<Runners>,
     pub manager: ManagerClient,
@@ -25,7 +25,7 @@ pub struct Scheduler {
 
 /// Which fields an update changes.
 /// A workflow's diagnosis: the facts looked at and the verdict.
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     pub workflow: Workflow,
     pub verdict: Verdict,
     pub summary: String,
@@ -33,7 +33,7 @@ pub struct Diagnosis {
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct UpdateMask {
+pub(crate) struct UpdateMask {
     pub name: bool,
     pub enabled: bool,
     pub trigger: bool,
@@ -47,7 +47,7 @@ pub struct UpdateMask {
 
 /// Why a webhook delivery made no task.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub(crate) enum DeliveryError {
     #[error(transparent)]
     Refused(#[from] Refused),
     #[error(transparent)]
@@ -55,7 +55,7 @@ pub enum DeliveryError {
 }
 
 /// A new task of `workflow`, rendered from its fields.
-pub fn render(
+pub(crate) fn render(
     workflow: &Workflow,
     fields: &TaskFields,
     timeout: Option<std::time::Duration>,
@@ -93,7 +93,10 @@ impl Scheduler {
 
     /// Creates a workflow; a webhook-triggered one comes with its secret,
     /// returned this once.
-    pub async fn create_workflow(&self, new: NewWorkflow) -> Result<(Workflow, Option<String>)> {
+    pub(crate) async fn create_workflow(
+        &self,
+        new: NewWorkflow,
+    ) -> Result<(Workflow, Option<String>)> {
         self.require_agent(new.agent_id)
             .await
             .map_err(|err| match err {
@@ -128,7 +131,7 @@ impl Scheduler {
 
     /// Gives a webhook workflow a new secret (returned this once); the old
     /// one stops working at once.
-    pub async fn rotate_webhook_secret(&self, id: Uuid) -> Result<(Workflow, String)> {
+    pub(crate) async fn rotate_webhook_secret(&self, id: Uuid) -> Result<(Workflow, String)> {
         let workflow = self.store.get_workflow(id).await?;
         if !matches!(workflow.trigger, Trigger::Webhook(_)) {
             return Err(Error::FailedPrecondition(format!(
@@ -142,7 +145,7 @@ impl Scheduler {
 
     /// A webhook delivery to the workflow `reference` (id or name): the
     /// task it made (or made before, for a redelivery).
-    pub async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         reference: &str,
         delivery: &Delivery<'_>,
@@ -159,11 +162,11 @@ impl Scheduler {
         Ok(self.trigger_on(&workflow, Some(key), fields, None).await?)
     }
 
-    pub async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
+    pub(crate) async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
         self.store.get_workflow(id).await
     }
 
-    pub async fn list_workflows(
+    pub(crate) async fn list_workflows(
         &self,
         filter: &WorkflowFilter,
         limit: i64,
@@ -172,7 +175,11 @@ impl Scheduler {
     }
 
     /// Applies `patch`'s masked fields to the stored workflow.
-    pub async fn update_workflow(&self, patch: Workflow, mask: UpdateMask) -> Result<Workflow> {
+    pub(crate) async fn update_workflow(
+        &self,
+        patch: Workflow,
+        mask: UpdateMask,
+    ) -> Result<Workflow> {
         let mut workflow = self.store.get_workflow(patch.id).await?;
         let was_enabled = workflow.enabled;
         if mask.name {
@@ -223,7 +230,7 @@ impl Scheduler {
         Ok(workflow)
     }
 
-    pub async fn delete_workflow(&self, id: Uuid) -> Result<()> {
+    pub(crate) async fn delete_workflow(&self, id: Uuid) -> Result<()> {
         self.store.delete_workflow(id).await?;
         self.runners.remove(id);
         Ok(())
@@ -233,7 +240,7 @@ impl Scheduler {
     /// Cancels a task: a pending one at once; a dispatched one through its
     /// agent (it becomes CANCELLED when the agent reports). Idempotent: a
     /// finished task is returned as it is.
-    pub async fn cancel_task(&self, id: &str) -> Result<Task> {
+    pub(crate) async fn cancel_task(&self, id: &str) -> Result<Task> {
         if let Some(task) = self.store.cancel_task(id, TaskState::Pending).await? {
             return Ok(task);
         }
@@ -265,7 +272,7 @@ impl Scheduler {
 
     /// Records a pending task; `timeout` may shorten the workflow's task
     /// timeout for it.
-    pub async fn trigger(
+    pub(crate) async fn trigger(
         &self,
         workflow: Uuid,
         key: Option<String>,
@@ -306,7 +313,7 @@ impl Scheduler {
 
     /// A page of a workflow's tasks (NOT_FOUND for an unknown workflow
     /// rather than an empty list), with each task's position for paging.
-    pub async fn list_tasks(
+    pub(crate) async fn list_tasks(
         &self,
         workflow: Uuid,
         state: Option<TaskState>,
@@ -321,7 +328,7 @@ impl Scheduler {
     }
 
     /// Follows the task change log from `after` (see `task_watch`).
-    pub fn watch_tasks(
+    pub(crate) fn watch_tasks(
         &self,
         after: TaskCursor,
         filter: TaskEventFilter,
@@ -329,7 +336,7 @@ impl Scheduler {
         self.task_watch.watch(after, filter)
     }
 
-    pub async fn get_task(&self, id: &str) -> Result<Task> {
+    pub(crate) async fn get_task(&self, id: &str) -> Result<Task> {
         self.store.get_task(id).await
     }
 
@@ -337,7 +344,7 @@ impl Scheduler {
     /// sees it. A workflow without a live runner here that another replica
     /// runs (it holds the workflow's lease) shows as standby, naming it.
     /// "Why isn't it running?" (see `explain`).
-    pub async fn explain(&self, id: Uuid) -> Result<Diagnosis> {
+    pub(crate) async fn explain(&self, id: Uuid) -> Result<Diagnosis> {
         let workflow = self.get_workflow(id).await?;
         let queue = self.store.queue_facts(id).await?;
         let agent = match self.manager.agent_facts(workflow.agent_id).await {
@@ -393,7 +400,7 @@ impl Scheduler {
         })
     }
 
-    pub async fn runners(&self, agent: Option<Uuid>) -> Result<Vec<(Workflow, RunnerInfo)>> {
+    pub(crate) async fn runners(&self, agent: Option<Uuid>) -> Result<Vec<(Workflow, RunnerInfo)>> {
         const PAGE: i64 = 1000;
         let mut workflows = Vec::new();
         let mut filter = WorkflowFilter {

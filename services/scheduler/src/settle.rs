@@ -24,7 +24,7 @@ use crate::store::{InFlight, InFlightScope, Outcome, Store};
 
 /// What became of a task after a dispatch answer was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     /// Delivered and running (or waiting for the agent to take it).
     InFlight,
     /// Finished: its outcome is recorded.
@@ -37,7 +37,7 @@ pub enum Applied {
 /// for the task. A failed call means it was not delivered, so the task goes
 /// back to pending (if it was delivered after all, its next dispatch finds
 /// it in flight: delivery is idempotent).
-pub async fn apply(
+pub(crate) async fn apply(
     store: &Store,
     task: &str,
     ours: u32,
@@ -93,7 +93,7 @@ pub async fn apply(
 
 /// What a settle pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SettleReport {
+pub(crate) struct SettleReport {
     /// In-flight tasks asked about.
     pub checked: usize,
     /// Attempts the manager never received, delivered now.
@@ -107,7 +107,7 @@ pub struct SettleReport {
 /// Settles the in-flight tasks in `scope` against the manager: a finished
 /// one gets its outcome, a lost one is requeued, and an attempt the
 /// manager never received is delivered now, under the same attempt number.
-pub async fn settle_in_flight(
+pub(crate) async fn settle_in_flight(
     store: &Store,
     manager: &ManagerClient,
     scope: &InFlightScope,

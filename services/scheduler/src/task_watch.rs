@@ -29,14 +29,14 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What a watcher receives.
 #[derive(Debug, Clone)]
-pub enum WatchItem {
+pub(crate) enum WatchItem {
     Change(TaskChange),
     /// Nothing new: everything up to this cursor was sent.
     Heartbeat(TaskCursor),
 }
 
 #[derive(Clone)]
-pub struct TaskWatch {
+pub(crate) struct TaskWatch {
     pub store: Store,
     /// Ticks whenever the change log may have grown.
     pub changes: watch::Receiver<u64>,
@@ -47,7 +47,7 @@ impl TaskWatch {
     /// Streams changes after `after` until the receiver is dropped or the
     /// service shuts down. A read that fails ends the stream with the error
     /// (the client resumes from its last cursor).
-    pub fn watch(
+    pub(crate) fn watch(
         &self,
         after: TaskCursor,
         filter: TaskEventFilter,

@@ -56,7 +56,7 @@ fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
     Ok(pieces)
 }
 
-pub fn validate(template: &str) -> Result<(), Error> {
+pub(crate) fn validate(template: &str) -> Result<(), Error> {
     parse(template)
         .map(drop)
         .map_err(|reason| Error::invalid("workflow.prompt_template", reason))
@@ -67,7 +67,7 @@ pub fn validate(template: &str) -> Result<(), Error> {
 /// so a field's value reaches the script as one word of data and is never
 /// parsed as shell, whatever it contains. (Placeholders must therefore not
 /// be quoted in the template: `echo {{title}}`, not `echo '{{title}}'`.)
-pub fn render_shell(template: &str) -> Result<String, Error> {
+pub(crate) fn render_shell(template: &str) -> Result<String, Error> {
     use shepherd_proto::task_env;
     let pieces =
         parse(template).map_err(|reason| Error::invalid("workflow.prompt_template", reason))?;
@@ -92,7 +92,7 @@ pub fn render_shell(template: &str) -> Result<String, Error> {
 }
 
 /// Renders a validated template. Missing metadata keys render empty.
-pub fn render(template: &str, fields: &TaskFields) -> Result<String, Error> {
+pub(crate) fn render(template: &str, fields: &TaskFields) -> Result<String, Error> {
     let pieces =
         parse(template).map_err(|reason| Error::invalid("workflow.prompt_template", reason))?;
     let mut out = String::with_capacity(template.len() + fields.body.len());

@@ -31,17 +31,17 @@ use crate::runner::Runners;
 use crate::store::Store;
 
 /// Channel of "a workflow has claimable work or room".
-pub const WORK_CHANNEL: &str = "shepherd_work";
+pub(crate) const WORK_CHANNEL: &str = "shepherd_work";
 /// Channel of "a delayed task becomes claimable at (epoch ms)".
-pub const DUE_CHANNEL: &str = "shepherd_due";
+pub(crate) const DUE_CHANNEL: &str = "shepherd_due";
 /// Channel of "a workflow's lease was released": standing-by runners may
 /// take it.
-pub const LEASE_CHANNEL: &str = "shepherd_lease";
+pub(crate) const LEASE_CHANNEL: &str = "shepherd_lease";
 /// Shortest due timer: a clock skew between this host and the database
 /// never makes the timer spin.
 const MIN_TIMER: Duration = Duration::from_millis(20);
 
-pub struct Wakeups {
+pub(crate) struct Wakeups {
     pub store: Store,
     pub runners: Arc<Runners>,
     pub database_url: String,
@@ -52,7 +52,7 @@ pub struct Wakeups {
 }
 
 impl Wakeups {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut listener = Listener::new(
             &self.database_url,
             &[WORK_CHANNEL, DUE_CHANNEL, LEASE_CHANNEL],

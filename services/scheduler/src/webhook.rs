@@ -19,10 +19,10 @@ use crate::error::Error;
 use crate::model::TaskFields;
 
 /// Most entries in each filter and in the mapping, and their lengths.
-pub const MAX_FILTERS: usize = 32;
-pub const MAX_FILTER_LEN: usize = 100;
-pub const MAX_MAPPINGS: usize = 32;
-pub const MAX_POINTER_LEN: usize = 512;
+pub(crate) const MAX_FILTERS: usize = 32;
+pub(crate) const MAX_FILTER_LEN: usize = 100;
+pub(crate) const MAX_MAPPINGS: usize = 32;
+pub(crate) const MAX_POINTER_LEN: usize = 512;
 
 /// A workflow's webhook trigger (the secret is stored apart from it, and
 /// never returned but once).
@@ -243,7 +243,7 @@ fn labels(value: &Value) -> Option<Vec<String>> {
 
 /// "webhook:<delivery id>", or the body's digest when the sender gives no
 /// id (an identical redelivery is then the same task too).
-pub fn idempotency_key(delivery_id: Option<&str>, body: &[u8]) -> String {
+pub(crate) fn idempotency_key(delivery_id: Option<&str>, body: &[u8]) -> String {
     match delivery_id.filter(|id| !id.is_empty() && id.len() <= 100) {
         Some(id) => format!("webhook:{id}"),
         None => {

@@ -19,7 +19,7 @@ const FORWARDED: &str = "x-shepherd-forwarded-by";
 pub(super) type PeerClient = AgentManagerClient<InterceptedService<Channel, ClientMetadata>>;
 
 /// Clients of the other nodes, one lazily connected channel per URL.
-pub struct Peers {
+pub(crate) struct Peers {
     auth: ClientMetadata,
     /// CA of the nodes' TLS certificates (the one agents trust).
     ca_file: Option<PathBuf>,
@@ -29,7 +29,11 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(token: Option<&str>, ca_file: Option<PathBuf>, me: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        token: Option<&str>,
+        ca_file: Option<PathBuf>,
+        me: &str,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             auth: ClientMetadata::new(token)?,
             ca_file,
@@ -41,7 +45,7 @@ impl Peers {
     }
 
     /// A client of the node at `url`.
-    pub fn client(&self, url: &str) -> Result<PeerClient, Status> {
+    pub(crate) fn client(&self, url: &str) -> Result<PeerClient, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());
@@ -55,7 +59,7 @@ impl Peers {
     }
 
     /// `message` as a forwarded call.
-    pub fn outbound<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn outbound<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(FORWARDED, self.me.clone());
         request

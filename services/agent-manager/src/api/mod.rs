@@ -31,17 +31,17 @@ use crate::store::AgentFilter;
 use forward::{PeerClient, is_forwarded};
 use shepherd_platform::server::record_id;
 
-pub use forward::Peers;
-pub use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
-pub use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
+pub(crate) use forward::Peers;
+pub(crate) use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
+pub(crate) use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
 
 /// Most tasks one `BatchGetTaskStates` call may ask about.
-pub const MAX_TASK_STATES: usize = 1000;
+pub(crate) const MAX_TASK_STATES: usize = 1000;
 /// Most log lines one GetAgentLogs returns.
-pub const MAX_LOG_LINES: i32 = 10_000;
+pub(crate) const MAX_LOG_LINES: i32 = 10_000;
 /// Page size of ListAgents: default and most.
-pub const DEFAULT_PAGE: i64 = 100;
-pub const MAX_PAGE: i64 = 1000;
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 1000;
 
 /// How long a new session may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,13 +49,13 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     manager: Arc<Manager>,
     peers: Arc<Peers>,
 }
 
 impl Api {
-    pub fn new(manager: Arc<Manager>, peers: Peers) -> Self {
+    pub(crate) fn new(manager: Arc<Manager>, peers: Peers) -> Self {
         Self {
             manager,
             peers: Arc::new(peers),
@@ -517,7 +517,7 @@ fn validate_task_id(field: &str, id: &str) -> Result<(), Error> {
 }
 
 /// Most tasks one agent process may name as held in its hello.
-pub const MAX_HELD_TASKS: usize = 10_000;
+pub(crate) const MAX_HELD_TASKS: usize = 10_000;
 
 #[tonic::async_trait]
 impl AgentSession for Api {

@@ -19,7 +19,7 @@ const COLUMNS: &str = "id, agent_id, request_id, generation, task_id, attempt, w
                        input, reason, state, comment, decided_by, created_at, expires_at, decided_at";
 
 /// Who resolves the approvals nobody decided.
-pub const SHEPHERD: &str = "shepherd";
+pub(crate) const SHEPHERD: &str = "shepherd";
 
 impl Store {
     /// Stores an agent's request, or finds the one it sent before (same

@@ -58,7 +58,7 @@ pub(super) fn fenced(name: usize, term: usize) -> String {
 
 /// Joins as node `name` (a new term: a process that held the name before
 /// is fenced out from now on) and takes the lease.
-pub async fn join(pool: &DbPool, name: &str, url: &str, ttl: Duration) -> Result<Fence> {
+pub(crate) async fn join(pool: &DbPool, name: &str, url: &str, ttl: Duration) -> Result<Fence> {
     let client = pool.get().await?;
     let row = client
         .query_one(

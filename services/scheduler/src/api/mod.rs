@@ -2,7 +2,7 @@
 //! more.
 
 pub(crate) mod convert;
-pub mod webhooks;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -21,17 +21,17 @@ type ResponseStream<T> =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
 use shepherd_platform::server::record_id;
 
-pub use shepherd_proto::scheduler::v1::scheduler_server::SchedulerServer;
+pub(crate) use shepherd_proto::scheduler::v1::scheduler_server::SchedulerServer;
 
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     scheduler: Arc<Scheduler>,
     /// Base URL of the webhook endpoint, when served.
     webhooks: Option<String>,
 }
 
 impl Api {
-    pub fn new(scheduler: Arc<Scheduler>, webhooks: Option<String>) -> Self {
+    pub(crate) fn new(scheduler: Arc<Scheduler>, webhooks: Option<String>) -> Self {
         Self {
             scheduler,
             webhooks,
@@ -272,7 +272,7 @@ fn validate_task_id(id: &str) -> Result<(), Error> {
 }
 
 /// Page size of ListWorkflows and ListTasks: default and most.
-pub const DEFAULT_PAGE: i64 = 100;
-pub const MAX_PAGE: i64 = 1000;
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 1000;
 /// Longest task id: a workflow id, ':', an idempotency key.
-pub const MAX_TASK_ID: usize = 36 + 1 + crate::model::MAX_KEY;
+pub(crate) const MAX_TASK_ID: usize = 36 + 1 + crate::model::MAX_KEY;

@@ -22,7 +22,7 @@ use crate::service::{DeliveryError, Scheduler};
 use crate::webhook::{Delivery, Refused};
 
 /// The webhook router; bodies over `max_body` bytes get 413.
-pub fn router(scheduler: Arc<Scheduler>, max_body: usize) -> axum::Router {
+pub(crate) fn router(scheduler: Arc<Scheduler>, max_body: usize) -> axum::Router {
     axum::Router::new()
         .route("/hooks/{workflow}", post(deliver))
         .layer(DefaultBodyLimit::max(max_body))

@@ -38,7 +38,7 @@ use crate::settle::{self, Applied};
 use crate::store::{ClaimRequest, Claimed, InFlightScope, Store};
 
 /// Reason a runner stops when its agent stays unready past the window.
-pub const AGENT_NOT_READY: &str = "agent not ready";
+pub(crate) const AGENT_NOT_READY: &str = "agent not ready";
 /// How soon a runner tries again after a failure (database or
 /// agent-manager unreachable).
 const RETRY: Duration = Duration::from_secs(1);
@@ -48,7 +48,7 @@ const RESTING: u64 = u64::MAX;
 const WEDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunnerState {
+pub(crate) enum RunnerState {
     WaitingForAgent,
     Running,
     Stopped,
@@ -60,7 +60,7 @@ pub enum RunnerState {
 
 /// What `ListRunners` shows of a workflow's runner.
 #[derive(Debug, Clone)]
-pub struct RunnerInfo {
+pub(crate) struct RunnerInfo {
     pub state: RunnerState,
     pub reason: String,
     pub since: SystemTime,
@@ -68,13 +68,13 @@ pub struct RunnerInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartOutcome {
+pub(crate) enum StartOutcome {
     Started,
     AlreadyRunning,
 }
 
 /// What runners share.
-pub struct RunnerContext {
+pub(crate) struct RunnerContext {
     pub store: Store,
     pub agents: Arc<AgentView>,
     pub manager: ManagerClient,
@@ -92,7 +92,7 @@ mod lease;
 mod registry;
 
 use lease::{Held, HeldLease, NoLease};
-pub use registry::Runners;
+pub(crate) use registry::Runners;
 use registry::Wakes;
 
 /// One workflow's runner.

@@ -42,7 +42,7 @@ pub(super) struct Wakes {
     pub(super) lease: Arc<Notify>,
 }
 
-pub struct Runners {
+pub(crate) struct Runners {
     ctx: Arc<RunnerContext>,
     slots: Mutex<HashMap<Uuid, Slot>>,
     next_id: AtomicU64,
@@ -51,7 +51,7 @@ pub struct Runners {
 }
 
 impl Runners {
-    pub fn new(ctx: Arc<RunnerContext>, shutdown: CancellationToken) -> Arc<Self> {
+    pub(crate) fn new(ctx: Arc<RunnerContext>, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             ctx,
             slots: Mutex::new(HashMap::new()),
@@ -63,7 +63,7 @@ impl Runners {
 
     /// Starts the workflow's runner unless a live one exists. Atomic: the
     /// check and the claim happen under one lock.
-    pub fn ensure_running(self: &Arc<Self>, workflow: Uuid, agent: Uuid) -> StartOutcome {
+    pub(crate) fn ensure_running(self: &Arc<Self>, workflow: Uuid, agent: Uuid) -> StartOutcome {
         if self.shutdown.is_cancelled() {
             return StartOutcome::AlreadyRunning;
         }
@@ -120,7 +120,7 @@ impl Runners {
     }
 
     /// Stops the workflow's runner, if any.
-    pub fn stop(&self, workflow: Uuid, reason: &str) {
+    pub(crate) fn stop(&self, workflow: Uuid, reason: &str) {
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(&workflow) {
             if let Some(live) = slot.live.take() {
@@ -135,7 +135,7 @@ impl Runners {
     }
 
     /// Forgets a deleted workflow.
-    pub fn remove(&self, workflow: Uuid) {
+    pub(crate) fn remove(&self, workflow: Uuid) {
         if let Some(slot) = self.lock().remove(&workflow)
             && let Some(live) = slot.live
         {
@@ -145,7 +145,7 @@ impl Runners {
 
     /// Tells the workflow's runner there may be work (a new task, a freed
     /// slot).
-    pub fn wake(&self, workflow: Uuid) {
+    pub(crate) fn wake(&self, workflow: Uuid) {
         if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
             live.wake.work.notify_one();
         }
@@ -153,7 +153,7 @@ impl Runners {
 
     /// Tells the workflow's runner its lease was released elsewhere (a
     /// standby may take it now).
-    pub fn wake_for_lease(&self, workflow: Uuid) {
+    pub(crate) fn wake_for_lease(&self, workflow: Uuid) {
         if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
             live.wake.lease.notify_one();
         }
@@ -161,7 +161,7 @@ impl Runners {
 
     /// Tells every standing-by runner to look at its lease again (lease
     /// notifications may have been missed).
-    pub fn wake_all_for_leases(&self) {
+    pub(crate) fn wake_all_for_leases(&self) {
         for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
             live.wake.lease.notify_one();
         }
@@ -170,7 +170,7 @@ impl Runners {
     /// Whether this replica's runner of the workflow stands by (another
     /// replica holds its lease). Only the holder acts on the workflow's
     /// task events, so a standby costs the active replica nothing.
-    pub fn is_standby(&self, workflow: Uuid) -> bool {
+    pub(crate) fn is_standby(&self, workflow: Uuid) -> bool {
         self.lock()
             .get(&workflow)
             .is_some_and(|slot| slot.info.state == RunnerState::Standby)
@@ -178,14 +178,14 @@ impl Runners {
 
     /// Marks the given workflows' runners stalled (with the reason), and
     /// clears the mark of every other one.
-    pub fn set_stalls(&self, mut stalls: HashMap<Uuid, String>) {
+    pub(crate) fn set_stalls(&self, mut stalls: HashMap<Uuid, String>) {
         for (workflow, slot) in self.lock().iter_mut() {
             slot.stall = stalls.remove(workflow);
         }
     }
 
     /// Workflows with a live runner.
-    pub fn live_workflows(&self) -> Vec<Uuid> {
+    pub(crate) fn live_workflows(&self) -> Vec<Uuid> {
         self.lock()
             .iter()
             .filter(|(_, slot)| slot.live.as_ref().is_some_and(|live| self.is_live(live)))
@@ -194,7 +194,7 @@ impl Runners {
     }
 
     /// Workflows by runner state (for the runners gauge).
-    pub fn count_by_state(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn count_by_state(&self) -> Vec<(&'static str, u64)> {
         let mut counts = [0u64; 5];
         for slot in self.lock().values() {
             let index = match Self::shown(slot).state {
@@ -216,11 +216,11 @@ impl Runners {
     }
 
     /// This replica's name as a lease owner.
-    pub fn replica(&self) -> &str {
+    pub(crate) fn replica(&self) -> &str {
         &self.ctx.replica
     }
 
-    pub fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
+    pub(crate) fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
         self.lock().get(&workflow).map(Self::shown)
     }
 
@@ -237,7 +237,7 @@ impl Runners {
     }
 
     /// Cancels every runner and waits for them to finish.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.shutdown.cancel();
         let tasks: Vec<JoinHandle<()>> = self
             .lock()
