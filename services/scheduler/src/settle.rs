@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::manager_client::{
     MAX_TASK_STATES, ManagerClient, ManagerError, OutgoingTask, RemoteTask,
 };
+use crate::model::TaskEnd;
 use crate::store::{InFlight, InFlightScope, Outcome, Store};
 
 /// What became of a task after a dispatch answer was applied.
@@ -33,6 +34,44 @@ pub(crate) enum Applied {
     Requeued,
 }
 
+/// What a dispatch answer means for our attempt of a task (pure: the
+/// decision, apart from the database work that carries it out).
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// In flight; the manager numbers the attempt `attempt` (ours may lag
+    /// behind when the manager already held the task).
+    InFlight { attempt: u32, align: bool },
+    /// Finished, whatever attempt finished it.
+    Finished { end: TaskEnd, output: String },
+    /// Our attempt (or a later one) was lost: retry under the policy.
+    Lost { attempt: u32 },
+    /// Not delivered (unknown to the manager, an older attempt lost, or the
+    /// call failed): back to pending.
+    NotDelivered(String),
+}
+
+fn judge(ours: u32, answer: std::result::Result<RemoteTask, ManagerError>) -> Verdict {
+    match answer {
+        Ok(RemoteTask::InFlight { attempt }) => Verdict::InFlight {
+            attempt,
+            // A dispatch of a task the manager already holds is not a new
+            // attempt: align our count with its.
+            align: attempt != ours,
+        },
+        Ok(RemoteTask::Completed {
+            outcome, output, ..
+        }) => Verdict::Finished {
+            end: outcome,
+            output,
+        },
+        Ok(RemoteTask::Lost { attempt }) if attempt >= ours => Verdict::Lost { attempt },
+        Ok(RemoteTask::Lost { .. } | RemoteTask::Unknown) => {
+            Verdict::NotDelivered("not delivered".into())
+        }
+        Err(err) => Verdict::NotDelivered(format!("not delivered: {err}")),
+    }
+}
+
 /// Records what the manager's answer about attempt `ours` of `task` means
 /// for the task. A failed call means it was not delivered, so the task goes
 /// back to pending (if it was delivered after all, its next dispatch finds
@@ -43,20 +82,14 @@ pub(crate) async fn apply(
     ours: u32,
     answer: std::result::Result<RemoteTask, ManagerError>,
 ) -> Result<Applied> {
-    match answer {
-        Ok(RemoteTask::InFlight { attempt }) => {
-            if attempt != ours {
-                // A dispatch of a task the manager already holds is not a
-                // new attempt: align our count with its.
+    match judge(ours, answer) {
+        Verdict::InFlight { attempt, align } => {
+            if align {
                 store.set_attempts(task, attempt).await?;
             }
             Ok(Applied::InFlight)
         }
-        Ok(RemoteTask::Completed {
-            outcome: end,
-            output,
-            ..
-        }) => {
+        Verdict::Finished { end, output } => {
             let outcome = Outcome {
                 task_id: task.to_owned(),
                 // Whatever attempt finished it, the task is done.
@@ -67,7 +100,7 @@ pub(crate) async fn apply(
             store.complete_many(&[outcome]).await?;
             Ok(Applied::Finished)
         }
-        Ok(RemoteTask::Lost { attempt }) if attempt >= ours => {
+        Verdict::Lost { attempt } => {
             store
                 .lost(
                     task,
@@ -77,15 +110,9 @@ pub(crate) async fn apply(
                 .await?;
             Ok(Applied::Requeued)
         }
-        Ok(RemoteTask::Lost { .. } | RemoteTask::Unknown) => {
-            store.release(task, "not delivered").await?;
-            Ok(Applied::Requeued)
-        }
-        Err(err) => {
-            tracing::debug!(%task, error = %err, "task not delivered");
-            store
-                .release(task, &format!("not delivered: {err}"))
-                .await?;
+        Verdict::NotDelivered(reason) => {
+            tracing::debug!(%task, %reason, "task not delivered");
+            store.release(task, &reason).await?;
             Ok(Applied::Requeued)
         }
     }
@@ -178,4 +205,63 @@ async fn settle_one(
         )));
     }
     apply(store, &task.id, task.attempts, answer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_dispatch_answer_means_one_thing_for_our_attempt() {
+        assert_eq!(
+            judge(2, Ok(RemoteTask::InFlight { attempt: 2 })),
+            Verdict::InFlight {
+                attempt: 2,
+                align: false
+            }
+        );
+        assert_eq!(
+            judge(1, Ok(RemoteTask::InFlight { attempt: 3 })),
+            Verdict::InFlight {
+                attempt: 3,
+                align: true
+            },
+            "the manager held the task already: its attempt count wins"
+        );
+        assert_eq!(
+            judge(
+                4,
+                Ok(RemoteTask::Completed {
+                    attempt: 2,
+                    outcome: TaskEnd::Succeeded,
+                    output: "done".into()
+                })
+            ),
+            Verdict::Finished {
+                end: TaskEnd::Succeeded,
+                output: "done".into()
+            },
+            "finished by an earlier attempt is finished"
+        );
+        assert_eq!(
+            judge(2, Ok(RemoteTask::Lost { attempt: 2 })),
+            Verdict::Lost { attempt: 2 }
+        );
+        assert!(
+            matches!(
+                judge(3, Ok(RemoteTask::Lost { attempt: 2 })),
+                Verdict::NotDelivered(_)
+            ),
+            "an older attempt lost says nothing of ours: it was never delivered"
+        );
+        assert!(matches!(
+            judge(1, Ok(RemoteTask::Unknown)),
+            Verdict::NotDelivered(_)
+        ));
+        let refused = judge(1, Err(ManagerError::Refused("agent not ready".into())));
+        assert_eq!(
+            refused,
+            Verdict::NotDelivered("not delivered: agent not ready".into())
+        );
+    }
 }
