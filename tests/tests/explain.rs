@@ -67,10 +67,18 @@ async fn every_verdict_is_built_for_real() -> anyhow::Result<()> {
 
     // Nothing due: enabled, its agent ready, no task.
     let quiet = workflow(&mut stack, "quiet", &idle.id, true, "echo hi", 1).await?;
-    let seen = verdict(&scheduler, &quiet.id, Verdict::NothingDue).await?;
+    // (The verdict can come before the new runner has taken its lease:
+    // wait for both.)
+    let seen = eventually(WAIT, "nothing due, with the lease held", || async {
+        let diagnosis = explain(&scheduler, &quiet.id).await?;
+        Ok(
+            (diagnosis.verdict() == Verdict::NothingDue && !diagnosis.lease_holder.is_empty())
+                .then_some(diagnosis),
+        )
+    })
+    .await?;
     assert!(seen.summary.contains("no task pending"), "{}", seen.summary);
     assert_eq!(seen.agent_status, "ready");
-    assert!(!seen.lease_holder.is_empty(), "its runner holds the lease");
 
     // Disabled.
     let off = workflow(&mut stack, "off", &idle.id, false, "echo hi", 1).await?;
