@@ -528,3 +528,68 @@ async fn cancelling_or_timing_out_a_task_withdraws_its_approval() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_decision_made_while_the_agent_is_cut_off_reaches_it_when_it_reconnects()
+-> anyhow::Result<()> {
+    let mut opts = options(&[]);
+    opts.agent_proxy = true;
+    let mut stack = Stack::start(opts).await?;
+    let agent = stack
+        .create_agent("cut-off", am::RestartMode::OnFailure)
+        .await?;
+    let workflow = ask_workflow(
+        &mut stack,
+        "cut-deploys",
+        &agent.id,
+        "shepherd-agent approve --tool deploy --input {{title}} && echo deployed",
+    )
+    .await?;
+    let proxy = stack.agent_proxy.take().expect("agent proxy");
+    let waiting = stack.trigger(&workflow.id, "k1", "k1").await?;
+    let asked = pending_approval(&stack, &waiting.id).await?;
+
+    // The session drops (the process and its task keep running, within the
+    // reconnect window); the decision is made meanwhile: no session to
+    // pass it to.
+    proxy.cut();
+    eventually(WAIT, "the agent's session dropped", || async {
+        let mut client = stack.agents.clone();
+        let seen = client
+            .get_agent(am::GetAgentRequest {
+                agent_id: agent.id.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok((seen.status() != am::AgentStatus::Ready).then_some(()))
+    })
+    .await?;
+    stack
+        .agents
+        .decide_approval(am::DecideApprovalRequest {
+            approval_id: asked.id.clone(),
+            decision: am::Decision::Approve as i32,
+            comment: "while you were away".into(),
+        })
+        .await?;
+
+    // Back: the agent asks again on its new session and is answered from
+    // the stored decision; the same attempt goes on.
+    proxy.restore();
+    wait_task_state(&stack, &waiting.id, TaskState::Succeeded).await?;
+    let done = task(&stack, &waiting.id).await?;
+    assert!(done.output.contains("deployed"), "{}", done.output);
+    assert!(
+        done.output.contains("while you were away"),
+        "{}",
+        done.output
+    );
+    assert_eq!(done.attempts, 1, "the same attempt went on");
+    assert_eq!(
+        approvals(&stack, am::ApprovalState::Unspecified)
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
