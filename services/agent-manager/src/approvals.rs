@@ -332,6 +332,7 @@ impl Approvals {
     async fn sweep(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -343,9 +344,20 @@ impl Approvals {
                 .resolve_stale_approvals(self.inner.timeout)
                 .await
             {
-                Ok(resolved) => resolved,
+                Ok(resolved) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("resolving stale approvals again");
+                    }
+                    resolved
+                }
+                // Once per outage, not once a second: the pass retries.
+                Err(err) if failing => {
+                    tracing::debug!(error = %err, "could not resolve stale approvals; retrying");
+                    continue;
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "could not resolve stale approvals; retrying");
+                    failing = true;
+                    tracing::warn!(error = %err, "could not resolve stale approvals; retrying every second");
                     continue;
                 }
             };
