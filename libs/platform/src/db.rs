@@ -14,6 +14,7 @@ use tokio_postgres::NoTls;
 use crate::batch::{BatchLimits, Batcher};
 
 pub use deadpool_postgres::{Object as Client, Pool as DbPool, PoolError, Transaction};
+pub use tokio_postgres::Error as PostgresError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

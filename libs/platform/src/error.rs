@@ -114,3 +114,30 @@ fn status_of(err: Error) -> tonic::Status {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Lets a service's own error take the shared plumbing's errors (the
+/// database driver, the pool, a batcher) with `?`, through its
+/// `From<shepherd_platform::error::Error>`: written once here, not once
+/// per service.
+#[macro_export]
+macro_rules! from_shared_errors {
+    ($error:ty) => {
+        impl From<$crate::db::PostgresError> for $error {
+            fn from(err: $crate::db::PostgresError) -> Self {
+                $crate::error::Error::from(err).into()
+            }
+        }
+
+        impl From<$crate::db::PoolError> for $error {
+            fn from(err: $crate::db::PoolError) -> Self {
+                $crate::error::Error::from(err).into()
+            }
+        }
+
+        impl From<$crate::batch::BatchError<::std::sync::Arc<$crate::db::DbError>>> for $error {
+            fn from(err: $crate::batch::BatchError<::std::sync::Arc<$crate::db::DbError>>) -> Self {
+                $crate::error::Error::from(err).into()
+            }
+        }
+    };
+}

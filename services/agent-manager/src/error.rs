@@ -3,10 +3,7 @@
 //! the platform's mapping, so every service words and details its codes
 //! the same way.
 
-use std::sync::Arc;
-
-use shepherd_platform::batch::BatchError;
-use shepherd_platform::db::{DbError, PoolError};
+use shepherd_platform::db::DbError;
 use shepherd_platform::error::Error as Shared;
 use uuid::Uuid;
 
@@ -69,23 +66,7 @@ impl From<Shared> for Error {
     }
 }
 
-impl From<tokio_postgres::Error> for Error {
-    fn from(err: tokio_postgres::Error) -> Self {
-        Shared::from(err).into()
-    }
-}
-
-impl From<PoolError> for Error {
-    fn from(err: PoolError) -> Self {
-        Shared::from(err).into()
-    }
-}
-
-impl From<BatchError<Arc<DbError>>> for Error {
-    fn from(err: BatchError<Arc<DbError>>) -> Self {
-        Shared::from(err).into()
-    }
-}
+shepherd_platform::from_shared_errors!(Error);
 
 /// The one mapping to gRPC status codes.
 impl From<Error> for tonic::Status {

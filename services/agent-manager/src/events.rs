@@ -543,15 +543,19 @@ fn approval_state_from_wire(state: pb::ApprovalState) -> ApprovalState {
     }
 }
 
-/// An approval as the log (and the API) encode it.
-pub fn wire_approval(approval: &Approval) -> pb::Approval {
-    let state = match approval.state {
+/// An approval state as the log (and the API, and the session) encode it.
+pub fn wire_approval_state(state: ApprovalState) -> pb::ApprovalState {
+    match state {
         ApprovalState::Pending => pb::ApprovalState::Pending,
         ApprovalState::Approved => pb::ApprovalState::Approved,
         ApprovalState::Denied => pb::ApprovalState::Denied,
         ApprovalState::Expired => pb::ApprovalState::Expired,
         ApprovalState::Withdrawn => pb::ApprovalState::Withdrawn,
-    };
+    }
+}
+
+/// An approval as the log (and the API) encode it.
+pub fn wire_approval(approval: &Approval) -> pb::Approval {
     pb::Approval {
         id: approval.id.to_string(),
         agent_id: approval.agent_id.to_string(),
@@ -561,7 +565,7 @@ pub fn wire_approval(approval: &Approval) -> pb::Approval {
         tool: approval.tool.clone(),
         input: approval.input.clone(),
         reason: approval.reason.clone(),
-        state: state as i32,
+        state: wire_approval_state(approval.state) as i32,
         comment: approval.comment.clone(),
         decided_by: approval.decided_by.clone(),
         create_time: Some(approval.created_at.into()),

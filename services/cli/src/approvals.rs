@@ -1,9 +1,7 @@
 //! `shepherd approvals`: what agents ask before using a tool, and the
 //! decisions.
 
-use std::time::Duration;
-
-use shepherd_proto::agentmanager::v1::{self as am, agent_event, watch_agent_events_response};
+use shepherd_proto::agentmanager::v1::{self as am, agent_event};
 
 use crate::cli::{ApprovalCommand, Output};
 use crate::commands::{Clients, UsageError};
@@ -120,7 +118,7 @@ impl Clients {
     async fn watch_approvals(&mut self, limit: Option<usize>) -> anyhow::Result<()> {
         // "Now" first, so nothing between the listing and the stream is
         // missed: the stream starts right after it.
-        let mut cursor = self
+        let cursor = self
             .agents
             .get_manager_info(am::GetManagerInfoRequest {})
             .await?
@@ -130,47 +128,15 @@ impl Clients {
             .list_approvals(am::ApprovalState::Pending, String::new(), String::new())
             .await?;
         render::many(self.output(), &pending);
-        let mut printed = 0usize;
-        let mut failures = 0u32;
-        loop {
-            let stream = self
-                .agents
-                .watch_agent_events(am::WatchAgentEventsRequest {
-                    after_sequence: cursor,
-                    agent_id: String::new(),
-                })
-                .await;
-            let mut stream = match stream {
-                Ok(stream) => stream.into_inner(),
-                Err(status) if failures < 5 && status.code() == tonic::Code::Unavailable => {
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_millis(200 << failures)).await;
-                    continue;
-                }
-                Err(status) => return Err(status.into()),
-            };
-            while let Ok(Some(message)) = stream.message().await {
-                failures = 0;
-                let Some(watch_agent_events_response::Kind::Event(event)) = message.kind else {
-                    continue;
-                };
-                cursor = event.sequence;
-                if matches!(
-                    event.kind,
-                    Some(
-                        agent_event::Kind::ApprovalRequested(_)
-                            | agent_event::Kind::ApprovalDecided(_)
-                    )
-                ) {
-                    render::event(self.output(), &event);
-                    printed += 1;
-                    if limit.is_some_and(|limit| printed >= limit) {
-                        return Ok(());
-                    }
-                }
-            }
-            eprintln!("event stream interrupted; resuming after {cursor}");
-        }
+        self.watch(cursor, String::new(), limit, |event| {
+            matches!(
+                event.kind,
+                Some(
+                    agent_event::Kind::ApprovalRequested(_) | agent_event::Kind::ApprovalDecided(_)
+                )
+            )
+        })
+        .await
     }
 }
 

@@ -87,7 +87,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(agent) => clients.agent_id(&agent).await?,
                 None => String::new(),
             };
-            clients.watch(after, agent_id, limit).await
+            clients.watch(after, agent_id, limit, |_| true).await
         }
         Command::Approvals(command) => clients.approvals(command).await,
         Command::Top => crate::top::run(clients.agents, clients.workflows).await,
@@ -699,11 +699,14 @@ impl Clients {
 
     /// Follows the event log; on a broken stream, resumes after the last
     /// event printed (so nothing is shown twice or skipped).
-    async fn watch(
+    /// Prints the events after `after` that `keep` selects, live, resuming
+    /// after disconnects; returns after `limit` of them (if given).
+    pub(crate) async fn watch(
         &mut self,
         after: u64,
         agent_id: String,
         limit: Option<usize>,
+        keep: fn(&am::AgentEvent) -> bool,
     ) -> anyhow::Result<()> {
         let mut cursor = after;
         let mut printed = 0usize;
@@ -731,8 +734,11 @@ impl Clients {
                         failures = 0;
                         match message.kind {
                             Some(watch_agent_events_response::Kind::Event(event)) => {
-                                render::event(self.output, &event);
                                 cursor = event.sequence;
+                                if !keep(&event) {
+                                    continue;
+                                }
+                                render::event(self.output, &event);
                                 printed += 1;
                                 if limit.is_some_and(|limit| printed >= limit) {
                                     return Ok(());

@@ -332,12 +332,5 @@ pub(super) fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::Tas
 
 /// A completed task's stored outcome on the wire.
 pub(super) fn task_outcome(outcome: Option<crate::store::TaskOutcome>) -> pb::TaskOutcome {
-    use crate::store::TaskOutcome;
-    match outcome {
-        Some(TaskOutcome::Succeeded) => pb::TaskOutcome::Succeeded,
-        Some(TaskOutcome::Failed) => pb::TaskOutcome::Failed,
-        Some(TaskOutcome::TimedOut) => pb::TaskOutcome::TimedOut,
-        Some(TaskOutcome::Cancelled) => pb::TaskOutcome::Cancelled,
-        None => pb::TaskOutcome::Unspecified,
-    }
+    outcome.map_or(pb::TaskOutcome::Unspecified, crate::events::wire_outcome)
 }

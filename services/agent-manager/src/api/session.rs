@@ -4,7 +4,8 @@
 use prost::Message;
 use shepherd_proto::agentmanager::v1::{self as pb, agent_message, manager_message};
 
-use crate::approvals::{Answer, ApprovalAsk, ApprovalState};
+use crate::approvals::{Answer, ApprovalAsk};
+use crate::events::wire_approval_state;
 use crate::protocol::{FromAgent, HeldTask, ToAgent};
 
 pub(super) fn held_task(task: pb::HeldTask) -> HeldTask {
@@ -91,17 +92,10 @@ pub(super) fn to_agent(message: ToAgent) -> pb::ManagerMessage {
 }
 
 fn approval_answer(answer: Answer) -> pb::ApprovalAnswer {
-    let state = match answer.state {
-        ApprovalState::Pending => pb::ApprovalState::Pending,
-        ApprovalState::Approved => pb::ApprovalState::Approved,
-        ApprovalState::Denied => pb::ApprovalState::Denied,
-        ApprovalState::Expired => pb::ApprovalState::Expired,
-        ApprovalState::Withdrawn => pb::ApprovalState::Withdrawn,
-    };
     pb::ApprovalAnswer {
         request_id: answer.request_id,
         approval_id: answer.approval_id,
-        state: state as i32,
+        state: wire_approval_state(answer.state) as i32,
         comment: answer.comment,
         decided_by: answer.decided_by,
     }

@@ -167,10 +167,7 @@ fn policy(tool: &str, input: &str, env: &dyn Fn(&str) -> Option<String>) -> Verd
     if matches(&list(task_env::DENIED_TOOLS)) {
         return Verdict::Deny(format!("{tool} is on the workflow's denied list"));
     }
-    let Some(_) = env(task_env::ASK_TOOLS) else {
-        return Verdict::Ask;
-    };
-    if matches(&list(task_env::ASK_TOOLS)) {
+    if env(task_env::ASK_TOOLS).is_none() || matches(&list(task_env::ASK_TOOLS)) {
         return Verdict::Ask;
     }
     let allowed = list(task_env::ALLOWED_TOOLS);
