@@ -114,6 +114,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "chaining",
         sql: include_str!("../migrations/0016_chaining.sql"),
     },
+    Migration {
+        version: 17,
+        name: "statement_task_log",
+        sql: include_str!("../migrations/0017_statement_task_log.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \

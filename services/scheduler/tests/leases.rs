@@ -4,76 +4,11 @@
 //! nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::time::Duration;
+mod common;
 
-use shepherd_platform::db;
-use shepherd_scheduler::model::{TaskFields, Trigger};
-use shepherd_scheduler::store::{
-    self, ClaimRequest, LeaseAcquisition, NewWorkflow, Rendered, Store,
-};
+use common::{claim, join, store, workflow_with_tasks};
+use shepherd_scheduler::store::LeaseAcquisition;
 use shepherd_testkit::TestDb;
-use uuid::Uuid;
-
-async fn store(db: &TestDb) -> anyhow::Result<Store> {
-    let pool = db::open(&db.url, 4, store::SCHEMA, store::MIGRATIONS).await?;
-    Ok(Store::new(pool))
-}
-
-/// A workflow (max concurrency 2) with `tasks` pending tasks.
-async fn workflow_with_tasks(store: &Store, tasks: usize) -> anyhow::Result<Uuid> {
-    let workflow = store
-        .insert_workflow(
-            &NewWorkflow {
-                name: "leased".into(),
-                agent_id: Uuid::now_v7(),
-                enabled: true,
-                trigger: Trigger::Manual,
-                prompt_template: String::new(),
-                max_concurrency: 2,
-                max_attempts: 1,
-                task_timeout: Duration::from_secs(60),
-                retry: Default::default(),
-                tool_policy: Default::default(),
-            },
-            None,
-        )
-        .await?;
-    for n in 0..tasks {
-        store
-            .insert_task(
-                workflow.id,
-                &format!("t{n}"),
-                &TaskFields::default(),
-                &Rendered {
-                    prompt: String::new(),
-                    script: String::new(),
-                    timeout: Duration::from_secs(60),
-                    tool_policy: Default::default(),
-                },
-                &Default::default(),
-            )
-            .await?;
-    }
-    Ok(workflow.id)
-}
-
-/// Replicas join (renew their membership rows) for a minute.
-async fn join(store: &Store, replicas: &[&str]) -> anyhow::Result<()> {
-    for replica in replicas {
-        store
-            .replica_heartbeat(replica, false, Duration::from_secs(60))
-            .await?;
-    }
-    Ok(())
-}
-
-fn claim(workflow: Uuid, owner: &str, term: i64) -> ClaimRequest {
-    ClaimRequest {
-        workflow,
-        owner: owner.to_owned(),
-        term,
-    }
-}
 
 #[tokio::test]
 async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::Result<()> {

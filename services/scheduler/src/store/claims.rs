@@ -56,6 +56,12 @@ impl Store {
 
 /// Claims for several workflows in one statement: each workflow's room is
 /// computed and filled on its own (a lateral subquery per workflow).
+///
+/// The room counts dispatched tasks only up to max_concurrency: a bounded
+/// index scan, which also marks the index entries of tasks that left the
+/// dispatched state as dead as it passes them. Counted unbounded, the
+/// planner took a bitmap scan that visited every task the workflow ever
+/// dispatched (until a vacuum) on every claim.
 async fn claim_batch(
     client: Client,
     requests: Vec<ClaimRequest>,
@@ -66,8 +72,10 @@ async fn claim_batch(
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(workflow_id, owner, term)
              ), room AS (
                  SELECT w.id AS workflow_id, w.name AS workflow_name, GREATEST(w.max_concurrency - (
-                     SELECT count(*) FROM scheduler.tasks d
-                     WHERE d.workflow_id = w.id AND d.state = 'dispatched'), 0) AS n
+                     SELECT count(*) FROM (
+                         SELECT FROM scheduler.tasks d
+                         WHERE d.workflow_id = w.id AND d.state = 'dispatched'
+                         LIMIT w.max_concurrency) busy), 0) AS n
                  FROM request r
                  JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
                       AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()

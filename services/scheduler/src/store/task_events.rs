@@ -113,7 +113,14 @@ impl Store {
                 &[
                     &after.xid.to_string(),
                     &after.n,
-                    &filter.workflow,
+                    &filter.workflow.or_else(|| {
+                        // A task's changes are found through its workflow's
+                        // index (the log has no index by task).
+                        filter
+                            .task
+                            .as_deref()
+                            .and_then(crate::model::workflow_of_task)
+                    }),
                     &filter.task,
                     &limit,
                 ],
@@ -202,20 +209,32 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets changes older than `retention`.
+    /// Forgets changes older than `retention`, oldest first in commit
+    /// order (the log's primary key; it keeps no time index), a bounded
+    /// chunk at a time so that a pass never scans more than it deletes and
+    /// a chunk's locks are short.
     pub async fn prune_task_changes(&self, retention: Duration) -> Result<u64> {
+        const CHUNK: i64 = 5000;
         let client = self.pool.get().await?;
-        Ok(client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "DELETE FROM scheduler.task_events
-                         WHERE created_at < now() - make_interval(secs => $1)",
-                    )
-                    .await?,
-                &[&retention.as_secs_f64()],
+        let statement = client
+            .prepare_cached(
+                "DELETE FROM scheduler.task_events e
+                 USING (SELECT xid, n FROM scheduler.task_events ORDER BY xid, n LIMIT $2) oldest
+                 WHERE e.xid = oldest.xid AND e.n = oldest.n
+                   AND e.created_at < now() - make_interval(secs => $1)",
             )
-            .await?)
+            .await?;
+        let mut pruned = 0;
+        loop {
+            let deleted = client
+                .execute(&statement, &[&retention.as_secs_f64(), &CHUNK])
+                .await?;
+            pruned += deleted;
+            // A chunk not deleted whole reached changes still kept.
+            if deleted < CHUNK as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 }
 
