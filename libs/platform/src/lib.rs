@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod failpoint;
 pub mod limits;
+pub mod memory;
 pub mod notify;
 pub mod paging;
 pub mod server;

@@ -135,6 +135,15 @@ impl Recovery {
 
     /// The level-triggered pass.
     pub(crate) async fn level_pass(&self) -> Result<LevelReport> {
+        let report = self.reconcile_runners().await;
+        // The pass's lists (every enabled workflow of every ready agent)
+        // are freed by now: their pages go back instead of staying
+        // resident beside the runners.
+        shepherd_platform::memory::release_free_memory();
+        report
+    }
+
+    async fn reconcile_runners(&self) -> Result<LevelReport> {
         let ready = self.manager.ready_agents().await.map_err(|status| {
             Error::Unavailable(format!("agent-manager unavailable: {}", status.message()))
         })?;

@@ -23,12 +23,11 @@
 
 use shepherd_platform::timer::sleep_until_some;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -93,7 +92,7 @@ mod registry;
 
 use lease::{Held, HeldLease, NoLease};
 pub(crate) use registry::Runners;
-use registry::Wakes;
+use registry::{LEASE, PLACEMENT, Signals, WORK};
 
 /// One workflow's runner.
 struct Runner {
@@ -102,9 +101,7 @@ struct Runner {
     agent: Uuid,
     ctx: Arc<RunnerContext>,
     runners: Arc<Runners>,
-    cancel: CancellationToken,
-    wake: Wakes,
-    progress: Arc<AtomicU64>,
+    signals: Arc<Signals>,
 }
 
 /// What ends a runner's rest besides cancellation, readiness and membership
@@ -157,7 +154,6 @@ impl Runner {
 
     async fn serve(&self, lease: &mut Option<HeldLease>) -> String {
         let mut ready = self.ctx.agents.subscribe(self.agent);
-        let mut placement = self.ctx.membership.subscribe();
         // Since when this runner has held back from a free lease that
         // another replica is preferred for.
         let mut deferred = None;
@@ -174,7 +170,7 @@ impl Runner {
                 }
             }
             // Seen before deciding: a change from now on ends the next rest.
-            placement.borrow_and_update();
+            self.signals.take(PLACEMENT);
             // The big futures (database and agent-manager calls) are boxed:
             // a runner rests far more than it works, and a resting runner
             // should cost only what resting needs.
@@ -193,10 +189,7 @@ impl Runner {
                 Err(NoLease::Standby { reason, retry_in }) => {
                     self.report(RunnerState::Standby, &reason);
                     let until = retry_in.map(|retry_in| Instant::now() + retry_in);
-                    match self
-                        .rest(&mut ready, &mut placement, until, WakeOn::Lease)
-                        .await
-                    {
+                    match self.rest(&mut ready, until, WakeOn::Lease).await {
                         Some(reason) => return reason,
                         None => continue,
                     }
@@ -205,12 +198,9 @@ impl Runner {
             let retry_in = Box::pin(self.claim_and_dispatch(term)).await;
             // The claim took all the room or all the work there was; more
             // comes with a wake-up (see `wakeups`: a trigger, a finished
-            // task, a due time; one sent meanwhile is kept by the Notify).
+            // task, a due time; one sent meanwhile stays pending in `Signals`).
             let until = retry_in.map(|retry_in| Instant::now() + retry_in);
-            if let Some(reason) = self
-                .rest(&mut ready, &mut placement, until, WakeOn::Work)
-                .await
-            {
+            if let Some(reason) = self.rest(&mut ready, until, WakeOn::Work).await {
                 return reason;
             }
         }
@@ -276,9 +266,9 @@ impl Runner {
             }
             self.resting();
             let stopped = tokio::select! {
-                _ = self.cancel.cancelled() => true,
+                stopped = self.signals.wait(0) => stopped,
                 _ = ready.changed() => false,
-                _ = tokio::time::sleep_until(deadline) => false,
+                _ = sleep_until_some(Some(deadline)) => false,
             };
             self.beat();
             if stopped {
@@ -292,17 +282,18 @@ impl Runner {
     async fn rest(
         &self,
         ready: &mut watch::Receiver<bool>,
-        placement: &mut watch::Receiver<u64>,
         until: Option<Instant>,
         wake_on: WakeOn,
     ) -> Option<String> {
         self.resting();
+        let wanted = PLACEMENT
+            | match wake_on {
+                WakeOn::Work => WORK,
+                WakeOn::Lease => LEASE,
+            };
         let stopped = tokio::select! {
-            _ = self.cancel.cancelled() => true,
-            _ = self.wake.work.notified(), if wake_on == WakeOn::Work => false,
-            _ = self.wake.lease.notified(), if wake_on == WakeOn::Lease => false,
+            stopped = self.signals.wait(wanted) => stopped,
             _ = ready.changed() => false,
-            _ = placement.changed() => false,
             _ = sleep_until_some(until) => false,
         };
         self.beat();
@@ -345,7 +336,7 @@ impl Runner {
             crate::metrics::dispatched(started.elapsed(), answer.is_ok());
             let failure = answer.as_ref().err().cloned();
             match settle::apply(&self.ctx.store, &task.id, task.attempts, answer).await {
-                Ok(Applied::Finished | Applied::Requeued) => self.wake.work.notify_one(),
+                Ok(Applied::Finished | Applied::Requeued) => self.signals.send(WORK),
                 Ok(Applied::InFlight) => {}
                 Err(err) => tracing::warn!(error = %err, "recording a dispatch failed"),
             }
@@ -369,12 +360,13 @@ impl Runner {
     }
 
     fn beat(&self) {
-        self.progress
+        self.signals
+            .progress
             .store(self.runners.now_ms(), Ordering::Relaxed);
     }
 
     fn resting(&self) {
-        self.progress.store(RESTING, Ordering::Relaxed);
+        self.signals.progress.store(RESTING, Ordering::Relaxed);
     }
 
     fn report(&self, state: RunnerState, reason: &str) {
@@ -385,10 +377,42 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    /// A signal sent while the runner is busy is kept for its next wait; a
+    /// signal it does not wait for neither ends the wait nor is lost; a
+    /// stop ends any wait, before or during it.
+    #[tokio::test]
+    async fn signals_are_kept_until_waited_for_and_stop_ends_any_wait() {
+        let signals = Arc::new(Signals::default());
+        signals.send(WORK);
+        assert!(!signals.wait(WORK).await, "work sent before the wait");
+        signals.send(LEASE);
+        let waiting = tokio::spawn({
+            let signals = signals.clone();
+            async move { signals.wait(WORK).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a lease signal does not end a wait for work"
+        );
+        signals.send(WORK);
+        assert!(!waiting.await.expect("joined"));
+        assert!(!signals.wait(LEASE).await, "the lease signal was kept");
+        let waiting = tokio::spawn({
+            let signals = signals.clone();
+            async move { signals.wait(WORK).await }
+        });
+        signals.stop();
+        assert!(waiting.await.expect("joined"), "stopped while waiting");
+        assert!(signals.wait(LEASE).await, "a stop is never consumed");
+    }
 
     /// A runner rests far more than it works: its future (what every idle
     /// runner costs in memory) must stay small, so the big database and
-    /// agent-manager calls are boxed rather than inlined in it.
+    /// agent-manager calls and its timers are boxed rather than inlined in
+    /// it, and it waits for all it is told on one `Notify`.
     #[tokio::test]
     async fn a_runner_future_stays_small() {
         let pool = shepherd_platform::db::connect("postgres://nobody@127.0.0.1:1/none", 1)
@@ -409,11 +433,9 @@ mod tests {
             agent: Uuid::now_v7(),
             ctx,
             runners,
-            cancel: CancellationToken::new(),
-            wake: Wakes::default(),
-            progress: Arc::new(AtomicU64::new(0)),
+            signals: Arc::new(Signals::default()),
         };
         let size = std::mem::size_of_val(&runner.supervise());
-        assert!(size <= 1280, "a runner's future takes {size} bytes");
+        assert!(size <= 840, "a runner's future takes {size} bytes");
     }
 }

@@ -3,11 +3,11 @@
 //! section.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,20 +26,77 @@ struct Slot {
 struct Live {
     /// Distinguishes this runner from a successor in the same slot.
     id: u64,
-    cancel: CancellationToken,
-    wake: Wakes,
-    /// Milliseconds since `epoch` at the runner's last progress, or
-    /// `RESTING`.
-    progress: Arc<AtomicU64>,
+    signals: Arc<Signals>,
     task: JoinHandle<()>,
 }
 
-/// How a runner is woken: for work (while it holds the lease), or for a
-/// lease released elsewhere (while it stands by).
-#[derive(Clone, Default)]
-pub(super) struct Wakes {
-    pub(super) work: Arc<Notify>,
-    pub(super) lease: Arc<Notify>,
+/// What a runner and its slot share, in one allocation (an idle runner's
+/// memory is what 10,000 workflows cost): what it is told, one `Notify` to
+/// wake it for any of it, and its progress.
+#[derive(Default)]
+pub(super) struct Signals {
+    /// `STOP`, `WORK` and `LEASE` bits, set by the senders and consumed
+    /// by the runner's `wait`.
+    pending: AtomicU8,
+    wake: Notify,
+    /// Milliseconds since the registry's epoch at the runner's last
+    /// progress, or `RESTING`.
+    pub(super) progress: AtomicU64,
+}
+
+/// Stop: set once, never consumed.
+const STOP: u8 = 1;
+/// Work for the workflow (while the runner holds the lease).
+pub(super) const WORK: u8 = 2;
+/// The lease released elsewhere (while the runner stands by).
+pub(super) const LEASE: u8 = 4;
+/// The live replicas changed: where the workflow's lease should be may
+/// have changed (forwarded from `Membership::subscribe` to every runner,
+/// so that no runner keeps a watch of its own).
+pub(super) const PLACEMENT: u8 = 8;
+
+impl Signals {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            progress: AtomicU64::new(now_ms),
+            ..Self::default()
+        }
+    }
+
+    /// Tells the runner `signal`. The bit stays set until the runner
+    /// waits for it, so a signal sent while it is busy is not lost.
+    pub(super) fn send(&self, signal: u8) {
+        self.pending.fetch_or(signal, Ordering::SeqCst);
+        // A stored permit if the runner is not waiting yet.
+        self.wake.notify_one();
+    }
+
+    /// Forgets a pending `signal`: what it says is being looked at now.
+    pub(super) fn take(&self, signal: u8) {
+        self.pending.fetch_and(!signal, Ordering::SeqCst);
+    }
+
+    /// Tells the runner to stop; it ends at its next wait (or at once).
+    pub(super) fn stop(&self) {
+        self.send(STOP);
+    }
+
+    /// Waits for one of the `wanted` signals (consuming them) or a stop.
+    /// Returns whether it was told to stop. Cancel-safe: signals are
+    /// consumed only in the poll that returns.
+    pub(super) async fn wait(&self, wanted: u8) -> bool {
+        loop {
+            let seen = self.pending.fetch_and(!wanted, Ordering::SeqCst);
+            if seen & STOP != 0 {
+                return true;
+            }
+            if seen & wanted != 0 {
+                return false;
+            }
+            // A signal sent after the check left a permit: no lost wake-up.
+            self.wake.notified().await;
+        }
+    }
 }
 
 pub(crate) struct Runners {
@@ -52,22 +109,27 @@ pub(crate) struct Runners {
 
 impl Runners {
     pub(crate) fn new(ctx: Arc<RunnerContext>, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(Self {
+        let placement = ctx.membership.subscribe();
+        let runners = Arc::new(Self {
             ctx,
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
             shutdown,
-        })
+        });
+        tokio::spawn(forward_placement(Arc::downgrade(&runners), placement));
+        runners
     }
 
     /// Starts the workflow's runner unless a live one exists. Atomic: the
     /// check and the claim happen under one lock.
     pub(crate) fn ensure_running(self: &Arc<Self>, workflow: Uuid, agent: Uuid) -> StartOutcome {
+        let mut slots = self.lock();
+        // Checked under the lock: `shutdown` cancels, then stops every
+        // runner it finds under the lock, so none can start in between.
         if self.shutdown.is_cancelled() {
             return StartOutcome::AlreadyRunning;
         }
-        let mut slots = self.lock();
         let slot = slots.entry(workflow).or_insert_with(|| Slot {
             info: RunnerInfo {
                 state: RunnerState::Stopped,
@@ -83,22 +145,18 @@ impl Runners {
                 return StartOutcome::AlreadyRunning;
             }
             // Finished or wedged: replace it.
-            live.cancel.cancel();
+            live.signals.stop();
             live.task.abort();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cancel = self.shutdown.child_token();
-        let wake = Wakes::default();
-        let progress = Arc::new(AtomicU64::new(self.now_ms()));
+        let signals = Arc::new(Signals::new(self.now_ms()));
         let runner = Runner {
             id,
             workflow,
             agent,
             ctx: self.ctx.clone(),
             runners: self.clone(),
-            cancel: cancel.clone(),
-            wake: wake.clone(),
-            progress: progress.clone(),
+            signals: signals.clone(),
         };
         let task = tokio::spawn(runner.supervise());
         slot.info = RunnerInfo {
@@ -107,13 +165,7 @@ impl Runners {
             since: SystemTime::now(),
             starts: slot.info.starts + 1,
         };
-        slot.live = Some(Live {
-            id,
-            cancel,
-            wake,
-            progress,
-            task,
-        });
+        slot.live = Some(Live { id, signals, task });
         tracing::info!(%workflow, %agent, runner = id, "runner started");
         crate::metrics::runner_started(workflow, agent);
         StartOutcome::Started
@@ -124,7 +176,7 @@ impl Runners {
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(&workflow) {
             if let Some(live) = slot.live.take() {
-                live.cancel.cancel();
+                live.signals.stop();
             }
             if slot.info.state != RunnerState::Stopped {
                 slot.info.state = RunnerState::Stopped;
@@ -139,7 +191,7 @@ impl Runners {
         if let Some(slot) = self.lock().remove(&workflow)
             && let Some(live) = slot.live
         {
-            live.cancel.cancel();
+            live.signals.stop();
         }
     }
 
@@ -147,7 +199,7 @@ impl Runners {
     /// slot).
     pub(crate) fn wake(&self, workflow: Uuid) {
         if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.wake.work.notify_one();
+            live.signals.send(WORK);
         }
     }
 
@@ -155,7 +207,7 @@ impl Runners {
     /// standby may take it now).
     pub(crate) fn wake_for_lease(&self, workflow: Uuid) {
         if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.wake.lease.notify_one();
+            live.signals.send(LEASE);
         }
     }
 
@@ -163,7 +215,14 @@ impl Runners {
     /// notifications may have been missed).
     pub(crate) fn wake_all_for_leases(&self) {
         for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
-            live.wake.lease.notify_one();
+            live.signals.send(LEASE);
+        }
+    }
+
+    /// Tells every runner the live replicas changed.
+    fn signal_all(&self, signal: u8) {
+        for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
+            live.signals.send(signal);
         }
     }
 
@@ -242,7 +301,11 @@ impl Runners {
         let tasks: Vec<JoinHandle<()>> = self
             .lock()
             .values_mut()
-            .filter_map(|slot| slot.live.take().map(|live| live.task))
+            .filter_map(|slot| slot.live.take())
+            .map(|live| {
+                live.signals.stop();
+                live.task
+            })
             .collect();
         for task in tasks {
             let _ = task.await;
@@ -250,7 +313,7 @@ impl Runners {
     }
 
     fn is_live(&self, live: &Live) -> bool {
-        let progress = live.progress.load(Ordering::Relaxed);
+        let progress = live.signals.progress.load(Ordering::Relaxed);
         let idle = self.now_ms().saturating_sub(progress);
         !live.task.is_finished()
             && (progress == RESTING || Duration::from_millis(idle) < WEDGE_TIMEOUT)
@@ -282,5 +345,28 @@ impl Runners {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Forwards membership changes to every runner until the registry shuts
+/// down or is gone.
+async fn forward_placement(runners: std::sync::Weak<Runners>, mut placement: watch::Receiver<u64>) {
+    loop {
+        let shutdown = match runners.upgrade() {
+            Some(runners) => runners.shutdown.clone(),
+            None => return,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = placement.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        match runners.upgrade() {
+            Some(runners) => runners.signal_all(PLACEMENT),
+            None => return,
+        }
     }
 }
