@@ -440,9 +440,10 @@ impl Stack {
         Ok(agent)
     }
 
-    pub async fn agent(&mut self, id: &str) -> anyhow::Result<am::Agent> {
+    pub async fn agent(&self, id: &str) -> anyhow::Result<am::Agent> {
         Ok(self
             .agents
+            .clone()
             .get_agent(am::GetAgentRequest {
                 agent_id: id.to_owned(),
             })

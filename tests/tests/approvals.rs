@@ -117,6 +117,25 @@ async fn task(stack: &Stack, id: &str) -> anyhow::Result<sched::Task> {
         .into_inner())
 }
 
+/// Decides the approval through the API (as the stack's token).
+async fn decide(
+    stack: &Stack,
+    id: &str,
+    decision: am::Decision,
+    comment: &str,
+) -> anyhow::Result<am::Approval> {
+    Ok(stack
+        .agents
+        .clone()
+        .decide_approval(am::DecideApprovalRequest {
+            approval_id: id.to_owned(),
+            decision: decision as i32,
+            comment: comment.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
 /// `shepherd approvals ...` as a person with the named token; its JSON.
 async fn cli(stack: &Stack, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let output = tokio::process::Command::new(bin_path("shepherd")?)
@@ -224,15 +243,7 @@ async fn a_task_waits_for_a_decision_and_goes_on_or_fails_as_decided() -> anyhow
     );
 
     // Deciding again changes nothing: the first decision stands.
-    let again = stack
-        .agents
-        .decide_approval(am::DecideApprovalRequest {
-            approval_id: asked.id.clone(),
-            decision: am::Decision::Deny as i32,
-            comment: "too late".into(),
-        })
-        .await?
-        .into_inner();
+    let again = decide(&stack, &asked.id, am::Decision::Deny, "too late").await?;
     assert_eq!(again.state(), am::ApprovalState::Approved);
     assert_eq!(again.decided_by, "alice");
     assert_eq!(again.comment, "looks good");
@@ -394,14 +405,13 @@ async fn a_pending_approval_survives_a_manager_crash_in_exec_mode() -> anyhow::R
         asked.id
     );
 
-    stack
-        .agents
-        .decide_approval(am::DecideApprovalRequest {
-            approval_id: asked.id.clone(),
-            decision: am::Decision::Approve as i32,
-            comment: "after the restart".into(),
-        })
-        .await?;
+    decide(
+        &stack,
+        &asked.id,
+        am::Decision::Approve,
+        "after the restart",
+    )
+    .await?;
     wait_task_state(&stack, &first.id, TaskState::Succeeded).await?;
     let done = task(&stack, &first.id).await?;
     assert!(done.output.contains("shipped"), "{}", done.output);
@@ -417,14 +427,7 @@ async fn a_pending_approval_survives_a_manager_crash_in_exec_mode() -> anyhow::R
     // Denied in exec mode: `approve` exits 1 and the program stops there.
     let second = stack.trigger(&workflow.id, "e2", "e2").await?;
     let asked = pending_approval(&stack, &second.id).await?;
-    stack
-        .agents
-        .decide_approval(am::DecideApprovalRequest {
-            approval_id: asked.id.clone(),
-            decision: am::Decision::Deny as i32,
-            comment: "no".into(),
-        })
-        .await?;
+    decide(&stack, &asked.id, am::Decision::Deny, "no").await?;
     wait_task_state(&stack, &second.id, TaskState::Failed).await?;
     let failed = task(&stack, &second.id).await?;
     assert!(
@@ -462,15 +465,7 @@ async fn unanswered_approvals_expire_as_denials() -> anyhow::Result<()> {
     let failed = task(&stack, &waiting.id).await?;
     assert!(failed.output.contains("expired"), "{}", failed.output);
     // An expired approval cannot be approved any more.
-    let late = stack
-        .agents
-        .decide_approval(am::DecideApprovalRequest {
-            approval_id: asked.id.clone(),
-            decision: am::Decision::Approve as i32,
-            comment: String::new(),
-        })
-        .await?
-        .into_inner();
+    let late = decide(&stack, &asked.id, am::Decision::Approve, "").await?;
     assert_eq!(late.state(), am::ApprovalState::Expired);
     Ok(())
 }
@@ -554,24 +549,16 @@ async fn a_decision_made_while_the_agent_is_cut_off_reaches_it_when_it_reconnect
     // pass it to.
     proxy.cut();
     eventually(WAIT, "the agent's session dropped", || async {
-        let mut client = stack.agents.clone();
-        let seen = client
-            .get_agent(am::GetAgentRequest {
-                agent_id: agent.id.clone(),
-            })
-            .await?
-            .into_inner();
-        Ok((seen.status() != am::AgentStatus::Ready).then_some(()))
+        Ok((stack.agent(&agent.id).await?.status() != am::AgentStatus::Ready).then_some(()))
     })
     .await?;
-    stack
-        .agents
-        .decide_approval(am::DecideApprovalRequest {
-            approval_id: asked.id.clone(),
-            decision: am::Decision::Approve as i32,
-            comment: "while you were away".into(),
-        })
-        .await?;
+    decide(
+        &stack,
+        &asked.id,
+        am::Decision::Approve,
+        "while you were away",
+    )
+    .await?;
 
     // Back: the agent asks again on its new session and is answered from
     // the stored decision; the same attempt goes on.

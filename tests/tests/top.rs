@@ -112,14 +112,7 @@ async fn shepherd_top_shows_the_fleet_live_and_acts_on_keys() -> anyhow::Result<
     // r: restart the selected (only) agent; the screen follows live.
     tmux.keys(&["r"])?;
     eventually(Duration::from_secs(30), "generation 2", || async {
-        let mut client = stack.agents.clone();
-        let seen = client
-            .get_agent(am::GetAgentRequest {
-                agent_id: agent.id.clone(),
-            })
-            .await?
-            .into_inner();
-        Ok((seen.generation == 2).then_some(()))
+        Ok((stack.agent(&agent.id).await?.generation == 2).then_some(()))
     })
     .await?;
     tmux.wait("the restart among the events", |screen| {

@@ -115,9 +115,13 @@ impl Runners {
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
-            shutdown,
+            shutdown: shutdown.clone(),
         });
-        tokio::spawn(forward_placement(Arc::downgrade(&runners), placement));
+        tokio::spawn(forward_placement(
+            Arc::downgrade(&runners),
+            placement,
+            shutdown,
+        ));
         runners
     }
 
@@ -198,28 +202,29 @@ impl Runners {
     /// Tells the workflow's runner there may be work (a new task, a freed
     /// slot).
     pub(crate) fn wake(&self, workflow: Uuid) {
-        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.signals.send(WORK);
-        }
+        self.signal(workflow, WORK);
     }
 
     /// Tells the workflow's runner its lease was released elsewhere (a
     /// standby may take it now).
     pub(crate) fn wake_for_lease(&self, workflow: Uuid) {
-        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
-            live.signals.send(LEASE);
-        }
+        self.signal(workflow, LEASE);
     }
 
     /// Tells every standing-by runner to look at its lease again (lease
     /// notifications may have been missed).
     pub(crate) fn wake_all_for_leases(&self) {
-        for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
-            live.signals.send(LEASE);
+        self.signal_all(LEASE);
+    }
+
+    /// Sends `signal` to the workflow's live runner, if any.
+    fn signal(&self, workflow: Uuid, signal: u8) {
+        if let Some(live) = self.lock().get(&workflow).and_then(|s| s.live.as_ref()) {
+            live.signals.send(signal);
         }
     }
 
-    /// Tells every runner the live replicas changed.
+    /// Sends `signal` to every live runner.
     fn signal_all(&self, signal: u8) {
         for live in self.lock().values().filter_map(|slot| slot.live.as_ref()) {
             live.signals.send(signal);
@@ -348,14 +353,14 @@ impl Runners {
     }
 }
 
-/// Forwards membership changes to every runner until the registry shuts
-/// down or is gone.
-async fn forward_placement(runners: std::sync::Weak<Runners>, mut placement: watch::Receiver<u64>) {
+/// Forwards membership changes to every runner until shutdown, or until
+/// the registry is gone.
+async fn forward_placement(
+    runners: std::sync::Weak<Runners>,
+    mut placement: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let shutdown = match runners.upgrade() {
-            Some(runners) => runners.shutdown.clone(),
-            None => return,
-        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = placement.changed() => {
