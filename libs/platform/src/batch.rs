@@ -64,9 +64,14 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
+        // One batch at a time: measured with 50 workflows of max
+        // concurrency 1 (a pipeline with few items in each stage), two in
+        // flight split the same work into more, smaller statements (3.4
+        // claims per statement instead of 5.5) and cost the database a
+        // tenth more CPU for the same throughput.
         Self {
             max_items: 256,
-            max_in_flight: 2,
+            max_in_flight: 1,
         }
     }
 }

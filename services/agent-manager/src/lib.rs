@@ -61,7 +61,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // agents connect to.
     let fence = store::join(&pool, &config.node_name, &advertised, config.node_lease_ttl).await?;
     tracing::info!(node = %fence.name, term = fence.term, "joined as a manager node");
-    let store = Store::new(pool, fence);
+    let batches = db::connect_for_batches(&config.database.database_url, db::BATCH_POOL_SIZE)?;
+    let store = Store::new(pool, &batches, fence);
     let events = EventLog::start(
         store.clone(),
         config.event_heartbeat,

@@ -190,16 +190,20 @@ pub struct AgentFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
+    /// The batch pool: the task batchers' and the event writer's.
+    batches: DbPool,
     tasks: tasks::TaskBatches,
     /// This manager's node: writes about agents are fenced by it.
     fence: Fence,
 }
 
 impl Store {
-    /// Needs a running Tokio runtime: it starts the task table's batchers.
-    pub fn new(pool: DbPool, fence: Fence) -> Self {
+    /// Needs a running Tokio runtime: it starts the task table's batchers,
+    /// on `batches` (see `db::connect_for_batches`).
+    pub fn new(pool: DbPool, batches: &DbPool, fence: Fence) -> Self {
         Self {
-            tasks: tasks::TaskBatches::spawn(&pool),
+            tasks: tasks::TaskBatches::spawn(batches),
+            batches: batches.clone(),
             pool,
             fence,
         }
@@ -482,7 +486,8 @@ impl Store {
     /// commit). The counter row stays locked until that commit, so a later
     /// sequence can never commit before an earlier one.
     pub async fn append_events(&self, events: &[EventRow]) -> Result<u64> {
-        let client = self.pool.get().await?;
+        // The event log's one writer appends in batches (see `events`).
+        let client = self.batches.get().await?;
         let agents: Vec<Uuid> = events.iter().map(|e| e.agent_id).collect();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();

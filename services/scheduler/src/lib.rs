@@ -55,7 +55,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
     let healthy = db::watch_health(pool.clone(), shutdown.clone());
-    let store = Store::new(pool);
+    let batches = db::connect_for_batches(&config.database.database_url, db::BATCH_POOL_SIZE)?;
+    let store = Store::new(pool, &batches);
     let manager = ManagerClient::new(
         &config.agent_manager_url,
         config.agent_manager_token.as_deref(),

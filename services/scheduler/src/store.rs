@@ -197,11 +197,11 @@ pub struct Store {
 
 impl Store {
     /// Needs a running Tokio runtime: it starts the claim and lease
-    /// acquisition batchers.
-    pub fn new(pool: DbPool) -> Self {
+    /// acquisition batchers, on `batches` (see `db::connect_for_batches`).
+    pub fn new(pool: DbPool, batches: &DbPool) -> Self {
         Self {
-            claims: claims::ClaimBatches::spawn(&pool),
-            acquisitions: leases::AcquisitionBatches::spawn(&pool),
+            claims: claims::ClaimBatches::spawn(batches),
+            acquisitions: leases::AcquisitionBatches::spawn(batches),
             pool,
         }
     }

@@ -20,8 +20,8 @@
 //! Build in release and run (PostgreSQL from DATABASE_URL or 127.0.0.1):
 //!   cargo build --release --workspace --bins && target/release/shepherd-bench
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
-//! default 200), --tasks N (b; default 20000), --concurrency N (b, per
-//! workflow; default 8), --workflows N (idle; default 10000), --only
+//! default 200), --tasks N (b; default 20000), --concurrency N[,N...] (b,
+//! per workflow, each in turn; default 1,8), --workflows N (idle; default 10000), --only
 //! a1|a2|a3|b|baseline|idle|latency|containment (a3: one agent with
 //! --workflows workflows restarted), --launches N (containment; default 1000).
 
@@ -35,11 +35,11 @@ use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N] [--workflows N] [--launches N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
   a3: runners of one agent with --workflows workflows (default 10000) back after its restart
-  b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow, default 8),
+  b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow: each in turn, default 1,8),
       as tasks/s and as a ratio to the baseline (measured first, in the same run)
   baseline: 8 connections committing one insert plus one update each, for 5 s
   idle: --workflows enabled workflows (default 10000) with no tasks: CPU and memory
@@ -50,7 +50,7 @@ struct Args {
     rounds: usize,
     agents: usize,
     tasks: usize,
-    concurrency: u32,
+    concurrency: Vec<u32>,
     workflows: usize,
     launches: usize,
     only: Option<String>,
@@ -61,7 +61,7 @@ fn args() -> anyhow::Result<Args> {
         rounds: 30,
         agents: 200,
         tasks: 20_000,
-        concurrency: 8,
+        concurrency: vec![1, 8],
         workflows: 10_000,
         launches: 1_000,
         only: None,
@@ -77,7 +77,9 @@ fn args() -> anyhow::Result<Args> {
             "--rounds" => args.rounds = value.parse()?,
             "--agents" => args.agents = value.parse()?,
             "--tasks" => args.tasks = value.parse()?,
-            "--concurrency" => args.concurrency = value.parse()?,
+            "--concurrency" => {
+                args.concurrency = value.split(',').map(str::parse).collect::<Result<_, _>>()?;
+            }
             "--workflows" => args.workflows = value.parse()?,
             "--launches" => args.launches = value.parse()?,
             "--only" => args.only = Some(value),
@@ -105,7 +107,9 @@ async fn main() -> anyhow::Result<()> {
         baseline_tps = Some(baseline().await?);
     }
     if run("b") {
-        throughput(50, args.tasks, args.concurrency, baseline_tps).await?;
+        for &concurrency in &args.concurrency {
+            throughput(50, args.tasks, concurrency, baseline_tps).await?;
+        }
     }
     if run("latency") {
         latency(200).await?;

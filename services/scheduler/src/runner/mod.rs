@@ -418,7 +418,7 @@ mod tests {
         let pool = shepherd_platform::db::connect("postgres://nobody@127.0.0.1:1/none", 1)
             .expect("a lazy pool");
         let ctx = Arc::new(RunnerContext {
-            store: Store::new(pool),
+            store: Store::new(pool.clone(), &pool),
             agents: Arc::new(AgentView::default()),
             manager: ManagerClient::new("http://127.0.0.1:1", None, None).expect("a lazy client"),
             startup_window: Duration::from_secs(1),

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 pub(crate) async fn store(db: &TestDb) -> anyhow::Result<Store> {
     let pool = db::open(&db.url, 4, store::SCHEMA, store::MIGRATIONS).await?;
-    Ok(Store::new(pool))
+    let batches = db::connect_for_batches(&db.url, db::BATCH_POOL_SIZE)?;
+    Ok(Store::new(pool, &batches))
 }
 
 /// A workflow (max concurrency 2) with `tasks` pending tasks.
@@ -29,7 +30,7 @@ pub(crate) async fn workflow_with_room(
     let workflow = store
         .insert_workflow(
             &NewWorkflow {
-                name: "leased".into(),
+                name: format!("leased-{}", Uuid::now_v7()),
                 agent_id: Uuid::now_v7(),
                 enabled: true,
                 trigger: Trigger::Manual,

@@ -1,0 +1,90 @@
+//! Batched claims against a real PostgreSQL, on the batch pool whose
+//! connections always use the generic plan: claims of many workflows
+//! submitted together, in batches of every size, each fill their own
+//! workflow's room and nothing more.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::{claim, join, store, workflow_with_room};
+use shepherd_platform::db;
+use shepherd_scheduler::model::TaskEnd;
+use shepherd_scheduler::store::{LeaseAcquisition, Outcome};
+use shepherd_testkit::TestDb;
+
+/// Only the batchers' connections are forced to the generic plan: the
+/// other statements (`$1 IS NULL OR ...` filters) need plans made for
+/// their values.
+#[tokio::test]
+async fn only_the_batch_pool_plans_generically() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let mode = async |pool: &db::DbPool| -> anyhow::Result<String> {
+        let client = pool.get().await?;
+        Ok(client.query_one("SHOW plan_cache_mode", &[]).await?.get(0))
+    };
+    let batches = db::connect_for_batches(&db.url, 1)?;
+    let pool = db::connect(&db.url, 1)?;
+    assert_eq!(mode(&batches).await?, "force_generic_plan");
+    assert_eq!(mode(&pool).await?, "auto");
+    Ok(())
+}
+
+/// Twenty workflows (room 2, three tasks each) claimed all at once, again
+/// and again: every workflow gets exactly its room the first time, nothing
+/// while its tasks are in flight, and one more task for each one finished.
+#[tokio::test]
+async fn concurrent_claims_fill_each_workflows_room_and_no_more() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    join(&store, &["a"]).await?;
+    let mut workflows = Vec::new();
+    for _ in 0..20 {
+        let workflow = workflow_with_room(&store, 3, 2).await?;
+        let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await?
+        else {
+            anyhow::bail!("a free lease must be acquired");
+        };
+        workflows.push((workflow, term));
+    }
+    let claim_all = async || -> anyhow::Result<Vec<Vec<String>>> {
+        let claims = workflows
+            .iter()
+            .map(|(workflow, term)| store.claim(claim(*workflow, "a", *term)));
+        futures_util::future::try_join_all(claims)
+            .await?
+            .into_iter()
+            .map(|tasks| Ok(tasks.into_iter().map(|task| task.id).collect()))
+            .collect()
+    };
+
+    let first = claim_all().await?;
+    for (tasks, (workflow, _)) in first.iter().zip(&workflows) {
+        assert_eq!(tasks.len(), 2, "the room of {workflow}");
+        assert!(
+            tasks.iter().all(|id| id.starts_with(&workflow.to_string())),
+            "{workflow} got another workflow's task: {tasks:?}"
+        );
+    }
+    for _ in 0..6 {
+        // More executions than PostgreSQL's custom-plan trial (five).
+        assert!(claim_all().await?.iter().all(Vec::is_empty));
+    }
+
+    let outcomes: Vec<Outcome> = first
+        .iter()
+        .map(|tasks| Outcome {
+            task_id: tasks[0].clone(),
+            attempt: None,
+            end: TaskEnd::Succeeded,
+            output: String::new(),
+        })
+        .collect();
+    store.complete_many(&outcomes).await?;
+    let second = claim_all().await?;
+    assert!(
+        second.iter().all(|tasks| tasks.len() == 1),
+        "one task each after one finished: {second:?}"
+    );
+    assert!(claim_all().await?.iter().all(Vec::is_empty), "all taken");
+    Ok(())
+}
