@@ -81,14 +81,22 @@ impl EventLog {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let (latest_tx, latest) = watch::channel(last_seq);
         let latest_tx = Arc::new(latest_tx);
+        let writing = Arc::new(tokio::sync::Mutex::new(()));
         tokio::spawn(write_loop(
             store.clone(),
             requests,
             live.clone(),
             latest_tx.clone(),
+            writing.clone(),
         ));
         let listener = Listener::new(database_url, &[NOTIFY_CHANNEL], shutdown);
-        tokio::spawn(tail(store.clone(), listener, live.clone(), latest_tx));
+        tokio::spawn(tail(
+            store.clone(),
+            listener,
+            live.clone(),
+            latest_tx,
+            writing,
+        ));
         Ok(Self {
             appends,
             live,
@@ -332,9 +340,13 @@ async fn write_loop(
     mut requests: mpsc::Receiver<AppendRequest>,
     live: broadcast::Sender<Arc<AgentEvent>>,
     latest: Arc<watch::Sender<u64>>,
+    writing: Arc<tokio::sync::Mutex<()>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Held from before the commit until the batch is published (see
+        // `tail`).
+        let _writing = writing.lock().await;
         let rows: Vec<EventRow> = batch
             .iter()
             .map(|request| EventRow {
@@ -385,13 +397,21 @@ fn raise(latest: &watch::Sender<u64>, seq: u64) {
 /// notification past the high-water mark (and after every (re)connection,
 /// when notifications may have been missed) it reads the events after the
 /// mark from the database and publishes them.
+///
+/// This manager's own appends notify too, and the notification arrives
+/// about when the writer hears its commit: read at once, the mark would
+/// often still lag, and the tailer would read back from the database (and
+/// publish twice) events the writer is about to publish. So it waits for
+/// the batch the writer is storing to be published before it compares.
 async fn tail(
     store: Store,
     mut listener: Listener,
     live: broadcast::Sender<Arc<AgentEvent>>,
     latest: Arc<watch::Sender<u64>>,
+    writing: Arc<tokio::sync::Mutex<()>>,
 ) {
     while let Some(heard) = listener.next().await {
+        drop(writing.lock().await);
         let reach = match heard {
             Heard::Notification { payload, .. } => payload.parse::<u64>().ok(),
             Heard::Listening => store.log_state().await.ok().map(|(last, _)| last),

@@ -136,11 +136,16 @@ impl Consumer {
                         tracing::warn!(error = %err, "checking for stalled runners failed");
                     }
                 }
+                // At most one save per SAVE_EVERY: the first progress after
+                // a quiet spell is saved at once, the rest of a busy stream
+                // every SAVE_EVERY (a restart replays at most that much,
+                // and handling is idempotent).
                 _ = tokio::time::sleep_until(save_at), if saved != cursor => {
                     if let Err(err) = store.save_cursor(cursor).await {
                         break StreamEnd::Broken(format!("saving the event cursor: {err}"));
                     }
                     saved = cursor;
+                    save_at = Instant::now() + SAVE_EVERY;
                 }
                 received = inbox.recv() => {
                     let first = match received {
@@ -163,13 +168,8 @@ impl Consumer {
                             Err(_) => break,
                         }
                     }
-                    match self.handle_batch(batch, &mut cursor).await {
-                        Ok(()) => {
-                            if saved == cursor {
-                                save_at = Instant::now() + SAVE_EVERY;
-                            }
-                        }
-                        Err(err) => break StreamEnd::Broken(format!("handling an event: {err}")),
+                    if let Err(err) = self.handle_batch(batch, &mut cursor).await {
+                        break StreamEnd::Broken(format!("handling an event: {err}"));
                     }
                     if let Some(reason) = broken {
                         break StreamEnd::Broken(reason);

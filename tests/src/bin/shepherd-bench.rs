@@ -393,6 +393,7 @@ async fn throughput(
         )
         .await?;
     let (started, done_at_start): (SystemTime, i64) = (row.get(0), row.get(1));
+    let cpu = CpuUse::start(&stack);
     loop {
         // Cheap while being measured: stops at the first open task.
         let open: bool = db
@@ -410,6 +411,7 @@ async fn throughput(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let cpu = cpu.end(&stack);
     let ended: SystemTime = db
         .query_one("SELECT max(updated_at) FROM scheduler.tasks", &[])
         .await?
@@ -441,7 +443,76 @@ async fn throughput(
         done_at_start,
         total as i64 + warm,
     );
+    println!("    CPU per task: {}", cpu.per_task(timed));
     Ok(())
+}
+
+/// CPU time the parts of a stack spend over a window, from /proc: a steadier
+/// figure than throughput on a machine whose speed varies by the minute
+/// (throughput is capped by the CPU, so less CPU per task is more tasks/s).
+struct CpuUse {
+    /// (part, ticks per pid) at the start; at the end, the difference.
+    parts: Vec<(&'static str, std::collections::HashMap<i32, u64>)>,
+}
+
+impl CpuUse {
+    fn start(stack: &Stack) -> Self {
+        Self {
+            parts: Self::read(stack),
+        }
+    }
+
+    /// The ticks each part spent since the start. A process that started
+    /// meanwhile counts whole; one that ended meanwhile is not counted.
+    fn end(self, stack: &Stack) -> Self {
+        let parts = Self::read(stack)
+            .into_iter()
+            .zip(self.parts)
+            .map(|((part, after), (_, before))| {
+                let spent = after
+                    .iter()
+                    .map(|(pid, ticks)| {
+                        (*pid, ticks.saturating_sub(*before.get(pid).unwrap_or(&0)))
+                    })
+                    .collect();
+                (part, spent)
+            })
+            .collect();
+        Self { parts }
+    }
+
+    fn read(stack: &Stack) -> Vec<(&'static str, std::collections::HashMap<i32, u64>)> {
+        let pid = |process: Option<&shepherd_testkit::ServiceProcess>| {
+            process
+                .and_then(|p| p.pid())
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        let ticks = |pids: Vec<i32>| {
+            pids.into_iter()
+                .map(|pid| (pid, cpu_ticks(&[pid])))
+                .collect()
+        };
+        vec![
+            ("PostgreSQL", ticks(processes_named("postgres"))),
+            ("agent-manager", ticks(pid(Some(&stack.manager)))),
+            ("scheduler", ticks(pid(stack.scheduler.as_ref()))),
+            ("agents", ticks(processes_named("shepherd-agent"))),
+        ]
+    }
+
+    /// Microseconds of CPU per task, by part and in all.
+    fn per_task(&self, tasks: usize) -> String {
+        let us = |ticks: u64| ticks as f64 * 10_000.0 / tasks.max(1) as f64; // 100 ticks/s
+        let mut total = 0;
+        let mut line = Vec::new();
+        for (part, spent) in &self.parts {
+            let ticks: u64 = spent.values().sum();
+            total += ticks;
+            line.push(format!("{part} {:.0} us", us(ticks)));
+        }
+        format!("{}; in all {:.0} us", line.join(", "), us(total))
+    }
 }
 
 /// The yard stick: what this PostgreSQL commits per second for 8 clients
@@ -723,6 +794,11 @@ fn cpu_ticks(pids: &[i32]) -> u64 {
 
 /// Every PostgreSQL server process on this machine.
 fn postgres_pids() -> Vec<i32> {
+    processes_named("postgres")
+}
+
+/// Every process on this machine whose command name is `comm`.
+fn processes_named(comm: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -730,7 +806,7 @@ fn postgres_pids() -> Vec<i32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "postgres")
+                .is_ok_and(|name| name.trim() == comm)
         })
         .collect()
 }
