@@ -458,6 +458,7 @@ impl Stack {
             .watch_agent_events(am::WatchAgentEventsRequest {
                 after_sequence: 0,
                 agent_id: id.to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -485,6 +486,7 @@ impl Stack {
             .watch_agent_events(am::WatchAgentEventsRequest {
                 after_sequence: 0,
                 agent_id: id.to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();

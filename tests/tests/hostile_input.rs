@@ -205,7 +205,7 @@ async fn a_cursor_past_the_end_is_out_of_range() -> anyhow::Result<()> {
         .agents
         .watch_agent_events(am::WatchAgentEventsRequest {
             after_sequence: 1_000_000,
-            agent_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("refused");

@@ -64,6 +64,7 @@ impl ManagerHarness {
             .watch_agent_events(pb::WatchAgentEventsRequest {
                 after_sequence: after,
                 agent_id: agent.to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -154,18 +154,18 @@ impl EventLog {
         self.store.prune_events(through).await
     }
 
-    /// Streams events after `after` (optionally of one agent) into `out`
+    /// Streams the events after `after` that `filter` wants into `out`
     /// until the receiver goes away or `stop` is cancelled.
     pub async fn watch(
         &self,
         after: u64,
-        agent: Option<Uuid>,
+        filter: EventFilter,
         out: mpsc::Sender<WatchAgentEventsResponse>,
         stop: CancellationToken,
     ) {
         let watcher = Watcher {
             log: self,
-            agent,
+            filter,
             out,
             cursor: after,
         };
@@ -200,9 +200,26 @@ impl From<Error> for WatchEnd {
     }
 }
 
+/// The events a watcher wants.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// One agent's, or every agent's.
+    pub agent: Option<Uuid>,
+    /// Of these kinds (`KIND_NAMES`), or of every kind when empty.
+    pub kinds: Vec<&'static str>,
+}
+
+impl EventFilter {
+    fn wants(&self, event: &AgentEvent) -> bool {
+        self.agent
+            .is_none_or(|agent| event.agent_id == agent.to_string())
+            && (self.kinds.is_empty() || self.kinds.contains(&kind_name(event.kind.as_ref())))
+    }
+}
+
 struct Watcher<'a> {
     log: &'a EventLog,
-    agent: Option<Uuid>,
+    filter: EventFilter,
     out: mpsc::Sender<WatchAgentEventsResponse>,
     /// Every event with a sequence up to here has been sent or skipped.
     cursor: u64,
@@ -247,7 +264,13 @@ impl Watcher<'_> {
             let rows = self
                 .log
                 .store
-                .read_events(self.cursor, through, self.agent, PAGE)
+                .read_events(
+                    self.cursor,
+                    through,
+                    self.filter.agent,
+                    &self.filter.kinds,
+                    PAGE,
+                )
                 .await?;
             let full_page = rows.len() as i64 == PAGE;
             for (seq, payload) in rows {
@@ -259,7 +282,7 @@ impl Watcher<'_> {
                 self.cursor = seq;
             }
             if !full_page {
-                // A filtered read skips other agents' events: they are
+                // A filtered read skips the events not wanted: they are
                 // covered up to `through` as well.
                 self.cursor = self.cursor.max(through);
             }
@@ -294,7 +317,7 @@ impl Watcher<'_> {
                 Ok(event) if event.sequence <= self.cursor => {}
                 Ok(event) if event.sequence == self.cursor + 1 => {
                     self.cursor = event.sequence;
-                    if self.wants(&event) {
+                    if self.filter.wants(&event) {
                         self.send(watch_agent_events_response::Kind::Event((*event).clone()))
                             .await?;
                         heartbeat_at = tokio::time::Instant::now() + interval;
@@ -310,11 +333,6 @@ impl Watcher<'_> {
                 }
             }
         }
-    }
-
-    fn wants(&self, event: &AgentEvent) -> bool {
-        self.agent
-            .is_none_or(|agent| event.agent_id == agent.to_string())
     }
 
     async fn send(&self, kind: watch_agent_events_response::Kind) -> Result<(), WatchEnd> {
@@ -433,7 +451,7 @@ async fn publish_through(
 ) -> Result<()> {
     let mut from = *latest.borrow();
     while from < reach {
-        let rows = store.read_events(from, reach, None, PAGE).await?;
+        let rows = store.read_events(from, reach, None, &[], PAGE).await?;
         let Some(last) = rows.last().map(|(seq, _)| *seq) else {
             return Ok(());
         };
@@ -603,6 +621,24 @@ pub struct DecidedApproval {
 
 /// A readable name of an event kind: the `kind` column operators query,
 /// and the names tests assert on.
+/// The names of the event kinds, as stored and as watchers name them.
+pub const KIND_NAMES: [&str; 14] = [
+    "created",
+    "started",
+    "ready",
+    "disconnected",
+    "exited",
+    "restarted",
+    "stopped",
+    "deleted",
+    "task_accepted",
+    "task_completed",
+    "task_lost",
+    "task_progress",
+    "approval_requested",
+    "approval_decided",
+];
+
 pub fn kind_name(kind: Option<&agent_event::Kind>) -> &'static str {
     use agent_event::Kind;
     match kind {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::approvals::Approvals;
 use crate::containment::{Containment, Usage};
 use crate::error::{Error, Result};
-use crate::events::{Event, EventLog, WatchItem};
+use crate::events::{Event, EventFilter, EventLog, WatchItem};
 use crate::logs::LogStream;
 use crate::model::{AgentRecord, DesiredState, NewAgent, Runtime};
 use crate::protocol::{DeliveredTask, FromAgent, HeldTask, ToAgent};
@@ -533,12 +533,12 @@ impl Manager {
     pub(crate) fn watch_events(
         &self,
         after: u64,
-        agent: Option<Uuid>,
+        filter: EventFilter,
     ) -> mpsc::Receiver<WatchItem> {
         let (out, receiver) = mpsc::channel(256);
         let events = self.events.clone();
         let stop = self.shutdown.child_token();
-        tokio::spawn(async move { events.watch(after, agent, out, stop).await });
+        tokio::spawn(async move { events.watch(after, filter, out, stop).await });
         receiver
     }
 

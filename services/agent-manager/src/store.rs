@@ -545,6 +545,7 @@ impl Store {
         after: u64,
         through: u64,
         agent: Option<Uuid>,
+        kinds: &[&str],
         limit: i64,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
         let client = self.pool.get().await?;
@@ -554,10 +555,11 @@ impl Store {
                     .prepare_cached(
                         "SELECT seq, payload FROM agent_manager.events
                  WHERE seq > $1 AND seq <= $2 AND ($3::uuid IS NULL OR agent_id = $3)
+                   AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
                  ORDER BY seq LIMIT $4",
                     )
                     .await?,
-                &[&to_i64(after), &to_i64(through), &agent, &limit],
+                &[&to_i64(after), &to_i64(through), &agent, &limit, &kinds],
             )
             .await?;
         Ok(rows

@@ -252,6 +252,7 @@ async fn bad_ids_tokens_and_ranges() -> anyhow::Result<()> {
         .watch_agent_events(pb::WatchAgentEventsRequest {
             after_sequence: 0,
             agent_id: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

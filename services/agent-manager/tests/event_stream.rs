@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Harness, is_ready, kind, reference_agent};
+use common::{Harness, is_ready, kind, kinds, reference_agent};
 use shepherd_proto::agentmanager::v1::{self as pb, watch_agent_events_response::Kind as Msg};
 
 /// Restarts `agent` and waits until the new generation is ready.
@@ -229,5 +229,78 @@ async fn watchers_on_every_manager_see_the_same_sequence() -> anyhow::Result<()>
         "the first manager's watcher saw the second's append"
     );
     second.kill().await?;
+    Ok(())
+}
+
+/// A watcher that names kinds gets only events of those kinds, from the
+/// log (a catch-up from 0) and live alike, in sequence order; resuming
+/// after the last one it got is exact; an unknown kind is refused.
+#[tokio::test]
+async fn a_watcher_gets_only_the_kinds_it_names() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let watch = |h: &Harness, after: u64, kinds: &[&str]| {
+        let mut client = h.client.clone();
+        let kinds = kinds.iter().map(|kind| (*kind).to_owned()).collect();
+        async move {
+            anyhow::Ok(common::Events {
+                stream: client
+                    .watch_agent_events(pb::WatchAgentEventsRequest {
+                        after_sequence: after,
+                        kinds,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner(),
+            })
+        }
+    };
+    let mut live = watch(&h, 0, &["ready", "restarted", "ready"]).await?;
+    let agent = h
+        .create(reference_agent("filtered", pb::RestartMode::OnFailure))
+        .await?;
+    let mut seen = live.until(is_ready).await?;
+    restart_and_wait(&mut h, &agent.id, 2).await?;
+
+    // Live: the first ready, then the restart's two, and nothing else.
+    while seen.len() < 3 {
+        seen.push(live.next().await?);
+    }
+    assert!(
+        live.until_idle().await?.is_empty(),
+        "nothing else: {seen:?}"
+    );
+    // From the log: the same events.
+    let mut caught_up = watch(&h, 0, &["restarted", "ready"]).await?;
+    let from_log = caught_up.until_idle().await?;
+    let kinds_and_seqs = |events: &[pb::AgentEvent]| {
+        events
+            .iter()
+            .map(|e| (kind(e), e.sequence))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds_and_seqs(&seen), kinds_and_seqs(&from_log));
+    assert_eq!(kinds(&from_log), ["ready", "restarted", "ready"]);
+    assert!(
+        from_log.windows(2).all(|w| w[0].sequence < w[1].sequence),
+        "in sequence order: {from_log:?}"
+    );
+    // Resuming after the first one gets exactly the rest.
+    let mut resumed = watch(&h, from_log[0].sequence, &["ready", "restarted"]).await?;
+    assert_eq!(
+        kinds_and_seqs(&resumed.until_idle().await?),
+        kinds_and_seqs(&from_log[1..])
+    );
+
+    let refused = watch(&h, 0, &["ready", "exploded"]).await;
+    let status = refused
+        .err()
+        .and_then(|err| err.downcast::<tonic::Status>().ok())
+        .expect("an unknown kind is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("exploded"),
+        "{}",
+        status.message()
+    );
     Ok(())
 }

@@ -717,6 +717,7 @@ impl Clients {
                 .watch_agent_events(am::WatchAgentEventsRequest {
                     after_sequence: cursor,
                     agent_id: agent_id.clone(),
+                    ..Default::default()
                 })
                 .await;
             let mut stream = match stream {

@@ -99,6 +99,7 @@ impl Backend {
             .watch_agent_events(am::WatchAgentEventsRequest {
                 after_sequence: 0,
                 agent_id: id.to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -338,6 +339,7 @@ impl Backend {
             .watch_agent_events(am::WatchAgentEventsRequest {
                 after_sequence: after,
                 agent_id: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner();

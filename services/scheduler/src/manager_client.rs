@@ -332,11 +332,17 @@ impl ManagerClient {
     }
 
     /// The agent event stream after `after`, decoded into the scheduler's
-    /// own terms.
+    /// own terms: only the kinds it acts on (`AgentEvent::from`), so that
+    /// a task's acceptance, one event per task, is not sent only to be
+    /// dropped here.
     pub(crate) async fn watch(&self, after: u64) -> Result<EventStream, ManagerError> {
         let request = tonic::Request::new(pb::WatchAgentEventsRequest {
             after_sequence: after,
             agent_id: String::new(),
+            kinds: WATCHED_KINDS
+                .iter()
+                .map(|kind| (*kind).to_owned())
+                .collect(),
         });
         Ok(EventStream(
             self.client
@@ -457,6 +463,23 @@ impl From<pb::WatchAgentEventsResponse> for Heard {
         }
     }
 }
+
+/// The event kinds the scheduler acts on: every kind `AgentEvent::from`
+/// maps to something other than `Other`.
+const WATCHED_KINDS: [&str; 12] = [
+    "started",
+    "ready",
+    "disconnected",
+    "exited",
+    "restarted",
+    "stopped",
+    "deleted",
+    "task_completed",
+    "task_lost",
+    "task_progress",
+    "approval_requested",
+    "approval_decided",
+];
 
 impl From<Option<pb::agent_event::Kind>> for AgentEvent {
     fn from(kind: Option<pb::agent_event::Kind>) -> Self {

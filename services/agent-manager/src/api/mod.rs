@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::approvals::ApprovalFilter;
 use crate::containment::LimitKind;
 use crate::error::Error;
-use crate::events::wire_approval;
+use crate::events::{EventFilter, KIND_NAMES, wire_approval};
 use crate::logs::LogStream;
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, Route, TaskRequest};
 use crate::model::{AgentRecord, parse_agent_id};
@@ -397,7 +397,11 @@ impl AgentManager for Api {
                 "after_sequence is past the end of the event log (the latest sequence is {latest}); resume from at most {latest}"
             )));
         }
-        let events = self.manager.watch_events(request.after_sequence, agent);
+        let filter = EventFilter {
+            agent,
+            kinds: event_kinds(&request.kinds)?,
+        };
+        let events = self.manager.watch_events(request.after_sequence, filter);
         Ok(Response::new(Box::pin(ReceiverStream::new(events).map(Ok))))
     }
 
@@ -573,4 +577,22 @@ impl AgentSession for Api {
             ReceiverStream::new(outbound).map(|message| Ok(session::to_agent(message))),
         )))
     }
+}
+
+/// The event kinds a watcher asked for, each once; an unknown name is the
+/// caller's mistake, said with the names there are.
+fn event_kinds(names: &[String]) -> Result<Vec<&'static str>, Status> {
+    let mut kinds = Vec::new();
+    for name in names {
+        let Some(kind) = KIND_NAMES.iter().find(|kind| **kind == name.as_str()) else {
+            return Err(Status::invalid_argument(format!(
+                "kinds: {name:?} is not an event kind; use one of {}",
+                KIND_NAMES.join(", ")
+            )));
+        };
+        if !kinds.contains(kind) {
+            kinds.push(*kind);
+        }
+    }
+    Ok(kinds)
 }

@@ -120,6 +120,7 @@ async fn follow_events(mut client: AgentManagerClient<Authed>, feed: mpsc::Sende
                     .watch_agent_events(am::WatchAgentEventsRequest {
                         after_sequence: start,
                         agent_id: String::new(),
+                        ..Default::default()
                     })
                     .await
             }
