@@ -93,6 +93,13 @@ pub fn all() -> Vec<Limit> {
             "WatchAgentEvents after_sequence",
             "at most the latest sequence (OUT_OF_RANGE past it)",
         ),
+        Limit::new(
+            "WatchAgentEvents kinds",
+            format!(
+                "names of `AgentEvent.kind` cases ({}; INVALID_ARGUMENT otherwise)",
+                crate::events::KIND_NAMES.join(", ")
+            ),
+        ),
         Limit::new("Hello.held_tasks", format!("at most {MAX_HELD_TASKS}")),
         Limit::new(
             "TaskCompleted.output",
