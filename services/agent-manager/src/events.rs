@@ -671,3 +671,33 @@ pub fn wire_exit_reason(reason: Option<crate::model::ExitReason>) -> pb::ExitRea
         Some(ExitReason::Unknown) => pb::ExitReason::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `KIND_NAMES` (what watchers may ask for) names every kind once, as
+    /// the log stores it.
+    #[test]
+    fn kind_names_are_the_stored_names_of_every_kind() {
+        use agent_event::Kind;
+        let kinds = [
+            Kind::Created(Default::default()),
+            Kind::Started(Default::default()),
+            Kind::Ready(Default::default()),
+            Kind::Disconnected(Default::default()),
+            Kind::Exited(Default::default()),
+            Kind::Restarted(Default::default()),
+            Kind::Stopped(Default::default()),
+            Kind::Deleted(Default::default()),
+            Kind::TaskAccepted(Default::default()),
+            Kind::TaskCompleted(Default::default()),
+            Kind::TaskLost(Default::default()),
+            Kind::TaskProgress(Default::default()),
+            Kind::ApprovalRequested(Default::default()),
+            Kind::ApprovalDecided(Default::default()),
+        ];
+        let stored: Vec<&str> = kinds.iter().map(|kind| kind_name(Some(kind))).collect();
+        assert_eq!(stored, KIND_NAMES);
+    }
+}
