@@ -393,7 +393,7 @@ async fn throughput(
         )
         .await?;
     let (started, done_at_start): (SystemTime, i64) = (row.get(0), row.get(1));
-    let cpu = CpuUse::start(&stack);
+    let cpu_before = CpuUse::read(&stack);
     loop {
         // Cheap while being measured: stops at the first open task.
         let open: bool = db
@@ -411,7 +411,7 @@ async fn throughput(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let cpu = cpu.end(&stack);
+    let cpu = CpuUse::read(&stack);
     let ended: SystemTime = db
         .query_one("SELECT max(updated_at) FROM scheduler.tasks", &[])
         .await?
@@ -443,71 +443,50 @@ async fn throughput(
         done_at_start,
         total as i64 + warm,
     );
-    println!("    CPU per task: {}", cpu.per_task(timed));
+    println!(
+        "    CPU per task: {}",
+        cpu.per_task_since(&cpu_before, timed)
+    );
     Ok(())
 }
 
-/// CPU time the parts of a stack spend over a window, from /proc: a steadier
-/// figure than throughput on a machine whose speed varies by the minute
-/// (throughput is capped by the CPU, so less CPU per task is more tasks/s).
-struct CpuUse {
-    /// (part, ticks per pid) at the start; at the end, the difference.
-    parts: Vec<(&'static str, std::collections::HashMap<i32, u64>)>,
-}
+/// CPU ticks of each part of a stack, per process, at one moment (from
+/// /proc). The difference of two is a steadier figure than throughput on a
+/// machine whose speed varies by the minute (throughput is capped by the
+/// CPU, so less CPU per task is more tasks/s).
+struct CpuUse(Vec<(&'static str, std::collections::HashMap<i32, u64>)>);
 
 impl CpuUse {
-    fn start(stack: &Stack) -> Self {
-        Self {
-            parts: Self::read(stack),
-        }
-    }
-
-    /// The ticks each part spent since the start. A process that started
-    /// meanwhile counts whole; one that ended meanwhile is not counted.
-    fn end(self, stack: &Stack) -> Self {
-        let parts = Self::read(stack)
-            .into_iter()
-            .zip(self.parts)
-            .map(|((part, after), (_, before))| {
-                let spent = after
-                    .iter()
-                    .map(|(pid, ticks)| {
-                        (*pid, ticks.saturating_sub(*before.get(pid).unwrap_or(&0)))
-                    })
-                    .collect();
-                (part, spent)
-            })
-            .collect();
-        Self { parts }
-    }
-
-    fn read(stack: &Stack) -> Vec<(&'static str, std::collections::HashMap<i32, u64>)> {
-        let pid = |process: Option<&shepherd_testkit::ServiceProcess>| {
-            process
-                .and_then(|p| p.pid())
-                .into_iter()
-                .collect::<Vec<_>>()
-        };
+    fn read(stack: &Stack) -> Self {
         let ticks = |pids: Vec<i32>| {
             pids.into_iter()
                 .map(|pid| (pid, cpu_ticks(&[pid])))
                 .collect()
         };
-        vec![
+        let scheduler = stack.scheduler.as_ref().and_then(|s| s.pid());
+        Self(vec![
             ("PostgreSQL", ticks(processes_named("postgres"))),
-            ("agent-manager", ticks(pid(Some(&stack.manager)))),
-            ("scheduler", ticks(pid(stack.scheduler.as_ref()))),
+            (
+                "agent-manager",
+                ticks(stack.manager.pid().into_iter().collect()),
+            ),
+            ("scheduler", ticks(scheduler.into_iter().collect())),
             ("agents", ticks(processes_named("shepherd-agent"))),
-        ]
+        ])
     }
 
-    /// Microseconds of CPU per task, by part and in all.
-    fn per_task(&self, tasks: usize) -> String {
+    /// Microseconds of CPU per task since `before`, by part and in all. A
+    /// process that started meanwhile counts whole; one that ended
+    /// meanwhile is not counted.
+    fn per_task_since(&self, before: &Self, tasks: usize) -> String {
         let us = |ticks: u64| ticks as f64 * 10_000.0 / tasks.max(1) as f64; // 100 ticks/s
         let mut total = 0;
         let mut line = Vec::new();
-        for (part, spent) in &self.parts {
-            let ticks: u64 = spent.values().sum();
+        for ((part, after), (_, before)) in self.0.iter().zip(&before.0) {
+            let ticks: u64 = after
+                .iter()
+                .map(|(pid, ticks)| ticks.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+                .sum();
             total += ticks;
             line.push(format!("{part} {:.0} us", us(ticks)));
         }
@@ -756,9 +735,15 @@ async fn idle(workflows: usize) -> anyhow::Result<()> {
     // Let start-up work (lease acquisitions, first settle passes) finish.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = Duration::from_secs(10);
-    let (sched_before, pg_before) = (cpu_ticks(&[scheduler]), cpu_ticks(&postgres_pids()));
+    let (sched_before, pg_before) = (
+        cpu_ticks(&[scheduler]),
+        cpu_ticks(&processes_named("postgres")),
+    );
     tokio::time::sleep(window).await;
-    let (sched_after, pg_after) = (cpu_ticks(&[scheduler]), cpu_ticks(&postgres_pids()));
+    let (sched_after, pg_after) = (
+        cpu_ticks(&[scheduler]),
+        cpu_ticks(&processes_named("postgres")),
+    );
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     let percent = |before: u64, after: u64| {
         after.saturating_sub(before) as f64 / ticks_per_sec / window.as_secs_f64() * 100.0
@@ -790,11 +775,6 @@ fn cpu_ticks(pids: &[i32]) -> u64 {
             Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
         .sum()
-}
-
-/// Every PostgreSQL server process on this machine.
-fn postgres_pids() -> Vec<i32> {
-    processes_named("postgres")
 }
 
 /// Every process on this machine whose command name is `comm`.
