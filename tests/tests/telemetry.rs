@@ -226,11 +226,10 @@ async fn one_task_is_one_trace_across_scheduler_manager_and_agent() -> anyhow::R
                 let Some(dispatch) = find("scheduler", "dispatch", Some(&trigger)) else {
                     return Ok(None);
                 };
-                let Some(delivered) = find(
-                    "agent-manager",
-                    "/shepherd.agentmanager.v1.AgentManager/DispatchTask",
-                    Some(&dispatch),
-                ) else {
+                // The runner's dispatch goes in a DispatchTasks call; the
+                // manager's span of the task continues the runner's.
+                let Some(delivered) = find("agent-manager", "dispatch_task", Some(&dispatch))
+                else {
                     return Ok(None);
                 };
                 let Some(ran) = find(agent_service, "task", Some(&delivered)) else {

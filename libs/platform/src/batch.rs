@@ -6,7 +6,11 @@
 //! round trip, parsing and planning, a commit and its WAL flush), not per
 //! row. Items queue up while the batches in flight run, so the next batch
 //! is bigger exactly when batching pays; an idle service runs a batch of
-//! one at once. There is no timer and so no added latency.
+//! one at once. There is no timer and so no added latency: before taking a
+//! batch the worker only yields to the runtime a few times, so that callers
+//! woken by the same event (one notification wakes many runners, one
+//! statement's results wake all of its callers) are queued by then and
+//! join the batch instead of starting the next one.
 //!
 //! Submitting is cancel-safe for the batch: once an item is queued it runs
 //! even if its caller goes away (the caller then just never sees the
@@ -40,6 +44,36 @@ pub fn rounds_of_distinct<'a, T, K: Hash + Eq>(
     rounds
 }
 
+/// Yields to the runtime this often before a batch is taken (see
+/// `BatchLimits::gather_yields`).
+pub const GATHER_YIELDS: usize = 2;
+
+/// Waits for at least one message, then gathers into `batch` what is queued
+/// once the callers woken by the same event have had their turn (see the
+/// module comment), up to `max` in all. Returns how many were added; 0 only
+/// when the channel is closed and empty.
+pub async fn recv_gathered<T>(
+    queue: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    gather_yields: usize,
+) -> usize {
+    let before = batch.len();
+    if queue.recv_many(batch, max.max(1)).await == 0 {
+        return 0;
+    }
+    for _ in 0..gather_yields {
+        tokio::task::yield_now().await;
+    }
+    while batch.len() - before < max {
+        match queue.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch.len() - before
+}
+
 /// Why a submitted item has no result.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError<E> {
@@ -60,6 +94,11 @@ pub struct BatchLimits {
     /// Most batches running at once. One maximises batch sizes; two lets a
     /// batch execute while the previous one commits.
     pub max_in_flight: usize,
+    /// How many times the worker yields to the runtime after the first
+    /// item of a batch arrives and before it takes the rest: callers that
+    /// are runnable but have not submitted yet get to do so. Costs nothing
+    /// when nothing else is runnable (a yield then returns at once).
+    pub gather_yields: usize,
 }
 
 impl Default for BatchLimits {
@@ -69,9 +108,13 @@ impl Default for BatchLimits {
         // flight split the same work into more, smaller statements (3.4
         // claims per statement instead of 5.5) and cost the database a
         // tenth more CPU for the same throughput.
+        // Two yields: in the same benchmark, 10-15% less CPU per task in
+        // all (fewer, bigger statements) than none; four or eight gathered
+        // no more.
         Self {
             max_items: 256,
             max_in_flight: 1,
+            gather_yields: GATHER_YIELDS,
         }
     }
 }
@@ -112,6 +155,7 @@ where
         let limits = BatchLimits {
             max_items: limits.max_items.max(1),
             max_in_flight: limits.max_in_flight.max(1),
+            ..limits
         };
         let (queue, jobs) = mpsc::channel(limits.max_items * limits.max_in_flight * 4);
         tokio::spawn(work(jobs, run, limits));
@@ -144,15 +188,17 @@ where
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = jobs.recv().await else {
+        let mut batch = Vec::new();
+        if recv_gathered(
+            &mut jobs,
+            &mut batch,
+            limits.max_items,
+            limits.gather_yields,
+        )
+        .await
+            == 0
+        {
             return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < limits.max_items {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
         }
         let (items, replies): (Vec<I>, Vec<_>) =
             batch.into_iter().map(|job| (job.item, job.reply)).unzip();
@@ -237,6 +283,7 @@ mod tests {
         let limits = BatchLimits {
             max_items: 64,
             max_in_flight: 1,
+            gather_yields: 0,
         };
         let batcher: Batcher<u32, (), String> = Batcher::spawn(limits, {
             let (sizes, gate) = (sizes.clone(), gate.clone());
@@ -275,6 +322,60 @@ mod tests {
             task.await.unwrap().unwrap();
         }
         assert_eq!(*sizes.lock().unwrap(), vec![1, 10]);
+    }
+
+    /// Batch sizes when one caller submits and, in the same instant, wakes
+    /// four more that then submit (as one notification wakes many runners):
+    /// the worker has been woken first, so it runs before them.
+    async fn sizes_when_woken_together(gather_yields: usize) -> Vec<usize> {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let limits = BatchLimits {
+            gather_yields,
+            ..BatchLimits::default()
+        };
+        let batcher: Batcher<u32, (), String> = Batcher::spawn(limits, {
+            let sizes = sizes.clone();
+            move |items: Vec<u32>| {
+                sizes.lock().unwrap().push(items.len());
+                async move { Ok(vec![(); items.len()]) }
+            }
+        });
+        let (wake, woken) = tokio::sync::watch::channel(());
+        let parked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let others: Vec<_> = (1..=4)
+            .map(|n| {
+                let (batcher, mut woken, parked) = (batcher.clone(), woken.clone(), parked.clone());
+                tokio::spawn(async move {
+                    parked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    woken.changed().await.unwrap();
+                    batcher.submit(n).await
+                })
+            })
+            .collect();
+        // The worker and the four wait (a current-thread runtime: each has
+        // run up to its first wait once this loop ends).
+        while parked.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+            tokio::task::yield_now().await;
+        }
+        let (first, ()) = tokio::join!(batcher.submit(0), async {
+            wake.send(()).unwrap();
+        });
+        first.unwrap();
+        for other in others {
+            other.await.unwrap().unwrap();
+        }
+        sizes.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn callers_woken_together_join_one_batch() {
+        assert_eq!(
+            sizes_when_woken_together(0).await,
+            vec![1, 4],
+            "without gathering, the worker takes the first item alone"
+        );
+        assert_eq!(sizes_when_woken_together(2).await, vec![5]);
+        assert_eq!(BatchLimits::default().gather_yields, 2);
     }
 
     #[tokio::test]

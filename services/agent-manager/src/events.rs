@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use shepherd_platform::backoff::Backoff;
+use shepherd_platform::batch::{GATHER_YIELDS, recv_gathered};
 use shepherd_platform::notify::{Heard, Listener};
 
 use crate::approvals::{Answer, Approval, ApprovalState};
@@ -361,7 +362,7 @@ async fn write_loop(
     writing: Arc<tokio::sync::Mutex<()>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while recv_gathered(&mut requests, &mut batch, MAX_BATCH, GATHER_YIELDS).await > 0 {
         // Held from before the commit until the batch is published (see
         // `tail`).
         let _writing = writing.lock().await;

@@ -6,7 +6,9 @@
 use shepherd_platform::limits::{Limit, bytes, duration};
 use shepherd_platform::validate::MAX_NAME;
 
-use crate::api::{DEFAULT_PAGE, MAX_HELD_TASKS, MAX_LOG_LINES, MAX_PAGE, MAX_TASK_STATES};
+use crate::api::{
+    DEFAULT_PAGE, MAX_DISPATCH_BATCH, MAX_HELD_TASKS, MAX_LOG_LINES, MAX_PAGE, MAX_TASK_STATES,
+};
 use crate::containment::{MAX_CPU_CORES, MIN_MEMORY_BYTES};
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN};
 use crate::model::{
@@ -84,6 +86,10 @@ pub fn all() -> Vec<Limit> {
         Limit::new(
             "DispatchTask payload",
             format!("at most {}", bytes(MAX_PAYLOAD_BYTES)),
+        ),
+        Limit::new(
+            "DispatchTasks tasks",
+            format!("1-{MAX_DISPATCH_BATCH} tasks, each as DispatchTask takes it"),
         ),
         Limit::new(
             "BatchGetTaskStates task_ids",

@@ -18,6 +18,97 @@ fn dispatch(agent: &str, task: &str, payload: &str) -> pb::DispatchTaskRequest {
     }
 }
 
+/// The error a `DispatchTasks` result carries (panics on a dispatch).
+fn batch_error(result: &pb::DispatchTaskResult) -> (tonic::Code, &str) {
+    match &result.result {
+        Some(pb::dispatch_task_result::Result::Error(error)) => {
+            (tonic::Code::from(error.code), error.message.as_str())
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn batch_dispatched(result: &pb::DispatchTaskResult) -> &pb::DispatchTaskResponse {
+    match &result.result {
+        Some(pb::dispatch_task_result::Result::Dispatched(response)) => response,
+        other => panic!("expected a dispatch, got {other:?}"),
+    }
+}
+
+/// DispatchTasks answers each task as DispatchTask would, in order: one
+/// that fails fails alone, a task named twice is delivered once, and each
+/// delivered task runs exactly once.
+#[tokio::test]
+async fn a_dispatch_batch_answers_each_task_on_its_own() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h
+        .create(reference_agent("worker", pb::RestartMode::Never))
+        .await?;
+    events.until(is_ready).await?;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let marker = std::env::temp_dir().join(format!("shepherd-batch-{}", h.db.name));
+    let payload = |task: &str| format!("echo {task} >> {}", marker.display());
+    let tasks = vec![
+        dispatch(&agent.id, "batch-1", &payload("batch-1")),
+        dispatch(&unknown, "batch-2", "true"),
+        dispatch(&agent.id, "", "true"),
+        dispatch(&agent.id, "batch-3", &payload("batch-3")),
+        dispatch(&agent.id, "batch-1", &payload("batch-1")),
+    ];
+    let results = h
+        .client
+        .dispatch_tasks(pb::DispatchTasksRequest { tasks })
+        .await?
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 5, "one result per task");
+    let first = batch_dispatched(&results[0]);
+    assert_eq!((first.task_id.as_str(), first.attempt), ("batch-1", 1));
+    assert_eq!(batch_error(&results[1]).0, tonic::Code::NotFound);
+    assert!(batch_error(&results[1]).1.contains(&unknown));
+    assert_eq!(batch_error(&results[2]).0, tonic::Code::InvalidArgument);
+    assert!(batch_error(&results[2]).1.contains("task_id"));
+    assert!(!batch_dispatched(&results[3]).duplicate);
+    // The same task twice in one call: whichever ran second found it held.
+    assert!(
+        first.duplicate != batch_dispatched(&results[4]).duplicate,
+        "batch-1 is delivered exactly once: {first:?} / {:?}",
+        results[4]
+    );
+
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < 2 {
+        let seen = events.until(|e| kind(e) == "task_completed").await?;
+        if let Some(Kind::TaskCompleted(done)) = &seen.last().expect("event").kind {
+            assert_eq!(done.outcome(), pb::TaskOutcome::Succeeded);
+            completed.insert(done.task_id.clone());
+        }
+    }
+    assert_eq!(
+        completed.into_iter().collect::<Vec<_>>(),
+        ["batch-1", "batch-3"]
+    );
+    let mut runs: Vec<String> = std::fs::read_to_string(&marker)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let _ = std::fs::remove_file(&marker);
+    runs.sort();
+    assert_eq!(runs, ["batch-1", "batch-3"], "each task ran exactly once");
+
+    for tasks in [Vec::new(), vec![dispatch(&agent.id, "t", ""); 257]] {
+        let status = h
+            .client
+            .dispatch_tasks(pb::DispatchTasksRequest { tasks })
+            .await
+            .expect_err("a batch outside 1-256 tasks");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("tasks"), "{status:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;

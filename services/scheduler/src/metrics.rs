@@ -28,7 +28,7 @@ static DISPATCH_DURATION: LazyLock<Histogram<f64>> = LazyLock::new(|| {
     meter()
         .f64_histogram("shepherd.dispatch.duration")
         .with_unit("s")
-        .with_description("DispatchTask round trips")
+        .with_description("Dispatch round trips, per task (DispatchTasks calls)")
         .build()
 });
 

@@ -18,6 +18,7 @@ use shepherd_proto::agentmanager::v1::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::approvals::ApprovalFilter;
@@ -35,6 +36,8 @@ pub(crate) use forward::Peers;
 pub(crate) use shepherd_proto::agentmanager::v1::agent_manager_server::AgentManagerServer;
 pub(crate) use shepherd_proto::agentmanager::v1::agent_session_server::AgentSessionServer;
 
+/// Most tasks one `DispatchTasks` call may carry.
+pub(crate) const MAX_DISPATCH_BATCH: usize = 256;
 /// Most tasks one `BatchGetTaskStates` call may ask about.
 pub(crate) const MAX_TASK_STATES: usize = 1000;
 /// Most log lines one GetAgentLogs returns.
@@ -320,6 +323,52 @@ impl AgentManager for Api {
             outcome: convert::task_outcome(dispatched.outcome) as i32,
             output: dispatched.output,
         }))
+    }
+
+    /// Each task as its own `DispatchTask` call (forwarded alone if its
+    /// agent is elsewhere), all at once; one result per task, in order.
+    async fn dispatch_tasks(
+        &self,
+        request: Request<pb::DispatchTasksRequest>,
+    ) -> Result<Response<pb::DispatchTasksResponse>, Status> {
+        let count = request.get_ref().tasks.len();
+        if count == 0 || count > MAX_DISPATCH_BATCH {
+            return Err(Error::invalid(
+                "tasks",
+                format!("must hold 1-{MAX_DISPATCH_BATCH} tasks (it holds {count})"),
+            )
+            .into());
+        }
+        let (metadata, _, batch) = request.into_parts();
+        let dispatches = batch.tasks.into_iter().map(|mut task| {
+            // Each task's span continues the trace its sender gave it, and
+            // the task carries this span on to the agent.
+            let span = tracing::info_span!(
+                "dispatch_task",
+                agent_id = tracing::field::Empty,
+                task_id = tracing::field::Empty,
+            );
+            shepherd_platform::telemetry::propagation::adopt_from_map(&span, &task.trace_context);
+            task.trace_context.clear();
+            let one = Request::from_parts(metadata.clone(), Default::default(), task);
+            async move {
+                let result = match self.dispatch_task(one).await {
+                    Ok(response) => {
+                        pb::dispatch_task_result::Result::Dispatched(response.into_inner())
+                    }
+                    Err(status) => pb::dispatch_task_result::Result::Error(pb::DispatchTaskError {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }),
+                };
+                pb::DispatchTaskResult {
+                    result: Some(result),
+                }
+            }
+            .instrument(span)
+        });
+        let results = futures_util::future::join_all(dispatches).await;
+        Ok(Response::new(pb::DispatchTasksResponse { results }))
     }
 
     async fn batch_get_task_states(
