@@ -211,9 +211,12 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// Runs for every event and watcher: compares the agent in its stored
+    /// form without allocating one per event.
     fn wants(&self, event: &AgentEvent) -> bool {
+        let mut id = Uuid::encode_buffer();
         self.agent
-            .is_none_or(|agent| event.agent_id == agent.to_string())
+            .is_none_or(|agent| event.agent_id == *agent.hyphenated().encode_lower(&mut id))
             && (self.kinds.is_empty() || self.kinds.contains(&kind_name(event.kind.as_ref())))
     }
 }
@@ -676,6 +679,32 @@ pub fn wire_exit_reason(reason: Option<crate::model::ExitReason>) -> pb::ExitRea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A watcher of one agent gets that agent's events and no other's,
+    /// and only the kinds it names.
+    #[test]
+    fn a_filter_matches_the_agent_as_events_carry_it() {
+        let (ours, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let event = |agent: Uuid, kind: agent_event::Kind| AgentEvent {
+            agent_id: agent.to_string(),
+            kind: Some(kind),
+            ..Default::default()
+        };
+        let ready = || agent_event::Kind::Ready(Default::default());
+        let stopped = || agent_event::Kind::Stopped(Default::default());
+        let filter = EventFilter {
+            agent: Some(ours),
+            kinds: vec!["ready"],
+        };
+        assert!(filter.wants(&event(ours, ready())));
+        assert!(!filter.wants(&event(other, ready())));
+        assert!(!filter.wants(&event(ours, stopped())));
+        let everything = EventFilter {
+            agent: None,
+            kinds: Vec::new(),
+        };
+        assert!(everything.wants(&event(other, stopped())));
+    }
 
     /// `KIND_NAMES` (what watchers may ask for) names every kind once, as
     /// the log stores it.
