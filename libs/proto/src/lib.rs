@@ -19,4 +19,5 @@ pub mod scheduler {
     }
 }
 
+pub mod event_kinds;
 pub mod task_env;

@@ -9,6 +9,7 @@ use prost::Message;
 use shepherd_platform::auth::ClientMetadata;
 use shepherd_platform::batch::{BatchError, BatchLimits, Batcher};
 use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_client::AgentManagerClient};
+use shepherd_proto::event_kinds::KIND_NAMES;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -437,8 +438,9 @@ impl ManagerClient {
         let request = tonic::Request::new(pb::WatchAgentEventsRequest {
             after_sequence: after,
             agent_id: String::new(),
-            kinds: WATCHED_KINDS
+            kinds: KIND_NAMES
                 .iter()
+                .filter(|kind| !IGNORED_KINDS.contains(kind))
                 .map(|kind| (*kind).to_owned())
                 .collect(),
         });
@@ -562,22 +564,10 @@ impl From<pb::WatchAgentEventsResponse> for Heard {
     }
 }
 
-/// The event kinds the scheduler acts on: every kind `AgentEvent::from`
-/// maps to something other than `Other`.
-const WATCHED_KINDS: [&str; 12] = [
-    "started",
-    "ready",
-    "disconnected",
-    "exited",
-    "restarted",
-    "stopped",
-    "deleted",
-    "task_completed",
-    "task_lost",
-    "task_progress",
-    "approval_requested",
-    "approval_decided",
-];
+/// The event kinds the scheduler has no use for (`AgentEvent::from` maps
+/// them to `Other`); it watches every other kind, so a new kind reaches it
+/// unless it is named here.
+const IGNORED_KINDS: [&str; 2] = ["created", "task_accepted"];
 
 impl From<Option<pb::agent_event::Kind>> for AgentEvent {
     fn from(kind: Option<pb::agent_event::Kind>) -> Self {
