@@ -11,7 +11,9 @@ use crate::explain::{AgentFacts, Facts, InFlightFacts, Verdict};
 use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
 use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
-use crate::store::{NewWorkflow, Rendered, Store, TaskCursor, TaskEventFilter, WorkflowFilter};
+use crate::store::{
+    NewWorkflow, Rendered, RunnerWorkflow, Store, TaskCursor, TaskEventFilter, WorkflowFilter,
+};
 use crate::task_watch::{TaskWatch, WatchItem};
 use crate::template;
 use crate::webhook::{Delivery, Refused};
@@ -361,7 +363,7 @@ impl Scheduler {
         // so already).
         let approvals = self.manager.pending_approvals(id).await.unwrap_or_default();
         let runner = self
-            .runner_views(vec![workflow.clone()])
+            .runner_views(vec![RunnerWorkflow::from(&workflow)])
             .await?
             .pop()
             .map(|(_, info)| info);
@@ -400,29 +402,21 @@ impl Scheduler {
         })
     }
 
-    pub(crate) async fn runners(&self, agent: Option<Uuid>) -> Result<Vec<(Workflow, RunnerInfo)>> {
-        const PAGE: i64 = 1000;
-        let mut workflows = Vec::new();
-        let mut filter = WorkflowFilter {
-            agent_id: agent,
-            ..WorkflowFilter::default()
-        };
-        loop {
-            let page = self.store.list_workflows(&filter, PAGE).await?;
-            filter.after = page.last().map(|workflow| workflow.id);
-            let full = page.len() as i64 == PAGE;
-            workflows.extend(page);
-            if !full {
-                break;
-            }
-        }
+    pub(crate) async fn runners(
+        &self,
+        agent: Option<Uuid>,
+    ) -> Result<Vec<(RunnerWorkflow, RunnerInfo)>> {
+        let workflows = self.store.runner_workflows(agent).await?;
         self.runner_views(workflows).await
     }
 
     /// The runners of `workflows` as this replica sees them: its own, and
     /// STANDBY naming the replica that holds a lease it does not.
-    async fn runner_views(&self, workflows: Vec<Workflow>) -> Result<Vec<(Workflow, RunnerInfo)>> {
-        let views: Vec<(Workflow, RunnerInfo)> = workflows
+    async fn runner_views(
+        &self,
+        workflows: Vec<RunnerWorkflow>,
+    ) -> Result<Vec<(RunnerWorkflow, RunnerInfo)>> {
+        let views: Vec<(RunnerWorkflow, RunnerInfo)> = workflows
             .into_iter()
             .map(|workflow| {
                 let info = self.local_runner(&workflow);
@@ -462,7 +456,7 @@ impl Scheduler {
 
     /// This replica's runner of `workflow`, with a default for a
     /// never-started one.
-    fn local_runner(&self, workflow: &Workflow) -> RunnerInfo {
+    fn local_runner(&self, workflow: &RunnerWorkflow) -> RunnerInfo {
         self.runners
             .info(workflow.id)
             .unwrap_or_else(|| RunnerInfo {

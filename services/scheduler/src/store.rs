@@ -30,6 +30,7 @@ pub use diagnosis::QueueFacts;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::LeaseAcquisition;
 pub use task_events::{TaskChange, TaskChanges, TaskCursor, TaskEventFilter};
+pub use workflows::RunnerWorkflow;
 
 pub const SCHEMA: &str = "scheduler";
 

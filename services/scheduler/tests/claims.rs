@@ -88,3 +88,35 @@ async fn concurrent_claims_fill_each_workflows_room_and_no_more() -> anyhow::Res
     assert!(claim_all().await?.iter().all(Vec::is_empty), "all taken");
     Ok(())
 }
+
+/// A claim that finds nothing claimable does not lock its lease: a takeover
+/// in progress (here, a transaction holding the lease row) does not hold
+/// up a fleet of runners that come back to empty workflows, and nothing is
+/// written for them.
+#[tokio::test]
+async fn a_claim_with_nothing_to_claim_does_not_wait_on_its_lease() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    join(&store, &["a"]).await?;
+    let workflow = workflow_with_room(&store, 0, 1).await?;
+    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await? else {
+        anyhow::bail!("a free lease must be acquired");
+    };
+    let mut taker = db.client().await?;
+    let takeover = taker.transaction().await?;
+    takeover
+        .execute(
+            "SELECT FROM scheduler.runner_leases WHERE workflow_id = $1 FOR UPDATE",
+            &[&workflow],
+        )
+        .await?;
+    let claimed = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.claim(claim(workflow, "a", term)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("a claim of nothing waited for the lease row"))??;
+    assert!(claimed.is_empty());
+    takeover.rollback().await?;
+    Ok(())
+}

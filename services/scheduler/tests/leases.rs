@@ -125,3 +125,49 @@ async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> an
     assert!(store.lease_holders(&[workflow]).await?.is_empty());
     Ok(())
 }
+
+/// A new holder learns with the lease whether there is anything to claim
+/// now: a pending task due now, not one delayed, nor one in flight (that
+/// one it settles first).
+#[tokio::test]
+async fn taking_a_lease_tells_whether_a_task_is_claimable_now() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    join(&store, &["a"]).await?;
+    let acquired = async |workflow| -> anyhow::Result<(i64, bool, bool)> {
+        match store.acquire_lease(workflow, "a").await? {
+            LeaseAcquisition::Acquired {
+                term,
+                in_flight,
+                claimable,
+            } => Ok((term, in_flight, claimable)),
+            other => anyhow::bail!("a free lease must be acquired: {other:?}"),
+        }
+    };
+
+    let empty = workflow_with_tasks(&store, 0).await?;
+    let (_, in_flight, claimable) = acquired(empty).await?;
+    assert!(!in_flight && !claimable, "no task at all");
+
+    let workflow = workflow_with_tasks(&store, 1).await?;
+    let (term, in_flight, claimable) = acquired(workflow).await?;
+    assert!(!in_flight && claimable, "a pending task due now");
+
+    assert_eq!(store.claim(claim(workflow, "a", term)).await?.len(), 1);
+    store.release_lease(workflow, "a", term).await?;
+    let (term, in_flight, claimable) = acquired(workflow).await?;
+    assert!(in_flight && !claimable, "its one task is in flight");
+
+    let delayed = workflow_with_tasks(&store, 1).await?;
+    db.client()
+        .await?
+        .execute(
+            "UPDATE scheduler.tasks SET not_before = now() + interval '1 hour' WHERE workflow_id = $1",
+            &[&delayed],
+        )
+        .await?;
+    let (_, in_flight, claimable) = acquired(delayed).await?;
+    assert!(!in_flight && !claimable, "its one task is not due yet");
+    store.release_lease(workflow, "a", term).await?;
+    Ok(())
+}

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{self, ChainOn, Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState};
 use crate::service::UpdateMask;
-use crate::store::NewWorkflow;
+use crate::store::{NewWorkflow, RunnerWorkflow};
 use crate::template;
 use crate::webhook::WebhookTrigger;
 
@@ -540,7 +540,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
     }
 }
 
-pub(crate) fn runner(workflow: &Workflow, info: RunnerInfo) -> pb::Runner {
+pub(crate) fn runner(workflow: &RunnerWorkflow, info: RunnerInfo) -> pb::Runner {
     pb::Runner {
         workflow_id: workflow.id.to_string(),
         agent_id: workflow.agent_id.to_string(),

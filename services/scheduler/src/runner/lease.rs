@@ -76,11 +76,19 @@ impl Runner {
             .acquire_lease(self.workflow, &self.ctx.replica)
             .await
         {
-            Ok(LeaseAcquisition::Acquired { term, in_flight }) => {
+            Ok(LeaseAcquisition::Acquired {
+                term,
+                in_flight,
+                claimable,
+            }) => {
                 *deferred = None;
                 *lease = Some(HeldLease { term, epoch });
                 crate::metrics::lease_changed("acquired");
-                Ok(Held::Acquired { term, in_flight })
+                Ok(Held::Acquired {
+                    term,
+                    in_flight,
+                    claimable,
+                })
             }
             Ok(LeaseAcquisition::HeldBy { owner }) if owner.is_empty() => Err(NoLease::Standby {
                 reason: "the lease is changing hands".to_owned(),
@@ -129,8 +137,13 @@ pub(super) enum Held {
     /// Held already (renewed if it was due).
     Kept(i64),
     /// Just taken: the workflow may have been run elsewhere until now
-    /// (`in_flight`: it has tasks in flight to settle).
-    Acquired { term: i64, in_flight: bool },
+    /// (`in_flight`: it has tasks in flight to settle; `claimable`: it has
+    /// pending tasks due now).
+    Acquired {
+        term: i64,
+        in_flight: bool,
+        claimable: bool,
+    },
 }
 
 /// Why a runner holds no lease.

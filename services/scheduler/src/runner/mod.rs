@@ -174,16 +174,23 @@ impl Runner {
             // The big futures (database and agent-manager calls) are boxed:
             // a runner rests far more than it works, and a resting runner
             // should cost only what resting needs.
-            let term = match Box::pin(self.keep_lease(lease, &mut deferred)).await {
-                Ok(Held::Kept(term)) => term,
-                Ok(Held::Acquired { term, in_flight }) => {
+            let claim = match Box::pin(self.keep_lease(lease, &mut deferred)).await {
+                Ok(Held::Kept(term)) => Some(term),
+                Ok(Held::Acquired {
+                    term,
+                    in_flight,
+                    claimable,
+                }) => {
                     // A workflow taken over (or back) may have tasks in
                     // flight that nobody settles: the previous holder died
                     // between claim and dispatch, or its reports were lost.
                     if in_flight {
                         Box::pin(self.settle_in_flight()).await;
                     }
-                    term
+                    // Nothing was due when the lease was taken: a claim
+                    // would find nothing. This runner was registered before
+                    // it took the lease, so work that comes after wakes it.
+                    (in_flight || claimable).then_some(term)
                 }
                 Err(NoLease::Stop(reason)) => return reason,
                 Err(NoLease::Standby { reason, retry_in }) => {
@@ -195,7 +202,13 @@ impl Runner {
                     }
                 }
             };
-            let retry_in = Box::pin(self.claim_and_dispatch(term)).await;
+            let retry_in = match claim {
+                Some(term) => Box::pin(self.claim_and_dispatch(term)).await,
+                None => {
+                    self.report(RunnerState::Running, "");
+                    None
+                }
+            };
             // The claim took all the room or all the work there was; more
             // comes with a wake-up (see `wakeups`: a trigger, a finished
             // task, a due time; one sent meanwhile stays pending in `Signals`).

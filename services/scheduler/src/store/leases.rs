@@ -21,8 +21,14 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseAcquisition {
     /// This replica holds the lease now, with this term; `in_flight`: the
-    /// workflow has DISPATCHED tasks (a new holder settles them first).
-    Acquired { term: i64, in_flight: bool },
+    /// workflow has DISPATCHED tasks (a new holder settles them first);
+    /// `claimable`: it has a pending task due now (without one, a new
+    /// holder has nothing to claim until a wake-up says otherwise).
+    Acquired {
+        term: i64,
+        in_flight: bool,
+        claimable: bool,
+    },
     /// Another live replica holds it.
     HeldBy { owner: String },
     /// The workflow is disabled or gone (perhaps through another replica):
@@ -123,7 +129,11 @@ async fn acquire_batch(
                 OR NOT scheduler.lease_live(runner_leases.owner, runner_leases.expires_at)
              RETURNING workflow_id, term, EXISTS (
                  SELECT 1 FROM scheduler.tasks t
-                 WHERE t.workflow_id = runner_leases.workflow_id AND t.state = 'dispatched')",
+                 WHERE t.workflow_id = runner_leases.workflow_id AND t.state = 'dispatched'
+             ), EXISTS (
+                 SELECT 1 FROM scheduler.tasks t
+                 WHERE t.workflow_id = runner_leases.workflow_id AND t.state = 'pending'
+                   AND (t.not_before IS NULL OR t.not_before <= now()))",
         )
         .await?;
     let holders = client
@@ -137,11 +147,18 @@ async fn acquire_batch(
     for round in shepherd_platform::batch::rounds_of_distinct(&items, |item| item.workflow) {
         let workflows: Vec<Uuid> = round.iter().map(|&i| items[i].workflow).collect();
         let owners: Vec<&str> = round.iter().map(|&i| items[i].owner.as_str()).collect();
-        let mut acquired: HashMap<Uuid, (i64, bool)> = client
+        let mut acquired: HashMap<Uuid, LeaseAcquisition> = client
             .query(&upsert, &[&workflows, &owners])
             .await?
             .iter()
-            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .map(|row| {
+                let acquired = LeaseAcquisition::Acquired {
+                    term: row.get(1),
+                    in_flight: row.get(2),
+                    claimable: row.get(3),
+                };
+                (row.get(0), acquired)
+            })
             .collect();
         let missed: Vec<Uuid> = workflows
             .iter()
@@ -161,7 +178,7 @@ async fn acquire_batch(
         for &i in &round {
             let workflow = items[i].workflow;
             results[i] = Some(match acquired.remove(&workflow) {
-                Some((term, in_flight)) => LeaseAcquisition::Acquired { term, in_flight },
+                Some(acquired) => acquired,
                 None => match held.remove(&workflow) {
                     None => LeaseAcquisition::WorkflowDisabled,
                     // No lease row: it changed hands just now.
