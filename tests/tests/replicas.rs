@@ -231,10 +231,15 @@ async fn leases_spread_over_the_live_replicas() -> anyhow::Result<()> {
     // A second replica joins: a hands over the workflows b is preferred
     // for (rendezvous hashing; 16 workflows all on one side has odds of
     // 1 in 32,768), and each workflow runs on exactly one of them.
+    // Leases only move from a to b here, and a shows a runner standing by
+    // before it frees the lease: so b, the taker, is asked first; a
+    // workflow RUNNING on b then is no longer RUNNING on a a moment later.
+    // (Asked the other way round, two answers a moment apart could show a
+    // hand-over in between as a workflow on both.)
     let (_b_process, b) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
     eventually(WAIT, "leases on both replicas", || async {
-        let on_a = runner_states(&a, &agent.id).await?;
         let on_b = runner_states(&b, &agent.id).await?;
+        let on_a = runner_states(&a, &agent.id).await?;
         let mut count = [0usize; 2];
         for workflow in &workflows {
             let running = [on_a.get(workflow), on_b.get(workflow)]

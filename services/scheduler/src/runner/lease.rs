@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{RETRY, Runner};
+use super::{RETRY, Runner, RunnerState};
 use crate::store::LeaseAcquisition;
 
 impl Runner {
@@ -42,9 +42,13 @@ impl Runner {
                     let term = held.term;
                     *lease = None;
                     *deferred = Some(now);
+                    // Shown as standing by before the lease is free: this
+                    // replica never shows RUNNING once the taker can.
+                    let reason = format!("handed over to replica {other}");
+                    self.report(RunnerState::Standby, &reason);
                     self.hand_over(term).await;
                     return Err(NoLease::Standby {
-                        reason: format!("handed over to replica {other}"),
+                        reason,
                         retry_in: Some(ttl),
                     });
                 }
