@@ -312,6 +312,11 @@ impl Consumer {
                 recovery.agents.set_ready(agent, false);
                 recovery.restart_workflows_for_agent(agent).await?;
                 recovery.agent_restarted(agent, generation, &reason).await?;
+                // The old session's tasks are decided by now or will be
+                // reported again, except one whose completion a manager node
+                // stored and then died before logging it as an event: no
+                // event will ever tell of it, so ask.
+                self.settle(Duration::ZERO).await;
             }
             AgentEvent::NotReady => recovery.agents.set_ready(agent, false),
             AgentEvent::Deleted => {
