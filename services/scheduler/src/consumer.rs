@@ -114,7 +114,7 @@ impl Consumer {
         {
             tracing::warn!(error = %err, "level pass after connect failed");
         }
-        self.settle(Duration::ZERO).await;
+        self.settle(Duration::ZERO, None).await;
 
         let mut reconcile = tokio::time::interval_at(
             Instant::now() + self.reconcile_interval,
@@ -131,7 +131,7 @@ impl Consumer {
                     {
                         tracing::warn!(error = %err, "periodic level pass failed");
                     }
-                    self.settle(SETTLE_MIN_AGE).await;
+                    self.settle(SETTLE_MIN_AGE, None).await;
                     if let Err(err) = self.recovery.update_stalls().await {
                         tracing::warn!(error = %err, "checking for stalled runners failed");
                     }
@@ -185,9 +185,10 @@ impl Consumer {
         end
     }
 
-    /// Settles tasks in flight; a failure is retried by the next pass.
-    async fn settle(&self, min_age: Duration) {
-        if let Err(err) = self.recovery.settle_in_flight(min_age).await {
+    /// Settles tasks in flight (only `agent`'s, if given); a failure is
+    /// retried by the next pass.
+    async fn settle(&self, min_age: Duration, agent: Option<Uuid>) {
+        if let Err(err) = self.recovery.settle_in_flight(min_age, agent).await {
             tracing::warn!(error = %err, "settling tasks in flight failed; the next pass retries");
         }
     }
@@ -289,7 +290,7 @@ impl Consumer {
                     pruned_through,
                     "events were missed for good; resynchronising"
                 );
-                self.recovery.settle_in_flight(Duration::ZERO).await?;
+                self.recovery.settle_in_flight(Duration::ZERO, None).await?;
                 self.recovery.level_pass().await?;
                 *cursor = pruned_through;
             }
@@ -315,8 +316,8 @@ impl Consumer {
                 // The old session's tasks are decided by now or will be
                 // reported again, except one whose completion a manager node
                 // stored and then died before logging it as an event: no
-                // event will ever tell of it, so ask.
-                self.settle(Duration::ZERO).await;
+                // event will ever tell of it, so ask about this agent's.
+                self.settle(Duration::ZERO, Some(agent)).await;
             }
             AgentEvent::NotReady => recovery.agents.set_ready(agent, false),
             AgentEvent::Deleted => {

@@ -97,10 +97,15 @@ impl Recovery {
     /// Settles the tasks in flight of the workflows this replica runs (or
     /// nobody runs) that were dispatched at least `min_age` ago, and wakes
     /// the runners whose tasks changed.
-    pub(crate) async fn settle_in_flight(&self, min_age: Duration) -> Result<SettleReport> {
+    pub(crate) async fn settle_in_flight(
+        &self,
+        min_age: Duration,
+        agent: Option<Uuid>,
+    ) -> Result<SettleReport> {
         let scope = InFlightScope {
             owner: self.replica.clone(),
             workflow: None,
+            agent,
             min_age,
         };
         let report = settle::settle_in_flight(&self.store, &self.manager, &scope).await?;

@@ -8,9 +8,9 @@
 //! settles it: on every (re)connect of the event stream, on every level
 //! pass, after a resync, on every agent restart and whenever a runner takes
 //! a workflow's lease, it asks the manager about its in-flight tasks in one
-//! batched call and acts on each answer. Delivery is idempotent by task id and attempt, so
-//! delivering an attempt the manager never saw again is always safe, even
-//! while the original dispatch is still on its way.
+//! batched call and acts on each answer. Delivery is idempotent by task id
+//! and attempt, so delivering an attempt the manager never saw again is
+//! always safe, even while the original dispatch is still on its way.
 
 use std::collections::BTreeSet;
 

@@ -9,7 +9,7 @@ mod common;
 use common::{claim, join, store, workflow_with_room};
 use shepherd_platform::db;
 use shepherd_scheduler::model::TaskEnd;
-use shepherd_scheduler::store::{LeaseAcquisition, Outcome};
+use shepherd_scheduler::store::{InFlightScope, LeaseAcquisition, Outcome};
 use shepherd_testkit::TestDb;
 
 /// Only the batchers' connections are forced to the generic plan: the
@@ -118,5 +118,39 @@ async fn a_claim_with_nothing_to_claim_does_not_wait_on_its_lease() -> anyhow::R
     .map_err(|_| anyhow::anyhow!("a claim of nothing waited for the lease row"))??;
     assert!(claimed.is_empty());
     takeover.rollback().await?;
+    Ok(())
+}
+
+/// The in-flight tasks a settle pass asks about narrow to one agent's
+/// workflows (an agent restarted), or include every agent's.
+#[tokio::test]
+async fn in_flight_tasks_narrow_to_one_agents_workflows() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    join(&store, &["a"]).await?;
+    let mut workflows = Vec::new();
+    for _ in 0..2 {
+        // Each with an agent of its own.
+        let workflow = workflow_with_room(&store, 1, 1).await?;
+        let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await?
+        else {
+            anyhow::bail!("a free lease must be acquired");
+        };
+        assert_eq!(store.claim(claim(workflow, "a", term)).await?.len(), 1);
+        workflows.push(workflow);
+    }
+    let agent = store.get_workflow(workflows[0]).await?.agent_id;
+    let scope = |agent| InFlightScope {
+        owner: "a".to_owned(),
+        workflow: None,
+        agent,
+        min_age: std::time::Duration::ZERO,
+    };
+    let of_agent = store.in_flight(&scope(Some(agent))).await?;
+    assert_eq!(
+        of_agent.iter().map(|t| t.workflow_id).collect::<Vec<_>>(),
+        [workflows[0]]
+    );
+    assert_eq!(store.in_flight(&scope(None)).await?.len(), 2);
     Ok(())
 }

@@ -155,7 +155,7 @@ async fn taking_a_lease_tells_whether_a_task_is_claimable_now() -> anyhow::Resul
 
     assert_eq!(store.claim(claim(workflow, "a", term)).await?.len(), 1);
     store.release_lease(workflow, "a", term).await?;
-    let (term, in_flight, claimable) = acquired(workflow).await?;
+    let (_, in_flight, claimable) = acquired(workflow).await?;
     assert!(in_flight && !claimable, "its one task is in flight");
 
     let delayed = workflow_with_tasks(&store, 1).await?;
@@ -168,6 +168,5 @@ async fn taking_a_lease_tells_whether_a_task_is_claimable_now() -> anyhow::Resul
         .await?;
     let (_, in_flight, claimable) = acquired(delayed).await?;
     assert!(!in_flight && !claimable, "its one task is not due yet");
-    store.release_lease(workflow, "a", term).await?;
     Ok(())
 }

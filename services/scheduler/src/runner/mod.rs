@@ -364,6 +364,7 @@ impl Runner {
         let scope = InFlightScope {
             owner: self.ctx.replica.clone(),
             workflow: Some(self.workflow),
+            agent: None,
             min_age: Duration::ZERO,
         };
         if let Err(err) = settle::settle_in_flight(&self.ctx.store, &self.ctx.manager, &scope).await

@@ -40,6 +40,8 @@ pub struct InFlightScope {
     pub owner: String,
     /// Only this workflow's tasks (a runner that just took its lease).
     pub workflow: Option<Uuid>,
+    /// Only the tasks of this agent's workflows (the agent restarted).
+    pub agent: Option<Uuid>,
     /// Only tasks dispatched at least this long ago (skip the ones being
     /// dispatched right now; settling them would be safe, only wasted).
     pub min_age: Duration,
@@ -68,6 +70,7 @@ impl Store {
                          WHERE t.state = 'dispatched'
                            AND t.updated_at <= now() - make_interval(secs => $2)
                            AND ($3::uuid IS NULL OR t.workflow_id = $3)
+                           AND ($5::uuid IS NULL OR w.agent_id = $5)
                            AND (l.workflow_id IS NULL OR l.owner = $1
                                 OR NOT scheduler.lease_live(l.owner, l.expires_at))
                          ORDER BY t.updated_at LIMIT $4",
@@ -78,6 +81,7 @@ impl Store {
                     &scope.min_age.as_secs_f64(),
                     &scope.workflow,
                     &MAX_PER_PASS,
+                    &scope.agent,
                 ],
             )
             .await?;
