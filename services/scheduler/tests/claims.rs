@@ -89,34 +89,45 @@ async fn concurrent_claims_fill_each_workflows_room_and_no_more() -> anyhow::Res
     Ok(())
 }
 
-/// A claim that finds nothing claimable does not lock its lease: a takeover
-/// in progress (here, a transaction holding the lease row) does not hold
-/// up a fleet of runners that come back to empty workflows, and nothing is
+/// A claim that can take nothing does not lock its lease: a takeover in
+/// progress (here, a transaction holding the lease row) does not hold up a
+/// fleet of runners that come back to empty workflows, nor a busy
+/// workflow's runner woken again while it has no room, and nothing is
 /// written for them.
 #[tokio::test]
-async fn a_claim_with_nothing_to_claim_does_not_wait_on_its_lease() -> anyhow::Result<()> {
+async fn a_claim_that_can_take_nothing_does_not_wait_on_its_lease() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
     let store = store(&db).await?;
     join(&store, &["a"]).await?;
-    let workflow = workflow_with_room(&store, 0, 1).await?;
-    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await? else {
-        anyhow::bail!("a free lease must be acquired");
-    };
+    // Nothing pending; and two pending with room for one, the one taken.
+    let empty = workflow_with_room(&store, 0, 1).await?;
+    let full = workflow_with_room(&store, 2, 1).await?;
+    let mut terms = Vec::new();
+    for workflow in [empty, full] {
+        let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await?
+        else {
+            anyhow::bail!("a free lease must be acquired");
+        };
+        terms.push(term);
+    }
+    assert_eq!(store.claim(claim(full, "a", terms[1])).await?.len(), 1);
     let mut taker = db.client().await?;
     let takeover = taker.transaction().await?;
     takeover
         .execute(
-            "SELECT FROM scheduler.runner_leases WHERE workflow_id = $1 FOR UPDATE",
-            &[&workflow],
+            "SELECT FROM scheduler.runner_leases WHERE workflow_id = ANY($1) FOR UPDATE",
+            &[&vec![empty, full]],
         )
         .await?;
-    let claimed = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        store.claim(claim(workflow, "a", term)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("a claim of nothing waited for the lease row"))??;
-    assert!(claimed.is_empty());
+    for (workflow, term) in [empty, full].into_iter().zip(terms) {
+        let claimed = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            store.claim(claim(workflow, "a", term)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("a claim that can take nothing waited for the lease row"))??;
+        assert!(claimed.is_empty());
+    }
     takeover.rollback().await?;
     Ok(())
 }

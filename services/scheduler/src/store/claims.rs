@@ -57,10 +57,14 @@ impl Store {
 /// Claims for several workflows in one statement: each workflow's room is
 /// computed and filled on its own (a lateral subquery per workflow).
 ///
-/// Only workflows with a claimable task lock their lease: locking a row
-/// writes it (a WAL record and a dirtied page per lease), and most claims of
-/// a fleet coming back (10,000 runners of a restarted agent) find nothing.
-/// A task that becomes claimable after the check wakes the runner again.
+/// Only workflows with room and a claimable task lock their lease: locking
+/// a row writes it (a WAL record and a dirtied page per lease), and many
+/// claims find nothing: most of a fleet coming back (10,000 runners of a
+/// restarted agent), and a busy workflow's runner woken twice for one
+/// finished task (directly by this replica's consumer, then by the
+/// database's notification, after the first wake-up took the room). A task
+/// that becomes claimable after the check, or room that frees up, wakes the
+/// runner again.
 ///
 /// The room counts dispatched tasks only up to max_concurrency: a bounded
 /// index scan, which also marks the index entries of tasks that left the
@@ -76,17 +80,20 @@ async fn claim_batch(
             "WITH request AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(workflow_id, owner, term)
              ), room AS (
-                 SELECT w.id AS workflow_id, w.name AS workflow_name, GREATEST(w.max_concurrency - (
-                     SELECT count(*) FROM (
-                         SELECT FROM scheduler.tasks d
-                         WHERE d.workflow_id = w.id AND d.state = 'dispatched'
-                         LIMIT w.max_concurrency) busy), 0) AS n
+                 SELECT w.id AS workflow_id, w.name AS workflow_name,
+                        w.max_concurrency - busy.n AS n
                  FROM request r
                  JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
                       AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
                  JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
                  JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
-                 WHERE EXISTS (
+                 CROSS JOIN LATERAL (
+                     SELECT count(*) AS n FROM (
+                         SELECT FROM scheduler.tasks d
+                         WHERE d.workflow_id = w.id AND d.state = 'dispatched'
+                         LIMIT w.max_concurrency) dispatched) busy
+                 WHERE busy.n < w.max_concurrency
+                   AND EXISTS (
                      SELECT FROM scheduler.tasks e
                      WHERE e.workflow_id = r.workflow_id AND e.state = 'pending'
                        AND (e.not_before IS NULL OR e.not_before <= now()))
