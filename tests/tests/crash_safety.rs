@@ -196,6 +196,49 @@ async fn a_manager_crash_before_recording_a_report_strands_nothing() -> anyhow::
     Ok(())
 }
 
+/// A report's state and its `TaskCompleted` event commit together: a
+/// manager that dies between recording a report and logging its event
+/// leaves neither, so the report sent again after the restart is recorded
+/// and told of (with the two in separate commits it was recorded, the
+/// event was never written, and the second report was stale).
+#[tokio::test]
+async fn a_manager_crash_between_a_report_and_its_event_loses_neither() -> anyhow::Result<()> {
+    let options = StackOptions {
+        env: vec![failpoint("manager.between_report_and_event=abort")],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, file) = recorded_workflow(&mut stack).await?;
+
+    let first = stack.trigger(&workflow.id, "first", "first").await?;
+    assert!(
+        stack.manager.wait_exit(WAIT).await?,
+        "the manager aborts between the report and its event"
+    );
+    stack.options.env.clear();
+    stack.restart_manager().await?;
+
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].attempts, 1, "the crash cost no retry");
+    assert_eq!(lines(&file), ["first"], "it ran exactly once");
+    let client = stack.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT state FROM agent_manager.tasks WHERE task_id = $1),
+                    (SELECT count(*) FROM agent_manager.events e
+                     WHERE e.kind = 'task_completed'
+                       AND position(convert_to($1, 'UTF8') in e.payload) > 0)",
+            &[&first.id],
+        )
+        .await?;
+    let (state, told): (String, i64) = (row.get(0), row.get(1));
+    assert_eq!(state, "completed");
+    assert_eq!(told, 1, "exactly one TaskCompleted event tells of it");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_runner_behind_a_stuck_task_says_stalled_and_why() -> anyhow::Result<()> {
     let options = StackOptions {

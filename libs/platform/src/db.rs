@@ -13,7 +13,9 @@ use tokio_postgres::NoTls;
 
 use crate::batch::{BatchLimits, Batcher};
 
-pub use deadpool_postgres::{Object as Client, Pool as DbPool, PoolError, Transaction};
+pub use deadpool_postgres::{
+    GenericClient, Object as Client, Pool as DbPool, PoolError, Transaction,
+};
 pub use tokio_postgres::Error as PostgresError;
 
 #[derive(Debug, thiserror::Error)]

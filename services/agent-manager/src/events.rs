@@ -38,7 +38,7 @@ use shepherd_platform::notify::{Heard, Listener};
 use crate::approvals::{Answer, Approval, ApprovalState};
 use crate::error::{Error, Result};
 pub use crate::event::Event;
-use crate::store::{EventRow, Store, TaskOutcome};
+use crate::store::{Completion, EventRow, Store, TaskOutcome};
 
 /// Events a watcher may lag behind the live feed before it falls back to
 /// reading the database.
@@ -50,8 +50,30 @@ const PAGE: i64 = 1000;
 
 struct AppendRequest {
     agent_id: Uuid,
-    event: AgentEvent,
-    done: oneshot::Sender<Result<u64>>,
+    entry: Entry,
+    done: oneshot::Sender<Result<Stored>>,
+}
+
+/// What a request asks the writer to store.
+enum Entry {
+    /// An event, as is (boxed, so that an entry stays small).
+    Event(Box<AgentEvent>),
+    /// A task report: recorded, and if it completed an attempt, logged as
+    /// `TaskCompleted` in the same transaction (see
+    /// `Store::record_reports_and_append`).
+    Report {
+        completion: Completion,
+        generation: u64,
+    },
+}
+
+/// What a request stored.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    /// The sequence of its event, if it made one.
+    seq: Option<u64>,
+    /// For a report, the attempt it completed (None: stale).
+    completed: Option<u32>,
 }
 
 /// One message of a watch stream, as the log encodes it (the wire's).
@@ -111,18 +133,12 @@ impl EventLog {
     /// committed.
     pub async fn append(&self, agent_id: Uuid, generation: u64, event: Event) -> Result<u64> {
         let event = new_event(agent_id, generation, encode(event));
-        let (done, result) = oneshot::channel();
-        self.appends
-            .send(AppendRequest {
-                agent_id,
-                event,
-                done,
-            })
-            .await
-            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))?;
-        result
-            .await
-            .map_err(|_| Error::Internal("the event log writer stopped".into()))?
+        let stored = self
+            .request(agent_id, Entry::Event(Box::new(event)))
+            .await?;
+        stored
+            .seq
+            .ok_or_else(|| Error::Internal("the event log stored no event".into()))
     }
 
     /// Appends one event without waiting for its commit (the writer retries
@@ -132,14 +148,46 @@ impl EventLog {
         self.appends
             .send(AppendRequest {
                 agent_id,
-                event: new_event(agent_id, generation, encode(event)),
+                entry: Entry::Event(Box::new(new_event(agent_id, generation, encode(event)))),
                 done,
             })
             .await
             .map_err(|_| Error::Unavailable("the event log is shutting down".into()))
     }
 
-    /// Last committed sequence number.
+    /// Records a task report and, if it completes the attempt, its
+    /// `TaskCompleted` event, in one transaction, in order with the events
+    /// queued before it. Returns the attempt it completed; None if the
+    /// report is stale (see `Store::record_reports_and_append`).
+    pub async fn record_report(
+        &self,
+        generation: u64,
+        completion: Completion,
+    ) -> Result<Option<u32>> {
+        let agent_id = completion.agent_id;
+        let entry = Entry::Report {
+            completion,
+            generation,
+        };
+        Ok(self.request(agent_id, entry).await?.completed)
+    }
+
+    async fn request(&self, agent_id: Uuid, entry: Entry) -> Result<Stored> {
+        let (done, result) = oneshot::channel();
+        self.appends
+            .send(AppendRequest {
+                agent_id,
+                entry,
+                done,
+            })
+            .await
+            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))?;
+        result
+            .await
+            .map_err(|_| Error::Internal("the event log writer stopped".into()))?
+    }
+
+    /// The highest sequence number published so far.
     pub fn latest(&self) -> u64 {
         *self.latest.borrow()
     }
@@ -352,11 +400,18 @@ const MAX_APPEND_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The single writer: group commit, then publish in sequence order.
 ///
+/// Task reports go through here too: a report's state and its
+/// `TaskCompleted` event are stored in one transaction (the transactional
+/// outbox), so a crash between the two cannot leave a completion that no
+/// event tells of.
+///
 /// A batch that cannot be stored (the database is down) is tried again,
 /// with backoff, until it is: an event once accepted is never dropped, and
 /// later events wait behind it, so the order holds. (If a commit's answer
 /// is lost the batch may be stored twice; every consumer of the log
-/// handles events idempotently.)
+/// handles events idempotently. Its reports are then stale on the second
+/// try and make no second event: the first commit stored theirs, which
+/// the tailer publishes.)
 async fn write_loop(
     store: Store,
     mut requests: mpsc::Receiver<AppendRequest>,
@@ -369,35 +424,86 @@ async fn write_loop(
         // Held from before the commit until the batch is published (see
         // `tail`).
         let _writing = writing.lock().await;
-        let rows: Vec<EventRow> = batch
+        let reports: Vec<Completion> = batch
             .iter()
-            .map(|request| EventRow {
-                agent_id: request.agent_id,
-                kind: kind_name(request.event.kind.as_ref()),
-                payload: request.event.encode_to_vec(),
+            .filter_map(|request| match &request.entry {
+                Entry::Report { completion, .. } => Some(completion.clone()),
+                Entry::Event(_) => None,
             })
             .collect();
+        // Each request's event, if it makes one (a report only once it is
+        // known to complete its attempt), in request order.
+        let mut events: Vec<Option<AgentEvent>> = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
-        let first = loop {
-            match store.append_events(&rows).await {
-                Ok(first) => break first,
+        let (completed, first) = loop {
+            let stored = store
+                .record_reports_and_append(&reports, |completed| {
+                    events = events_of(&batch, completed);
+                    events
+                        .iter()
+                        .zip(&batch)
+                        .filter_map(|(event, request)| {
+                            event.as_ref().map(|event| EventRow {
+                                agent_id: request.agent_id,
+                                kind: kind_name(event.kind.as_ref()),
+                                payload: event.encode_to_vec(),
+                            })
+                        })
+                        .collect()
+                })
+                .await;
+            match stored {
+                Ok(stored) => break stored,
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, events = rows.len(), retry_in = ?delay, "storing events failed; retrying");
+                    tracing::warn!(error = %err, requests = batch.len(), retry_in = ?delay, "storing events failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
             }
         };
-        for (offset, request) in batch.drain(..).enumerate() {
-            let seq = first + offset as u64;
-            let mut event = request.event;
-            event.sequence = seq;
-            // No receivers is fine: nobody is watching right now.
-            let _ = live.send(Arc::new(event));
-            raise(&latest, seq);
-            let _ = request.done.send(Ok(seq));
+        let mut completed = completed.into_iter();
+        let mut next_seq = first.unwrap_or_default();
+        for (request, event) in batch.drain(..).zip(events.drain(..)) {
+            let completed = match request.entry {
+                Entry::Report { .. } => completed.next().flatten(),
+                Entry::Event(_) => None,
+            };
+            let seq = event.map(|mut event| {
+                let seq = next_seq;
+                next_seq += 1;
+                event.sequence = seq;
+                // No receivers is fine: nobody is watching right now.
+                let _ = live.send(Arc::new(event));
+                raise(&latest, seq);
+                seq
+            });
+            let _ = request.done.send(Ok(Stored { seq, completed }));
         }
     }
+}
+
+/// The event each request of a batch makes, given which of its reports
+/// completed an attempt (`completed`, in the order of the batch's reports).
+fn events_of(batch: &[AppendRequest], completed: &[Option<u32>]) -> Vec<Option<AgentEvent>> {
+    let mut completed = completed.iter();
+    batch
+        .iter()
+        .map(|request| match &request.entry {
+            Entry::Event(event) => Some(AgentEvent::clone(event)),
+            Entry::Report {
+                completion,
+                generation,
+            } => completed.next().copied().flatten().map(|attempt| {
+                let event = Event::TaskCompleted {
+                    task_id: completion.task_id.clone(),
+                    outcome: completion.outcome,
+                    output: completion.output.clone(),
+                    attempt,
+                };
+                new_event(request.agent_id, *generation, encode(event))
+            }),
+        })
+        .collect()
 }
 
 /// The channel appends notify on (payload: the last sequence stored).

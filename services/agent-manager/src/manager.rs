@@ -631,7 +631,6 @@ impl Manager {
             outbound,
             heartbeat_interval: self.session_heartbeat,
             cancel_grace: self.cancel_grace,
-            store: self.store.clone(),
             events: self.events.clone(),
             approvals: self.approvals.clone(),
             carried: opened.carried,

@@ -19,12 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use shepherd_platform::backoff::Backoff;
-
 use crate::approvals::{ApprovalAsk, Approvals, refusal};
 use crate::events::{Event, EventLog};
 use crate::protocol::{FromAgent, ToAgent};
-use crate::store::{Completion, Store, TaskOutcome};
+use crate::store::{Completion, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
 pub(crate) const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -34,8 +32,6 @@ pub(crate) const MAX_PROGRESS_OUTPUT_BYTES: usize = 16 * 1024;
 /// Reports waiting to be recorded, per session. The session loop only
 /// waits when this many are queued behind a database outage.
 const REPORT_QUEUE: usize = 4096;
-/// Longest pause between two tries to record a report.
-const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(2);
 /// Approval requests of one session being stored at once; more are
 /// dropped (the agent sends them again).
 const APPROVALS_IN_PROGRESS: usize = 8;
@@ -159,7 +155,6 @@ pub(crate) struct SessionLoop<S> {
     /// How long an agent has to report a task after it was told to stop
     /// it before its session counts as wedged.
     pub cancel_grace: Duration,
-    pub store: Store,
     pub events: EventLog,
     pub approvals: Approvals,
     /// Tasks carried over from the process's earlier sessions.
@@ -211,7 +206,6 @@ where
             outbound,
             heartbeat_interval,
             cancel_grace,
-            store,
             events,
             approvals,
             carried,
@@ -223,12 +217,10 @@ where
                 handle.accepted.insert(&task.task_id);
             }
         }
-        let wedge_store = store.clone();
         let (completions, pending) = mpsc::channel(REPORT_QUEUE);
         let recorder = Recorder {
             agent_id,
             generation: handle.generation,
-            store,
             events: events.clone(),
             outbound: outbound.clone(),
             cancel: handle.cancel.clone(),
@@ -257,7 +249,6 @@ where
             heartbeat_interval,
             cancel_grace,
             reports: &reports,
-            store: &wedge_store,
         };
         let reason = session.serve(in_flight).await;
         tasks.close();
@@ -275,7 +266,6 @@ struct Session<'a, S> {
     heartbeat_interval: Duration,
     cancel_grace: Duration,
     reports: &'a TaskReports,
-    store: &'a Store,
 }
 
 impl<S> Session<'_, S>
@@ -326,7 +316,6 @@ where
                     let timers = Timers {
                         outbound: self.outbound,
                         reports: self.reports,
-                        store: self.store,
                         cancel_grace: self.cancel_grace,
                     };
                     if let Some(end) = timers.fire(&mut in_flight).await {
@@ -346,7 +335,6 @@ where
 struct Timers<'a> {
     outbound: &'a mpsc::Sender<ToAgent>,
     reports: &'a TaskReports,
-    store: &'a Store,
     cancel_grace: Duration,
 }
 
@@ -379,7 +367,7 @@ impl Timers<'_> {
                 self.cancel_grace
             ),
         };
-        if let Err(err) = self.reports.record_now(self.store, completion).await {
+        if let Err(err) = self.reports.record_now(completion).await {
             tracing::warn!(agent = %self.reports.agent_id, task = %task_id, error = %err, "could not record a timed-out task; it will be retried as lost");
         }
         Some(SessionEnd {
@@ -499,24 +487,14 @@ struct TaskReports {
 }
 
 impl TaskReports {
-    /// Records a completion the manager decided on itself, before the
-    /// session ends (so the sweep that follows does not call it lost).
-    async fn record_now(&self, store: &Store, completion: Completion) -> crate::error::Result<()> {
-        let outcome = completion.outcome;
-        let task_id = completion.task_id.clone();
-        let output = completion.output.clone();
-        if let Some(attempt) = store.mark_task_completed(completion).await? {
-            let event = Event::TaskCompleted {
-                task_id,
-                outcome,
-                output,
-                attempt,
-            };
-            self.events
-                .enqueue(self.agent_id, self.generation, event)
-                .await?;
-        }
-        Ok(())
+    /// Records a completion the manager decided on itself (with its event,
+    /// in one transaction), before the session ends (so the sweep that
+    /// follows does not call it lost).
+    async fn record_now(&self, completion: Completion) -> crate::error::Result<()> {
+        self.events
+            .record_report(self.generation, completion)
+            .await
+            .map(drop)
     }
 
     async fn on_message(&self, message: FromAgent, in_flight: &mut InFlightTasks) {
@@ -645,15 +623,14 @@ impl TaskReports {
     }
 }
 
-/// Records a session's task reports durably, then acknowledges each to the
-/// agent. A failed write is retried with backoff for as long as the session
-/// lasts, never dropped; a report the session ends before recording is
-/// sent again by the agent on its next session (it keeps every report until
-/// acknowledged).
+/// Records a session's task reports durably (each with its event, through
+/// the event log's writer, which retries until they are stored), then
+/// acknowledges each to the agent. A report the session ends before it is
+/// recorded is sent again by the agent on its next session (it keeps every
+/// report until acknowledged).
 struct Recorder {
     agent_id: Uuid,
     generation: u64,
-    store: Store,
     events: EventLog,
     outbound: mpsc::Sender<ToAgent>,
     cancel: CancellationToken,
@@ -675,39 +652,19 @@ impl Recorder {
         }
         let reported_attempt = completion.attempt;
         let task_id = completion.task_id.clone();
-        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_RECORD_BACKOFF);
-        let recorded = loop {
-            match self.store.mark_task_completed(completion.clone()).await {
-                Ok(recorded) => break recorded,
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(agent = %self.agent_id, task = %task_id, error = %err, retry_in = ?delay, "could not record a task report yet");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
+        // The report and its event are stored together by the event log's
+        // writer, which retries until they are. A report that completed
+        // nothing is stale (an attempt superseded or already recorded): it
+        // is acknowledged all the same, so the agent forgets it.
+        let recorded = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            recorded = self.events.record_report(self.generation, completion) => recorded,
         };
-        // A report that completed nothing is stale (an attempt superseded
-        // or already recorded): acknowledged all the same, so the agent
-        // forgets it.
-        if let Some(attempt) = recorded {
-            let event = Event::TaskCompleted {
-                task_id: task_id.clone(),
-                outcome: completion.outcome,
-                output: completion.output,
-                attempt,
-            };
-            // The state is committed; the event follows in order (the log
-            // retries its writes until stored).
-            if let Err(err) = self
-                .events
-                .enqueue(self.agent_id, self.generation, event)
-                .await
-            {
-                tracing::warn!(agent = %self.agent_id, error = %err, "could not log a task completion");
-            }
+        if let Err(err) = recorded {
+            // The log is shutting down: the agent sends the report again on
+            // its next session.
+            tracing::warn!(agent = %self.agent_id, task = %task_id, error = %err, "could not record a task report");
+            return;
         }
         let ack = ToAgent::ReportAck {
             task_id,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shepherd_platform::columns::{from_i64, from_json, to_i64, to_json};
-use shepherd_platform::db::{DbPool, Migration};
+use shepherd_platform::db::{DbPool, GenericClient, Migration};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
@@ -488,38 +488,41 @@ impl Store {
     pub async fn append_events(&self, events: &[EventRow]) -> Result<u64> {
         // The event log's one writer appends in batches (see `events`).
         let client = self.batches.get().await?;
-        let agents: Vec<Uuid> = events.iter().map(|e| e.agent_id).collect();
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
-        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        // Data-modifying CTEs run exactly once whether or not the final
-        // SELECT reads them.
-        let row = client
-            .query_one(
-                &client
-                    .prepare_cached(
-                        "WITH counter AS (
-                             UPDATE agent_manager.event_log_state
-                             SET last_seq = last_seq + cardinality($1::uuid[])
-                             RETURNING last_seq - cardinality($1::uuid[]) AS before
-                         ), stored AS (
-                             INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
-                             SELECT counter.before + v.n, v.agent_id, v.kind, v.payload
-                             FROM counter, UNNEST($1::uuid[], $2::text[], $3::bytea[])
-                                  WITH ORDINALITY AS v(agent_id, kind, payload, n)
-                         ), notified AS (
-                             -- Delivered at commit: every manager on this
-                             -- database learns how far the log reaches.
-                             SELECT pg_notify('shepherd_agent_events',
-                                              (before + cardinality($1::uuid[]))::text)
-                             FROM counter
-                         )
-                         SELECT before + 1 FROM counter, notified",
-                    )
-                    .await?,
-                &[&agents, &kinds, &payloads],
-            )
-            .await?;
-        Ok(from_i64(row.get(0)))
+        Ok(append_rows(&client, events).await?)
+    }
+
+    /// Records task reports and stores the events `events` makes of the
+    /// outcome (which reports completed an attempt, in order), in one
+    /// transaction: a report's state and its `TaskCompleted` event commit
+    /// together or not at all, so no crash can leave a completion that no
+    /// event will ever tell of. Returns each report's completed attempt
+    /// (None: stale) and the sequence of the first event stored (None: no
+    /// event).
+    pub async fn record_reports_and_append(
+        &self,
+        reports: &[Completion],
+        events: impl FnOnce(&[Option<u32>]) -> Vec<EventRow>,
+    ) -> Result<(Vec<Option<u32>>, Option<u64>)> {
+        if reports.is_empty() {
+            let rows = events(&[]);
+            if rows.is_empty() {
+                return Ok((Vec::new(), None));
+            }
+            return Ok((Vec::new(), Some(self.append_events(&rows).await?)));
+        }
+        let mut client = self.batches.get().await?;
+        let tx = client.transaction().await?;
+        let completed = tasks::complete_reports(&tx, reports).await?;
+        // A crash here rolls the reports back: their agents send them again.
+        shepherd_platform::failpoint::hit("manager.between_report_and_event");
+        let rows = events(&completed);
+        let first = if rows.is_empty() {
+            None
+        } else {
+            Some(append_rows(&tx, &rows).await?)
+        };
+        tx.commit().await?;
+        Ok((completed, first))
     }
 
     /// `(last committed sequence, pruned through)`.
@@ -640,4 +643,44 @@ fn agent_from_row(row: &Row) -> Result<AgentRecord> {
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
+}
+
+/// Appends `events` after the log's last sequence (see
+/// `Store::append_events`); returns the sequence of the first.
+async fn append_rows(
+    client: &impl GenericClient,
+    events: &[EventRow],
+) -> std::result::Result<u64, shepherd_platform::db::DbError> {
+    let agents: Vec<Uuid> = events.iter().map(|e| e.agent_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    // Data-modifying CTEs run exactly once whether or not the final
+    // SELECT reads them.
+    let row = client
+        .query_one(
+            &client
+                .prepare_cached(
+                    "WITH counter AS (
+                         UPDATE agent_manager.event_log_state
+                         SET last_seq = last_seq + cardinality($1::uuid[])
+                         RETURNING last_seq - cardinality($1::uuid[]) AS before
+                     ), stored AS (
+                         INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
+                         SELECT counter.before + v.n, v.agent_id, v.kind, v.payload
+                         FROM counter, UNNEST($1::uuid[], $2::text[], $3::bytea[])
+                              WITH ORDINALITY AS v(agent_id, kind, payload, n)
+                     ), notified AS (
+                         -- Delivered at commit: every manager on this
+                         -- database learns how far the log reaches.
+                         SELECT pg_notify('shepherd_agent_events',
+                                          (before + cardinality($1::uuid[]))::text)
+                         FROM counter
+                     )
+                     SELECT before + 1 FROM counter, notified",
+                )
+                .await?,
+            &[&agents, &kinds, &payloads],
+        )
+        .await?;
+    Ok(from_i64(row.get(0)))
 }

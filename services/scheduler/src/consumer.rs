@@ -314,9 +314,10 @@ impl Consumer {
                 recovery.restart_workflows_for_agent(agent).await?;
                 recovery.agent_restarted(agent, generation, &reason).await?;
                 // The old session's tasks are decided by now or will be
-                // reported again, except one whose completion a manager node
-                // stored and then died before logging it as an event: no
-                // event will ever tell of it, so ask about this agent's.
+                // reported again. A restart is where a task's fate is most
+                // often decided out of this replica's sight (a session lost
+                // with the node that held it), so ask about this agent's
+                // tasks in flight rather than wait for the next level pass.
                 self.settle(Duration::ZERO, Some(agent)).await;
             }
             AgentEvent::NotReady => recovery.agents.set_ready(agent, false),

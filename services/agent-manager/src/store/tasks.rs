@@ -9,24 +9,24 @@
 use std::collections::HashMap;
 
 use shepherd_platform::columns::{from_i32, from_i64, to_i32, to_i64};
-use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
+use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool, GenericClient};
 use uuid::Uuid;
 
 use super::{LostTask, Store, StoredTask, TaskClaim, TaskOutcome, TaskState};
 use crate::error::{Error, Result};
 
-/// The batchers of the task table; part of `Store`.
+/// The batcher of task claims; part of `Store`. (Reports are recorded in
+/// batches too, by the event log's writer, together with their events:
+/// see `Store::record_reports_and_append`.)
 #[derive(Clone)]
 pub(super) struct TaskBatches {
     claims: DbBatcher<ClaimItem, Option<RawClaim>>,
-    completions: DbBatcher<CompletionItem, Option<u32>>,
 }
 
 impl TaskBatches {
     pub(super) fn spawn(pool: &DbPool) -> Self {
         Self {
             claims: db::batcher(pool, claim_batch),
-            completions: db::batcher(pool, complete_batch),
         }
     }
 }
@@ -55,23 +55,14 @@ enum RawClaim {
     },
 }
 
-struct CompletionItem {
-    task_id: String,
-    agent_id: Uuid,
-    session_id: Uuid,
-    /// The attempt the agent reports about; 0: whatever is in flight on
-    /// `session_id` (agents that do not say).
-    attempt: i32,
-    outcome: &'static str,
-    output: String,
-}
-
 /// An agent's report of a finished task, as the session received it.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub task_id: String,
     pub agent_id: Uuid,
     pub session_id: Uuid,
+    /// The attempt the agent reports about; 0: whatever is in flight on
+    /// `session_id` (agents that do not say).
     pub attempt: u32,
     pub outcome: TaskOutcome,
     pub output: String,
@@ -117,24 +108,6 @@ impl Store {
                 "task {task_id} was removed while it was being claimed; dispatch it again"
             ))),
         }
-    }
-
-    /// Records an agent's report and returns the attempt it completed;
-    /// None if the report is stale (about an attempt that is not the task's
-    /// current one, or already completed). A report about the current
-    /// attempt completes it even if that attempt was declared lost (the
-    /// session dropped while the agent kept working): the work was done, so
-    /// a retry need not do it again.
-    pub async fn mark_task_completed(&self, completion: Completion) -> Result<Option<u32>> {
-        let item = CompletionItem {
-            task_id: completion.task_id,
-            agent_id: completion.agent_id,
-            session_id: completion.session_id,
-            attempt: to_i32(completion.attempt),
-            outcome: completion.outcome.as_str(),
-            output: completion.output,
-        };
-        Ok(self.tasks.completions.submit(item).await?)
     }
 
     /// The stored state of each of `task_ids` that the manager knows.
@@ -400,21 +373,25 @@ async fn claim_batch(
     Ok(claims)
 }
 
-/// Completes a batch in one update; an item gets its attempt only if it
-/// completed its task (see `Store::mark_task_completed`).
-async fn complete_batch(
-    client: Client,
-    items: Vec<CompletionItem>,
+/// Records a batch of reports in one update. An item gets the attempt it
+/// completed, or None if it is stale: about an attempt that is not the
+/// task's current one, or already completed. A report about the current
+/// attempt completes it even if that attempt was declared lost (the
+/// session dropped while the agent kept working): the work was done, so a
+/// retry need not do it again.
+pub(super) async fn complete_reports(
+    client: &impl GenericClient,
+    items: &[Completion],
 ) -> Result<Vec<Option<u32>>, DbError> {
     // Rows in key order: two batches running at once lock common rows in
     // the same order, so they cannot deadlock.
-    let mut sorted: Vec<&CompletionItem> = items.iter().collect();
+    let mut sorted: Vec<&Completion> = items.iter().collect();
     sorted.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     let ids: Vec<&str> = sorted.iter().map(|item| item.task_id.as_str()).collect();
     let agents: Vec<Uuid> = sorted.iter().map(|item| item.agent_id).collect();
     let sessions: Vec<Uuid> = sorted.iter().map(|item| item.session_id).collect();
-    let attempts: Vec<i32> = sorted.iter().map(|item| item.attempt).collect();
-    let outcomes: Vec<&str> = sorted.iter().map(|item| item.outcome).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|item| to_i32(item.attempt)).collect();
+    let outcomes: Vec<&str> = sorted.iter().map(|item| item.outcome.as_str()).collect();
     let outputs: Vec<&str> = sorted.iter().map(|item| item.output.as_str()).collect();
     let statement = client
         .prepare_cached(
