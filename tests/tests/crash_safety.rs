@@ -91,6 +91,43 @@ async fn recorded_workflow(
     Ok((workflow, file))
 }
 
+/// A manager that crashed at `point` while handling one task: a stack
+/// whose manager aborts at that failpoint, a recorded workflow, its task
+/// "first" triggered, the abort seen, and the manager restarted without the
+/// failpoint. `ran_before_restart`: the task's runs the file held while the
+/// manager was down.
+struct ManagerCrash {
+    stack: Stack,
+    workflow: sched::Workflow,
+    file: std::path::PathBuf,
+    first: sched::Task,
+    ran_before_restart: Vec<String>,
+}
+
+async fn crash_manager_at(point: &str) -> anyhow::Result<ManagerCrash> {
+    let options = StackOptions {
+        env: vec![failpoint(&format!("{point}=abort"))],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (workflow, file) = recorded_workflow(&mut stack).await?;
+    let first = stack.trigger(&workflow.id, "first", "first").await?;
+    assert!(
+        stack.manager.wait_exit(WAIT).await?,
+        "the manager aborts at {point}"
+    );
+    let ran_before_restart = lines(&file);
+    stack.options.env.clear();
+    stack.restart_manager().await?;
+    Ok(ManagerCrash {
+        stack,
+        workflow,
+        file,
+        first,
+        ran_before_restart,
+    })
+}
+
 #[tokio::test]
 async fn a_scheduler_crash_between_claim_and_dispatch_strands_nothing() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions::default()).await?;
@@ -129,20 +166,13 @@ async fn a_scheduler_crash_between_claim_and_dispatch_strands_nothing() -> anyho
 #[tokio::test]
 async fn a_manager_crash_between_recording_and_handing_over_a_task_strands_nothing()
 -> anyhow::Result<()> {
-    let options = StackOptions {
-        env: vec![failpoint("manager.after_delivery_recorded=abort")],
-        ..StackOptions::default()
-    };
-    let mut stack = Stack::start(options).await?;
-    let (workflow, file) = recorded_workflow(&mut stack).await?;
-
-    let first = stack.trigger(&workflow.id, "first", "first").await?;
-    assert!(
-        stack.manager.wait_exit(WAIT).await?,
-        "the manager aborts at the failpoint"
-    );
-    stack.options.env.clear();
-    stack.restart_manager().await?;
+    let ManagerCrash {
+        mut stack,
+        workflow,
+        file,
+        first,
+        ..
+    } = crash_manager_at("manager.after_delivery_recorded").await?;
 
     // The recorded delivery is declared lost at start-up and retried.
     let done = stack
@@ -164,21 +194,14 @@ async fn a_manager_crash_between_recording_and_handing_over_a_task_strands_nothi
 
 #[tokio::test]
 async fn a_manager_crash_before_recording_a_report_strands_nothing() -> anyhow::Result<()> {
-    let options = StackOptions {
-        env: vec![failpoint("manager.before_report_recorded=abort")],
-        ..StackOptions::default()
-    };
-    let mut stack = Stack::start(options).await?;
-    let (workflow, file) = recorded_workflow(&mut stack).await?;
-
-    let first = stack.trigger(&workflow.id, "first", "first").await?;
-    assert!(
-        stack.manager.wait_exit(WAIT).await?,
-        "the manager aborts when the report arrives"
-    );
-    assert_eq!(lines(&file), ["first"], "the agent did the work");
-    stack.options.env.clear();
-    stack.restart_manager().await?;
+    let ManagerCrash {
+        mut stack,
+        workflow,
+        file,
+        first,
+        ran_before_restart,
+    } = crash_manager_at("manager.before_report_recorded").await?;
+    assert_eq!(ran_before_restart, ["first"], "the agent did the work");
 
     let done = stack
         .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
@@ -203,20 +226,9 @@ async fn a_manager_crash_before_recording_a_report_strands_nothing() -> anyhow::
 /// event was never written, and the second report was stale).
 #[tokio::test]
 async fn a_manager_crash_between_a_report_and_its_event_loses_neither() -> anyhow::Result<()> {
-    let options = StackOptions {
-        env: vec![failpoint("manager.between_report_and_event=abort")],
-        ..StackOptions::default()
-    };
-    let mut stack = Stack::start(options).await?;
-    let (workflow, file) = recorded_workflow(&mut stack).await?;
-
-    let first = stack.trigger(&workflow.id, "first", "first").await?;
-    assert!(
-        stack.manager.wait_exit(WAIT).await?,
-        "the manager aborts between the report and its event"
-    );
-    stack.options.env.clear();
-    stack.restart_manager().await?;
+    let ManagerCrash {
+        stack, file, first, ..
+    } = crash_manager_at("manager.between_report_and_event").await?;
 
     let done = stack
         .wait_tasks(std::slice::from_ref(&first.id), TaskState::Succeeded)
