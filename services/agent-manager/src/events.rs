@@ -424,32 +424,16 @@ async fn write_loop(
         // Held from before the commit until the batch is published (see
         // `tail`).
         let _writing = writing.lock().await;
-        let reports: Vec<Completion> = batch
-            .iter()
-            .filter_map(|request| match &request.entry {
-                Entry::Report { completion, .. } => Some(completion.clone()),
-                Entry::Event(_) => None,
-            })
-            .collect();
-        // Each request's event, if it makes one (a report only once it is
-        // known to complete its attempt), in request order.
-        let mut events: Vec<Option<AgentEvent>> = Vec::new();
+        // The events the batch's reports make, one per report (None: the
+        // report was stale), known only once they are recorded.
+        let mut made: Vec<Option<AgentEvent>> = Vec::new();
+        let reports: Vec<&Completion> = batch.iter().filter_map(AppendRequest::report).collect();
         let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
         let (completed, first) = loop {
             let stored = store
                 .record_reports_and_append(&reports, |completed| {
-                    events = events_of(&batch, completed);
-                    events
-                        .iter()
-                        .zip(&batch)
-                        .filter_map(|(event, request)| {
-                            event.as_ref().map(|event| EventRow {
-                                agent_id: request.agent_id,
-                                kind: kind_name(event.kind.as_ref()),
-                                payload: event.encode_to_vec(),
-                            })
-                        })
-                        .collect()
+                    made = events_of_reports(&batch, completed);
+                    rows_of(&batch, &made)
                 })
                 .await;
             match stored {
@@ -461,12 +445,12 @@ async fn write_loop(
                 }
             }
         };
-        let mut completed = completed.into_iter();
+        let (mut completed, mut made) = (completed.into_iter(), made.into_iter());
         let mut next_seq = first.unwrap_or_default();
-        for (request, event) in batch.drain(..).zip(events.drain(..)) {
-            let completed = match request.entry {
-                Entry::Report { .. } => completed.next().flatten(),
-                Entry::Event(_) => None,
+        for request in batch.drain(..) {
+            let (event, completed) = match request.entry {
+                Entry::Event(event) => (Some(*event), None),
+                Entry::Report { .. } => (made.next().flatten(), completed.next().flatten()),
             };
             let seq = event.map(|mut event| {
                 let seq = next_seq;
@@ -482,26 +466,61 @@ async fn write_loop(
     }
 }
 
-/// The event each request of a batch makes, given which of its reports
-/// completed an attempt (`completed`, in the order of the batch's reports).
-fn events_of(batch: &[AppendRequest], completed: &[Option<u32>]) -> Vec<Option<AgentEvent>> {
-    let mut completed = completed.iter();
-    batch
-        .iter()
-        .map(|request| match &request.entry {
-            Entry::Event(event) => Some(AgentEvent::clone(event)),
-            Entry::Report {
-                completion,
-                generation,
-            } => completed.next().copied().flatten().map(|attempt| {
+impl AppendRequest {
+    fn report(&self) -> Option<&Completion> {
+        match &self.entry {
+            Entry::Report { completion, .. } => Some(completion),
+            Entry::Event(_) => None,
+        }
+    }
+}
+
+/// The `TaskCompleted` event of each of the batch's reports, given the
+/// attempt each completed (`completed`, in the order of the reports; None:
+/// stale, no event).
+fn events_of_reports(
+    batch: &[AppendRequest],
+    completed: &[Option<u32>],
+) -> Vec<Option<AgentEvent>> {
+    let reports = batch.iter().filter_map(|request| match &request.entry {
+        Entry::Report {
+            completion,
+            generation,
+        } => Some((request.agent_id, completion, *generation)),
+        Entry::Event(_) => None,
+    });
+    reports
+        .zip(completed)
+        .map(|((agent_id, completion, generation), attempt)| {
+            attempt.map(|attempt| {
                 let event = Event::TaskCompleted {
                     task_id: completion.task_id.clone(),
                     outcome: completion.outcome,
                     output: completion.output.clone(),
                     attempt,
                 };
-                new_event(request.agent_id, *generation, encode(event))
-            }),
+                new_event(agent_id, generation, encode(event))
+            })
+        })
+        .collect()
+}
+
+/// The rows the batch stores, in request order: each event, and the event
+/// each report made (`made`, one per report).
+fn rows_of(batch: &[AppendRequest], made: &[Option<AgentEvent>]) -> Vec<EventRow> {
+    let mut made = made.iter();
+    batch
+        .iter()
+        .filter_map(|request| {
+            let event = match &request.entry {
+                Entry::Event(event) => Some(&**event),
+                Entry::Report { .. } => made.next().and_then(Option::as_ref),
+            }?;
+            Some(EventRow {
+                agent_id: request.agent_id,
+                kind: kind_name(event.kind.as_ref()),
+                payload: event.encode_to_vec(),
+            })
         })
         .collect()
 }

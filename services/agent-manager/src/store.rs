@@ -500,7 +500,7 @@ impl Store {
     /// event).
     pub async fn record_reports_and_append(
         &self,
-        reports: &[Completion],
+        reports: &[&Completion],
         events: impl FnOnce(&[Option<u32>]) -> Vec<EventRow>,
     ) -> Result<(Vec<Option<u32>>, Option<u64>)> {
         if reports.is_empty() {

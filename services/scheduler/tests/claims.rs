@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{claim, join, store, workflow_with_room};
+use common::{claim, join, store, take_lease, workflow_with_room};
 use shepherd_platform::db;
 use shepherd_scheduler::model::TaskEnd;
-use shepherd_scheduler::store::{InFlightScope, LeaseAcquisition, Outcome};
+use shepherd_scheduler::store::{InFlightScope, Outcome};
 use shepherd_testkit::TestDb;
 
 /// Only the batchers' connections are forced to the generic plan: the
@@ -40,10 +40,7 @@ async fn concurrent_claims_fill_each_workflows_room_and_no_more() -> anyhow::Res
     let mut workflows = Vec::new();
     for _ in 0..20 {
         let workflow = workflow_with_room(&store, 3, 2).await?;
-        let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await?
-        else {
-            anyhow::bail!("a free lease must be acquired");
-        };
+        let term = take_lease(&store, workflow, "a").await?;
         workflows.push((workflow, term));
     }
     let claim_all = async || -> anyhow::Result<Vec<Vec<String>>> {
@@ -104,10 +101,7 @@ async fn a_claim_that_can_take_nothing_does_not_wait_on_its_lease() -> anyhow::R
     let full = workflow_with_room(&store, 2, 1).await?;
     let mut terms = Vec::new();
     for workflow in [empty, full] {
-        let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await?
-        else {
-            anyhow::bail!("a free lease must be acquired");
-        };
+        let term = take_lease(&store, workflow, "a").await?;
         terms.push(term);
     }
     assert_eq!(store.claim(claim(full, "a", terms[1])).await?.len(), 1);
@@ -143,10 +137,7 @@ async fn in_flight_tasks_narrow_to_one_agents_workflows() -> anyhow::Result<()> 
     for _ in 0..2 {
         // Each with an agent of its own.
         let workflow = workflow_with_room(&store, 1, 1).await?;
-        let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await?
-        else {
-            anyhow::bail!("a free lease must be acquired");
-        };
+        let term = take_lease(&store, workflow, "a").await?;
         assert_eq!(store.claim(claim(workflow, "a", term)).await?.len(), 1);
         workflows.push(workflow);
     }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{claim, join, store, workflow_with_tasks};
+use common::{claim, join, store, take_lease, workflow_with_tasks};
 use shepherd_scheduler::store::LeaseAcquisition;
 use shepherd_testkit::TestDb;
 
@@ -74,9 +74,7 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
     let workflow = workflow_with_tasks(&store, 1).await?;
     join(&store, &["a", "b"]).await?;
 
-    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await? else {
-        anyhow::bail!("a free lease must be acquired");
-    };
+    let term = take_lease(&store, workflow, "a").await?;
     // The same owner (a restarted replica) gets it back at once, fencing
     // out its earlier self.
     let LeaseAcquisition::Acquired { term: again, .. } = store.acquire_lease(workflow, "a").await?
@@ -101,9 +99,7 @@ async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> an
     let store = store(&db).await?;
     let workflow = workflow_with_tasks(&store, 3).await?;
     join(&store, &["a", "b"]).await?;
-    let LeaseAcquisition::Acquired { term, .. } = store.acquire_lease(workflow, "a").await? else {
-        anyhow::bail!("a free lease must be acquired");
-    };
+    let term = take_lease(&store, workflow, "a").await?;
 
     // Disabled through another replica: the holder's claims take nothing,
     // and no replica can take the lease to run it.

@@ -381,11 +381,11 @@ async fn claim_batch(
 /// retry need not do it again.
 pub(super) async fn complete_reports(
     client: &impl GenericClient,
-    items: &[Completion],
+    items: &[&Completion],
 ) -> Result<Vec<Option<u32>>, DbError> {
     // Rows in key order: two batches running at once lock common rows in
     // the same order, so they cannot deadlock.
-    let mut sorted: Vec<&Completion> = items.iter().collect();
+    let mut sorted: Vec<&Completion> = items.to_vec();
     sorted.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     let ids: Vec<&str> = sorted.iter().map(|item| item.task_id.as_str()).collect();
     let agents: Vec<Uuid> = sorted.iter().map(|item| item.agent_id).collect();

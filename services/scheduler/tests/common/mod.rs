@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use shepherd_platform::db;
 use shepherd_scheduler::model::{TaskFields, Trigger};
-use shepherd_scheduler::store::{self, ClaimRequest, NewWorkflow, Rendered, Store};
+use shepherd_scheduler::store::{
+    self, ClaimRequest, LeaseAcquisition, NewWorkflow, Rendered, Store,
+};
 use shepherd_testkit::TestDb;
 use uuid::Uuid;
 
@@ -71,6 +73,14 @@ pub(crate) async fn join(store: &Store, replicas: &[&str]) -> anyhow::Result<()>
             .await?;
     }
     Ok(())
+}
+
+/// Takes a free lease for `owner`; returns its term.
+pub(crate) async fn take_lease(store: &Store, workflow: Uuid, owner: &str) -> anyhow::Result<i64> {
+    match store.acquire_lease(workflow, owner).await? {
+        LeaseAcquisition::Acquired { term, .. } => Ok(term),
+        other => anyhow::bail!("a free lease must be acquired, not {other:?}"),
+    }
 }
 
 pub(crate) fn claim(workflow: Uuid, owner: &str, term: i64) -> ClaimRequest {
