@@ -383,3 +383,38 @@ async fn work_triggered_through_one_replica_wakes_the_holder_on_another() -> any
     assert_eq!(lines(&file).len(), 10, "every task ran once");
     Ok(())
 }
+
+/// While the wake-up listener cannot listen, a finished task still wakes
+/// its runner for the next one: the consumer that records the outcome wakes
+/// it directly (with the listener connected it leaves that to the commit's
+/// notification). The listener never connects here (failpoint), and the
+/// safety poll and level passes are far beyond the test's deadline, so a
+/// chain of tasks at max concurrency 1 moves only through those wake-ups.
+#[tokio::test]
+async fn finished_tasks_wake_their_runner_while_the_listener_is_deaf() -> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_secs(600),
+        env: vec![
+            ("SHEPHERD_FAILPOINTS", "scheduler.listener_deaf=skip".into()),
+            ("RUNNER_POLL_INTERVAL", "600s".into()),
+        ],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let agent = stack.create_agent("serial", am::RestartMode::Never).await?;
+    let file = stack.scratch_file("ran.log");
+    let workflow = stack
+        .create_workflow(
+            "w",
+            &agent.id,
+            true,
+            &format!("echo {{{{title}}}} >> {}", file.display()),
+        )
+        .await?;
+    // Queued at once: each trigger's own wake-up comes while the first task
+    // runs, so every later task waits for a finished one to wake the runner.
+    let tasks = trigger_all(&stack.workflows, std::slice::from_ref(&workflow.id), "deaf").await?;
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    assert_eq!(lines(&file).len(), 5, "every task ran once");
+    Ok(())
+}

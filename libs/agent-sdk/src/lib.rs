@@ -5,7 +5,8 @@
 //! `SHEPHERD_SESSION_TOKEN` and `SHEPHERD_MANAGER_URL` in its environment.
 //! [`run`] opens the session (`AgentSession.Connect`), which makes the agent
 //! READY; then it receives tasks, hands each to your [`TaskHandler`]
-//! (concurrently), and reports accepted / completed. It heartbeats, detects
+//! (concurrently), and reports accepted / completed (a task whose handler
+//! finishes at once is reported completed only). It heartbeats, detects
 //! a silent manager, and reconnects with backoff when the connection drops.
 //! `SHEPHERD_MANAGER_URL` may list several managers sharing one database,
 //! comma-separated (external agents): a lost session is retried on the same
@@ -38,6 +39,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1::{
@@ -197,6 +199,7 @@ impl Progress {
     }
 
     async fn send(&self, message: String, fraction: f32, output: String) {
+        self.ledger.accept(&self.task_id).await;
         let Some((attempt, session)) = self.ledger.progress_route(&self.task_id) else {
             return;
         };
@@ -447,6 +450,8 @@ struct Running {
     attempt: u32,
     deadline: Option<prost_types::Timestamp>,
     cancel: CancellationToken,
+    /// Whether the manager was told the task runs (`TaskAccepted`).
+    accepted: bool,
 }
 
 /// What to do with a delivered task.
@@ -488,6 +493,7 @@ impl Ledger {
             attempt,
             deadline,
             cancel: cancel.clone(),
+            accepted: false,
         };
         state.running.insert(task_id.to_owned(), running);
         Delivery::Run(cancel)
@@ -499,6 +505,29 @@ impl Ledger {
         let state = self.lock();
         let attempt = state.running.get(task_id)?.attempt;
         Some((attempt, state.session.clone()?))
+    }
+
+    /// Tells the manager, once, that a running task runs: before the first
+    /// thing said about it (progress, an approval request) or once its
+    /// handler has to wait. A task that finishes at once says nothing
+    /// before its report, which implies acceptance: a no-op task costs
+    /// one message each way instead of two (and the manager one event).
+    async fn accept(&self, task_id: &str) {
+        let session = {
+            let mut state = self.lock();
+            match state.running.get_mut(task_id) {
+                Some(running) if !running.accepted => {
+                    running.accepted = true;
+                    state.session.clone()
+                }
+                _ => None,
+            }
+        };
+        // If the session is gone the task runs anyway: the next session's
+        // hello names it.
+        if let Some(session) = session {
+            let _ = session.send(accepted_message(task_id)).await;
+        }
     }
 
     /// Every task this process holds (running, or finished and not
@@ -740,7 +769,7 @@ async fn session_inner<H: TaskHandler>(
                             approver,
                         };
                         match delivery {
-                            Delivery::Run(_) => spawn_task(&handler, &outbound, ledger, incoming),
+                            Delivery::Run(_) => spawn_task(&handler, ledger, incoming),
                             Delivery::Running => {
                                 tracing::info!(task_id = %incoming.task_id, attempt = incoming.attempt, "task delivered again while it runs; the running execution answers for it");
                                 let _ = outbound.send(accepted_message(&incoming.task_id)).await;
@@ -790,17 +819,12 @@ fn accepted_message(task_id: &str) -> AgentMessage {
     }
 }
 
-/// Accepts the task, runs the handler, and reports the result on whatever
-/// session is live when it finishes (the report is kept until the manager
-/// acknowledges it).
-fn spawn_task<H: TaskHandler>(
-    handler: &Arc<H>,
-    outbound: &mpsc::Sender<AgentMessage>,
-    ledger: &Ledger,
-    task: IncomingTask,
-) {
+/// Runs the handler and reports the result on whatever session is live
+/// when it finishes (the report is kept until the manager acknowledges
+/// it). The task is accepted (see `Ledger::accept`) only if the handler
+/// does not finish on its first poll.
+fn spawn_task<H: TaskHandler>(handler: &Arc<H>, ledger: &Ledger, task: IncomingTask) {
     let handler = handler.clone();
-    let outbound = outbound.clone();
     let ledger = ledger.clone();
     // The task's span continues the dispatcher's trace (W3C context carried
     // in the task message).
@@ -814,11 +838,17 @@ fn spawn_task<H: TaskHandler>(
     tokio::spawn(
         async move {
             let task_id = task.task_id.clone();
-            // If the session is gone already the task runs anyway: its
-            // report goes out on the next session.
-            let _ = outbound.send(accepted_message(&task_id)).await;
-            drop(outbound);
-            let result = handler.handle(task).await;
+            let mut run = std::pin::pin!(handler.handle(task));
+            // One poll with this task's own context: a handler that has to
+            // wait is woken as usual.
+            let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+            let result = match first {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    ledger.accept(&task_id).await;
+                    run.await
+                }
+            };
             let (report, session) = ledger.finish(&task_id, result);
             if let Some(session) = session {
                 let _ = session.send(report).await;

@@ -4,7 +4,8 @@
 //! Notifications are lossy across a reconnect: whatever was sent while no
 //! connection listened is gone. `Listener::next` therefore reports each
 //! (re)connection as `Heard::Listening`, and the caller re-checks everything
-//! it could have missed then.
+//! it could have missed then; a connection that ends is reported as
+//! `Heard::Deaf` (nothing is heard until the next `Listening`).
 
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub const APPLICATION_NAME: &str = "shepherd-listener";
 pub enum Heard {
     /// The connection is (again) listening; anything before was missed.
     Listening,
+    /// The connection ended: notifications sent from now until the next
+    /// `Listening` are missed.
+    Deaf,
     Notification {
         channel: String,
         payload: String,
@@ -89,6 +93,7 @@ impl Listener {
                     tracing::warn!("the LISTEN connection ended; reconnecting");
                     self.heard = None;
                     self.client = None;
+                    return Some(Heard::Deaf);
                 }
             }
         }

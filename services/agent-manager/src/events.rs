@@ -562,6 +562,8 @@ async fn tail(
         let reach = match heard {
             Heard::Notification { payload, .. } => payload.parse::<u64>().ok(),
             Heard::Listening => store.log_state().await.ok().map(|(last, _)| last),
+            // What is appended meanwhile is read at the next `Listening`.
+            Heard::Deaf => None,
         };
         let Some(reach) = reach else { continue };
         if let Err(err) = publish_through(&store, &live, &latest, reach).await {

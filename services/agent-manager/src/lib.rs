@@ -2,6 +2,7 @@
 //! processes, accepts the session each agent opens back to it, delivers
 //! tasks over it, and keeps the durable event log that clients watch.
 
+pub(crate) mod ack_coalescing;
 pub(crate) mod api;
 pub(crate) mod approvals;
 pub mod config;

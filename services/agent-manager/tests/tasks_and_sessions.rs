@@ -109,6 +109,37 @@ async fn a_dispatch_batch_answers_each_task_on_its_own() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A task the SDK finishes at once is reported completed only (its report
+/// implies acceptance: one message each way, one event); a task that has
+/// to wait is accepted first.
+#[tokio::test]
+async fn only_a_task_that_waits_is_accepted_before_its_report() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h
+        .create(reference_agent("worker", pb::RestartMode::Never))
+        .await?;
+    events.until(is_ready).await?;
+
+    // An empty payload: the reference agent has nothing to run.
+    h.client
+        .dispatch_task(dispatch(&agent.id, "instant", ""))
+        .await?;
+    let seen = events.until(|e| kind(e) == "task_completed").await?;
+    assert_eq!(kinds(&seen), ["task_completed"], "{seen:?}");
+
+    h.client
+        .dispatch_task(dispatch(&agent.id, "waits", "sleep 0.1"))
+        .await?;
+    let seen = events.until(|e| kind(e) == "task_completed").await?;
+    assert_eq!(
+        kinds(&seen),
+        ["task_accepted", "task_completed"],
+        "{seen:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow::Result<()> {
     let mut h = Harness::start().await?;

@@ -259,8 +259,10 @@ impl Consumer {
         // Outcomes (and the chained tasks they made) are committed; nothing
         // after this point has acted on them yet.
         shepherd_platform::failpoint::hit("scheduler.after_outcome");
+        // The commit notified the runners (when this replica's listener is
+        // connected); otherwise they are woken here.
         for workflow in workflows {
-            recovery.runners.wake(workflow);
+            recovery.runners.wake_unless_notified(workflow);
         }
         for (state, seconds) in finished {
             crate::metrics::task_finished(state.as_str(), Some(seconds));

@@ -12,6 +12,10 @@
 //! * **Released leases.** A lease given up (hand-over, shutdown) NOTIFYs
 //!   `shepherd_lease`, which wakes the other replicas' standing-by runners
 //!   of that workflow.
+//! * **Direct wake-ups.** A change made through this replica (a trigger,
+//!   an API call) wakes the runner directly as well; an outcome its
+//!   consumer records does so only while the listener is not connected
+//!   (`Runners::wake_unless_notified`): otherwise its notification does.
 //! * **A safety poll.** Notifications are lost while the listening
 //!   connection is down. Every (re)connection, and every `safety_interval`
 //!   besides, one query finds the workflows of this replica's runners that
@@ -58,13 +62,17 @@ impl Wakeups {
             &[WORK_CHANNEL, DUE_CHANNEL, LEASE_CHANNEL],
             shutdown.clone(),
         );
+        // A listener that never connects (tests: the wake-ups that must
+        // not depend on notifications).
+        let deaf = shepherd_platform::failpoint::hit("scheduler.listener_deaf");
         let mut due_at: Option<Instant> = None;
         let mut safety_at = Instant::now() + self.safety_interval;
         loop {
             tokio::select! {
-                heard = listener.next() => match heard {
+                heard = listener.next(), if !deaf => match heard {
                     None => return,
                     Some(Heard::Listening) => {
+                        self.runners.set_listening(true);
                         // Whatever was sent while nobody listened is lost:
                         // look for it.
                         self.runners.wake_all_for_leases();
@@ -75,6 +83,7 @@ impl Wakeups {
                     Some(Heard::Notification { channel, payload }) => {
                         self.heard(&channel, &payload, &mut due_at);
                     }
+                    Some(Heard::Deaf) => self.runners.set_listening(false),
                 },
                 _ = sleep_until_some(due_at) => {
                     due_at = None;

@@ -623,7 +623,8 @@ impl AgentSession for Api {
             )
             .await?;
         Ok(Response::new(Box::pin(
-            ReceiverStream::new(outbound).map(|message| Ok(session::to_agent(message))),
+            crate::ack_coalescing::AckCoalescing::new(outbound)
+                .map(|message| Ok(session::to_agent(message))),
         )))
     }
 }

@@ -3,7 +3,7 @@
 //! section.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -105,6 +105,10 @@ pub(crate) struct Runners {
     next_id: AtomicU64,
     epoch: Instant,
     shutdown: CancellationToken,
+    /// Whether this replica's wake-up listener is connected (set by
+    /// `wakeups`): while it is, every committed change that frees room or
+    /// adds work reaches the runner as a notification.
+    listening: AtomicBool,
 }
 
 impl Runners {
@@ -116,6 +120,7 @@ impl Runners {
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
             shutdown: shutdown.clone(),
+            listening: AtomicBool::new(false),
         });
         tokio::spawn(forward_placement(
             Arc::downgrade(&runners),
@@ -203,6 +208,24 @@ impl Runners {
     /// slot).
     pub(crate) fn wake(&self, workflow: Uuid) {
         self.signal(workflow, WORK);
+    }
+
+    /// Wakes the workflow's runner after this replica committed a change
+    /// that the database also notifies (an outcome freed a slot), only
+    /// while that notification would not reach it: waking it both ways
+    /// made it claim twice per finished task, the second time for nothing.
+    /// A notification lost because the listener dropped after this check
+    /// is made up for when it listens again (`wakeups` then wakes every
+    /// runner with claimable work).
+    pub(crate) fn wake_unless_notified(&self, workflow: Uuid) {
+        if !self.listening.load(Ordering::Acquire) {
+            self.wake(workflow);
+        }
+    }
+
+    /// Records whether the wake-up listener is connected.
+    pub(crate) fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Release);
     }
 
     /// Tells the workflow's runner its lease was released elsewhere (a
