@@ -92,6 +92,21 @@ async fn trigger_all(
     Ok(tasks)
 }
 
+/// An agent and one enabled workflow of it whose tasks append their title
+/// to the returned file (one line per run).
+async fn logging_workflow(
+    stack: &mut Stack,
+    agent: &str,
+) -> anyhow::Result<(am::Agent, sched::Workflow, std::path::PathBuf)> {
+    let agent = stack.create_agent(agent, am::RestartMode::Never).await?;
+    let file = stack.scratch_file("ran.log");
+    let template = format!("echo {{{{title}}}} >> {}", file.display());
+    let workflow = stack
+        .create_workflow("w", &agent.id, true, &template)
+        .await?;
+    Ok((agent, workflow, file))
+}
+
 #[tokio::test]
 async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyhow::Result<()> {
     let options = StackOptions {
@@ -349,16 +364,7 @@ async fn work_triggered_through_one_replica_wakes_the_holder_on_another() -> any
             ("SCHEDULER_STANDBY", "true".into()),
         ])
         .await?;
-    let agent = stack.create_agent("shared", am::RestartMode::Never).await?;
-    let file = stack.scratch_file("ran.log");
-    let workflow = stack
-        .create_workflow(
-            "w",
-            &agent.id,
-            true,
-            &format!("echo {{{{title}}}} >> {}", file.display()),
-        )
-        .await?;
+    let (agent, workflow, file) = logging_workflow(&mut stack, "shared").await?;
     wait_placement(
         &[&a, &s],
         &agent.id,
@@ -401,16 +407,7 @@ async fn finished_tasks_wake_their_runner_while_the_listener_is_deaf() -> anyhow
         ..StackOptions::default()
     };
     let mut stack = Stack::start(options).await?;
-    let agent = stack.create_agent("serial", am::RestartMode::Never).await?;
-    let file = stack.scratch_file("ran.log");
-    let workflow = stack
-        .create_workflow(
-            "w",
-            &agent.id,
-            true,
-            &format!("echo {{{{title}}}} >> {}", file.display()),
-        )
-        .await?;
+    let (_agent, workflow, file) = logging_workflow(&mut stack, "serial").await?;
     // Queued at once: each trigger's own wake-up comes while the first task
     // runs, so every later task waits for a finished one to wake the runner.
     let tasks = trigger_all(&stack.workflows, std::slice::from_ref(&workflow.id), "deaf").await?;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Harness, is_ready, kill9, kind, kinds, reference_agent};
+use common::{Harness, is_ready, kill9, kind, kinds, ready_agent, reference_agent};
 use shepherd_proto::agentmanager::v1::{
     self as pb, agent_event::Kind, agent_session_client::AgentSessionClient,
 };
@@ -40,12 +40,7 @@ fn batch_dispatched(result: &pb::DispatchTaskResult) -> &pb::DispatchTaskRespons
 /// delivered task runs exactly once.
 #[tokio::test]
 async fn a_dispatch_batch_answers_each_task_on_its_own() -> anyhow::Result<()> {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("worker", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("worker", pb::RestartMode::Never).await?;
     let unknown = uuid::Uuid::now_v7().to_string();
     let marker = std::env::temp_dir().join(format!("shepherd-batch-{}", h.db.name));
     let payload = |task: &str| format!("echo {task} >> {}", marker.display());
@@ -114,12 +109,7 @@ async fn a_dispatch_batch_answers_each_task_on_its_own() -> anyhow::Result<()> {
 /// to wait is accepted first.
 #[tokio::test]
 async fn only_a_task_that_waits_is_accepted_before_its_report() -> anyhow::Result<()> {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("worker", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("worker", pb::RestartMode::Never).await?;
 
     // An empty payload: the reference agent has nothing to run.
     h.client
@@ -142,12 +132,7 @@ async fn only_a_task_that_waits_is_accepted_before_its_report() -> anyhow::Resul
 
 #[tokio::test]
 async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow::Result<()> {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("worker", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("worker", pb::RestartMode::Never).await?;
 
     let marker = std::env::temp_dir().join(format!("shepherd-runs-{}", h.db.name));
     let payload = format!("echo ran >> {}; echo hello from the task", marker.display());
@@ -220,12 +205,7 @@ async fn dispatch_is_idempotent_and_the_outcome_arrives_as_an_event() -> anyhow:
 /// every other task exactly once too.
 #[tokio::test]
 async fn concurrent_dispatches_deliver_each_task_exactly_once() -> anyhow::Result<()> {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("busy", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (h, mut events, agent) = ready_agent("busy", pb::RestartMode::Never).await?;
 
     let marker = std::env::temp_dir().join(format!("shepherd-same-{}", h.db.name));
     let same = format!("echo ran >> {}", marker.display());
@@ -280,12 +260,7 @@ async fn concurrent_dispatches_deliver_each_task_exactly_once() -> anyhow::Resul
 
 #[tokio::test]
 async fn a_repeated_dispatch_reports_an_accepted_task_as_accepted() -> anyhow::Result<()> {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("steady", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("steady", pb::RestartMode::Never).await?;
 
     h.client
         .dispatch_task(dispatch(&agent.id, "slow", "sleep 2"))
@@ -312,12 +287,7 @@ async fn a_repeated_dispatch_reports_an_accepted_task_as_accepted() -> anyhow::R
 #[tokio::test]
 async fn killing_the_agent_mid_task_loses_the_task_and_it_can_be_redelivered() -> anyhow::Result<()>
 {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("fragile", pb::RestartMode::OnFailure))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("fragile", pb::RestartMode::OnFailure).await?;
 
     h.client
         .dispatch_task(dispatch(&agent.id, "long", "sleep 30"))
@@ -414,12 +384,7 @@ async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), to
 
 #[tokio::test]
 async fn sessions_with_wrong_or_stale_tokens_are_refused() -> anyhow::Result<()> {
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("guarded", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("guarded", pb::RestartMode::Never).await?;
     let first_token = token_of(agent.pid)?;
 
     let err = open_session(&h, &agent.id, "not-the-token")
@@ -490,12 +455,7 @@ async fn a_silent_agent_is_disconnected_by_heartbeat_timeout_and_comes_back() ->
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let mut h = Harness::start().await?;
-    let mut events = h.watch(0, "").await?;
-    let agent = h
-        .create(reference_agent("sleepy", pb::RestartMode::Never))
-        .await?;
-    events.until(is_ready).await?;
+    let (mut h, mut events, agent) = ready_agent("sleepy", pb::RestartMode::Never).await?;
 
     // Frozen, the process keeps its connection open but sends nothing: only
     // the heartbeat timeout can notice.

@@ -23,6 +23,19 @@ pub(crate) fn reference_agent(name: &str, mode: pb::RestartMode) -> pb::Agent {
 #[allow(unused_imports)]
 pub(crate) use shepherd_testkit::agents::Events;
 
+/// A manager with one reference agent, READY, and a watch of every event
+/// from the start (already past the agent's readiness).
+pub(crate) async fn ready_agent(
+    name: &str,
+    mode: pb::RestartMode,
+) -> anyhow::Result<(Harness, Events, pb::Agent)> {
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let agent = h.create(reference_agent(name, mode)).await?;
+    events.until(is_ready).await?;
+    Ok((h, events, agent))
+}
+
 /// Short name of an event's kind, for readable assertions (the name the
 /// manager stores in its `kind` column).
 pub(crate) fn kind(event: &pb::AgentEvent) -> &'static str {
