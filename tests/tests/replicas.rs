@@ -413,5 +413,9 @@ async fn finished_tasks_wake_their_runner_while_the_listener_is_deaf() -> anyhow
     let tasks = trigger_all(&stack.workflows, std::slice::from_ref(&workflow.id), "deaf").await?;
     stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
     assert_eq!(lines(&file).len(), 5, "every task ran once");
+
+    // A deaf listener does not hold up a graceful stop.
+    let scheduler = stack.scheduler.as_mut().expect("the scheduler runs");
+    assert_eq!(scheduler.terminate().await?, Some(0), "a clean exit");
     Ok(())
 }

@@ -69,6 +69,8 @@ impl Wakeups {
         let mut safety_at = Instant::now() + self.safety_interval;
         loop {
             tokio::select! {
+                // The listener ends on shutdown too; this ends a deaf one.
+                _ = shutdown.cancelled() => return,
                 heard = listener.next(), if !deaf => match heard {
                     None => return,
                     Some(Heard::Listening) => {
