@@ -427,7 +427,11 @@ async fn write_loop(
         // The events the batch's reports make, one per report (None: the
         // report was stale), known only once they are recorded.
         let mut made: Vec<Option<AgentEvent>> = Vec::new();
-        let reports: Vec<&Completion> = batch.iter().filter_map(AppendRequest::report).collect();
+        let reports: Vec<&Completion> = batch
+            .iter()
+            .filter_map(AppendRequest::report)
+            .map(|(completion, _)| completion)
+            .collect();
         let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
         let (completed, first) = loop {
             let stored = store
@@ -467,9 +471,13 @@ async fn write_loop(
 }
 
 impl AppendRequest {
-    fn report(&self) -> Option<&Completion> {
+    /// The report this request carries, with its session's generation.
+    fn report(&self) -> Option<(&Completion, u64)> {
         match &self.entry {
-            Entry::Report { completion, .. } => Some(completion),
+            Entry::Report {
+                completion,
+                generation,
+            } => Some((completion, *generation)),
             Entry::Event(_) => None,
         }
     }
@@ -482,12 +490,9 @@ fn events_of_reports(
     batch: &[AppendRequest],
     completed: &[Option<u32>],
 ) -> Vec<Option<AgentEvent>> {
-    let reports = batch.iter().filter_map(|request| match &request.entry {
-        Entry::Report {
-            completion,
-            generation,
-        } => Some((request.agent_id, completion, *generation)),
-        Entry::Event(_) => None,
+    let reports = batch.iter().filter_map(|request| {
+        let (completion, generation) = request.report()?;
+        Some((request.agent_id, completion, generation))
     });
     reports
         .zip(completed)

@@ -60,11 +60,9 @@ impl Store {
 /// Only workflows with room and a claimable task lock their lease: locking
 /// a row writes it (a WAL record and a dirtied page per lease), and many
 /// claims find nothing: most of a fleet coming back (10,000 runners of a
-/// restarted agent), and a busy workflow's runner woken twice for one
-/// finished task (directly by this replica's consumer, then by the
-/// database's notification, after the first wake-up took the room). A task
-/// that becomes claimable after the check, or room that frees up, wakes the
-/// runner again.
+/// restarted agent), and a busy workflow's runner woken while it has no
+/// room (a trigger while its tasks run). A task that becomes claimable
+/// after the check, or room that frees up, wakes the runner again.
 ///
 /// The room counts dispatched tasks only up to max_concurrency: a bounded
 /// index scan, which also marks the index entries of tasks that left the
