@@ -7,7 +7,17 @@
 //!     running a no-op task, also as a ratio to the baseline;
 //! baseline: a pgbench-like loop on the same PostgreSQL in the same run (8
 //!     connections, each committing one insert plus one update), the yard
-//!     stick every throughput is divided by;
+//!     stick every throughput is divided by; and, where PostgreSQL's own
+//!     `pgbench` is installed, `pgbench -N` (8 clients, 5 s) as a second
+//!     reference: the figure the targets of issue 10 were first set
+//!     against (its transaction has one more round trip than the yard stick);
+//! db-floor: the database work of a task alone, with no service running:
+//!     the rows a task writes (the scheduler's claim and outcome updates
+//!     with their change-log rows, the manager's delivery insert and
+//!     completion update, the completion event) in the simplest statements,
+//!     committed as the services commit them (4 transactions a wave), in waves
+//!     of 50 and of 11 tasks (about what max concurrency 8 and 1 give), from
+//!     one connection: PostgreSQL CPU per task, the floor under (b);
 //! idle: N enabled workflows with no tasks: scheduler and PostgreSQL CPU
 //!     (from /proc) and scheduler memory per runner;
 //! latency: trigger -> dispatched -> completed at low load, p50/p99 (from
@@ -22,7 +32,7 @@
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N[,N...] (b,
 //! per workflow, each in turn; default 1,8), --workflows N (idle; default 10000), --only
-//! a1|a2|a3|b|baseline|idle|latency|containment (a3: one agent with
+//! a1|a2|a3|b|baseline|db-floor|idle|latency|containment (a3: one agent with
 //! --workflows workflows restarted), --launches N (containment; default 1000).
 
 use std::time::{Duration, Instant, SystemTime};
@@ -35,13 +45,15 @@ use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|db-floor|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
   a3: runners of one agent with --workflows workflows (default 10000) back after its restart
   b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow: each in turn, default 1,8),
       as tasks/s and as a ratio to the baseline (measured first, in the same run)
   baseline: 8 connections committing one insert plus one update each, for 5 s
+      (and pgbench -N with 8 clients for 5 s, if pgbench is installed)
+  db-floor: PostgreSQL CPU per task for the rows a task writes alone (no services), in waves of 50 and 11
   idle: --workflows enabled workflows (default 10000) with no tasks: CPU and memory
   latency: trigger -> dispatched -> completed, p50/p99 over 200 sequential tasks
   containment: cost of containing an agent per launch (over --launches, default 1000) and per usage read";
@@ -102,14 +114,20 @@ async fn main() -> anyhow::Result<()> {
     if run("a3") {
         many_agents(1, args.workflows).await?;
     }
-    let mut baseline_tps = None;
+    let mut yard_sticks = YardSticks::default();
     if run("b") || run("baseline") {
-        baseline_tps = Some(baseline().await?);
+        yard_sticks = YardSticks {
+            baseline: Some(baseline().await?),
+            pgbench: pgbench_simple_update().await?,
+        };
     }
     if run("b") {
         for &concurrency in &args.concurrency {
-            throughput(50, args.tasks, concurrency, baseline_tps).await?;
+            throughput(50, args.tasks, concurrency, &yard_sticks).await?;
         }
+    }
+    if run("db-floor") {
+        db_floor().await?;
     }
     if run("latency") {
         latency(200).await?;
@@ -313,11 +331,34 @@ async fn many_agents(agents: usize, workflows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What throughputs are divided by, both measured in the same run.
+#[derive(Default)]
+struct YardSticks {
+    /// The in-run baseline loop, TPS.
+    baseline: Option<f64>,
+    /// `pgbench -N`, TPS (None when pgbench is not installed).
+    pgbench: Option<f64>,
+}
+
+impl YardSticks {
+    /// " = 0.50x baseline (0.80x pgbench -N)" for `rate` tasks/s.
+    fn ratios(&self, rate: f64) -> String {
+        let mut text = String::new();
+        if let Some(tps) = self.baseline {
+            text.push_str(&format!(" = {:.2}x baseline", rate / tps));
+        }
+        if let Some(tps) = self.pgbench {
+            text.push_str(&format!(" ({:.2}x pgbench -N)", rate / tps));
+        }
+        text
+    }
+}
+
 async fn throughput(
     agents: usize,
     tasks: usize,
     concurrency: u32,
-    baseline: Option<f64>,
+    yard_sticks: &YardSticks,
 ) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let mut workflows = Vec::new();
@@ -455,7 +496,7 @@ async fn throughput(
         .await?;
     let (delivered_once, completions): (i64, i64) = (row.get(0), row.get(1));
     let rate = timed as f64 / elapsed.as_secs_f64();
-    let ratio = baseline.map_or_else(String::new, |tps| format!(" = {:.2}x baseline", rate / tps));
+    let ratio = yard_sticks.ratios(rate);
     println!(
         "(b) {agents} agents, no-op tasks, max concurrency {concurrency}/workflow: {timed} tasks dispatched and completed in {:.2} s = {rate:.0} tasks/s{ratio} (after {} warm-up tasks; of all {}: {failed} not succeeded, {delivered_once} delivered exactly once, {completions} completion events)",
         elapsed.as_secs_f64(),
@@ -558,6 +599,162 @@ async fn baseline() -> anyhow::Result<f64> {
     let tps = total as f64 / run_for.as_secs_f64();
     println!("baseline: 8 connections, one insert + one update per transaction: {tps:.0} TPS");
     Ok(tps)
+}
+
+/// The floor under (b): what PostgreSQL spends per task on the rows a task
+/// writes, with no service running (both are started once, to create their
+/// schemas, and stopped). The statements are the simplest that write those
+/// rows (the services' own do more: leases, room, retries), committed as
+/// the services commit them (claim; delivery; completion and its event;
+/// outcome), a wave of tasks per statement.
+async fn db_floor() -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    stack.manager.terminate().await?;
+    if let Some(scheduler) = stack.scheduler.as_mut() {
+        scheduler.terminate().await?;
+    }
+    let mut db = stack.db.client().await?;
+    // 50 disabled workflows of 400 pending tasks each; task ids are
+    // "<workflow>:k<n>" as the scheduler makes them.
+    db.batch_execute(
+        "INSERT INTO scheduler.workflows (id, name, agent_id, enabled, max_concurrency, trigger,
+                                          prompt_template, max_attempts)
+         SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(g), 12, '0'))::uuid, 'floor-' || g,
+                gen_random_uuid(), false, 1, '{}', '', 1
+         FROM generate_series(1, 50) g;
+         INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, prompt, fields)
+         SELECT w.id || ':k' || n, w.id, 'k' || n, 'pending', '', '{}'
+         FROM scheduler.workflows w, generate_series(1, 400) n;",
+    )
+    .await?;
+    db.batch_execute("VACUUM ANALYZE").await?;
+    let claim = db
+        .prepare(
+            "UPDATE scheduler.tasks SET state = 'dispatched', attempts = attempts + 1,
+                 updated_at = now(), dispatched_at = now()
+             WHERE id = ANY($1) AND state = 'pending'",
+        )
+        .await?;
+    let deliver = db
+        .prepare(
+            "INSERT INTO agent_manager.tasks (task_id, agent_id, session_id, generation, state, attempt)
+             SELECT id, agent, agent, 1, 'delivered', 1 FROM UNNEST($1::text[], $2::uuid[]) AS v(id, agent)",
+        )
+        .await?;
+    let complete = db
+        .prepare(
+            "UPDATE agent_manager.tasks SET state = 'completed', outcome = 'succeeded', updated_at = now()
+             WHERE task_id = ANY($1) AND state = 'delivered'",
+        )
+        .await?;
+    let event = db
+        .prepare(
+            "WITH counter AS (
+                 UPDATE agent_manager.event_log_state SET last_seq = last_seq + cardinality($1::uuid[])
+                 RETURNING last_seq - cardinality($1::uuid[]) AS before)
+             INSERT INTO agent_manager.events (seq, agent_id, kind, payload)
+             SELECT counter.before + v.n, v.agent, 'task_completed', '\\x0a00'::bytea
+             FROM counter, UNNEST($1::uuid[]) WITH ORDINALITY AS v(agent, n)",
+        )
+        .await?;
+    let outcome = db
+        .prepare(
+            "UPDATE scheduler.tasks SET state = 'succeeded', updated_at = now()
+             WHERE id = ANY($1) AND state = 'dispatched'",
+        )
+        .await?;
+    // Waves of 50 take keys 1-200 of every workflow, waves of 11 keys
+    // 201-400 of the first 11: no task is taken twice.
+    for (wave, keys) in [(50u32, 1..=200u32), (11, 201..=400)] {
+        let before = CpuUse::read(&stack);
+        let mut tasks = 0;
+        for key in keys {
+            let agents: Vec<uuid::Uuid> = (1..=wave)
+                .map(|w| uuid::Uuid::from_u128(u128::from(w)))
+                .collect();
+            let ids: Vec<String> = agents.iter().map(|w| format!("{w}:k{key}")).collect();
+            let written = db.execute(&claim, &[&ids]).await?;
+            db.execute(&deliver, &[&ids, &agents]).await?;
+            // The manager records a report and its event in one transaction.
+            let report = db.transaction().await?;
+            report.execute(&complete, &[&ids]).await?;
+            report.execute(&event, &[&agents]).await?;
+            report.commit().await?;
+            db.execute(&outcome, &[&ids]).await?;
+            tasks += written as usize;
+        }
+        if tasks != (wave as usize) * 200 {
+            bail!(
+                "db-floor: {tasks} tasks claimed in waves of {wave}, expected {}",
+                wave * 200
+            );
+        }
+        println!(
+            "db-floor: {tasks} tasks in waves of {wave}, 4 transactions per wave, no services: {}",
+            CpuUse::read(&stack).per_task_since(&before, tasks)
+        );
+    }
+    Ok(())
+}
+
+/// PostgreSQL's own `pgbench -N` ("simple-update": BEGIN; UPDATE an
+/// account; SELECT its balance; INSERT a history row; END) with 8 clients
+/// for 5 s on a database of its own; None when pgbench is not installed.
+/// The throughput targets of issue 10 were first set as multiples of this
+/// figure; the in-run baseline does one round trip fewer per transaction
+/// and so commits more per second on the same server.
+async fn pgbench_simple_update() -> anyhow::Result<Option<f64>> {
+    let Some(pgbench) = pgbench_binary() else {
+        println!("pgbench -N: skipped (pgbench is not installed)");
+        return Ok(None);
+    };
+    let db = shepherd_testkit::TestDb::create().await?;
+    let run = async |args: &[&str]| -> anyhow::Result<String> {
+        let out = tokio::process::Command::new(&pgbench)
+            .args(args)
+            .arg(&db.url)
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "pgbench {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    run(&["-i", "-q"]).await?;
+    let report = run(&["-N", "-c", "8", "-j", "2", "-T", "5"]).await?;
+    let tps = report
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse::<f64>().ok())
+        .with_context(|| format!("no tps line in pgbench's report:\n{report}"))?;
+    println!("pgbench -N: 8 clients, 2 threads, 5 s: {tps:.0} TPS");
+    Ok(Some(tps))
+}
+
+/// `pgbench` on PATH, else the newest PostgreSQL's under /usr/lib/postgresql.
+fn pgbench_binary() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("pgbench"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.or_else(|| {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| {
+                let dir = entry.ok()?.path();
+                let major: u32 = dir.file_name()?.to_str()?.split('.').next()?.parse().ok()?;
+                Some((major, dir.join("bin/pgbench")))
+            })
+            .filter(|(_, candidate)| candidate.is_file())
+            .max_by_key(|(major, _)| *major)
+            .map(|(_, pgbench)| pgbench)
+    })
 }
 
 /// Trigger -> dispatched -> completed at low load: one task at a time,
