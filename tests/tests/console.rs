@@ -57,14 +57,10 @@ impl Drop for Driver {
 /// The browser, or why there is none.
 fn browser_binaries() -> Result<(String, String), String> {
     let find = |names: &[&str]| {
-        names.iter().find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|path| path.is_file())
-                    .map(|path| path.display().to_string())
-            })
-        })
+        names
+            .iter()
+            .find_map(|name| shepherd_testkit::on_path(name))
+            .map(|path| path.display().to_string())
     };
     let driver =
         find(&["chromedriver"]).ok_or("no chromedriver in PATH (Debian: chromium-driver)")?;

