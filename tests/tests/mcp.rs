@@ -131,7 +131,49 @@ async fn streamable_http_serves_the_same_tools_to_token_holders_only() -> anyhow
     )
     .await?;
     assert_eq!(answer.status, 401, "{}", answer.body);
+    // With the token but from a page of another origin (a browser tab the
+    // user opened): refused, whatever the page sends.
+    let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"page","version":"1"}}}"#;
+    let from_page = |origin: &'static str| {
+        let url = url.clone();
+        async move {
+            shepherd_e2e::http::request(
+                "POST",
+                &url,
+                &[
+                    ("Accept", "application/json, text/event-stream".into()),
+                    ("Authorization", format!("Bearer {TOKEN}")),
+                    ("Origin", origin.into()),
+                ],
+                Some(initialize),
+            )
+            .await
+        }
+    };
+    let foreign = from_page("http://evil.example").await?;
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    let local = from_page("http://127.0.0.1:3000").await?;
+    assert_eq!(local.status, 200, "{}", local.body);
     server.kill().await?;
+    Ok(())
+}
+
+/// `shepherd mcp --http` off loopback without a token would hand this
+/// CLI's credentials to whoever reaches the port: it refuses to start.
+#[tokio::test]
+async fn mcp_over_http_refuses_a_public_address_without_a_token() -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(bin_path("shepherd")?)
+        .args(["mcp", "--http", "0.0.0.0:0"])
+        .env_remove("SHEPHERD_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(shepherd_e2e::WAIT, output).await??;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("without authentication") && stderr.contains("--token"),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -31,6 +31,70 @@ pub struct AuthArgs {
         hide_env_values = true
     )]
     pub api_tokens: Vec<String>,
+
+    /// Serve the API without authentication on an address other than
+    /// loopback. Off: a service given a non-loopback address and no token
+    /// refuses to start, since anyone who reaches the port could then run
+    /// any command as an agent.
+    #[arg(
+        long,
+        env = "SHEPHERD_ALLOW_OPEN_API",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_open_api: bool,
+}
+
+/// How a bound API is protected (see [`exposure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Every call must present a credential.
+    Authenticated,
+    /// Open, but only to this machine.
+    Loopback,
+    /// Open to whoever reaches the address, because a setting says so.
+    OpenByChoice,
+}
+
+impl Exposure {
+    /// What to tell operators about it (start-up log, GetManagerInfo);
+    /// empty when there is nothing to warn about.
+    pub fn warning(self, bound: std::net::SocketAddr) -> String {
+        match self {
+            Self::OpenByChoice => format!(
+                "the API on {bound} is open (SHEPHERD_ALLOW_OPEN_API): anyone who reaches it can run any command as an agent"
+            ),
+            Self::Authenticated | Self::Loopback => String::new(),
+        }
+    }
+}
+
+/// Decides whether an API may be served on `bound`: with credentials
+/// anywhere; without them on loopback only, unless `allow_open` says the
+/// API is meant to be open. The error is one line naming what to set.
+pub fn exposure(
+    what: &str,
+    bound: std::net::SocketAddr,
+    authenticated: bool,
+    allow_open: bool,
+    token_variable: &str,
+    allow_variable: Option<&str>,
+) -> Result<Exposure, String> {
+    if authenticated {
+        return Ok(Exposure::Authenticated);
+    }
+    if bound.ip().is_loopback() {
+        return Ok(Exposure::Loopback);
+    }
+    if allow_open {
+        return Ok(Exposure::OpenByChoice);
+    }
+    let open = allow_variable
+        .map(|name| format!(", or set {name}=true to serve it open"))
+        .unwrap_or_default();
+    Err(format!(
+        "refusing to serve {what} on {bound} without authentication: set {token_variable} or listen on 127.0.0.1{open}"
+    ))
 }
 
 /// The name recorded for callers with `--api-token`.
@@ -53,6 +117,23 @@ impl AuthArgs {
             tokens.push((name.trim().to_owned(), token.to_owned()));
         }
         Ok(RequireBearer::with_tokens(tokens))
+    }
+
+    /// Whether callers must authenticate.
+    pub fn configured(&self) -> bool {
+        self.api_token.as_deref().is_some_and(|t| !t.is_empty()) || !self.api_tokens.is_empty()
+    }
+
+    /// How an API on `bound` is protected, or why it must not be served.
+    pub fn exposure(&self, what: &str, bound: std::net::SocketAddr) -> Result<Exposure, String> {
+        exposure(
+            what,
+            bound,
+            self.configured(),
+            self.allow_open_api,
+            "SHEPHERD_API_TOKEN (or SHEPHERD_API_TOKENS)",
+            Some("SHEPHERD_ALLOW_OPEN_API"),
+        )
     }
 
     /// The token this service sends to its peers: --api-token, else the
@@ -246,6 +327,7 @@ mod tests {
         let args = AuthArgs {
             api_token: Some("shared".into()),
             api_tokens: vec!["alice=a-secret".into(), "bob=b-secret".into()],
+            allow_open_api: false,
         };
         let mut server = args.require_bearer().unwrap();
         let call = |token: &str| {
@@ -263,9 +345,32 @@ mod tests {
         assert_eq!(args.service_token(), Some("shared"));
 
         let bad = AuthArgs {
-            api_token: None,
             api_tokens: vec!["no-equals-sign".into()],
+            ..AuthArgs::default()
         };
         assert!(bad.require_bearer().is_err());
+    }
+
+    #[test]
+    fn an_open_api_is_served_on_loopback_only_unless_chosen() {
+        let any: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let lo: std::net::SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let lo6: std::net::SocketAddr = "[::1]:50051".parse().unwrap();
+        let check =
+            |bound, auth, allow| exposure("the API", bound, auth, allow, "TOKEN", Some("ALLOW"));
+        assert_eq!(check(any, true, false), Ok(Exposure::Authenticated));
+        assert_eq!(check(lo, false, false), Ok(Exposure::Loopback));
+        assert_eq!(check(lo6, false, false), Ok(Exposure::Loopback));
+        assert_eq!(check(any, false, true), Ok(Exposure::OpenByChoice));
+        let refused = check(any, false, false).unwrap_err();
+        assert!(
+            refused.contains("set TOKEN") && refused.contains("ALLOW=true"),
+            "{refused}"
+        );
+        assert!(!refused.contains('\n'));
+        let no_opt_in = exposure("mcp", any, false, false, "TOKEN", None).unwrap_err();
+        assert!(!no_opt_in.contains("serve it open"), "{no_opt_in}");
+        assert!(Exposure::OpenByChoice.warning(any).contains("open"));
+        assert!(Exposure::Loopback.warning(lo).is_empty());
     }
 }

@@ -39,6 +39,35 @@ pub enum DbError {
     Shared(Arc<DbError>),
 }
 
+impl DbError {
+    /// Whether trying the same statement again could succeed: the
+    /// connection broke, the server is shutting down or short of
+    /// resources, or the transaction lost a serialization race. A data
+    /// error (a NUL in text, a value out of range, a broken constraint)
+    /// fails the same way every time: retrying it only holds back whatever
+    /// waits behind it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) | Self::Timeout(_) => true,
+            Self::Config(_) | Self::Migration { .. } => false,
+            Self::Shared(inner) => inner.is_transient(),
+            Self::Postgres(err) => match err.as_db_error() {
+                // No server error: the connection or the protocol failed.
+                None => true,
+                Some(db) => {
+                    let code = db.code().code();
+                    // 08 connection, 40 rollback (serialization, deadlock),
+                    // 53 insufficient resources, 57 operator intervention
+                    // (shutdown, cancel), 58 system error (I/O).
+                    ["08", "40", "53", "57", "58"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }
+            },
+        }
+    }
+}
+
 /// The server's own message when there is one: tokio-postgres displays a
 /// server error only as "db error".
 fn describe(err: &tokio_postgres::Error) -> String {

@@ -17,6 +17,7 @@ pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod timer;
 pub mod tls;
 pub mod validate;

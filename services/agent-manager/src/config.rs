@@ -18,7 +18,7 @@ use shepherd_platform::tls::TlsArgs;
 )]
 pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: String,
 
     #[command(flatten)]

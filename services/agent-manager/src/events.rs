@@ -405,13 +405,18 @@ const MAX_APPEND_BACKOFF: Duration = Duration::from_secs(2);
 /// outbox), so a crash between the two cannot leave a completion that no
 /// event tells of.
 ///
-/// A batch that cannot be stored (the database is down) is tried again,
-/// with backoff, until it is: an event once accepted is never dropped, and
-/// later events wait behind it, so the order holds. (If a commit's answer
-/// is lost the batch may be stored twice; every consumer of the log
-/// handles events idempotently. Its reports are then stale on the second
-/// try and make no second event: the first commit stored theirs, which
-/// the tailer publishes.)
+/// A batch that cannot be stored for a passing reason (the database is
+/// down) is tried again, with backoff, until it is: an event once accepted
+/// is never dropped, and later events wait behind it, so the order holds.
+/// (If a commit's answer is lost the batch may be stored twice; every
+/// consumer of the log handles events idempotently. Its reports are then
+/// stale on the second try and make no second event: the first commit
+/// stored theirs, which the tailer publishes.)
+///
+/// A batch the database refuses for what it holds (an error that trying
+/// again cannot fix) is stored one entry at a time instead, so the entry at
+/// fault fails on its own and never holds back anyone else's: it is stored
+/// in a safe form if it has one, else refused to its sender.
 async fn write_loop(
     store: Store,
     mut requests: mpsc::Receiver<AppendRequest>,
@@ -420,38 +425,117 @@ async fn write_loop(
     writing: Arc<tokio::sync::Mutex<()>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let publisher = Publisher {
+        live: &live,
+        latest: &latest,
+    };
     while recv_gathered(&mut requests, &mut batch, MAX_BATCH, GATHER_YIELDS).await > 0 {
         // Held from before the commit until the batch is published (see
         // `tail`).
         let _writing = writing.lock().await;
-        // The events the batch's reports make, one per report (None: the
-        // report was stale), known only once they are recorded.
-        let mut made: Vec<Option<AgentEvent>> = Vec::new();
-        let reports: Vec<&Completion> = batch
-            .iter()
-            .filter_map(AppendRequest::report)
-            .map(|(completion, _)| completion)
-            .collect();
-        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
-        let (completed, first) = loop {
-            let stored = store
-                .record_reports_and_append(&reports, |completed| {
-                    made = events_of_reports(&batch, completed);
-                    rows_of(&batch, &made)
-                })
-                .await;
-            match stored {
-                Ok(stored) => break stored,
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, requests = batch.len(), retry_in = ?delay, "storing events failed; retrying");
-                    tokio::time::sleep(delay).await;
+        match store_batch(&store, &batch).await {
+            Ok(committed) => publisher.publish(batch.drain(..), committed),
+            Err(err) => {
+                tracing::warn!(error = %err, requests = batch.len(), "the database refused a batch of events; storing its entries one by one");
+                for request in batch.drain(..) {
+                    store_alone(&store, request, &publisher).await;
                 }
             }
-        };
-        let (mut completed, mut made) = (completed.into_iter(), made.into_iter());
-        let mut next_seq = first.unwrap_or_default();
-        for request in batch.drain(..) {
+        }
+    }
+}
+
+/// What one commit of the writer stored.
+struct Committed {
+    /// For each report of the batch, in order, the attempt it completed
+    /// (None: stale).
+    completed: Vec<Option<u32>>,
+    /// The event each report made (None: stale, no event).
+    made: Vec<Option<AgentEvent>>,
+    /// The sequence of the batch's first event, if it stored any.
+    first: Option<u64>,
+}
+
+/// Stores `batch` in one transaction, trying again (with backoff) for as
+/// long as the failure is a passing one. Fails only when the database
+/// refuses what the batch holds.
+async fn store_batch(store: &Store, batch: &[AppendRequest]) -> Result<Committed> {
+    let reports: Vec<&Completion> = batch
+        .iter()
+        .filter_map(AppendRequest::report)
+        .map(|(completion, _)| completion)
+        .collect();
+    let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
+    loop {
+        let mut made = Vec::new();
+        let stored = store
+            .record_reports_and_append(&reports, |completed| {
+                made = events_of_reports(batch, completed);
+                rows_of(batch, &made)
+            })
+            .await;
+        match stored {
+            Ok((completed, first)) => {
+                return Ok(Committed {
+                    completed,
+                    made,
+                    first,
+                });
+            }
+            Err(Error::Db(err)) if !err.is_transient() => return Err(Error::Db(err)),
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, requests = batch.len(), retry_in = ?delay, "storing events failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Stores one entry of a refused batch: as it is, else in its safe form,
+/// else not at all (its sender hears why).
+async fn store_alone(store: &Store, request: AppendRequest, publisher: &Publisher<'_>) {
+    let mut one = vec![request];
+    let refused = match store_batch(store, &one).await {
+        Ok(committed) => return publisher.publish(one.drain(..), committed),
+        Err(err) => err,
+    };
+    let Some(request) = one.pop() else { return };
+    let agent_id = request.agent_id;
+    let safe = match request.safe_form() {
+        Ok(safe) => safe,
+        Err(request) => {
+            tracing::error!(agent = %agent_id, error = %refused, "the database refused an event; dropped");
+            let _ = request.done.send(Err(refused));
+            return;
+        }
+    };
+    tracing::warn!(agent = %agent_id, error = %refused, "the database refused an entry; storing its safe form");
+    let mut one = vec![safe];
+    match store_batch(store, &one).await {
+        Ok(committed) => publisher.publish(one.drain(..), committed),
+        Err(err) => {
+            tracing::error!(agent = %agent_id, error = %err, "the database refused an entry's safe form too; dropped");
+            if let Some(request) = one.pop() {
+                let _ = request.done.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Puts what the writer committed on the live feed, in sequence order,
+/// and answers each request.
+struct Publisher<'a> {
+    live: &'a broadcast::Sender<Arc<AgentEvent>>,
+    latest: &'a watch::Sender<u64>,
+}
+
+impl Publisher<'_> {
+    fn publish(&self, requests: impl Iterator<Item = AppendRequest>, committed: Committed) {
+        let mut completed = committed.completed.into_iter();
+        let mut made = committed.made.into_iter();
+        let mut next_seq = committed.first.unwrap_or_default();
+        for request in requests {
             let (event, completed) = match request.entry {
                 Entry::Event(event) => (Some(*event), None),
                 Entry::Report { .. } => (made.next().flatten(), completed.next().flatten()),
@@ -461,8 +545,8 @@ async fn write_loop(
                 next_seq += 1;
                 event.sequence = seq;
                 // No receivers is fine: nobody is watching right now.
-                let _ = live.send(Arc::new(event));
-                raise(&latest, seq);
+                let _ = self.live.send(Arc::new(event));
+                raise(self.latest, seq);
                 seq
             });
             let _ = request.done.send(Ok(Stored { seq, completed }));
@@ -471,6 +555,30 @@ async fn write_loop(
 }
 
 impl AppendRequest {
+    /// The request with what the database may have refused taken out, if
+    /// there is a form that still says what happened: a report keeps its
+    /// task, attempt and outcome, and says its output could not be stored.
+    /// An event has no such form (the manager builds its every field):
+    /// it comes back as it is.
+    fn safe_form(self) -> std::result::Result<Self, Self> {
+        match self.entry {
+            Entry::Event(_) => Err(self),
+            Entry::Report {
+                mut completion,
+                generation,
+            } => {
+                completion.output = "[the output could not be stored]".to_owned();
+                Ok(Self {
+                    entry: Entry::Report {
+                        completion,
+                        generation,
+                    },
+                    ..self
+                })
+            }
+        }
+    }
+
     /// The report this request carries, with its session's generation.
     fn report(&self) -> Option<(&Completion, u64)> {
         match &self.entry {

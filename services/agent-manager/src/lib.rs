@@ -20,6 +20,7 @@ pub(crate) mod node;
 pub(crate) mod process;
 pub(crate) mod procfs;
 pub(crate) mod protocol;
+pub(crate) mod rate;
 pub(crate) mod sessions;
 pub(crate) mod store;
 pub(crate) mod supervisor;
@@ -48,6 +49,17 @@ use crate::supervisor::{Context, Supervisors};
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `agent-manager listening on ADDR`, to stdout once it accepts connections.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (listener, bound) = server::bind(&config.listen).await?;
+    // Before anything else: an open API off loopback is remote code
+    // execution (CreateAgent runs any command).
+    let exposure = config
+        .auth
+        .exposure("the agent-manager API", bound)
+        .map_err(anyhow::Error::msg)?;
+    let security_warning = exposure.warning(bound);
+    if !security_warning.is_empty() {
+        tracing::warn!("{security_warning}");
+    }
     let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,
@@ -56,7 +68,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
     let healthy = db::watch_health(pool.clone(), shutdown.clone());
-    let (listener, bound) = server::bind(&config.listen).await?;
     let advertised = config.advertise_url(bound);
     // Peers forward calls about this node's agents to the same URL its
     // agents connect to.
@@ -134,6 +145,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             config.agent_ca_file.clone(),
             &config.node_name,
         )?,
+        security_warning,
     );
     let mut routes = RoutesBuilder::default();
     // The API needs the bearer token (when configured); agent sessions

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::approvals::{ApprovalAsk, Approvals, refusal};
 use crate::events::{Event, EventLog};
 use crate::protocol::{FromAgent, ToAgent};
+use crate::rate::{PROGRESS_BURST, PROGRESS_PER_SECOND, TokenBucket};
 use crate::store::{Completion, TaskOutcome};
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
@@ -240,6 +241,11 @@ where
             approvals,
             approvals_in_progress: Arc::new(tokio::sync::Semaphore::new(APPROVALS_IN_PROGRESS)),
             outbound: outbound.clone(),
+            progress_budget: Mutex::new(TokenBucket::new(
+                PROGRESS_PER_SECOND,
+                PROGRESS_BURST,
+                std::time::Instant::now(),
+            )),
         };
         let session = Session {
             cancel: &handle.cancel,
@@ -484,6 +490,8 @@ struct TaskReports {
     approvals: Approvals,
     approvals_in_progress: Arc<tokio::sync::Semaphore>,
     outbound: mpsc::Sender<ToAgent>,
+    /// Progress this session may still log (the rest is dropped).
+    progress_budget: Mutex<TokenBucket>,
 }
 
 impl TaskReports {
@@ -495,6 +503,14 @@ impl TaskReports {
             .record_report(self.generation, completion)
             .await
             .map(drop)
+    }
+
+    /// Whether the session's progress budget has room for one more.
+    fn progress_allowed(&self) -> bool {
+        self.progress_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(std::time::Instant::now())
     }
 
     async fn on_message(&self, message: FromAgent, in_flight: &mut InFlightTasks) {
@@ -510,7 +526,7 @@ impl TaskReports {
             FromAgent::TaskCompleted {
                 task_id,
                 succeeded,
-                mut output,
+                output,
                 attempt,
             } => {
                 // Not only tasks forwarded on this session: an agent sends
@@ -524,7 +540,6 @@ impl TaskReports {
                 } else {
                     TaskOutcome::Failed
                 });
-                truncate_utf8(&mut output, MAX_OUTPUT_BYTES);
                 let completion = Completion {
                     outcome,
                     task_id,
@@ -540,17 +555,15 @@ impl TaskReports {
             FromAgent::TaskProgress {
                 task_id,
                 attempt,
-                mut message,
+                message,
                 mut fraction,
-                mut output,
+                output,
             } => {
                 // Only about a task this session runs; informational, so it
                 // is logged in order without waiting for the commit.
-                if !in_flight.contains(&task_id) {
+                if !in_flight.contains(&task_id) || !self.progress_allowed() {
                     return;
                 }
-                truncate_utf8(&mut message, MAX_PROGRESS_MESSAGE_BYTES);
-                truncate_utf8(&mut output, MAX_PROGRESS_OUTPUT_BYTES);
                 if !fraction.is_finite() || fraction > 1.0 {
                     fraction = -1.0;
                 }
@@ -674,16 +687,6 @@ impl Recorder {
     }
 }
 
-fn truncate_utf8(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-}
-
 /// The hex SHA-256 of a session token: only this is stored.
 pub(crate) fn hash_token(token: &str) -> Vec<u8> {
     use sha2::Digest;
@@ -696,13 +699,6 @@ pub(crate) use shepherd_platform::auth::random_secret as new_token;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        let mut text = "aé".repeat(10);
-        truncate_utf8(&mut text, 4);
-        assert_eq!(text, "aéa");
-    }
 
     #[test]
     fn a_task_past_its_deadline_is_told_once_then_judged_after_its_grace() {

@@ -244,7 +244,14 @@ pub(crate) async fn serve_http(
         allow_writes,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut config = StreamableHttpServerConfig::default();
+    // Hosts: loopback only (rmcp's default, against DNS rebinding).
+    // Origins: a browser page may call only from loopback (the MCP
+    // transport's rule); clients that are not browsers send none.
+    let mut config = StreamableHttpServerConfig::default().with_allowed_origins([
+        "http://localhost:*",
+        "http://127.0.0.1:*",
+        "http://[::1]:*",
+    ]);
     config.cancellation_token = shutdown.clone();
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
@@ -252,6 +259,7 @@ pub(crate) async fn serve_http(
         config,
     );
     let token = token.filter(|t| !t.is_empty()).map(Arc::<str>::from);
+    let authenticated = token.is_some();
     let router =
         axum::Router::new()
             .nest_service("/mcp", service)
@@ -261,6 +269,17 @@ pub(crate) async fn serve_http(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| crate::commands::UsageError(format!("--http {addr}: {err}")))?;
+    // Off loopback only with a token: the tools act with this CLI's
+    // credentials for whoever reaches the port.
+    shepherd_platform::auth::exposure(
+        "shepherd mcp",
+        listener.local_addr()?,
+        authenticated,
+        false,
+        "--token (SHEPHERD_TOKEN)",
+        None,
+    )
+    .map_err(crate::commands::UsageError)?;
     eprintln!(
         "shepherd mcp listening on http://{}/mcp",
         listener.local_addr()?

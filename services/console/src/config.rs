@@ -31,6 +31,17 @@ pub struct Config {
     #[arg(long, env = "SHEPHERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Serve the console without a token on an address other than
+    /// loopback. Off: such a console refuses to start (anyone who reached
+    /// it could stop, restart and trigger everything).
+    #[arg(
+        long,
+        env = "SHEPHERD_ALLOW_OPEN_API",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_open: bool,
+
     /// PEM CA for https:// service URLs (as the CLI's).
     #[arg(long, env = "SHEPHERD_CA_FILE")]
     pub ca_file: Option<PathBuf>,

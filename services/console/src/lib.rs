@@ -29,6 +29,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let bound = listener.local_addr()?;
+    let exposure = shepherd_platform::auth::exposure(
+        "the console",
+        bound,
+        config.token.as_deref().is_some_and(|t| !t.is_empty()),
+        config.allow_open,
+        "SHEPHERD_TOKEN",
+        Some("SHEPHERD_ALLOW_OPEN_API"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let warning = exposure.warning(bound);
+    if !warning.is_empty() {
+        tracing::warn!("{warning}");
+    }
     println!("shepherd-console listening on {bound}");
     tracing::info!(%bound, "shepherd-console listening");
     axum::serve(listener, http::router(console))

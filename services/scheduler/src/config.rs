@@ -14,7 +14,7 @@ use shepherd_platform::tls::TlsArgs;
 )]
 pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen: String,
 
     /// Address to serve webhooks (`POST /hooks/{workflow}`) on over HTTP;

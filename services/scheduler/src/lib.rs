@@ -47,6 +47,18 @@ use crate::wakeups::Wakeups;
 /// Runs the service until `shutdown` is cancelled. Prints one line,
 /// `scheduler listening on ADDR`, to stdout once it accepts connections.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // First, before anything is touched: an open API off loopback lets
+    // anyone trigger any workflow. (Callers wait in the backlog until the
+    // server starts.)
+    let (listener, bound) = server::bind(&config.listen).await?;
+    let exposure = config
+        .auth
+        .exposure("the scheduler API", bound)
+        .map_err(anyhow::Error::msg)?;
+    let warning = exposure.warning(bound);
+    if !warning.is_empty() {
+        tracing::warn!("{warning}");
+    }
     let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,
@@ -114,7 +126,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
         None => None,
     };
-    let (listener, bound) = server::bind(&config.listen).await?;
     let mut routes = RoutesBuilder::default();
     let auth = config.auth.require_bearer().map_err(anyhow::Error::msg)?;
     routes.add_service(tonic::service::interceptor::InterceptedService::new(

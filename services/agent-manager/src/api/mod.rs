@@ -55,13 +55,16 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub(crate) struct Api {
     manager: Arc<Manager>,
     peers: Arc<Peers>,
+    /// What GetManagerInfo warns of (an API served open on purpose).
+    security_warning: Arc<str>,
 }
 
 impl Api {
-    pub(crate) fn new(manager: Arc<Manager>, peers: Peers) -> Self {
+    pub(crate) fn new(manager: Arc<Manager>, peers: Peers, security_warning: String) -> Self {
         Self {
             manager,
             peers: Arc::new(peers),
+            security_warning: security_warning.into(),
         }
     }
 
@@ -552,6 +555,7 @@ impl AgentManager for Api {
             enforces_cpu: containment.enforces(LimitKind::Cpu),
             enforces_processes: containment.enforces(LimitKind::Processes),
             default_limits: Some(convert::limits(&containment.defaults())),
+            security_warning: self.security_warning.to_string(),
         }))
     }
 }
@@ -592,11 +596,9 @@ impl AgentSession for Api {
                 "the first message of a session must be Hello{agent_id, session_token}",
             ));
         };
+        // Never echoed: it could be megabytes, and it is the caller's.
         let agent_id = Uuid::parse_str(&hello.agent_id).map_err(|_| {
-            Status::unauthenticated(format!(
-                "hello.agent_id {:?} is not an agent id; use SHEPHERD_AGENT_ID",
-                hello.agent_id
-            ))
+            Status::unauthenticated("hello.agent_id is not an agent id; use SHEPHERD_AGENT_ID")
         })?;
         if hello.held_tasks.len() > MAX_HELD_TASKS {
             return Err(Status::invalid_argument(format!(
@@ -617,8 +619,8 @@ impl AgentSession for Api {
                 hello.instance_id,
                 inbound.map(|message| {
                     message
-                        .map(session::from_agent)
                         .map_err(|status| status.message().to_owned())
+                        .and_then(session::from_agent)
                 }),
             )
             .await?;

@@ -4,9 +4,13 @@
 use prost::Message;
 use shepherd_proto::agentmanager::v1::{self as pb, agent_message, manager_message};
 
+use shepherd_platform::text::storable;
+
 use crate::approvals::{Answer, ApprovalAsk};
 use crate::events::wire_approval_state;
+use crate::manager::MAX_TASK_ID_LEN;
 use crate::protocol::{FromAgent, HeldTask, ToAgent};
+use crate::sessions::{MAX_OUTPUT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, MAX_PROGRESS_OUTPUT_BYTES};
 
 pub(super) fn held_task(task: pb::HeldTask) -> HeldTask {
     HeldTask {
@@ -18,26 +22,38 @@ pub(super) fn held_task(task: pb::HeldTask) -> HeldTask {
     }
 }
 
-pub(super) fn from_agent(message: pb::AgentMessage) -> FromAgent {
+/// An agent's message in the domain's words, made safe at this edge: task
+/// ids are checked (an id no task could have is refused, and the session
+/// ends with the reason), free text is made storable and bounded. Nothing
+/// an agent sends can then reach the database in a form it refuses, which
+/// would hold back every other agent's events behind it.
+pub(super) fn from_agent(message: pb::AgentMessage) -> Result<FromAgent, String> {
     use agent_message::Kind;
-    match message.kind {
+    Ok(match message.kind {
         Some(Kind::Heartbeat(_)) => FromAgent::Heartbeat,
         Some(Kind::TaskAccepted(accepted)) => FromAgent::TaskAccepted {
-            task_id: accepted.task_id,
+            task_id: task_id("task_accepted.task_id", accepted.task_id)?,
         },
         Some(Kind::TaskCompleted(completed)) => FromAgent::TaskCompleted {
             succeeded: completed.outcome() == pb::TaskOutcome::Succeeded,
-            task_id: completed.task_id,
-            output: completed.output,
+            task_id: task_id("task_completed.task_id", completed.task_id)?,
+            output: if shepherd_platform::failpoint::hit("manager.agent_text_unchecked") {
+                // Tests only: the event writer must cope on its own.
+                completed.output
+            } else {
+                storable(completed.output, MAX_OUTPUT_BYTES)
+            },
             attempt: completed.attempt,
         },
         Some(Kind::TaskProgress(progress)) => FromAgent::TaskProgress {
-            task_id: progress.task_id,
+            task_id: task_id("task_progress.task_id", progress.task_id)?,
             attempt: progress.attempt,
-            message: progress.message,
+            message: storable(progress.message, MAX_PROGRESS_MESSAGE_BYTES),
             fraction: progress.fraction,
-            output: progress.output,
+            output: storable(progress.output, MAX_PROGRESS_OUTPUT_BYTES),
         },
+        // Checked whole by `ApprovalAsk::bounded`, which answers a bad one
+        // with a refusal the agent can show.
         Some(Kind::ApprovalRequest(request)) => FromAgent::ApprovalRequest(ApprovalAsk {
             request_id: request.request_id,
             task_id: request.task_id,
@@ -48,7 +64,18 @@ pub(super) fn from_agent(message: pb::AgentMessage) -> FromAgent {
             reason: request.reason,
         }),
         Some(Kind::Hello(_)) | None => FromAgent::Ignored,
+    })
+}
+
+/// A task id an agent names: one the manager could have delivered
+/// (1-MAX_TASK_ID_LEN bytes, no NUL), or the session's end.
+fn task_id(field: &str, id: String) -> Result<String, String> {
+    if id.is_empty() || id.len() > MAX_TASK_ID_LEN || id.contains('\0') {
+        return Err(format!(
+            "{field} must be 1-{MAX_TASK_ID_LEN} bytes without NUL: no task has such an id"
+        ));
     }
+    Ok(id)
 }
 
 pub(super) fn to_agent(message: ToAgent) -> pb::ManagerMessage {

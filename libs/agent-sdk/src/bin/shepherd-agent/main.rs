@@ -30,7 +30,7 @@ use std::process::Stdio;
 
 use clap::Parser;
 use shepherd_agent_sdk::{AgentConfig, IncomingTask, TaskHandler, TaskResult};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Output kept per task (the rest is cut).
 const MAX_OUTPUT: usize = 64 * 1024;
@@ -145,13 +145,10 @@ async fn run(
         let progress = task.progress.clone();
         tokio::spawn(stream_stdout(out, progress))
     });
-    let stderr = child.stderr.take().map(|mut err| {
-        tokio::spawn(async move {
-            let mut bytes = Vec::new();
-            let _ = err.read_to_end(&mut bytes).await;
-            bytes
-        })
-    });
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(read_bounded(err, MAX_OUTPUT)));
     let status = tokio::select! {
         status = child.wait() => status,
         _ = task.cancel.cancelled() => {
@@ -178,39 +175,110 @@ async fn run(
     }
 }
 
+/// Longest piece of output read at once: a line longer than this (or
+/// output with no newline at all) is passed on in pieces, so no output,
+/// however large, is ever held whole in memory.
+const MAX_PIECE: usize = 16 * 1024;
+/// How long output may wait to be sent with more (many short lines go as
+/// one chunk, not one message each).
+const OUTPUT_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Passes the task's stdout on as it comes (progress lines as progress,
-/// the rest as output chunks) and returns all of it but the progress lines.
+/// the rest as output chunks of up to `MAX_PIECE` bytes, gathered for up to
+/// `OUTPUT_LINGER`) and returns the first `MAX_OUTPUT` bytes of it but the
+/// progress lines. Output that is not UTF-8 is passed on lossily; reading
+/// never stops before the end (a full pipe would block the task).
 async fn stream_stdout(
     stdout: tokio::process::ChildStdout,
     progress: shepherd_agent_sdk::Progress,
 ) -> String {
-    let mut reader = tokio::io::BufReader::new(stdout);
+    let mut reader = tokio::io::BufReader::with_capacity(MAX_PIECE, stdout);
     let mut text = String::new();
-    let mut raw = Vec::new();
+    let mut piece = Vec::new();
+    let mut pending = String::new();
+    let mut linger: Option<tokio::time::Instant> = None;
     loop {
-        raw.clear();
-        // Lines as bytes: output that is not UTF-8 is passed on lossily,
-        // never stops the reading (a full pipe would block the task).
-        match reader.read_until(b'\n', &mut raw).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        let more = tokio::select! {
+            more = next_piece(&mut reader, &mut piece) => more,
+            _ = async {
+                match linger {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                progress.output(std::mem::take(&mut pending)).await;
+                linger = None;
+                continue;
+            }
+        };
+        if !piece.is_empty() {
+            let chunk = String::from_utf8_lossy(&piece).into_owned();
+            piece.clear();
+            if let Some(report) = chunk.trim_end_matches('\n').strip_prefix("::progress ") {
+                let (fraction, message) = report.split_once(' ').unwrap_or((report, ""));
+                let fraction = fraction
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|f| (0.0..=1.0).contains(f));
+                progress.report(message, fraction).await;
+            } else {
+                if text.len() < MAX_OUTPUT {
+                    text.push_str(&chunk);
+                }
+                pending.push_str(&chunk);
+                linger.get_or_insert_with(|| tokio::time::Instant::now() + OUTPUT_LINGER);
+            }
         }
-        let chunk = String::from_utf8_lossy(&raw);
-        if let Some(report) = chunk.trim_end_matches('\n').strip_prefix("::progress ") {
-            let (fraction, message) = report.split_once(' ').unwrap_or((report, ""));
-            let fraction = fraction
-                .parse::<f32>()
-                .ok()
-                .filter(|f| (0.0..=1.0).contains(f));
-            progress.report(message, fraction).await;
-            continue;
+        if pending.len() >= MAX_PIECE || (!more && !pending.is_empty()) {
+            progress.output(std::mem::take(&mut pending)).await;
+            linger = None;
         }
-        if text.len() < MAX_OUTPUT {
-            text.push_str(&chunk);
+        if !more {
+            break;
         }
-        progress.output(chunk).await;
     }
     text
+}
+
+/// Reads the next line into `piece`, or as much of it as `MAX_PIECE`
+/// allows. Returns false at the end of the output. Cancel-safe: what was
+/// read stays in `piece`.
+async fn next_piece(
+    reader: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+    piece: &mut Vec<u8>,
+) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(available) => available,
+        };
+        let room = MAX_PIECE.saturating_sub(piece.len());
+        let (take, line_ends) = match available.iter().take(room).position(|b| *b == b'\n') {
+            Some(newline) => (newline + 1, true),
+            None => (available.len().min(room), false),
+        };
+        piece.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if line_ends || piece.len() >= MAX_PIECE {
+            return true;
+        }
+    }
+}
+
+/// Reads all of `pipe` and keeps its first `max` bytes.
+async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin, max: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+            }
+        }
+    }
 }
 
 /// SIGKILLs `root` and every descendant of it (found through /proc; two
