@@ -113,9 +113,18 @@ async fn no_field_can_change_what_runs_in_shell_or_exec_mode() -> anyhow::Result
                    printf '%s\\0' \"$SHEPHERD_TASK_TITLE\" \"$SHEPHERD_TASK_BODY\" \"$SHEPHERD_TASK_URL\" \
                    \"$SHEPHERD_TASK_METADATA_K\" \"$SHEPHERD_WORKFLOW_NAME\" \"$SHEPHERD_TASK_ATTEMPT\" \
                    > \"$OUT_DIR/exec-$SHEPHERD_TASK_METADATA_N\"";
-    let exec_args = ["--exec", "/bin/sh", "--", "-c", program]
-        .map(str::to_owned)
-        .to_vec();
+    // OUT_DIR is the agent's; a task gets it only because it is passed on.
+    let exec_args = [
+        "--pass-env",
+        "OUT_DIR",
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        program,
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let exec_agent = agent(&mut stack, "exec", exec_args, &out).await?;
     let exec = stack
         .create_workflow("exec", &exec_agent, true, "Fix {{title}}: {{body}}")

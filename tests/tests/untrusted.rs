@@ -147,3 +147,83 @@ async fn an_api_open_by_choice_says_so() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(logs);
     Ok(())
 }
+
+/// What a task tries from inside: the control plane's environment and its
+/// agent's credential, wherever it can reach. Each attempt prints what it
+/// found, or why it could not.
+const LOOK_FOR_SECRETS: &str = r#"
+for target in "manager:$MANAGER_PID" "scheduler:$SCHEDULER_PID" "agent:$PPID" "self:$$"; do
+  name=${target%%:*}; pid=${target#*:}
+  if environ=$(tr '\0' '\n' < /proc/$pid/environ 2>/dev/null); then
+    echo "$environ" | grep -E '^(DATABASE_URL|SHEPHERD_API_TOKEN|SHEPHERD_API_TOKENS|SHEPHERD_SESSION_TOKEN|SHEPHERD_AGENT_CREDENTIAL)=.' \
+      | grep -v '=\*\**$' | sed "s/^/FOUND $name environ: /"
+  else
+    echo "DENIED $name environ"
+  fi
+  if head -c1 /proc/$pid/mem >/dev/null 2>&1 || python3 -c "
+import sys
+pid = sys.argv[1]
+start = int(open(f'/proc/{pid}/maps').readline().split('-')[0], 16)
+with open(f'/proc/{pid}/mem', 'rb') as mem:
+    mem.seek(start); mem.read(16)
+" "$pid" 2>/dev/null; then
+    [ "$name" = self ] || echo "FOUND $name memory readable"
+  else
+    echo "DENIED $name memory"
+  fi
+done
+env | grep -E '^(DATABASE_URL|SHEPHERD_API_TOKEN|SHEPHERD_SESSION_TOKEN|SHEPHERD_AGENT_CREDENTIAL|SECRET_OF_THE_AGENT)=' | sed 's/^/FOUND own env: /'
+grep -E '^(CapEff|NoNewPrivs)' /proc/self/status
+"#;
+
+/// A task of the reference agent looks for the manager's and the
+/// scheduler's secrets and for its agent's credential in every environment
+/// and memory within its reach (its own, its agent's, the control
+/// plane's): it finds none, and holds no privilege to get them.
+#[tokio::test]
+async fn a_task_finds_no_secret_of_its_agent_or_the_control_plane() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        token: Some("control-plane-token".to_owned()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let agent = stack
+        .create_agent_with(am::Agent {
+            name: "curious".to_owned(),
+            env: [("SECRET_OF_THE_AGENT".to_owned(), "not-for-tasks".to_owned())].into(),
+            ..Default::default()
+        })
+        .await?;
+    let manager_pid = stack.manager.pid().unwrap_or_default();
+    let scheduler_pid = stack
+        .scheduler
+        .as_ref()
+        .and_then(|scheduler| scheduler.pid())
+        .unwrap_or_default();
+    let script =
+        format!("MANAGER_PID={manager_pid} SCHEDULER_PID={scheduler_pid}\n{LOOK_FOR_SECRETS}");
+    let workflow = stack
+        .create_workflow("curious", &agent.id, true, &script)
+        .await?;
+    let task = stack.trigger(&workflow.id, "look", "").await?;
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), TaskState::Succeeded)
+        .await?;
+    let output = &done[0].output;
+    assert!(!output.contains("FOUND"), "{output}");
+    for reached in [
+        "DENIED manager environ",
+        "DENIED manager memory",
+        "DENIED scheduler environ",
+        "DENIED agent memory",
+    ] {
+        assert!(output.contains(reached), "{reached}: {output}");
+    }
+    assert!(output.contains("NoNewPrivs:\t1"), "{output}");
+    assert!(output.contains("CapEff:\t0000000000000000"), "{output}");
+    // The agent still holds its one session: nothing took it over.
+    let after = stack.agent(&agent.id).await?;
+    assert_eq!(after.generation, agent.generation);
+    assert_eq!(after.status(), am::AgentStatus::Ready);
+    Ok(())
+}

@@ -58,6 +58,7 @@ pub use shepherd_proto::agentmanager::v1::TaskOutcome;
 
 pub mod approval_socket;
 mod approvals;
+mod credential;
 
 pub use approvals::{ApprovalDecision, ApprovalState, Approver};
 
@@ -120,11 +121,14 @@ impl AgentConfig {
         let var = |name: &'static str| std::env::var(name).map_err(|_| SdkError::MissingEnv(name));
         Ok(Self {
             agent_id: var("SHEPHERD_AGENT_ID")?,
-            session_token: var("SHEPHERD_SESSION_TOKEN")
-                .or_else(|_| var("SHEPHERD_AGENT_CREDENTIAL"))
-                .map_err(|_| {
-                    SdkError::MissingEnv("SHEPHERD_SESSION_TOKEN (or SHEPHERD_AGENT_CREDENTIAL)")
-                })?,
+            // Read once, then gone from the environment (see `credential`).
+            session_token: credential::take(&[
+                "SHEPHERD_SESSION_TOKEN",
+                "SHEPHERD_AGENT_CREDENTIAL",
+            ])
+            .ok_or(SdkError::MissingEnv(
+                "SHEPHERD_SESSION_TOKEN (or SHEPHERD_AGENT_CREDENTIAL)",
+            ))?,
             instance_id: random_instance_id(),
             manager_url: var("SHEPHERD_MANAGER_URL")?,
             manager_ca_file: std::env::var_os("SHEPHERD_MANAGER_CA_FILE").map(Into::into),

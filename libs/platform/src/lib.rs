@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod failpoint;
+pub mod hardening;
 pub mod limits;
 pub mod memory;
 pub mod notify;

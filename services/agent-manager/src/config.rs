@@ -33,6 +33,12 @@ pub struct Config {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Run agent processes as this user (name or uid; its primary group).
+    /// Needs the manager to run as root. Unset: agents run as the
+    /// manager's user, and when that is root, with no capabilities.
+    #[arg(long, env = "SHEPHERD_AGENT_USER")]
+    pub agent_user: Option<String>,
+
     /// PEM CA agents use to verify this manager's TLS certificate (given to
     /// them as SHEPHERD_MANAGER_CA_FILE).
     #[arg(long, env = "AGENT_CA_FILE")]

@@ -60,6 +60,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if !security_warning.is_empty() {
         tracing::warn!("{security_warning}");
     }
+    let agent_user = match &config.agent_user {
+        Some(name) => Some(process::AgentUser::resolve(name).map_err(anyhow::Error::msg)?),
+        None => {
+            if nix::unistd::geteuid().is_root() {
+                tracing::info!(
+                    "agents run as root, without capabilities; set SHEPHERD_AGENT_USER to run them as an unprivileged user"
+                );
+            }
+            None
+        }
+    };
     let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,
@@ -110,6 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         logs: LogDir::new(config.log_dir(), config.log_max_bytes),
         manager_url: advertised,
         manager_ca_file: config.agent_ca_file.clone(),
+        agent_user,
         stop_grace: config.stop_grace,
         live_restore: config.live_restore,
         reconnect_grace: config.reconnect_grace,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::containment::{Cell, marker};
 use crate::logs::LogDir;
 use crate::model::{AgentSpec, ExitReason};
-use crate::procfs::{ProcStat, environ_has};
+use crate::procfs::{ProcStat, environ_says};
 use crate::store::ProcessIdentity;
 
 /// How a process ended.
@@ -114,6 +114,41 @@ pub(crate) struct Launch<'a> {
     pub session_token: &'a str,
     pub manager_url: &'a str,
     pub manager_ca_file: Option<&'a std::path::Path>,
+    /// The user the process runs as (None: the manager's).
+    pub run_as: Option<AgentUser>,
+}
+
+/// A user agent processes run as (`SHEPHERD_AGENT_USER`), resolved once at
+/// start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AgentUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl AgentUser {
+    /// Resolves a user name (or numeric uid) on this host. Only root can
+    /// start processes as another user, so anyone else is told so.
+    pub(crate) fn resolve(name: &str) -> Result<Self, String> {
+        let user = match name.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(name),
+        }
+        .map_err(|err| format!("SHEPHERD_AGENT_USER: cannot look up the user: {err}"))?
+        .ok_or_else(|| {
+            format!(
+                "SHEPHERD_AGENT_USER: no user {} on this host",
+                shepherd_platform::validate::quote(name)
+            )
+        })?;
+        if !nix::unistd::geteuid().is_root() {
+            return Err("SHEPHERD_AGENT_USER needs the agent-manager to run as root".to_owned());
+        }
+        Ok(Self {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
 }
 
 /// A running agent process, owned by its supervisor, and the container
@@ -185,6 +220,15 @@ impl AgentProcess {
         // The child enters its container before exec, so nothing it starts
         // is ever outside it.
         let entry_files = cell.enter_on_exec(&mut command)?;
+        if let Some(user) = launch.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        // After the container entry (it may need the manager's rights): no
+        // new privileges, and no capabilities for an agent left as root.
+        // SAFETY: `drop_privileges` makes raw system calls only.
+        unsafe {
+            command.pre_exec(shepherd_platform::hardening::drop_privileges);
+        }
         let child = command.spawn()?;
         drop(entry_files);
         let pid = child
@@ -253,9 +297,11 @@ impl AgentProcess {
         if stat.zombie {
             return Err("the process has exited");
         }
-        if !environ_has(identity.pid, &marker(agent_id))
-            || !environ_has(identity.pid, &format!("SHEPHERD_GENERATION={generation}"))
-        {
+        // Unreadable (a non-dumpable agent, a manager without
+        // CAP_SYS_PTRACE): the pid and its start time, checked above, name
+        // the process launched.
+        let marked = |entry: &str| environ_says(identity.pid, entry) != Some(false);
+        if !marked(&marker(agent_id)) || !marked(&format!("SHEPHERD_GENERATION={generation}")) {
             return Err("it is not this agent's process of this generation");
         }
         // SAFETY: the fd is an `OwnedFd` moved into the `AsyncFd`: it stays
@@ -367,8 +413,16 @@ fn signal_group(pgid: i32, signal: Signal) {
 /// adopted (live restore is off, or it is not the recorded process). The
 /// pid is checked to still belong to this agent, through its environment,
 /// so a reused pid is never hit. Returns whether something was killed.
-pub(crate) fn kill_orphan(pid: i32, agent_id: Uuid) -> bool {
-    let ours = environ_has(pid, &marker(agent_id));
+///
+/// An environment the manager may not read proves nothing by itself; the
+/// process is then ours if it started when the recorded one did.
+pub(crate) fn kill_orphan(pid: i32, agent_id: Uuid, started_at: Option<i64>) -> bool {
+    let ours = match environ_says(pid, &marker(agent_id)) {
+        Some(ours) => ours,
+        None => started_at.is_some_and(|started_at| {
+            started_at != 0 && ProcStat::read(pid).is_some_and(|stat| stat.started_at == started_at)
+        }),
+    };
     if ours {
         signal_group(pid, Signal::SIGKILL);
     }

@@ -45,11 +45,23 @@ impl ProcStat {
 /// False when it is gone, a zombie (whose environment reads empty) or
 /// unreadable.
 pub(crate) fn environ_has(pid: i32, entry: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-        environ
-            .split(|byte| *byte == 0)
-            .any(|item| item == entry.as_bytes())
-    })
+    environ_says(pid, entry) == Some(true)
+}
+
+/// Like `environ_has`, but None when the environment cannot be read for
+/// lack of permission: an agent process makes itself non-dumpable (it
+/// holds its session credential), and a manager without `CAP_SYS_PTRACE`
+/// cannot read such a process's environment even as its user.
+pub(crate) fn environ_says(pid: i32, entry: &str) -> Option<bool> {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(environ) => Some(
+            environ
+                .split(|byte| *byte == 0)
+                .any(|item| item == entry.as_bytes()),
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(_) => Some(false),
+    }
 }
 
 /// Every process id in `/proc` now.

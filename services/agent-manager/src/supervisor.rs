@@ -53,6 +53,8 @@ pub(crate) struct Context {
     pub manager_url: String,
     /// CA agents trust for that URL (TLS).
     pub manager_ca_file: Option<std::path::PathBuf>,
+    /// The user agent processes run as (None: the manager's).
+    pub agent_user: Option<crate::process::AgentUser>,
     /// SIGTERM → SIGKILL grace period.
     pub stop_grace: Duration,
     /// Leave processes running at shutdown and adopt them at start-up.
@@ -598,8 +600,17 @@ impl Supervisor {
         {
             return Ok(true);
         }
+        let started_at = match self.record.pid {
+            Some(_) => self
+                .ctx
+                .store
+                .launched_process(self.id())
+                .await?
+                .map(|launched| launched.identity.started_at),
+            None => None,
+        };
         if let Some(pid) = self.record.pid
-            && kill_orphan(pid, self.id())
+            && kill_orphan(pid, self.id(), started_at)
         {
             tracing::info!(agent = %self.id(), pid, "killed a process left by a previous manager");
         }
@@ -719,6 +730,7 @@ impl Supervisor {
             session_token: &token,
             manager_url: &self.ctx.manager_url,
             manager_ca_file: self.ctx.manager_ca_file.as_deref(),
+            run_as: self.ctx.agent_user,
         };
         let spawned = match self.record.spec.runtime {
             Runtime::Kubernetes => self.create_pod(&launch).await,

@@ -51,6 +51,14 @@ struct Args {
     #[arg(long)]
     exec: Option<String>,
 
+    /// Variables of the agent's environment its tasks' processes get
+    /// besides the base ones (PATH, HOME, USER, LOGNAME, LANG, LANGUAGE,
+    /// LC_ALL, LC_CTYPE, TZ, TMPDIR, TERM, SHEPHERD_AGENT_ID,
+    /// SHEPHERD_GENERATION) and their
+    /// task's own: nothing else of the agent's environment reaches a task.
+    #[arg(long, env = "SHEPHERD_AGENT_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
+
     /// Arguments of the exec-mode program (after `--`), fixed for every
     /// task.
     #[arg(last = true)]
@@ -70,6 +78,40 @@ struct Agent {
     /// PATH for tasks: this program's directory first, so that
     /// `shepherd-agent approve` is found.
     task_path: Option<std::ffi::OsString>,
+    /// What a task's process gets of the agent's environment (read once,
+    /// after the agent's credential was taken out of it).
+    task_base_env: Vec<(String, std::ffi::OsString)>,
+}
+
+/// What every task's process gets of the agent's environment: where
+/// programs are and how text is shown, never a credential. The agent's id
+/// and generation too: they mark every process of the agent's tree (the
+/// manager's subreaper containment finds the tree by them), and are no
+/// secret.
+const TASK_BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SHEPHERD_AGENT_ID",
+    "SHEPHERD_GENERATION",
+];
+
+/// The variables of `names` set in this process's environment.
+fn task_base_env(pass: &[String]) -> Vec<(String, std::ffi::OsString)> {
+    TASK_BASE_ENV
+        .iter()
+        .map(|name| (*name).to_owned())
+        .chain(pass.iter().map(|name| name.trim().to_owned()))
+        .filter_map(|name| std::env::var_os(&name).map(|value| (name, value)))
+        .collect()
 }
 
 impl TaskHandler for Agent {
@@ -105,7 +147,13 @@ impl TaskHandler for Agent {
         // The registration ends with the task: a program it left behind
         // can ask for nothing.
         let registration = self.approvals.register(task.approver.clone());
-        command.envs(task.env()).envs(registration.env());
+        // Nothing of the agent's environment but what is named: a task is
+        // as untrusted as the agent, and must not find its credentials.
+        command
+            .env_clear()
+            .envs(self.task_base_env.iter().map(|(name, value)| (name, value)))
+            .envs(task.env())
+            .envs(registration.env());
         if let Some(path) = &self.task_path {
             command.env("PATH", path);
         }
@@ -354,10 +402,12 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(approve::main().await);
     }
     let args = Args::parse();
+    // First, before any thread starts: the credential is read once and
+    // taken out of the environment (see the SDK's `credential`).
+    let config = AgentConfig::from_env()?;
     // Logs to stderr (captured by the manager); traces exported over OTLP
     // when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     let telemetry = shepherd_telemetry::init("shepherd-agent");
-    let config = AgentConfig::from_env()?;
     let runner = match args.exec {
         Some(program) => Runner::Exec {
             program,
@@ -370,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
         runner,
         approvals: shepherd_agent_sdk::approval_socket::ApprovalSocket::bind()?,
         task_path: task_path(),
+        task_base_env: task_base_env(&args.pass_env),
     };
     let result = shepherd_agent_sdk::run(config, agent).await;
     telemetry.shutdown();
