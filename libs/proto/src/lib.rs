@@ -19,5 +19,8 @@ pub mod scheduler {
     }
 }
 
+mod approval_digest;
 pub mod event_kinds;
+
+pub use approval_digest::approval_digest;
 pub mod task_env;

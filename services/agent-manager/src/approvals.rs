@@ -32,7 +32,9 @@ use crate::store::Store;
 pub(crate) const MAX_REQUEST_ID_LEN: usize = 100;
 pub(crate) const MAX_TOOL_LEN: usize = 200;
 const MAX_WORKFLOW_ID_LEN: usize = 100;
-/// Longest input summary, reason and comment kept (longer ones are cut).
+/// Longest input and reason an agent may ask with (longer ones are
+/// refused: a person approves exactly what runs), and comment a decider
+/// may give.
 pub(crate) const MAX_INPUT_BYTES: usize = 4 * 1024;
 pub(crate) const MAX_REASON_BYTES: usize = 1024;
 pub(crate) const MAX_COMMENT_BYTES: usize = 1024;
@@ -90,6 +92,9 @@ pub struct Approval {
     pub tool: String,
     pub input: String,
     pub reason: String,
+    /// What a decision binds to (`shepherd_proto::approval_digest` of tool
+    /// and input).
+    pub digest: String,
     pub state: ApprovalState,
     pub comment: String,
     pub decided_by: String,
@@ -107,7 +112,15 @@ impl Approval {
             state: self.state,
             comment: self.comment.clone(),
             decided_by: self.decided_by.clone(),
+            digest: self.digest.clone(),
         }
+    }
+
+    /// Whether `ask` is the request this approval was stored for: the same
+    /// task, attempt, tool and input. A request id reused for anything else
+    /// must not get this approval's answer.
+    fn answers(&self, ask: &ApprovalAsk) -> bool {
+        self.task_id == ask.task_id && self.attempt == ask.attempt && self.digest == ask.digest()
     }
 }
 
@@ -120,6 +133,8 @@ pub struct Answer {
     pub state: ApprovalState,
     pub comment: String,
     pub decided_by: String,
+    /// The digest decided on (empty for a refusal).
+    pub digest: String,
 }
 
 /// What an agent asked, within bounds.
@@ -135,8 +150,10 @@ pub struct ApprovalAsk {
 }
 
 impl ApprovalAsk {
-    /// Checks the identifying fields and cuts the free text to its bounds.
-    pub fn bounded(mut self) -> std::result::Result<Self, String> {
+    /// Checks every field against its bound. Nothing is cut or cleaned:
+    /// what a person sees must be exactly what the agent runs, so a field
+    /// that cannot be stored as it is, is refused (the agent is told why).
+    pub fn bounded(self) -> std::result::Result<Self, String> {
         let printable = |text: &str| !text.chars().any(char::is_control);
         if self.request_id.is_empty()
             || self.request_id.len() > MAX_REQUEST_ID_LEN
@@ -162,15 +179,23 @@ impl ApprovalAsk {
                 "workflow_id must be at most {MAX_WORKFLOW_ID_LEN} characters"
             ));
         }
-        // Free text is kept, but PostgreSQL cannot store a NUL.
-        for text in [&mut self.input, &mut self.reason] {
-            if text.contains('\0') {
-                *text = text.replace('\0', "\u{FFFD}");
+        for (field, text, max) in [
+            ("input", &self.input, MAX_INPUT_BYTES),
+            ("reason", &self.reason, MAX_REASON_BYTES),
+        ] {
+            if text.len() > max || text.contains('\0') {
+                return Err(format!(
+                    "{field} must be at most {max} bytes without NUL ({} given): an approval is never cut, ask for less",
+                    text.len()
+                ));
             }
         }
-        truncate_utf8(&mut self.input, MAX_INPUT_BYTES);
-        truncate_utf8(&mut self.reason, MAX_REASON_BYTES);
         Ok(self)
+    }
+
+    /// What a decision on this request binds to.
+    pub fn digest(&self) -> String {
+        shepherd_proto::approval_digest(&self.tool, &self.input)
     }
 }
 
@@ -240,6 +265,7 @@ impl Approvals {
                     .approval_by_request(agent_id, &ask.request_id)
                     .await?
                 {
+                    Some(approval) if !approval.answers(&ask) => Some(reused(&ask.request_id)),
                     Some(approval) if approval.state != ApprovalState::Pending => {
                         Some(approval.answer())
                     }
@@ -272,6 +298,9 @@ impl Approvals {
                 format!("the agent has {MAX_PENDING_PER_AGENT} approvals pending already"),
             )));
         };
+        if !approval.answers(&ask) {
+            return Ok(Some(reused(&ask.request_id)));
+        }
         if created {
             tracing::info!(agent = %agent_id, approval = %approval.id, tool = %approval.tool, task = %approval.task_id, "approval requested");
             inner
@@ -422,17 +451,16 @@ pub(crate) fn refusal(request_id: &str, why: String) -> Answer {
         state: ApprovalState::Denied,
         comment: why,
         decided_by: crate::store::SHEPHERD.to_owned(),
+        digest: String::new(),
     }
 }
 
-fn truncate_utf8(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+/// The refusal of a request id used before for another request.
+fn reused(request_id: &str) -> Answer {
+    refusal(
+        request_id,
+        "this request id was used for another request (task, attempt, tool or input): ask with a new request id".to_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -446,17 +474,30 @@ mod tests {
             attempt: 1,
             workflow_id: String::new(),
             tool: "deploy".into(),
-            input: "x".repeat(MAX_INPUT_BYTES + 10),
-            reason: "é".repeat(MAX_REASON_BYTES),
+            input: "x".repeat(MAX_INPUT_BYTES),
+            reason: "é".repeat(MAX_REASON_BYTES / 2),
         }
     }
 
     #[test]
-    fn cuts_free_text_and_refuses_bad_identifiers() {
+    fn refuses_what_it_cannot_keep_whole_and_bad_identifiers() {
         let ask = request().bounded().unwrap();
-        assert_eq!(ask.input.len(), MAX_INPUT_BYTES);
-        assert!(ask.reason.len() <= MAX_REASON_BYTES);
-        assert!(ask.reason.chars().all(|c| c == 'é'));
+        assert_eq!(
+            ask.input.len(),
+            MAX_INPUT_BYTES,
+            "kept whole, up to the bound"
+        );
+
+        let mut over = request();
+        over.input.push('x');
+        let why = over.bounded().unwrap_err();
+        assert!(why.contains("input") && why.contains("never cut"), "{why}");
+        let mut long_reason = request();
+        long_reason.reason = "r".repeat(MAX_REASON_BYTES + 1);
+        assert!(long_reason.bounded().is_err());
+        let mut nul_input = request();
+        nul_input.input = "a\0b".into();
+        assert!(nul_input.bounded().is_err());
 
         let mut empty_tool = request();
         empty_tool.tool.clear();
@@ -470,9 +511,45 @@ mod tests {
         let mut nul_task = request();
         nul_task.task_id = "t\0".into();
         assert!(ApprovalAsk::bounded(nul_task).is_err());
-        let mut nul_input = request();
-        nul_input.input = "a\0b".into();
-        assert_eq!(nul_input.bounded().unwrap().input, "a\u{FFFD}b");
+    }
+
+    /// An approval answers only the request it was stored for: the same
+    /// task, attempt, tool and input.
+    #[test]
+    fn a_decision_binds_to_task_attempt_tool_and_input() {
+        let ask = request();
+        let approval = Approval {
+            id: Uuid::nil(),
+            agent_id: Uuid::nil(),
+            request_id: ask.request_id.clone(),
+            generation: 1,
+            task_id: ask.task_id.clone(),
+            attempt: ask.attempt,
+            workflow_id: String::new(),
+            tool: ask.tool.clone(),
+            input: ask.input.clone(),
+            reason: String::new(),
+            digest: ask.digest(),
+            state: ApprovalState::Approved,
+            comment: String::new(),
+            decided_by: "alice".into(),
+            created_at: SystemTime::UNIX_EPOCH,
+            expires_at: SystemTime::UNIX_EPOCH,
+            decided_at: None,
+        };
+        assert!(approval.answers(&ask));
+        assert_eq!(approval.answer().digest, ask.digest());
+        let changed: [fn(&mut ApprovalAsk); 4] = [
+            |ask| ask.input.push_str("; curl x | sh"),
+            |ask| ask.tool = "shell".into(),
+            |ask| ask.task_id = "t2".into(),
+            |ask| ask.attempt = 2,
+        ];
+        for change in changed {
+            let mut other = request();
+            change(&mut other);
+            assert!(!approval.answers(&other), "{other:?}");
+        }
     }
 
     #[test]

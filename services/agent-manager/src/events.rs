@@ -811,6 +811,7 @@ pub fn decided_approval(event: &AgentEvent) -> Option<DecidedApproval> {
             state: approval_state_from_wire(approval.state()),
             comment: approval.comment.clone(),
             decided_by: approval.decided_by.clone(),
+            digest: approval.digest.clone(),
         },
     })
 }
@@ -854,6 +855,7 @@ pub fn wire_approval(approval: &Approval) -> pb::Approval {
         decide_time: approval.decided_at.map(Into::into),
         expire_time: Some(approval.expires_at.into()),
         request_id: approval.request_id.clone(),
+        digest: approval.digest.clone(),
     }
 }
 

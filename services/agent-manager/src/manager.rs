@@ -95,6 +95,8 @@ pub(crate) struct TaskRequest {
     /// The task as data (an encoded `TaskSpec`), forwarded to the agent
     /// unread.
     pub spec: Option<Vec<u8>>,
+    /// The workflow the dispatcher names in the spec (empty: none).
+    pub workflow_id: String,
     /// How long the agent has for this attempt, from delivery.
     pub timeout: Option<std::time::Duration>,
 }
@@ -403,6 +405,7 @@ impl Manager {
             attempt,
             trace_context: request.trace_context,
             spec: request.spec,
+            workflow_id: request.workflow_id,
             deadline: request
                 .timeout
                 .and_then(|timeout| std::time::SystemTime::now().checked_add(timeout)),

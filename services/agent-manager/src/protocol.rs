@@ -82,5 +82,8 @@ pub(crate) struct DeliveredTask {
     /// The dispatcher's task spec, encoded: the manager passes it on
     /// unread.
     pub spec: Option<Vec<u8>>,
+    /// The task's workflow as the dispatcher named it (not sent: the
+    /// session keeps it for the task's approvals).
+    pub workflow_id: String,
     pub deadline: Option<SystemTime>,
 }

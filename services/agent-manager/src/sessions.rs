@@ -213,7 +213,9 @@ where
         } = self;
         let mut in_flight = InFlightTasks::default();
         for task in carried {
-            in_flight.delivered(&task.task_id, task.attempt, task.deadline);
+            // The workflow of a carried task is not known here: its
+            // approvals name none.
+            in_flight.delivered(&task.task_id, task.attempt, task.deadline, "");
             if task.accepted {
                 handle.accepted.insert(&task.task_id);
             }
@@ -299,7 +301,7 @@ where
                 Some(message) = self.tasks.recv() => {
                     let forward = match &message {
                         ToAgent::Task(task) => {
-                            in_flight.delivered(&task.task_id, task.attempt, task.deadline);
+                            in_flight.delivered(&task.task_id, task.attempt, task.deadline, &task.workflow_id);
                             true
                         }
                         // A cancel of a task this session does not run
@@ -395,13 +397,21 @@ struct InFlightTasks {
 
 struct Tracked {
     attempt: u32,
+    /// The workflow its dispatcher named (empty: none or unknown).
+    workflow_id: String,
     deadline: Option<Instant>,
     /// Asked to stop: why, and until when it may take to report.
     stop: Option<(TaskOutcome, Instant)>,
 }
 
 impl InFlightTasks {
-    fn delivered(&mut self, task_id: &str, attempt: u32, deadline: Option<std::time::SystemTime>) {
+    fn delivered(
+        &mut self,
+        task_id: &str,
+        attempt: u32,
+        deadline: Option<std::time::SystemTime>,
+        workflow_id: &str,
+    ) {
         let deadline = deadline.and_then(|at| {
             let left = at
                 .duration_since(std::time::SystemTime::now())
@@ -412,6 +422,7 @@ impl InFlightTasks {
             task_id.to_owned(),
             Tracked {
                 attempt,
+                workflow_id: workflow_id.to_owned(),
                 deadline,
                 stop: None,
             },
@@ -420,6 +431,15 @@ impl InFlightTasks {
 
     fn contains(&self, task_id: &str) -> bool {
         self.tasks.contains_key(task_id)
+    }
+
+    /// The workflow of `attempt` of the task, if this session runs that
+    /// attempt.
+    fn workflow_of(&self, task_id: &str, attempt: u32) -> Option<&str> {
+        self.tasks
+            .get(task_id)
+            .filter(|tracked| tracked.attempt == attempt)
+            .map(|tracked| tracked.workflow_id.as_str())
     }
 
     /// Marks a task asked to stop (the first reason wins); false if this
@@ -582,8 +602,13 @@ impl TaskReports {
                     tracing::warn!(agent = %self.agent_id, error = %err, "could not log task progress");
                 }
             }
-            FromAgent::ApprovalRequest(ask) => {
-                let runs_task = in_flight.contains(&ask.task_id);
+            FromAgent::ApprovalRequest(mut ask) => {
+                // Only about the attempt this session runs, and of the
+                // workflow its dispatcher named: what the agent says of
+                // the workflow is not taken.
+                let workflow = in_flight.workflow_of(&ask.task_id, ask.attempt);
+                let runs_task = workflow.is_some();
+                ask.workflow_id = workflow.unwrap_or_default().to_owned();
                 self.approval_requested(ask, runs_task);
             }
             FromAgent::Heartbeat | FromAgent::Ignored => {}
@@ -704,8 +729,8 @@ mod tests {
     fn a_task_past_its_deadline_is_told_once_then_judged_after_its_grace() {
         let mut in_flight = InFlightTasks::default();
         let past = std::time::SystemTime::now() - Duration::from_secs(1);
-        in_flight.delivered("late", 2, Some(past));
-        in_flight.delivered("open-ended", 1, None);
+        in_flight.delivered("late", 2, Some(past), "");
+        in_flight.delivered("open-ended", 1, None, "");
         let now = Instant::now();
         let grace_until = now + Duration::from_secs(10);
         assert_eq!(
@@ -734,7 +759,7 @@ mod tests {
     #[test]
     fn the_first_reason_to_stop_a_task_wins() {
         let mut in_flight = InFlightTasks::default();
-        in_flight.delivered("t", 1, None);
+        in_flight.delivered("t", 1, None, "");
         let until = Instant::now() + Duration::from_secs(5);
         assert!(in_flight.stop("t", TaskOutcome::Cancelled, until));
         assert!(in_flight.stop("t", TaskOutcome::TimedOut, until));

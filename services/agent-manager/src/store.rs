@@ -60,6 +60,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "approvals",
         sql: include_str!("../migrations/0007_approvals.sql"),
     },
+    Migration {
+        version: 8,
+        name: "approval_digest",
+        sql: include_str!("../migrations/0008_approval_digest.sql"),
+    },
 ];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \

@@ -344,14 +344,27 @@ async fn dispatch_to_an_agent_that_is_not_ready_fails_precondition() -> anyhow::
     Ok(())
 }
 
-/// The session token the manager gave a running agent process.
-fn token_of(pid: i32) -> anyhow::Result<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
-    environ
-        .split(|b| *b == 0)
-        .find_map(|entry| entry.strip_prefix(b"SHEPHERD_SESSION_TOKEN="))
-        .map(|token| String::from_utf8_lossy(token).into_owned())
-        .ok_or_else(|| anyhow::anyhow!("no token in environment"))
+/// A reference agent whose launching shell writes the session token the
+/// manager gives each generation to `<dir>/token-<generation>` before it
+/// becomes the agent (which takes the token out of its environment: the
+/// test plays a holder of the token, not a reader of the agent's memory).
+fn agent_telling_its_token(name: &str, dir: &std::path::Path) -> pb::Agent {
+    let mut agent = reference_agent(name, pb::RestartMode::Never);
+    let script = format!(
+        "printf %s \"$SHEPHERD_SESSION_TOKEN\" > {}/token-$SHEPHERD_GENERATION; exec {}",
+        dir.display(),
+        agent.command
+    );
+    agent.command = "/bin/sh".to_owned();
+    agent.args = vec!["-c".to_owned(), script];
+    agent
+}
+
+/// The session token of `generation`, as the agent's shell wrote it.
+fn token_of(dir: &std::path::Path, generation: u64) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(
+        dir.join(format!("token-{generation}")),
+    )?)
 }
 
 async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), tonic::Status> {
@@ -384,8 +397,13 @@ async fn open_session(h: &Harness, agent_id: &str, token: &str) -> Result<(), to
 
 #[tokio::test]
 async fn sessions_with_wrong_or_stale_tokens_are_refused() -> anyhow::Result<()> {
-    let (mut h, mut events, agent) = ready_agent("guarded", pb::RestartMode::Never).await?;
-    let first_token = token_of(agent.pid)?;
+    let mut h = Harness::start().await?;
+    let mut events = h.watch(0, "").await?;
+    let dir = std::env::temp_dir().join(format!("shepherd-tokens-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let agent = h.create(agent_telling_its_token("guarded", &dir)).await?;
+    events.until(is_ready).await?;
+    let first_token = token_of(&dir, 1)?;
 
     let err = open_session(&h, &agent.id, "not-the-token")
         .await
@@ -410,10 +428,10 @@ async fn sessions_with_wrong_or_stale_tokens_are_refused() -> anyhow::Result<()>
     );
 
     // A valid token of the current generation wins over the older session.
-    let current = h.get(&agent.id).await?;
-    open_session(&h, &agent.id, &token_of(current.pid)?).await?;
+    open_session(&h, &agent.id, &token_of(&dir, 2)?).await?;
     let seen = events.until(is_ready).await?;
     assert_eq!(seen.last().expect("event").generation, 2);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

@@ -529,7 +529,11 @@ impl Server {
                     .clients
                     .list_approvals(state, String::new(), workflow_id)
                     .await?;
-                Value::Array(list.iter().map(Render::json).collect())
+                Value::Array(
+                    list.iter()
+                        .map(|approval| crate::render::approval_shown(approval).json())
+                        .collect(),
+                )
             }
             "decide_approval" => {
                 let decision = match arg(args, "decision")? {

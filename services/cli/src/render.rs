@@ -396,7 +396,7 @@ impl Render for sched::Task {
     }
 
     fn row(&self) -> Vec<String> {
-        let first_line = |s: &str| s.lines().next().unwrap_or("").to_owned();
+        let first_line = |s: &str| shown(s.lines().next().unwrap_or(""));
         vec![
             self.id.clone(),
             short(self.state().as_str_name(), "TASK_STATE_"),
@@ -535,12 +535,12 @@ impl Render for am::Approval {
         vec![
             self.id.clone(),
             approval_state(self),
-            self.tool.clone(),
-            self.task_id.clone(),
+            shown(&self.tool),
+            shown(&self.task_id),
             self.agent_id.clone(),
             time(self.create_time.as_ref()),
             self.decided_by.clone(),
-            self.comment.clone(),
+            shown(&self.comment),
         ]
     }
 
@@ -548,12 +548,15 @@ impl Render for am::Approval {
         vec![
             ("id", self.id.clone()),
             ("state", approval_state(self)),
-            ("tool", self.tool.clone()),
-            ("input", self.input.clone()),
-            ("reason", self.reason.clone()),
+            // What the agent sent, escaped: a person approves exactly what
+            // runs, with no tail hidden by \r, ANSI codes or a bidi override.
+            ("tool", shown(&self.tool)),
+            ("input", shown(&self.input)),
+            ("reason", shown(&self.reason)),
+            ("digest", self.digest.clone()),
             (
                 "task",
-                format!("{} (attempt {})", self.task_id, self.attempt),
+                format!("{} (attempt {})", shown(&self.task_id), self.attempt),
             ),
             ("workflow", self.workflow_id.clone()),
             ("agent", self.agent_id.clone()),
@@ -561,7 +564,7 @@ impl Render for am::Approval {
             ("expires", time(self.expire_time.as_ref())),
             ("decided", time(self.decide_time.as_ref())),
             ("decided by", self.decided_by.clone()),
-            ("comment", self.comment.clone()),
+            ("comment", shown(&self.comment)),
         ]
     }
 
@@ -576,6 +579,7 @@ impl Render for am::Approval {
             "tool": self.tool,
             "input": self.input,
             "reason": self.reason,
+            "digest": self.digest,
             "comment": self.comment,
             "decided_by": self.decided_by,
             "create_time": time(self.create_time.as_ref()),
@@ -742,8 +746,8 @@ impl Render for sched::WorkflowDiagnosis {
                         format!(
                             "{} ({} for task {}, {})",
                             a.approval_id,
-                            a.tool,
-                            a.task_id,
+                            shown(&a.tool),
+                            shown(&a.task_id),
                             seconds(a.age.as_ref())
                         )
                     })
@@ -784,5 +788,25 @@ impl Render for sched::WorkflowDiagnosis {
                 "tool": a.tool,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// Text an agent sent, as a person should see it (control characters, ANSI
+/// escapes and bidirectional overrides escaped).
+pub(crate) fn shown(text: &str) -> String {
+    shepherd_platform::text::visible(text).into_owned()
+}
+
+/// An approval with everything its agent sent escaped for a reader (MCP
+/// hands approvals to a model and a person; JSON output keeps them exact
+/// for programs).
+pub(crate) fn approval_shown(approval: &am::Approval) -> am::Approval {
+    am::Approval {
+        tool: shown(&approval.tool),
+        input: shown(&approval.input),
+        reason: shown(&approval.reason),
+        task_id: shown(&approval.task_id),
+        comment: shown(&approval.comment),
+        ..approval.clone()
     }
 }

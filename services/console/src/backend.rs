@@ -444,7 +444,11 @@ fn approval_line(approval: Option<am::Approval>) -> String {
     approval
         .map(|a| {
             let state = short(a.state().as_str_name(), "APPROVAL_STATE_");
-            format!("{} for task {}: {state}", a.tool, a.task_id)
+            format!(
+                "{} for task {}: {state}",
+                shepherd_platform::text::visible(&a.tool),
+                shepherd_platform::text::visible(&a.task_id)
+            )
         })
         .unwrap_or_default()
 }

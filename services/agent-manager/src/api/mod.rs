@@ -303,6 +303,13 @@ impl AgentManager for Api {
                 agent_id,
                 task_id: request.task_id,
                 attempt: request.attempt,
+                // The workflow an approval of this task belongs to comes
+                // from here, never from the agent.
+                workflow_id: request
+                    .spec
+                    .as_ref()
+                    .map(|spec| spec.workflow_id.clone())
+                    .unwrap_or_default(),
                 spec: request.spec.map(session::encode_spec),
                 timeout: request
                     .timeout

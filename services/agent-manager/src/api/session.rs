@@ -125,6 +125,7 @@ fn approval_answer(answer: Answer) -> pb::ApprovalAnswer {
         state: wire_approval_state(answer.state) as i32,
         comment: answer.comment,
         decided_by: answer.decided_by,
+        digest: answer.digest,
     }
 }
 

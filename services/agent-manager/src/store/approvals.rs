@@ -16,7 +16,8 @@ use crate::approvals::{Approval, ApprovalAsk, ApprovalFilter, ApprovalState};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, agent_id, request_id, generation, task_id, attempt, workflow_id, tool, \
-                       input, reason, state, comment, decided_by, created_at, expires_at, decided_at";
+                       input, reason, digest, state, comment, decided_by, created_at, expires_at, \
+                       decided_at";
 
 /// Who resolves the approvals nobody decided.
 pub(crate) const SHEPHERD: &str = "shepherd";
@@ -37,9 +38,9 @@ impl Store {
         let insert = format!(
             "INSERT INTO agent_manager.approvals
                  (id, agent_id, request_id, generation, task_id, attempt, workflow_id, tool,
-                  input, reason, state, expires_at)
+                  input, reason, state, expires_at, digest)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending',
-                    now() + make_interval(secs => $11)
+                    now() + make_interval(secs => $11), $13
              WHERE (SELECT count(*) FROM agent_manager.approvals
                     WHERE agent_id = $2 AND state = 'pending') < $12
              ON CONFLICT (agent_id, request_id) DO NOTHING
@@ -61,6 +62,7 @@ impl Store {
                     &ask.reason,
                     &timeout.as_secs_f64(),
                     &max_pending,
+                    &ask.digest(),
                 ],
             )
             .await?;
@@ -219,6 +221,7 @@ fn approval_from_row(row: &Row) -> Result<Approval> {
         tool: row.get("tool"),
         input: row.get("input"),
         reason: row.get("reason"),
+        digest: row.get("digest"),
         state: ApprovalState::parse(state)
             .ok_or_else(|| Error::Internal(format!("unknown approval state {state:?}")))?,
         comment: row.get("comment"),

@@ -334,7 +334,11 @@ fn approval_line(approval: Option<&shepherd_proto::agentmanager::v1::Approval>) 
                 .as_str_name()
                 .trim_start_matches("APPROVAL_STATE_")
                 .to_ascii_lowercase();
-            format!("{} for task {} ({state})", a.tool, a.task_id)
+            format!(
+                "{} for task {} ({state})",
+                shepherd_platform::text::visible(&a.tool),
+                shepherd_platform::text::visible(&a.task_id)
+            )
         })
         .unwrap_or_default()
 }

@@ -46,6 +46,11 @@ struct ApproveArgs {
     /// Exit code for a denial (Claude Code blocks a tool on 2).
     #[arg(long, default_value_t = 1)]
     deny_exit_code: u8,
+    /// Deny when no decision came within this long (e.g. `55m`). A hook
+    /// runner that gives up on a slow hook may let the tool run: set this
+    /// below the hook's own timeout so the answer is always a denial.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
 }
 
 /// What the policy says before anyone is asked.
@@ -57,6 +62,12 @@ enum Verdict {
 }
 
 pub(crate) async fn main() -> i32 {
+    // Fail closed: a crash is "cannot ask", never a yes. (Clap's own usage
+    // errors exit 2 as well.)
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("shepherd-agent approve: crashed ({info}): not approved");
+        std::process::exit(CANNOT_ASK);
+    }));
     let args = ApproveArgs::parse_from(std::env::args().skip(1));
     let deny = i32::from(args.deny_exit_code);
     let (tool, input) = match read_question(&args).await {
@@ -95,7 +106,25 @@ pub(crate) async fn main() -> i32 {
         reason: args.reason,
     };
     eprintln!("shepherd-agent approve: waiting for a decision on {tool}");
-    match approval_socket::ask(socket.as_ref(), &request).await {
+    let asked = approval_socket::ask(socket.as_ref(), &request);
+    let answered = match args.timeout {
+        Some(limit) => match tokio::time::timeout(limit, asked).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                eprintln!(
+                    "denied: no decision within {}",
+                    humantime::format_duration(limit)
+                );
+                return deny;
+            }
+        },
+        None => asked.await,
+    };
+    match answered {
+        Ok(answer) if answer.cannot_ask => {
+            eprintln!("shepherd-agent approve: {}", answer.comment);
+            CANNOT_ASK
+        }
         Ok(answer) if answer.approved => {
             println!("approved by {}: {}", answer.decided_by, answer.comment);
             0
