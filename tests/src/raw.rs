@@ -69,12 +69,31 @@ fn path(path: &str) -> http::uri::PathAndQuery {
 /// A unary call with `body` as the request; OK (with "accepted") when the
 /// service answered.
 pub async fn raw_call(url: &str, method: &str, body: Vec<u8>) -> tonic::Status {
+    raw_call_as(url, method, body, None).await
+}
+
+/// `body` as a request presenting `token` (None: no credential).
+fn request(body: Vec<u8>, token: Option<&str>) -> tonic::Request<Vec<u8>> {
+    let mut request = tonic::Request::new(body);
+    if let Some(Ok(value)) = token.map(|token| format!("Bearer {token}").parse()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Like `raw_call`, with the caller's token.
+pub async fn raw_call_as(
+    url: &str,
+    method: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> tonic::Status {
     let mut grpc = match client(url).await {
         Ok(grpc) => grpc,
         Err(status) => return status,
     };
     match grpc
-        .unary(tonic::Request::new(body), path(method), RawCodec)
+        .unary(request(body, token), path(method), RawCodec)
         .await
     {
         Ok(_) => tonic::Status::ok("accepted"),
@@ -85,12 +104,22 @@ pub async fn raw_call(url: &str, method: &str, body: Vec<u8>) -> tonic::Status {
 /// A server-streaming call: the status of the call, or of its first
 /// message (OK if one arrived).
 pub async fn raw_stream_call(url: &str, method: &str, body: Vec<u8>) -> tonic::Status {
+    raw_stream_call_as(url, method, body, None).await
+}
+
+/// Like `raw_stream_call`, with the caller's token.
+pub async fn raw_stream_call_as(
+    url: &str,
+    method: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> tonic::Status {
     let mut grpc = match client(url).await {
         Ok(grpc) => grpc,
         Err(status) => return status,
     };
     let response = grpc
-        .server_streaming(tonic::Request::new(body), path(method), RawCodec)
+        .server_streaming(request(body, token), path(method), RawCodec)
         .await;
     match response {
         Ok(response) => first_message(response.into_inner()).await,

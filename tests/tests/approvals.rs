@@ -22,7 +22,7 @@ const TOKEN: &str = "ops-token";
 const ALICE: &str = "alice-secret";
 
 fn options(extra: &[(&'static str, &str)]) -> StackOptions {
-    let mut env = vec![("SHEPHERD_API_TOKENS", format!("alice={ALICE}"))];
+    let mut env = vec![("SHEPHERD_API_TOKENS", format!("alice:approver={ALICE}"))];
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     StackOptions {
         token: Some(TOKEN.into()),

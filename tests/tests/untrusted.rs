@@ -442,3 +442,114 @@ async fn an_approval_authorises_exactly_what_was_shown() -> anyhow::Result<()> {
     assert!(!shown.contains('\r') && !shown.contains('\u{1b}') && !shown.contains('\u{202e}'));
     Ok(())
 }
+
+/// A credential handed to an agent's tools (`:agent=ID` in the credentials
+/// file, e.g. its MCP token) may be an approver, yet never decides its own
+/// agent's approvals; another agent's tool credential may.
+#[tokio::test]
+async fn no_credential_decides_an_approval_its_own_agent_asked_for() -> anyhow::Result<()> {
+    use shepherd_platform::auth::{Role, file_line};
+    let file = std::env::temp_dir().join(format!("shepherd-credentials-{}", uuid::Uuid::now_v7()));
+    std::fs::write(&file, file_line("operator", Role::Operator, "unused-token"))?;
+    let mut stack = Stack::start(StackOptions {
+        token: Some("admin-token".to_owned()),
+        env: vec![("SHEPHERD_API_CREDENTIALS_FILE", file.display().to_string())],
+        ..StackOptions::default()
+    })
+    .await?;
+    let agent = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "self-approver".to_owned(),
+                runtime: am::Runtime::External as i32,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    std::fs::write(
+        &file,
+        format!(
+            "{}:agent={}\n{}:agent={}\n",
+            file_line("its-own-mcp", Role::Approver, "own-token"),
+            agent.id,
+            file_line("another-agents-mcp", Role::Approver, "other-token"),
+            uuid::Uuid::now_v7()
+        ),
+    )?;
+    stack.manager.kill().await?;
+    stack.restart_manager().await?;
+    let mut session = HandSession::open(&stack.manager.url(), &agent.id, &agent.credential).await?;
+    stack.wait_agent_ready(&agent.id, 1).await?;
+    stack
+        .agents
+        .dispatch_task(am::DispatchTaskRequest {
+            agent_id: agent.id.clone(),
+            task_id: "self".to_owned(),
+            payload: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    let task = session
+        .next(|kind| match kind {
+            am::manager_message::Kind::Task(task) => Some(task),
+            _ => None,
+        })
+        .await?;
+    session.ask("mine", &task, "rm -rf /tmp/x").await?;
+    let pending = shepherd_testkit::eventually(shepherd_e2e::WAIT, "the approval", || {
+        let mut client = stack.agents.clone();
+        async move {
+            let approvals = client
+                .list_approvals(am::ListApprovalsRequest::default())
+                .await?
+                .into_inner()
+                .approvals;
+            Ok(approvals.into_iter().next())
+        }
+    })
+    .await?;
+    let decide = |token: &'static str| {
+        let url = stack.manager.url();
+        let id = pending.id.clone();
+        async move {
+            let channel = shepherd_testkit::channel(&url).await?;
+            let auth = shepherd_platform::auth::ClientMetadata::new(Some(token))?;
+            let mut client =
+                am::agent_manager_client::AgentManagerClient::with_interceptor(channel, auth);
+            anyhow::Ok(
+                client
+                    .decide_approval(am::DecideApprovalRequest {
+                        approval_id: id,
+                        decision: am::Decision::Approve as i32,
+                        comment: String::new(),
+                    })
+                    .await,
+            )
+        }
+    };
+    let own = decide("own-token").await?.unwrap_err();
+    assert_eq!(own.code(), tonic::Code::PermissionDenied, "{own:?}");
+    assert!(
+        own.message().contains("never decides its own"),
+        "{}",
+        own.message()
+    );
+    let still = stack
+        .agents
+        .get_approval(am::GetApprovalRequest {
+            approval_id: pending.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(still.state(), am::ApprovalState::Pending);
+    let other = decide("other-token")
+        .await?
+        .map_err(anyhow::Error::from)?
+        .into_inner();
+    assert_eq!(other.state(), am::ApprovalState::Approved);
+    assert_eq!(other.decided_by, "another-agents-mcp");
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}

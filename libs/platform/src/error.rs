@@ -19,6 +19,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller is known, but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -98,6 +101,7 @@ fn status_of(err: Error) -> tonic::Status {
             Error::AlreadyExists(msg) => tonic::Status::already_exists(msg),
             Error::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
             Error::Unauthenticated(msg) => tonic::Status::unauthenticated(msg),
+            Error::PermissionDenied(msg) => tonic::Status::permission_denied(msg),
             Error::Unavailable(msg) => tonic::Status::unavailable(msg),
             Error::Db(db) => {
                 // Details stay in the log; the client learns only that the

@@ -209,6 +209,19 @@ pub struct ApprovalFilter {
     pub before: Option<Uuid>,
 }
 
+/// Who decides: the credential's name (recorded), and the agent it was
+/// handed to, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct Decider {
+    pub name: String,
+    pub agent: Option<String>,
+}
+
+/// Whether a credential handed to `agent` (an id) is the asking agent's.
+fn decider_is_the_asker(agent: &str, approval: &Approval) -> bool {
+    Uuid::parse_str(agent).is_ok_and(|agent| agent == approval.agent_id)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
     Approve,
@@ -317,14 +330,28 @@ impl Approvals {
 
     /// Decides a pending approval; one decided before is returned as it
     /// stands. The agent hears of it through the `ApprovalDecided` event.
+    /// A credential handed to an agent (`decider.agent`) can never decide
+    /// that agent's approvals.
     pub(crate) async fn decide(
         &self,
         id: Uuid,
         decision: Decision,
         comment: &str,
-        decided_by: &str,
+        decider: &Decider,
     ) -> Result<Approval> {
         shepherd_platform::validate::text("comment", comment, MAX_COMMENT_BYTES)?;
+        if let Some(agent) = &decider.agent {
+            // An approval's agent never changes: reading it first races
+            // with nothing.
+            let approval = self.inner.store.get_approval(id).await?;
+            if decider_is_the_asker(agent, &approval) {
+                return Err(crate::error::Error::PermissionDenied(format!(
+                    "{} was handed to agent {}, whose approval this is: an agent never decides its own",
+                    decider.name, approval.agent_id
+                )));
+            }
+        }
+        let decided_by = decider.name.as_str();
         let state = match decision {
             Decision::Approve => ApprovalState::Approved,
             Decision::Deny => ApprovalState::Denied,

@@ -14,7 +14,8 @@ use shepherd_platform::tls::TlsArgs;
 #[command(
     name = "agent-manager",
     version,
-    about = "Shepherd agent-manager: supervises agent processes and serves their event log"
+    about = "Shepherd agent-manager: supervises agent processes and serves their event log",
+    after_help = "Credentials are read from the environment only, never from a command line:\n  SHEPHERD_API_TOKEN    an admin credential [env: SHEPHERD_API_TOKEN]\n  SHEPHERD_API_TOKENS   more, NAME:ROLE=TOKEN,... [env: SHEPHERD_API_TOKENS]"
 )]
 pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port).

@@ -31,6 +31,9 @@ pub enum Error {
     /// this manager cannot enforce...).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is known, but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -59,6 +62,7 @@ impl From<Shared> for Error {
             Shared::AlreadyExists(message) => Self::AlreadyExists(message),
             Shared::FailedPrecondition(message) => Self::FailedPrecondition(message),
             Shared::Unauthenticated(message) => Self::StaleSession(message),
+            Shared::PermissionDenied(message) => Self::PermissionDenied(message),
             Shared::Unavailable(message) => Self::Unavailable(message),
             Shared::Db(db) => Self::Db(db),
             Shared::Internal(message) => Self::Internal(message),
@@ -78,6 +82,7 @@ impl From<Error> for tonic::Status {
             Error::AgentNotReady { .. } => Shared::FailedPrecondition(err.to_string()),
             Error::FailedPrecondition(message) => Shared::FailedPrecondition(message),
             Error::StaleSession(message) => Shared::Unauthenticated(message),
+            Error::PermissionDenied(message) => Shared::PermissionDenied(message),
             Error::Unavailable(message) => Shared::Unavailable(message),
             Error::Db(db) => Shared::Db(db),
             Error::Internal(message) => Shared::Internal(message),

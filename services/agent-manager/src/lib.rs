@@ -57,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .exposure("the agent-manager API", bound)
         .map_err(anyhow::Error::msg)?;
     let security_warning = exposure.warning(bound);
+    let credentials = Arc::new(config.auth.credentials().map_err(anyhow::Error::msg)?);
     if !security_warning.is_empty() {
         tracing::warn!("{security_warning}");
     }
@@ -160,14 +161,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         security_warning,
     );
     let mut routes = RoutesBuilder::default();
-    // The API needs the bearer token (when configured); agent sessions
-    // authenticate with their own per-agent tokens.
-    let auth = config.auth.require_bearer().map_err(anyhow::Error::msg)?;
+    // The API is behind the role gate (credentials and roles); agent
+    // sessions authenticate with their own per-agent tokens.
     routes
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+        .add_service(shepherd_platform::auth::RoleGate::new(
             AgentManagerServer::new(api.clone())
                 .max_decoding_message_size(config.grpc.max_message_bytes),
-            auth,
+            credentials,
+            api::permission,
         ))
         .add_service(
             AgentSessionServer::new(api).max_decoding_message_size(config.grpc.max_message_bytes),

@@ -10,7 +10,8 @@ use shepherd_platform::tls::TlsArgs;
 #[command(
     name = "scheduler",
     version,
-    about = "Shepherd scheduler: runs workflows and feeds their tasks to agents"
+    about = "Shepherd scheduler: runs workflows and feeds their tasks to agents",
+    after_help = "Credentials are read from the environment only, never from a command line:\n  SHEPHERD_API_TOKEN    an admin credential [env: SHEPHERD_API_TOKEN]\n  SHEPHERD_API_TOKENS   more, NAME:ROLE=TOKEN,... [env: SHEPHERD_API_TOKENS]\n  AGENT_MANAGER_TOKEN   the token presented to the agent-manager [env: AGENT_MANAGER_TOKEN]"
 )]
 pub struct Config {
     /// Address to serve gRPC on (port 0 picks a free port).
@@ -56,9 +57,11 @@ pub struct Config {
     )]
     pub agent_manager_url: String,
 
-    /// Bearer token the scheduler presents to the agent-manager.
-    #[arg(long, env = "AGENT_MANAGER_TOKEN", hide_env_values = true)]
-    pub agent_manager_token: Option<String>,
+    /// Bearer token the scheduler presents to the agent-manager (a
+    /// credential with the role `service`): AGENT_MANAGER_TOKEN, read from
+    /// the environment only.
+    #[arg(skip = shepherd_platform::auth::Secret::from_env("AGENT_MANAGER_TOKEN"))]
+    pub agent_manager_token: Option<shepherd_platform::auth::Secret>,
 
     /// How long a runner waits for its agent to be ready before it stops
     /// with reason "agent not ready".

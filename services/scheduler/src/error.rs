@@ -24,6 +24,9 @@ pub enum Error {
     /// workflow that is not a webhook's...).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is known, but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -53,6 +56,7 @@ impl From<Shared> for Error {
             Shared::FailedPrecondition(message) | Shared::Unauthenticated(message) => {
                 Self::FailedPrecondition(message)
             }
+            Shared::PermissionDenied(message) => Self::PermissionDenied(message),
             Shared::Unavailable(message) => Self::Unavailable(message),
             Shared::Db(db) => Self::Db(db),
             Shared::Internal(message) => Self::Internal(message),
@@ -70,6 +74,7 @@ impl From<Error> for tonic::Status {
             Error::WorkflowNotFound(_) | Error::NotFound(_) => Shared::NotFound(err.to_string()),
             Error::AlreadyExists(message) => Shared::AlreadyExists(message),
             Error::FailedPrecondition(message) => Shared::FailedPrecondition(message),
+            Error::PermissionDenied(message) => Shared::PermissionDenied(message),
             Error::Unavailable(message) => Shared::Unavailable(message),
             Error::Db(db) => Shared::Db(db),
             Error::Internal(message) => Shared::Internal(message),

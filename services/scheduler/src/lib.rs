@@ -59,6 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if !warning.is_empty() {
         tracing::warn!("{warning}");
     }
+    let credentials = Arc::new(config.auth.credentials().map_err(anyhow::Error::msg)?);
     let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,
@@ -71,7 +72,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let store = Store::new(pool, &batches);
     let manager = ManagerClient::new(
         &config.agent_manager_url,
-        config.agent_manager_token.as_deref(),
+        config
+            .agent_manager_token
+            .as_ref()
+            .map(shepherd_platform::auth::Secret::expose),
         config.agent_manager_ca_file.as_deref(),
     )?;
     let agents = Arc::new(AgentView::default());
@@ -127,11 +131,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
     let mut routes = RoutesBuilder::default();
-    let auth = config.auth.require_bearer().map_err(anyhow::Error::msg)?;
-    routes.add_service(tonic::service::interceptor::InterceptedService::new(
+    routes.add_service(shepherd_platform::auth::RoleGate::new(
         SchedulerServer::new(Api::new(scheduler, webhooks.clone()))
             .max_decoding_message_size(config.grpc.max_message_bytes),
-        auth,
+        credentials,
+        api::permission,
     ));
     let names = vec![<SchedulerServer<Api> as NamedService>::NAME];
     let tls = config.tls.server_config()?;

@@ -58,7 +58,19 @@ impl Peers {
         Ok(client)
     }
 
-    /// `message` as a forwarded call.
+    /// A caller's call, forwarded: with the caller's own credential (the
+    /// peer checks its role again; this node's token would lend the
+    /// caller this node's rights).
+    pub(crate) fn forward<T>(&self, incoming: Request<T>) -> Request<T> {
+        let credential = incoming.metadata().get("authorization").cloned();
+        let mut request = self.outbound(incoming.into_inner());
+        if let Some(credential) = credential {
+            request.metadata_mut().insert("authorization", credential);
+        }
+        request
+    }
+
+    /// `message` as a forwarded call of this node's own (with its token).
     pub(crate) fn outbound<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(FORWARDED, self.me.clone());

@@ -3,7 +3,10 @@
 
 mod convert;
 mod forward;
+mod roles;
 mod session;
+
+pub(crate) use roles::permission;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -183,9 +186,7 @@ impl AgentManager for Api {
         let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
         if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer
-                .start_agent(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.start_agent(self.peers.forward(request)).await;
         }
         Ok(Response::new(
             self.agent(self.manager.start_agent(id).await?),
@@ -199,9 +200,7 @@ impl AgentManager for Api {
         let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
         if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer
-                .stop_agent(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.stop_agent(self.peers.forward(request)).await;
         }
         Ok(Response::new(
             self.agent(self.manager.stop_agent(id).await?),
@@ -215,9 +214,7 @@ impl AgentManager for Api {
         let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
         if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer
-                .restart_agent(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.restart_agent(self.peers.forward(request)).await;
         }
         Ok(Response::new(
             self.agent(self.manager.restart_agent(id).await?),
@@ -231,9 +228,7 @@ impl AgentManager for Api {
         let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         record_id("agent_id", &id);
         if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer
-                .delete_agent(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.delete_agent(self.peers.forward(request)).await;
         }
         self.manager.delete_agent(id).await?;
         Ok(Response::new(()))
@@ -266,9 +261,7 @@ impl AgentManager for Api {
             }
         };
         if let Some(mut peer) = self.peer_for(&request, id, false).await? {
-            return peer
-                .get_agent_logs(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.get_agent_logs(self.peers.forward(request)).await;
         }
         let lines = self.manager.agent_logs(id, stream, lines).await?;
         Ok(Response::new(pb::GetAgentLogsResponse { lines }))
@@ -290,9 +283,7 @@ impl AgentManager for Api {
             .into());
         }
         if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
-            return peer
-                .dispatch_task(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.dispatch_task(self.peers.forward(request)).await;
         }
         let request = request.into_inner();
         let task_id = request.task_id.clone();
@@ -426,9 +417,7 @@ impl AgentManager for Api {
         let agent_id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         validate_task_id("task_id", &request.get_ref().task_id)?;
         if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
-            return peer
-                .cancel_task(self.peers.outbound(request.into_inner()))
-                .await;
+            return peer.cancel_task(self.peers.forward(request)).await;
         }
         let request = request.into_inner();
         let state = self.manager.cancel_task(agent_id, &request.task_id).await?;
@@ -532,7 +521,11 @@ impl AgentManager for Api {
         request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         // Recorded from the credentials, never from the request's fields.
-        let decided_by = shepherd_platform::auth::caller(&request);
+        let decider = crate::approvals::Decider {
+            name: shepherd_platform::auth::caller(&request),
+            agent: shepherd_platform::auth::identity(&request)
+                .and_then(|caller| caller.agent.clone()),
+        };
         let request = request.into_inner();
         let id = shepherd_platform::validate::id("approval_id", &request.approval_id, "approval")?;
         record_id("approval_id", &id);
@@ -540,7 +533,7 @@ impl AgentManager for Api {
         let approval = self
             .manager
             .approvals()
-            .decide(id, decision, &request.comment, &decided_by)
+            .decide(id, decision, &request.comment, &decider)
             .await?;
         Ok(Response::new(wire_approval(&approval)))
     }

@@ -2,7 +2,10 @@
 //! more.
 
 pub(crate) mod convert;
+mod roles;
 pub(crate) mod webhooks;
+
+pub(crate) use roles::permission;
 
 use std::sync::Arc;
 
