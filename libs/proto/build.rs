@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "shepherd/audit/v1/audit.proto",
     "shepherd/agentmanager/v1/agent_manager.proto",
     "shepherd/scheduler/v1/scheduler.proto",
 ];

@@ -248,3 +248,162 @@ async fn a_valid_call_outside_the_role_stores_nothing() -> anyhow::Result<()> {
     assert!(stack.agent(&agent.id).await.is_ok());
     Ok(())
 }
+
+/// Every call that changes (or tries to change) something is in the audit
+/// log: who, role, RPC, target, outcome, peer; a denied attempt too. Reads
+/// are not; the log is for admins only; `shepherd audit` shows both
+/// services' entries.
+#[tokio::test]
+async fn every_change_is_audited_with_who_role_target_and_outcome() -> anyhow::Result<()> {
+    let mut stack = Stack::start(options()).await?;
+    let manager = shepherd_testkit::channel(&stack.manager.url()).await?;
+    let scheduler = shepherd_testkit::channel(&stack.scheduler_url()).await?;
+    let mut ops = client_as(
+        "operator-token",
+        manager.clone(),
+        am::agent_manager_client::AgentManagerClient::new,
+    )?;
+    let mut vic = client_as(
+        "viewer-token",
+        manager.clone(),
+        am::agent_manager_client::AgentManagerClient::new,
+    )?;
+    let created = ops
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "audited".to_owned(),
+                command: "/bin/sleep".to_owned(),
+                args: vec!["600".to_owned()],
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let denied = vic
+        .stop_agent(am::StopAgentRequest {
+            agent_id: created.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    vic.get_agent(am::GetAgentRequest {
+        agent_id: created.id.clone(),
+    })
+    .await?;
+    ops.delete_agent(am::DeleteAgentRequest {
+        agent_id: created.id.clone(),
+    })
+    .await?;
+    let mut workflows = client_as(
+        "operator-token",
+        scheduler.clone(),
+        sched::scheduler_client::SchedulerClient::new,
+    )?;
+    let missing = workflows
+        .delete_workflow(sched::DeleteWorkflowRequest {
+            workflow_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let audit = stack
+        .agents
+        .list_audit_events(shepherd_proto::audit::v1::ListAuditEventsRequest {
+            target: created.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    let seen: Vec<(&str, &str, &str, &str)> = audit
+        .iter()
+        .map(|e| {
+            (
+                e.who.as_str(),
+                e.role.as_str(),
+                e.rpc.as_str(),
+                e.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ops", "operator", "DeleteAgent", "OK"),
+            ("ops", "operator", "CreateAgent", "OK"),
+        ],
+        "newest first: {audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|e| e.peer == "127.0.0.1" && e.time.is_some()),
+        "{audit:?}"
+    );
+    // The denied attempt is there too (it never reached a handler: no
+    // target), and the read is not.
+    let by_vic = stack
+        .agents
+        .list_audit_events(shepherd_proto::audit::v1::ListAuditEventsRequest {
+            who: "vic".to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    let seen: Vec<(&str, &str, &str)> = by_vic
+        .iter()
+        .map(|e| (e.rpc.as_str(), e.outcome.as_str(), e.role.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("StopAgent", "PERMISSION_DENIED", "viewer")],
+        "{by_vic:?}"
+    );
+
+    // The log is an admin's.
+    let refused = vic
+        .list_audit_events(shepherd_proto::audit::v1::ListAuditEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // Both services, through the CLI.
+    let output = tokio::process::Command::new(shepherd_testkit::bin_path("shepherd")?)
+        .args(["--output", "json", "audit", "--who", "ops"])
+        .env("SHEPHERD_AGENT_MANAGER_URL", stack.manager.url())
+        .env("SHEPHERD_SCHEDULER_URL", stack.scheduler_url())
+        .env("SHEPHERD_TOKEN", "admin-token")
+        .output()
+        .await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let rpcs: Vec<(&str, &str)> = entries
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|e| {
+                    (
+                        e["service"].as_str().unwrap_or(""),
+                        e["rpc"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        rpcs,
+        [
+            ("scheduler", "DeleteWorkflow"),
+            ("agent-manager", "DeleteAgent"),
+            ("agent-manager", "CreateAgent")
+        ]
+    );
+    let _ = &mut stack;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! helpers, telemetry, the PostgreSQL pool with versioned migrations, and a
 //! gRPC server that always serves reflection, health and graceful shutdown.
 
+pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod batch;

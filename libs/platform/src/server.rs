@@ -217,9 +217,11 @@ fn incoming(
 }
 
 /// Records an id the RPC is about (`agent_id`, `workflow_id`, `task_id`)
-/// on the current RPC span, for logs and traces.
+/// on the current RPC span, for logs and traces, and (the first one) as
+/// the target of the call's audit entry.
 pub fn record_id(field: &'static str, value: &dyn std::fmt::Display) {
     tracing::Span::current().record(field, tracing::field::display(value));
+    crate::audit::record_target(value);
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -13,6 +13,12 @@ pub mod agentmanager {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("shepherd.audit.v1");
+    }
+}
+
 pub mod scheduler {
     pub mod v1 {
         tonic::include_proto!("shepherd.scheduler.v1");

@@ -86,6 +86,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let fence = store::join(&pool, &config.node_name, &advertised, config.node_lease_ttl).await?;
     tracing::info!(node = %fence.name, term = fence.term, "joined as a manager node");
     let batches = db::connect_for_batches(&config.database.database_url, db::BATCH_POOL_SIZE)?;
+    let audit = shepherd_platform::audit::AuditLog::new(pool.clone(), "agent_manager.audit_events");
+    tokio::spawn(
+        audit
+            .clone()
+            .prune_periodically(config.auth.audit_retention, shutdown.clone()),
+    );
     let store = Store::new(pool, &batches, fence);
     let events = EventLog::start(
         store.clone(),
@@ -159,17 +165,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             &config.node_name,
         )?,
         security_warning,
+        audit.clone(),
     );
     let mut routes = RoutesBuilder::default();
     // The API is behind the role gate (credentials and roles); agent
     // sessions authenticate with their own per-agent tokens.
     routes
-        .add_service(shepherd_platform::auth::RoleGate::new(
-            AgentManagerServer::new(api.clone())
-                .max_decoding_message_size(config.grpc.max_message_bytes),
-            credentials,
-            api::permission,
-        ))
+        .add_service(
+            shepherd_platform::auth::RoleGate::new(
+                AgentManagerServer::new(api.clone())
+                    .max_decoding_message_size(config.grpc.max_message_bytes),
+                credentials,
+                api::permission,
+            )
+            .with_audit(audit),
+        )
         .add_service(
             AgentSessionServer::new(api).max_decoding_message_size(config.grpc.max_message_bytes),
         );

@@ -65,6 +65,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "approval_digest",
         sql: include_str!("../migrations/0008_approval_digest.sql"),
     },
+    Migration {
+        version: 9,
+        name: "audit",
+        sql: include_str!("../migrations/0009_audit.sql"),
+    },
 ];
 
 const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \

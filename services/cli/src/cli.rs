@@ -78,6 +78,22 @@ pub(crate) enum Command {
     /// How the agent-manager contains agents: its containment mode, the
     /// limits it enforces and its default limits.
     Manager,
+    /// The audit log of both services, newest first: every call that
+    /// changed (or tried to change) something (role admin).
+    Audit {
+        /// Only calls by this credential name.
+        #[arg(long)]
+        who: Option<String>,
+        /// Only calls about this id (agent, workflow, task, approval).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only calls in the last DURATION (e.g. 1h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+    },
     /// Serve the fleet as Model Context Protocol tools on stdin/stdout
     /// (for an AI assistant). Only reading tools unless --allow-writes.
     Mcp {

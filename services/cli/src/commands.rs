@@ -97,6 +97,45 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => crate::mcp::run(clients, allow_writes).await,
         },
+        Command::Audit {
+            who,
+            target,
+            since,
+            limit,
+        } => {
+            let request = shepherd_proto::audit::v1::ListAuditEventsRequest {
+                who: who.unwrap_or_default(),
+                target: target.unwrap_or_default(),
+                since: since
+                    .and_then(|ago| std::time::SystemTime::now().checked_sub(ago))
+                    .map(Into::into),
+                page_size: limit,
+                ..Default::default()
+            };
+            let (mut agents, mut workflows) = (clients.agents.clone(), clients.workflows.clone());
+            let (manager, scheduler) = tokio::join!(
+                agents.list_audit_events(request.clone()),
+                workflows.list_audit_events(request)
+            );
+            let mut events: Vec<render::Audited> = manager?
+                .into_inner()
+                .events
+                .into_iter()
+                .map(|event| render::Audited("agent-manager", event))
+                .chain(
+                    scheduler?
+                        .into_inner()
+                        .events
+                        .into_iter()
+                        .map(|event| render::Audited("scheduler", event)),
+                )
+                .collect();
+            // Newest first, across both services (ids are time-ordered).
+            events.sort_by(|a, b| b.1.id.cmp(&a.1.id));
+            events.truncate(usize::try_from(limit).unwrap_or(0));
+            render::many(clients.output, &events);
+            Ok(())
+        }
         Command::Manager => {
             let info = clients
                 .agents

@@ -69,6 +69,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await?;
     let healthy = db::watch_health(pool.clone(), shutdown.clone());
     let batches = db::connect_for_batches(&config.database.database_url, db::BATCH_POOL_SIZE)?;
+    let audit = shepherd_platform::audit::AuditLog::new(pool.clone(), "scheduler.audit_events");
+    tokio::spawn(
+        audit
+            .clone()
+            .prune_periodically(config.auth.audit_retention, shutdown.clone()),
+    );
     let store = Store::new(pool, &batches);
     let manager = ManagerClient::new(
         &config.agent_manager_url,
@@ -131,12 +137,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
     let mut routes = RoutesBuilder::default();
-    routes.add_service(shepherd_platform::auth::RoleGate::new(
-        SchedulerServer::new(Api::new(scheduler, webhooks.clone()))
-            .max_decoding_message_size(config.grpc.max_message_bytes),
-        credentials,
-        api::permission,
-    ));
+    routes.add_service(
+        shepherd_platform::auth::RoleGate::new(
+            SchedulerServer::new(Api::new(scheduler, webhooks.clone(), audit.clone()))
+                .max_decoding_message_size(config.grpc.max_message_bytes),
+            credentials,
+            api::permission,
+        )
+        .with_audit(audit),
+    );
     let names = vec![<SchedulerServer<Api> as NamedService>::NAME];
     let tls = config.tls.server_config()?;
     let serving = tokio::spawn(server::serve(

@@ -120,6 +120,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "statement_task_log",
         sql: include_str!("../migrations/0017_statement_task_log.sql"),
     },
+    Migration {
+        version: 18,
+        name: "audit",
+        sql: include_str!("../migrations/0018_audit.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \

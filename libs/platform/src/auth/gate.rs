@@ -9,6 +9,8 @@
 //! A tower layer rather than a tonic interceptor: an interceptor does not
 //! see which method is called.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,6 +19,7 @@ use tonic::server::NamedService;
 
 use super::credentials::{Caller, Credentials};
 use super::roles::{Permission, Role};
+use crate::audit::{AuditEntry, AuditLog, AuditTarget, code_name};
 
 /// Which permission each RPC of a service needs (by method name); None:
 /// not a method of this service (refused: fail closed).
@@ -27,6 +30,17 @@ pub struct RoleGate<S> {
     inner: S,
     credentials: Arc<Credentials>,
     permission: PermissionTable,
+    /// Where calls that change something are recorded (None: nowhere).
+    audit: Option<AuditLog>,
+}
+
+/// What the gate decided about a call.
+struct Admission {
+    /// Who calls (None: unknown, refused as unauthenticated).
+    caller: Option<Caller>,
+    permission: Option<Permission>,
+    /// Why the call must not go on, if so.
+    refused: Option<Status>,
 }
 
 impl<S> RoleGate<S> {
@@ -35,11 +49,37 @@ impl<S> RoleGate<S> {
             inner,
             credentials,
             permission,
+            audit: None,
         }
     }
 
-    /// Who calls, and whether they may call `method`.
-    fn admit(&self, headers: &http::HeaderMap, method: &str) -> Result<Caller, Status> {
+    /// Records every call that needs more than reading in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn admission(&self, headers: &http::HeaderMap, method: &str) -> Admission {
+        let permission = (self.permission)(method);
+        match self.authenticate(headers) {
+            Err(status) => Admission {
+                caller: None,
+                permission,
+                refused: Some(status),
+            },
+            Ok(caller) => {
+                let refused = self.authorize(&caller, method, permission).err();
+                Admission {
+                    caller: Some(caller),
+                    permission,
+                    refused,
+                }
+            }
+        }
+    }
+
+    /// Who calls.
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let caller = if self.credentials.is_empty() {
             Caller {
                 name: "anonymous".to_owned(),
@@ -60,7 +100,17 @@ impl<S> RoleGate<S> {
                 .identify(presented)
                 .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?
         };
-        let Some(permission) = (self.permission)(method) else {
+        Ok(caller)
+    }
+
+    /// Whether `caller` may call `method`.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        method: &str,
+        permission: Option<Permission>,
+    ) -> Result<(), Status> {
+        let Some(permission) = permission else {
             return Err(Status::unimplemented("no such method"));
         };
         if !caller.role.allows(permission) {
@@ -71,7 +121,18 @@ impl<S> RoleGate<S> {
                 caller.role
             )));
         }
-        Ok(caller)
+        Ok(())
+    }
+}
+
+/// Whether a call is recorded in the audit log: everything but reads, and
+/// but the scheduler's own dispatches (`service`, one per task: the task
+/// tables record them).
+fn audited(caller: &Caller, permission: Option<Permission>) -> bool {
+    match permission {
+        None | Some(Permission::Read) => false,
+        Some(Permission::Dispatch) => caller.role != Role::Service,
+        Some(_) => true,
     }
 }
 
@@ -83,13 +144,11 @@ impl<S, B> tower::Service<http::Request<B>> for RoleGate<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures_util::future::Either<
-        futures_util::future::Ready<Result<S::Response, S::Error>>,
-        S::Future,
-    >;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -104,15 +163,62 @@ where
             .next()
             .unwrap_or_default()
             .to_owned();
-        match self.admit(request.headers(), &method) {
-            Ok(caller) => {
-                request.extensions_mut().insert(caller);
-                futures_util::future::Either::Right(self.inner.call(request))
+        let admission = self.admission(request.headers(), &method);
+        let audit = match (&self.audit, &admission.caller) {
+            (Some(log), Some(caller)) if audited(caller, admission.permission) => {
+                let peer = request
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|info| info.remote_addr())
+                    .map(|addr| addr.ip().to_string())
+                    .unwrap_or_default();
+                Some((log.clone(), caller.clone(), peer))
             }
-            Err(status) => futures_util::future::Either::Left(futures_util::future::ready(Ok(
-                status.into_http(),
-            ))),
-        }
+            _ => None,
+        };
+        let target = AuditTarget::default();
+        let answer: Self::Future = match (admission.refused, admission.caller) {
+            (None, Some(caller)) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(crate::audit::with_target(
+                    target.clone(),
+                    self.inner.call(request),
+                ))
+            }
+            (refused, _) => {
+                let status = refused.unwrap_or_else(|| Status::unauthenticated("no caller"));
+                Box::pin(futures_util::future::ready(Ok(status.into_http())))
+            }
+        };
+        let Some((log, caller, peer)) = audit else {
+            return answer;
+        };
+        Box::pin(async move {
+            let response = answer.await?;
+            let outcome = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<i32>().ok())
+                .map_or_else(
+                    || "OK".to_owned(),
+                    |code| code_name(tonic::Code::from(code)),
+                );
+            let entry = AuditEntry {
+                who: caller.name,
+                role: caller.role.to_string(),
+                rpc: method,
+                target: target.get(),
+                outcome,
+                peer,
+            };
+            // The call happened: a log that cannot be written is an
+            // operator's alarm, not the caller's failure.
+            if let Err(err) = log.append(&entry).await {
+                tracing::error!(error = %err, rpc = %entry.rpc, who = %entry.who, "could not write an audit entry");
+            }
+            Ok(response)
+        })
     }
 }
 

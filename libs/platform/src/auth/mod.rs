@@ -78,6 +78,10 @@ pub struct AuthArgs {
         action = clap::ArgAction::Set
     )]
     pub allow_open_api: bool,
+
+    /// How long the audit log keeps an entry (`ListAuditEvents`).
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = crate::config::parse_duration)]
+    pub audit_retention: std::time::Duration,
 }
 
 impl AuthArgs {

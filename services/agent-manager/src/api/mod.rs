@@ -60,14 +60,21 @@ pub(crate) struct Api {
     peers: Arc<Peers>,
     /// What GetManagerInfo warns of (an API served open on purpose).
     security_warning: Arc<str>,
+    audit: shepherd_platform::audit::AuditLog,
 }
 
 impl Api {
-    pub(crate) fn new(manager: Arc<Manager>, peers: Peers, security_warning: String) -> Self {
+    pub(crate) fn new(
+        manager: Arc<Manager>,
+        peers: Peers,
+        security_warning: String,
+        audit: shepherd_platform::audit::AuditLog,
+    ) -> Self {
         Self {
             manager,
             peers: Arc::new(peers),
             security_warning: security_warning.into(),
+            audit,
         }
     }
 
@@ -142,6 +149,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::Agent>, Status> {
         let agent = convert::new_agent(request.into_inner().agent)?;
         let (record, credential) = self.manager.create_agent(agent).await?;
+        record_id("agent_id", &record.id);
         let mut agent = self.agent(record);
         agent.credential = credential.unwrap_or_default();
         Ok(Response::new(agent))
@@ -416,6 +424,7 @@ impl AgentManager for Api {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let agent_id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         validate_task_id("task_id", &request.get_ref().task_id)?;
+        record_id("task_id", &request.get_ref().task_id);
         if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
             return peer.cancel_task(self.peers.forward(request)).await;
         }
@@ -536,6 +545,16 @@ impl AgentManager for Api {
             .decide(id, decision, &request.comment, &decider)
             .await?;
         Ok(Response::new(wire_approval(&approval)))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<shepherd_proto::audit::v1::ListAuditEventsRequest>,
+    ) -> Result<Response<shepherd_proto::audit::v1::ListAuditEventsResponse>, Status> {
+        let page = shepherd_platform::audit::list_events(&self.audit, request.into_inner())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(page))
     }
 
     async fn get_manager_info(

@@ -31,13 +31,19 @@ pub(crate) struct Api {
     scheduler: Arc<Scheduler>,
     /// Base URL of the webhook endpoint, when served.
     webhooks: Option<String>,
+    audit: shepherd_platform::audit::AuditLog,
 }
 
 impl Api {
-    pub(crate) fn new(scheduler: Arc<Scheduler>, webhooks: Option<String>) -> Self {
+    pub(crate) fn new(
+        scheduler: Arc<Scheduler>,
+        webhooks: Option<String>,
+        audit: shepherd_platform::audit::AuditLog,
+    ) -> Self {
         Self {
             scheduler,
             webhooks,
+            audit,
         }
     }
 
@@ -59,6 +65,16 @@ impl Api {
 
 #[tonic::async_trait]
 impl scheduler_server::Scheduler for Api {
+    async fn list_audit_events(
+        &self,
+        request: Request<shepherd_proto::audit::v1::ListAuditEventsRequest>,
+    ) -> Result<Response<shepherd_proto::audit::v1::ListAuditEventsResponse>, Status> {
+        let page = shepherd_platform::audit::list_events(&self.audit, request.into_inner())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(page))
+    }
+
     async fn rotate_webhook_secret(
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,
@@ -75,6 +91,7 @@ impl scheduler_server::Scheduler for Api {
     ) -> Result<Response<pb::Workflow>, Status> {
         let new = convert::new_workflow(request.into_inner().workflow)?;
         let (workflow, secret) = self.scheduler.create_workflow(new).await?;
+        record_id("workflow_id", &workflow.id);
         Ok(Response::new(self.workflow(workflow, secret)))
     }
 
@@ -121,6 +138,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::UpdateWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
         let (patch, mask) = convert::update(request.into_inner())?;
+        record_id("workflow_id", &patch.id);
         let workflow = self.scheduler.update_workflow(patch, mask).await?;
         Ok(Response::new(self.workflow(workflow, None)))
     }
@@ -163,6 +181,7 @@ impl scheduler_server::Scheduler for Api {
     ) -> Result<Response<pb::Task>, Status> {
         let task_id = request.into_inner().task_id;
         validate_task_id(&task_id)?;
+        record_id("task_id", &task_id);
         record_id("task_id", &task_id);
         let task = self.scheduler.cancel_task(&task_id).await?;
         Ok(Response::new(convert::task(task)))
