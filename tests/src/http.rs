@@ -37,7 +37,14 @@ pub async fn request(
         .ok_or_else(|| anyhow::anyhow!("not an http URL: {url}"))?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let mut request = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    // A test may name another Host (a rebinding page's).
+    let named = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"));
+    let mut request = format!("{method} /{path} HTTP/1.1\r\nConnection: close\r\n");
+    if !named {
+        request += &format!("Host: {host}\r\n");
+    }
     if let Some(body) = body {
         request += &format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

@@ -343,3 +343,103 @@ async fn console_actions_need_a_session_and_its_csrf_token() -> anyhow::Result<(
     assert_eq!(agents.json()[0]["name"], "guarded");
     Ok(())
 }
+
+/// A page on another site gets nothing through the browser: a request
+/// naming the console by a rebound foreign name is refused whatever it
+/// carries, a POST from another origin changes nothing even with a valid
+/// session and CSRF token, and guessing the sign-in token is throttled.
+#[tokio::test]
+async fn a_foreign_page_changes_nothing_through_the_console() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack
+        .create_agent("rebound", am::RestartMode::OnFailure)
+        .await?;
+    let console = start_console(&stack, None).await?;
+    let base = format!("http://{}", console.addr);
+    let restart = format!("{base}/api/agents/{}/restart", agent.id);
+    let rebound = ("Host", format!("evil.example:{}", console.addr.port()));
+
+    // Rebinding: the foreign name gets no session, no page, no action.
+    let session = request(
+        "GET",
+        &format!("{base}/api/session"),
+        std::slice::from_ref(&rebound),
+        None,
+    )
+    .await?;
+    assert_eq!(session.status, 421, "{}", session.body);
+    assert!(session.header("set-cookie").is_none());
+    assert_eq!(
+        request(
+            "GET",
+            &format!("{base}/"),
+            std::slice::from_ref(&rebound),
+            None
+        )
+        .await?
+        .status,
+        421
+    );
+
+    // A real session, used by a foreign origin: refused.
+    let session = request("GET", &format!("{base}/api/session"), &[], None).await?;
+    let cookie = session
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    let csrf = session.json()["csrf"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let signed = [("cookie", cookie), ("x-csrf-token", csrf)];
+    for headers in [
+        vec![
+            signed[0].clone(),
+            signed[1].clone(),
+            ("Origin", "http://evil.example".to_owned()),
+        ],
+        vec![signed[0].clone(), signed[1].clone(), rebound.clone()],
+    ] {
+        let refused = request("POST", &restart, &headers, Some(b"{}")).await?;
+        assert!(
+            matches!(refused.status, 403 | 421),
+            "{} {}",
+            refused.status,
+            refused.body
+        );
+    }
+    assert_eq!(
+        stack.agent(&agent.id).await?.generation,
+        1,
+        "nothing restarted"
+    );
+    // Its own origin: done.
+    let own = vec![
+        signed[0].clone(),
+        signed[1].clone(),
+        (
+            "Origin",
+            format!("http://127.0.0.1:{}", console.addr.port()),
+        ),
+    ];
+    assert_eq!(
+        request("POST", &restart, &own, Some(b"{}")).await?.status,
+        200
+    );
+
+    // Guessing the token: after 5 wrong ones, even the right one waits.
+    let locked = start_console(&stack, Some("letmein")).await?;
+    let login = format!("http://{}/api/login", locked.addr);
+    for _ in 0..5 {
+        assert_eq!(
+            request("POST", &login, &[], Some(br#"{"token":"guess"}"#))
+                .await?
+                .status,
+            401
+        );
+    }
+    let throttled = request("POST", &login, &[], Some(br#"{"token":"letmein"}"#)).await?;
+    assert_eq!(throttled.status, 429, "{}", throttled.body);
+    Ok(())
+}

@@ -42,6 +42,18 @@ pub struct Config {
     )]
     pub allow_open: bool,
 
+    /// Origins the console is reached at besides loopback
+    /// (`https://console.example.com`, comma-separated): requests naming
+    /// any other host are refused (DNS rebinding), so are state-changing
+    /// requests from other origins. An https origin makes the session
+    /// cookie `Secure`.
+    #[arg(
+        long = "public-origin",
+        env = "CONSOLE_PUBLIC_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub public_origins: Vec<String>,
+
     /// PEM CA for https:// service URLs (as the CLI's).
     #[arg(long, env = "SHEPHERD_CA_FILE")]
     pub ca_file: Option<PathBuf>,

@@ -23,9 +23,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.token.as_deref(),
         config.ca_file.as_deref(),
     )?;
+    let origins =
+        http::origins::Origins::new(&config.public_origins).map_err(anyhow::Error::msg)?;
     let console = Arc::new(Console {
         backend,
-        sessions: Sessions::new(config.token.clone())?,
+        sessions: Sessions::new(config.token.clone())?.secure(origins.secure()),
+        origins,
     });
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let bound = listener.local_addr()?;
@@ -44,8 +47,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     println!("shepherd-console listening on {bound}");
     tracing::info!(%bound, "shepherd-console listening");
-    axum::serve(listener, http::router(console))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        http::router(console).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! live updates that resume from the browser's last cursor.
 
 mod live;
+pub mod origins;
 pub mod session;
 
 use std::collections::HashMap;
@@ -30,6 +31,8 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 pub struct Console {
     pub backend: Backend,
     pub sessions: Sessions,
+    /// The names and origins the console answers to.
+    pub origins: origins::Origins,
 }
 
 type Shared = State<Arc<Console>>;
@@ -64,7 +67,41 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/session", get(session_state))
         .route("/api/login", post(login))
         .nest("/api", api)
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            own_name_only,
+        ))
         .with_state(console)
+}
+
+/// Every request must name the console by a host it answers to (no DNS
+/// rebinding), and a POST that carries an Origin must come from the
+/// console's own (no foreign page acting through the browser).
+async fn own_name_only(State(console): Shared, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !console.origins.host_allowed(host) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console is not served under that name (CONSOLE_PUBLIC_ORIGINS)",
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .map(|value| value.to_str().unwrap_or("invalid"));
+        if origin.is_some_and(|origin| !console.origins.origin_allowed(origin)) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "requests from another origin are refused",
+            );
+        }
+    }
+    next.run(request).await
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -141,10 +178,18 @@ struct Login {
     token: String,
 }
 
-async fn login(State(console): Shared, Json(login): Json<Login>) -> Response {
-    match console.sessions.open(Some(&login.token)) {
-        Some(id) => signed_in(&console, Some(id)),
-        None => error(StatusCode::UNAUTHORIZED, "wrong token"),
+async fn login(
+    State(console): Shared,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Json(login): Json<Login>,
+) -> Response {
+    match console.sessions.sign_in(client.ip(), &login.token) {
+        Ok(id) => signed_in(&console, id),
+        Err(session::SignInRefused::WrongToken) => error(StatusCode::UNAUTHORIZED, "wrong token"),
+        Err(session::SignInRefused::Throttled) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong tokens from this address: wait a minute",
+        ),
     }
 }
 
@@ -157,7 +202,7 @@ fn signed_in(console: &Console, session: Option<String>) -> Response {
     };
     let mut response =
         Json(json!({"authenticated": true, "csrf": console.sessions.csrf(&id)})).into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&session::set_cookie(Some(&id))) {
+    if let Ok(cookie) = HeaderValue::from_str(&console.sessions.set_cookie(Some(&id))) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response
@@ -169,7 +214,7 @@ async fn logout(
 ) -> Response {
     console.sessions.close(&id);
     let mut response = Json(json!({"authenticated": false})).into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&session::set_cookie(None)) {
+    if let Ok(cookie) = HeaderValue::from_str(&console.sessions.set_cookie(None)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response
