@@ -2,7 +2,8 @@
 //! one task with the mapped fields; a redelivery returns the same task; a
 //! bad or missing signature, a rotated-away secret, an oversized body, a
 //! filtered event, a body that is not JSON and one the mapping cannot use
-//! are all refused with their status and store nothing.
+//! are all refused with their status and store nothing; a captured
+//! delivery replayed makes nothing new, in either signature scheme.
 
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
@@ -58,9 +59,10 @@ fn issue(action: &str, title: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-#[tokio::test]
-async fn signed_deliveries_make_one_task_each_and_everything_else_stores_nothing()
--> anyhow::Result<()> {
+/// A stack serving webhooks (bodies up to 4 KiB) and a workflow `issues`
+/// on issues.opened deliveries; its webhook trigger, with the secret shown
+/// once.
+async fn issues_hook() -> anyhow::Result<(Stack, sched::Workflow, sched::WebhookTrigger)> {
     let mut stack = Stack::start(StackOptions {
         env: vec![
             ("WEBHOOK_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
@@ -102,9 +104,17 @@ async fn signed_deliveries_make_one_task_each_and_everything_else_stores_nothing
         })
         .await?
         .into_inner();
-    let Some(sched::trigger::Kind::Webhook(hook)) = created.trigger.and_then(|t| t.kind) else {
-        panic!("a webhook trigger");
+    let Some(sched::trigger::Kind::Webhook(hook)) = created.trigger.clone().and_then(|t| t.kind)
+    else {
+        anyhow::bail!("no webhook trigger");
     };
+    Ok((stack, created, hook))
+}
+
+#[tokio::test]
+async fn signed_deliveries_make_one_task_each_and_everything_else_stores_nothing()
+-> anyhow::Result<()> {
+    let (mut stack, created, hook) = issues_hook().await?;
     assert_eq!(hook.secret.len(), 64, "the secret is shown at creation");
     assert!(
         hook.url.ends_with(&format!("/hooks/{}", created.id)),
@@ -224,13 +234,23 @@ async fn signed_deliveries_make_one_task_each_and_everything_else_stores_nothing
         assert_eq!(status, expected, "{what}: {answer}");
     }
     let unknown = hook.url.replace(&created.id, "no-such-workflow");
-    let (status, _) = post(
+    let (status, unknown_answer) = post(
         &unknown,
         &github("issues", "d-10", Some(sign(&hook.secret, &other))),
         &other,
     )
     .await?;
-    assert_eq!(status, 404, "an unknown workflow");
+    let (_, bad_signature) = post(
+        &hook.url,
+        &github("issues", "d-10", Some(sign("not-the-secret", &other))),
+        &other,
+    )
+    .await?;
+    assert_eq!(
+        (status, &unknown_answer),
+        (401, &bad_signature),
+        "an unknown workflow looks like a bad signature"
+    );
     assert_eq!(
         stack.tasks(&created.id).await?.len(),
         1,
@@ -267,5 +287,64 @@ async fn signed_deliveries_make_one_task_each_and_everything_else_stores_nothing
     .await?;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(stack.tasks(&created.id).await?.len(), 2);
+    Ok(())
+}
+
+/// Shepherd's scheme: HMAC over "{timestamp}.{delivery id}.{body}".
+fn shepherd_signed(secret: &str, timestamp: u64, id: &str, body: &[u8]) -> Headers {
+    let mut signed = format!("{timestamp}.{id}.").into_bytes();
+    signed.extend_from_slice(body);
+    vec![
+        ("X-Shepherd-Event", "issues".to_owned()),
+        ("X-Shepherd-Delivery", id.to_owned()),
+        ("X-Shepherd-Timestamp", timestamp.to_string()),
+        ("X-Shepherd-Signature", sign(secret, &signed)),
+    ]
+}
+
+/// A captured delivery replayed, with a fresh delivery id or later, makes
+/// no second task: GitHub's scheme (body-only signature) by the body's
+/// digest, Shepherd's by its signed timestamp and delivery id.
+#[tokio::test]
+async fn a_replayed_delivery_makes_nothing_new() -> anyhow::Result<()> {
+    let (stack, created, hook) = issues_hook().await?;
+    let body = issue("opened", "Replayed");
+    let (status, first) = post(
+        &hook.url,
+        &github("issues", "captured", Some(sign(&hook.secret, &body))),
+        &body,
+    )
+    .await?;
+    assert_eq!(status, 202, "{first}");
+    // The attacker resends it with a fresh id: the same task.
+    let (status, replay) = post(
+        &hook.url,
+        &github("issues", "fresh-id", Some(sign(&hook.secret, &body))),
+        &body,
+    )
+    .await?;
+    assert_eq!((status, &replay["task_id"]), (202, &first["task_id"]));
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let other = issue("opened", "Signed with time");
+    let headers = shepherd_signed(&hook.secret, now, "s-1", &other);
+    let (status, signed) = post(&hook.url, &headers, &other).await?;
+    assert_eq!(status, 202, "{signed}");
+    // Replayed within the window: the same task; with a fresh id: refused.
+    let (status, again) = post(&hook.url, &headers, &other).await?;
+    assert_eq!((status, &again["task_id"]), (202, &signed["task_id"]));
+    let mut fresh = headers.clone();
+    fresh[1].1 = "s-2".to_owned();
+    assert_eq!(post(&hook.url, &fresh, &other).await?.0, 401);
+    // Signed properly, ten minutes ago: refused.
+    let old = shepherd_signed(&hook.secret, now - 600, "s-3", &other);
+    assert_eq!(post(&hook.url, &old, &other).await?.0, 401);
+    assert_eq!(
+        stack.tasks(&created.id).await?.len(),
+        2,
+        "two deliveries, two tasks"
+    );
     Ok(())
 }

@@ -160,7 +160,8 @@ impl Scheduler {
         let Trigger::Webhook(trigger) = &workflow.trigger else {
             return Err(Refused::UnknownHook.into());
         };
-        let (fields, key) = trigger.accept(secret.as_deref(), delivery)?;
+        let (fields, key) =
+            trigger.accept(secret.as_deref(), delivery, std::time::SystemTime::now())?;
         Ok(self.trigger_on(&workflow, Some(key), fields, None).await?)
     }
 
