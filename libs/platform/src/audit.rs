@@ -223,12 +223,7 @@ pub async fn list_events(
         Ok((!value.is_empty()).then_some(value))
     };
     let time = |field: &str, value: Option<prost_types::Timestamp>| {
-        value
-            .map(|at| {
-                SystemTime::try_from(at)
-                    .map_err(|_| crate::error::Error::invalid(field, "is not a valid time"))
-            })
-            .transpose()
+        value.map(|at| crate::validate::time(field, at)).transpose()
     };
     let filter = AuditFilter {
         who: text("who", request.who)?,

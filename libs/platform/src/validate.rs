@@ -53,6 +53,23 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Latest time a client may name: the end of year 9999 (PostgreSQL and
+/// every clock here can hold it; beyond it conversions overflow).
+pub const MAX_TIME_SECONDS: i64 = 253_402_300_799;
+
+/// A time a client sends: between 1970 and 9999, nanos within a second.
+pub fn time(
+    field: &str,
+    timestamp: prost_types::Timestamp,
+) -> Result<std::time::SystemTime, Error> {
+    let in_range = (0..=MAX_TIME_SECONDS).contains(&timestamp.seconds)
+        && (0..1_000_000_000).contains(&timestamp.nanos);
+    let time = in_range
+        .then(|| std::time::SystemTime::try_from(timestamp).ok())
+        .flatten();
+    time.ok_or_else(|| Error::invalid(field, "must be a time between 1970 and 9999"))
+}
+
 /// A short, quoted prefix of a client's value for an error message (an
 /// error never echoes a whole input: it could be megabytes).
 pub fn quote(value: &str) -> String {
@@ -79,6 +96,25 @@ mod tests {
         let quoted = super::quote(&"é".repeat(1000));
         assert!(quoted.len() < 60 && quoted.ends_with('…'), "{quoted}");
         assert_eq!(super::quote("short"), "\"short\"");
+    }
+
+    #[test]
+    fn times_are_bounded() {
+        let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert!(super::time("t", at(0, 0)).is_ok());
+        assert!(super::time("t", at(super::MAX_TIME_SECONDS, 999_999_999)).is_ok());
+        for (seconds, nanos) in [
+            (-1, 0),
+            (i64::MAX, 0),
+            (super::MAX_TIME_SECONDS + 1, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            assert!(
+                super::time("t", at(seconds, nanos)).is_err(),
+                "{seconds} {nanos}"
+            );
+        }
     }
 
     #[test]

@@ -356,9 +356,18 @@ pub(crate) const MAX_LABEL_KEY: usize = 63;
 pub(crate) const MAX_LABEL_VALUE: usize = 255;
 
 pub(crate) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
+    check_labels("agent.labels", labels)
+}
+
+/// A `ListAgents` label filter: labels as an agent's.
+pub(crate) fn validate_label_filter(labels: &BTreeMap<String, String>) -> Result<(), Error> {
+    check_labels("labels", labels)
+}
+
+fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
     if labels.len() > MAX_ENTRIES {
         return Err(Error::invalid(
-            "agent.labels",
+            field,
             format!("at most {MAX_ENTRIES} labels"),
         ));
     }
@@ -366,7 +375,7 @@ pub(crate) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), E
         let nul = key.contains('\0') || value.contains('\0');
         if key.is_empty() || key.len() > MAX_LABEL_KEY || value.len() > MAX_LABEL_VALUE || nul {
             return Err(Error::invalid(
-                "agent.labels",
+                field,
                 format!(
                     "label {}: keys must be 1-{MAX_LABEL_KEY} bytes and values at most {MAX_LABEL_VALUE}, without NUL",
                     shepherd_platform::validate::quote(key)

@@ -171,9 +171,13 @@ impl AgentManager for Api {
         let request = request.into_inner();
         let limit = paging::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = paging::after::<Uuid>(&request.page_token, "ListAgents")?;
+        let labels = request.labels.into_iter().collect();
+        // Checked as a spec's labels are: bounded, no NUL (PostgreSQL
+        // refuses it, and the caller would be told to retry forever).
+        crate::model::validate_label_filter(&labels)?;
         let filter = AgentFilter {
             status: convert::status_filter(request.status)?,
-            labels: request.labels.into_iter().collect(),
+            labels,
             after,
         };
         let agents = self.manager.list_agents(&filter, limit).await?;

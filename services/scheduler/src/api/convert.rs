@@ -166,7 +166,8 @@ pub(crate) fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, Up
                 return Err(Error::invalid(
                     "update_mask",
                     format!(
-                        "{other:?} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry or tool_policy"
+                        "{} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry or tool_policy",
+                        shepherd_platform::validate::quote(other)
                     ),
                 ));
             }
