@@ -12,6 +12,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home shepherd \
+ && useradd --system --uid 10002 --create-home shepherd-agent \
  && mkdir -p /var/lib/shepherd/agent-logs && chown shepherd /var/lib/shepherd/agent-logs
 COPY --from=build \
      /src/target/release/agent-manager \
@@ -20,4 +21,8 @@ COPY --from=build \
      /src/target/release/shepherd-agent \
      /src/target/release/shepherd-healthcheck \
      /usr/local/bin/
+# The scheduler and the console run as `shepherd`. The agent-manager runs
+# as root (compose: `user: root`) only so that it can start every agent as
+# the unprivileged `shepherd-agent` (SHEPHERD_AGENT_USER): no agent can then
+# read the manager's memory, environment or files.
 USER shepherd

@@ -553,3 +553,83 @@ async fn no_credential_decides_an_approval_its_own_agent_asked_for() -> anyhow::
     let _ = std::fs::remove_file(&file);
     Ok(())
 }
+
+/// With SHEPHERD_AGENT_USER the manager (root) runs agents as that user:
+/// their tasks run as it too, and reach nothing of the manager's.
+#[tokio::test]
+async fn agents_run_as_the_user_the_manager_names() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root can start agents as another user");
+        return Ok(());
+    }
+    let mut stack = Stack::start(StackOptions {
+        env: vec![("SHEPHERD_AGENT_USER", "nobody".to_owned())],
+        ..StackOptions::default()
+    })
+    .await?;
+    let agent = stack
+        .create_agent("as-nobody", am::RestartMode::Never)
+        .await?;
+    let manager_pid = stack.manager.pid().unwrap_or_default();
+    let script = format!(
+        "id -u; tr '\\0' '\\n' < /proc/{manager_pid}/environ 2>/dev/null | grep -c DATABASE_URL || echo denied"
+    );
+    let workflow = stack
+        .create_workflow("as-nobody", &agent.id, true, &script)
+        .await?;
+    let task = stack.trigger(&workflow.id, "who", "").await?;
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), TaskState::Succeeded)
+        .await?;
+    let lines: Vec<&str> = done[0].output.lines().collect();
+    assert_eq!(lines.first().copied(), Some("65534"), "{}", done[0].output);
+    assert!(done[0].output.contains("denied"), "{}", done[0].output);
+    Ok(())
+}
+
+/// An agent spec may name its own user; a user this host does not have is
+/// refused at creation, never run as someone else.
+#[tokio::test]
+async fn an_agent_spec_names_its_user() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root can start agents as another user");
+        return Ok(());
+    }
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let missing = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "ghost".to_owned(),
+                command: shepherd_testkit::bin_path("shepherd-agent")?
+                    .display()
+                    .to_string(),
+                run_as_user: "no-such-user".to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.code(),
+        tonic::Code::FailedPrecondition,
+        "{missing:?}"
+    );
+    let agent = stack
+        .create_agent_with(am::Agent {
+            name: "as-nobody".to_owned(),
+            run_as_user: "nobody".to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(agent.run_as_user, "nobody");
+    let workflow = stack
+        .create_workflow("whoami", &agent.id, true, "id -u")
+        .await?;
+    let task = stack.trigger(&workflow.id, "who", "").await?;
+    let done = stack
+        .wait_tasks(std::slice::from_ref(&task.id), TaskState::Succeeded)
+        .await?;
+    assert_eq!(done[0].output.trim(), "65534");
+    Ok(())
+}

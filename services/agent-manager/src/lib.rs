@@ -62,7 +62,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!("{security_warning}");
     }
     let agent_user = match &config.agent_user {
-        Some(name) => Some(process::AgentUser::resolve(name).map_err(anyhow::Error::msg)?),
+        Some(name) => Some(
+            process::AgentUser::resolve(name)
+                .map_err(|why| anyhow::anyhow!("SHEPHERD_AGENT_USER: {why}"))?,
+        ),
         None => {
             if nix::unistd::geteuid().is_root() {
                 tracing::info!(

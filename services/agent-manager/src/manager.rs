@@ -221,6 +221,12 @@ impl Manager {
             Runtime::Kubernetes => self.check_kubernetes(&agent)?,
             _ => self.containment().check(&agent.spec.limits)?,
         }
+        // Refused rather than run as someone else: only root can start a
+        // process as another user, and the user must exist here.
+        if let Some(user) = &agent.spec.run_as_user {
+            crate::process::AgentUser::resolve(user)
+                .map_err(|why| Error::FailedPrecondition(format!("agent.run_as_user: {why}")))?;
+        }
         let credential = match agent.spec.runtime {
             Runtime::External => Some(new_credential()?),
             Runtime::Process | Runtime::Kubernetes => None,

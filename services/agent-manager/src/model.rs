@@ -179,6 +179,9 @@ pub struct AgentSpec {
     /// Container image (Kubernetes runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The user the process runs as (None: the manager's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<String>,
 }
 
 /// Who launches an agent's process.
@@ -335,6 +338,23 @@ pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> 
         }
     }
     Ok(())
+}
+
+/// A user name (`[a-z_][a-z0-9_-]*`, at most 32) or a numeric uid.
+pub(crate) fn validate_user(user: &str) -> Result<(), Error> {
+    let name = user.len() <= 32
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let uid = !user.is_empty() && user.len() <= 10 && user.chars().all(|c| c.is_ascii_digit());
+    if name || uid {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "agent.run_as_user",
+        "must be a user name ([a-z_][a-z0-9_-]*, at most 32) or a numeric uid",
+    ))
 }
 
 pub(crate) fn validate_working_dir(dir: &str) -> Result<(), Error> {

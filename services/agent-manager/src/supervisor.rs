@@ -730,7 +730,14 @@ impl Supervisor {
             session_token: &token,
             manager_url: &self.ctx.manager_url,
             manager_ca_file: self.ctx.manager_ca_file.as_deref(),
-            run_as: self.ctx.agent_user,
+            run_as: match &self.record.spec.run_as_user {
+                // Checked at creation; a user removed since fails the launch.
+                Some(user) => Some(
+                    crate::process::AgentUser::resolve(user)
+                        .map_err(crate::error::Error::FailedPrecondition)?,
+                ),
+                None => self.ctx.agent_user,
+            },
         };
         let spawned = match self.record.spec.runtime {
             Runtime::Kubernetes => self.create_pod(&launch).await,

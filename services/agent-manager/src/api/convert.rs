@@ -27,11 +27,12 @@ pub(super) fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
         let launch_fields = !agent.command.is_empty()
             || !agent.args.is_empty()
             || !agent.env.is_empty()
-            || !agent.working_dir.is_empty();
+            || !agent.working_dir.is_empty()
+            || !agent.run_as_user.is_empty();
         if launch_fields {
             return Err(Error::invalid(
                 "agent.command",
-                "an external agent is launched by something else: leave command, args, env and working_dir empty",
+                "an external agent is launched by something else: leave command, args, env, working_dir and run_as_user empty",
             ));
         }
     } else if runtime == Runtime::Kubernetes {
@@ -62,6 +63,16 @@ pub(super) fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
     let working_dir = Some(agent.working_dir).filter(|dir| !dir.is_empty());
     if let Some(dir) = &working_dir {
         model::validate_working_dir(dir)?;
+    }
+    let run_as_user = Some(agent.run_as_user).filter(|user| !user.is_empty());
+    if let Some(user) = &run_as_user {
+        if runtime == Runtime::Kubernetes {
+            return Err(Error::invalid(
+                "agent.run_as_user",
+                "a KUBERNETES agent runs as its image says; leave it empty",
+            ));
+        }
+        model::validate_user(user)?;
     }
     let restart_policy = restart_policy(agent.restart_policy)?;
     model::validate_policy(&restart_policy)?;
@@ -98,6 +109,7 @@ pub(super) fn new_agent(agent: Option<pb::Agent>) -> Result<NewAgent> {
             limits,
             runtime,
             image: Some(agent.image).filter(|image| !image.is_empty()),
+            run_as_user,
         },
         labels,
         desired_state,
@@ -202,6 +214,7 @@ pub(super) fn agent(record: AgentRecord, usage: Option<Usage>) -> pb::Agent {
         args: record.spec.args,
         env: record.spec.env.into_iter().collect(),
         working_dir: record.spec.working_dir.unwrap_or_default(),
+        run_as_user: record.spec.run_as_user.clone().unwrap_or_default(),
         labels: record.labels.into_iter().collect(),
         restart_policy: Some(pb::RestartPolicy {
             mode: match policy.mode {
