@@ -249,6 +249,23 @@ async fn the_console_shows_the_fleet_live_in_a_real_browser() -> anyhow::Result<
             .is_some_and(|f| f.title == "from-the-browser")),
         "the scheduler has the task"
     );
+
+    // The audit page: the restart and the trigger, as the console made
+    // them (its credential: the open API's anonymous caller).
+    client.goto(&format!("{base}/#/audit")).await?;
+    eventually(LIVE, "the audit log to show the restart and the trigger", || async {
+        let calls = client
+            .execute(
+                "return [...document.querySelectorAll('tr.audit')].map(r => r.children[4].textContent)",
+                vec![],
+            )
+            .await?;
+        let calls: Vec<String> = serde_json::from_value(calls).unwrap_or_default();
+        Ok((calls.contains(&"RestartAgent".to_owned())
+            && calls.contains(&"TriggerWorkflow".to_owned()))
+        .then_some(()))
+    })
+    .await?;
     client.close().await?;
     Ok(())
 }

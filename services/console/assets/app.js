@@ -306,6 +306,20 @@ function followLogs(id) {
   }, 2000);
 }
 
+// ---- audit log ----
+
+async function auditView() {
+  const entries = await api("GET", "/audit");
+  show(el("h1", {}, "Audit log"),
+    el("p", {}, "Every call that changed (or tried to change) something, newest first."),
+    table(["when", "service", "who", "role", "call", "target", "outcome", "from"],
+      entries.map(e => el("tr", { class: "audit outcome-" + (e.outcome === "OK" ? "ok" : "refused") },
+        el("td", { title: e.time ? new Date(e.time).toISOString() : "" }, ago(e.time)),
+        el("td", {}, e.service), el("td", {}, e.who), el("td", {}, e.role),
+        el("td", {}, e.rpc), el("td", {}, e.target), el("td", {}, e.outcome),
+        el("td", {}, e.peer)))));
+}
+
 // ---- routing ----
 
 let currentRoute = "";
@@ -325,6 +339,7 @@ async function route(refreshOnly) {
     else if (parts[0] === "workflows" && parts[1]) await workflowView(parts[1]);
     else if (parts[0] === "workflows") await workflowsView();
     else if (parts[0] === "tasks" && parts[1]) await taskView(parts[1]);
+    else if (parts[0] === "audit") await auditView();
     else await fleetView();
   } catch (err) {
     if (err.message !== "signed out") flash("Failed: " + err.message);

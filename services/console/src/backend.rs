@@ -307,6 +307,54 @@ impl Backend {
         Ok(task_view(task))
     }
 
+    /// The newest audit entries of both services (the console's credential
+    /// must be an admin's), newest first.
+    pub async fn audit(&self) -> Result<Value, tonic::Status> {
+        use shepherd_proto::audit::v1::ListAuditEventsRequest;
+        let request = ListAuditEventsRequest {
+            page_size: 100,
+            ..Default::default()
+        };
+        let (mut agents, mut workflows) = (self.agents.clone(), self.workflows.clone());
+        let (manager, scheduler) = tokio::join!(
+            agents.list_audit_events(request.clone()),
+            workflows.list_audit_events(request)
+        );
+        let mut entries: Vec<(&str, shepherd_proto::audit::v1::AuditEvent)> = manager?
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|event| ("agent-manager", event))
+            .chain(
+                scheduler?
+                    .into_inner()
+                    .events
+                    .into_iter()
+                    .map(|event| ("scheduler", event)),
+            )
+            .collect();
+        // Ids are time-ordered (UUID v7).
+        entries.sort_by(|a, b| b.1.id.cmp(&a.1.id));
+        entries.truncate(100);
+        Ok(Value::Array(
+            entries
+                .into_iter()
+                .map(|(service, event)| {
+                    json!({
+                        "service": service,
+                        "time": time(event.time),
+                        "who": event.who,
+                        "role": event.role,
+                        "rpc": event.rpc,
+                        "target": event.target,
+                        "outcome": event.outcome,
+                        "peer": event.peer,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
     pub async fn cancel_task(&self, id: &str) -> Result<Value, tonic::Status> {
         let task = self
             .workflows

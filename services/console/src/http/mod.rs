@@ -50,6 +50,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/workflows/{id}/{action}", post(workflow_action))
         .route("/tasks/{id}", get(task))
         .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/audit", get(audit))
         .route("/live/agents", get(live::agents))
         .route("/live/tasks", get(live::tasks))
         .route("/logout", post(logout))
@@ -295,6 +296,10 @@ async fn tasks(State(console): Shared, Path(id): Path<String>) -> Response {
 
 async fn task(State(console): Shared, Path(id): Path<String>) -> Response {
     answer(console.backend.task(&id).await)
+}
+
+async fn audit(State(console): Shared) -> Response {
+    answer(console.backend.audit().await)
 }
 
 async fn cancel_task(State(console): Shared, Path(id): Path<String>) -> Response {
