@@ -348,3 +348,69 @@ async fn a_replayed_delivery_makes_nothing_new() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// With TLS configured the webhook endpoint speaks TLS too (the services'
+/// certificate): a signed delivery over https makes its task, plain HTTP
+/// gets no answer.
+#[tokio::test]
+async fn webhooks_are_served_over_tls_when_the_services_are() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("shepherd-hook-tls-{}", uuid::Uuid::now_v7()));
+    let tls = shepherd_e2e::TlsFiles::generate(&dir)?;
+    let mut stack = Stack::start(StackOptions {
+        tls: Some(tls.clone()),
+        env: vec![("WEBHOOK_LISTEN_ADDR", "127.0.0.1:0".to_owned())],
+        ..StackOptions::default()
+    })
+    .await?;
+    let agent = stack
+        .create_agent("tls-hooks", am::RestartMode::Never)
+        .await?;
+    let created = stack
+        .workflows
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: "tls-hooks".into(),
+                agent_id: agent.id.clone(),
+                enabled: true,
+                prompt_template: "echo {{title}}".into(),
+                trigger: Some(sched::Trigger {
+                    kind: Some(sched::trigger::Kind::Webhook(sched::WebhookTrigger {
+                        mapping: [("title".to_owned(), "/issue/title".to_owned())].into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let Some(sched::trigger::Kind::Webhook(hook)) = created.trigger.and_then(|t| t.kind) else {
+        anyhow::bail!("no webhook trigger");
+    };
+    assert!(hook.url.starts_with("https://"), "{}", hook.url);
+    let url = hook.url.replacen("127.0.0.1", "localhost", 1);
+    let body = issue("opened", "Over TLS");
+    let answer = shepherd_e2e::http::request_tls(
+        "POST",
+        &url,
+        &tls.ca,
+        &github("issues", "tls-1", Some(sign(&hook.secret, &body))),
+        Some(&body),
+    )
+    .await?;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let plain = shepherd_e2e::http::request(
+        "POST",
+        &hook.url.replacen("https://", "http://", 1),
+        &github("issues", "tls-2", Some(sign(&hook.secret, &body))),
+        Some(&body),
+    )
+    .await;
+    assert!(
+        plain.map_or(true, |answer| answer.status == 0),
+        "plain HTTP was answered"
+    );
+    assert_eq!(stack.tasks(&created.id).await?.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -47,6 +47,40 @@ impl TlsArgs {
     pub fn enabled(&self) -> bool {
         self.tls_cert.is_some()
     }
+
+    /// The same identity for an HTTP listener (the webhook endpoint), if
+    /// TLS is configured.
+    pub fn http_server_config(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err(TlsError::Incomplete("--tls-cert")),
+            (None, Some(_)) => return Err(TlsError::Incomplete("--tls-key")),
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        let invalid = |path: &Path, what: &str| TlsError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()),
+        };
+        let certs = CertificateDer::pem_slice_iter(&read(cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| invalid(cert, "not a PEM certificate chain"))?;
+        let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+            .map_err(|_| invalid(key, "not a PEM private key"))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| {
+                builder
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key_der)
+            })
+            .map_err(|err| invalid(cert, &err.to_string()))?;
+        Ok(Some(std::sync::Arc::new(config)))
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -130,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 config.webhook_public_url.clone(),
                 scheduler.clone(),
                 config.webhook_max_body_bytes,
+                config.tls.http_server_config()?,
                 shutdown.clone(),
             )
             .await?,
@@ -208,6 +209,7 @@ async fn serve_webhooks(
     public_url: Option<String>,
     scheduler: Arc<Scheduler>,
     max_body: usize,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -215,21 +217,66 @@ async fn serve_webhooks(
         .map_err(|err| anyhow::anyhow!("binding the webhook address {addr}: {err}"))?;
     let bound = listener.local_addr()?;
     let router = api::webhooks::router(scheduler, max_body);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "the webhook server failed");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match tls {
+        // The services' own certificate: a delivery's body and signature
+        // never cross the network in clear when TLS is configured.
+        Some(tls) => {
+            tokio::spawn(serve_https(listener, router, tls, shutdown));
         }
-    });
-    tracing::info!(%bound, "scheduler webhooks listening");
+        None => {
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "the webhook server failed");
+                }
+            });
+        }
+    }
+    tracing::info!(%bound, scheme, "scheduler webhooks listening");
     Ok(public_url.unwrap_or_else(|| {
         let host = if bound.ip().is_unspecified() {
             "127.0.0.1".to_owned()
         } else {
             bound.ip().to_string()
         };
-        format!("http://{host}:{}", bound.port())
+        format!("{scheme}://{host}:{}", bound.port())
     }))
+}
+
+/// Serves `router` over TLS until `shutdown`: one task per connection
+/// (a handshake that fails or stalls holds up no one else).
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a webhook connection failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let Ok(Ok(stream)) = handshake.await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
