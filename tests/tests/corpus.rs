@@ -352,6 +352,32 @@ async fn session_corpus(url: &str, failures: &mut Vec<String>) -> usize {
             vec![hello(uuid::Uuid::now_v7().to_string(), "x".repeat(MIB))],
         ),
         ("NUL id", vec![hello("a\0b".into(), "t".into())]),
+        (
+            "NUL instance id",
+            vec![AgentMessage {
+                kind: Some(agent_message::Kind::Hello(Hello {
+                    agent_id: uuid::Uuid::now_v7().to_string(),
+                    session_token: "t".into(),
+                    held_tasks: Vec::new(),
+                    instance_id: "a\0b".into(),
+                })),
+            }],
+        ),
+        (
+            "1 MiB held task id",
+            vec![AgentMessage {
+                kind: Some(agent_message::Kind::Hello(Hello {
+                    agent_id: uuid::Uuid::now_v7().to_string(),
+                    session_token: "t".into(),
+                    held_tasks: vec![shepherd_proto::agentmanager::v1::HeldTask {
+                        task_id: "x".repeat(MIB),
+                        attempt: 1,
+                        deadline: None,
+                    }],
+                    instance_id: String::new(),
+                })),
+            }],
+        ),
     ];
     let mut sent = 0;
     for (what, messages) in cases {

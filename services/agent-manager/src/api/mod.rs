@@ -598,6 +598,8 @@ fn validate_task_id(field: &str, id: &str) -> Result<(), Error> {
 
 /// Most tasks one agent process may name as held in its hello.
 pub(crate) const MAX_HELD_TASKS: usize = 10_000;
+/// Longest instance id a hello may carry (the SDK's are 32 hex digits).
+pub(crate) const MAX_INSTANCE_ID: usize = 100;
 
 #[tonic::async_trait]
 impl AgentSession for Api {
@@ -629,6 +631,13 @@ impl AgentSession for Api {
                 hello.held_tasks.len()
             )));
         }
+        // What the agent says of itself reaches the database: checked here,
+        // before any I/O, so a NUL or a megabyte is the agent's error.
+        for held in &hello.held_tasks {
+            validate_task_id("hello.held_tasks.task_id", &held.task_id)?;
+        }
+        shepherd_platform::validate::text("hello.instance_id", &hello.instance_id, MAX_INSTANCE_ID)
+            .map_err(Error::from)?;
         let outbound = self
             .manager
             .open_session(
