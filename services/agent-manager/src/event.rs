@@ -3,7 +3,7 @@
 //! wire's `AgentEvent`, the log's one encoding); nothing else in the
 //! domain sees that encoding.
 
-use crate::approvals::Approval;
+use crate::approval::Approval;
 use crate::model::ExitReason;
 use crate::store::TaskOutcome;
 

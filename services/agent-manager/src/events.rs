@@ -35,7 +35,7 @@ use shepherd_platform::backoff::Backoff;
 use shepherd_platform::batch::{GATHER_YIELDS, recv_gathered};
 use shepherd_platform::notify::{Heard, Listener};
 
-use crate::approvals::{Answer, Approval, ApprovalState};
+use crate::approval::{Answer, Approval, ApprovalState};
 use crate::error::{Error, Result};
 pub use crate::event::Event;
 use crate::store::{Completion, EventRow, Store, TaskOutcome};

@@ -4,9 +4,11 @@
 
 pub(crate) mod ack_coalescing;
 pub(crate) mod api;
+pub(crate) mod approval;
 pub(crate) mod approvals;
 pub mod config;
 pub mod containment;
+pub(crate) mod courier;
 pub mod error;
 pub(crate) mod event;
 pub mod events;
@@ -137,12 +139,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         reconnect_grace: config.reconnect_grace,
     });
     tokio::spawn(ctx.logs.clone().rotate_periodically(shutdown.clone()));
-    let approvals = Approvals::new(
-        store.clone(),
+    let approvals = Approvals::new(store.clone(), events.clone(), config.approval_timeout);
+    tokio::spawn(courier::run(
         events.clone(),
         ctx.sessions.clone(),
-        config.approval_timeout,
-    );
+        shutdown.clone(),
+    ));
     let sessions = ctx.sessions.clone();
     let _sessions_gauge = metrics::sessions_gauge(move || sessions.len() as u64);
     let supervisors = Arc::new(Supervisors::new(ctx));

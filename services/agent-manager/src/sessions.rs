@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::approvals::{ApprovalAsk, Approvals, refusal};
+use crate::approval::{ApprovalAsk, refusal};
+use crate::approvals::Approvals;
 use crate::events::{Event, EventLog};
 use crate::protocol::{FromAgent, ToAgent};
 use crate::rate::{PROGRESS_BURST, PROGRESS_PER_SECOND, TokenBucket};

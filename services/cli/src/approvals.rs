@@ -4,7 +4,7 @@
 use shepherd_proto::agentmanager::v1::{self as am, agent_event};
 
 use crate::cli::{ApprovalCommand, Output};
-use crate::commands::{Clients, UsageError};
+use crate::clients::{Clients, UsageError};
 use crate::render;
 
 impl Clients {

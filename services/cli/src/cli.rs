@@ -186,7 +186,7 @@ pub(crate) struct CreateAgent {
     #[arg(long)]
     pub max_restarts: Option<u32>,
     /// Memory limit of the agent's whole process tree, e.g. 512MiB or 2G.
-    #[arg(long, value_parser = crate::commands::parse_size)]
+    #[arg(long, value_parser = parse_size)]
     pub memory: Option<u64>,
     /// CPU limit of the tree, in cores (fractional, e.g. 0.5).
     #[arg(long)]
@@ -420,4 +420,32 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err} (use e.g. 30s, 5m)"))
+}
+
+/// A size in bytes: a number with an optional unit (K, M, G, T in powers
+/// of 1024, with or without "iB"/"B").
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB, 2G, 1048576)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }

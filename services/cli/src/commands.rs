@@ -6,60 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use shepherd_platform::auth::ClientMetadata;
-use shepherd_proto::agentmanager::v1::{
-    self as am, agent_manager_client::AgentManagerClient, watch_agent_events_response,
-};
-use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use shepherd_proto::agentmanager::v1::{self as am, watch_agent_events_response};
+use shepherd_proto::scheduler::v1 as sched;
 
 use crate::cli::{
     AgentCommand, Cli, Command, CreateAgent, CreateWorkflow, EventCommand, Output, RunnerCommand,
     TaskCommand, TriggerWorkflow, WorkflowCommand,
 };
+use crate::clients::{Clients, UsageError, collect_pages};
 use crate::render;
 
-pub(crate) type Authed = InterceptedService<Channel, ClientMetadata>;
-
-/// Bad usage found after parsing (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct UsageError(pub String);
-
-/// The two services' clients, and how results are printed.
-#[derive(Clone)]
-pub(crate) struct Clients {
-    pub(crate) agents: AgentManagerClient<Authed>,
-    pub(crate) workflows: SchedulerClient<Authed>,
-    output: Output,
-}
-
-fn connect(url: &str, ca_file: Option<&Path>, auth: &ClientMetadata) -> anyhow::Result<Authed> {
-    // Lazy: an unreachable service surfaces as UNAVAILABLE on the call,
-    // which maps to its exit code.
-    let channel = shepherd_platform::tls::endpoint(url, ca_file)
-        .map_err(|err| UsageError(err.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    Ok(InterceptedService::new(channel, auth.clone()))
-}
-
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    let auth = ClientMetadata::new(cli.token.as_deref())?;
-    let mut clients = Clients {
-        agents: AgentManagerClient::new(connect(
-            &cli.agent_manager_url,
-            cli.ca_file.as_deref(),
-            &auth,
-        )?),
-        workflows: SchedulerClient::new(connect(
-            &cli.scheduler_url,
-            cli.ca_file.as_deref(),
-            &auth,
-        )?),
-        output: cli.output,
-    };
+    let mut clients = Clients::connect(&cli)?;
     match cli.command {
         Command::Agents(command) => clients.agents(command).await,
         Command::Workflows(command) => clients.workflows(command).await,
@@ -179,34 +137,6 @@ struct LimitsFile {
     max_processes: Option<u32>,
 }
 
-/// A size in bytes: a number with an optional unit (K, M, G, T in powers
-/// of 1024, with or without "iB"/"B").
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB, 2G, 1048576)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
-            ));
-        }
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
 fn limits(
     memory: Option<u64>,
     cpus: Option<f64>,
@@ -263,7 +193,7 @@ fn agent_from_file(path: &Path) -> anyhow::Result<am::Agent> {
         .limits
         .memory
         .as_deref()
-        .map(parse_size)
+        .map(crate::cli::parse_size)
         .transpose()
         .map_err(|err| UsageError(format!("limits.memory: {err}")))?;
     Ok(am::Agent {
@@ -325,10 +255,6 @@ fn agent_from_flags(create: CreateAgent) -> anyhow::Result<am::Agent> {
 }
 
 impl Clients {
-    pub(crate) fn output(&self) -> Output {
-        self.output
-    }
-
     async fn agents(&mut self, command: AgentCommand) -> anyhow::Result<()> {
         let output = self.output;
         let agent = match command {
@@ -799,103 +725,11 @@ impl Clients {
             }
         }
     }
-
-    /// An agent id from an id or a name.
-    pub(crate) async fn agent_id(&self, agent: &str) -> anyhow::Result<String> {
-        if uuid::Uuid::parse_str(agent).is_ok() {
-            return Ok(agent.to_owned());
-        }
-        self.all_agents(am::AgentStatus::Unspecified, HashMap::new())
-            .await?
-            .into_iter()
-            .find(|a| a.name == agent)
-            .map(|a| a.id)
-            .ok_or_else(|| {
-                tonic::Status::not_found(format!("no agent with id or name {agent:?}")).into()
-            })
-    }
-
-    pub(crate) async fn all_agents(
-        &self,
-        status: am::AgentStatus,
-        labels: HashMap<String, String>,
-    ) -> anyhow::Result<Vec<am::Agent>> {
-        let client = self.agents.clone();
-        collect_pages(|page_token| {
-            let mut client = client.clone();
-            let request = am::ListAgentsRequest {
-                page_size: 1000,
-                page_token,
-                status: status as i32,
-                labels: labels.clone(),
-            };
-            async move {
-                let page = client.list_agents(request).await?.into_inner();
-                Ok((page.agents, page.next_page_token))
-            }
-        })
-        .await
-    }
-
-    /// A workflow id from an id or a name.
-    pub(crate) async fn workflow_id(&self, workflow: &str) -> anyhow::Result<String> {
-        if uuid::Uuid::parse_str(workflow).is_ok() {
-            return Ok(workflow.to_owned());
-        }
-        self.all_workflows(String::new(), None)
-            .await?
-            .into_iter()
-            .find(|w| w.name == workflow)
-            .map(|w| w.id)
-            .ok_or_else(|| {
-                tonic::Status::not_found(format!("no workflow with id or name {workflow:?}")).into()
-            })
-    }
-
-    pub(crate) async fn all_workflows(
-        &self,
-        agent_id: String,
-        enabled: Option<bool>,
-    ) -> anyhow::Result<Vec<sched::Workflow>> {
-        let client = self.workflows.clone();
-        collect_pages(|page_token| {
-            let mut client = client.clone();
-            let request = sched::ListWorkflowsRequest {
-                page_size: 1000,
-                page_token,
-                agent_id: agent_id.clone(),
-                enabled,
-            };
-            async move {
-                let page = client.list_workflows(request).await?.into_inner();
-                Ok((page.workflows, page.next_page_token))
-            }
-        })
-        .await
-    }
-}
-
-/// Follows `next_page_token` from the first page to the last.
-async fn collect_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
-{
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let (items, next) = fetch(page_token).await?;
-        all.extend(items);
-        if next.is_empty() {
-            return Ok(all);
-        }
-        page_token = next;
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use crate::cli::parse_size;
 
     #[test]
     fn sizes_take_binary_units() {

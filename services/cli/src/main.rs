@@ -3,6 +3,7 @@
 
 mod approvals;
 mod cli;
+mod clients;
 mod commands;
 mod mcp;
 mod render;
@@ -28,7 +29,7 @@ async fn main() -> ExitCode {
 /// Exit codes by gRPC status (documented in `--help`).
 fn exit_code(err: &anyhow::Error) -> u8 {
     let Some(status) = err.downcast_ref::<tonic::Status>() else {
-        return if err.downcast_ref::<commands::UsageError>().is_some() {
+        return if err.downcast_ref::<clients::UsageError>().is_some() {
             2
         } else {
             1

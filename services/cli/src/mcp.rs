@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1 as sched;
 
-use crate::commands::Clients;
+use crate::clients::Clients;
 use crate::render::Render;
 
 /// Whether a tool reads or changes, and how.
@@ -268,7 +268,7 @@ pub(crate) async fn serve_http(
             }));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|err| crate::commands::UsageError(format!("--http {addr}: {err}")))?;
+        .map_err(|err| crate::clients::UsageError(format!("--http {addr}: {err}")))?;
     // Off loopback only with a token: the tools act with this CLI's
     // credentials for whoever reaches the port.
     shepherd_platform::auth::exposure(
@@ -279,7 +279,7 @@ pub(crate) async fn serve_http(
         "--token (SHEPHERD_TOKEN)",
         None,
     )
-    .map_err(crate::commands::UsageError)?;
+    .map_err(crate::clients::UsageError)?;
     eprintln!(
         "shepherd mcp listening on http://{}/mcp",
         listener.local_addr()?

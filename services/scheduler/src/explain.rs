@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::runner::RunnerState;
+use crate::model::RunnerState;
 
 /// The agent as the manager reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ pub enum Trigger {
     /// One task, once, `delay` after the workflow was created.
     Delay { delay_ms: u64 },
     /// One task per signed HTTP delivery (see `webhook`).
-    Webhook(crate::webhook::WebhookTrigger),
+    Webhook(WebhookTrigger),
     /// One task per restart of an agent (None: the workflow's own), keyed
     /// by the new generation.
     AgentRestart { agent: Option<Uuid> },
@@ -501,5 +501,90 @@ mod properties {
         fn cron_text_never_panics(expression in ".{0,300}") {
             let _ = Trigger::Cron { expression }.validate();
         }
+    }
+}
+
+/// What a workflow's runner is doing (a value the runner, the diagnosis and
+/// the API share; the runner itself lives in `runner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunnerState {
+    WaitingForAgent,
+    Running,
+    Stopped,
+    /// Another replica holds the workflow's lease and runs it.
+    Standby,
+    /// Running but unable to make progress (the reason says why).
+    Stalled,
+}
+
+/// Most entries in each filter and in the mapping, and their lengths.
+pub(crate) const MAX_FILTERS: usize = 32;
+pub(crate) const MAX_FILTER_LEN: usize = 100;
+pub(crate) const MAX_MAPPINGS: usize = 32;
+pub(crate) const MAX_POINTER_LEN: usize = 512;
+
+/// A workflow's webhook trigger (the secret is stored apart from it, and
+/// never returned but once).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookTrigger {
+    /// Only these events; empty: any.
+    pub events: Vec<String>,
+    /// Only these JSON `action`s; empty: any.
+    pub actions: Vec<String>,
+    /// Task field -> JSON pointer into the body.
+    pub mapping: BTreeMap<String, String>,
+}
+
+impl WebhookTrigger {
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, values) in [
+            ("workflow.trigger.webhook.events", &self.events),
+            ("workflow.trigger.webhook.actions", &self.actions),
+        ] {
+            if values.len() > MAX_FILTERS
+                || values.iter().any(|v| {
+                    v.is_empty() || v.len() > MAX_FILTER_LEN || v.chars().any(char::is_control)
+                })
+            {
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "at most {MAX_FILTERS} entries, each 1-{MAX_FILTER_LEN} printable characters"
+                    ),
+                ));
+            }
+        }
+        if self.mapping.len() > MAX_MAPPINGS {
+            return Err(Error::invalid(
+                "workflow.trigger.webhook.mapping",
+                format!("at most {MAX_MAPPINGS} entries"),
+            ));
+        }
+        for (field, pointer) in &self.mapping {
+            let known = matches!(field.as_str(), "title" | "body" | "url" | "labels")
+                || field
+                    .strip_prefix("metadata.")
+                    .is_some_and(|key| !key.is_empty() && key.len() <= MAX_METADATA_KEY);
+            if !known {
+                return Err(Error::invalid(
+                    "workflow.trigger.webhook.mapping",
+                    format!(
+                        "{} is not a task field; use title, body, url, labels or metadata.KEY",
+                        shepherd_platform::validate::quote(field)
+                    ),
+                ));
+            }
+            if !(pointer.is_empty() || pointer.starts_with('/')) || pointer.len() > MAX_POINTER_LEN
+            {
+                return Err(Error::invalid(
+                    format!("workflow.trigger.webhook.mapping[{field}]"),
+                    format!(
+                        "must be a JSON pointer (\"\" or starting with '/', at most {MAX_POINTER_LEN} bytes), e.g. /issue/title"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -18,34 +18,12 @@
 //!   body's digest: a replayed body is the same task whatever id comes with
 //!   it (for as long as the task is kept).
 
-use std::collections::BTreeMap;
-
 use hmac::{KeyInit, Mac};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::error::Error;
 use crate::model::TaskFields;
-
-/// Most entries in each filter and in the mapping, and their lengths.
-pub(crate) const MAX_FILTERS: usize = 32;
-pub(crate) const MAX_FILTER_LEN: usize = 100;
-pub(crate) const MAX_MAPPINGS: usize = 32;
-pub(crate) const MAX_POINTER_LEN: usize = 512;
-
-/// A workflow's webhook trigger (the secret is stored apart from it, and
-/// never returned but once).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct WebhookTrigger {
-    /// Only these events; empty: any.
-    pub events: Vec<String>,
-    /// Only these JSON `action`s; empty: any.
-    pub actions: Vec<String>,
-    /// Task field -> JSON pointer into the body.
-    pub mapping: BTreeMap<String, String>,
-}
+pub(crate) use crate::model::WebhookTrigger;
 
 /// How far a Shepherd-signed delivery's timestamp may be from now.
 pub(crate) const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
@@ -89,57 +67,6 @@ pub enum Refused {
 }
 
 impl WebhookTrigger {
-    pub fn validate(&self) -> Result<(), Error> {
-        for (field, values) in [
-            ("workflow.trigger.webhook.events", &self.events),
-            ("workflow.trigger.webhook.actions", &self.actions),
-        ] {
-            if values.len() > MAX_FILTERS
-                || values.iter().any(|v| {
-                    v.is_empty() || v.len() > MAX_FILTER_LEN || v.chars().any(char::is_control)
-                })
-            {
-                return Err(Error::invalid(
-                    field,
-                    format!(
-                        "at most {MAX_FILTERS} entries, each 1-{MAX_FILTER_LEN} printable characters"
-                    ),
-                ));
-            }
-        }
-        if self.mapping.len() > MAX_MAPPINGS {
-            return Err(Error::invalid(
-                "workflow.trigger.webhook.mapping",
-                format!("at most {MAX_MAPPINGS} entries"),
-            ));
-        }
-        for (field, pointer) in &self.mapping {
-            let known = matches!(field.as_str(), "title" | "body" | "url" | "labels")
-                || field.strip_prefix("metadata.").is_some_and(|key| {
-                    !key.is_empty() && key.len() <= crate::model::MAX_METADATA_KEY
-                });
-            if !known {
-                return Err(Error::invalid(
-                    "workflow.trigger.webhook.mapping",
-                    format!(
-                        "{} is not a task field; use title, body, url, labels or metadata.KEY",
-                        shepherd_platform::validate::quote(field)
-                    ),
-                ));
-            }
-            if !(pointer.is_empty() || pointer.starts_with('/')) || pointer.len() > MAX_POINTER_LEN
-            {
-                return Err(Error::invalid(
-                    format!("workflow.trigger.webhook.mapping[{field}]"),
-                    format!(
-                        "must be a JSON pointer (\"\" or starting with '/', at most {MAX_POINTER_LEN} bytes), e.g. /issue/title"
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Checks a delivery against `secret` and this trigger at `now`; the
     /// task fields and idempotency key it makes.
     pub fn accept(
@@ -337,6 +264,7 @@ fn digest_key(parts: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     fn mac(secret: &str, parts: &[&[u8]]) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1 as pb;
 
-use crate::approvals::{ApprovalState, Decision};
+use crate::approval::{ApprovalState, Decision};
 use crate::containment::{ResourceLimits, Usage};
 use crate::error::{Error, Result};
 use crate::events::wire_exit_reason;

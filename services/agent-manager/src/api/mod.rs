@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::approvals::ApprovalFilter;
+use crate::approval::ApprovalFilter;
 use crate::containment::LimitKind;
 use crate::error::Error;
 use crate::events::{EventFilter, KIND_NAMES, wire_approval};
@@ -534,7 +534,7 @@ impl AgentManager for Api {
         request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         // Recorded from the credentials, never from the request's fields.
-        let decider = crate::approvals::Decider {
+        let decider = crate::approval::Decider {
             name: shepherd_platform::auth::caller(&request),
             agent: shepherd_platform::auth::identity(&request)
                 .and_then(|caller| caller.agent.clone()),

@@ -6,7 +6,7 @@ use shepherd_proto::agentmanager::v1::{self as pb, agent_message, manager_messag
 
 use shepherd_platform::text::storable;
 
-use crate::approvals::{Answer, ApprovalAsk};
+use crate::approval::{Answer, ApprovalAsk};
 use crate::events::wire_approval_state;
 use crate::manager::MAX_TASK_ID_LEN;
 use crate::protocol::{FromAgent, HeldTask, ToAgent};

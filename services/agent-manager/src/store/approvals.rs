@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::Store;
-use crate::approvals::{Approval, ApprovalAsk, ApprovalFilter, ApprovalState};
+use crate::approval::{Approval, ApprovalAsk, ApprovalFilter, ApprovalState};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, agent_id, request_id, generation, task_id, attempt, workflow_id, tool, \

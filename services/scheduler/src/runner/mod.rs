@@ -46,16 +46,7 @@ const RESTING: u64 = u64::MAX;
 /// No progress for this long: the runner is wedged and will be replaced.
 const WEDGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RunnerState {
-    WaitingForAgent,
-    Running,
-    Stopped,
-    /// Another replica holds the workflow's lease and runs it.
-    Standby,
-    /// Running but unable to make progress (the reason says why).
-    Stalled,
-}
+pub(crate) use crate::model::RunnerState;
 
 /// What `ListRunners` shows of a workflow's runner.
 #[derive(Debug, Clone)]
