@@ -30,3 +30,24 @@ pub mod event_kinds;
 
 pub use approval_digest::approval_digest;
 pub mod task_env;
+
+/// A proto enum value's name as people read it: `AGENT_STATUS_READY` with
+/// the prefix `AGENT_STATUS_` is `ready` (what the CLI, the console, `top`
+/// and the scheduler's diagnosis show).
+pub fn short_name(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn enum_names_read_short() {
+        assert_eq!(
+            super::short_name("AGENT_STATUS_READY", "AGENT_STATUS_"),
+            "ready"
+        );
+        assert_eq!(super::short_name("OTHER", "AGENT_STATUS_"), "other");
+    }
+}

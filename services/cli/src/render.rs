@@ -162,10 +162,7 @@ fn limits(limits: Option<&am::ResourceLimits>) -> String {
     }
 }
 
-/// `AGENT_STATUS_READY` → `ready`.
-fn short(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
-}
+use shepherd_proto::short_name as short;
 
 impl Render for am::Agent {
     fn headers() -> &'static [&'static str] {

@@ -459,11 +459,7 @@ fn time(value: Option<prost_types::Timestamp>) -> Value {
         .map_or(Value::Null, |since| json!(since.as_millis() as u64))
 }
 
-fn short(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix)
-        .unwrap_or(name)
-        .to_ascii_lowercase()
-}
+use shepherd_proto::short_name as short;
 
 fn agent_view(agent: am::Agent) -> Value {
     json!({

@@ -357,10 +357,7 @@ impl ManagerClient {
         let status = agent.status();
         let desired_running = agent.desired_state() != pb::DesiredState::Stopped;
         Ok(crate::explain::AgentFacts {
-            status: status
-                .as_str_name()
-                .trim_start_matches("AGENT_STATUS_")
-                .to_ascii_lowercase(),
+            status: shepherd_proto::short_name(status.as_str_name(), "AGENT_STATUS_"),
             message: agent.status_message,
             desired_running,
             generation: agent.generation,
@@ -512,11 +509,7 @@ pub(crate) enum AgentEvent {
 
 /// "deploy: approved by alice (ship it)".
 fn approval_outcome(approval: &pb::Approval) -> String {
-    let state = approval
-        .state()
-        .as_str_name()
-        .trim_start_matches("APPROVAL_STATE_")
-        .to_ascii_lowercase();
+    let state = shepherd_proto::short_name(approval.state().as_str_name(), "APPROVAL_STATE_");
     let by = if approval.decided_by.is_empty() {
         String::new()
     } else {

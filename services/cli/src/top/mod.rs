@@ -329,11 +329,7 @@ impl App {
 fn approval_line(approval: Option<&shepherd_proto::agentmanager::v1::Approval>) -> String {
     approval
         .map(|a| {
-            let state = a
-                .state()
-                .as_str_name()
-                .trim_start_matches("APPROVAL_STATE_")
-                .to_ascii_lowercase();
+            let state = shepherd_proto::short_name(a.state().as_str_name(), "APPROVAL_STATE_");
             format!(
                 "{} for task {} ({state})",
                 shepherd_platform::text::visible(&a.tool),

@@ -8,11 +8,7 @@ use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph, Row, Table, Ta
 
 use super::state::{Focus, State};
 
-fn short(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix)
-        .unwrap_or(name)
-        .to_ascii_lowercase()
-}
+use shepherd_proto::short_name as short;
 
 fn bytes(count: u64) -> String {
     if count < 1024 * 1024 {
