@@ -24,12 +24,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::approval::{
+use crate::error::Result;
+use crate::events::{Event, EventLog};
+use crate::model::approval::{
     Answer, Approval, ApprovalAsk, ApprovalFilter, ApprovalState, Decider, Decision,
     MAX_COMMENT_BYTES, decider_is_the_asker, refusal, reused,
 };
-use crate::error::Result;
-use crate::events::{Event, EventLog};
 use crate::store::Store;
 
 /// Most approvals one agent may have pending: a runaway agent cannot fill

@@ -4,13 +4,11 @@
 
 pub(crate) mod ack_coalescing;
 pub(crate) mod api;
-pub(crate) mod approval;
 pub(crate) mod approvals;
 pub mod config;
 pub mod containment;
 pub(crate) mod courier;
 pub mod error;
-pub(crate) mod event;
 pub mod events;
 pub(crate) mod kubernetes;
 pub mod limits;

@@ -15,10 +15,11 @@ use crate::containment::{Containment, Usage};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventFilter, EventLog, WatchItem};
 use crate::logs::LogStream;
+use crate::model::task::{TaskOutcome, TaskState};
 use crate::model::{AgentRecord, DesiredState, NewAgent, Runtime};
 use crate::protocol::{DeliveredTask, FromAgent, HeldTask, ToAgent};
 use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
-use crate::store::{AgentFilter, NodeRecord, Placement, Store, TaskClaim, TaskOutcome, TaskState};
+use crate::store::{AgentFilter, NodeRecord, Placement, Store, TaskClaim};
 use crate::supervisor::{Supervisors, report_lost};
 
 fn new_credential() -> Result<String> {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::approval::{Answer, ApprovalAsk};
+use crate::model::approval::{Answer, ApprovalAsk};
 
 /// A task an agent process holds across sessions.
 #[derive(Debug, Clone)]

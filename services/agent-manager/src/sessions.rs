@@ -19,12 +19,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::approval::{ApprovalAsk, refusal};
 use crate::approvals::Approvals;
 use crate::events::{Event, EventLog};
+use crate::model::approval::{ApprovalAsk, refusal};
+use crate::model::task::TaskOutcome;
 use crate::protocol::{FromAgent, ToAgent};
 use crate::rate::{PROGRESS_BURST, PROGRESS_PER_SECOND, TokenBucket};
-use crate::store::{Completion, TaskOutcome};
+use crate::store::Completion;
 
 /// Largest task output kept (in the task row and its `TaskCompleted` event).
 pub(crate) const MAX_OUTPUT_BYTES: usize = 64 * 1024;

@@ -30,12 +30,13 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventLog};
 use crate::kubernetes::Kubernetes;
 use crate::logs::LogDir;
+use crate::model::task::TaskState;
 use crate::model::{AgentRecord, AgentStatus, DesiredState};
 use crate::model::{RestartMode, Runtime};
 use crate::process::{AgentProcess, ExitInfo, Launch, kill_orphan};
 use crate::protocol::{HeldTask, ToAgent};
 use crate::sessions::{CarriedTask, SessionHandle, Sessions, hash_token, new_token};
-use crate::store::{LostTask, Store, TaskState};
+use crate::store::{LostTask, Store};
 use crate::workload::Workload;
 use shepherd_platform::auth::constant_time_eq;
 

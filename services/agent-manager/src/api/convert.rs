@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use shepherd_proto::agentmanager::v1 as pb;
 
-use crate::approval::{ApprovalState, Decision};
 use crate::containment::{ResourceLimits, Usage};
 use crate::error::{Error, Result};
 use crate::events::wire_exit_reason;
+use crate::model::approval::{ApprovalState, Decision};
+use crate::model::task::TaskState;
 use crate::model::{
     self, AgentRecord, AgentSpec, AgentStatus, DesiredState, NewAgent, RestartMode, RestartPolicy,
     Runtime,
 };
-use crate::store::TaskState;
 
 /// Longest image reference (and Kubernetes command) accepted.
 const MAX_IMAGE_LEN: usize = 4096;
@@ -321,7 +321,7 @@ pub(super) fn task_state(state: Option<TaskState>) -> pb::TaskState {
 
 /// A task's status as another node answered it.
 pub(super) fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::TaskStatus {
-    use crate::store::TaskOutcome;
+    use crate::model::task::TaskOutcome;
     crate::manager::TaskStatus {
         state: match pb::TaskState::try_from(task.state) {
             Ok(pb::TaskState::Delivered) => Some(TaskState::Delivered),
@@ -344,6 +344,6 @@ pub(super) fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::Tas
 }
 
 /// A completed task's stored outcome on the wire.
-pub(super) fn task_outcome(outcome: Option<crate::store::TaskOutcome>) -> pb::TaskOutcome {
+pub(super) fn task_outcome(outcome: Option<crate::model::task::TaskOutcome>) -> pb::TaskOutcome {
     outcome.map_or(pb::TaskOutcome::Unspecified, crate::events::wire_outcome)
 }

@@ -24,12 +24,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::approval::ApprovalFilter;
 use crate::containment::LimitKind;
 use crate::error::Error;
 use crate::events::{EventFilter, KIND_NAMES, wire_approval};
 use crate::logs::LogStream;
 use crate::manager::{MAX_PAYLOAD_BYTES, MAX_TASK_ID_LEN, Manager, Route, TaskRequest};
+use crate::model::approval::ApprovalFilter;
 use crate::model::{AgentRecord, parse_agent_id};
 use crate::store::AgentFilter;
 use forward::{PeerClient, is_forwarded};
@@ -534,7 +534,7 @@ impl AgentManager for Api {
         request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         // Recorded from the credentials, never from the request's fields.
-        let decider = crate::approval::Decider {
+        let decider = crate::model::approval::Decider {
             name: shepherd_platform::auth::caller(&request),
             agent: shepherd_platform::auth::identity(&request)
                 .and_then(|caller| caller.agent.clone()),

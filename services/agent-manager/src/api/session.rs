@@ -6,9 +6,9 @@ use shepherd_proto::agentmanager::v1::{self as pb, agent_message, manager_messag
 
 use shepherd_platform::text::storable;
 
-use crate::approval::{Answer, ApprovalAsk};
 use crate::events::wire_approval_state;
 use crate::manager::MAX_TASK_ID_LEN;
+use crate::model::approval::{Answer, ApprovalAsk};
 use crate::protocol::{FromAgent, HeldTask, ToAgent};
 use crate::sessions::{MAX_OUTPUT_BYTES, MAX_PROGRESS_MESSAGE_BYTES, MAX_PROGRESS_OUTPUT_BYTES};
 

@@ -6,8 +6,8 @@ use shepherd_proto::agentmanager::v1::{self as pb, AgentEvent, agent_event};
 use uuid::Uuid;
 
 use super::Event;
-use crate::approval::{Answer, Approval, ApprovalState};
-use crate::store::TaskOutcome;
+use crate::model::approval::{Answer, Approval, ApprovalState};
+use crate::model::task::TaskOutcome;
 
 pub(super) fn new_event(agent_id: Uuid, generation: u64, kind: agent_event::Kind) -> AgentEvent {
     AgentEvent {

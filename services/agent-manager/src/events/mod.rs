@@ -40,7 +40,7 @@ use uuid::Uuid;
 use shepherd_platform::notify::Listener;
 
 use crate::error::{Error, Result};
-pub use crate::event::Event;
+pub use crate::model::event::Event;
 use crate::store::{Completion, Store};
 
 pub use codec::{

@@ -12,8 +12,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::Store;
-use crate::approval::{Approval, ApprovalAsk, ApprovalFilter, ApprovalState};
 use crate::error::{Error, Result};
+use crate::model::approval::{Approval, ApprovalAsk, ApprovalFilter, ApprovalState};
 
 const COLUMNS: &str = "id, agent_id, request_id, generation, task_id, attempt, workflow_id, tool, \
                        input, reason, digest, state, comment, decided_by, created_at, expires_at, \

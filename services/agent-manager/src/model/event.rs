@@ -3,9 +3,9 @@
 //! wire's `AgentEvent`, the log's one encoding); nothing else in the
 //! domain sees that encoding.
 
-use crate::approval::Approval;
 use crate::model::ExitReason;
-use crate::store::TaskOutcome;
+use crate::model::approval::Approval;
+use crate::model::task::TaskOutcome;
 
 #[derive(Debug, Clone)]
 pub enum Event {
