@@ -6,8 +6,9 @@
 //! (`<schema>.audit_events`, created by its migrations) and serves it with
 //! `ListAuditEvents`; entries older than the retention are pruned.
 //!
-//! Not recorded: reads, and the `service` role's dispatches (the
-//! scheduler's own traffic, one per task, which the task tables record).
+//! Not recorded: reads, and the scheduler's own dispatches (a `service`
+//! credential's, or anyone's on an open API: one per task batch, which the
+//! task tables record).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};

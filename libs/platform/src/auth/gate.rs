@@ -82,7 +82,7 @@ impl<S> RoleGate<S> {
     fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let caller = if self.credentials.is_empty() {
             Caller {
-                name: "anonymous".to_owned(),
+                name: ANONYMOUS.to_owned(),
                 role: Role::Admin,
                 agent: None,
             }
@@ -126,15 +126,20 @@ impl<S> RoleGate<S> {
 }
 
 /// Whether a call is recorded in the audit log: everything but reads, and
-/// but the scheduler's own dispatches (`service`, one per task: the task
-/// tables record them).
+/// but the scheduler's own dispatches (one per task batch, which the task
+/// tables record): a `service` credential's, and on an open API (where
+/// every caller is the anonymous admin) everyone's; a person's dispatch
+/// with a credential of their own is recorded.
 fn audited(caller: &Caller, permission: Option<Permission>) -> bool {
     match permission {
         None | Some(Permission::Read) => false,
-        Some(Permission::Dispatch) => caller.role != Role::Service,
+        Some(Permission::Dispatch) => caller.role != Role::Service && caller.name != ANONYMOUS,
         Some(_) => true,
     }
 }
+
+/// The caller of an open API.
+const ANONYMOUS: &str = "anonymous";
 
 impl<S: NamedService> NamedService for RoleGate<S> {
     const NAME: &'static str = S::NAME;
@@ -226,7 +231,7 @@ where
 /// address when the API is open.
 pub fn caller<T>(request: &tonic::Request<T>) -> String {
     match request.extensions().get::<Caller>() {
-        Some(caller) if caller.name != "anonymous" => caller.name.clone(),
+        Some(caller) if caller.name != ANONYMOUS => caller.name.clone(),
         _ => match request.remote_addr() {
             Some(addr) => format!("anonymous ({})", addr.ip()),
             None => "anonymous".to_owned(),
@@ -294,6 +299,35 @@ mod tests {
                 .unwrap_or_default()
         };
         (header("grpc-status"), header("x-caller"))
+    }
+
+    #[test]
+    fn what_is_audited() {
+        let caller = |name: &str, role| Caller {
+            name: name.to_owned(),
+            role,
+            agent: None,
+        };
+        let ops = caller("ops", Role::Operator);
+        assert!(!audited(&ops, Some(Permission::Read)));
+        assert!(audited(&ops, Some(Permission::Operate)));
+        assert!(
+            audited(&ops, Some(Permission::Dispatch)),
+            "a person's dispatch"
+        );
+        assert!(!audited(
+            &caller("sched", Role::Service),
+            Some(Permission::Dispatch)
+        ));
+        assert!(!audited(
+            &caller(ANONYMOUS, Role::Admin),
+            Some(Permission::Dispatch)
+        ));
+        assert!(audited(
+            &caller(ANONYMOUS, Role::Admin),
+            Some(Permission::Operate)
+        ));
+        assert!(!audited(&ops, None));
     }
 
     #[tokio::test]
