@@ -595,21 +595,18 @@ impl Supervisor {
         if self.record.spec.runtime == Runtime::Kubernetes {
             return self.reconcile_pods().await;
         }
+        // Read once: what adoption takes over, and what an orphan kill
+        // checks the pid against.
+        let launched = self.ctx.store.launched_process(self.id()).await?;
+        let started_at = launched
+            .as_ref()
+            .map(|launched| launched.identity.started_at);
         if self.ctx.live_restore
             && self.record.desired_state == DesiredState::Running
-            && self.adopt().await?
+            && self.adopt(launched).await?
         {
             return Ok(true);
         }
-        let started_at = match self.record.pid {
-            Some(_) => self
-                .ctx
-                .store
-                .launched_process(self.id())
-                .await?
-                .map(|launched| launched.identity.started_at),
-            None => None,
-        };
         if let Some(pid) = self.record.pid
             && kill_orphan(pid, self.id(), started_at)
         {
@@ -672,9 +669,10 @@ impl Supervisor {
         Ok(false)
     }
 
-    /// Takes over the recorded process if it still runs; true if it did.
-    async fn adopt(&mut self) -> Result<bool> {
-        let Some(launched) = self.ctx.store.launched_process(self.id()).await? else {
+    /// Takes over the recorded process (`launched`) if it still runs; true
+    /// if it did.
+    async fn adopt(&mut self, launched: Option<crate::store::LaunchedProcess>) -> Result<bool> {
+        let Some(launched) = launched else {
             return Ok(false);
         };
         let cell = self.ctx.containment.adopted(self.id(), &self.record.name);
