@@ -15,7 +15,7 @@ use shepherd_proto::agentmanager::v1::{
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::Ledger;
+use crate::ledger::Ledger;
 
 pub use shepherd_proto::agentmanager::v1::ApprovalState;
 

@@ -20,72 +20,22 @@ use uuid::Uuid;
 
 use crate::containment::{Cell, marker};
 use crate::logs::LogDir;
-use crate::model::{AgentSpec, ExitReason};
+use crate::model::AgentSpec;
+pub(crate) use crate::model::ExitInfo;
 use crate::procfs::{ProcStat, environ_says};
 use crate::store::ProcessIdentity;
 
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ExitInfo {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    /// Killed because its tree exceeded its memory limit.
-    pub oom_killed: bool,
-}
-
-impl ExitInfo {
-    pub(crate) fn success(self) -> bool {
-        self.code == Some(0) && !self.oom_killed
-    }
-
-    /// Why it ended, as recorded and reported.
-    pub(crate) fn reason(self) -> ExitReason {
-        match (self.oom_killed, self.code, self.signal) {
-            (true, ..) => ExitReason::OomKilled,
-            (false, Some(_), _) => ExitReason::Exited,
-            (false, None, Some(_)) => ExitReason::Killed,
-            (false, None, None) => ExitReason::Unknown,
-        }
-    }
-
-    /// It ended; how is not known here.
-    pub(crate) const UNKNOWN: Self = Self {
-        code: None,
-        signal: None,
-        oom_killed: false,
-    };
-
-    /// Stopped on purpose (SIGTERM, then SIGKILL if need be).
-    pub(crate) const TERMINATED: Self = Self {
-        code: None,
-        signal: Some(15),
-        oom_killed: false,
-    };
-
-    fn from_status(status: io::Result<ExitStatus>) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match status {
-            Ok(status) => Self {
-                code: status.code(),
-                signal: status.signal(),
-                oom_killed: false,
-            },
-            // Waiting failed: the process is gone as far as we can tell.
-            Err(_) => Self::UNKNOWN,
-        }
-    }
-}
-
-impl std::fmt::Display for ExitInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.oom_killed {
-            return f.write_str("killed: its process tree exceeded its memory limit (OOM)");
-        }
-        match (self.code, self.signal) {
-            (Some(code), _) => write!(f, "exited with code {code}"),
-            (None, Some(signal)) => write!(f, "killed by signal {signal}"),
-            (None, None) => f.write_str("ended (status unknown)"),
-        }
+/// How a process ended, from its wait status. Waiting failed: the
+/// process is gone as far as we can tell.
+fn exit_from_status(status: io::Result<ExitStatus>) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+            oom_killed: false,
+        },
+        Err(_) => ExitInfo::UNKNOWN,
     }
 }
 
@@ -356,7 +306,7 @@ impl AgentProcess {
 
     async fn leader_exit(exit: &mut ExitWatch) -> ExitInfo {
         match exit {
-            ExitWatch::Child(child) => ExitInfo::from_status(child.wait().await),
+            ExitWatch::Child(child) => exit_from_status(child.wait().await),
             ExitWatch::Adopted(pidfd) => {
                 // Readable means exited; an error means the same as far as
                 // this manager can tell.

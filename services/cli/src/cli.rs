@@ -449,3 +449,20 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("512 kb"), Ok(512 << 10));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -8,6 +8,7 @@ mod session;
 
 pub(crate) use roles::permission;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -96,6 +97,27 @@ impl Api {
         }
     }
 
+    /// Serves a call about agent `id` here, or hands it on to the node
+    /// that supervises it (`forward`): the one place a call about one agent
+    /// is routed. `claim`: as for `peer_for`.
+    async fn here_or_peer<T, R, F, S>(
+        &self,
+        request: Request<T>,
+        id: Uuid,
+        claim: bool,
+        forward: impl FnOnce(PeerClient, Request<T>) -> F,
+        serve: impl FnOnce(T) -> S,
+    ) -> Result<Response<R>, Status>
+    where
+        F: Future<Output = Result<Response<R>, Status>>,
+        S: Future<Output = Result<R, Status>>,
+    {
+        match self.peer_for(&request, id, claim).await? {
+            Some(peer) => forward(peer, self.peers.forward(request)).await,
+            None => serve(request.into_inner()).await.map(Response::new),
+        }
+    }
+
     /// Asks the nodes that supervise them about the tasks only they can
     /// judge. A node that cannot be asked leaves its tasks as stored (in
     /// flight): never declared lost on a guess; the caller asks again.
@@ -132,6 +154,52 @@ impl Api {
                 }
             }
         }
+    }
+
+    /// `DispatchTask` for an agent this node supervises.
+    async fn dispatch_here(
+        &self,
+        agent_id: Uuid,
+        request: pb::DispatchTaskRequest,
+    ) -> Result<pb::DispatchTaskResponse, Status> {
+        let task_id = request.task_id.clone();
+        record_id("task_id", &task_id);
+        let dispatched = self
+            .manager
+            .dispatch(TaskRequest {
+                agent_id,
+                task_id: request.task_id,
+                attempt: request.attempt,
+                // The workflow an approval of this task belongs to comes
+                // from here, never from the agent.
+                workflow_id: request
+                    .spec
+                    .as_ref()
+                    .map(|spec| spec.workflow_id.clone())
+                    .unwrap_or_default(),
+                spec: request.spec.map(session::encode_spec),
+                timeout: request
+                    .timeout
+                    .and_then(|timeout| Duration::try_from(timeout).ok())
+                    .filter(|timeout| !timeout.is_zero()),
+                payload: request.payload,
+                // An explicit context wins; else the task continues this
+                // call's trace.
+                trace_context: if request.trace_context.is_empty() {
+                    shepherd_platform::telemetry::propagation::current_map()
+                } else {
+                    request.trace_context
+                },
+            })
+            .await?;
+        Ok(pb::DispatchTaskResponse {
+            task_id,
+            state: convert::task_state(Some(dispatched.state)) as i32,
+            duplicate: dispatched.duplicate,
+            attempt: dispatched.attempt,
+            outcome: convert::task_outcome(dispatched.outcome) as i32,
+            output: dispatched.output,
+        })
     }
 
     /// An agent on the wire, with its tree's usage when it runs.
@@ -195,63 +263,67 @@ impl AgentManager for Api {
         &self,
         request: Request<pb::StartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_id("agent_id", &id);
-        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer.start_agent(self.peers.forward(request)).await;
-        }
-        Ok(Response::new(
-            self.agent(self.manager.start_agent(id).await?),
-        ))
+        let id = agent_id(&request.get_ref().agent_id)?;
+        self.here_or_peer(
+            request,
+            id,
+            true,
+            |mut peer, request| async move { peer.start_agent(request).await },
+            |_| async move { Ok(self.agent(self.manager.start_agent(id).await?)) },
+        )
+        .await
     }
 
     async fn stop_agent(
         &self,
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_id("agent_id", &id);
-        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer.stop_agent(self.peers.forward(request)).await;
-        }
-        Ok(Response::new(
-            self.agent(self.manager.stop_agent(id).await?),
-        ))
+        let id = agent_id(&request.get_ref().agent_id)?;
+        self.here_or_peer(
+            request,
+            id,
+            true,
+            |mut peer, request| async move { peer.stop_agent(request).await },
+            |_| async move { Ok(self.agent(self.manager.stop_agent(id).await?)) },
+        )
+        .await
     }
 
     async fn restart_agent(
         &self,
         request: Request<pb::RestartAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_id("agent_id", &id);
-        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer.restart_agent(self.peers.forward(request)).await;
-        }
-        Ok(Response::new(
-            self.agent(self.manager.restart_agent(id).await?),
-        ))
+        let id = agent_id(&request.get_ref().agent_id)?;
+        self.here_or_peer(
+            request,
+            id,
+            true,
+            |mut peer, request| async move { peer.restart_agent(request).await },
+            |_| async move { Ok(self.agent(self.manager.restart_agent(id).await?)) },
+        )
+        .await
     }
 
     async fn delete_agent(
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_id("agent_id", &id);
-        if let Some(mut peer) = self.peer_for(&request, id, true).await? {
-            return peer.delete_agent(self.peers.forward(request)).await;
-        }
-        self.manager.delete_agent(id).await?;
-        Ok(Response::new(()))
+        let id = agent_id(&request.get_ref().agent_id)?;
+        self.here_or_peer(
+            request,
+            id,
+            true,
+            |mut peer, request| async move { peer.delete_agent(request).await },
+            |_| async move { Ok(self.manager.delete_agent(id).await?) },
+        )
+        .await
     }
 
     async fn get_agent_logs(
         &self,
         request: Request<pb::GetAgentLogsRequest>,
     ) -> Result<Response<pb::GetAgentLogsResponse>, Status> {
-        let id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_id("agent_id", &id);
+        let id = agent_id(&request.get_ref().agent_id)?;
         let stream = match pb::LogStream::try_from(request.get_ref().stream) {
             Ok(pb::LogStream::Unspecified | pb::LogStream::Stdout) => LogStream::Stdout,
             Ok(pb::LogStream::Stderr) => LogStream::Stderr,
@@ -272,19 +344,24 @@ impl AgentManager for Api {
                 .into());
             }
         };
-        if let Some(mut peer) = self.peer_for(&request, id, false).await? {
-            return peer.get_agent_logs(self.peers.forward(request)).await;
-        }
-        let lines = self.manager.agent_logs(id, stream, lines).await?;
-        Ok(Response::new(pb::GetAgentLogsResponse { lines }))
+        self.here_or_peer(
+            request,
+            id,
+            false,
+            |mut peer, request| async move { peer.get_agent_logs(request).await },
+            |_| async move {
+                let lines = self.manager.agent_logs(id, stream, lines).await?;
+                Ok(pb::GetAgentLogsResponse { lines })
+            },
+        )
+        .await
     }
 
     async fn dispatch_task(
         &self,
         request: Request<pb::DispatchTaskRequest>,
     ) -> Result<Response<pb::DispatchTaskResponse>, Status> {
-        let agent_id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_id("agent_id", &agent_id);
+        let agent_id = self::agent_id(&request.get_ref().agent_id)?;
         validate_task_id("task_id", &request.get_ref().task_id)?;
         let payload = request.get_ref().payload.len();
         if payload > MAX_PAYLOAD_BYTES {
@@ -294,48 +371,14 @@ impl AgentManager for Api {
             )
             .into());
         }
-        if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
-            return peer.dispatch_task(self.peers.forward(request)).await;
-        }
-        let request = request.into_inner();
-        let task_id = request.task_id.clone();
-        record_id("task_id", &task_id);
-        let dispatched = self
-            .manager
-            .dispatch(TaskRequest {
-                agent_id,
-                task_id: request.task_id,
-                attempt: request.attempt,
-                // The workflow an approval of this task belongs to comes
-                // from here, never from the agent.
-                workflow_id: request
-                    .spec
-                    .as_ref()
-                    .map(|spec| spec.workflow_id.clone())
-                    .unwrap_or_default(),
-                spec: request.spec.map(session::encode_spec),
-                timeout: request
-                    .timeout
-                    .and_then(|timeout| Duration::try_from(timeout).ok())
-                    .filter(|timeout| !timeout.is_zero()),
-                payload: request.payload,
-                // An explicit context wins; else the task continues this
-                // call's trace.
-                trace_context: if request.trace_context.is_empty() {
-                    shepherd_platform::telemetry::propagation::current_map()
-                } else {
-                    request.trace_context
-                },
-            })
-            .await?;
-        Ok(Response::new(pb::DispatchTaskResponse {
-            task_id,
-            state: convert::task_state(Some(dispatched.state)) as i32,
-            duplicate: dispatched.duplicate,
-            attempt: dispatched.attempt,
-            outcome: convert::task_outcome(dispatched.outcome) as i32,
-            output: dispatched.output,
-        }))
+        self.here_or_peer(
+            request,
+            agent_id,
+            false,
+            |mut peer, request| async move { peer.dispatch_task(request).await },
+            |request| self.dispatch_here(agent_id, request),
+        )
+        .await
     }
 
     /// Each task as its own `DispatchTask` call (forwarded alone if its
@@ -429,14 +472,19 @@ impl AgentManager for Api {
         let agent_id = parse_agent_id("agent_id", &request.get_ref().agent_id)?;
         validate_task_id("task_id", &request.get_ref().task_id)?;
         record_id("task_id", &request.get_ref().task_id);
-        if let Some(mut peer) = self.peer_for(&request, agent_id, false).await? {
-            return peer.cancel_task(self.peers.forward(request)).await;
-        }
-        let request = request.into_inner();
-        let state = self.manager.cancel_task(agent_id, &request.task_id).await?;
-        Ok(Response::new(pb::CancelTaskResponse {
-            state: convert::task_state(state) as i32,
-        }))
+        self.here_or_peer(
+            request,
+            agent_id,
+            false,
+            |mut peer, request| async move { peer.cancel_task(request).await },
+            |request| async move {
+                let state = self.manager.cancel_task(agent_id, &request.task_id).await?;
+                Ok(pb::CancelTaskResponse {
+                    state: convert::task_state(state) as i32,
+                })
+            },
+        )
+        .await
     }
 
     type WatchAgentEventsStream = ResponseStream<pb::WatchAgentEventsResponse>;
@@ -585,6 +633,13 @@ impl AgentManager for Api {
 
 /// A task id (the caller's idempotency key): 1-MAX_TASK_ID_LEN bytes,
 /// without NUL (PostgreSQL cannot store it), checked before any I/O.
+/// The agent a call is about (recorded for its trace and audit entry).
+fn agent_id(value: &str) -> Result<Uuid, Status> {
+    let id = parse_agent_id("agent_id", value)?;
+    record_id("agent_id", &id);
+    Ok(id)
+}
+
 fn validate_task_id(field: &str, id: &str) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::invalid(field, "is required"));

@@ -5,6 +5,8 @@
 mod agent;
 pub(crate) mod approval;
 pub(crate) mod event;
+mod exit;
 pub(crate) mod task;
 
 pub(crate) use agent::*;
+pub(crate) use exit::ExitInfo;

@@ -1,0 +1,203 @@
+//! Starting and ending what runs of an agent: the one launch path (a
+//! process in its container on this node, or a Pod), termination, the
+//! record of an exit, and adoption of a process a previous manager left.
+
+use super::actor::Supervisor;
+use super::decide::Pid;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::model::{AgentRecord, AgentSpec, AgentStatus, ExitInfo, Runtime};
+use crate::process::{AgentProcess, AgentUser, Launch};
+use crate::sessions::{hash_token, new_token};
+use crate::store::LaunchedProcess;
+use crate::workload::Workload;
+
+impl Supervisor {
+    /// The one launch path (see the module docs of `supervisor`).
+    pub(super) async fn launch(&mut self, reason: &str) -> Result<AgentRecord> {
+        let generation = self.record.generation + 1;
+        let token = new_token()
+            .map_err(|err| Error::Internal(format!("no randomness for a session token: {err}")))?;
+        let launch = Launch {
+            agent_id: self.id(),
+            agent_name: &self.record.name,
+            spec: &self.record.spec,
+            generation,
+            session_token: &token,
+            manager_url: &self.ctx.manager_url,
+            manager_ca_file: self.ctx.manager_ca_file.as_deref(),
+            run_as: match &self.record.spec.run_as_user {
+                // Checked at creation; a user removed since fails the launch.
+                Some(user) => Some(AgentUser::resolve(user).map_err(Error::FailedPrecondition)?),
+                None => self.ctx.agent_user,
+            },
+        };
+        let spawned = match self.record.spec.runtime {
+            Runtime::Kubernetes => self.create_pod(&launch).await,
+            _ => self.spawn_process(&launch).await,
+        };
+        let process = match spawned {
+            Ok(process) => process,
+            Err(err) => {
+                let message = format!(
+                    "could not launch {}: {err}",
+                    launch_target(&self.record.spec)
+                );
+                self.set_status(AgentStatus::Failed, &message, Pid::Clear)
+                    .await?;
+                return Err(Error::FailedPrecondition(message));
+            }
+        };
+        let pid = process.pid().unwrap_or(0);
+        let identity = process.identity();
+        self.process = Some(process);
+        let token_hash = hash_token(&token);
+        self.token_hash = Some(token_hash.clone());
+        match self
+            .ctx
+            .store
+            .record_launch(self.id(), generation, identity.as_ref(), &token_hash)
+            .await
+        {
+            Ok(record) => self.record = record,
+            Err(err) => {
+                // Without its token stored the process could never connect.
+                self.terminate("launch could not be recorded").await?;
+                return Err(err);
+            }
+        }
+        self.append(Event::Started { pid }).await?;
+        if generation > 1 {
+            crate::metrics::agent_restarted(self.id(), &self.record.name);
+            self.append(Event::Restarted {
+                generation,
+                reason: reason.to_owned(),
+            })
+            .await?;
+        }
+        tracing::info!(agent = %self.id(), generation, pid, reason, "agent process launched");
+        Ok(self.record.clone())
+    }
+
+    /// A process in the agent's container on this node.
+    async fn spawn_process(&self, launch: &Launch<'_>) -> std::result::Result<Workload, String> {
+        let cell = self
+            .ctx
+            .containment
+            .prepare(self.id(), &self.record.name, self.record.spec.limits)
+            .await
+            .map_err(|err| format!("its container could not be prepared: {err}"))?;
+        AgentProcess::spawn(launch, &self.ctx.logs, cell)
+            .map(Workload::Process)
+            .map_err(|err| err.to_string())
+    }
+
+    /// A Pod through the Kubernetes API.
+    async fn create_pod(&self, launch: &Launch<'_>) -> std::result::Result<Workload, String> {
+        let kubernetes = self.ctx.kubernetes.as_ref().ok_or_else(|| {
+            "this manager has no Kubernetes API configured (KUBERNETES_API_URL)".to_owned()
+        })?;
+        kubernetes
+            .launch(launch)
+            .await
+            .map(Workload::Pod)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Stops the running process, if any, and records its exit.
+    pub(super) async fn terminate(&mut self, reason: &str) -> Result<()> {
+        let Some(process) = self.process.take() else {
+            return Ok(());
+        };
+        self.token_hash = None;
+        self.close_reconnect_window();
+        let exit = process.terminate(self.ctx.stop_grace).await;
+        self.record_exit(exit, reason).await?;
+        self.drop_session(reason).await
+    }
+
+    /// The process exited on its own: nothing of its tree may run once its
+    /// tasks are reported lost or a new generation starts, so the rest of
+    /// it is killed, and its token is void.
+    pub(super) async fn clear_process(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.clear().await;
+        }
+        self.token_hash = None;
+        self.close_reconnect_window();
+    }
+
+    pub(super) async fn record_exit(&mut self, exit: ExitInfo, message: &str) -> Result<()> {
+        if exit.oom_killed {
+            crate::metrics::agent_oom_killed(self.id(), &self.record.name);
+        }
+        self.record = self
+            .ctx
+            .store
+            .record_exit(self.id(), message, exit.reason())
+            .await?;
+        self.append(Event::Exited {
+            code: exit.code,
+            signal: exit.signal,
+            reason: exit.reason(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Takes over the recorded process (`launched`) if it still runs; true
+    /// if it did.
+    pub(super) async fn adopt(&mut self, launched: Option<LaunchedProcess>) -> Result<bool> {
+        let Some(launched) = launched else {
+            return Ok(false);
+        };
+        let cell = self.ctx.containment.adopted(self.id(), &self.record.name);
+        let Some(process) =
+            AgentProcess::adopt(launched.identity, self.id(), self.record.generation, cell)
+        else {
+            return Ok(false);
+        };
+        let pid = process.pid();
+        self.process = Some(Workload::Process(process));
+        self.token_hash = Some(launched.token_hash);
+        self.expect_reconnect();
+        self.record = self
+            .ctx
+            .store
+            .set_status(
+                self.id(),
+                AgentStatus::Starting,
+                "adopted after a manager restart; waiting for its session",
+                Some(pid),
+            )
+            .await?;
+        tracing::info!(agent = %self.id(), pid, generation = self.record.generation, "adopted a running agent process");
+        Ok(true)
+    }
+
+    /// Manager start-up, Kubernetes agent: Pods of earlier generations are
+    /// deleted (not adopted, yet). A failure is logged: the launch that
+    /// follows does not depend on it.
+    pub(super) async fn delete_old_pods(&self) {
+        let Some(kubernetes) = &self.ctx.kubernetes else {
+            return;
+        };
+        match kubernetes.delete_agent_pods(self.id()).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(agent = %self.id(), deleted, "deleted Pods a previous manager left")
+            }
+            Err(err) => {
+                tracing::warn!(agent = %self.id(), error = %err, "could not delete the agent's old Pods")
+            }
+        }
+    }
+}
+
+/// What a failed launch tried to start, for its message.
+fn launch_target(spec: &AgentSpec) -> String {
+    match (&spec.runtime, &spec.image) {
+        (Runtime::Kubernetes, Some(image)) => format!("a Pod of image {image:?}"),
+        _ => format!("{:?}", spec.command),
+    }
+}

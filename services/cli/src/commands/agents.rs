@@ -1,0 +1,120 @@
+//! `shepherd agents ...`.
+
+use std::collections::HashMap;
+
+use shepherd_proto::agentmanager::v1::{self as am};
+
+use super::agent_file::{agent_from_file, agent_from_flags};
+use crate::cli::{AgentCommand, Output};
+use crate::clients::{Clients, UsageError};
+use crate::render;
+
+impl Clients {
+    pub(super) async fn agents(&mut self, command: AgentCommand) -> anyhow::Result<()> {
+        let output = self.output;
+        let agent = match command {
+            AgentCommand::Create(create) => {
+                let agent = match &create.file {
+                    Some(path) => agent_from_file(path)?,
+                    None => agent_from_flags(create)?,
+                };
+                self.agents
+                    .create_agent(am::CreateAgentRequest { agent: Some(agent) })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::List { status, labels } => {
+                let status = match status {
+                    None => am::AgentStatus::Unspecified,
+                    Some(s) => am::AgentStatus::from_str_name(&format!(
+                        "AGENT_STATUS_{}",
+                        s.to_uppercase()
+                    ))
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "status {s:?}: use pending, starting, ready, exited, failed or stopped"
+                        ))
+                    })?,
+                };
+                let labels: HashMap<String, String> = labels.into_iter().collect();
+                let all = self.all_agents(status, labels).await?;
+                render::many(output, &all);
+                return Ok(());
+            }
+            AgentCommand::Get { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .get_agent(am::GetAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Start { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .start_agent(am::StartAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Stop { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .stop_agent(am::StopAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Restart { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .restart_agent(am::RestartAgentRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::RotateCredential { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .rotate_agent_credential(am::RotateAgentCredentialRequest { agent_id })
+                    .await?
+                    .into_inner()
+            }
+            AgentCommand::Delete { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.agents
+                    .delete_agent(am::DeleteAgentRequest {
+                        agent_id: agent_id.clone(),
+                    })
+                    .await?;
+                eprintln!("deleted agent {agent_id}");
+                return Ok(());
+            }
+            AgentCommand::Logs {
+                agent,
+                stderr,
+                lines,
+            } => {
+                let agent_id = self.agent_id(&agent).await?;
+                let stream = if stderr {
+                    am::LogStream::Stderr
+                } else {
+                    am::LogStream::Stdout
+                };
+                let lines = self
+                    .agents
+                    .get_agent_logs(am::GetAgentLogsRequest {
+                        agent_id,
+                        stream: stream as i32,
+                        tail_lines: lines,
+                    })
+                    .await?
+                    .into_inner()
+                    .lines;
+                match output {
+                    Output::Json => println!("{}", serde_json::json!(lines)),
+                    Output::Table => lines.iter().for_each(|line| println!("{line}")),
+                }
+                return Ok(());
+            }
+        };
+        render::one(output, &agent);
+        Ok(())
+    }
+}

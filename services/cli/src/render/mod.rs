@@ -1,0 +1,16 @@
+//! Turning API resources into rows (tables) and JSON objects (scripts):
+//! `format` holds the two ways; each other module renders one family of
+//! resources.
+
+mod agents;
+mod approvals;
+mod audit;
+mod events;
+mod format;
+mod workflows;
+
+pub(crate) use approvals::{approval_shown, approval_state};
+pub(crate) use audit::Audited;
+pub(crate) use events::event;
+pub(crate) use format::{Render, many, one};
+pub(crate) use workflows::task_event;
