@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::approvals::{ApprovalDecision, ApprovalState, Approver};
+use crate::approvals::Approver;
+use crate::decision::{ApprovalDecision, ApprovalState};
 
 /// Longest request line accepted (tool, input and reason included).
 const MAX_LINE: u64 = 64 * 1024;

@@ -15,9 +15,10 @@ use shepherd_proto::agentmanager::v1::{
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::Ledger;
+use crate::decision::ApprovalDecision;
+use crate::ledger::{Ledger, PendingApproval};
 
-pub use shepherd_proto::agentmanager::v1::ApprovalState;
+use shepherd_proto::agentmanager::v1::ApprovalState;
 
 /// How often an unanswered request is sent again on the live session.
 pub(crate) const RESEND_INTERVAL: Duration = Duration::from_secs(10);
@@ -25,75 +26,6 @@ pub(crate) const RESEND_INTERVAL: Duration = Duration::from_secs(10);
 /// never cut: a person approves exactly what runs).
 pub(crate) const MAX_INPUT_BYTES: usize = 4 * 1024;
 pub(crate) const MAX_REASON_BYTES: usize = 1024;
-
-/// The answer to an approval request.
-#[derive(Clone, Debug)]
-pub struct ApprovalDecision {
-    /// APPROVED, or why not: DENIED, EXPIRED (nobody decided in time) or
-    /// WITHDRAWN (the task was cancelled or timed out meanwhile).
-    pub state: ApprovalState,
-    /// The decider's comment, or why it expired or was withdrawn.
-    pub comment: String,
-    /// Who decided ("shepherd" for an expiry or withdrawal).
-    pub decided_by: String,
-    /// The stored approval (empty when the manager refused the request
-    /// outright).
-    pub approval_id: String,
-    /// The request could not be asked as it is (input or reason over its
-    /// bound, or a NUL in it): nobody was asked, and it is not approved.
-    pub cannot_ask: bool,
-}
-
-impl ApprovalDecision {
-    pub fn approved(&self) -> bool {
-        self.state == ApprovalState::Approved
-    }
-
-    /// The decision an answer carries, for the request whose digest is
-    /// `asked`: an approval of anything else (another tool or input under
-    /// a reused request id) is no approval.
-    fn from_answer(answer: ApprovalAnswer, asked: &str) -> Self {
-        let state = ApprovalState::try_from(answer.state).unwrap_or(ApprovalState::Denied);
-        if state == ApprovalState::Approved && answer.digest != asked {
-            return Self {
-                state: ApprovalState::Denied,
-                comment:
-                    "the approval was for another tool or input than this request's: not approved"
-                        .to_owned(),
-                decided_by: answer.decided_by,
-                approval_id: answer.approval_id,
-                cannot_ask: false,
-            };
-        }
-        Self {
-            state,
-            comment: answer.comment,
-            decided_by: answer.decided_by,
-            approval_id: answer.approval_id,
-            cannot_ask: false,
-        }
-    }
-
-    fn withdrawn(comment: &str) -> Self {
-        Self {
-            state: ApprovalState::Withdrawn,
-            comment: comment.to_owned(),
-            decided_by: String::new(),
-            approval_id: String::new(),
-            cannot_ask: false,
-        }
-    }
-
-    fn cannot_ask(why: String) -> Self {
-        Self {
-            state: ApprovalState::Denied,
-            comment: format!("cannot ask: {why}"),
-            decided_by: String::new(),
-            approval_id: String::new(),
-            cannot_ask: true,
-        }
-    }
-}
 
 /// Why a request cannot be asked as it is, if so.
 pub(crate) fn unaskable(input: &str, reason: &str) -> Option<String> {
@@ -112,15 +44,6 @@ pub(crate) fn unaskable(input: &str, reason: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// A request waiting for its answer.
-pub(crate) struct PendingApproval {
-    pub(crate) task_id: String,
-    pub(crate) message: AgentMessage,
-    /// What an approval must carry to be this request's.
-    digest: String,
-    answer: oneshot::Sender<ApprovalDecision>,
 }
 
 /// Asks approvals for one running task (`IncomingTask::approver`).

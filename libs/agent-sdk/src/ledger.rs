@@ -8,12 +8,12 @@ use std::time::Duration;
 use shepherd_proto::agentmanager::v1::{
     AgentMessage, HeldTask, TaskAccepted, TaskCompleted, agent_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::approvals;
-use crate::task::TaskResult;
+use crate::decision::ApprovalDecision;
+use crate::result::TaskResult;
 
 /// What the process knows of its tasks across sessions: which run now, and
 /// which finished with a report the manager has not acknowledged yet.
@@ -30,11 +30,20 @@ pub(crate) struct LedgerState {
     /// Finished tasks' reports, until acknowledged.
     pub(crate) unacked: HashMap<String, TaskCompleted>,
     /// Approval requests waiting for their answer, by request id.
-    pub(crate) approvals: HashMap<String, approvals::PendingApproval>,
+    pub(crate) approvals: HashMap<String, PendingApproval>,
     /// The live session's outbound messages, if a session is open.
     pub(crate) session: Option<mpsc::Sender<AgentMessage>>,
     /// When the manager was last heard from (or the agent started).
     pub(crate) last_heard: Option<Instant>,
+}
+
+/// A request waiting for its answer.
+pub(crate) struct PendingApproval {
+    pub(crate) task_id: String,
+    pub(crate) message: AgentMessage,
+    /// What an approval must carry to be this request's.
+    pub(crate) digest: String,
+    pub(crate) answer: oneshot::Sender<ApprovalDecision>,
 }
 
 pub(crate) struct Running {

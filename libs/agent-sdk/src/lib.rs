@@ -47,15 +47,19 @@ pub mod approval_socket;
 mod approvals;
 mod config;
 mod credential;
+mod decision;
 mod error;
 mod ledger;
+mod result;
 mod session;
 mod task;
 
-pub use approvals::{ApprovalDecision, ApprovalState, Approver};
+pub use approvals::Approver;
 pub use config::{AgentConfig, DEFAULT_ORPHAN_TIMEOUT};
+pub use decision::{ApprovalDecision, ApprovalState};
 pub use error::SdkError;
-pub use task::{IncomingTask, Progress, TaskHandler, TaskResult, TaskSpec};
+pub use result::TaskResult;
+pub use task::{IncomingTask, Progress, TaskHandler, TaskSpec};
 
 use config::random_instance_id;
 use ledger::{Ledger, orphan_watchdog};

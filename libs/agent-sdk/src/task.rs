@@ -7,9 +7,10 @@ use std::future::Future;
 use shepherd_proto::agentmanager::v1::{AgentMessage, agent_message};
 use tokio_util::sync::CancellationToken;
 
-use crate::TaskOutcome;
-use crate::approvals::{ApprovalDecision, Approver};
+use crate::approvals::Approver;
+use crate::decision::ApprovalDecision;
 use crate::ledger::Ledger;
+use crate::result::TaskResult;
 
 /// A task delivered to the agent.
 #[derive(Clone, Debug)]
@@ -180,29 +181,6 @@ impl From<shepherd_proto::agentmanager::v1::TaskSpec> for TaskSpec {
             allowed_tools: spec.allowed_tools,
             denied_tools: spec.denied_tools,
             ask_tools: spec.ask_tools,
-        }
-    }
-}
-
-/// What a handler reports for a task.
-#[derive(Clone, Debug)]
-pub struct TaskResult {
-    pub outcome: TaskOutcome,
-    pub output: String,
-}
-
-impl TaskResult {
-    pub fn success(output: impl Into<String>) -> Self {
-        Self {
-            outcome: TaskOutcome::Succeeded,
-            output: output.into(),
-        }
-    }
-
-    pub fn failure(output: impl Into<String>) -> Self {
-        Self {
-            outcome: TaskOutcome::Failed,
-            output: output.into(),
         }
     }
 }

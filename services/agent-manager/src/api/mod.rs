@@ -1,11 +1,13 @@
 //! gRPC handlers: translation between the wire and the manager, nothing
 //! more.
 
+mod connect;
 mod convert;
 mod forward;
 mod roles;
 mod session;
 
+pub(crate) use connect::MAX_HELD_TASKS;
 pub(crate) use roles::permission;
 
 use std::future::Future;
@@ -16,12 +18,9 @@ use shepherd_platform::paging;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use shepherd_proto::agentmanager::v1::{
-    self as pb, agent_manager_server::AgentManager, agent_message,
-    agent_session_server::AgentSession,
-};
+use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_server::AgentManager};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -49,9 +48,6 @@ pub(crate) const MAX_LOG_LINES: i32 = 10_000;
 /// Page size of ListAgents: default and most.
 pub(crate) const DEFAULT_PAGE: i64 = 100;
 pub(crate) const MAX_PAGE: i64 = 1000;
-
-/// How long a new session may take to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -649,73 +645,6 @@ fn validate_task_id(field: &str, id: &str) -> Result<(), Error> {
         id,
         MAX_TASK_ID_LEN,
     )?)
-}
-
-/// Most tasks one agent process may name as held in its hello.
-pub(crate) const MAX_HELD_TASKS: usize = 10_000;
-/// Longest instance id a hello may carry (the SDK's are 32 hex digits).
-pub(crate) const MAX_INSTANCE_ID: usize = 100;
-
-#[tonic::async_trait]
-impl AgentSession for Api {
-    type ConnectStream = ResponseStream<pb::ManagerMessage>;
-
-    async fn connect(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10s; send Hello first"))??;
-        let Some(pb::AgentMessage {
-            kind: Some(agent_message::Kind::Hello(hello)),
-        }) = first
-        else {
-            return Err(Status::invalid_argument(
-                "the first message of a session must be Hello{agent_id, session_token}",
-            ));
-        };
-        // Never echoed: it could be megabytes, and it is the caller's.
-        let agent_id = Uuid::parse_str(&hello.agent_id).map_err(|_| {
-            Status::unauthenticated("hello.agent_id is not an agent id; use SHEPHERD_AGENT_ID")
-        })?;
-        if hello.held_tasks.len() > MAX_HELD_TASKS {
-            return Err(Status::invalid_argument(format!(
-                "hello.held_tasks has {} entries; at most {MAX_HELD_TASKS}",
-                hello.held_tasks.len()
-            )));
-        }
-        // What the agent says of itself reaches the database: checked here,
-        // before any I/O, so a NUL or a megabyte is the agent's error.
-        for held in &hello.held_tasks {
-            validate_task_id("hello.held_tasks.task_id", &held.task_id)?;
-        }
-        shepherd_platform::validate::text("hello.instance_id", &hello.instance_id, MAX_INSTANCE_ID)
-            .map_err(Error::from)?;
-        let outbound = self
-            .manager
-            .open_session(
-                agent_id,
-                &hello.session_token,
-                hello
-                    .held_tasks
-                    .into_iter()
-                    .map(session::held_task)
-                    .collect(),
-                hello.instance_id,
-                inbound.map(|message| {
-                    message
-                        .map_err(|status| status.message().to_owned())
-                        .and_then(session::from_agent)
-                }),
-            )
-            .await?;
-        Ok(Response::new(Box::pin(
-            crate::ack_coalescing::AckCoalescing::new(outbound)
-                .map(|message| Ok(session::to_agent(message))),
-        )))
-    }
 }
 
 /// The event kinds a watcher asked for, each once; an unknown name is the
