@@ -119,28 +119,61 @@ fn status_of(err: Error) -> tonic::Status {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Lets a service's own error take the shared plumbing's errors (the
-/// database driver, the pool, a batcher) with `?`, through its
-/// `From<shepherd_platform::error::Error>`: written once here, not once
-/// per service.
+/// What every service's own error holds besides its domain's failures:
+/// the shared kinds (bad input, not found, the database, ...) as one
+/// `Common(shepherd_platform::error::Error)` variant, constructors for
+/// them, and `?` on the plumbing's errors (the database driver, the pool, a
+/// batcher). Written once here, not mirrored per service; each service then
+/// maps only its own variants to a kind, once, in `From<Error> for Status`.
 #[macro_export]
-macro_rules! from_shared_errors {
+macro_rules! common_errors {
     ($error:ty) => {
+        #[allow(dead_code)]
+        impl $error {
+            pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::invalid(field, reason))
+            }
+            pub fn not_found(message: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::NotFound(message.into()))
+            }
+            pub fn already_exists(message: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::AlreadyExists(message.into()))
+            }
+            pub fn failed_precondition(message: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::FailedPrecondition(message.into()))
+            }
+            pub fn permission_denied(message: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::PermissionDenied(message.into()))
+            }
+            pub fn unavailable(message: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::Unavailable(message.into()))
+            }
+            pub fn internal(message: impl Into<String>) -> Self {
+                Self::Common($crate::error::Error::Internal(message.into()))
+            }
+        }
+
+        impl From<$crate::db::DbError> for $error {
+            fn from(err: $crate::db::DbError) -> Self {
+                Self::Common($crate::error::Error::Db(err))
+            }
+        }
+
         impl From<$crate::db::PostgresError> for $error {
             fn from(err: $crate::db::PostgresError) -> Self {
-                $crate::error::Error::from(err).into()
+                Self::Common($crate::error::Error::from(err))
             }
         }
 
         impl From<$crate::db::PoolError> for $error {
             fn from(err: $crate::db::PoolError) -> Self {
-                $crate::error::Error::from(err).into()
+                Self::Common($crate::error::Error::from(err))
             }
         }
 
         impl From<$crate::batch::BatchError<::std::sync::Arc<$crate::db::DbError>>> for $error {
             fn from(err: $crate::batch::BatchError<::std::sync::Arc<$crate::db::DbError>>) -> Self {
-                $crate::error::Error::from(err).into()
+                Self::Common($crate::error::Error::from(err))
             }
         }
     };

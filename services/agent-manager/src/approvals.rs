@@ -148,7 +148,7 @@ impl Approvals {
             // with nothing.
             let approval = self.inner.store.get_approval(id).await?;
             if decider_is_the_asker(agent, &approval) {
-                return Err(crate::error::Error::PermissionDenied(format!(
+                return Err(crate::error::Error::permission_denied(format!(
                     "{} was handed to agent {}, whose approval this is: an agent never decides its own",
                     decider.name, approval.agent_id
                 )));

@@ -21,10 +21,11 @@ use crate::protocol::{DeliveredTask, FromAgent, HeldTask, ToAgent};
 use crate::sessions::{AcceptedTasks, SessionHandle, SessionLoop, hash_token};
 use crate::store::{AgentFilter, NodeRecord, Placement, Store, TaskClaim};
 use crate::supervisor::{Supervisors, report_lost};
+use shepherd_platform::error::Error as Shared;
 
 fn new_credential() -> Result<String> {
     shepherd_platform::auth::random_secret()
-        .map_err(|err| Error::Internal(format!("no randomness for a credential: {err}")))
+        .map_err(|err| Error::internal(format!("no randomness for a credential: {err}")))
 }
 
 /// Longest task id (idempotency key) accepted.
@@ -214,8 +215,8 @@ impl Manager {
     ) -> Result<(AgentRecord, Option<String>)> {
         // Refused rather than ignored: a limit nobody enforces is a lie.
         if agent.spec.runtime == Runtime::External && agent.spec.limits != Default::default() {
-            return Err(Error::FailedPrecondition(
-                "agent.limits: an external agent runs outside this manager's containment; limit it where it is launched".into(),
+            return Err(Error::failed_precondition(
+                "agent.limits: an external agent runs outside this manager's containment; limit it where it is launched",
             ));
         }
         match agent.spec.runtime {
@@ -226,7 +227,7 @@ impl Manager {
         // process as another user, and the user must exist here.
         if let Some(user) = &agent.spec.run_as_user {
             crate::process::AgentUser::resolve(user)
-                .map_err(|why| Error::FailedPrecondition(format!("agent.run_as_user: {why}")))?;
+                .map_err(|why| Error::failed_precondition(format!("agent.run_as_user: {why}")))?;
         }
         let credential = match agent.spec.runtime {
             Runtime::External => Some(new_credential()?),
@@ -255,14 +256,13 @@ impl Manager {
     /// container's, where a process count has no equivalent.
     fn check_kubernetes(&self, agent: &NewAgent) -> Result<()> {
         if self.supervisors.context().kubernetes.is_none() {
-            return Err(Error::FailedPrecondition(
-                "agent.runtime: this manager has no Kubernetes API configured (set KUBERNETES_API_URL)".into(),
+            return Err(Error::failed_precondition(
+                "agent.runtime: this manager has no Kubernetes API configured (set KUBERNETES_API_URL)",
             ));
         }
         if agent.spec.limits.max_processes.is_some() {
-            return Err(Error::FailedPrecondition(
-                "agent.limits.max_processes: a Pod's container has no process limit; leave it 0"
-                    .into(),
+            return Err(Error::failed_precondition(
+                "agent.limits.max_processes: a Pod's container has no process limit; leave it 0",
             ));
         }
         Ok(())
@@ -273,7 +273,7 @@ impl Manager {
     pub(crate) async fn rotate_credential(&self, id: Uuid) -> Result<(AgentRecord, String)> {
         let agent = self.get_agent(id).await?;
         if agent.spec.runtime != Runtime::External {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "agent {id} is not external: its processes get a fresh session token at every launch"
             )));
         }
@@ -344,7 +344,7 @@ impl Manager {
             .logs
             .tail(id, stream, lines)
             .await
-            .map_err(|err| Error::Internal(format!("reading logs of agent {id}: {err}")))
+            .map_err(|err| Error::internal(format!("reading logs of agent {id}: {err}")))
     }
 
     /// Delivers a task to the agent's live session, at most once per task id
@@ -358,7 +358,7 @@ impl Manager {
         let manager = self.clone();
         tokio::spawn(async move { manager.deliver(request).await }.in_current_span())
             .await
-            .map_err(|err| Error::Internal(format!("delivering the task failed: {err}")))?
+            .map_err(|err| Error::internal(format!("delivering the task failed: {err}")))?
     }
 
     async fn deliver(&self, request: TaskRequest) -> Result<Dispatched> {
@@ -426,7 +426,7 @@ impl Manager {
                 .mark_task_lost(&request.task_id, session.session_id)
                 .await?;
             report_lost(&self.events, lost, "agent session closed during delivery").await?;
-            return Err(Error::Unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "agent {}'s session closed while the task was being delivered; the attempt was recorded as lost, dispatch again once the agent is ready",
                 request.agent_id
             )));
@@ -520,7 +520,7 @@ impl Manager {
             .await?
             .states
             .pop()
-            .ok_or_else(|| Error::Internal("no answer about the task".into()))?;
+            .ok_or_else(|| Error::internal("no answer about the task"))?;
         if let Some(TaskState::Delivered | TaskState::Accepted) = status.state
             && let Some(session) = self.supervisors.context().sessions.get(agent)
         {
@@ -612,15 +612,18 @@ impl Manager {
                     instance.clone(),
                 )
                 .await;
-            if !matches!(opened, Err(Error::NotFound(_) | Error::AgentNotFound(_))) {
+            if !matches!(
+                opened,
+                Err(Error::Common(Shared::NotFound(_)) | Error::AgentNotFound(_))
+            ) {
                 break;
             }
         }
         let opened = opened.map_err(|err| match err {
             // Do not tell an unauthenticated caller which ids exist.
-            Error::NotFound(_) | Error::AgentNotFound(_) => Error::StaleSession(format!(
-                "session refused: {agent_id} is not an agent with a running process"
-            )),
+            Error::Common(Shared::NotFound(_)) | Error::AgentNotFound(_) => Error::StaleSession(
+                format!("session refused: {agent_id} is not an agent with a running process"),
+            ),
             other => other,
         })?;
         let generation = opened.agent.generation;

@@ -201,7 +201,7 @@ impl Store {
         match result {
             Ok(row) => agent_from_row(&row),
             Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                Err(Error::AlreadyExists(format!(
+                Err(Error::already_exists(format!(
                     "an agent named {:?} already exists; pick another name",
                     agent.name
                 )))
@@ -587,9 +587,9 @@ fn agent_from_row(row: &Row) -> Result<AgentRecord> {
         spec: from_json::<AgentSpec>(spec)?,
         labels: from_json(labels)?,
         desired_state: DesiredState::parse(desired)
-            .ok_or_else(|| Error::Internal(format!("unknown desired state {desired:?}")))?,
+            .ok_or_else(|| Error::internal(format!("unknown desired state {desired:?}")))?,
         status: AgentStatus::parse(status)
-            .ok_or_else(|| Error::Internal(format!("unknown status {status:?}")))?,
+            .ok_or_else(|| Error::internal(format!("unknown status {status:?}")))?,
         status_message: row.get("status_message"),
         generation: from_i64(row.get("generation")),
         pid: row.get("pid"),

@@ -27,14 +27,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use shepherd_platform::backoff::Backoff;
 
 use crate::error::Result;
-use crate::manager_client::{AgentEvent, EventStream, Heard};
+use crate::manager_client::{AgentEvent, EventStream, Heard, ManagerClient};
 use crate::recovery::Recovery;
-use crate::store::Outcome;
+use crate::store::{Outcome, Store};
 use tracing::Instrument;
 
 /// How often a dirty cursor is saved.
@@ -48,6 +47,11 @@ const READ_AHEAD: usize = 4 * MAX_BATCH;
 const SETTLE_MIN_AGE: Duration = Duration::from_secs(2);
 
 pub(crate) struct Consumer {
+    /// Where the cursor is kept.
+    pub store: Store,
+    /// Whose event stream this is.
+    pub manager: ManagerClient,
+    /// The one place that acts on what the stream says.
     pub recovery: Arc<Recovery>,
     pub reconcile_interval: Duration,
     pub stream_timeout: Duration,
@@ -84,7 +88,7 @@ impl Consumer {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> StreamEnd {
-        let store = &self.recovery.store;
+        let store = &self.store;
         let mut cursor = match store.load_cursor().await {
             Ok(cursor) => cursor,
             Err(err) => return StreamEnd::Broken(format!("loading the event cursor: {err}")),
@@ -97,7 +101,7 @@ impl Consumer {
             trace_id = tracing::field::Empty
         );
         shepherd_platform::telemetry::propagation::record_trace_id(&span);
-        let stream = match self.recovery.manager.watch(cursor).instrument(span).await {
+        let stream = match self.manager.watch(cursor).instrument(span).await {
             Ok(stream) => stream,
             Err(status) => return StreamEnd::Broken(format!("connecting: {}", status.message())),
         };
@@ -114,7 +118,7 @@ impl Consumer {
         {
             tracing::warn!(error = %err, "level pass after connect failed");
         }
-        self.settle(Duration::ZERO, None).await;
+        self.recovery.settle(Duration::ZERO, None).await;
 
         let mut reconcile = tokio::time::interval_at(
             Instant::now() + self.reconcile_interval,
@@ -131,7 +135,7 @@ impl Consumer {
                     {
                         tracing::warn!(error = %err, "periodic level pass failed");
                     }
-                    self.settle(SETTLE_MIN_AGE, None).await;
+                    self.recovery.settle(SETTLE_MIN_AGE, None).await;
                     if let Err(err) = self.recovery.update_stalls().await {
                         tracing::warn!(error = %err, "checking for stalled runners failed");
                     }
@@ -185,21 +189,6 @@ impl Consumer {
         end
     }
 
-    /// Settles tasks in flight (only `agent`'s, if given); a failure is
-    /// retried by the next pass.
-    async fn settle(&self, min_age: Duration, agent: Option<Uuid>) {
-        if let Err(err) = self.recovery.settle_in_flight(min_age, agent).await {
-            tracing::warn!(error = %err, "settling tasks in flight failed; the next pass retries");
-        }
-    }
-
-    /// Whether another replica runs the workflow of `task_id` (ids are
-    /// "<workflow_id>:<key>"), so its events are that replica's to handle.
-    fn held_elsewhere(&self, task_id: &str) -> bool {
-        crate::model::workflow_of_task(task_id)
-            .is_some_and(|workflow| self.recovery.runners.is_standby(workflow))
-    }
-
     /// Handles a batch in order, except that completions are gathered and
     /// recorded together: only a message whose handling depends on earlier
     /// outcomes (see `needs_outcomes_first`) makes them be recorded first.
@@ -221,7 +210,7 @@ impl Consumer {
             } = message
             {
                 handled = handled.max(sequence);
-                if !self.held_elsewhere(&task_id) {
+                if !self.recovery.held_elsewhere(&task_id) {
                     completions.push(Outcome {
                         task_id,
                         attempt,
@@ -232,7 +221,7 @@ impl Consumer {
                 continue;
             }
             if needs_outcomes_first(&message) {
-                self.record_outcomes(&mut completions).await?;
+                self.recovery.record_outcomes(&mut completions).await?;
                 *cursor = handled;
             }
             self.handle(message, &mut handled).await?;
@@ -240,34 +229,8 @@ impl Consumer {
                 *cursor = handled;
             }
         }
-        self.record_outcomes(&mut completions).await?;
+        self.recovery.record_outcomes(&mut completions).await?;
         *cursor = handled;
-        Ok(())
-    }
-
-    async fn record_outcomes(&self, completions: &mut Vec<Outcome>) -> Result<()> {
-        if completions.is_empty() {
-            return Ok(());
-        }
-        let recovery = &self.recovery;
-        let span = tracing::info_span!("record_outcomes", tasks = completions.len());
-        let (workflows, finished) = recovery
-            .store
-            .complete_many(completions)
-            .instrument(span)
-            .await?;
-        // Outcomes (and the chained tasks they made) are committed; nothing
-        // after this point has acted on them yet.
-        shepherd_platform::failpoint::hit("scheduler.after_outcome");
-        // The commit notified the runners (when this replica's listener is
-        // connected); otherwise they are woken here.
-        for workflow in workflows {
-            recovery.runners.wake_unless_notified(workflow);
-        }
-        for (state, seconds) in finished {
-            crate::metrics::task_finished(state.as_str(), Some(seconds));
-        }
-        completions.clear();
         Ok(())
     }
 
@@ -279,7 +242,7 @@ impl Consumer {
                 event,
             } => {
                 if let Some(agent) = agent {
-                    self.handle_event(agent, event).await?;
+                    self.recovery.on_event(agent, event).await?;
                 }
                 *cursor = sequence;
             }
@@ -292,77 +255,13 @@ impl Consumer {
                     pruned_through,
                     "events were missed for good; resynchronising"
                 );
-                self.recovery.settle_in_flight(Duration::ZERO, None).await?;
-                self.recovery.level_pass().await?;
+                self.recovery.resync().await?;
                 *cursor = pruned_through;
             }
             Heard::Heartbeat { latest } => {
                 crate::metrics::stream_lag(latest.saturating_sub(*cursor));
             }
             Heard::Nothing => {}
-        }
-        Ok(())
-    }
-
-    async fn handle_event(&self, agent: Uuid, event: AgentEvent) -> Result<()> {
-        let recovery = &self.recovery;
-        match event {
-            AgentEvent::Ready => {
-                recovery.agents.set_ready(agent, true);
-                recovery.restart_workflows_for_agent(agent).await?;
-            }
-            AgentEvent::Restarted { generation, reason } => {
-                recovery.agents.set_ready(agent, false);
-                recovery.restart_workflows_for_agent(agent).await?;
-                recovery.agent_restarted(agent, generation, &reason).await?;
-                // The old session's tasks are decided by now or will be
-                // reported again. A restart is where a task's fate is most
-                // often decided out of this replica's sight (a session lost
-                // with the node that held it), so ask about this agent's
-                // tasks in flight rather than wait for the next level pass.
-                self.settle(Duration::ZERO, Some(agent)).await;
-            }
-            AgentEvent::NotReady => recovery.agents.set_ready(agent, false),
-            AgentEvent::Deleted => {
-                recovery.agents.set_ready(agent, false);
-                let reason = format!("agent {agent} was deleted");
-                for workflow in recovery.store.disable_workflows_of(agent, &reason).await? {
-                    recovery.runners.stop(workflow, &reason);
-                }
-            }
-            AgentEvent::TaskLost {
-                task_id,
-                attempt,
-                reason,
-            } if !self.held_elsewhere(&task_id) => {
-                if let Some(workflow) = recovery.store.lost(&task_id, attempt, &reason).await? {
-                    crate::metrics::task_finished("lost", None);
-                    recovery.runners.wake(workflow);
-                }
-            }
-            AgentEvent::TaskProgress {
-                task_id,
-                attempt,
-                message,
-                fraction,
-                output,
-            } if !self.held_elsewhere(&task_id) => {
-                // Informational: a failed write costs a progress line, never
-                // the stream.
-                if let Err(err) = recovery
-                    .store
-                    .record_progress(&task_id, attempt, &message, fraction, &output)
-                    .await
-                {
-                    tracing::warn!(task = %task_id, error = %err, "could not record task progress");
-                }
-            }
-            // Completions are recorded in batches by `handle_batch`; a
-            // standby leaves losses and progress to the lease holder.
-            AgentEvent::TaskCompleted { .. }
-            | AgentEvent::TaskLost { .. }
-            | AgentEvent::TaskProgress { .. }
-            | AgentEvent::Other => {}
         }
         Ok(())
     }
@@ -425,6 +324,7 @@ fn spawn_reader(
 mod tests {
     use super::*;
     use crate::model::TaskEnd;
+    use uuid::Uuid;
 
     fn event(event: AgentEvent) -> Heard {
         Heard::Event {

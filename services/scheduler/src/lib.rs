@@ -115,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let scheduler = Arc::new(Scheduler {
         store: store.clone(),
         runners: runners.clone(),
-        manager,
+        manager: manager.clone(),
         task_watch: TaskWatch {
             store: store.clone(),
             changes,
@@ -172,6 +172,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .unwrap_or_default()
     });
     let consumer = Consumer {
+        store: store.clone(),
+        manager: manager.clone(),
         recovery,
         reconcile_interval: config.reconcile_interval,
         stream_timeout: config.event_stream_timeout,

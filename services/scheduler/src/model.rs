@@ -416,6 +416,18 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a new task runs: its template rendered as the prompt (text, with
+/// the fields' values) and as the script for /bin/sh (fields referred to
+/// through the environment), and how long an attempt may take.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub prompt: String,
+    pub script: String,
+    pub timeout: std::time::Duration,
+    /// The workflow's tool policy when the task was created.
+    pub tool_policy: ToolPolicy,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,10 @@
 //!
 //! Both only ever call `Runners::ensure_running`, whose atomic claim makes
 //! them idempotent and safe to race with each other and with the API.
+//!
+//! It is also the one place that acts on what the event stream says
+//! (`on_event`, `record_outcomes`, `resync`): the consumer only reads the
+//! stream, keeps the cursor and hands each message here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,10 +20,12 @@ use uuid::Uuid;
 
 use crate::agents::AgentView;
 use crate::error::{Error, Result};
-use crate::manager_client::ManagerClient;
+use crate::manager_client::{AgentEvent, ManagerClient};
 use crate::runner::{Runners, StartOutcome};
 use crate::settle::{self, SettleReport};
+use crate::store::Outcome;
 use crate::store::{InFlightScope, Store};
+use tracing::Instrument;
 
 /// How long WatchTasks can resume from: older task changes are pruned.
 pub(crate) const TASK_CHANGE_RETENTION: std::time::Duration =
@@ -66,7 +72,7 @@ impl Recovery {
                 .collect(),
                 ..Default::default()
             };
-            let rendered = crate::service::render(&workflow, &fields, None)?;
+            let rendered = crate::template::render_task(&workflow, &fields, None)?;
             let key = format!("agent-restart:{agent}:{generation}");
             let (_, created) = self
                 .store
@@ -152,7 +158,7 @@ impl Recovery {
 
     async fn reconcile_runners(&self) -> Result<LevelReport> {
         let ready = self.manager.ready_agents().await.map_err(|status| {
-            Error::Unavailable(format!("agent-manager unavailable: {}", status.message()))
+            Error::unavailable(format!("agent-manager unavailable: {}", status.message()))
         })?;
         self.agents.replace(&ready);
         let ready: Vec<Uuid> = ready.into_iter().collect();
@@ -184,5 +190,118 @@ impl Recovery {
             tracing::warn!(error = %err, "pruning the task change log failed");
         }
         Ok(report)
+    }
+
+    /// Acts on one agent event (completions go through `record_outcomes`).
+    pub(crate) async fn on_event(&self, agent: Uuid, event: AgentEvent) -> Result<()> {
+        match event {
+            AgentEvent::Ready => {
+                self.agents.set_ready(agent, true);
+                self.restart_workflows_for_agent(agent).await?;
+            }
+            AgentEvent::Restarted { generation, reason } => {
+                self.agents.set_ready(agent, false);
+                self.restart_workflows_for_agent(agent).await?;
+                self.agent_restarted(agent, generation, &reason).await?;
+                // The old session's tasks are decided by now or will be
+                // reported again. A restart is where a task's fate is most
+                // often decided out of this replica's sight (a session lost
+                // with the node that held it), so ask about this agent's
+                // tasks in flight rather than wait for the next level pass.
+                self.settle(Duration::ZERO, Some(agent)).await;
+            }
+            AgentEvent::NotReady => self.agents.set_ready(agent, false),
+            AgentEvent::Deleted => {
+                self.agents.set_ready(agent, false);
+                let reason = format!("agent {agent} was deleted");
+                for workflow in self.store.disable_workflows_of(agent, &reason).await? {
+                    self.runners.stop(workflow, &reason);
+                }
+            }
+            AgentEvent::TaskLost {
+                task_id,
+                attempt,
+                reason,
+            } if !self.held_elsewhere(&task_id) => {
+                if let Some(workflow) = self.store.lost(&task_id, attempt, &reason).await? {
+                    crate::metrics::task_finished("lost", None);
+                    self.runners.wake(workflow);
+                }
+            }
+            AgentEvent::TaskProgress {
+                task_id,
+                attempt,
+                message,
+                fraction,
+                output,
+            } if !self.held_elsewhere(&task_id) => {
+                // Informational: a failed write costs a progress line, never
+                // the stream.
+                if let Err(err) = self
+                    .store
+                    .record_progress(&task_id, attempt, &message, fraction, &output)
+                    .await
+                {
+                    tracing::warn!(task = %task_id, error = %err, "could not record task progress");
+                }
+            }
+            // Completions are recorded in batches by `handle_batch`; a
+            // standby leaves losses and progress to the lease holder.
+            AgentEvent::TaskCompleted { .. }
+            | AgentEvent::TaskLost { .. }
+            | AgentEvent::TaskProgress { .. }
+            | AgentEvent::Other => {}
+        }
+        Ok(())
+    }
+
+    /// Records the outcomes of a batch of completions in one statement and
+    /// wakes their runners.
+    pub(crate) async fn record_outcomes(&self, completions: &mut Vec<Outcome>) -> Result<()> {
+        if completions.is_empty() {
+            return Ok(());
+        }
+        let span = tracing::info_span!("record_outcomes", tasks = completions.len());
+        let (workflows, finished) = self
+            .store
+            .complete_many(completions)
+            .instrument(span)
+            .await?;
+        // Outcomes (and the chained tasks they made) are committed; nothing
+        // after this point has acted on them yet.
+        shepherd_platform::failpoint::hit("scheduler.after_outcome");
+        // The commit notified the runners (when this replica's listener is
+        // connected); otherwise they are woken here.
+        for workflow in workflows {
+            self.runners.wake_unless_notified(workflow);
+        }
+        for (state, seconds) in finished {
+            crate::metrics::task_finished(state.as_str(), Some(seconds));
+        }
+        completions.clear();
+        Ok(())
+    }
+
+    /// Events were missed for good: every task in flight is settled and a
+    /// full level pass runs.
+    pub(crate) async fn resync(&self) -> Result<()> {
+        self.settle_in_flight(Duration::ZERO, None).await?;
+        self.level_pass().await?;
+        Ok(())
+    }
+
+    /// Settles tasks in flight (only `agent`'s, if given); a failure is
+    /// retried by the next pass.
+    pub(crate) async fn settle(&self, min_age: Duration, agent: Option<Uuid>) {
+        if let Err(err) = self.settle_in_flight(min_age, agent).await {
+            tracing::warn!(error = %err, "settling tasks in flight failed; the next pass retries");
+        }
+    }
+
+    /// Whether another replica runs the workflow of `task_id` (ids are
+    /// "<workflow_id>:<key>"), so its events are that replica's to handle.
+    pub(crate) fn held_elsewhere(&self, task_id: &str) -> bool {
+        crate::model::workflow_of_task(task_id)
+            .is_some_and(|workflow| self.runners.is_standby(workflow))
     }
 }

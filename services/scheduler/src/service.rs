@@ -12,11 +12,12 @@ use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
 use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
 use crate::store::{
-    NewWorkflow, Rendered, RunnerWorkflow, Store, TaskCursor, TaskEventFilter, WorkflowFilter,
+    NewWorkflow, RunnerWorkflow, Store, TaskCursor, TaskEventFilter, WorkflowFilter,
 };
 use crate::task_watch::{TaskWatch, WatchItem};
 use crate::template;
 use crate::webhook::{Delivery, Refused};
+use shepherd_platform::error::Error as Shared;
 
 pub(crate) struct Scheduler {
     pub store: Store,
@@ -56,30 +57,16 @@ pub(crate) enum DeliveryError {
     Failed(#[from] Error),
 }
 
-/// A new task of `workflow`, rendered from its fields.
-pub(crate) fn render(
-    workflow: &Workflow,
-    fields: &TaskFields,
-    timeout: Option<std::time::Duration>,
-) -> Result<Rendered> {
-    Ok(Rendered {
-        prompt: template::render(&workflow.prompt_template, fields)?,
-        script: template::render_shell(&workflow.prompt_template)?,
-        timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
-        tool_policy: workflow.tool_policy.clone(),
-    })
-}
-
 fn new_secret() -> Result<String> {
     shepherd_platform::auth::random_secret()
-        .map_err(|err| Error::Internal(format!("no randomness for a webhook secret: {err}")))
+        .map_err(|err| Error::internal(format!("no randomness for a webhook secret: {err}")))
 }
 
 impl Scheduler {
     /// Fails unless the agent exists in the agent-manager.
     async fn require_agent(&self, agent: Uuid) -> Result<()> {
         let exists = self.manager.agent_exists(agent).await.map_err(|status| {
-            Error::Unavailable(format!(
+            Error::unavailable(format!(
                 "cannot check agent {agent} with the agent-manager ({}); retry when it is reachable",
                 status.message()
             ))
@@ -87,7 +74,7 @@ impl Scheduler {
         if exists {
             Ok(())
         } else {
-            Err(Error::FailedPrecondition(format!(
+            Err(Error::failed_precondition(format!(
                 "agent {agent} does not exist in the agent-manager; create the agent first (or point the workflow at another agent)"
             )))
         }
@@ -102,7 +89,9 @@ impl Scheduler {
         self.require_agent(new.agent_id)
             .await
             .map_err(|err| match err {
-                Error::FailedPrecondition(reason) => Error::invalid("workflow.agent_id", reason),
+                Error::Common(Shared::FailedPrecondition(reason)) => {
+                    Error::invalid("workflow.agent_id", reason)
+                }
                 other => other,
             })?;
         self.require_parent(&new.trigger).await?;
@@ -123,7 +112,7 @@ impl Scheduler {
             return Ok(());
         };
         match self.store.get_workflow(*parent).await {
-            Err(Error::NotFound(reason)) => Err(Error::invalid(
+            Err(Error::Common(Shared::NotFound(reason))) => Err(Error::invalid(
                 "workflow.trigger.chain.parent_workflow_id",
                 reason,
             )),
@@ -136,7 +125,7 @@ impl Scheduler {
     pub(crate) async fn rotate_webhook_secret(&self, id: Uuid) -> Result<(Workflow, String)> {
         let workflow = self.store.get_workflow(id).await?;
         if !matches!(workflow.trigger, Trigger::Webhook(_)) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "workflow {id} is not triggered by webhooks; set a webhook trigger first"
             )));
         }
@@ -267,7 +256,7 @@ impl Scheduler {
                     None => self.store.get_task(id).await,
                 }
             }
-            Err(err @ ManagerError::Unavailable(_)) => Err(Error::Unavailable(format!(
+            Err(err @ ManagerError::Unavailable(_)) => Err(Error::unavailable(format!(
                 "cannot reach the agent running task {id} ({err}); retry"
             ))),
         }
@@ -297,13 +286,13 @@ impl Scheduler {
         if !workflow.enabled && !workflow.disabled_reason.is_empty() {
             // Disabled by the system (its agent was deleted): a task would
             // never run.
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "workflow {} is disabled: {}; fix that, then enable it",
                 workflow.id, workflow.disabled_reason
             )));
         }
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
-        let rendered = render(workflow, &fields, timeout)?;
+        let rendered = template::render_task(workflow, &fields, timeout)?;
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();
         let (task, _created) = self

@@ -146,7 +146,7 @@ pub(crate) async fn settle_in_flight(
         let answers = manager
             .task_states(ids)
             .await
-            .map_err(|err| Error::Unavailable(err.to_string()))?;
+            .map_err(|err| Error::unavailable(err.to_string()))?;
         for (task, answer) in chunk.iter().zip(answers) {
             report.checked += 1;
             let applied = settle_one(store, manager, task, answer, &mut report).await?;
@@ -200,7 +200,7 @@ async fn settle_one(
     let answer = manager.dispatch(outgoing).await;
     if let Err(ManagerError::Unavailable(reason)) = &answer {
         // We cannot tell whether it arrived: leave it for the next pass.
-        return Err(Error::Unavailable(format!(
+        return Err(Error::unavailable(format!(
             "agent-manager unreachable: {reason}"
         )));
     }

@@ -1,6 +1,7 @@
 //! SQL for the `scheduler` schema. The scheduler never reads the
 //! agent-manager's tables: what it knows of agents comes over gRPC.
 
+pub use crate::model::Rendered;
 use std::time::SystemTime;
 
 use shepherd_platform::columns::{from_i32, from_json, from_millis, to_i32, to_json, to_millis};
@@ -164,18 +165,6 @@ pub struct Claimed {
     pub trace_context: std::collections::HashMap<String, String>,
 }
 
-/// What a new task runs: its template rendered as the prompt (text, with
-/// the fields' values) and as the script for /bin/sh (fields referred to
-/// through the environment), and how long an attempt may take.
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    pub prompt: String,
-    pub script: String,
-    pub timeout: std::time::Duration,
-    /// The workflow's tool policy when the task was created.
-    pub tool_policy: crate::model::ToolPolicy,
-}
-
 /// A task's reported outcome.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -218,7 +207,7 @@ async fn task_by_id(client: &shepherd_platform::db::Client, id: &str) -> Result<
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&id])
         .await?
-        .ok_or_else(|| Error::NotFound(format!("task {id:?} not found")))?;
+        .ok_or_else(|| Error::not_found(format!("task {id:?} not found")))?;
     task_from_row(&row)
 }
 
@@ -248,7 +237,7 @@ fn task_from_row(row: &Row) -> Result<Task> {
         workflow_id: row.get("workflow_id"),
         idempotency_key: row.get("idempotency_key"),
         state: TaskState::parse(state)
-            .ok_or_else(|| Error::Internal(format!("unknown task state {state:?}")))?,
+            .ok_or_else(|| Error::internal(format!("unknown task state {state:?}")))?,
         fields: from_json(row.get("fields"))?,
         prompt: row.get("prompt"),
         attempts: from_i32(row.get("attempts")),

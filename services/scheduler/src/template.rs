@@ -4,7 +4,7 @@
 //! workflow is created or updated, never at dispatch time.
 
 use crate::error::Error;
-use crate::model::TaskFields;
+use crate::model::{Rendered, TaskFields, Workflow};
 
 /// A placeholder in a template.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,6 +109,20 @@ pub(crate) fn render(template: &str, fields: &TaskFields) -> Result<String, Erro
         }
     }
     Ok(out)
+}
+
+/// A new task of `workflow`, rendered from its fields.
+pub(crate) fn render_task(
+    workflow: &Workflow,
+    fields: &TaskFields,
+    timeout: Option<std::time::Duration>,
+) -> Result<Rendered, Error> {
+    Ok(Rendered {
+        prompt: render(&workflow.prompt_template, fields)?,
+        script: render_shell(&workflow.prompt_template)?,
+        timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
+        tool_policy: workflow.tool_policy.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -252,7 +252,7 @@ impl Containment {
     pub fn check(&self, limits: &ResourceLimits) -> Result<(), Error> {
         for kind in limits.kinds() {
             if !self.enforces(kind) {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "agent.limits.{}: this manager cannot enforce it (containment mode {}, no writable {} controller); leave it unset or run the manager where that cgroup controller is writable",
                     kind.field(),
                     self.mode().as_str(),

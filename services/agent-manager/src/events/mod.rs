@@ -119,7 +119,7 @@ impl EventLog {
             .await?;
         stored
             .seq
-            .ok_or_else(|| Error::Internal("the event log stored no event".into()))
+            .ok_or_else(|| Error::internal("the event log stored no event"))
     }
 
     /// Appends one event without waiting for its commit (the writer retries
@@ -137,7 +137,7 @@ impl EventLog {
                 done,
             })
             .await
-            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))
+            .map_err(|_| Error::unavailable("the event log is shutting down"))
     }
 
     /// Records a task report and, if it completes the attempt, its
@@ -166,10 +166,10 @@ impl EventLog {
                 done,
             })
             .await
-            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))?;
+            .map_err(|_| Error::unavailable("the event log is shutting down"))?;
         result
             .await
-            .map_err(|_| Error::Internal("the event log writer stopped".into()))?
+            .map_err(|_| Error::internal("the event log writer stopped"))?
     }
 
     /// The highest sequence number published so far.

@@ -75,7 +75,7 @@ async fn publish_through(
         };
         for (seq, payload) in rows {
             let mut event = AgentEvent::decode(payload.as_slice())
-                .map_err(|err| Error::Internal(format!("undecodable event {seq}: {err}")))?;
+                .map_err(|err| Error::internal(format!("undecodable event {seq}: {err}")))?;
             event.sequence = seq;
             let _ = live.send(Arc::new(event));
         }

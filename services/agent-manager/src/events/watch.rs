@@ -113,7 +113,7 @@ impl Watcher<'_> {
             let full_page = rows.len() as i64 == PAGE;
             for (seq, payload) in rows {
                 let mut event = AgentEvent::decode(payload.as_slice())
-                    .map_err(|err| Error::Internal(format!("undecodable event {seq}: {err}")))?;
+                    .map_err(|err| Error::internal(format!("undecodable event {seq}: {err}")))?;
                 event.sequence = seq;
                 self.send(watch_agent_events_response::Kind::Event(event))
                     .await?;
@@ -165,8 +165,8 @@ impl Watcher<'_> {
                 // database has everything.
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return Ok(()),
                 Err(broadcast::error::RecvError::Closed) => {
-                    return Err(WatchEnd::Failed(Error::Unavailable(
-                        "the event log is shutting down".into(),
+                    return Err(WatchEnd::Failed(Error::unavailable(
+                        "the event log is shutting down",
                     )));
                 }
             }

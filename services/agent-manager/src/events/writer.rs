@@ -17,6 +17,7 @@ use super::tailer::raise;
 use super::{Event, kind_name};
 use crate::error::{Error, Result};
 use crate::store::{Completion, EventRow, Store};
+use shepherd_platform::error::Error as Shared;
 
 /// Largest group commit.
 const MAX_BATCH: usize = 512;
@@ -136,7 +137,7 @@ async fn store_batch(store: &Store, batch: &[AppendRequest]) -> Result<Committed
                     first,
                 });
             }
-            Err(Error::Db(err)) if !err.is_transient() => return Err(Error::Db(err)),
+            Err(Error::Common(Shared::Db(err))) if !err.is_transient() => return Err(err.into()),
             Err(err) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %err, requests = batch.len(), retry_in = ?delay, "storing events failed; retrying");

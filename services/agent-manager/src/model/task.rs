@@ -18,7 +18,7 @@ impl TaskState {
             "accepted" => Ok(Self::Accepted),
             "completed" => Ok(Self::Completed),
             "lost" => Ok(Self::Lost),
-            other => Err(Error::Internal(format!(
+            other => Err(Error::internal(format!(
                 "unknown task state {other:?} in database"
             ))),
         }

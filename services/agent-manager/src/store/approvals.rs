@@ -102,7 +102,7 @@ impl Store {
         let row = client
             .query_opt(&client.prepare_cached(&sql).await?, &[&id])
             .await?
-            .ok_or_else(|| Error::NotFound(format!("approval {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("approval {id} not found")))?;
         approval_from_row(&row)
     }
 
@@ -223,7 +223,7 @@ fn approval_from_row(row: &Row) -> Result<Approval> {
         reason: row.get("reason"),
         digest: row.get("digest"),
         state: ApprovalState::parse(state)
-            .ok_or_else(|| Error::Internal(format!("unknown approval state {state:?}")))?,
+            .ok_or_else(|| Error::internal(format!("unknown approval state {state:?}")))?,
         comment: row.get("comment"),
         decided_by: row.get("decided_by"),
         created_at: row.get("created_at"),

@@ -337,7 +337,7 @@ impl Store {
 
 /// A fenced write found no row: deleted, or no longer this node's.
 pub(super) fn moved(id: Uuid) -> Error {
-    Error::NotFound(format!(
+    Error::not_found(format!(
         "agent {id} not found on this manager node (deleted, or supervised by another node now)"
     ))
 }

@@ -104,7 +104,7 @@ impl Store {
                 outcome: outcome.as_deref().and_then(TaskOutcome::parse),
                 output,
             }),
-            None => Err(Error::Unavailable(format!(
+            None => Err(Error::unavailable(format!(
                 "task {task_id} was removed while it was being claimed; dispatch it again"
             ))),
         }

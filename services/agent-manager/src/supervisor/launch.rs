@@ -17,7 +17,7 @@ impl Supervisor {
     pub(super) async fn launch(&mut self, reason: &str) -> Result<AgentRecord> {
         let generation = self.record.generation + 1;
         let token = new_token()
-            .map_err(|err| Error::Internal(format!("no randomness for a session token: {err}")))?;
+            .map_err(|err| Error::internal(format!("no randomness for a session token: {err}")))?;
         let launch = Launch {
             agent_id: self.id(),
             agent_name: &self.record.name,
@@ -28,7 +28,7 @@ impl Supervisor {
             manager_ca_file: self.ctx.manager_ca_file.as_deref(),
             run_as: match &self.record.spec.run_as_user {
                 // Checked at creation; a user removed since fails the launch.
-                Some(user) => Some(AgentUser::resolve(user).map_err(Error::FailedPrecondition)?),
+                Some(user) => Some(AgentUser::resolve(user).map_err(Error::failed_precondition)?),
                 None => self.ctx.agent_user,
             },
         };
@@ -45,7 +45,7 @@ impl Supervisor {
                 );
                 self.set_status(AgentStatus::Failed, &message, Pid::Clear)
                     .await?;
-                return Err(Error::FailedPrecondition(message));
+                return Err(Error::failed_precondition(message));
             }
         };
         let pid = process.pid().unwrap_or(0);

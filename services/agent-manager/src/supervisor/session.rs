@@ -202,7 +202,7 @@ impl Supervisor {
             )));
         }
         if self.record.desired_state != DesiredState::Running {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "agent {} is stopped: StartAgent lets it connect again",
                 self.id()
             )));

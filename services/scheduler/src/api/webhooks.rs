@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::error::Error;
 use crate::service::{DeliveryError, Scheduler};
 use crate::webhook::{Delivery, Refused, Signature};
+use shepherd_platform::error::Error as Shared;
 
 /// What an unauthenticated sender is told, whether the workflow is unknown
 /// or the signature is wrong: the same words, the same status.
@@ -89,10 +90,14 @@ async fn deliver(
         }
         Err(DeliveryError::Failed(err)) => {
             let status = match &err {
-                Error::FailedPrecondition(_) => StatusCode::CONFLICT,
-                Error::Unavailable(_) | Error::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Error::NotFound(_) | Error::WorkflowNotFound(_) => StatusCode::UNAUTHORIZED,
-                Error::InvalidArgument { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                Error::Common(Shared::FailedPrecondition(_)) => StatusCode::CONFLICT,
+                Error::Common(Shared::Unavailable(_) | Shared::Db(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Error::Common(Shared::NotFound(_)) | Error::WorkflowNotFound(_) => {
+                    StatusCode::UNAUTHORIZED
+                }
+                Error::Common(Shared::InvalidArgument { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!(workflow = %shepherd_platform::validate::quote(&workflow), status = status.as_u16(), error = %err, "webhook delivery failed");

@@ -81,7 +81,7 @@ async fn insert_child(tx: &Transaction<'_>, parent: &Finished, child: &Workflow)
     let id = crate::model::task_id(child.id, &key);
     let depth = parent.depth + 1;
     let fields = child_fields(parent);
-    let rendered = crate::service::render(child, &fields, None)?;
+    let rendered = crate::template::render_task(child, &fields, None)?;
     // Past the depth limit the child is recorded, failed with the reason,
     // and never runs: the chain stops where anyone can see why.
     let (state, error) = if depth > MAX_CHAIN_DEPTH {

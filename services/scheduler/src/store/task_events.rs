@@ -128,7 +128,7 @@ impl Store {
             .await?;
         let horizon = match rows.first() {
             Some(row) => parse_xid(row.get(0))?,
-            None => return Err(Error::Internal("no horizon read".into())),
+            None => return Err(Error::internal("no horizon read")),
         };
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -145,7 +145,7 @@ impl Store {
                 task_id: row.get(3),
                 workflow_id: row.get(4),
                 state: TaskState::parse(&state)
-                    .ok_or_else(|| Error::Internal(format!("stored task state {state:?}")))?,
+                    .ok_or_else(|| Error::internal(format!("stored task state {state:?}")))?,
                 attempt: u32::try_from(row.get::<_, i32>(6)).unwrap_or(0),
                 progress: message.map(|message| {
                     (
@@ -240,7 +240,7 @@ impl Store {
 
 fn parse_xid(text: String) -> Result<u64> {
     text.parse()
-        .map_err(|_| Error::Internal(format!("transaction id {text:?}")))
+        .map_err(|_| Error::internal(format!("transaction id {text:?}")))
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ impl Store {
         match result {
             Ok(row) => workflow_from_row(&row),
             Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                Err(Error::AlreadyExists(format!(
+                Err(Error::already_exists(format!(
                     "a workflow named {:?} already exists; pick another name",
                     new.name
                 )))
@@ -250,7 +250,7 @@ impl Store {
             Ok(Some(row)) => workflow_from_row(&row),
             Ok(None) => Err(Error::WorkflowNotFound(workflow.id)),
             Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                Err(Error::AlreadyExists(format!(
+                Err(Error::already_exists(format!(
                     "a workflow named {:?} already exists; pick another name",
                     workflow.name
                 )))
