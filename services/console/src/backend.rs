@@ -6,17 +6,14 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
-use shepherd_platform::auth::ClientMetadata;
 use shepherd_proto::agentmanager::v1::{
     self as am, agent_event, agent_manager_client::AgentManagerClient, watch_agent_events_response,
 };
 use shepherd_proto::scheduler::v1::{
     self as sched, scheduler_client::SchedulerClient, watch_tasks_response,
 };
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Authed = InterceptedService<Channel, ClientMetadata>;
+use shepherd_client::Authed;
 
 /// Most agents, workflows or events one view shows.
 const MAX_ROWS: usize = 1000;
@@ -42,16 +39,15 @@ impl Backend {
         token: Option<&str>,
         ca_file: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let auth = ClientMetadata::new(token)?;
-        let channel = |url: &str| -> anyhow::Result<Authed> {
-            let channel = shepherd_platform::tls::endpoint(url, ca_file)?
-                .connect_timeout(Duration::from_secs(5))
-                .connect_lazy();
-            Ok(InterceptedService::new(channel, auth.clone()))
-        };
+        let api = shepherd_client::Shepherd::connect(shepherd_client::Target {
+            agent_manager_url: manager_url,
+            scheduler_url,
+            token,
+            ca_file,
+        })?;
         Ok(Self {
-            agents: AgentManagerClient::new(channel(manager_url)?),
-            workflows: SchedulerClient::new(channel(scheduler_url)?),
+            agents: api.agents,
+            workflows: api.workflows,
         })
     }
 

@@ -46,7 +46,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             clients.watch(after, agent_id, limit, |_| true).await
         }
         Command::Approvals(command) => clients.approvals(command).await,
-        Command::Top => crate::top::run(clients.agents, clients.workflows).await,
+        Command::Top => crate::top::run(clients.agents.clone(), clients.workflows.clone()).await,
         Command::Mcp { allow_writes, http } => match http {
             Some(addr) => {
                 crate::mcp::serve_http(clients, allow_writes, &addr, cli.token.clone()).await

@@ -17,7 +17,7 @@ use shepherd_proto::agentmanager::v1::{
 use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerClient};
 use tokio::sync::mpsc;
 
-use crate::clients::Authed;
+use shepherd_client::Authed;
 use state::{Focus, State};
 
 const REFRESH: Duration = Duration::from_secs(2);
