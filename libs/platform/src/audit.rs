@@ -210,6 +210,17 @@ impl AuditLog {
 const MAX_PAGE: i64 = 1000;
 const DEFAULT_PAGE: i64 = 100;
 
+/// `ListAuditEvents` as each service's handler answers it: the handler is
+/// this one line on both.
+pub async fn list_events_rpc(
+    log: &AuditLog,
+    request: tonic::Request<shepherd_proto::audit::v1::ListAuditEventsRequest>,
+) -> Result<tonic::Response<shepherd_proto::audit::v1::ListAuditEventsResponse>, tonic::Status> {
+    Ok(tonic::Response::new(
+        list_events(log, request.into_inner()).await?,
+    ))
+}
+
 /// `ListAuditEvents`, the same on both services: the request checked
 /// (bounded, NUL-free filters; a page token this call gave), the page read,
 /// the answer on the wire.

@@ -29,6 +29,7 @@ pub(crate) mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shepherd_platform::auth::Admission;
 use shepherd_platform::{db, server};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -52,15 +53,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (listener, bound) = server::bind(&config.listen).await?;
     // Before anything else: an open API off loopback is remote code
     // execution (CreateAgent runs any command).
-    let exposure = config
+    let Admission {
+        warning: security_warning,
+        credentials,
+    } = config
         .auth
-        .exposure("the agent-manager API", bound)
+        .admit("the agent-manager API", bound)
         .map_err(anyhow::Error::msg)?;
-    let security_warning = exposure.warning(bound);
-    let credentials = Arc::new(config.auth.credentials().map_err(anyhow::Error::msg)?);
-    if !security_warning.is_empty() {
-        tracing::warn!("{security_warning}");
-    }
     let agent_user = match &config.agent_user {
         Some(name) => Some(
             process::AgentUser::resolve(name)

@@ -27,6 +27,7 @@ pub(crate) mod webhook;
 
 use std::sync::Arc;
 
+use shepherd_platform::auth::Admission;
 use shepherd_platform::{db, server};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -51,15 +52,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // anyone trigger any workflow. (Callers wait in the backlog until the
     // server starts.)
     let (listener, bound) = server::bind(&config.listen).await?;
-    let exposure = config
+    // (The scheduler has no GetManagerInfo to repeat the warning in: the
+    // log says it.)
+    let Admission { credentials, .. } = config
         .auth
-        .exposure("the scheduler API", bound)
+        .admit("the scheduler API", bound)
         .map_err(anyhow::Error::msg)?;
-    let warning = exposure.warning(bound);
-    if !warning.is_empty() {
-        tracing::warn!("{warning}");
-    }
-    let credentials = Arc::new(config.auth.credentials().map_err(anyhow::Error::msg)?);
     let pool = db::open(
         &config.database.database_url,
         config.database.database_pool_size,

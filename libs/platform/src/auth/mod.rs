@@ -121,12 +121,35 @@ impl AuthArgs {
         )
     }
 
+    /// Whether the API `what` may be served on `bound` (see [`exposure`]),
+    /// and if so with which credentials; a warning for operators (an API
+    /// open by choice) is logged and returned. Both services start with
+    /// this, before touching anything else.
+    pub fn admit(&self, what: &str, bound: std::net::SocketAddr) -> Result<Admission, String> {
+        let warning = self.exposure(what, bound)?.warning(bound);
+        let credentials = std::sync::Arc::new(self.credentials()?);
+        if !warning.is_empty() {
+            tracing::warn!("{warning}");
+        }
+        Ok(Admission {
+            warning,
+            credentials,
+        })
+    }
+
     /// The token this node presents to its peer nodes for its own calls
     /// (SHEPHERD_API_TOKEN). Calls it forwards for a caller carry that
     /// caller's own credential instead.
     pub fn service_token(&self) -> Option<&str> {
         self.api_token.as_ref().map(Secret::expose)
     }
+}
+
+/// What an API may be served with (see [`AuthArgs::admit`]).
+pub struct Admission {
+    /// What to tell operators (empty: nothing to warn about).
+    pub warning: String,
+    pub credentials: std::sync::Arc<Credentials>,
 }
 
 /// How a bound API is protected (see [`exposure`]).

@@ -599,10 +599,7 @@ impl AgentManager for Api {
         &self,
         request: Request<shepherd_proto::audit::v1::ListAuditEventsRequest>,
     ) -> Result<Response<shepherd_proto::audit::v1::ListAuditEventsResponse>, Status> {
-        let page = shepherd_platform::audit::list_events(&self.audit, request.into_inner())
-            .await
-            .map_err(Error::from)?;
-        Ok(Response::new(page))
+        shepherd_platform::audit::list_events_rpc(&self.audit, request).await
     }
 
     async fn get_manager_info(

@@ -69,10 +69,7 @@ impl scheduler_server::Scheduler for Api {
         &self,
         request: Request<shepherd_proto::audit::v1::ListAuditEventsRequest>,
     ) -> Result<Response<shepherd_proto::audit::v1::ListAuditEventsResponse>, Status> {
-        let page = shepherd_platform::audit::list_events(&self.audit, request.into_inner())
-            .await
-            .map_err(Error::from)?;
-        Ok(Response::new(page))
+        shepherd_platform::audit::list_events_rpc(&self.audit, request).await
     }
 
     async fn rotate_webhook_secret(
