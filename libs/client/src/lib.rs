@@ -145,6 +145,36 @@ impl Shepherd {
     }
 }
 
+/// When to open a broken watch again: a service that is briefly
+/// unavailable (restarting, failing over) gets five tries in a row, with
+/// growing pauses (0.4 s to 6.4 s); anything else, or a sixth failure,
+/// ends the watch. A watch resumes after the last item it showed, so
+/// nothing is shown twice or skipped.
+#[derive(Debug, Default)]
+pub struct Reconnect {
+    failures: u32,
+}
+
+impl Reconnect {
+    /// Most failures in a row before giving up.
+    const MAX_FAILURES: u32 = 5;
+
+    /// Something arrived: the next failure is the first again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Whether to open the watch again after `status`; waits first.
+    pub async fn retry(&mut self, status: &tonic::Status) -> bool {
+        if self.failures >= Self::MAX_FAILURES || status.code() != tonic::Code::Unavailable {
+            return false;
+        }
+        self.failures += 1;
+        tokio::time::sleep(Duration::from_millis(200 << self.failures)).await;
+        true
+    }
+}
+
 /// Follows `next_page_token` from the first page to the last.
 pub async fn collect_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, tonic::Status>
 where
@@ -160,5 +190,59 @@ where
             return Ok(all);
         }
         page_token = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Five tries in a row while the service is unavailable, with pauses
+    /// that double from 0.4 s; anything else ends the watch at once; a
+    /// message in between starts the count again.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_is_reopened_only_while_the_service_is_briefly_unavailable() {
+        let unavailable = tonic::Status::unavailable("restarting");
+        let mut reconnect = Reconnect::default();
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            assert!(reconnect.retry(&unavailable).await);
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(400 + 800 + 1600 + 3200 + 6400)
+        );
+        assert!(
+            !reconnect.retry(&unavailable).await,
+            "a sixth failure ends it"
+        );
+        reconnect.reset();
+        assert!(reconnect.retry(&unavailable).await);
+        let refused = tonic::Status::permission_denied("no");
+        assert!(!Reconnect::default().retry(&refused).await);
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_to_the_last_and_a_failure_ends_the_list() {
+        let pages = |token: String| async move {
+            match token.as_str() {
+                "" => Ok((vec![1, 2], "a".to_owned())),
+                "a" => Ok((vec![3], "b".to_owned())),
+                "b" => Ok((vec![], String::new())),
+                _ => Err(tonic::Status::invalid_argument("bad token")),
+            }
+        };
+        assert_eq!(collect_pages(pages).await.ok(), Some(vec![1, 2, 3]));
+        let broken = |token: String| async move {
+            if token.is_empty() {
+                Ok((vec![1], "x".to_owned()))
+            } else {
+                Err::<(Vec<i32>, String), _>(tonic::Status::unavailable("gone"))
+            }
+        };
+        assert_eq!(
+            collect_pages(broken).await.map_err(|s| s.code()),
+            Err(tonic::Code::Unavailable)
+        );
     }
 }

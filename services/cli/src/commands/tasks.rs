@@ -1,7 +1,5 @@
 //! `shepherd tasks ...`.
 
-use std::time::Duration;
-
 use shepherd_proto::scheduler::v1 as sched;
 
 use crate::cli::TaskCommand;
@@ -87,7 +85,7 @@ impl Clients {
         task_id: String,
     ) -> anyhow::Result<()> {
         let mut cursor = after;
-        let mut failures = 0u32;
+        let mut reconnect = shepherd_client::Reconnect::default();
         loop {
             let stream = self
                 .workflows
@@ -99,17 +97,17 @@ impl Clients {
                 .await;
             let mut stream = match stream {
                 Ok(stream) => stream.into_inner(),
-                Err(status) if failures < 5 && status.code() == tonic::Code::Unavailable => {
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_millis(200 << failures)).await;
-                    continue;
+                Err(status) => {
+                    if reconnect.retry(&status).await {
+                        continue;
+                    }
+                    return Err(status.into());
                 }
-                Err(status) => return Err(status.into()),
             };
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
-                        failures = 0;
+                        reconnect.reset();
                         match message.kind {
                             Some(sched::watch_tasks_response::Kind::Event(event)) => {
                                 render::task_event(self.output, &event);

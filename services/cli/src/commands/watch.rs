@@ -1,8 +1,6 @@
 //! `shepherd events watch`: the agent event stream, resumed across
 //! reconnects.
 
-use std::time::Duration;
-
 use shepherd_proto::agentmanager::v1::{self as am, watch_agent_events_response};
 
 use crate::clients::Clients;
@@ -22,7 +20,7 @@ impl Clients {
     ) -> anyhow::Result<()> {
         let mut cursor = after;
         let mut printed = 0usize;
-        let mut failures = 0u32;
+        let mut reconnect = shepherd_client::Reconnect::default();
         loop {
             let stream = self
                 .agents
@@ -34,17 +32,17 @@ impl Clients {
                 .await;
             let mut stream = match stream {
                 Ok(stream) => stream.into_inner(),
-                Err(status) if failures < 5 && status.code() == tonic::Code::Unavailable => {
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_millis(200 << failures)).await;
-                    continue;
+                Err(status) => {
+                    if reconnect.retry(&status).await {
+                        continue;
+                    }
+                    return Err(status.into());
                 }
-                Err(status) => return Err(status.into()),
             };
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
-                        failures = 0;
+                        reconnect.reset();
                         match message.kind {
                             Some(watch_agent_events_response::Kind::Event(event)) => {
                                 cursor = event.sequence;
