@@ -18,10 +18,12 @@ use shepherd_proto::scheduler::v1::{self as sched, scheduler_client::SchedulerCl
 use shepherd_testkit::proxy::{TcpProxy, postgres_addr};
 use shepherd_testkit::{ServiceProcess, TestDb, bin_path, eventually};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 /// A channel that presents the stack's API token (if any).
-pub type AuthChannel = InterceptedService<Channel, ClientMetadata>;
+/// The client library's authenticated channel (`shepherd_client::Authed`);
+/// the harness connects it eagerly, so a test fails at once on a stack
+/// that does not answer.
+pub use shepherd_client::Authed as AuthChannel;
 
 pub use shepherd_testkit::process_alive;
 

@@ -14,11 +14,10 @@ use uuid::Uuid;
 use shepherd_platform::timer::sleep_until_some;
 
 use super::decide::{self, Effect, Entry, Input, Pid, State};
-use super::{Command, Context};
+use super::{Command, Context, runtime};
 use crate::error::Result;
 use crate::events::Event;
 use crate::model::{AgentRecord, AgentStatus, DesiredState, ExitInfo, Runtime};
-use crate::process::kill_orphan;
 use crate::workload::Workload;
 
 /// Why the actor woke up.
@@ -281,13 +280,11 @@ impl Supervisor {
                 self.ctx.store.delete_agent(self.id()).await?;
             }
             Effect::RemoveLogs => self.ctx.logs.remove(self.id()).await,
-            Effect::KillOrphan { started_at } => self.kill_orphan(started_at),
-            Effect::ClearContainer => {
-                // Whatever else of its tree is left (escaped children too).
-                let pid = self.record.pid.unwrap_or(0);
-                self.ctx.containment.cell(self.id()).clear(pid).await;
+            Effect::ClearLeftovers { started_at } => {
+                runtime::of(self.record.spec.runtime)
+                    .clear_leftovers(&self.ctx, &self.record, started_at)
+                    .await;
             }
-            Effect::DeleteOldPods => self.delete_old_pods().await,
         }
         Ok(())
     }
@@ -356,14 +353,6 @@ impl Supervisor {
         let waits = decide::awaits_reconnect(&self.state());
         self.step(Input::Reconcile { orphan_started_at }).await?;
         Ok(waits)
-    }
-
-    fn kill_orphan(&self, started_at: Option<i64>) {
-        if let Some(pid) = self.record.pid
-            && kill_orphan(pid, self.id(), started_at)
-        {
-            tracing::info!(agent = %self.id(), pid, "killed a process left by a previous manager");
-        }
     }
 
     /// Whether the database gives the agent to another node (or no longer

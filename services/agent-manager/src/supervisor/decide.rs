@@ -133,14 +133,13 @@ pub(crate) enum Effect {
     LeaveRunning,
     DeleteRow,
     RemoveLogs,
-    /// Manager start-up: kill the recorded process if it is still ours.
-    KillOrphan {
+    /// Manager start-up: nothing an earlier manager started for the agent
+    /// may still run (its runtime knows what that is: the recorded process
+    /// if it is still ours and the rest of its tree, or the Pods of earlier
+    /// generations). `started_at`: the start time recorded with its pid.
+    ClearLeftovers {
         started_at: Option<i64>,
     },
-    /// Manager start-up: kill whatever else of the agent's tree is left.
-    ClearContainer,
-    /// Manager start-up: delete the Pods earlier generations left.
-    DeleteOldPods,
 }
 
 use Effect::*;
@@ -398,14 +397,9 @@ fn reconcile(state: &State<'_>, orphan_started_at: Option<i64>) -> Vec<Effect> {
                 ),
             ];
         }
-        // Pods of earlier generations are deleted (not adopted, yet).
-        Runtime::Kubernetes => vec![DeleteOldPods],
-        Runtime::Process => vec![
-            KillOrphan {
-                started_at: orphan_started_at,
-            },
-            ClearContainer,
-        ],
+        Runtime::Process | Runtime::Kubernetes => vec![ClearLeftovers {
+            started_at: orphan_started_at,
+        }],
     };
     let leftover = match state.runtime {
         Runtime::Process => {

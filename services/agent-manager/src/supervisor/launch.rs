@@ -4,6 +4,7 @@
 
 use super::actor::Supervisor;
 use super::decide::Pid;
+use super::runtime;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::model::{AgentRecord, AgentSpec, AgentStatus, ExitInfo, Runtime};
@@ -32,10 +33,9 @@ impl Supervisor {
                 None => self.ctx.agent_user,
             },
         };
-        let spawned = match self.record.spec.runtime {
-            Runtime::Kubernetes => self.create_pod(&launch).await,
-            _ => self.spawn_process(&launch).await,
-        };
+        let spawned = runtime::of(self.record.spec.runtime)
+            .start(&self.ctx, &self.record, &launch)
+            .await;
         let process = match spawned {
             Ok(process) => process,
             Err(err) => {
@@ -77,31 +77,6 @@ impl Supervisor {
         }
         tracing::info!(agent = %self.id(), generation, pid, reason, "agent process launched");
         Ok(self.record.clone())
-    }
-
-    /// A process in the agent's container on this node.
-    async fn spawn_process(&self, launch: &Launch<'_>) -> std::result::Result<Workload, String> {
-        let cell = self
-            .ctx
-            .containment
-            .prepare(self.id(), &self.record.name, self.record.spec.limits)
-            .await
-            .map_err(|err| format!("its container could not be prepared: {err}"))?;
-        AgentProcess::spawn(launch, &self.ctx.logs, cell)
-            .map(Workload::Process)
-            .map_err(|err| err.to_string())
-    }
-
-    /// A Pod through the Kubernetes API.
-    async fn create_pod(&self, launch: &Launch<'_>) -> std::result::Result<Workload, String> {
-        let kubernetes = self.ctx.kubernetes.as_ref().ok_or_else(|| {
-            "this manager has no Kubernetes API configured (KUBERNETES_API_URL)".to_owned()
-        })?;
-        kubernetes
-            .launch(launch)
-            .await
-            .map(Workload::Pod)
-            .map_err(|err| err.to_string())
     }
 
     /// Stops the running process, if any, and records its exit.
@@ -173,24 +148,6 @@ impl Supervisor {
             .await?;
         tracing::info!(agent = %self.id(), pid, generation = self.record.generation, "adopted a running agent process");
         Ok(true)
-    }
-
-    /// Manager start-up, Kubernetes agent: Pods of earlier generations are
-    /// deleted (not adopted, yet). A failure is logged: the launch that
-    /// follows does not depend on it.
-    pub(super) async fn delete_old_pods(&self) {
-        let Some(kubernetes) = &self.ctx.kubernetes else {
-            return;
-        };
-        match kubernetes.delete_agent_pods(self.id()).await {
-            Ok(0) => {}
-            Ok(deleted) => {
-                tracing::info!(agent = %self.id(), deleted, "deleted Pods a previous manager left")
-            }
-            Err(err) => {
-                tracing::warn!(agent = %self.id(), error = %err, "could not delete the agent's old Pods")
-            }
-        }
     }
 }
 

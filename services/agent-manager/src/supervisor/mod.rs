@@ -7,7 +7,8 @@
 //! mailboxes; `decide` is the state machine, a pure function from what the
 //! supervisor knows and what happened to the steps to take; `actor` runs
 //! the loop and carries those steps out; `launch` starts and ends
-//! processes and Pods; `session` admits and ends the agent's sessions.
+//! generations through the agent's `runtime` (process, Pod or external,
+//! behind one trait); `session` admits and ends the agent's sessions.
 //!
 //! `launch` is the one path by which a process starts. A launch of an agent
 //! that ran before is a restart: after the process runs and the row is
@@ -42,6 +43,7 @@ use crate::store::{LostTask, Store};
 mod actor;
 mod decide;
 mod launch;
+mod runtime;
 mod session;
 
 use actor::Supervisor;

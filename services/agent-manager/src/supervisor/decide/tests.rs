@@ -576,10 +576,9 @@ fn reconcile_clears_leftovers_then_launches_an_agent_that_should_run() {
             orphan_started_at: Some(42)
         }),
         vec![
-            KillOrphan {
+            ClearLeftovers {
                 started_at: Some(42)
             },
-            ClearContainer,
             Launch("manager start-up reconciliation".into()),
         ]
     );
@@ -589,7 +588,7 @@ fn reconcile_clears_leftovers_then_launches_an_agent_that_should_run() {
 fn reconcile_of_a_stopped_agent_records_stopped_only_if_it_looked_alive() {
     let mut agent = Agent::stopped();
     agent.status = AgentStatus::Ready;
-    let cleared = vec![KillOrphan { started_at: None }, ClearContainer];
+    let cleared = vec![ClearLeftovers { started_at: None }];
     let mut stopped = cleared.clone();
     stopped.push(status(AgentStatus::Stopped, "", Pid::Clear));
     assert_eq!(
@@ -608,7 +607,7 @@ fn reconcile_of_a_stopped_agent_records_stopped_only_if_it_looked_alive() {
 }
 
 #[test]
-fn reconcile_of_a_pod_agent_deletes_old_pods_first() {
+fn reconcile_of_a_pod_agent_clears_old_pods_first() {
     let mut pod = Agent::pod();
     pod.running = false;
     assert_eq!(
@@ -616,7 +615,7 @@ fn reconcile_of_a_pod_agent_deletes_old_pods_first() {
             orphan_started_at: None
         }),
         vec![
-            DeleteOldPods,
+            ClearLeftovers { started_at: None },
             Launch("manager start-up reconciliation".into())
         ]
     );
@@ -626,7 +625,10 @@ fn reconcile_of_a_pod_agent_deletes_old_pods_first() {
         pod.decide(Input::Reconcile {
             orphan_started_at: None
         }),
-        vec![DeleteOldPods, status(AgentStatus::Stopped, "", Pid::Clear)]
+        vec![
+            ClearLeftovers { started_at: None },
+            status(AgentStatus::Stopped, "", Pid::Clear)
+        ]
     );
 }
 
