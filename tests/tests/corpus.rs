@@ -364,6 +364,17 @@ async fn session_corpus(url: &str, failures: &mut Vec<String>) -> usize {
             }],
         ),
         (
+            "instance id one byte over its bound (README: 1-128 bytes)",
+            vec![AgentMessage {
+                kind: Some(agent_message::Kind::Hello(Hello {
+                    agent_id: uuid::Uuid::now_v7().to_string(),
+                    session_token: "t".into(),
+                    held_tasks: Vec::new(),
+                    instance_id: "x".repeat(129),
+                })),
+            }],
+        ),
+        (
             "1 MiB held task id",
             vec![AgentMessage {
                 kind: Some(agent_message::Kind::Hello(Hello {

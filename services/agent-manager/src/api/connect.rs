@@ -12,14 +12,13 @@ use uuid::Uuid;
 
 use super::{Api, ResponseStream, session, validate_task_id};
 use crate::error::Error;
+use crate::model::MAX_INSTANCE_ID;
 
 /// How long a new session may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most tasks one agent process may name as held in its hello.
 pub(crate) const MAX_HELD_TASKS: usize = 10_000;
-/// Longest instance id a hello may carry (the SDK's are 32 hex digits).
-const MAX_INSTANCE_ID: usize = 100;
 
 #[tonic::async_trait]
 impl AgentSession for Api {

@@ -274,6 +274,11 @@ pub(crate) fn validate_command(command: &str) -> Result<(), Error> {
 }
 
 /// Most arguments, and the longest one.
+/// Longest instance id an external agent may name itself by (the SDK's
+/// are 32 hex digits); the session's edge and its supervisor check the
+/// same bound.
+pub(crate) const MAX_INSTANCE_ID: usize = 128;
+
 pub(crate) const MAX_ARGS: usize = 256;
 pub(crate) const MAX_ARG_BYTES: usize = 8 * 1024;
 

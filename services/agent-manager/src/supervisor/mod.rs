@@ -75,8 +75,7 @@ pub(crate) struct Context {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
-/// Longest instance id an external agent may name itself by.
-pub(crate) const MAX_INSTANCE_ID: usize = 128;
+pub(crate) use crate::model::MAX_INSTANCE_ID;
 
 enum Command {
     Start(Reply<AgentRecord>),
