@@ -165,8 +165,7 @@ impl Manager {
         // agent's stream is open to this node, which supervises it; no
         // query needed. (A session whose agent went elsewhere ended when
         // its stream closed, and left the registry then.)
-        if self.supervisors.context().sessions.get(id).is_some() && self.supervisors.supervises(id)
-        {
+        if self.supervisors.context().sessions.is_live(id) && self.supervisors.supervises(id) {
             return Ok(Route::Here);
         }
         let me = self.node().0.to_owned();

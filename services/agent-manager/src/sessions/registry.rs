@@ -29,6 +29,11 @@ impl Sessions {
         self.lock().live.get(&agent).cloned()
     }
 
+    /// Whether the agent has a live session (without cloning its handle).
+    pub(crate) fn is_live(&self, agent: Uuid) -> bool {
+        self.lock().live.contains_key(&agent)
+    }
+
     /// Makes `session` current; returns the one it replaced.
     pub(crate) fn install(&self, agent: Uuid, session: SessionHandle) -> Option<SessionHandle> {
         let mut registry = self.lock();

@@ -82,7 +82,7 @@ impl Supervisor {
             status: self.record.status,
             has_pid: self.record.pid.is_some(),
             running: self.process.is_some(),
-            connected: self.ctx.sessions.get(self.id()).is_some(),
+            connected: self.ctx.sessions.is_live(self.id()),
             policy: &self.record.spec.restart_policy,
             restarts: &self.restarts,
         }
