@@ -252,6 +252,68 @@ async fn a_manager_crash_between_a_report_and_its_event_loses_neither() -> anyho
 }
 
 #[tokio::test]
+async fn a_manager_crash_between_a_status_change_and_its_event_leaves_neither() -> anyhow::Result<()>
+{
+    // The first change with an event is a new agent's launch: generation 1,
+    // STARTING, and `Started`, in one transaction. The manager dies inside it.
+    let options = StackOptions {
+        env: vec![failpoint("manager.between_change_and_event=abort")],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let command = shepherd_testkit::bin_path("shepherd-agent")?
+        .display()
+        .to_string();
+    let created = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "torn".into(),
+                command,
+                ..Default::default()
+            }),
+        })
+        .await;
+    assert!(created.is_err(), "the manager died while launching");
+    assert!(
+        stack.manager.wait_exit(WAIT).await?,
+        "the manager aborts between the change and its event"
+    );
+    let client = stack.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT a.id::text, a.status, a.generation, a.pid IS NULL,
+                    (SELECT count(*) FROM agent_manager.events e
+                     WHERE e.agent_id = a.id AND e.kind = 'started')
+             FROM agent_manager.agents a WHERE a.name = 'torn'",
+            &[],
+        )
+        .await?;
+    let (id, status, generation, no_pid, started): (String, String, i64, bool, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(
+        (status.as_str(), generation, no_pid, started),
+        ("pending", 0, true, 0),
+        "neither the launch's row nor its event was stored"
+    );
+
+    // The next manager starts from the state before the change, once.
+    stack.options.env.clear();
+    stack.restart_manager().await?;
+    stack.wait_agent_ready(&id, 1).await?;
+    let started: Vec<u64> = stack
+        .agent_events(&id)
+        .await?
+        .into_iter()
+        .filter(|event| matches!(event.kind, Some(am::agent_event::Kind::Started(_))))
+        .map(|event| event.generation)
+        .collect();
+    assert_eq!(started, [1], "one Started, for the one generation that ran");
+    assert_eq!(stack.agent(&id).await?.status(), am::AgentStatus::Ready);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_runner_behind_a_stuck_task_says_stalled_and_why() -> anyhow::Result<()> {
     let options = StackOptions {
         reconcile_interval: Duration::from_millis(300),

@@ -40,8 +40,9 @@ use uuid::Uuid;
 use shepherd_platform::notify::Listener;
 
 use crate::error::{Error, Result};
+use crate::model::AgentRecord;
 pub use crate::model::event::Event;
-use crate::store::{Completion, Store};
+use crate::store::{AgentChange, Completion, Store};
 
 pub use codec::{
     DecidedApproval, decided_approval, wire_approval, wire_approval_state, wire_exit_reason,
@@ -49,7 +50,8 @@ pub use codec::{
 };
 pub use shepherd_proto::event_kinds::{KIND_NAMES, kind_name};
 pub use watch::EventFilter;
-use writer::{AppendRequest, Entry, Stored};
+pub use writer::EventsOf;
+use writer::{AppendRequest, Change, Entry, Stored};
 
 /// Events a watcher may lag behind the live feed before it falls back to
 /// reading the database.
@@ -155,6 +157,25 @@ impl EventLog {
             generation,
         };
         Ok(self.request(agent_id, entry).await?.completed)
+    }
+
+    /// Writes `change` of the agent's row and appends the events `events`
+    /// makes of the agent as written, in one transaction, in order with the
+    /// events queued before it: both or neither. Returns the agent as
+    /// written; NOT_FOUND if the fence refused the change (the agent is gone
+    /// or supervised by another node now), and then no event is stored.
+    pub async fn change(
+        &self,
+        agent_id: Uuid,
+        change: AgentChange,
+        events: EventsOf,
+    ) -> Result<AgentRecord> {
+        let entry = Entry::Change(Box::new(Change { change, events }));
+        let stored = self.request(agent_id, entry).await?;
+        stored
+            .agent
+            .map(|agent| *agent)
+            .ok_or_else(|| Error::internal("the event log wrote no agent"))
     }
 
     async fn request(&self, agent_id: Uuid, entry: Entry) -> Result<Stored> {

@@ -16,7 +16,8 @@ use super::codec::{encode, new_event};
 use super::tailer::raise;
 use super::{Event, kind_name};
 use crate::error::{Error, Result};
-use crate::store::{Completion, EventRow, Store};
+use crate::model::AgentRecord;
+use crate::store::{AgentChange, Completion, EventRow, LogBatch, Store, moved};
 use shepherd_platform::error::Error as Shared;
 
 /// Largest group commit.
@@ -39,15 +40,32 @@ pub(super) enum Entry {
         completion: Completion,
         generation: u64,
     },
+    /// A write of the agent's row and the events that tell of it, in one
+    /// transaction: both or neither. A change the fence refuses (the agent
+    /// is gone or another node's) makes no event and fails on its own.
+    Change(Box<Change>),
 }
 
+/// See `Entry::Change`.
+pub(super) struct Change {
+    pub(super) change: AgentChange,
+    /// The events, given the agent as written (its generation is theirs:
+    /// a launch or a new instance counts the next one).
+    pub(super) events: EventsOf,
+}
+
+/// The events that tell of an agent change, given the agent as written.
+pub type EventsOf = Box<dyn Fn(&AgentRecord) -> Vec<Event> + Send + Sync>;
+
 /// What a request stored.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default)]
 pub(super) struct Stored {
-    /// The sequence of its event, if it made one.
+    /// The sequence of its (last) event, if it made one.
     pub(super) seq: Option<u64>,
     /// For a report, the attempt it completed (None: stale).
     pub(super) completed: Option<u32>,
+    /// For a change, the agent as written.
+    pub(super) agent: Option<Box<AgentRecord>>,
 }
 
 /// Longest pause between two tries to store a batch of events.
@@ -102,11 +120,14 @@ pub(super) async fn write_loop(
 
 /// What one commit of the writer stored.
 struct Committed {
+    /// For each request, in order, the events it made.
+    made: Vec<Vec<AgentEvent>>,
     /// For each report of the batch, in order, the attempt it completed
     /// (None: stale).
     completed: Vec<Option<u32>>,
-    /// The event each report made (None: stale, no event).
-    made: Vec<Option<AgentEvent>>,
+    /// For each change of the batch, in order, the agent as written (None:
+    /// the fence refused it).
+    changed: Vec<Option<AgentRecord>>,
     /// The sequence of the batch's first event, if it stored any.
     first: Option<u64>,
 }
@@ -120,20 +141,32 @@ async fn store_batch(store: &Store, batch: &[AppendRequest]) -> Result<Committed
         .filter_map(AppendRequest::report)
         .map(|(completion, _)| completion)
         .collect();
+    let changes: Vec<(Uuid, &AgentChange)> = batch
+        .iter()
+        .filter_map(|request| match &request.entry {
+            Entry::Change(change) => Some((request.agent_id, &change.change)),
+            _ => None,
+        })
+        .collect();
     let mut backoff = Backoff::new(Duration::from_millis(50), MAX_APPEND_BACKOFF);
     loop {
         let mut made = Vec::new();
         let stored = store
-            .record_reports_and_append(&reports, |completed| {
-                made = events_of_reports(batch, completed);
+            .commit_log_batch(&reports, &changes, |completed, changed| {
+                made = events_made(batch, completed, changed);
                 rows_of(batch, &made)
             })
             .await;
         match stored {
-            Ok((completed, first)) => {
+            Ok(LogBatch {
+                completed,
+                changed,
+                first,
+            }) => {
                 return Ok(Committed {
-                    completed,
                     made,
+                    completed,
+                    changed,
                     first,
                 });
             }
@@ -188,23 +221,38 @@ struct Publisher<'a> {
 impl Publisher<'_> {
     fn publish(&self, requests: impl Iterator<Item = AppendRequest>, committed: Committed) {
         let mut completed = committed.completed.into_iter();
-        let mut made = committed.made.into_iter();
+        let mut changed = committed.changed.into_iter();
         let mut next_seq = committed.first.unwrap_or_default();
-        for request in requests {
-            let (event, completed) = match request.entry {
-                Entry::Event(event) => (Some(*event), None),
-                Entry::Report { .. } => (made.next().flatten(), completed.next().flatten()),
-            };
-            let seq = event.map(|mut event| {
-                let seq = next_seq;
+        for (request, made) in requests.zip(committed.made) {
+            let mut seq = None;
+            for mut event in made {
+                event.sequence = next_seq;
+                seq = Some(next_seq);
                 next_seq += 1;
-                event.sequence = seq;
                 // No receivers is fine: nobody is watching right now.
                 let _ = self.live.send(Arc::new(event));
-                raise(self.latest, seq);
-                seq
-            });
-            let _ = request.done.send(Ok(Stored { seq, completed }));
+                raise(self.latest, next_seq - 1);
+            }
+            let answer = match request.entry {
+                Entry::Event(_) => Ok(Stored {
+                    seq,
+                    ..Stored::default()
+                }),
+                Entry::Report { .. } => Ok(Stored {
+                    seq,
+                    completed: completed.next().flatten(),
+                    ..Stored::default()
+                }),
+                Entry::Change(_) => match changed.next().flatten() {
+                    Some(agent) => Ok(Stored {
+                        seq,
+                        agent: Some(Box::new(agent)),
+                        ..Stored::default()
+                    }),
+                    None => Err(moved(request.agent_id)),
+                },
+            };
+            let _ = request.done.send(answer);
         }
     }
 }
@@ -217,7 +265,7 @@ impl AppendRequest {
     /// it comes back as it is.
     fn safe_form(self) -> std::result::Result<Self, Self> {
         match self.entry {
-            Entry::Event(_) => Err(self),
+            Entry::Event(_) | Entry::Change(_) => Err(self),
             Entry::Report {
                 mut completion,
                 generation,
@@ -241,50 +289,60 @@ impl AppendRequest {
                 completion,
                 generation,
             } => Some((completion, *generation)),
-            Entry::Event(_) => None,
+            Entry::Event(_) | Entry::Change(_) => None,
         }
     }
 }
 
-/// The `TaskCompleted` event of each of the batch's reports, given the
-/// attempt each completed (`completed`, in the order of the reports; None:
-/// stale, no event).
-fn events_of_reports(
+/// The events each request of the batch makes, in request order, given
+/// the attempt each report completed (`completed`, in the order of the
+/// reports; None: stale, no event) and what each change wrote (`changed`,
+/// in the order of the changes; None: refused, no event).
+fn events_made(
     batch: &[AppendRequest],
     completed: &[Option<u32>],
-) -> Vec<Option<AgentEvent>> {
-    let reports = batch.iter().filter_map(|request| {
-        let (completion, generation) = request.report()?;
-        Some((request.agent_id, completion, generation))
-    });
-    reports
-        .zip(completed)
-        .map(|((agent_id, completion, generation), attempt)| {
-            attempt.map(|attempt| {
-                let event = Event::TaskCompleted {
-                    task_id: completion.task_id.clone(),
-                    outcome: completion.outcome,
-                    output: completion.output.clone(),
-                    attempt,
-                };
-                new_event(agent_id, generation, encode(event))
-            })
+    changed: &[Option<AgentRecord>],
+) -> Vec<Vec<AgentEvent>> {
+    let mut completed = completed.iter();
+    let mut changed = changed.iter();
+    batch
+        .iter()
+        .map(|request| match &request.entry {
+            Entry::Event(event) => vec![(**event).clone()],
+            Entry::Report {
+                completion,
+                generation,
+            } => match completed.next().copied().flatten() {
+                Some(attempt) => {
+                    let event = Event::TaskCompleted {
+                        task_id: completion.task_id.clone(),
+                        outcome: completion.outcome,
+                        output: completion.output.clone(),
+                        attempt,
+                    };
+                    vec![new_event(request.agent_id, *generation, encode(event))]
+                }
+                None => Vec::new(),
+            },
+            Entry::Change(change) => match changed.next() {
+                Some(Some(agent)) => (change.events)(agent)
+                    .into_iter()
+                    .map(|event| new_event(request.agent_id, agent.generation, encode(event)))
+                    .collect(),
+                _ => Vec::new(),
+            },
         })
         .collect()
 }
 
-/// The rows the batch stores, in request order: each event, and the event
-/// each report made (`made`, one per report).
-fn rows_of(batch: &[AppendRequest], made: &[Option<AgentEvent>]) -> Vec<EventRow> {
-    let mut made = made.iter();
+/// The rows the batch stores, in request order (`made`: each request's
+/// events).
+fn rows_of(batch: &[AppendRequest], made: &[Vec<AgentEvent>]) -> Vec<EventRow> {
     batch
         .iter()
-        .filter_map(|request| {
-            let event = match &request.entry {
-                Entry::Event(event) => Some(&**event),
-                Entry::Report { .. } => made.next().and_then(Option::as_ref),
-            }?;
-            Some(EventRow {
+        .zip(made)
+        .flat_map(|(request, events)| {
+            events.iter().map(|event| EventRow {
                 agent_id: request.agent_id,
                 kind: kind_name(event.kind.as_ref()),
                 payload: event.encode_to_vec(),

@@ -6,8 +6,9 @@ use std::time::Duration;
 use shepherd_platform::db::DbPool;
 use uuid::Uuid;
 
+use super::agents::{AGENT_COLUMNS, agent_from_row};
 use super::tasks::lost_from_row;
-use super::{AGENT_COLUMNS, LostTask, Store, agent_from_row};
+use super::{LostTask, Store};
 use crate::error::{Error, Result};
 use crate::model::AgentRecord;
 
@@ -310,33 +311,10 @@ impl Store {
         tx.commit().await?;
         Ok((orphaned, lost))
     }
-
-    /// A new instance of an external agent connected to this node: the
-    /// next generation, counted in SQL (another node may have counted one
-    /// since this one last read the row), and this node supervises it now.
-    pub async fn record_instance(&self, id: Uuid, instance: &str) -> Result<AgentRecord> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE agent_manager.agents
-             SET generation = generation + 1, instance_id = $2, pid = NULL, node = $3,
-                 updated_at = now()
-             WHERE id = $1
-               AND EXISTS (SELECT 1 FROM agent_manager.nodes WHERE name = $3 AND term = $4)
-             RETURNING {AGENT_COLUMNS}"
-        );
-        let row = client
-            .query_opt(
-                &client.prepare_cached(&sql).await?,
-                &[&id, &instance, &self.fence.name, &self.fence.term],
-            )
-            .await?
-            .ok_or_else(|| moved(id))?;
-        agent_from_row(&row)
-    }
 }
 
 /// A fenced write found no row: deleted, or no longer this node's.
-pub(super) fn moved(id: Uuid) -> Error {
+pub(crate) fn moved(id: Uuid) -> Error {
     Error::not_found(format!(
         "agent {id} not found on this manager node (deleted, or supervised by another node now)"
     ))

@@ -18,6 +18,7 @@ use super::{Command, Context, runtime};
 use crate::error::Result;
 use crate::events::Event;
 use crate::model::{AgentRecord, AgentStatus, DesiredState, ExitInfo, Runtime};
+use crate::store::AgentChange;
 use crate::workload::Workload;
 
 /// Why the actor woke up.
@@ -267,7 +268,8 @@ impl Supervisor {
                 status,
                 message,
                 pid,
-            } => self.set_status(status, &message, pid).await?,
+                event,
+            } => self.set_status(status, &message, pid, event).await?,
             Effect::Append(entry) => self.append(entry.into()).await.map(drop)?,
             Effect::SweepSession(session_id, reason) => self.sweep(Some(session_id), &reason).await,
             Effect::SweepAgent(reason) => self.sweep(None, &reason).await,
@@ -277,7 +279,8 @@ impl Supervisor {
                 tracing::info!(agent = %self.id(), pid = self.record.pid, "leaving the agent running for the next manager");
             }
             Effect::DeleteRow => {
-                self.ctx.store.delete_agent(self.id()).await?;
+                self.commit(AgentChange::Delete, |_| vec![Event::Deleted])
+                    .await?
             }
             Effect::RemoveLogs => self.ctx.logs.remove(self.id()).await,
             Effect::ClearLeftovers { started_at } => {
@@ -296,20 +299,46 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Stores the status, and `event` with it (one transaction).
     pub(super) async fn set_status(
         &mut self,
         status: AgentStatus,
         message: &str,
         pid: Pid,
+        event: Option<Entry>,
     ) -> Result<()> {
-        let pid = match pid {
-            Pid::Keep => self.record.pid,
-            Pid::Clear => None,
+        let change = AgentChange::Status {
+            status,
+            message: message.to_owned(),
+            pid: match pid {
+                Pid::Keep => self.record.pid,
+                Pid::Clear => None,
+            },
         };
+        match event {
+            Some(entry) => {
+                let event = Event::from(entry);
+                self.commit(change, move |_| vec![event.clone()]).await
+            }
+            None => {
+                self.record = self.ctx.store.change(self.id(), &change).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `change` of the agent's row and stores the events `events`
+    /// makes of the agent as written, in one transaction: a crash or a lost
+    /// fence leaves neither or both.
+    pub(super) async fn commit(
+        &mut self,
+        change: AgentChange,
+        events: impl Fn(&AgentRecord) -> Vec<Event> + Send + Sync + 'static,
+    ) -> Result<()> {
         self.record = self
             .ctx
-            .store
-            .set_status(self.id(), status, message, pid)
+            .events
+            .change(self.id(), change, Box::new(events))
             .await?;
         Ok(())
     }
@@ -400,7 +429,6 @@ impl From<Entry> for Event {
         match entry {
             Entry::Ready => Event::Ready,
             Entry::Stopped => Event::Stopped,
-            Entry::Deleted => Event::Deleted,
             Entry::Disconnected { reason } => Event::Disconnected { reason },
         }
     }

@@ -87,7 +87,6 @@ pub(crate) enum Pid {
 pub(crate) enum Entry {
     Ready,
     Stopped,
-    Deleted,
     Disconnected { reason: String },
 }
 
@@ -116,11 +115,15 @@ pub(crate) enum Effect {
     DropSession(String),
     /// The one launch path: the next generation.
     Launch(String),
+    /// Store the status, and the event that tells of it if there is one,
+    /// in one transaction.
     SetStatus {
         status: AgentStatus,
         message: String,
         pid: Pid,
+        event: Option<Entry>,
     },
+    /// An event without a status change.
     Append(Entry),
     /// Tasks in flight on this ended session are lost.
     SweepSession(Uuid, String),
@@ -131,6 +134,7 @@ pub(crate) enum Effect {
     CloseReconnectWindow,
     /// The process keeps running for the next manager.
     LeaveRunning,
+    /// The row goes, and the `Deleted` event is stored, in one transaction.
     DeleteRow,
     RemoveLogs,
     /// Manager start-up: nothing an earlier manager started for the agent
@@ -206,12 +210,12 @@ fn stop(state: &State<'_>) -> Vec<Effect> {
     effects.extend(end_process(state, "agent stopped"));
     // A terminated process leaves the row EXITED.
     if state.running || state.status != AgentStatus::Stopped {
-        effects.push(status(
+        effects.push(status_with(
             AgentStatus::Stopped,
             "stopped on request",
             Pid::Clear,
+            Entry::Stopped,
         ));
-        effects.push(Append(Entry::Stopped));
     }
     effects
 }
@@ -234,7 +238,7 @@ fn restart(state: &State<'_>, reason: &str) -> Vec<Effect> {
 fn delete(state: &State<'_>) -> Vec<Effect> {
     let mut effects = vec![CancelBackoff];
     effects.extend(end_process(state, "agent deleted"));
-    effects.extend([DeleteRow, Append(Entry::Deleted), RemoveLogs]);
+    effects.extend([DeleteRow, RemoveLogs]);
     effects
 }
 
@@ -282,13 +286,20 @@ fn session_closed(
         }
         return effects;
     }
+    let disconnected = Entry::Disconnected {
+        reason: reason.into(),
+    };
     if may_return {
         // It may reconnect with its token.
-        effects.push(status(AgentStatus::Starting, reason, Pid::Keep));
+        effects.push(status_with(
+            AgentStatus::Starting,
+            reason,
+            Pid::Keep,
+            disconnected,
+        ));
+    } else {
+        effects.push(Append(disconnected));
     }
-    effects.push(Append(Entry::Disconnected {
-        reason: reason.into(),
-    }));
     effects
 }
 
@@ -363,10 +374,7 @@ fn lease_regained(state: &State<'_>, stored_lost: bool) -> Vec<Effect> {
     if !stored_lost {
         Vec::new()
     } else if state.connected {
-        vec![
-            status(AgentStatus::Ready, "", Pid::Keep),
-            Append(Entry::Ready),
-        ]
+        vec![status_with(AgentStatus::Ready, "", Pid::Keep, Entry::Ready)]
     } else if state.running || external(state) {
         vec![status(
             AgentStatus::Starting,
@@ -424,6 +432,17 @@ fn status(status: AgentStatus, message: &str, pid: Pid) -> Effect {
         status,
         message: message.into(),
         pid,
+        event: None,
+    }
+}
+
+/// A status and the event that tells of it, committed together.
+fn status_with(status: AgentStatus, message: &str, pid: Pid, event: Entry) -> Effect {
+    SetStatus {
+        status,
+        message: message.into(),
+        pid,
+        event: Some(event),
     }
 }
 

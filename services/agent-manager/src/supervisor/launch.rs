@@ -10,7 +10,7 @@ use crate::events::Event;
 use crate::model::{AgentRecord, AgentSpec, AgentStatus, ExitInfo, Runtime};
 use crate::process::{AgentProcess, AgentUser, Launch};
 use crate::sessions::{hash_token, new_token};
-use crate::store::LaunchedProcess;
+use crate::store::{AgentChange, LaunchedProcess};
 use crate::workload::Workload;
 
 impl Supervisor {
@@ -43,7 +43,7 @@ impl Supervisor {
                     "could not launch {}: {err}",
                     launch_target(&self.record.spec)
                 );
-                self.set_status(AgentStatus::Failed, &message, Pid::Clear)
+                self.set_status(AgentStatus::Failed, &message, Pid::Clear, None)
                     .await?;
                 return Err(Error::failed_precondition(message));
             }
@@ -53,27 +53,21 @@ impl Supervisor {
         self.process = Some(process);
         let token_hash = hash_token(&token);
         self.token_hash = Some(token_hash.clone());
-        match self
-            .ctx
-            .store
-            .record_launch(self.id(), generation, identity.as_ref(), &token_hash)
-            .await
-        {
-            Ok(record) => self.record = record,
-            Err(err) => {
-                // Without its token stored the process could never connect.
-                self.terminate("launch could not be recorded").await?;
-                return Err(err);
-            }
+        let change = AgentChange::Launch {
+            generation,
+            process: identity,
+            token_hash,
+        };
+        let reason_owned = reason.to_owned();
+        let started =
+            move |agent: &AgentRecord| started_events(pid, agent.generation, reason_owned.clone());
+        if let Err(err) = self.commit(change, started).await {
+            // Without its token stored the process could never connect.
+            self.terminate("launch could not be recorded").await?;
+            return Err(err);
         }
-        self.append(Event::Started { pid }).await?;
         if generation > 1 {
             crate::metrics::agent_restarted(self.id(), &self.record.name);
-            self.append(Event::Restarted {
-                generation,
-                reason: reason.to_owned(),
-            })
-            .await?;
         }
         tracing::info!(agent = %self.id(), generation, pid, reason, "agent process launched");
         Ok(self.record.clone())
@@ -106,18 +100,18 @@ impl Supervisor {
         if exit.oom_killed {
             crate::metrics::agent_oom_killed(self.id(), &self.record.name);
         }
-        self.record = self
-            .ctx
-            .store
-            .record_exit(self.id(), message, exit.reason())
-            .await?;
-        self.append(Event::Exited {
-            code: exit.code,
-            signal: exit.signal,
+        let change = AgentChange::Exit {
+            message: message.to_owned(),
             reason: exit.reason(),
+        };
+        self.commit(change, move |_| {
+            vec![Event::Exited {
+                code: exit.code,
+                signal: exit.signal,
+                reason: exit.reason(),
+            }]
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Takes over the recorded process (`launched`) if it still runs; true
@@ -136,19 +130,25 @@ impl Supervisor {
         self.process = Some(Workload::Process(process));
         self.token_hash = Some(launched.token_hash);
         self.expect_reconnect();
-        self.record = self
-            .ctx
-            .store
-            .set_status(
-                self.id(),
-                AgentStatus::Starting,
-                "adopted after a manager restart; waiting for its session",
-                Some(pid),
-            )
-            .await?;
+        let change = AgentChange::Status {
+            status: AgentStatus::Starting,
+            message: "adopted after a manager restart; waiting for its session".into(),
+            pid: Some(pid),
+        };
+        self.record = self.ctx.store.change(self.id(), &change).await?;
         tracing::info!(agent = %self.id(), pid, generation = self.record.generation, "adopted a running agent process");
         Ok(true)
     }
+}
+
+/// The events of a launched generation: `Started`, and `Restarted` when it
+/// follows an earlier one.
+pub(super) fn started_events(pid: i32, generation: u64, reason: String) -> Vec<Event> {
+    let mut events = vec![Event::Started { pid }];
+    if generation > 1 {
+        events.push(Event::Restarted { generation, reason });
+    }
+    events
 }
 
 /// What a failed launch tried to start, for its message.

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use shepherd_platform::auth::constant_time_eq;
 
 use super::actor::Supervisor;
-use super::decide::Pid;
+use super::decide::{Entry, Pid};
+use super::launch::started_events;
 use super::{MAX_INSTANCE_ID, OpenedSession};
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -20,7 +21,7 @@ use crate::model::task::TaskState;
 use crate::model::{AgentStatus, DesiredState};
 use crate::protocol::{HeldTask, ToAgent};
 use crate::sessions::{CarriedTask, SessionHandle};
-use crate::store::LostTask;
+use crate::store::{AgentChange, LostTask};
 
 impl Supervisor {
     pub(super) async fn session_opened(
@@ -63,8 +64,8 @@ impl Supervisor {
             // tasks are swept when it reports back.
             previous.cancel.cancel();
         }
-        self.set_status(AgentStatus::Ready, "", Pid::Keep).await?;
-        self.append(Event::Ready).await?;
+        self.set_status(AgentStatus::Ready, "", Pid::Keep, Some(Entry::Ready))
+            .await?;
         Ok(OpenedSession {
             agent: self.record.clone(),
             carried,
@@ -238,16 +239,17 @@ impl Supervisor {
         self.close_reconnect_window();
         self.sweep(None, "a new instance of the external agent connected")
             .await;
-        self.record = self.ctx.store.record_instance(self.id(), instance).await?;
+        let change = AgentChange::Instance {
+            instance: instance.to_owned(),
+        };
+        self.commit(change, |agent| {
+            let reason = "a new instance of the external agent connected";
+            started_events(0, agent.generation, reason.into())
+        })
+        .await?;
         let generation = self.record.generation;
-        self.append(Event::Started { pid: 0 }).await?;
         if generation > 1 {
             crate::metrics::agent_restarted(self.id(), &self.record.name);
-            self.append(Event::Restarted {
-                generation,
-                reason: "a new instance of the external agent connected".into(),
-            })
-            .await?;
         }
         tracing::info!(agent = %self.id(), generation, instance, "external agent instance connected");
         Ok(())

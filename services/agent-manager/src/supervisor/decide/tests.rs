@@ -79,6 +79,10 @@ fn status(status: AgentStatus, message: &str, pid: Pid) -> Effect {
     super::status(status, message, pid)
 }
 
+fn status_with(status: AgentStatus, message: &str, pid: Pid, event: Entry) -> Effect {
+    super::status_with(status, message, pid, event)
+}
+
 const CRASH: ExitInfo = ExitInfo {
     code: Some(1),
     signal: None,
@@ -159,8 +163,12 @@ fn stop_terminates_the_process_and_records_stopped() {
             SetDesired(DesiredState::Stopped),
             CancelBackoff,
             Terminate("agent stopped".into()),
-            status(AgentStatus::Stopped, "stopped on request", Pid::Clear),
-            Append(Entry::Stopped),
+            status_with(
+                AgentStatus::Stopped,
+                "stopped on request",
+                Pid::Clear,
+                Entry::Stopped
+            ),
         ]
     );
 }
@@ -175,8 +183,12 @@ fn stop_during_backoff_cancels_the_pending_restart() {
         vec![
             SetDesired(DesiredState::Stopped),
             CancelBackoff,
-            status(AgentStatus::Stopped, "stopped on request", Pid::Clear),
-            Append(Entry::Stopped),
+            status_with(
+                AgentStatus::Stopped,
+                "stopped on request",
+                Pid::Clear,
+                Entry::Stopped
+            ),
         ]
     );
 }
@@ -197,8 +209,12 @@ fn stop_of_an_external_agent_asks_it_to_exit() {
             SetDesired(DesiredState::Stopped),
             CancelBackoff,
             AskToExit("agent stopped".into()),
-            status(AgentStatus::Stopped, "stopped on request", Pid::Clear),
-            Append(Entry::Stopped),
+            status_with(
+                AgentStatus::Stopped,
+                "stopped on request",
+                Pid::Clear,
+                Entry::Stopped
+            ),
         ]
     );
 }
@@ -251,13 +267,12 @@ fn delete_terminates_then_removes_the_row_and_logs() {
             CancelBackoff,
             Terminate("agent deleted".into()),
             DeleteRow,
-            Append(Entry::Deleted),
             RemoveLogs,
         ]
     );
     assert_eq!(
         Agent::stopped().decide(Input::Delete),
-        vec![CancelBackoff, DeleteRow, Append(Entry::Deleted), RemoveLogs]
+        vec![CancelBackoff, DeleteRow, RemoveLogs]
     );
     assert_eq!(
         Agent::external().decide(Input::Delete),
@@ -265,7 +280,6 @@ fn delete_terminates_then_removes_the_row_and_logs() {
             CancelBackoff,
             AskToExit("agent deleted".into()),
             DeleteRow,
-            Append(Entry::Deleted),
             RemoveLogs,
         ]
     );
@@ -288,10 +302,14 @@ fn a_dropped_session_of_a_running_process_opens_its_reconnect_window() {
         Agent::ready().decide(closed(true, false)),
         vec![
             ExpectReconnect,
-            status(AgentStatus::Starting, "stream ended", Pid::Keep),
-            Append(Entry::Disconnected {
-                reason: "stream ended".into()
-            }),
+            status_with(
+                AgentStatus::Starting,
+                "stream ended",
+                Pid::Keep,
+                Entry::Disconnected {
+                    reason: "stream ended".into()
+                }
+            ),
         ]
     );
 }
@@ -325,10 +343,14 @@ fn an_external_agent_that_should_run_may_come_back() {
         Agent::external().decide(closed(true, false)),
         vec![
             ExpectReconnect,
-            status(AgentStatus::Starting, "stream ended", Pid::Keep),
-            Append(Entry::Disconnected {
-                reason: "stream ended".into()
-            }),
+            status_with(
+                AgentStatus::Starting,
+                "stream ended",
+                Pid::Keep,
+                Entry::Disconnected {
+                    reason: "stream ended".into()
+                }
+            ),
         ]
     );
     let mut stopped = Agent::external();
@@ -534,10 +556,7 @@ fn a_regained_lease_shows_a_lost_agent_as_it_is() {
     );
     assert_eq!(
         ready.decide(Input::LeaseRegained { stored_lost: true }),
-        vec![
-            status(AgentStatus::Ready, "", Pid::Keep),
-            Append(Entry::Ready)
-        ]
+        vec![status_with(AgentStatus::Ready, "", Pid::Keep, Entry::Ready)]
     );
     let mut waiting = Agent::ready();
     waiting.connected = false;
