@@ -556,6 +556,7 @@ impl Stack {
                     ..Default::default()
                 }),
                 timeout: None,
+                priority: 0,
             })
             .await?
             .into_inner())

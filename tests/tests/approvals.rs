@@ -511,6 +511,7 @@ async fn cancelling_or_timing_out_a_task_withdraws_its_approval() -> anyhow::Res
                 ..Default::default()
             }),
             timeout: Some(prost_types::Duration::try_from(Duration::from_secs(2))?),
+            priority: 0,
         })
         .await?
         .into_inner();

@@ -447,6 +447,7 @@ async fn failover_under_a_backlog_strands_nothing() -> anyhow::Result<()> {
                         ..Default::default()
                     }),
                     timeout: None,
+                    priority: 0,
                 })
                 .await?
                 .into_inner();

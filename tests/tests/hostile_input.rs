@@ -30,6 +30,7 @@ async fn a_burst_of_same_key_triggers_answers_every_call_with_one_task() -> anyh
                     idempotency_key: "same".into(),
                     fields: None,
                     timeout: None,
+                    priority: 0,
                 })
                 .await
                 .map(|response| response.into_inner().id)

@@ -86,6 +86,7 @@ async fn trigger_all(
                     ..Default::default()
                 }),
                 timeout: None,
+                priority: 0,
             })
             .await?
             .into_inner();

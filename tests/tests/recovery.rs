@@ -370,6 +370,7 @@ async fn a_task_lost_mid_run_is_retried_and_completes_once() -> anyhow::Result<(
                 ..Default::default()
             }),
             timeout: None,
+            priority: 0,
         })
         .await?
         .into_inner();

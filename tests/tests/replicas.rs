@@ -83,6 +83,7 @@ async fn trigger_all(
                         ..Default::default()
                     }),
                     timeout: None,
+                    priority: 0,
                 })
                 .await?
                 .into_inner();

@@ -72,6 +72,7 @@ async fn run_corpus(stack: &mut Stack, workflow: &str, corpus: &[String]) -> any
                 idempotency_key: format!("v{n}"),
                 fields: Some(fields(value, n)),
                 timeout: None,
+                priority: 0,
             })
             .await?
             .into_inner();
@@ -475,6 +476,7 @@ async fn the_tool_policy_is_delivered_unchanged_across_restarts_and_reconnects()
                             ..Default::default()
                         }),
                         timeout: None,
+                        priority: 0,
                     })
                     .await?
                     .into_inner()

@@ -475,6 +475,7 @@ impl Server {
                             ..Default::default()
                         }),
                         timeout: None,
+                        priority: 0,
                     })
                     .await?
                     .into_inner()

@@ -264,6 +264,7 @@ impl Backend {
                             ..Default::default()
                         }),
                         timeout: None,
+                        priority: 0,
                     })
                     .await?
                     .into_inner();

@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod consumer;
 pub mod error;
 pub(crate) mod explain;
+pub(crate) mod key_shares;
 pub mod limits;
 pub(crate) mod manager_client;
 pub(crate) mod membership;

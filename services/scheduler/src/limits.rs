@@ -6,7 +6,9 @@
 use shepherd_platform::limits::{Limit, bytes, duration};
 use shepherd_platform::validate::MAX_NAME;
 
-use crate::api::convert::{DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_TEMPLATE};
+use crate::api::convert::{
+    DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_PRIORITY, MAX_TEMPLATE,
+};
 use crate::api::{DEFAULT_PAGE, MAX_PAGE, MAX_TASK_ID};
 use crate::model::{
     MAX_BACKOFF, MAX_BODY, MAX_CHAIN_DEPTH, MAX_CRON, MAX_KEY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
@@ -14,6 +16,7 @@ use crate::model::{
     MAX_TOOLS, MAX_URL, MIN_INTERVAL, MIN_TASK_TIMEOUT,
 };
 use crate::model::{MAX_FILTER_LEN, MAX_FILTERS, MAX_MAPPINGS, MAX_POINTER_LEN};
+use crate::model::{MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_WORKFLOW_KEYS};
 
 pub fn all() -> Vec<Limit> {
     vec![
@@ -83,6 +86,21 @@ pub fn all() -> Vec<Limit> {
             format!(
                 "at most {MAX_TOOLS} tools per list, each 1-{MAX_TOOL_LEN} printable characters without commas"
             ),
+        ),
+        Limit::new(
+            "workflow.concurrency_keys",
+            format!("at most {MAX_WORKFLOW_KEYS}, each a defined key, named once"),
+        ),
+        Limit::new(
+            "concurrency key name",
+            format!(
+                "1-{MAX_KEY_NAME} characters of a-z, 0-9 and -_.:/, starting with a letter or digit"
+            ),
+        ),
+        Limit::new("concurrency key max_running", format!("1-{MAX_KEY_LIMIT}")),
+        Limit::new(
+            "TriggerWorkflow priority",
+            format!("-{MAX_PRIORITY} to {MAX_PRIORITY} (default 0)"),
         ),
         Limit::new(
             "TriggerWorkflow idempotency_key",

@@ -9,6 +9,11 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
+mod key;
+pub use key::{
+    ConcurrencyKey, KeyUsage, MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_WORKFLOW_KEYS, check_workflow_keys,
+};
+
 /// How a workflow's tasks come to be. Every trigger records a pending task
 /// first; the runner dispatches it when the agent can take it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +267,8 @@ pub struct Workflow {
     pub task_timeout: Duration,
     pub retry: RetryPolicy,
     pub tool_policy: ToolPolicy,
+    /// The concurrency keys its tasks hold while they run (sorted).
+    pub concurrency_keys: Vec<String>,
     pub disabled_reason: String,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
@@ -388,6 +395,8 @@ pub struct Task {
     /// The task whose outcome made this one (chaining), and the depth.
     pub parent_task_id: Option<String>,
     pub chain_depth: u32,
+    /// Higher first, FIFO among equals (within the workflow and its keys).
+    pub priority: i32,
 }
 
 /// A task's global id: unique across workflows, and the id the agent sees.
@@ -426,6 +435,8 @@ pub struct Rendered {
     pub timeout: std::time::Duration,
     /// The workflow's tool policy when the task was created.
     pub tool_policy: ToolPolicy,
+    /// Higher first (0 unless the trigger said otherwise).
+    pub priority: i32,
 }
 
 #[cfg(test)]

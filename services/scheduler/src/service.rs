@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::explain::{AgentFacts, Facts, InFlightFacts, Verdict};
 use crate::manager_client::{ManagerClient, ManagerError, RemoteTask};
-use crate::model::{Task, TaskFields, TaskState, Trigger, Workflow};
+use crate::model::{ConcurrencyKey, KeyUsage, Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState, Runners};
 use crate::store::{
     NewWorkflow, RunnerWorkflow, Store, TaskCursor, TaskEventFilter, WorkflowFilter,
@@ -46,6 +46,7 @@ pub(crate) struct UpdateMask {
     pub task_timeout: bool,
     pub retry: bool,
     pub tool_policy: bool,
+    pub concurrency_keys: bool,
 }
 
 /// Why a webhook delivery made no task.
@@ -151,7 +152,9 @@ impl Scheduler {
         };
         let (fields, key) =
             trigger.accept(secret.as_deref(), delivery, std::time::SystemTime::now())?;
-        Ok(self.trigger_on(&workflow, Some(key), fields, None).await?)
+        Ok(self
+            .trigger_on(&workflow, Some(key), fields, None, 0)
+            .await?)
     }
 
     pub(crate) async fn get_workflow(&self, id: Uuid) -> Result<Workflow> {
@@ -204,6 +207,9 @@ impl Scheduler {
         }
         if mask.tool_policy {
             workflow.tool_policy = patch.tool_policy;
+        }
+        if mask.concurrency_keys {
+            workflow.concurrency_keys = patch.concurrency_keys;
         }
         if workflow.enabled && !was_enabled {
             // A workflow never points at a deleted agent: enabling checks
@@ -270,9 +276,11 @@ impl Scheduler {
         key: Option<String>,
         fields: TaskFields,
         timeout: Option<std::time::Duration>,
+        priority: i32,
     ) -> Result<Task> {
         let workflow = self.store.get_workflow(workflow).await?;
-        self.trigger_on(&workflow, key, fields, timeout).await
+        self.trigger_on(&workflow, key, fields, timeout, priority)
+            .await
     }
 
     /// Enqueues a task of `workflow` (as read by the caller).
@@ -282,6 +290,7 @@ impl Scheduler {
         key: Option<String>,
         fields: TaskFields,
         timeout: Option<std::time::Duration>,
+        priority: i32,
     ) -> Result<Task> {
         if !workflow.enabled && !workflow.disabled_reason.is_empty() {
             // Disabled by the system (its agent was deleted): a task would
@@ -292,7 +301,10 @@ impl Scheduler {
             )));
         }
         let key = key.unwrap_or_else(|| Uuid::new_v4().to_string());
-        let rendered = template::render_task(workflow, &fields, timeout)?;
+        let rendered = crate::model::Rendered {
+            priority,
+            ..template::render_task(workflow, &fields, timeout)?
+        };
         // The task's dispatch will continue this call's trace.
         let trace = shepherd_platform::telemetry::propagation::current_map();
         let (task, _created) = self
@@ -301,6 +313,29 @@ impl Scheduler {
             .await?;
         self.runners.wake(workflow.id);
         Ok(task)
+    }
+
+    /// Defines a key or changes its limit; the key as it is then.
+    pub(crate) async fn put_key(&self, key: &ConcurrencyKey) -> Result<KeyUsage> {
+        let key = self.store.put_key(key).await?;
+        let mut usage = self.store.list_keys(Some(&key.name)).await?;
+        usage
+            .pop()
+            .ok_or_else(|| Error::internal("a key just stored is gone"))
+    }
+
+    pub(crate) async fn list_keys(&self) -> Result<Vec<KeyUsage>> {
+        self.store.list_keys(None).await
+    }
+
+    pub(crate) async fn delete_key(&self, name: &str) -> Result<()> {
+        if self.store.delete_key(name).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "concurrency key {name:?} not found"
+            )))
+        }
     }
 
     /// A page of a workflow's tasks (NOT_FOUND for an unknown workflow

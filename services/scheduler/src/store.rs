@@ -19,6 +19,8 @@ mod diagnosis;
 mod due;
 mod event_cursor;
 mod in_flight;
+mod keyed_claims;
+mod keys;
 mod leases;
 mod replicas;
 mod schedules;
@@ -26,7 +28,7 @@ mod task_events;
 mod tasks;
 mod workflows;
 
-pub use claims::ClaimRequest;
+pub use claims::{Claim, ClaimRequest};
 pub use diagnosis::QueueFacts;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::LeaseAcquisition;
@@ -126,13 +128,19 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit",
         sql: include_str!("../migrations/0018_audit.sql"),
     },
+    Migration {
+        version: 19,
+        name: "concurrency_keys",
+        sql: include_str!("../migrations/0019_concurrency_keys.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
-    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry, tool_policy";
+    max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry, tool_policy, \
+    concurrency_keys";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
     output, last_error, created_at, updated_at, dead_letter, not_before, dispatched_at, \
-    progress_message, progress_fraction, parent_task_id, chain_depth";
+    progress_message, progress_fraction, parent_task_id, chain_depth, priority";
 
 /// A new workflow, validated.
 pub struct NewWorkflow {
@@ -146,6 +154,8 @@ pub struct NewWorkflow {
     pub task_timeout: std::time::Duration,
     pub retry: crate::model::RetryPolicy,
     pub tool_policy: crate::model::ToolPolicy,
+    /// Checked and sorted (`model::check_workflow_keys`).
+    pub concurrency_keys: Vec<String>,
 }
 
 /// A task claimed for dispatch.
@@ -225,6 +235,7 @@ fn workflow_from_row(row: &Row) -> Result<Workflow> {
         task_timeout: from_millis(row.get("task_timeout_ms")),
         retry: from_json(row.get("retry"))?,
         tool_policy: from_json(row.get("tool_policy"))?,
+        concurrency_keys: row.get("concurrency_keys"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
@@ -252,5 +263,6 @@ fn task_from_row(row: &Row) -> Result<Task> {
         history: Vec::new(),
         parent_task_id: row.get("parent_task_id"),
         chain_depth: u32::try_from(row.get::<_, i32>("chain_depth")).unwrap_or(0),
+        priority: row.get("priority"),
     })
 }

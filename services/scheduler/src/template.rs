@@ -122,6 +122,7 @@ pub(crate) fn render_task(
         script: render_shell(&workflow.prompt_template)?,
         timeout: timeout.map_or(workflow.task_timeout, |t| t.min(workflow.task_timeout)),
         tool_policy: workflow.tool_policy.clone(),
+        priority: 0,
     })
 }
 

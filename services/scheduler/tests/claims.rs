@@ -50,7 +50,7 @@ async fn concurrent_claims_fill_each_workflows_room_and_no_more() -> anyhow::Res
         futures_util::future::try_join_all(claims)
             .await?
             .into_iter()
-            .map(|tasks| Ok(tasks.into_iter().map(|task| task.id).collect()))
+            .map(|claim| Ok(claim.tasks.into_iter().map(|task| task.id).collect()))
             .collect()
     };
 
@@ -104,7 +104,10 @@ async fn a_claim_that_can_take_nothing_does_not_wait_on_its_lease() -> anyhow::R
         let term = take_lease(&store, workflow, "a").await?;
         terms.push(term);
     }
-    assert_eq!(store.claim(claim(full, "a", terms[1])).await?.len(), 1);
+    assert_eq!(
+        store.claim(claim(full, "a", terms[1])).await?.tasks.len(),
+        1
+    );
     let mut taker = db.client().await?;
     let takeover = taker.transaction().await?;
     takeover
@@ -120,7 +123,7 @@ async fn a_claim_that_can_take_nothing_does_not_wait_on_its_lease() -> anyhow::R
         )
         .await
         .map_err(|_| anyhow::anyhow!("a claim that can take nothing waited for the lease row"))??;
-        assert!(claimed.is_empty());
+        assert!(claimed.tasks.is_empty());
     }
     takeover.rollback().await?;
     Ok(())
@@ -138,7 +141,10 @@ async fn in_flight_tasks_narrow_to_one_agents_workflows() -> anyhow::Result<()> 
         // Each with an agent of its own.
         let workflow = workflow_with_room(&store, 1, 1).await?;
         let term = take_lease(&store, workflow, "a").await?;
-        assert_eq!(store.claim(claim(workflow, "a", term)).await?.len(), 1);
+        assert_eq!(
+            store.claim(claim(workflow, "a", term)).await?.tasks.len(),
+            1
+        );
         workflows.push(workflow);
     }
     let agent = store.get_workflow(workflows[0]).await?.agent_id;

@@ -27,8 +27,17 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
         other => panic!("b must not get a's lease: {other:?}"),
     }
     // Without the lease there is no claim; with it, up to the concurrency.
-    assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
-    assert_eq!(store.claim(claim(workflow, "a", first)).await?.len(), 2);
+    assert!(
+        store
+            .claim(claim(workflow, "b", first))
+            .await?
+            .tasks
+            .is_empty()
+    );
+    assert_eq!(
+        store.claim(claim(workflow, "a", first)).await?.tasks.len(),
+        2
+    );
 
     // a stops renewing its membership (a paused process) until it runs
     // out; its claims stop at once, and b takes over with a new term.
@@ -40,7 +49,11 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
         )
         .await?;
     assert!(
-        store.claim(claim(workflow, "a", first)).await?.is_empty(),
+        store
+            .claim(claim(workflow, "a", first))
+            .await?
+            .tasks
+            .is_empty(),
         "a replica whose membership expired claims nothing"
     );
     assert!(store.lease_holders(&[workflow]).await?.is_empty());
@@ -55,10 +68,28 @@ async fn one_holder_at_a_time_and_a_superseded_term_claims_nothing() -> anyhow::
     // are fenced by the term, and its stale release is a no-op.
     join(&store, &["a"]).await?;
     store.release_lease(workflow, "a", first).await?;
-    assert!(store.claim(claim(workflow, "a", first)).await?.is_empty());
-    assert!(store.claim(claim(workflow, "b", first)).await?.is_empty());
+    assert!(
+        store
+            .claim(claim(workflow, "a", first))
+            .await?
+            .tasks
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim(claim(workflow, "b", first))
+            .await?
+            .tasks
+            .is_empty()
+    );
     // b holds the lease, but a's two tasks are still in flight: no room.
-    assert!(store.claim(claim(workflow, "b", second)).await?.is_empty());
+    assert!(
+        store
+            .claim(claim(workflow, "b", second))
+            .await?
+            .tasks
+            .is_empty()
+    );
     assert_eq!(
         store.lease_holders(&[workflow]).await?,
         vec![(workflow, "b".to_owned())]
@@ -82,14 +113,27 @@ async fn a_released_lease_is_free_at_once_and_a_restarted_owner_takes_its_own_ba
         anyhow::bail!("an owner takes its own lease back");
     };
     assert!(again > term);
-    assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
+    assert!(
+        store
+            .claim(claim(workflow, "a", term))
+            .await?
+            .tasks
+            .is_empty()
+    );
 
     store.release_lease(workflow, "a", again).await?;
     match store.acquire_lease(workflow, "b").await? {
         LeaseAcquisition::Acquired { term: taken, .. } => assert!(taken > again),
         other => panic!("a released lease is free: {other:?}"),
     }
-    assert_eq!(store.claim(claim(workflow, "b", again + 1)).await?.len(), 1);
+    assert_eq!(
+        store
+            .claim(claim(workflow, "b", again + 1))
+            .await?
+            .tasks
+            .len(),
+        1
+    );
     Ok(())
 }
 
@@ -106,7 +150,13 @@ async fn a_disabled_workflow_gets_no_lease_and_its_holder_claims_nothing() -> an
     let mut disabled = store.get_workflow(workflow).await?;
     disabled.enabled = false;
     store.update_workflow(&disabled, false).await?;
-    assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
+    assert!(
+        store
+            .claim(claim(workflow, "a", term))
+            .await?
+            .tasks
+            .is_empty()
+    );
     store.release_lease(workflow, "a", term).await?;
     assert_eq!(
         store.acquire_lease(workflow, "b").await?,
@@ -149,7 +199,10 @@ async fn taking_a_lease_tells_whether_a_task_is_claimable_now() -> anyhow::Resul
     let (term, in_flight, claimable) = acquired(workflow).await?;
     assert!(!in_flight && claimable, "a pending task due now");
 
-    assert_eq!(store.claim(claim(workflow, "a", term)).await?.len(), 1);
+    assert_eq!(
+        store.claim(claim(workflow, "a", term)).await?.tasks.len(),
+        1
+    );
     store.release_lease(workflow, "a", term).await?;
     let (_, in_flight, claimable) = acquired(workflow).await?;
     assert!(in_flight && !claimable, "its one task is in flight");

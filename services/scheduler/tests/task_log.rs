@@ -66,9 +66,15 @@ async fn batched_claims_and_outcomes_log_each_change_once_and_room_is_counted() 
     let term = lease(&store, workflow).await;
 
     // Room for three; none left until one ends.
-    let first = store.claim(claim(workflow, "a", term)).await?;
+    let first = store.claim(claim(workflow, "a", term)).await?.tasks;
     assert_eq!(first.len(), 3);
-    assert!(store.claim(claim(workflow, "a", term)).await?.is_empty());
+    assert!(
+        store
+            .claim(claim(workflow, "a", term))
+            .await?
+            .tasks
+            .is_empty()
+    );
     // A progress report changes no state: logged as progress only.
     store
         .record_progress(&first[0].id, 1, "halfway", 0.5, "")
@@ -79,7 +85,7 @@ async fn batched_claims_and_outcomes_log_each_change_once_and_room_is_counted() 
             outcome(&first[1].id, TaskEnd::Failed),
         ])
         .await?;
-    let second = store.claim(claim(workflow, "a", term)).await?;
+    let second = store.claim(claim(workflow, "a", term)).await?.tasks;
     assert_eq!(second.len(), 2, "two ended, two claimed");
 
     let all = log(&store, &TaskEventFilter::default(), 13).await;

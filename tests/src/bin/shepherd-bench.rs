@@ -401,6 +401,7 @@ async fn throughput(
                         idempotency_key: format!("t{i}"),
                         fields: None,
                         timeout: None,
+                        priority: 0,
                     })
                     .await?;
             }

@@ -288,6 +288,7 @@ async fn queue(
                             ..Default::default()
                         }),
                         timeout: None,
+                        priority: 0,
                     })
                     .await?;
             }

@@ -122,6 +122,7 @@ async fn queue(client: &Client, workflows: &[String], per: usize) -> anyhow::Res
                         ..Default::default()
                     }),
                     timeout: None,
+                    priority: 0,
                 })
                 .await?;
         }

@@ -174,6 +174,7 @@ impl Clients {
                     metadata: trigger.metadata.into_iter().collect(),
                 }),
                 timeout: None,
+                priority: 0,
             })
             .await?
             .into_inner())

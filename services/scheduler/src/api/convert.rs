@@ -35,6 +35,7 @@ pub(crate) fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow
         task_timeout: task_timeout(workflow.task_timeout)?,
         retry: retry_from(workflow.retry)?,
         tool_policy: tool_policy_from(workflow.tool_policy)?,
+        concurrency_keys: model::check_workflow_keys(&workflow.concurrency_keys)?,
     })
 }
 
@@ -147,7 +148,7 @@ pub(crate) fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, Up
     if paths.is_empty() {
         return Err(Error::invalid(
             "update_mask",
-            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry, tool_policy)",
+            "is required: list the fields to change (name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry, tool_policy, concurrency_keys)",
         ));
     }
     let mut mask = UpdateMask::default();
@@ -162,11 +163,12 @@ pub(crate) fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, Up
             "task_timeout" => mask.task_timeout = true,
             "retry" => mask.retry = true,
             "tool_policy" => mask.tool_policy = true,
+            "concurrency_keys" => mask.concurrency_keys = true,
             other => {
                 return Err(Error::invalid(
                     "update_mask",
                     format!(
-                        "{} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry or tool_policy",
+                        "{} cannot be updated; use name, enabled, trigger, prompt_template, max_concurrency, max_attempts, task_timeout, retry, tool_policy or concurrency_keys",
                         shepherd_platform::validate::quote(other)
                     ),
                 ));
@@ -217,6 +219,11 @@ pub(crate) fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, Up
             tool_policy_from(patch.tool_policy)?
         } else {
             model::ToolPolicy::default()
+        },
+        concurrency_keys: if mask.concurrency_keys {
+            model::check_workflow_keys(&patch.concurrency_keys)?
+        } else {
+            Vec::new()
         },
         disabled_reason: String::new(),
         created_at: std::time::SystemTime::UNIX_EPOCH,
@@ -377,6 +384,7 @@ pub(crate) fn workflow(workflow: Workflow) -> pb::Workflow {
             denied_tools: workflow.tool_policy.denied,
             ask_tools: workflow.tool_policy.ask,
         }),
+        concurrency_keys: workflow.concurrency_keys,
     }
 }
 
@@ -397,6 +405,7 @@ pub(crate) fn task(task: Task) -> pb::Task {
     pb::Task {
         parent_task_id: task.parent_task_id.unwrap_or_default(),
         chain_depth: task.chain_depth,
+        priority: task.priority,
         id: task.id,
         workflow_id: task.workflow_id.to_string(),
         idempotency_key: task.idempotency_key,
@@ -576,4 +585,33 @@ pub(crate) fn watch_item(item: crate::task_watch::WatchItem) -> pb::WatchTasksRe
         }),
     };
     pb::WatchTasksResponse { kind: Some(kind) }
+}
+
+/// Largest task priority, either way.
+pub(crate) const MAX_PRIORITY: i32 = 1_000_000;
+
+/// A trigger's priority, checked.
+pub(crate) fn priority(priority: i32) -> Result<i32> {
+    if priority.unsigned_abs() > MAX_PRIORITY.unsigned_abs() {
+        return Err(Error::invalid(
+            "priority",
+            format!("is out of range (-{MAX_PRIORITY} to {MAX_PRIORITY})"),
+        ));
+    }
+    Ok(priority)
+}
+
+pub(crate) fn key_from(key: Option<pb::ConcurrencyKey>) -> Result<model::ConcurrencyKey> {
+    let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
+    model::ConcurrencyKey::new(&key.name, key.max_running)
+}
+
+pub(crate) fn key_to(usage: model::KeyUsage) -> pb::ConcurrencyKey {
+    pb::ConcurrencyKey {
+        name: usage.key.name,
+        max_running: usage.key.max_running,
+        running: usage.running,
+        waiting: usage.waiting,
+        workflows: usage.workflows,
+    }
 }

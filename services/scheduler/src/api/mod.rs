@@ -82,6 +82,37 @@ impl scheduler_server::Scheduler for Api {
         Ok(Response::new(self.workflow(workflow, Some(secret))))
     }
 
+    async fn put_concurrency_key(
+        &self,
+        request: Request<pb::PutConcurrencyKeyRequest>,
+    ) -> Result<Response<pb::ConcurrencyKey>, Status> {
+        let key = convert::key_from(request.into_inner().key)?;
+        record_id("key", &key.name);
+        let usage = self.scheduler.put_key(&key).await?;
+        Ok(Response::new(convert::key_to(usage)))
+    }
+
+    async fn list_concurrency_keys(
+        &self,
+        _request: Request<pb::ListConcurrencyKeysRequest>,
+    ) -> Result<Response<pb::ListConcurrencyKeysResponse>, Status> {
+        let keys = self.scheduler.list_keys().await?;
+        Ok(Response::new(pb::ListConcurrencyKeysResponse {
+            keys: keys.into_iter().map(convert::key_to).collect(),
+        }))
+    }
+
+    async fn delete_concurrency_key(
+        &self,
+        request: Request<pb::DeleteConcurrencyKeyRequest>,
+    ) -> Result<Response<()>, Status> {
+        let name = request.into_inner().name;
+        crate::model::ConcurrencyKey::new(&name, 1)?;
+        record_id("key", &name);
+        self.scheduler.delete_key(&name).await?;
+        Ok(Response::new(()))
+    }
+
     async fn create_workflow(
         &self,
         request: Request<pb::CreateWorkflowRequest>,
@@ -167,7 +198,13 @@ impl scheduler_server::Scheduler for Api {
         let timeout = convert::trigger_timeout(request.timeout)?;
         let task = self
             .scheduler
-            .trigger(id, key, convert::fields(request.fields)?, timeout)
+            .trigger(
+                id,
+                key,
+                convert::fields(request.fields)?,
+                timeout,
+                convert::priority(request.priority)?,
+            )
             .await?;
         Ok(Response::new(convert::task(task)))
     }

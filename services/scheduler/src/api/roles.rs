@@ -6,14 +6,22 @@ use shepherd_platform::auth::Permission;
 pub(crate) fn permission(method: &str) -> Option<Permission> {
     use Permission::*;
     Some(match method {
-        "GetWorkflow" | "ListWorkflows" | "GetTask" | "ListTasks" | "ListRunners"
-        | "WatchTasks" | "ExplainWorkflow" => Read,
+        "GetWorkflow"
+        | "ListWorkflows"
+        | "GetTask"
+        | "ListTasks"
+        | "ListRunners"
+        | "WatchTasks"
+        | "ExplainWorkflow"
+        | "ListConcurrencyKeys" => Read,
         "CreateWorkflow"
         | "UpdateWorkflow"
         | "DeleteWorkflow"
         | "TriggerWorkflow"
         | "CancelTask"
-        | "RotateWebhookSecret" => Operate,
+        | "RotateWebhookSecret"
+        | "PutConcurrencyKey"
+        | "DeleteConcurrencyKey" => Operate,
         "ListAuditEvents" => Administer,
         _ => return None,
     })

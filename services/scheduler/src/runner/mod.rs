@@ -125,6 +125,7 @@ impl Runner {
     async fn run(self) -> String {
         let mut lease = None;
         let reason = self.serve(&mut lease).await;
+        Box::pin(self.stop_waiting_for_keys()).await;
         if let Some(held) = lease {
             // Let another replica take over now rather than at expiry.
             let released = Box::pin(self.ctx.store.release_lease(
@@ -155,6 +156,8 @@ impl Runner {
                     RunnerState::WaitingForAgent,
                     "waiting for the agent to be ready",
                 );
+                // It claims nothing meanwhile: no slot is kept for it.
+                Box::pin(self.stop_waiting_for_keys()).await;
                 match self.wait_for_agent(&mut ready).await {
                     Some(reason) => return reason,
                     None => continue,
@@ -220,7 +223,11 @@ impl Runner {
             term,
         };
         match self.ctx.store.claim(request).instrument(claim_span).await {
-            Ok(claimed) => {
+            Ok(claim) => {
+                self.signals
+                    .waits_for_key
+                    .store(claim.waiting_for_key, Ordering::Relaxed);
+                let claimed = claim.tasks;
                 if !claimed.is_empty() {
                     // A crash here leaves the tasks DISPATCHED but never
                     // sent: the settle pass delivers them.
@@ -254,6 +261,20 @@ impl Runner {
                 );
                 Some(RETRY)
             }
+        }
+    }
+
+    /// The workflow no longer waits for a key's slot, if it did: a slot
+    /// kept for a runner that does not claim would stay unused.
+    async fn stop_waiting_for_keys(&self) {
+        if !self.signals.waits_for_key.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = self.ctx.store.stop_waiting_for_keys(self.workflow).await {
+            // Its lease lapses when this replica goes; until then a slot
+            // may be kept for it in vain, and only while it has room and
+            // a claimable task.
+            tracing::warn!(workflow = %self.workflow, error = %err, "could not stop waiting for a key's slot");
         }
     }
 

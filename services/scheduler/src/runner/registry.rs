@@ -42,6 +42,9 @@ pub(super) struct Signals {
     /// Milliseconds since the registry's epoch at the runner's last
     /// progress, or `RESTING`.
     pub(super) progress: AtomicU64,
+    /// The workflow's last claim left it waiting for a concurrency key's
+    /// slot (recorded in the database until the runner says otherwise).
+    pub(super) waits_for_key: std::sync::atomic::AtomicBool,
 }
 
 /// Stop: set once, never consumed.

@@ -18,13 +18,25 @@ use shepherd_platform::columns::{from_i32, from_millis};
 use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
+use super::keyed_claims::claim_keyed;
 use super::{Claimed, Store};
 use crate::error::Result;
 
 /// The claim batcher; part of `Store`.
 #[derive(Clone)]
 pub(super) struct ClaimBatches {
-    claims: DbBatcher<ClaimRequest, Vec<Claimed>>,
+    claims: DbBatcher<ClaimRequest, Claim>,
+}
+
+/// What a claim took.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The tasks to dispatch, oldest first.
+    pub tasks: Vec<Claimed>,
+    /// The workflow waits for a slot of one of its concurrency keys: a
+    /// slot freeing up wakes it (it must say when it stops claiming:
+    /// `Store::stop_waiting_for_keys`).
+    pub waiting_for_key: bool,
 }
 
 impl ClaimBatches {
@@ -49,7 +61,11 @@ impl Store {
     /// workflow is enabled and the lease `(owner, term)` is current and
     /// unexpired.
     /// `FOR UPDATE SKIP LOCKED`: two claimers never take the same task.
-    pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>> {
+    ///
+    /// A workflow that names concurrency keys is claimed for under the
+    /// keys' locks (see `keyed_claims`): a task starts only with a slot of
+    /// every key, shared fairly among the workflows that want one.
+    pub async fn claim(&self, request: ClaimRequest) -> Result<Claim> {
         Ok(self.claims.claims.submit(request).await?)
     }
 }
@@ -69,10 +85,13 @@ impl Store {
 /// dispatched state as dead as it passes them. Counted unbounded, the
 /// planner took a bitmap scan that visited every task the workflow ever
 /// dispatched (until a vacuum) on every claim.
+///
+/// Keyed workflows are left out of that statement (it tells which they
+/// are) and claimed for in a transaction of their own (`claim_keyed`).
 async fn claim_batch(
-    client: Client,
+    mut client: Client,
     requests: Vec<ClaimRequest>,
-) -> Result<Vec<Vec<Claimed>>, DbError> {
+) -> Result<Vec<Claim>, DbError> {
     let statement = client
         .prepare_cached(
             "WITH request AS (
@@ -85,6 +104,7 @@ async fn claim_batch(
                       AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
                  JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
                  JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
+                      AND cardinality(w.concurrency_keys) = 0
                  CROSS JOIN LATERAL (
                      SELECT count(*) AS n FROM (
                          SELECT FROM scheduler.tasks d
@@ -101,14 +121,21 @@ async fn claim_batch(
                      SELECT t.id, t.seq FROM scheduler.tasks t
                      WHERE t.workflow_id = room.workflow_id AND t.state = 'pending'
                        AND (t.not_before IS NULL OR t.not_before <= now())
-                     ORDER BY t.seq LIMIT room.n FOR UPDATE SKIP LOCKED
+                     ORDER BY t.priority DESC, t.seq LIMIT room.n FOR UPDATE SKIP LOCKED
                  ) c
+             ), claimed AS (
+                 UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now(),
+                     dispatched_at = now(), progress_message = '', progress_fraction = -1
+                 FROM next WHERE t.id = next.id
+                 RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
+                           t.script, t.fields, next.workflow_name, t.timeout_ms, t.tool_policy
              )
-             UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1, updated_at = now(),
-                 dispatched_at = now(), progress_message = '', progress_fraction = -1
-             FROM next WHERE t.id = next.id
-             RETURNING t.workflow_id, next.seq, t.id, t.prompt, t.attempts, t.trace_context,
-                       t.script, t.fields, next.workflow_name, t.timeout_ms, t.tool_policy",
+             SELECT * FROM claimed
+             UNION ALL
+             -- The keyed workflows among the requests (no task: a marker).
+             SELECT w.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+             FROM scheduler.workflows w
+             WHERE w.id = ANY($1) AND cardinality(w.concurrency_keys) > 0",
         )
         .await?;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
@@ -118,30 +145,54 @@ async fn claim_batch(
         .query(&statement, &[&workflows, &owners, &terms])
         .await?;
     let mut claimed: HashMap<Uuid, Vec<(i64, Claimed)>> = HashMap::new();
+    let mut keyed: Vec<&ClaimRequest> = Vec::new();
     for row in &rows {
-        let task = Claimed {
-            id: row.get(2),
-            prompt: row.get(3),
-            attempts: from_i32(row.get(4)),
-            trace_context: serde_json::from_value(row.get(5)).unwrap_or_default(),
-            script: row.get(6),
-            fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
-            workflow_name: row.get(8),
-            timeout: from_millis(row.get(9)),
-            tool_policy: serde_json::from_value(row.get(10)).unwrap_or_default(),
-        };
-        claimed
-            .entry(row.get(0))
-            .or_default()
-            .push((row.get(1), task));
+        if row.get::<_, Option<String>>(2).is_none() {
+            let workflow: Uuid = row.get(0);
+            keyed.extend(requests.iter().filter(|r| r.workflow == workflow));
+            continue;
+        }
+        let (workflow, seq, task) = claimed_from_row(row);
+        claimed.entry(workflow).or_default().push((seq, task));
     }
+    let mut keyed_claims = if keyed.is_empty() {
+        HashMap::new()
+    } else {
+        claim_keyed(&mut client, &keyed).await?
+    };
     // A workflow claimed twice in one batch: the first claim gets its tasks.
     Ok(workflows
         .iter()
         .map(|workflow| {
+            if let Some(claim) = keyed_claims.remove(workflow) {
+                return Claim {
+                    tasks: claim.tasks,
+                    waiting_for_key: claim.waiting,
+                };
+            }
             let mut tasks = claimed.remove(workflow).unwrap_or_default();
             tasks.sort_by_key(|(seq, _)| *seq);
-            tasks.into_iter().map(|(_, task)| task).collect()
+            Claim {
+                tasks: tasks.into_iter().map(|(_, task)| task).collect(),
+                waiting_for_key: false,
+            }
         })
         .collect())
+}
+
+/// A claimed task as the claim statements return it: its workflow, its
+/// sequence (creation order) and what dispatch needs.
+pub(super) fn claimed_from_row(row: &tokio_postgres::Row) -> (Uuid, i64, Claimed) {
+    let task = Claimed {
+        id: row.get(2),
+        prompt: row.get(3),
+        attempts: from_i32(row.get(4)),
+        trace_context: serde_json::from_value(row.get(5)).unwrap_or_default(),
+        script: row.get(6),
+        fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
+        workflow_name: row.get(8),
+        timeout: from_millis(row.get(9)),
+        tool_policy: serde_json::from_value(row.get(10)).unwrap_or_default(),
+    };
+    (row.get(0), row.get(1), task)
 }

@@ -17,8 +17,8 @@ impl Store {
         let client = self.pool.get().await?;
         let id = crate::model::task_id(workflow, key);
         let sql = format!(
-            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script, timeout_ms, tool_policy)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9)
+            "INSERT INTO scheduler.tasks (id, workflow_id, idempotency_key, state, fields, prompt, trace_context, script, timeout_ms, tool_policy, priority)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO NOTHING RETURNING {TASK_COLUMNS}"
         );
         let result = client
@@ -34,6 +34,7 @@ impl Store {
                     &rendered.script,
                     &to_millis(rendered.timeout),
                     &to_json(&rendered.tool_policy)?,
+                    &rendered.priority,
                 ],
             )
             .await;

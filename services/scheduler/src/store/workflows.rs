@@ -17,8 +17,8 @@ impl Store {
             "INSERT INTO scheduler.workflows
                  (id, name, agent_id, enabled, trigger, prompt_template, max_concurrency, max_attempts,
                   next_fire_at, created_at, updated_at, task_timeout_ms, retry, tool_policy,
-                  webhook_secret)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)
+                  webhook_secret, concurrency_keys)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15)
              RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -39,11 +39,15 @@ impl Store {
                     &to_json(&new.retry)?,
                     &to_json(&new.tool_policy)?,
                     &webhook_secret,
+                    &new.concurrency_keys,
                 ],
             )
             .await;
         match result {
             Ok(row) => workflow_from_row(&row),
+            Err(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                Err(unknown_key(&new.concurrency_keys))
+            }
             Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 Err(Error::already_exists(format!(
                     "a workflow named {:?} already exists; pick another name",
@@ -223,7 +227,7 @@ impl Store {
              SET name = $2, enabled = $3, trigger = $4, prompt_template = $5, max_concurrency = $6,
                  max_attempts = $7, disabled_reason = $8, updated_at = now(),
                  next_fire_at = CASE WHEN $9 THEN $10 ELSE next_fire_at END, task_timeout_ms = $11,
-                 retry = $12, tool_policy = $13
+                 retry = $12, tool_policy = $13, concurrency_keys = $14
              WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
         );
         let result = client
@@ -243,11 +247,15 @@ impl Store {
                     &to_millis(workflow.task_timeout),
                     &to_json(&workflow.retry)?,
                     &to_json(&workflow.tool_policy)?,
+                    &workflow.concurrency_keys,
                 ],
             )
             .await;
         match result {
             Ok(Some(row)) => workflow_from_row(&row),
+            Err(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                Err(unknown_key(&workflow.concurrency_keys))
+            }
             Ok(None) => Err(Error::WorkflowNotFound(workflow.id)),
             Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 Err(Error::already_exists(format!(
@@ -287,6 +295,16 @@ impl Store {
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
+}
+
+/// A workflow named a key nobody defined (the foreign key refused it).
+fn unknown_key(keys: &[String]) -> Error {
+    Error::invalid(
+        "workflow.concurrency_keys",
+        format!(
+            "a key of {keys:?} is not defined; define it first (PutConcurrencyKey, `shepherd keys put`)"
+        ),
+    )
 }
 
 /// A workflow as its runner's view needs it (see `runner_workflows`).

@@ -42,6 +42,7 @@ pub(crate) async fn workflow_with_room(
                 task_timeout: Duration::from_secs(60),
                 retry: Default::default(),
                 tool_policy: Default::default(),
+                concurrency_keys: Vec::new(),
             },
             None,
         )
@@ -57,6 +58,7 @@ pub(crate) async fn workflow_with_room(
                     script: String::new(),
                     timeout: Duration::from_secs(60),
                     tool_policy: Default::default(),
+                    priority: 0,
                 },
                 &Default::default(),
             )

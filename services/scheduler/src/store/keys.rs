@@ -1,0 +1,110 @@
+//! Concurrency keys: their definitions, what holds them, and a workflow's
+//! wait for a slot.
+
+use super::*;
+use crate::model::{ConcurrencyKey, KeyUsage};
+
+impl Store {
+    /// Defines a key or changes its limit. A lower limit takes effect as
+    /// tasks holding the key finish (none is stopped).
+    pub async fn put_key(&self, key: &ConcurrencyKey) -> Result<ConcurrencyKey> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "INSERT INTO scheduler.concurrency_keys (name, max_running) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE
+                         SET max_running = EXCLUDED.max_running, updated_at = now()
+                         RETURNING name, max_running",
+                    )
+                    .await?,
+                &[&key.name, &to_i32(key.max_running)],
+            )
+            .await?;
+        Ok(ConcurrencyKey {
+            name: row.get(0),
+            max_running: from_i32(row.get(1)),
+        })
+    }
+
+    /// Every key (or the one named), with what holds it now.
+    pub async fn list_keys(&self, name: Option<&str>) -> Result<Vec<KeyUsage>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT k.name, k.max_running,
+                                (SELECT count(*) FROM scheduler.tasks t
+                                 WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
+                                   AND t.held_keys @> ARRAY[k.name]),
+                                (SELECT count(*) FILTER (WHERE wk.waiting_since IS NOT NULL)
+                                 FROM scheduler.workflow_keys wk WHERE wk.key = k.name),
+                                (SELECT count(*) FROM scheduler.workflow_keys wk WHERE wk.key = k.name)
+                         FROM scheduler.concurrency_keys k
+                         WHERE $1::text IS NULL OR k.name = $1
+                         ORDER BY k.name",
+                    )
+                    .await?,
+                &[&name],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| KeyUsage {
+                key: ConcurrencyKey {
+                    name: row.get(0),
+                    max_running: from_i32(row.get(1)),
+                },
+                running: count(row.get(2)),
+                waiting: count(row.get(3)),
+                workflows: count(row.get(4)),
+            })
+            .collect())
+    }
+
+    /// Deletes a key no workflow names. False if there was none.
+    pub async fn delete_key(&self, name: &str) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let deleted = client
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM scheduler.concurrency_keys WHERE name = $1")
+                    .await?,
+                &[&name],
+            )
+            .await;
+        match deleted {
+            Ok(n) => Ok(n == 1),
+            Err(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                Err(Error::failed_precondition(format!(
+                    "key {name:?} is named by workflows; take it out of them first"
+                )))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The workflow no longer waits for a slot of any key (its runner
+    /// stopped claiming: its agent is not ready, or it stopped).
+    pub async fn stop_waiting_for_keys(&self, workflow: Uuid) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "UPDATE scheduler.workflow_keys SET waiting_since = NULL
+                         WHERE workflow_id = $1 AND waiting_since IS NOT NULL",
+                    )
+                    .await?,
+                &[&workflow],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn count(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
