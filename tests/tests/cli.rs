@@ -335,3 +335,68 @@ async fn exit_codes_scripts_can_rely_on() -> anyhow::Result<()> {
     assert!(stderr.contains("is the service running"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrency_keys_and_priorities_from_the_cli() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await?;
+    let cli = Cli {
+        manager: stack.manager.url(),
+        scheduler: stack.scheduler.as_ref().expect("scheduler").url(),
+        token: Some(TOKEN.into()),
+    };
+    stack
+        .create_agent("cli-keyed", am::RestartMode::OnFailure)
+        .await?;
+    let key = cli
+        .json(&["keys", "put", "provider:x", "--limit", "2"])
+        .await?;
+    assert_eq!(
+        (key["name"].as_str(), key["max_running"].as_u64()),
+        (Some("provider:x"), Some(2))
+    );
+    let workflow = cli
+        .json(&[
+            "workflows",
+            "create",
+            "--name",
+            "keyed",
+            "--agent",
+            "cli-keyed",
+            "--key",
+            "provider:x",
+            "--disabled",
+            "--template",
+            "echo {{title}}",
+        ])
+        .await?;
+    assert_eq!(
+        workflow["concurrency_keys"],
+        serde_json::json!(["provider:x"])
+    );
+    let task = cli
+        .json(&[
+            "workflows",
+            "trigger",
+            "keyed",
+            "--title",
+            "t",
+            "--priority",
+            "-3",
+        ])
+        .await?;
+    assert_eq!(task["priority"], -3);
+    let keys = cli.json(&["keys", "list"]).await?;
+    assert_eq!(keys[0]["workflows"], 1, "{keys}");
+    let (code, stderr) = cli.code(&["keys", "delete", "provider:x"]).await?;
+    assert_ne!(code, 0, "a key in use stays: {stderr}");
+    assert!(stderr.contains("take it out"), "{stderr}");
+    let (code, stderr) = cli
+        .code(&["keys", "put", "provider:x", "--limit", "0"])
+        .await?;
+    assert_eq!(code, 2, "an invalid limit: {stderr}");
+    Ok(())
+}

@@ -75,6 +75,10 @@ pub(crate) enum Command {
     /// ask list.
     #[command(subcommand, alias = "approval")]
     Approvals(ApprovalCommand),
+    /// Concurrency keys: scarce things workflows share (a provider
+    /// account, a repository), and how many of their tasks may run at once.
+    #[command(subcommand, alias = "key")]
+    Keys(KeyCommand),
     /// How the agent-manager contains agents: its containment mode, the
     /// limits it enforces and its default limits.
     Manager,
@@ -199,6 +203,8 @@ pub(crate) struct CreateAgent {
     pub stopped: bool,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum WorkflowCommand {
     /// Create a workflow for an agent.
@@ -236,6 +242,22 @@ pub(crate) enum WorkflowCommand {
     RotateSecret {
         workflow: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum KeyCommand {
+    /// Every key, with the tasks holding it and the workflows waiting.
+    List,
+    /// Define a key, or change its limit.
+    Put {
+        /// e.g. provider:anthropic, repo:web.
+        name: String,
+        /// Tasks holding it that may run at once.
+        #[arg(long)]
+        limit: u32,
+    },
+    /// Delete a key no workflow names.
+    Delete { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +310,10 @@ pub(crate) struct CreateWorkflow {
     pub max_concurrency: u32,
     #[arg(long, default_value_t = 0)]
     pub max_attempts: u32,
+    /// A concurrency key its tasks hold while they run (repeatable;
+    /// defined with `shepherd keys put`).
+    #[arg(long = "key")]
+    pub keys: Vec<String>,
     /// Tool policy: a tool the agent may use (repeatable; none: any).
     #[arg(long = "allow-tool")]
     pub allowed_tools: Vec<String>,
@@ -317,6 +343,9 @@ pub(crate) struct TriggerWorkflow {
     /// Metadata KEY=VALUE (repeatable).
     #[arg(long = "meta", value_parser = key_value)]
     pub metadata: Vec<(String, String)>,
+    /// Higher runs first (within the workflow and its keys).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
 }
 
 #[derive(Subcommand, Debug)]

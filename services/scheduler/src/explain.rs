@@ -35,6 +35,16 @@ pub(crate) struct ApprovalFacts {
     pub age: Duration,
 }
 
+/// A concurrency key the workflow names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyFacts {
+    pub name: String,
+    pub max_running: u32,
+    pub running: u32,
+    /// Workflows whose dispatched tasks hold it (at most 10).
+    pub holders: Vec<String>,
+}
+
 /// Everything a diagnosis looks at.
 #[derive(Debug, Clone)]
 pub(crate) struct Facts {
@@ -57,6 +67,8 @@ pub(crate) struct Facts {
     pub last_error: String,
     /// Pending approvals of the workflow's tasks, the oldest first.
     pub approvals: Vec<ApprovalFacts>,
+    /// The concurrency keys it names.
+    pub keys: Vec<KeyFacts>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +81,7 @@ pub(crate) enum Verdict {
     LeaseElsewhere,
     WaitingOnApproval,
     ConcurrencyFull,
+    WaitingOnKey,
     NothingDue,
     Stalled,
 }
@@ -129,6 +142,21 @@ pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
             format!(
                 "concurrency full: {} of {} in flight{oldest}; {} due task(s) wait",
                 facts.in_flight_count, facts.max_concurrency, facts.due
+            ),
+        );
+    }
+    if facts.due > 0
+        && let Some(key) = facts.keys.iter().find(|k| k.running >= k.max_running)
+    {
+        let holders = match key.holders.as_slice() {
+            [] => String::new(),
+            names => format!(", held by {}", names.join(", ")),
+        };
+        return (
+            Verdict::WaitingOnKey,
+            format!(
+                "waiting on key {}: {} of {} running{holders}; {} due task(s) wait for a slot",
+                key.name, key.running, key.max_running, facts.due
             ),
         );
     }
@@ -227,6 +255,7 @@ mod tests {
             next_fire: None,
             last_error: String::new(),
             approvals: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -287,6 +316,24 @@ mod tests {
             line.contains("deploy") && line.contains("approve a1"),
             "{line}"
         );
+
+        let mut facts = healthy();
+        facts.keys = vec![KeyFacts {
+            name: "provider:x".into(),
+            max_running: 2,
+            running: 2,
+            holders: vec!["review".into(), "triage".into()],
+        }];
+        let (verdict, line) = judge(&facts);
+        assert_eq!(verdict, Verdict::WaitingOnKey);
+        assert!(
+            line.contains("provider:x")
+                && line.contains("2 of 2")
+                && line.contains("review, triage"),
+            "{line}"
+        );
+        facts.keys[0].running = 1;
+        assert_eq!(judge(&facts).0, Verdict::Running, "a free slot");
 
         let mut facts = healthy();
         facts.pending = 0;

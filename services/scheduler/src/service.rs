@@ -417,6 +417,7 @@ impl Scheduler {
             next_fire: queue.next_fire,
             last_error: queue.last_error.clone(),
             approvals,
+            keys: self.store.key_facts(id).await?,
         };
         let (verdict, summary) = crate::explain::judge(&facts);
         Ok(Diagnosis {

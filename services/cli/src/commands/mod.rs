@@ -3,6 +3,7 @@
 
 mod agent_file;
 mod agents;
+mod keys;
 mod tasks;
 mod watch;
 mod workflows;
@@ -46,6 +47,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             clients.watch(after, agent_id, limit, |_| true).await
         }
         Command::Approvals(command) => clients.approvals(command).await,
+        Command::Keys(command) => clients.keys(command).await,
         Command::Top => crate::top::run(clients.agents.clone(), clients.workflows.clone()).await,
         Command::Mcp { allow_writes, http } => match http {
             Some(addr) => {

@@ -125,6 +125,7 @@ impl Clients {
                     prompt_template: create.template,
                     max_concurrency: create.max_concurrency,
                     max_attempts: create.max_attempts,
+                    concurrency_keys: create.keys,
                     tool_policy: Some(sched::ToolPolicy {
                         allowed_tools: create.allowed_tools,
                         denied_tools: create.denied_tools,
@@ -174,7 +175,7 @@ impl Clients {
                     metadata: trigger.metadata.into_iter().collect(),
                 }),
                 timeout: None,
-                priority: 0,
+                priority: trigger.priority,
             })
             .await?
             .into_inner())

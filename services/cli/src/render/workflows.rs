@@ -69,6 +69,10 @@ impl Render for sched::Workflow {
     fn details(&self) -> Vec<(&'static str, String)> {
         let mut details: Vec<(&'static str, String)> =
             Self::headers().iter().copied().zip(self.row()).collect();
+        details.push(("max concurrency", self.max_concurrency.to_string()));
+        if !self.concurrency_keys.is_empty() {
+            details.push(("keys", self.concurrency_keys.join(" ")));
+        }
         if let Some(sched::trigger::Kind::Webhook(webhook)) =
             self.trigger.as_ref().and_then(|t| t.kind.as_ref())
         {
@@ -107,6 +111,7 @@ impl Render for sched::Workflow {
             "prompt_template": self.prompt_template,
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
+            "concurrency_keys": self.concurrency_keys,
             "disabled_reason": self.disabled_reason,
             "create_time": time(self.create_time.as_ref()),
             "update_time": time(self.update_time.as_ref()),
@@ -146,11 +151,38 @@ impl Render for sched::Task {
                 "labels": fields.labels, "metadata": fields.metadata,
             },
             "prompt": self.prompt,
+            "priority": self.priority,
             "attempts": self.attempts,
             "output": self.output,
             "last_error": self.last_error,
             "create_time": time(self.create_time.as_ref()),
             "update_time": time(self.update_time.as_ref()),
+        })
+    }
+}
+
+impl Render for sched::ConcurrencyKey {
+    fn headers() -> &'static [&'static str] {
+        &["name", "limit", "running", "waiting", "workflows"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.max_running.to_string(),
+            self.running.to_string(),
+            self.waiting.to_string(),
+            self.workflows.to_string(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "max_running": self.max_running,
+            "running": self.running,
+            "waiting": self.waiting,
+            "workflows": self.workflows,
         })
     }
 }

@@ -498,6 +498,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
             Verdict::LeaseElsewhere => pb::Verdict::LeaseElsewhere,
             Verdict::WaitingOnApproval => pb::Verdict::WaitingOnApproval,
             Verdict::ConcurrencyFull => pb::Verdict::ConcurrencyFull,
+            Verdict::WaitingOnKey => pb::Verdict::WaitingOnKey,
             Verdict::NothingDue => pb::Verdict::NothingDue,
             Verdict::Stalled => pb::Verdict::Stalled,
         } as i32,
@@ -537,6 +538,16 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
         oldest_pending_task_id: facts.oldest_pending.map(|(id, _)| id).unwrap_or_default(),
         next_fire: facts.next_fire.map(Into::into),
         last_error: facts.last_error,
+        keys: facts
+            .keys
+            .into_iter()
+            .map(|key| pb::KeyHolders {
+                name: key.name,
+                max_running: key.max_running,
+                running: key.running,
+                holders: key.holders,
+            })
+            .collect(),
         pending_approvals: facts
             .approvals
             .into_iter()

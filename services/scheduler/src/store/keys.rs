@@ -2,6 +2,7 @@
 //! wait for a slot.
 
 use super::*;
+use crate::explain::KeyFacts;
 use crate::model::{ConcurrencyKey, KeyUsage};
 
 impl Store {
@@ -84,6 +85,41 @@ impl Store {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// The keys a workflow names, each with what holds it now.
+    pub(crate) async fn key_facts(&self, workflow: Uuid) -> Result<Vec<KeyFacts>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT k.name, k.max_running, held.n, held.names[1:10]
+                         FROM scheduler.workflow_keys wk
+                         JOIN scheduler.concurrency_keys k ON k.name = wk.key
+                         CROSS JOIN LATERAL (
+                             SELECT count(*) AS n,
+                                    coalesce(array_agg(DISTINCT w.name), '{}') AS names
+                             FROM scheduler.tasks t
+                             JOIN scheduler.workflows w ON w.id = t.workflow_id
+                             WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
+                               AND t.held_keys @> ARRAY[k.name]) held
+                         WHERE wk.workflow_id = $1
+                         ORDER BY k.name",
+                    )
+                    .await?,
+                &[&workflow],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| KeyFacts {
+                name: row.get(0),
+                max_running: from_i32(row.get(1)),
+                running: count(row.get(2)),
+                holders: row.get(3),
+            })
+            .collect())
     }
 
     /// The workflow no longer waits for a slot of any key (its runner
