@@ -20,6 +20,9 @@
 //!     one connection: PostgreSQL CPU per task, the floor under (b);
 //! idle: N enabled workflows with no tasks: scheduler and PostgreSQL CPU
 //!     (from /proc) and scheduler memory per runner;
+//! keys: (b) without keys, then with one concurrency key (a limit that never
+//!     binds) on every workflow, in the same run: what claiming under a key
+//!     costs, as the ratio of the two;
 //! latency: trigger -> dispatched -> completed at low load, p50/p99 (from
 //!     the database's own timestamps);
 //! containment: what containing an agent costs: per launch (prepare the
@@ -32,7 +35,7 @@
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N[,N...] (b,
 //! per workflow, each in turn; default 1,8), --workflows N (idle; default 10000), --only
-//! a1|a2|a3|b|baseline|db-floor|idle|latency|containment (a3: one agent with
+//! a1|a2|a3|b|keys|baseline|db-floor|idle|latency|containment (a3: one agent with
 //! --workflows workflows restarted), --launches N (containment; default 1000).
 
 use std::time::{Duration, Instant, SystemTime};
@@ -45,12 +48,13 @@ use shepherd_e2e::{Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
 use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|baseline|db-floor|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|baseline|db-floor|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
   a3: runners of one agent with --workflows workflows (default 10000) back after its restart
   b:  throughput of no-op tasks over 50 agents (--tasks, default 20000; --concurrency per workflow: each in turn, default 1,8),
       as tasks/s and as a ratio to the baseline (measured first, in the same run)
+  keys: b without keys and b with one key on every workflow, each --concurrency in turn, and their ratio
   baseline: 8 connections committing one insert plus one update each, for 5 s
       (and pgbench -N with 8 clients for 5 s, if pgbench is installed)
   db-floor: PostgreSQL CPU per task for the rows a task writes alone (no services), in waves of 50 and 11
@@ -123,7 +127,17 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("b") {
         for &concurrency in &args.concurrency {
-            throughput(50, args.tasks, concurrency, &yard_sticks).await?;
+            throughput(50, args.tasks, concurrency, &yard_sticks, false).await?;
+        }
+    }
+    if run("keys") {
+        for &concurrency in &args.concurrency {
+            let plain = throughput(50, args.tasks, concurrency, &yard_sticks, false).await?;
+            let keyed = throughput(50, args.tasks, concurrency, &yard_sticks, true).await?;
+            println!(
+                "(keys) max concurrency {concurrency}: one key on every workflow runs at {:.2}x the throughput without keys ({keyed:.0} vs {plain:.0} tasks/s, same run)",
+                keyed / plain
+            );
         }
     }
     if run("db-floor") {
@@ -354,13 +368,32 @@ impl YardSticks {
     }
 }
 
+/// A concurrency key every workflow of a throughput run names, with a
+/// limit that never binds: what claiming under a key costs.
+const BENCH_KEY: &str = "bench:shared";
+
+/// Runs (b) and returns its rate (tasks/s). With `keyed`, every workflow
+/// names `BENCH_KEY`.
 async fn throughput(
     agents: usize,
     tasks: usize,
     concurrency: u32,
     yard_sticks: &YardSticks,
-) -> anyhow::Result<()> {
+    keyed: bool,
+) -> anyhow::Result<f64> {
     let mut stack = Stack::start(options()).await?;
+    if keyed {
+        stack
+            .workflows
+            .put_concurrency_key(sched::PutConcurrencyKeyRequest {
+                key: Some(sched::ConcurrencyKey {
+                    name: BENCH_KEY.into(),
+                    max_running: 100_000,
+                    ..Default::default()
+                }),
+            })
+            .await?;
+    }
     let mut workflows = Vec::new();
     for a in 0..agents {
         let agent = stack
@@ -374,6 +407,11 @@ async fn throughput(
                     agent_id: agent.id.clone(),
                     enabled: false,
                     max_concurrency: concurrency,
+                    concurrency_keys: if keyed {
+                        vec![BENCH_KEY.into()]
+                    } else {
+                        Vec::new()
+                    },
                     ..Default::default()
                 }),
             })
@@ -498,8 +536,13 @@ async fn throughput(
     let (delivered_once, completions): (i64, i64) = (row.get(0), row.get(1));
     let rate = timed as f64 / elapsed.as_secs_f64();
     let ratio = yard_sticks.ratios(rate);
+    let keys = if keyed {
+        format!(", every workflow naming key {BENCH_KEY}")
+    } else {
+        String::new()
+    };
     println!(
-        "(b) {agents} agents, no-op tasks, max concurrency {concurrency}/workflow: {timed} tasks dispatched and completed in {:.2} s = {rate:.0} tasks/s{ratio} (after {} warm-up tasks; of all {}: {failed} not succeeded, {delivered_once} delivered exactly once, {completions} completion events)",
+        "(b) {agents} agents, no-op tasks, max concurrency {concurrency}/workflow{keys}: {timed} tasks dispatched and completed in {:.2} s = {rate:.0} tasks/s{ratio} (after {} warm-up tasks; of all {}: {failed} not succeeded, {delivered_once} delivered exactly once, {completions} completion events)",
         elapsed.as_secs_f64(),
         done_at_start,
         total as i64 + warm,
@@ -508,7 +551,7 @@ async fn throughput(
         "    CPU per task: {}",
         cpu.per_task_since(&cpu_before, timed)
     );
-    Ok(())
+    Ok(rate)
 }
 
 /// CPU ticks of each part of a stack, per process, at one moment (from
