@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use shepherd_platform::db::{Client, DbError};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::Claimed;
@@ -38,41 +39,31 @@ pub(super) async fn claim_keyed(
     let owners: Vec<&str> = requests.iter().map(|r| r.owner.as_str()).collect();
     let terms: Vec<i64> = requests.iter().map(|r| r.term).collect();
 
-    // The keys, locked in name order. Counted after the lock is held, in
-    // a statement of its own: a statement sees the rows committed when it
-    // started, so a count in the locking statement could miss the tasks
-    // a claim it waited for had just dispatched.
-    let locked = tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT k.name FROM scheduler.concurrency_keys k
-                 WHERE k.name IN (SELECT unnest(w.concurrency_keys) FROM scheduler.workflows w
-                                  WHERE w.id = ANY($1))
-                 ORDER BY k.name FOR NO KEY UPDATE OF k",
-            )
-            .await?,
-            &[&workflows],
-        )
-        .await?;
-    let names: Vec<String> = locked.iter().map(|row| row.get(0)).collect();
-    let keys = tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT k.max_running - (
-                     SELECT count(*) FROM scheduler.tasks t
-                     WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
-                       AND t.held_keys @> ARRAY[k.name])
-                 FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i)
-                 JOIN scheduler.concurrency_keys k ON k.name = n.name
-                 ORDER BY n.i",
-            )
-            .await?,
-            &[&names],
-        )
-        .await?;
+    // Four statements, sent together (pipelined on the transaction's
+    // connection: `try_join!` polls, and so sends, them in this order) and
+    // run by the server one after the other: the lock first, so the count,
+    // a statement of its own that starts once the lock is held, sees the
+    // tasks a claim it waited for had just dispatched. (A count in the
+    // locking statement would not: a statement sees the rows committed
+    // when it started.)
+    let (lock, count, here, elsewhere) = futures_util::try_join!(
+        tx.prepare_cached(LOCK_KEYS),
+        tx.prepare_cached(FREE_SLOTS),
+        tx.prepare_cached(CLAIMING_NOW),
+        tx.prepare_cached(WAITING_ELSEWHERE),
+    )?;
+    let by_workflows: [&(dyn ToSql + Sync); 1] = [&workflows];
+    let requested: [&(dyn ToSql + Sync); 3] = [&workflows, &owners, &terms];
+    let (_, keys, here, elsewhere) = futures_util::try_join!(
+        tx.query(&lock, &by_workflows),
+        tx.query(&count, &by_workflows),
+        tx.query(&here, &requested),
+        tx.query(&elsewhere, &by_workflows),
+    )?;
+    let names: Vec<String> = keys.iter().map(|row| row.get(0)).collect();
     let free: Vec<u32> = keys
         .iter()
-        .map(|row| u32::try_from(row.get::<_, i64>(0).max(0)).unwrap_or(0))
+        .map(|row| u32::try_from(row.get::<_, i64>(1).max(0)).unwrap_or(0))
         .collect();
     let index: HashMap<&str, usize> = names
         .iter()
@@ -84,76 +75,6 @@ pub(super) async fn claim_keyed(
             .filter_map(|key| index.get(key.as_str()).copied())
             .collect()
     };
-
-    // The workflows claiming now: lease and room checked as for any claim,
-    // their claimable tasks (best first) locked.
-    let here = tx
-        .query(
-            &tx.prepare_cached(
-                "WITH request AS (
-                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(workflow_id, owner, term)
-                 ), room AS (
-                     SELECT w.id, w.concurrency_keys, w.max_concurrency - busy.n AS n
-                     FROM request r
-                     JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
-                          AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
-                     JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
-                     JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
-                     CROSS JOIN LATERAL (
-                         SELECT count(*) AS n FROM (
-                             SELECT FROM scheduler.tasks d
-                             WHERE d.workflow_id = w.id AND d.state = 'dispatched'
-                             LIMIT w.max_concurrency) dispatched) busy
-                     WHERE busy.n < w.max_concurrency
-                     FOR SHARE OF l
-                 )
-                 SELECT room.id, room.concurrency_keys, room.n,
-                        (SELECT extract(epoch FROM max(s.served_at)) * 1000
-                         FROM scheduler.workflow_keys s WHERE s.workflow_id = room.id)::bigint,
-                        c.id, c.priority, c.seq
-                 FROM room, LATERAL (
-                     SELECT t.id, t.priority, t.seq FROM scheduler.tasks t
-                     WHERE t.workflow_id = room.id AND t.state = 'pending'
-                       AND (t.not_before IS NULL OR t.not_before <= now())
-                     ORDER BY t.priority DESC, t.seq LIMIT room.n FOR UPDATE SKIP LOCKED
-                 ) c",
-            )
-            .await?,
-            &[&workflows, &owners, &terms],
-        )
-        .await?;
-
-    // The workflows waiting elsewhere for a slot of these keys: enabled,
-    // their lease held by a live replica, with room and a claimable task.
-    let elsewhere = tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT w.id, w.concurrency_keys,
-                        (SELECT extract(epoch FROM max(s.served_at)) * 1000
-                         FROM scheduler.workflow_keys s WHERE s.workflow_id = w.id)::bigint,
-                        head.priority, head.seq
-                 FROM scheduler.workflows w
-                 CROSS JOIN LATERAL (
-                     SELECT t.priority, t.seq FROM scheduler.tasks t
-                     WHERE t.workflow_id = w.id AND t.state = 'pending'
-                       AND (t.not_before IS NULL OR t.not_before <= now())
-                     ORDER BY t.priority DESC, t.seq LIMIT 1) head
-                 WHERE w.id IN (SELECT wk.workflow_id FROM scheduler.workflow_keys wk
-                                WHERE wk.key = ANY($1) AND wk.waiting_since IS NOT NULL)
-                   AND w.id <> ALL($2) AND w.enabled
-                   AND EXISTS (
-                     SELECT FROM scheduler.runner_leases l
-                     JOIN scheduler.replicas p ON p.id = l.owner AND p.expires_at > now()
-                     WHERE l.workflow_id = w.id AND l.expires_at > now())
-                   AND (SELECT count(*) FROM (
-                          SELECT FROM scheduler.tasks d
-                          WHERE d.workflow_id = w.id AND d.state = 'dispatched'
-                          LIMIT w.max_concurrency) busy) < w.max_concurrency",
-            )
-            .await?,
-            &[&names, &workflows],
-        )
-        .await?;
 
     // Contenders: each workflow claiming now (in request order), then each
     // waiting elsewhere.
@@ -203,42 +124,15 @@ pub(super) async fn claim_keyed(
     let served: Vec<Uuid> = shares.granted.iter().map(|(i, _)| ids[*i]).collect();
     let waiting: Vec<Uuid> = shares.waiting.iter().map(|i| ids[*i]).collect();
     let reserved: Vec<Uuid> = shares.reserved.iter().map(|i| ids[*i]).collect();
-    let rows = if granted.is_empty() {
-        Vec::new()
-    } else {
-        tx.query(
-            &tx.prepare_cached(
-                "UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1,
-                     updated_at = now(), dispatched_at = now(), progress_message = '',
-                     progress_fraction = -1, held_keys = w.concurrency_keys
-                 FROM scheduler.workflows w
-                 WHERE t.id = ANY($1) AND w.id = t.workflow_id
-                 RETURNING t.workflow_id, t.seq, t.id, t.prompt, t.attempts, t.trace_context,
-                           t.script, t.fields, w.name, t.timeout_ms, t.tool_policy",
-            )
-            .await?,
-            &[&granted],
-        )
-        .await?
-    };
-    // The fair-share bookkeeping, and a wake-up for each workflow that won
-    // a slot elsewhere (its runner claims it).
-    tx.execute(
-        &tx.prepare_cached(
-            "WITH kept AS (
-                 UPDATE scheduler.workflow_keys
-                 SET served_at = CASE WHEN workflow_id = ANY($1) THEN now() ELSE served_at END,
-                     waiting_since = CASE WHEN workflow_id = ANY($2)
-                                          THEN coalesce(waiting_since, now()) END
-                 WHERE workflow_id = ANY($1) OR workflow_id = ANY($2)
-                    OR (workflow_id = ANY($4) AND waiting_since IS NOT NULL)
-             )
-             SELECT pg_notify('shepherd_work', r::text) FROM unnest($3::uuid[]) r",
-        )
-        .await?,
-        &[&served, &waiting, &reserved, &workflows],
-    )
-    .await?;
+    // The tasks granted, marked dispatched holding the keys; the
+    // fair-share bookkeeping, and a wake-up for each workflow that won a
+    // slot elsewhere (its runner claims it). Sent together.
+    let (dispatch, book) =
+        futures_util::try_join!(tx.prepare_cached(DISPATCH), tx.prepare_cached(BOOKKEEPING))?;
+    let dispatched: [&(dyn ToSql + Sync); 1] = [&granted];
+    let booked: [&(dyn ToSql + Sync); 4] = [&served, &waiting, &reserved, &workflows];
+    let (rows, _) =
+        futures_util::try_join!(tx.query(&dispatch, &dispatched), tx.execute(&book, &booked))?;
     tx.commit().await?;
 
     let mut claims: HashMap<Uuid, KeyedClaim> = HashMap::new();
@@ -252,3 +146,99 @@ pub(super) async fn claim_keyed(
     }
     Ok(claims)
 }
+
+/// Locks the keys the requested workflows name, in name order.
+const LOCK_KEYS: &str = "SELECT k.name FROM scheduler.concurrency_keys k
+     WHERE k.name IN (SELECT unnest(w.concurrency_keys) FROM scheduler.workflows w
+                      WHERE w.id = ANY($1))
+     ORDER BY k.name FOR NO KEY UPDATE OF k";
+
+/// The same keys in the same order, with their free slots: the limit less
+/// the dispatched tasks holding each.
+const FREE_SLOTS: &str = "SELECT k.name, k.max_running - (
+         SELECT count(*) FROM scheduler.tasks t
+         WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
+           AND t.held_keys @> ARRAY[k.name])
+     FROM scheduler.concurrency_keys k
+     WHERE k.name IN (SELECT unnest(w.concurrency_keys) FROM scheduler.workflows w
+                      WHERE w.id = ANY($1))
+     ORDER BY k.name";
+
+/// The workflows claiming now: lease and room checked as for any claim;
+/// their claimable tasks, best first, locked.
+const CLAIMING_NOW: &str = "WITH request AS (
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(workflow_id, owner, term)
+     ), room AS (
+         SELECT w.id, w.concurrency_keys, w.max_concurrency - busy.n AS n
+         FROM request r
+         JOIN scheduler.runner_leases l ON l.workflow_id = r.workflow_id
+              AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
+         JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
+         JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS n FROM (
+                 SELECT FROM scheduler.tasks d
+                 WHERE d.workflow_id = w.id AND d.state = 'dispatched'
+                 LIMIT w.max_concurrency) dispatched) busy
+         WHERE busy.n < w.max_concurrency
+         FOR SHARE OF l
+     )
+     SELECT room.id, room.concurrency_keys, room.n,
+            (SELECT extract(epoch FROM max(s.served_at)) * 1000
+             FROM scheduler.workflow_keys s WHERE s.workflow_id = room.id)::bigint,
+            c.id, c.priority, c.seq
+     FROM room, LATERAL (
+         SELECT t.id, t.priority, t.seq FROM scheduler.tasks t
+         WHERE t.workflow_id = room.id AND t.state = 'pending'
+           AND (t.not_before IS NULL OR t.not_before <= now())
+         ORDER BY t.priority DESC, t.seq LIMIT room.n FOR UPDATE SKIP LOCKED
+     ) c";
+
+/// The workflows waiting elsewhere for a slot of these keys: enabled, their
+/// lease held by a live replica, with room and a claimable task (its head).
+const WAITING_ELSEWHERE: &str = "SELECT w.id, w.concurrency_keys,
+            (SELECT extract(epoch FROM max(s.served_at)) * 1000
+             FROM scheduler.workflow_keys s WHERE s.workflow_id = w.id)::bigint,
+            head.priority, head.seq
+     FROM scheduler.workflows w
+     CROSS JOIN LATERAL (
+         SELECT t.priority, t.seq FROM scheduler.tasks t
+         WHERE t.workflow_id = w.id AND t.state = 'pending'
+           AND (t.not_before IS NULL OR t.not_before <= now())
+         ORDER BY t.priority DESC, t.seq LIMIT 1) head
+     WHERE w.id IN (
+             SELECT wk.workflow_id FROM scheduler.workflow_keys wk
+             WHERE wk.waiting_since IS NOT NULL
+               AND wk.key IN (SELECT unnest(r.concurrency_keys) FROM scheduler.workflows r
+                              WHERE r.id = ANY($1)))
+       AND w.id <> ALL($1) AND w.enabled
+       AND EXISTS (
+         SELECT FROM scheduler.runner_leases l
+         JOIN scheduler.replicas p ON p.id = l.owner AND p.expires_at > now()
+         WHERE l.workflow_id = w.id AND l.expires_at > now())
+       AND (SELECT count(*) FROM (
+              SELECT FROM scheduler.tasks d
+              WHERE d.workflow_id = w.id AND d.state = 'dispatched'
+              LIMIT w.max_concurrency) busy) < w.max_concurrency";
+
+/// Marks the granted tasks dispatched, holding their workflow's keys.
+const DISPATCH: &str =
+    "UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1,
+         updated_at = now(), dispatched_at = now(), progress_message = '',
+         progress_fraction = -1, held_keys = w.concurrency_keys
+     FROM scheduler.workflows w
+     WHERE t.id = ANY($1) AND w.id = t.workflow_id
+     RETURNING t.workflow_id, t.seq, t.id, t.prompt, t.attempts, t.trace_context,
+               t.script, t.fields, w.name, t.timeout_ms, t.tool_policy";
+
+/// Who was served ($1), who waits ($2; every other requester, $4, waits no
+/// more), and a wake-up for each workflow that won a slot elsewhere ($3).
+const BOOKKEEPING: &str = "WITH kept AS (
+         UPDATE scheduler.workflow_keys
+         SET served_at = CASE WHEN workflow_id = ANY($1) THEN now() ELSE served_at END,
+             waiting_since = CASE WHEN workflow_id = ANY($2)
+                                  THEN coalesce(waiting_since, now()) END
+         WHERE workflow_id = ANY($1) OR workflow_id = ANY($2)
+            OR (workflow_id = ANY($4) AND waiting_since IS NOT NULL)
+     )
+     SELECT pg_notify('shepherd_work', r::text) FROM unnest($3::uuid[]) r";
