@@ -25,16 +25,22 @@ async fn put_key(
     name: &str,
     max_running: u32,
 ) -> anyhow::Result<sched::ConcurrencyKey> {
+    put(
+        stack,
+        sched::ConcurrencyKey {
+            name: name.into(),
+            max_running,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn put(stack: &Stack, key: sched::ConcurrencyKey) -> anyhow::Result<sched::ConcurrencyKey> {
     Ok(stack
         .workflows
         .clone()
-        .put_concurrency_key(sched::PutConcurrencyKeyRequest {
-            key: Some(sched::ConcurrencyKey {
-                name: name.into(),
-                max_running,
-                ..Default::default()
-            }),
-        })
+        .put_concurrency_key(sched::PutConcurrencyKeyRequest { key: Some(key) })
         .await?
         .into_inner())
 }
@@ -262,6 +268,31 @@ async fn bad_keys_and_priorities_are_refused_and_nothing_is_stored() -> anyhow::
         let status = refused.downcast_ref::<tonic::Status>().expect("a status");
         assert_eq!(status.code(), Code::InvalidArgument, "{name:?} {limit}");
     }
+    // A rate with a period of zero, or without a period, caps nothing: refused.
+    for (rate_limit, seconds) in [(10, Some(0)), (10, None), (0, Some(60))] {
+        let key = sched::ConcurrencyKey {
+            name: "rated".into(),
+            max_running: 1,
+            rate_limit,
+            rate_period: seconds.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let refused = put(&stack, key).await.expect_err("refused");
+        let status = refused.downcast_ref::<tonic::Status>().expect("a status");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{rate_limit} per {seconds:?}"
+        );
+    }
+    let keys = stack
+        .workflows
+        .clone()
+        .list_concurrency_keys(sched::ListConcurrencyKeysRequest {})
+        .await?
+        .into_inner()
+        .keys;
+    assert!(keys.is_empty(), "nothing stored: {keys:?}");
     let unknown = keyed_workflow(&stack, "w", &agent.id, &["nobody:defined"], &log, 0.0)
         .await
         .expect_err("an unknown key is refused");
@@ -318,5 +349,80 @@ async fn bad_keys_and_priorities_are_refused_and_nothing_is_stored() -> anyhow::
             name: "db:staging".into(),
         })
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_a_scheduler_restart() -> anyhow::Result<()> {
+    // 3 starts per 6 s: a bucket of 3 tokens, one more every 2 s.
+    const BURST: f64 = 3.0;
+    const PER_SECOND: f64 = 0.5;
+    let mut stack = Stack::start(options()).await?;
+    put(
+        &stack,
+        sched::ConcurrencyKey {
+            name: "api:rated".into(),
+            max_running: 100,
+            rate_limit: 3,
+            rate_period: Some(prost_types::Duration {
+                seconds: 6,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let agent = stack
+        .create_agent("rated", am::RestartMode::OnFailure)
+        .await?;
+    let log = stack.scratch_file("starts.log");
+    let workflow = stack
+        .workflows
+        .clone()
+        .create_workflow(sched::CreateWorkflowRequest {
+            workflow: Some(sched::Workflow {
+                name: "rated".into(),
+                agent_id: agent.id.clone(),
+                enabled: true,
+                max_concurrency: 10,
+                concurrency_keys: vec!["api:rated".into()],
+                prompt_template: format!("date +%s.%N >> {}", log.display()),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut tasks = Vec::new();
+    for n in 0..3 {
+        tasks.push(trigger(&stack, &workflow.id, &format!("before-{n}"), 0).await?);
+    }
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    // The bucket is empty; a restarted scheduler must not find it full.
+    stack.kill_scheduler().await?;
+    stack.start_scheduler().await?;
+    for n in 0..3 {
+        tasks.push(trigger(&stack, &workflow.id, &format!("after-{n}"), 0).await?);
+    }
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+
+    let mut starts: Vec<f64> = lines(&log)
+        .iter()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    assert_eq!(starts.len(), 6);
+    // A token bucket: in any window, at most the burst plus what refills
+    // over it (and 0.3 s for the clocks of the database and this host).
+    for i in 0..starts.len() {
+        for j in i..starts.len() {
+            let allowed = BURST + (starts[j] - starts[i] + 0.3) * PER_SECOND;
+            assert!(
+                (j - i + 1) as f64 <= allowed,
+                "{} starts within {:.2} s: {starts:?}",
+                j - i + 1,
+                starts[j] - starts[i]
+            );
+        }
+    }
     Ok(())
 }

@@ -255,6 +255,12 @@ pub(crate) enum KeyCommand {
         /// Tasks holding it that may run at once.
         #[arg(long)]
         limit: u32,
+        /// Also at most this many of them start per --per.
+        #[arg(long, requires = "per")]
+        rate: Option<u32>,
+        /// The rate's period (e.g. 1m).
+        #[arg(long, requires = "rate", value_parser = humantime::parse_duration)]
+        per: Option<std::time::Duration>,
     },
     /// Delete a key no workflow names.
     Delete { name: String },

@@ -16,7 +16,9 @@ use crate::model::{
     MAX_TOOLS, MAX_URL, MIN_INTERVAL, MIN_TASK_TIMEOUT,
 };
 use crate::model::{MAX_FILTER_LEN, MAX_FILTERS, MAX_MAPPINGS, MAX_POINTER_LEN};
-use crate::model::{MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_WORKFLOW_KEYS};
+use crate::model::{
+    MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_RATE, MAX_RATE_PERIOD, MAX_WORKFLOW_KEYS, MIN_RATE_PERIOD,
+};
 
 pub fn all() -> Vec<Limit> {
     vec![
@@ -98,6 +100,14 @@ pub fn all() -> Vec<Limit> {
             ),
         ),
         Limit::new("concurrency key max_running", format!("1-{MAX_KEY_LIMIT}")),
+        Limit::new(
+            "concurrency key rate",
+            format!(
+                "1-{MAX_RATE} starts per {} to {} (0 and no period: no cap)",
+                duration(MIN_RATE_PERIOD),
+                duration(MAX_RATE_PERIOD)
+            ),
+        ),
         Limit::new(
             "TriggerWorkflow priority",
             format!("-{MAX_PRIORITY} to {MAX_PRIORITY} (default 0)"),

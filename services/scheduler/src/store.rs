@@ -133,6 +133,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "concurrency_keys",
         sql: include_str!("../migrations/0019_concurrency_keys.sql"),
     },
+    Migration {
+        version: 20,
+        name: "key_rates",
+        sql: include_str!("../migrations/0020_key_rates.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \

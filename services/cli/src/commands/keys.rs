@@ -18,13 +18,21 @@ impl Clients {
                     .keys;
                 render::many(self.output, &keys);
             }
-            KeyCommand::Put { name, limit } => {
+            KeyCommand::Put {
+                name,
+                limit,
+                rate,
+                per,
+            } => {
                 let key = self
                     .workflows
                     .put_concurrency_key(sched::PutConcurrencyKeyRequest {
                         key: Some(sched::ConcurrencyKey {
                             name,
                             max_running: limit,
+                            rate_limit: rate.unwrap_or(0),
+                            rate_period: per
+                                .and_then(|per| prost_types::Duration::try_from(per).ok()),
                             ..Default::default()
                         }),
                     })

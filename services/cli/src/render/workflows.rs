@@ -161,15 +161,29 @@ impl Render for sched::Task {
     }
 }
 
+/// "60/1m", or empty for no rate.
+fn rate(key: &sched::ConcurrencyKey) -> String {
+    match key
+        .rate_period
+        .and_then(|period| std::time::Duration::try_from(period).ok())
+    {
+        Some(period) if key.rate_limit > 0 => {
+            format!("{}/{}", key.rate_limit, humantime::format_duration(period))
+        }
+        _ => String::new(),
+    }
+}
+
 impl Render for sched::ConcurrencyKey {
     fn headers() -> &'static [&'static str] {
-        &["name", "limit", "running", "waiting", "workflows"]
+        &["name", "limit", "rate", "running", "waiting", "workflows"]
     }
 
     fn row(&self) -> Vec<String> {
         vec![
             self.name.clone(),
             self.max_running.to_string(),
+            rate(self),
             self.running.to_string(),
             self.waiting.to_string(),
             self.workflows.to_string(),
@@ -180,6 +194,7 @@ impl Render for sched::ConcurrencyKey {
         json!({
             "name": self.name,
             "max_running": self.max_running,
+            "rate": rate(self),
             "running": self.running,
             "waiting": self.waiting,
             "workflows": self.workflows,

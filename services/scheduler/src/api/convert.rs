@@ -614,11 +614,30 @@ pub(crate) fn priority(priority: i32) -> Result<i32> {
 
 pub(crate) fn key_from(key: Option<pb::ConcurrencyKey>) -> Result<model::ConcurrencyKey> {
     let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
-    model::ConcurrencyKey::new(&key.name, key.max_running)
+    let period = match key.rate_period {
+        Some(period) => Some(
+            std::time::Duration::try_from(period)
+                .map_err(|_| Error::invalid("key.rate_period", "must not be negative"))?,
+        ),
+        None => None,
+    };
+    let rate = match (key.rate_limit, period) {
+        (0, None) => None,
+        (starts, period) => Some(model::Rate::new(
+            starts,
+            period.unwrap_or(std::time::Duration::ZERO),
+        )?),
+    };
+    model::ConcurrencyKey::new(&key.name, key.max_running, rate)
 }
 
 pub(crate) fn key_to(usage: model::KeyUsage) -> pb::ConcurrencyKey {
     pb::ConcurrencyKey {
+        rate_limit: usage.key.rate.map_or(0, |rate| rate.starts),
+        rate_period: usage
+            .key
+            .rate
+            .and_then(|rate| prost_types::Duration::try_from(rate.period).ok()),
         name: usage.key.name,
         max_running: usage.key.max_running,
         running: usage.running,

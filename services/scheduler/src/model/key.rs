@@ -1,6 +1,8 @@
 //! Concurrency keys: a scarce thing workflows share, and how many of their
 //! tasks may hold it at once (see `key_shares` for who gets a slot).
 
+use std::time::Duration;
+
 use crate::error::Error;
 
 /// Longest key name.
@@ -10,12 +12,47 @@ pub const MAX_KEY_LIMIT: u32 = 100_000;
 /// Most keys one workflow names.
 pub const MAX_WORKFLOW_KEYS: usize = 8;
 
+/// Largest number of starts a rate allows per period.
+pub const MAX_RATE: u32 = 100_000;
+/// Shortest and longest rate period.
+pub const MIN_RATE_PERIOD: Duration = Duration::from_secs(1);
+pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 /// A key as defined (`PutConcurrencyKey`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConcurrencyKey {
     pub name: String,
     /// Tasks holding it that may run at once.
     pub max_running: u32,
+    /// Tasks holding it that may start per period, if capped.
+    pub rate: Option<Rate>,
+}
+
+/// At most `starts` starts per `period` (a token bucket of `starts`
+/// tokens, refilled evenly over the period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub starts: u32,
+    pub period: Duration,
+}
+
+impl Rate {
+    /// A rate, checked: 1 to `MAX_RATE` starts per 1s to 1 day.
+    pub fn new(starts: u32, period: Duration) -> Result<Self, Error> {
+        if !(1..=MAX_RATE).contains(&starts) {
+            return Err(Error::invalid(
+                "key.rate_limit",
+                format!("{starts} is out of range (1-{MAX_RATE}; 0 with no period: no cap)"),
+            ));
+        }
+        if !(MIN_RATE_PERIOD..=MAX_RATE_PERIOD).contains(&period) {
+            return Err(Error::invalid(
+                "key.rate_period",
+                "must be 1s to 1 day (a period of zero caps nothing)",
+            ));
+        }
+        Ok(Self { starts, period })
+    }
 }
 
 /// A key with what holds it now (`ListConcurrencyKeys`).
@@ -33,7 +70,7 @@ pub struct KeyUsage {
 impl ConcurrencyKey {
     /// A key, checked: its name (see `check_key_name`) and a limit of 1 to
     /// `MAX_KEY_LIMIT`.
-    pub fn new(name: &str, max_running: u32) -> Result<Self, Error> {
+    pub fn new(name: &str, max_running: u32, rate: Option<Rate>) -> Result<Self, Error> {
         check_key_name(name, "key.name")?;
         if !(1..=MAX_KEY_LIMIT).contains(&max_running) {
             return Err(Error::invalid(
@@ -44,6 +81,7 @@ impl ConcurrencyKey {
         Ok(Self {
             name: name.to_owned(),
             max_running,
+            rate,
         })
     }
 }
@@ -96,8 +134,8 @@ mod tests {
 
     #[test]
     fn names_and_limits_are_checked() {
-        assert!(ConcurrencyKey::new("provider:anthropic", 5).is_ok());
-        assert!(ConcurrencyKey::new("repo:web", 1).is_ok());
+        assert!(ConcurrencyKey::new("provider:anthropic", 5, None).is_ok());
+        assert!(ConcurrencyKey::new("repo:web", 1, None).is_ok());
         for bad in [
             "",
             "Upper",
@@ -105,10 +143,16 @@ mod tests {
             "sp ace",
             &"a".repeat(MAX_KEY_NAME + 1),
         ] {
-            assert!(ConcurrencyKey::new(bad, 1).is_err(), "{bad:?}");
+            assert!(ConcurrencyKey::new(bad, 1, None).is_err(), "{bad:?}");
         }
-        assert!(ConcurrencyKey::new("k", 0).is_err());
-        assert!(ConcurrencyKey::new("k", MAX_KEY_LIMIT + 1).is_err());
+        assert!(ConcurrencyKey::new("k", 0, None).is_err());
+        assert!(ConcurrencyKey::new("k", MAX_KEY_LIMIT + 1, None).is_err());
+        let minute = Duration::from_secs(60);
+        assert!(Rate::new(60, minute).is_ok());
+        assert!(Rate::new(0, minute).is_err());
+        assert!(Rate::new(MAX_RATE + 1, minute).is_err());
+        assert!(Rate::new(1, Duration::ZERO).is_err(), "a period of zero");
+        assert!(Rate::new(1, MAX_RATE_PERIOD * 2).is_err());
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl Runner {
                 self.signals
                     .waits_for_key
                     .store(claim.waiting_for_key, Ordering::Relaxed);
-                let claimed = claim.tasks;
+                let (claimed, retry_in) = (claim.tasks, claim.retry_in);
                 if !claimed.is_empty() {
                     // A crash here leaves the tasks DISPATCHED but never
                     // sent: the settle pass delivers them.
@@ -249,7 +249,7 @@ impl Runner {
                     }
                     _ => {
                         self.report(RunnerState::Running, "");
-                        None
+                        retry_in
                     }
                 }
             }

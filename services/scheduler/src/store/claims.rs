@@ -37,6 +37,8 @@ pub struct Claim {
     /// slot freeing up wakes it (it must say when it stops claiming:
     /// `Store::stop_waiting_for_keys`).
     pub waiting_for_key: bool,
+    /// A key's rate holds it back: try again then (no wake-up comes).
+    pub retry_in: Option<std::time::Duration>,
 }
 
 impl ClaimBatches {
@@ -168,6 +170,7 @@ async fn claim_batch(
                 return Claim {
                     tasks: claim.tasks,
                     waiting_for_key: claim.waiting,
+                    retry_in: claim.retry_in,
                 };
             }
             let mut tasks = claimed.remove(workflow).unwrap_or_default();
@@ -175,6 +178,7 @@ async fn claim_batch(
             Claim {
                 tasks: tasks.into_iter().map(|(_, task)| task).collect(),
                 waiting_for_key: false,
+                retry_in: None,
             }
         })
         .collect())

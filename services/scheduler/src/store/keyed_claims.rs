@@ -12,6 +12,7 @@
 //! rolls the whole claim back.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use shepherd_platform::db::{Client, DbError};
 use tokio_postgres::types::ToSql;
@@ -22,11 +23,27 @@ use super::claims::{ClaimRequest, claimed_from_row};
 use crate::key_shares::{Candidate, Contender, share};
 
 /// What a keyed claim took for one workflow, and whether the workflow now
-/// waits for a key's slot.
+/// waits for a key's slot (and when a key's rate lets it try again).
 #[derive(Debug, Default)]
 pub(super) struct KeyedClaim {
     pub tasks: Vec<Claimed>,
     pub waiting: bool,
+    pub retry_in: Option<Duration>,
+}
+
+/// A key's token bucket, as a claim found it.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    ms_per_token: f64,
+}
+
+impl Bucket {
+    /// How long until it holds a whole token, if it holds none now.
+    fn refilled_in(self) -> Option<Duration> {
+        (self.tokens < 1.0)
+            .then(|| Duration::from_secs_f64((1.0 - self.tokens) * self.ms_per_token / 1000.0))
+    }
 }
 
 /// Claims for `requests` (all of keyed workflows) in one transaction.
@@ -61,9 +78,29 @@ pub(super) async fn claim_keyed(
         tx.query(&elsewhere, &by_workflows),
     )?;
     let names: Vec<String> = keys.iter().map(|row| row.get(0)).collect();
+    let buckets: Vec<Option<Bucket>> = keys
+        .iter()
+        .map(|row| {
+            let tokens: Option<f64> = row.get(2);
+            tokens.map(|tokens| Bucket {
+                tokens,
+                ms_per_token: row.get::<_, Option<f64>>(3).unwrap_or(0.0),
+            })
+        })
+        .collect();
+    // A key's free slots: its limit less what holds it, and no more than
+    // the whole tokens of its bucket.
     let free: Vec<u32> = keys
         .iter()
-        .map(|row| u32::try_from(row.get::<_, i64>(1).max(0)).unwrap_or(0))
+        .zip(&buckets)
+        .map(|(row, bucket)| {
+            let slots = row.get::<_, i64>(1).max(0);
+            let slots = match bucket {
+                Some(bucket) => slots.min(bucket.tokens.floor() as i64),
+                None => slots,
+            };
+            u32::try_from(slots.max(0)).unwrap_or(0)
+        })
         .collect();
     let index: HashMap<&str, usize> = names
         .iter()
@@ -127,17 +164,55 @@ pub(super) async fn claim_keyed(
     // The tasks granted, marked dispatched holding the keys; the
     // fair-share bookkeeping, and a wake-up for each workflow that won a
     // slot elsewhere (its runner claims it). Sent together.
-    let (dispatch, book) =
-        futures_util::try_join!(tx.prepare_cached(DISPATCH), tx.prepare_cached(BOOKKEEPING))?;
+    // What each rated key's bucket holds once the granted tasks have
+    // started.
+    let mut used = vec![0u32; names.len()];
+    for (i, _) in &shares.granted {
+        for key in &contenders[*i].keys {
+            used[*key] += 1;
+        }
+    }
+    let left: Vec<Option<Bucket>> = buckets
+        .iter()
+        .zip(&used)
+        .map(|(bucket, used)| {
+            bucket.map(|bucket| Bucket {
+                tokens: bucket.tokens - f64::from(*used),
+                ..bucket
+            })
+        })
+        .collect();
+    let (rated, tokens): (Vec<&str>, Vec<f64>) = names
+        .iter()
+        .zip(&left)
+        .filter_map(|(name, bucket)| bucket.map(|bucket| (name.as_str(), bucket.tokens)))
+        .unzip();
+    let (dispatch, book, draw) = futures_util::try_join!(
+        tx.prepare_cached(DISPATCH),
+        tx.prepare_cached(BOOKKEEPING),
+        tx.prepare_cached(DRAW_TOKENS),
+    )?;
     let dispatched: [&(dyn ToSql + Sync); 1] = [&granted];
     let booked: [&(dyn ToSql + Sync); 4] = [&served, &waiting, &reserved, &workflows];
-    let (rows, _) =
-        futures_util::try_join!(tx.query(&dispatch, &dispatched), tx.execute(&book, &booked))?;
+    let drawn: [&(dyn ToSql + Sync); 2] = [&rated, &tokens];
+    let (rows, _, _) = futures_util::try_join!(
+        tx.query(&dispatch, &dispatched),
+        tx.execute(&book, &booked),
+        tx.execute(&draw, &drawn),
+    )?;
     tx.commit().await?;
 
     let mut claims: HashMap<Uuid, KeyedClaim> = HashMap::new();
-    for workflow in &waiting {
-        claims.entry(*workflow).or_default().waiting = true;
+    for i in &shares.waiting {
+        let claim = claims.entry(ids[*i]).or_default();
+        claim.waiting = true;
+        // A bucket that is empty wakes nobody when it refills: the runner
+        // tries again when its keys have a token each.
+        claim.retry_in = contenders[*i]
+            .keys
+            .iter()
+            .filter_map(|key| left[*key].and_then(Bucket::refilled_in))
+            .max();
     }
     let mut rows: Vec<(Uuid, i64, Claimed)> = rows.iter().map(claimed_from_row).collect();
     rows.sort_by_key(|(_, seq, _)| *seq);
@@ -153,12 +228,18 @@ const LOCK_KEYS: &str = "SELECT k.name FROM scheduler.concurrency_keys k
                       WHERE w.id = ANY($1))
      ORDER BY k.name FOR NO KEY UPDATE OF k";
 
-/// The same keys in the same order, with their free slots: the limit less
-/// the dispatched tasks holding each.
+/// The same keys in the same order, with their free slots (the limit less
+/// the dispatched tasks holding each) and, for a key with a rate, the
+/// tokens its bucket holds now and the milliseconds each takes to refill.
 const FREE_SLOTS: &str = "SELECT k.name, k.max_running - (
          SELECT count(*) FROM scheduler.tasks t
          WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
-           AND t.held_keys @> ARRAY[k.name])
+           AND t.held_keys @> ARRAY[k.name]),
+         CASE WHEN k.rate_limit IS NOT NULL THEN
+             least(k.rate_limit::float8,
+                   k.tokens + extract(epoch FROM now() - k.refilled_at) * 1000
+                              * k.rate_limit / k.rate_period_ms) END,
+         k.rate_period_ms::float8 / k.rate_limit
      FROM scheduler.concurrency_keys k
      WHERE k.name IN (SELECT unnest(w.concurrency_keys) FROM scheduler.workflows w
                       WHERE w.id = ANY($1))
@@ -242,3 +323,10 @@ const BOOKKEEPING: &str = "WITH kept AS (
             OR (workflow_id = ANY($4) AND waiting_since IS NOT NULL)
      )
      SELECT pg_notify('shepherd_work', r::text) FROM unnest($3::uuid[]) r";
+
+/// Stores what is left in each rated key's bucket ($2, by name $1), as of
+/// now (the transaction's time, the one the tokens were counted at).
+const DRAW_TOKENS: &str =
+    "UPDATE scheduler.concurrency_keys k SET tokens = v.tokens, refilled_at = now()
+     FROM unnest($1::text[], $2::float8[]) AS v(name, tokens)
+     WHERE k.name = v.name";

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::explain::KeyFacts;
-use crate::model::{ConcurrencyKey, KeyUsage};
+use crate::model::{ConcurrencyKey, KeyUsage, Rate};
 
 impl Store {
     /// Defines a key or changes its limit. A lower limit takes effect as
@@ -14,19 +14,29 @@ impl Store {
             .query_one(
                 &client
                     .prepare_cached(
-                        "INSERT INTO scheduler.concurrency_keys (name, max_running) VALUES ($1, $2)
+                        "INSERT INTO scheduler.concurrency_keys
+                             (name, max_running, rate_limit, rate_period_ms, tokens)
+                         VALUES ($1, $2, $3, $4, coalesce($3, 0))
                          ON CONFLICT (name) DO UPDATE
-                         SET max_running = EXCLUDED.max_running, updated_at = now()
-                         RETURNING name, max_running",
+                         SET max_running = EXCLUDED.max_running,
+                             rate_limit = EXCLUDED.rate_limit,
+                             rate_period_ms = EXCLUDED.rate_period_ms,
+                             -- A new rate keeps what is left of the bucket,
+                             -- up to its new size.
+                             tokens = least(concurrency_keys.tokens, coalesce(EXCLUDED.rate_limit, 0)),
+                             updated_at = now()
+                         RETURNING name, max_running, rate_limit, rate_period_ms",
                     )
                     .await?,
-                &[&key.name, &to_i32(key.max_running)],
+                &[
+                    &key.name,
+                    &to_i32(key.max_running),
+                    &key.rate.map(|rate| to_i32(rate.starts)),
+                    &key.rate.map(|rate| to_millis(rate.period)),
+                ],
             )
             .await?;
-        Ok(ConcurrencyKey {
-            name: row.get(0),
-            max_running: from_i32(row.get(1)),
-        })
+        Ok(key_from_row(&row))
     }
 
     /// Every key (or the one named), with what holds it now.
@@ -36,7 +46,7 @@ impl Store {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT k.name, k.max_running,
+                        "SELECT k.name, k.max_running, k.rate_limit, k.rate_period_ms,
                                 (SELECT count(*) FROM scheduler.tasks t
                                  WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
                                    AND t.held_keys @> ARRAY[k.name]),
@@ -54,13 +64,10 @@ impl Store {
         Ok(rows
             .iter()
             .map(|row| KeyUsage {
-                key: ConcurrencyKey {
-                    name: row.get(0),
-                    max_running: from_i32(row.get(1)),
-                },
-                running: count(row.get(2)),
-                waiting: count(row.get(3)),
-                workflows: count(row.get(4)),
+                key: key_from_row(row),
+                running: count(row.get(4)),
+                waiting: count(row.get(5)),
+                workflows: count(row.get(6)),
             })
             .collect())
     }
@@ -138,6 +145,23 @@ impl Store {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// A key from its first four columns: name, max_running, rate_limit,
+/// rate_period_ms.
+fn key_from_row(row: &Row) -> ConcurrencyKey {
+    let rate = match (row.get::<_, Option<i32>>(2), row.get::<_, Option<i64>>(3)) {
+        (Some(starts), Some(period)) => Some(Rate {
+            starts: from_i32(starts),
+            period: from_millis(period),
+        }),
+        _ => None,
+    };
+    ConcurrencyKey {
+        name: row.get(0),
+        max_running: from_i32(row.get(1)),
+        rate,
     }
 }
 
