@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::model::AgentStatus;
 
+mod agent_row;
 mod agents;
 mod approvals;
 mod log;

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
 mod chains;
+mod claim_rows;
 mod claims;
 mod diagnosis;
 mod due;

@@ -3,20 +3,17 @@
 //! (`AgentChange`) goes through the event log's writer, which stores it and
 //! its event in one transaction (`Store::commit_log_batch`).
 
-use shepherd_platform::columns::{from_i64, from_json, to_i64, to_json};
+use shepherd_platform::columns::{to_i64, to_json};
 use shepherd_platform::db::GenericClient;
-use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+use super::agent_row::{AGENT_COLUMNS, agent_from_row};
 use super::nodes::{Fence, fenced, moved};
 use super::{AgentFilter, LaunchedProcess, ProcessIdentity, Store};
 use crate::error::{Error, Result};
 use crate::model::NewAgent;
-use crate::model::{AgentRecord, AgentSpec, AgentStatus, DesiredState, ExitReason};
-
-pub(super) const AGENT_COLUMNS: &str = "id, name, spec, labels, desired_state, status, status_message, \
-                             generation, pid, exit_reason, instance_id, node, created_at, updated_at";
+use crate::model::{AgentRecord, AgentStatus, DesiredState, ExitReason};
 
 /// One write of an agent's row by its supervisor, fenced by this node: it
 /// applies only while the agent is this node's and this node holds its
@@ -314,31 +311,4 @@ pub(super) async fn change_agent(
         }
     };
     row.map(|row| agent_from_row(&row)).transpose()
-}
-
-pub(super) fn agent_from_row(row: &Row) -> Result<AgentRecord> {
-    let spec: serde_json::Value = row.get("spec");
-    let labels: serde_json::Value = row.get("labels");
-    let desired: &str = row.get("desired_state");
-    let status: &str = row.get("status");
-    Ok(AgentRecord {
-        id: row.get("id"),
-        name: row.get("name"),
-        spec: from_json::<AgentSpec>(spec)?,
-        labels: from_json(labels)?,
-        desired_state: DesiredState::parse(desired)
-            .ok_or_else(|| Error::internal(format!("unknown desired state {desired:?}")))?,
-        status: AgentStatus::parse(status)
-            .ok_or_else(|| Error::internal(format!("unknown status {status:?}")))?,
-        status_message: row.get("status_message"),
-        generation: from_i64(row.get("generation")),
-        pid: row.get("pid"),
-        exit_reason: row
-            .get::<_, Option<&str>>("exit_reason")
-            .and_then(ExitReason::parse),
-        instance: row.get("instance_id"),
-        node: row.get("node"),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
-    })
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use shepherd_platform::db::DbPool;
 use uuid::Uuid;
 
-use super::agents::{AGENT_COLUMNS, agent_from_row};
+use super::agent_row::{AGENT_COLUMNS, agent_from_row};
 use super::tasks::lost_from_row;
 use super::{LostTask, Store};
 use crate::error::{Error, Result};

@@ -14,10 +14,11 @@
 
 use std::collections::HashMap;
 
-use shepherd_platform::columns::{from_i32, from_millis};
 use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
+pub use super::claim_rows::ClaimRequest;
+use super::claim_rows::claimed_from_row;
 use super::keyed_claims::claim_keyed;
 use super::{Claimed, Store};
 use crate::error::Result;
@@ -47,14 +48,6 @@ impl ClaimBatches {
             claims: db::batcher(pool, claim_batch),
         }
     }
-}
-
-/// A runner's claim: its workflow and the lease it holds.
-#[derive(Debug, Clone)]
-pub struct ClaimRequest {
-    pub workflow: Uuid,
-    pub owner: String,
-    pub term: i64,
 }
 
 impl Store {
@@ -182,21 +175,4 @@ async fn claim_batch(
             }
         })
         .collect())
-}
-
-/// A claimed task as the claim statements return it: its workflow, its
-/// sequence (creation order) and what dispatch needs.
-pub(super) fn claimed_from_row(row: &tokio_postgres::Row) -> (Uuid, i64, Claimed) {
-    let task = Claimed {
-        id: row.get(2),
-        prompt: row.get(3),
-        attempts: from_i32(row.get(4)),
-        trace_context: serde_json::from_value(row.get(5)).unwrap_or_default(),
-        script: row.get(6),
-        fields: serde_json::from_value(row.get(7)).unwrap_or_default(),
-        workflow_name: row.get(8),
-        timeout: from_millis(row.get(9)),
-        tool_policy: serde_json::from_value(row.get(10)).unwrap_or_default(),
-    };
-    (row.get(0), row.get(1), task)
 }

@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::Claimed;
-use super::claims::{ClaimRequest, claimed_from_row};
+use super::claim_rows::{ClaimRequest, claimed_from_row};
 use crate::key_shares::{Candidate, Contender, share};
 
 /// What a keyed claim took for one workflow, and whether the workflow now
