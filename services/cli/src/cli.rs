@@ -237,6 +237,21 @@ pub(crate) enum WorkflowCommand {
     },
     /// Enqueue a task.
     Trigger(TriggerWorkflow),
+    /// Pause: none of its tasks is dispatched until it is resumed; what
+    /// its triggers make meanwhile is skipped (default) or queued.
+    Pause {
+        workflow: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Queue what its triggers make while paused (at most 1000), to run
+        /// after the resume, instead of skipping it.
+        #[arg(long)]
+        queue: bool,
+    },
+    /// Resume a paused workflow: its queued tasks run.
+    Resume {
+        workflow: String,
+    },
     /// Give a webhook workflow a new secret (printed once; the old one
     /// stops working).
     RotateSecret {

@@ -69,6 +69,8 @@ pub(crate) struct Facts {
     pub approvals: Vec<ApprovalFacts>,
     /// The concurrency keys it names.
     pub keys: Vec<KeyFacts>,
+    /// Its pause, if it is paused: by whom, since when, why.
+    pub paused: Option<(String, SystemTime, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,7 @@ pub(crate) enum Verdict {
     WaitingOnApproval,
     ConcurrencyFull,
     WaitingOnKey,
+    Paused,
     NothingDue,
     Stalled,
 }
@@ -97,6 +100,20 @@ pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
         return (
             Verdict::Disabled,
             format!("{why}; enable it to run its tasks"),
+        );
+    }
+    if let Some((by, since, reason)) = &facts.paused {
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        return (
+            Verdict::Paused,
+            format!(
+                "paused by {by} {} ago{why}; ResumeWorkflow (`shepherd workflows resume`) runs it again",
+                human(age(*since))
+            ),
         );
     }
     let agent = &facts.agent;
@@ -256,6 +273,7 @@ mod tests {
             last_error: String::new(),
             approvals: Vec::new(),
             keys: Vec::new(),
+            paused: None,
         }
     }
 
@@ -275,6 +293,14 @@ mod tests {
         let mut facts = healthy();
         facts.agent.status = "stopped".into();
         assert_eq!(judge(&facts).0, Verdict::AgentStopped);
+        facts.paused = Some(("ops".into(), SystemTime::now(), "provider outage".into()));
+        let (verdict, line) = judge(&facts);
+        assert_eq!(verdict, Verdict::Paused, "a pause beats the agent");
+        assert!(
+            line.contains("ops") && line.contains("provider outage"),
+            "{line}"
+        );
+        facts.paused = None;
 
         facts.agent.status = "exited".into();
         facts.agent.generation = 4;

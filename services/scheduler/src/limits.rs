@@ -19,6 +19,7 @@ use crate::model::{MAX_FILTER_LEN, MAX_FILTERS, MAX_MAPPINGS, MAX_POINTER_LEN};
 use crate::model::{
     MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_RATE, MAX_RATE_PERIOD, MAX_WORKFLOW_KEYS, MIN_RATE_PERIOD,
 };
+use crate::model::{MAX_PAUSE_REASON, MAX_QUEUED_WHILE_PAUSED};
 
 pub fn all() -> Vec<Limit> {
     vec![
@@ -107,6 +108,14 @@ pub fn all() -> Vec<Limit> {
                 duration(MIN_RATE_PERIOD),
                 duration(MAX_RATE_PERIOD)
             ),
+        ),
+        Limit::new(
+            "PauseWorkflow reason",
+            format!("at most {}, no NUL", bytes(MAX_PAUSE_REASON)),
+        ),
+        Limit::new(
+            "tasks queued while paused",
+            format!("at most {MAX_QUEUED_WHILE_PAUSED} pending; the rest are recorded SKIPPED"),
         ),
         Limit::new(
             "TriggerWorkflow priority",

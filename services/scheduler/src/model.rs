@@ -270,10 +270,54 @@ pub struct Workflow {
     pub tool_policy: ToolPolicy,
     /// The concurrency keys its tasks hold while they run (sorted).
     pub concurrency_keys: Vec<String>,
+    /// Paused: nothing of it is dispatched until it is resumed.
+    pub pause: Option<Pause>,
     pub disabled_reason: String,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }
+
+/// A paused workflow: who paused it, since when, why, and what becomes of
+/// the tasks its triggers make meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub since: SystemTime,
+    pub by: String,
+    pub reason: String,
+    pub while_paused: WhilePaused,
+}
+
+/// What becomes of a task made while its workflow is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhilePaused {
+    /// Recorded as SKIPPED, never run.
+    Skip,
+    /// Kept pending (at most 1000), run after the resume.
+    Queue,
+}
+
+impl WhilePaused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::Queue => "queue",
+        }
+    }
+
+    /// As stored (anything else: skip, the safe side).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "queue" => Self::Queue,
+            _ => Self::Skip,
+        }
+    }
+}
+
+/// Longest pause reason.
+pub const MAX_PAUSE_REASON: usize = 1024;
+/// Most pending tasks a paused QUEUE workflow keeps (the bound is in
+/// migration 0021's trigger; this names it).
+pub const MAX_QUEUED_WHILE_PAUSED: usize = 1000;
 
 /// The fields a task carries; the prompt is rendered from them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +380,8 @@ pub enum TaskState {
     Failed,
     TimedOut,
     Cancelled,
+    /// Made while its workflow was paused (SKIP, or a full queue): never run.
+    Skipped,
 }
 
 impl TaskState {
@@ -347,6 +393,7 @@ impl TaskState {
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -363,6 +410,7 @@ impl TaskState {
             Self::Failed,
             Self::TimedOut,
             Self::Cancelled,
+            Self::Skipped,
         ]
         .into_iter()
         .find(|state| state.as_str() == text)

@@ -315,6 +315,24 @@ impl Scheduler {
         Ok(task)
     }
 
+    pub(crate) async fn pause_workflow(
+        &self,
+        id: Uuid,
+        by: &str,
+        reason: &str,
+        mode: crate::model::WhilePaused,
+    ) -> Result<Workflow> {
+        self.store.pause_workflow(id, by, reason, mode).await
+    }
+
+    pub(crate) async fn resume_workflow(&self, id: Uuid) -> Result<Workflow> {
+        let workflow = self.store.resume_workflow(id).await?;
+        // Its queued tasks are claimable again (the database notifies the
+        // other replicas).
+        self.runners.wake(id);
+        Ok(workflow)
+    }
+
     /// Defines a key or changes its limit; the key as it is then.
     pub(crate) async fn put_key(&self, key: &ConcurrencyKey) -> Result<KeyUsage> {
         let key = self.store.put_key(key).await?;
@@ -418,6 +436,10 @@ impl Scheduler {
             last_error: queue.last_error.clone(),
             approvals,
             keys: self.store.key_facts(id).await?,
+            paused: workflow
+                .pause
+                .as_ref()
+                .map(|pause| (pause.by.clone(), pause.since, pause.reason.clone())),
         };
         let (verdict, summary) = crate::explain::judge(&facts);
         Ok(Diagnosis {

@@ -139,11 +139,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "key_rates",
         sql: include_str!("../migrations/0020_key_rates.sql"),
     },
+    Migration {
+        version: 21,
+        name: "pause",
+        sql: include_str!("../migrations/0021_pause.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \
     max_concurrency, max_attempts, disabled_reason, created_at, updated_at, task_timeout_ms, retry, tool_policy, \
-    concurrency_keys";
+    concurrency_keys, paused_at, paused_by, pause_reason, while_paused";
 const TASK_COLUMNS: &str = "id, workflow_id, idempotency_key, state, fields, prompt, attempts, \
     output, last_error, created_at, updated_at, dead_letter, not_before, dispatched_at, \
     progress_message, progress_fraction, parent_task_id, chain_depth, priority";
@@ -242,6 +247,14 @@ fn workflow_from_row(row: &Row) -> Result<Workflow> {
         retry: from_json(row.get("retry"))?,
         tool_policy: from_json(row.get("tool_policy"))?,
         concurrency_keys: row.get("concurrency_keys"),
+        pause: row
+            .get::<_, Option<SystemTime>>("paused_at")
+            .map(|since| crate::model::Pause {
+                since,
+                by: row.get("paused_by"),
+                reason: row.get("pause_reason"),
+                while_paused: crate::model::WhilePaused::parse(row.get("while_paused")),
+            }),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })

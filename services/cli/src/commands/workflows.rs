@@ -29,6 +29,33 @@ impl Clients {
                     .await?
                     .into_inner()
             }
+            WorkflowCommand::Pause {
+                workflow,
+                reason,
+                queue,
+            } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                let while_paused = if queue {
+                    sched::WhilePaused::Queue
+                } else {
+                    sched::WhilePaused::Skip
+                };
+                self.workflows
+                    .pause_workflow(sched::PauseWorkflowRequest {
+                        workflow_id,
+                        reason,
+                        while_paused: while_paused as i32,
+                    })
+                    .await?
+                    .into_inner()
+            }
+            WorkflowCommand::Resume { workflow } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                self.workflows
+                    .resume_workflow(sched::ResumeWorkflowRequest { workflow_id })
+                    .await?
+                    .into_inner()
+            }
             WorkflowCommand::Enable { workflow } => self.set_enabled(&workflow, true).await?,
             WorkflowCommand::Disable { workflow } => self.set_enabled(&workflow, false).await?,
             WorkflowCommand::Delete { workflow } => {

@@ -70,6 +70,20 @@ impl Render for sched::Workflow {
         let mut details: Vec<(&'static str, String)> =
             Self::headers().iter().copied().zip(self.row()).collect();
         details.push(("max concurrency", self.max_concurrency.to_string()));
+        if let Some(pause) = &self.pause {
+            details.push((
+                "paused",
+                format!(
+                    "by {} since {} ({}) {}",
+                    pause.by,
+                    time(pause.since.as_ref()),
+                    short(pause.while_paused().as_str_name(), "WHILE_PAUSED_"),
+                    pause.reason
+                )
+                .trim()
+                .to_owned(),
+            ));
+        }
         if !self.concurrency_keys.is_empty() {
             details.push(("keys", self.concurrency_keys.join(" ")));
         }
@@ -112,6 +126,12 @@ impl Render for sched::Workflow {
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
             "concurrency_keys": self.concurrency_keys,
+            "pause": self.pause.as_ref().map(|pause| json!({
+                "by": pause.by,
+                "since": time(pause.since.as_ref()),
+                "reason": pause.reason,
+                "while_paused": short(pause.while_paused().as_str_name(), "WHILE_PAUSED_"),
+            })),
             "disabled_reason": self.disabled_reason,
             "create_time": time(self.create_time.as_ref()),
             "update_time": time(self.update_time.as_ref()),

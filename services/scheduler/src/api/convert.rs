@@ -225,6 +225,7 @@ pub(crate) fn update(request: pb::UpdateWorkflowRequest) -> Result<(Workflow, Up
         } else {
             Vec::new()
         },
+        pause: None,
         disabled_reason: String::new(),
         created_at: std::time::SystemTime::UNIX_EPOCH,
         updated_at: std::time::SystemTime::UNIX_EPOCH,
@@ -385,7 +386,47 @@ pub(crate) fn workflow(workflow: Workflow) -> pb::Workflow {
             ask_tools: workflow.tool_policy.ask,
         }),
         concurrency_keys: workflow.concurrency_keys,
+        pause: workflow.pause.map(pause_to),
     }
+}
+
+pub(crate) fn pause_to(pause: model::Pause) -> pb::WorkflowPause {
+    pb::WorkflowPause {
+        since: Some(pause.since.into()),
+        by: pause.by,
+        reason: pause.reason,
+        while_paused: match pause.while_paused {
+            model::WhilePaused::Skip => pb::WhilePaused::Skip,
+            model::WhilePaused::Queue => pb::WhilePaused::Queue,
+        } as i32,
+    }
+}
+
+/// A PauseWorkflow request's reason and mode, checked.
+pub(crate) fn pause_from(
+    reason: String,
+    while_paused: i32,
+) -> Result<(String, model::WhilePaused)> {
+    if reason.len() > model::MAX_PAUSE_REASON || reason.contains('\0') {
+        return Err(Error::invalid(
+            "reason",
+            format!(
+                "must be at most {} bytes, without NUL",
+                model::MAX_PAUSE_REASON
+            ),
+        ));
+    }
+    let mode = match pb::WhilePaused::try_from(while_paused) {
+        Ok(pb::WhilePaused::Unspecified | pb::WhilePaused::Skip) => model::WhilePaused::Skip,
+        Ok(pb::WhilePaused::Queue) => model::WhilePaused::Queue,
+        Err(_) => {
+            return Err(Error::invalid(
+                "while_paused",
+                format!("{while_paused} is not SKIP or QUEUE"),
+            ));
+        }
+    };
+    Ok((reason, mode))
 }
 
 pub(crate) fn fields(fields: Option<pb::TaskFields>) -> Result<TaskFields> {
@@ -454,6 +495,7 @@ fn task_state(state: TaskState) -> pb::TaskState {
         TaskState::Failed => pb::TaskState::Failed,
         TaskState::TimedOut => pb::TaskState::TimedOut,
         TaskState::Cancelled => pb::TaskState::Cancelled,
+        TaskState::Skipped => pb::TaskState::Skipped,
     }
 }
 
@@ -466,6 +508,7 @@ pub(crate) fn task_state_filter(value: i32) -> Result<Option<TaskState>> {
         Ok(pb::TaskState::Failed) => Ok(Some(TaskState::Failed)),
         Ok(pb::TaskState::TimedOut) => Ok(Some(TaskState::TimedOut)),
         Ok(pb::TaskState::Cancelled) => Ok(Some(TaskState::Cancelled)),
+        Ok(pb::TaskState::Skipped) => Ok(Some(TaskState::Skipped)),
         Err(_) => Err(Error::invalid(
             "state",
             format!("{value} is not a known task state"),
@@ -499,6 +542,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
             Verdict::WaitingOnApproval => pb::Verdict::WaitingOnApproval,
             Verdict::ConcurrencyFull => pb::Verdict::ConcurrencyFull,
             Verdict::WaitingOnKey => pb::Verdict::WaitingOnKey,
+            Verdict::Paused => pb::Verdict::Paused,
             Verdict::NothingDue => pb::Verdict::NothingDue,
             Verdict::Stalled => pb::Verdict::Stalled,
         } as i32,
@@ -538,6 +582,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
         oldest_pending_task_id: facts.oldest_pending.map(|(id, _)| id).unwrap_or_default(),
         next_fire: facts.next_fire.map(Into::into),
         last_error: facts.last_error,
+        pause: diagnosis.workflow.pause.clone().map(pause_to),
         keys: facts
             .keys
             .into_iter()

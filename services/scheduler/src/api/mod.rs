@@ -82,6 +82,32 @@ impl scheduler_server::Scheduler for Api {
         Ok(Response::new(self.workflow(workflow, Some(secret))))
     }
 
+    async fn pause_workflow(
+        &self,
+        request: Request<pb::PauseWorkflowRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
+        let by = shepherd_platform::auth::caller(&request);
+        let request = request.into_inner();
+        let id = parse_id("workflow_id", &request.workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
+        let (reason, mode) = convert::pause_from(request.reason, request.while_paused)?;
+        let workflow = self
+            .scheduler
+            .pause_workflow(id, &by, &reason, mode)
+            .await?;
+        Ok(Response::new(self.workflow(workflow, None)))
+    }
+
+    async fn resume_workflow(
+        &self,
+        request: Request<pb::ResumeWorkflowRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
+        let id = parse_id("workflow_id", &request.into_inner().workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
+        let workflow = self.scheduler.resume_workflow(id).await?;
+        Ok(Response::new(self.workflow(workflow, None)))
+    }
+
     async fn put_concurrency_key(
         &self,
         request: Request<pb::PutConcurrencyKeyRequest>,

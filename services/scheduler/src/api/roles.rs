@@ -21,6 +21,8 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "CancelTask"
         | "RotateWebhookSecret"
         | "PutConcurrencyKey"
+        | "PauseWorkflow"
+        | "ResumeWorkflow"
         | "DeleteConcurrencyKey" => Operate,
         "ListAuditEvents" => Administer,
         _ => return None,

@@ -297,6 +297,48 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Pauses the workflow (or changes its pause's reason and mode).
+    pub async fn pause_workflow(
+        &self,
+        id: Uuid,
+        by: &str,
+        reason: &str,
+        mode: crate::model::WhilePaused,
+    ) -> Result<Workflow> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE scheduler.workflows
+             SET paused_at = coalesce(paused_at, now()), paused_by = $2, pause_reason = $3,
+                 while_paused = $4, updated_at = now()
+             WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = client
+            .query_opt(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &by, &reason, &mode.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::WorkflowNotFound(id))?;
+        workflow_from_row(&row)
+    }
+
+    /// Resumes the workflow (a no-op if it is not paused).
+    pub async fn resume_workflow(&self, id: Uuid) -> Result<Workflow> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE scheduler.workflows
+             SET paused_at = NULL, paused_by = '', pause_reason = '', updated_at = now()
+             WHERE id = $1 RETURNING {WORKFLOW_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+            .await?
+            .ok_or_else(|| Error::WorkflowNotFound(id))?;
+        workflow_from_row(&row)
+    }
+}
+
 /// A workflow named a key nobody defined (the foreign key refused it).
 fn unknown_key(keys: &[String]) -> Error {
     Error::invalid(
