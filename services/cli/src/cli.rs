@@ -374,7 +374,7 @@ pub(crate) enum TaskCommand {
     /// Tasks of a workflow.
     List {
         workflow: String,
-        /// pending, dispatched, succeeded, failed, timed_out or cancelled.
+        /// pending, dispatched, succeeded, failed, timed_out, cancelled or skipped.
         #[arg(long)]
         state: Option<String>,
         /// Only dead-lettered tasks (out of attempts).

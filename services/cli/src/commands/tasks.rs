@@ -21,7 +21,7 @@ impl Clients {
                         sched::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_uppercase()))
                             .ok_or_else(|| {
                                 UsageError(format!(
-                                    "state {s:?}: use pending, dispatched, succeeded, failed, timed_out or cancelled"
+                                    "state {s:?}: use pending, dispatched, succeeded, failed, timed_out, cancelled or skipped"
                                 ))
                             })?
                     }
