@@ -107,6 +107,12 @@ const TOOLS: &[Spec] = &[
         inputs: &[WORKFLOW],
     },
     Spec {
+        name: "list_concurrency_keys",
+        description: "Concurrency keys: each one's limit and rate, tasks running, workflows waiting.",
+        effect: Effect::Reads,
+        inputs: &[],
+    },
+    Spec {
         name: "trigger_workflow",
         description: "Create a task now (idempotent per key).",
         effect: Effect::Changes,
@@ -447,6 +453,14 @@ impl Server {
                         })
                         .collect(),
                 )
+            }
+            "list_concurrency_keys" => {
+                let keys = workflows
+                    .list_concurrency_keys(sched::ListConcurrencyKeysRequest {})
+                    .await?
+                    .into_inner()
+                    .keys;
+                Value::Array(keys.iter().map(Render::json).collect())
             }
             "get_workflow" | "explain_workflow" => {
                 let workflow_id = self.workflow_id(arg(args, "workflow")?).await?;
