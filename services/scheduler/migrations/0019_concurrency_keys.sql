@@ -51,8 +51,12 @@ CREATE TRIGGER workflows_sync_keys_update AFTER UPDATE OF concurrency_keys ON sc
 ALTER TABLE scheduler.tasks
     ADD COLUMN priority integer NOT NULL DEFAULT 0,
     ADD COLUMN held_keys text[];
-DROP INDEX scheduler.tasks_pending_idx;
-CREATE INDEX tasks_pending_idx ON scheduler.tasks (workflow_id, priority DESC, seq)
+-- The claim's order. Beside, not instead of, tasks_pending_idx: with that
+-- one gone, the planner answered "has the workflow a claimable task?"
+-- (claims, lease takeovers) through tasks_workflow_seq_idx, walking every
+-- task the workflow ever had (the claim took 18 ms instead of 0.8 at
+-- 22,000 tasks).
+CREATE INDEX tasks_pending_priority_idx ON scheduler.tasks (workflow_id, priority DESC, seq)
     WHERE state = 'pending';
 -- Counting what holds a key: only dispatched tasks of keyed workflows.
 CREATE INDEX tasks_held_keys_idx ON scheduler.tasks USING gin (held_keys)
