@@ -70,6 +70,16 @@ pub fn time(
     time.ok_or_else(|| Error::invalid(field, "must be a time between 1970 and 9999"))
 }
 
+/// A duration a client sends, if it is not negative. Checked before
+/// converting: prost's conversion negates a negative duration's seconds to
+/// report it, which overflows (and panics in a debug build) for i64::MIN.
+pub fn non_negative_duration(value: prost_types::Duration) -> Option<std::time::Duration> {
+    if value.seconds < 0 || value.nanos < 0 {
+        return None;
+    }
+    std::time::Duration::try_from(value).ok()
+}
+
 /// A short, quoted prefix of a client's value for an error message (an
 /// error never echoes a whole input: it could be megabytes).
 pub fn quote(value: &str) -> String {
@@ -86,6 +96,17 @@ pub fn quote(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_negative_duration_is_refused_without_overflowing() {
+        let duration = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(super::non_negative_duration(duration(i64::MIN, 0)), None);
+        assert_eq!(super::non_negative_duration(duration(0, -1)), None);
+        assert_eq!(
+            super::non_negative_duration(duration(2, 5)),
+            Some(std::time::Duration::new(2, 5))
+        );
+    }
+
     #[test]
     fn text_is_bounded_and_nul_free_and_quotes_are_short() {
         assert!(super::text("f", "ok", 10).is_ok());

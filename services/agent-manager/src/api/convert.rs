@@ -180,8 +180,8 @@ fn duration(
 ) -> Result<Duration> {
     match value {
         None => Ok(default),
-        Some(value) => Duration::try_from(value)
-            .map_err(|_| Error::invalid(field, "must be a non-negative duration")),
+        Some(value) => shepherd_platform::validate::non_negative_duration(value)
+            .ok_or_else(|| Error::invalid(field, "must be a non-negative duration")),
     }
 }
 

@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use shepherd_platform::paging;
-use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use shepherd_proto::agentmanager::v1::{self as pb, agent_manager_server::AgentManager};
@@ -176,7 +175,7 @@ impl Api {
                 spec: request.spec.map(session::encode_spec),
                 timeout: request
                     .timeout
-                    .and_then(|timeout| Duration::try_from(timeout).ok())
+                    .and_then(shepherd_platform::validate::non_negative_duration)
                     .filter(|timeout| !timeout.is_zero()),
                 payload: request.payload,
                 // An explicit context wins; else the task continues this

@@ -60,7 +60,8 @@ fn retry_from(policy: Option<pb::RetryPolicy>) -> Result<model::RetryPolicy> {
         let Some(value) = value else {
             return Ok(default);
         };
-        let duration = Duration::try_from(value)
+        let duration = shepherd_platform::validate::non_negative_duration(value)
+            .ok_or(())
             .map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
         if duration > model::MAX_BACKOFF {
             return Err(Error::invalid(field, "must be at most 1 day"));
@@ -116,7 +117,8 @@ fn task_timeout(value: Option<prost_types::Duration>) -> Result<Duration> {
     let Some(value) = value else {
         return Ok(model::DEFAULT_TASK_TIMEOUT);
     };
-    let timeout = Duration::try_from(value)
+    let timeout = shepherd_platform::validate::non_negative_duration(value)
+        .ok_or(())
         .map_err(|_| Error::invalid(FIELD, "must be a positive duration"))?;
     if !(model::MIN_TASK_TIMEOUT..=model::MAX_TASK_TIMEOUT).contains(&timeout) {
         return Err(Error::invalid(FIELD, "must be between 1s and 30 days"));
@@ -130,7 +132,8 @@ pub(crate) fn trigger_timeout(value: Option<prost_types::Duration>) -> Result<Op
     let Some(value) = value else {
         return Ok(None);
     };
-    let timeout = Duration::try_from(value)
+    let timeout = shepherd_platform::validate::non_negative_duration(value)
+        .ok_or(())
         .map_err(|_| Error::invalid(FIELD, "must be a positive duration"))?;
     if timeout < model::MIN_TASK_TIMEOUT {
         return Err(Error::invalid(FIELD, "must be at least 1s"));
@@ -323,7 +326,8 @@ fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
 
 fn millis(field: &str, value: Option<prost_types::Duration>) -> Result<u64> {
     let value = value.ok_or_else(|| Error::invalid(field, "is required"))?;
-    let duration = Duration::try_from(value)
+    let duration = shepherd_platform::validate::non_negative_duration(value)
+        .ok_or(())
         .map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
     Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
@@ -661,8 +665,9 @@ pub(crate) fn key_from(key: Option<pb::ConcurrencyKey>) -> Result<model::Concurr
     let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
     let period = match key.rate_period {
         Some(period) => Some(
-            std::time::Duration::try_from(period)
-                .map_err(|_| Error::invalid("key.rate_period", "must not be negative"))?,
+            shepherd_platform::validate::non_negative_duration(period).ok_or_else(|| {
+                Error::invalid("key.rate_period", "must be a non-negative duration")
+            })?,
         ),
         None => None,
     };
