@@ -285,6 +285,11 @@ async fn the_corpus_hurts_no_rpc_of_either_service() -> anyhow::Result<()> {
         "UpdateWorkflow: update_mask.paths: 1 MiB",
         "ListAuditEvents: since: i64::MAX seconds",
         "CreateWorkflow: workflow.trigger.",
+        "CreateWorkflow: workflow.concurrency_keys: NUL",
+        "PutConcurrencyKey: key.name: 1 MiB",
+        "PutConcurrencyKey: key.rate_period.seconds: i64 min",
+        "PauseWorkflow: reason: NUL",
+        "TriggerWorkflow: priority:",
     ] {
         assert!(
             reached.iter().any(|what| what.starts_with(expected)),

@@ -12,7 +12,7 @@ use crate::error::Error;
 mod key;
 pub use key::{
     ConcurrencyKey, KeyUsage, MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_RATE, MAX_RATE_PERIOD,
-    MAX_WORKFLOW_KEYS, MIN_RATE_PERIOD, Rate, check_workflow_keys,
+    MAX_WORKFLOW_KEYS, MIN_RATE_PERIOD, Rate, check_key_name, check_workflow_keys,
 };
 
 /// How a workflow's tasks come to be. Every trigger records a pending task

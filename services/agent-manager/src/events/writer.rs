@@ -223,7 +223,10 @@ impl Publisher<'_> {
         let mut completed = committed.completed.into_iter();
         let mut changed = committed.changed.into_iter();
         let mut next_seq = committed.first.unwrap_or_default();
-        for (request, made) in requests.zip(committed.made) {
+        for (mut request, mut made) in requests.zip(committed.made) {
+            if let Entry::Event(event) = &mut request.entry {
+                made.push(std::mem::take(&mut **event));
+            }
             let mut seq = None;
             for mut event in made {
                 event.sequence = next_seq;
@@ -308,7 +311,8 @@ fn events_made(
     batch
         .iter()
         .map(|request| match &request.entry {
-            Entry::Event(event) => vec![(**event).clone()],
+            // Stored and published from the request itself (not copied).
+            Entry::Event(_) => Vec::new(),
             Entry::Report {
                 completion,
                 generation,
@@ -335,13 +339,17 @@ fn events_made(
         .collect()
 }
 
-/// The rows the batch stores, in request order (`made`: each request's
-/// events).
+/// The rows the batch stores, in request order: each plain event, and the
+/// events the other requests made (`made`).
 fn rows_of(batch: &[AppendRequest], made: &[Vec<AgentEvent>]) -> Vec<EventRow> {
     batch
         .iter()
         .zip(made)
-        .flat_map(|(request, events)| {
+        .flat_map(|(request, made)| {
+            let events: &[AgentEvent] = match &request.entry {
+                Entry::Event(event) => std::slice::from_ref(&**event),
+                _ => made,
+            };
             events.iter().map(|event| EventRow {
                 agent_id: request.agent_id,
                 kind: kind_name(event.kind.as_ref()),

@@ -133,7 +133,7 @@ impl scheduler_server::Scheduler for Api {
         request: Request<pb::DeleteConcurrencyKeyRequest>,
     ) -> Result<Response<()>, Status> {
         let name = request.into_inner().name;
-        crate::model::ConcurrencyKey::new(&name, 1, None)?;
+        crate::model::check_key_name(&name, "name")?;
         record_id("key", &name);
         self.scheduler.delete_key(&name).await?;
         Ok(Response::new(()))

@@ -88,7 +88,7 @@ impl ConcurrencyKey {
 
 /// A key's name: 1-`MAX_KEY_NAME` characters of a-z, 0-9 and `-_.:/`,
 /// starting with a letter or digit (e.g. `provider:anthropic`, `repo:web`).
-fn check_key_name(name: &str, field: &'static str) -> Result<(), Error> {
+pub fn check_key_name(name: &str, field: &'static str) -> Result<(), Error> {
     let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.:/".contains(c);
     let starts_well = name
         .chars()
