@@ -400,3 +400,89 @@ async fn concurrency_keys_and_priorities_from_the_cli() -> anyhow::Result<()> {
     assert_eq!(code, 2, "an invalid limit: {stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn schedule_policies_and_backfill_from_the_cli() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await?;
+    let cli = Cli {
+        manager: stack.manager.url(),
+        scheduler: stack.scheduler.as_ref().expect("scheduler").url(),
+        token: Some(TOKEN.into()),
+    };
+    stack
+        .create_agent("cli-cron", am::RestartMode::OnFailure)
+        .await?;
+    let workflow = cli
+        .json(&[
+            "workflows",
+            "create",
+            "--name",
+            "hourly",
+            "--agent",
+            "cli-cron",
+            "--cron",
+            "0 0 * * * *",
+            "--catch-up",
+            "all",
+            "--catch-up-window",
+            "6h",
+            "--overlap",
+            "skip",
+            "--disabled",
+        ])
+        .await?;
+    assert_eq!(
+        workflow["trigger"],
+        "cron 0 0 * * * *; catch-up all within 6h; overlap skip"
+    );
+
+    let three_hours_ago = humantime::format_rfc3339(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600),
+    )
+    .to_string();
+    let (code, stderr) = cli
+        .code(&[
+            "workflows",
+            "backfill",
+            "hourly",
+            "--from",
+            &three_hours_ago,
+        ])
+        .await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("3 ticks in the range: 3 tasks created"),
+        "{stderr}"
+    );
+    let (code, stderr) = cli
+        .code(&[
+            "workflows",
+            "backfill",
+            "hourly",
+            "--from",
+            &three_hours_ago,
+        ])
+        .await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("0 tasks created, 3 had theirs"), "{stderr}");
+
+    // A policy without a schedule is a usage error.
+    let (code, stderr) = cli
+        .code(&[
+            "workflows",
+            "create",
+            "--name",
+            "manual",
+            "--agent",
+            "cli-cron",
+            "--overlap",
+            "skip",
+        ])
+        .await?;
+    assert_eq!(code, 2, "{stderr}");
+    Ok(())
+}

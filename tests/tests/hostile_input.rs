@@ -82,6 +82,7 @@ async fn extreme_periods_and_delays_are_refused() -> anyhow::Result<()> {
             (
                 "interval",
                 sched::trigger::Kind::Interval(sched::IntervalTrigger {
+                    policy: None,
                     period: Some(prost_types::Duration { seconds, nanos: 0 }),
                 }),
             ),
@@ -126,6 +127,7 @@ async fn extreme_periods_and_delays_are_refused() -> anyhow::Result<()> {
                 enabled: true,
                 trigger: Some(sched::Trigger {
                     kind: Some(sched::trigger::Kind::Interval(sched::IntervalTrigger {
+                        policy: None,
                         period: Some(prost_types::Duration {
                             seconds: 1,
                             nanos: 0,
@@ -434,6 +436,7 @@ async fn nul_bytes_huge_inputs_and_fork_loop_policies_are_refused_clearly() -> a
                     agent_id: agent.id.clone(),
                     trigger: Some(sched::Trigger {
                         kind: Some(sched::trigger::Kind::Cron(sched::CronTrigger {
+                            policy: None,
                             expression: huge.clone(),
                         })),
                     }),

@@ -23,6 +23,7 @@ async fn ticking(stack: &mut Stack) -> anyhow::Result<(sched::Workflow, std::pat
                 enabled: true,
                 trigger: Some(sched::Trigger {
                     kind: Some(sched::trigger::Kind::Interval(sched::IntervalTrigger {
+                        policy: None,
                         period: Some(prost_types::Duration {
                             seconds: 1,
                             nanos: 0,

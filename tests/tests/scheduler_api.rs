@@ -145,6 +145,7 @@ async fn one_task_per_idempotency_key_and_schedules_record_ticks() -> anyhow::Re
                 prompt_template: format!("echo tick >> {}", ticks.display()),
                 trigger: Some(sched::Trigger {
                     kind: Some(sched::trigger::Kind::Interval(sched::IntervalTrigger {
+                        policy: None,
                         period: Some(prost_types::Duration {
                             seconds: 1,
                             nanos: 0,
@@ -267,6 +268,7 @@ async fn bad_input_on_every_rpc_says_what_to_fix() -> anyhow::Result<()> {
     );
     let cron = sched::Trigger {
         kind: Some(sched::trigger::Kind::Cron(sched::CronTrigger {
+            policy: None,
             expression: "every day".into(),
         })),
     };
@@ -282,6 +284,7 @@ async fn bad_input_on_every_rpc_says_what_to_fix() -> anyhow::Result<()> {
     );
     let fast = sched::Trigger {
         kind: Some(sched::trigger::Kind::Interval(sched::IntervalTrigger {
+            policy: None,
             period: Some(prost_types::Duration {
                 seconds: 0,
                 nanos: 1000,

@@ -252,6 +252,18 @@ pub(crate) enum WorkflowCommand {
     Resume {
         workflow: String,
     },
+    /// Make the tasks of a schedule's past ticks, from --from to --to
+    /// (both included, at most 1000 ticks); a tick that has its task gets
+    /// no second one.
+    Backfill {
+        workflow: String,
+        /// RFC 3339, e.g. 2026-12-01T00:00:00Z.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        from: std::time::SystemTime,
+        /// RFC 3339; default: now.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        to: Option<std::time::SystemTime>,
+    },
     /// Give a webhook workflow a new secret (printed once; the old one
     /// stops working).
     RotateSecret {
@@ -297,6 +309,18 @@ pub(crate) struct CreateWorkflow {
     /// One task at each match of a cron expression (sec min hour dom month dow).
     #[arg(long, conflicts_with = "delay")]
     pub cron: Option<String>,
+    /// Schedules: ticks missed while no scheduler ran make none, the
+    /// latest (default) or all of them within --catch-up-window.
+    #[arg(long, value_parser = ["none", "latest", "all"])]
+    pub catch_up: Option<String>,
+    /// Schedules: how far back missed ticks are caught up (default 1d).
+    #[arg(long, value_parser = duration)]
+    pub catch_up_window: Option<Duration>,
+    /// Schedules: a tick while earlier tasks wait or run makes a task
+    /// (allow, default), is skipped (skip) or waits, one at most
+    /// (buffer-one).
+    #[arg(long, value_parser = ["allow", "skip", "buffer-one"])]
+    pub overlap: Option<String>,
     /// One task, once, after this delay.
     #[arg(long, value_parser = duration, conflicts_with = "webhook")]
     pub delay: Option<Duration>,

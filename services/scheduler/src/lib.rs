@@ -23,6 +23,7 @@ pub(crate) mod settle;
 pub mod store;
 pub(crate) mod task_watch;
 pub(crate) mod template;
+pub(crate) mod tick_plan;
 pub(crate) mod wakeups;
 pub(crate) mod webhook;
 

@@ -11,6 +11,9 @@ use crate::api::convert::{
 };
 use crate::api::{DEFAULT_PAGE, MAX_PAGE, MAX_TASK_ID};
 use crate::model::{
+    MAX_BACKFILL_TICKS, MAX_CATCH_UP_WINDOW, MAX_PAUSE_REASON, MAX_QUEUED_WHILE_PAUSED,
+};
+use crate::model::{
     MAX_BACKOFF, MAX_BODY, MAX_CHAIN_DEPTH, MAX_CRON, MAX_KEY, MAX_LABEL, MAX_LABELS, MAX_METADATA,
     MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_PERIOD, MAX_TASK_TIMEOUT, MAX_TITLE, MAX_TOOL_LEN,
     MAX_TOOLS, MAX_URL, MIN_INTERVAL, MIN_TASK_TIMEOUT,
@@ -19,7 +22,6 @@ use crate::model::{MAX_FILTER_LEN, MAX_FILTERS, MAX_MAPPINGS, MAX_POINTER_LEN};
 use crate::model::{
     MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_RATE, MAX_RATE_PERIOD, MAX_WORKFLOW_KEYS, MIN_RATE_PERIOD,
 };
-use crate::model::{MAX_PAUSE_REASON, MAX_QUEUED_WHILE_PAUSED};
 
 pub fn all() -> Vec<Limit> {
     vec![
@@ -76,6 +78,17 @@ pub fn all() -> Vec<Limit> {
                 duration(MAX_PERIOD),
                 duration(MAX_PERIOD)
             ),
+        ),
+        Limit::new(
+            "workflow.trigger policy",
+            format!(
+                "catch_up_window 1s to {} (unset: 1 day); overlap BUFFER_ONE only with max_concurrency 1",
+                duration(MAX_CATCH_UP_WINDOW)
+            ),
+        ),
+        Limit::new(
+            "BackfillWorkflow range",
+            format!("at most {MAX_BACKFILL_TICKS} ticks; from not after to; to not in the future"),
         ),
         Limit::new(
             "workflow.retry",

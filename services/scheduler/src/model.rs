@@ -1,7 +1,6 @@
 //! The scheduler's domain: workflows, their triggers and their tasks.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -10,64 +9,23 @@ use uuid::Uuid;
 use crate::error::Error;
 
 mod key;
+mod schedule;
+mod trigger;
 pub use key::{
     ConcurrencyKey, KeyUsage, MAX_KEY_LIMIT, MAX_KEY_NAME, MAX_RATE, MAX_RATE_PERIOD,
     MAX_WORKFLOW_KEYS, MIN_RATE_PERIOD, Rate, check_key_name, check_workflow_keys,
 };
-
-/// How a workflow's tasks come to be. Every trigger records a pending task
-/// first; the runner dispatches it when the agent can take it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Trigger {
-    /// Only `TriggerWorkflow`.
-    Manual,
-    /// One task per period.
-    Interval { period_ms: u64 },
-    /// One task at each match of the expression (UTC).
-    Cron { expression: String },
-    /// One task, once, `delay` after the workflow was created.
-    Delay { delay_ms: u64 },
-    /// One task per signed HTTP delivery (see `webhook`).
-    Webhook(WebhookTrigger),
-    /// One task per restart of an agent (None: the workflow's own), keyed
-    /// by the new generation.
-    AgentRestart { agent: Option<Uuid> },
-    /// One task per finished task of `parent` whose outcome matches.
-    Chain { parent: Uuid, on: ChainOn },
-}
-
-/// Which parent outcomes a chain follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChainOn {
-    Succeeded,
-    /// Failed or timed out.
-    Failed,
-    Any,
-}
-
-impl ChainOn {
-    /// Whether a parent that ended in `state` makes a child.
-    pub fn follows(self, state: TaskState) -> bool {
-        matches!(
-            (self, state),
-            (Self::Succeeded | Self::Any, TaskState::Succeeded)
-                | (
-                    Self::Failed | Self::Any,
-                    TaskState::Failed | TaskState::TimedOut
-                )
-        )
-    }
-}
+pub use schedule::{
+    CatchUp, DEFAULT_CATCH_UP_WINDOW, MAX_BACKFILL_TICKS, MAX_CATCH_UP_WINDOW, Overlap,
+    SchedulePolicy,
+};
+pub use trigger::{ChainOn, MAX_CRON, MAX_PERIOD, MIN_INTERVAL, Trigger};
 
 /// How deep a chain may go (a self-chaining workflow stops there).
 pub const MAX_CHAIN_DEPTH: u32 = 10;
 /// The part of a parent's output a child sees as {{parent.output}}.
 pub const MAX_PARENT_OUTPUT_CHARS: usize = 4000;
 
-/// Shortest interval accepted.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default and bounds of a workflow's task timeout.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MIN_TASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -170,89 +128,8 @@ impl TaskEnd {
     }
 }
 
-/// Longest cron expression.
-pub const MAX_CRON: usize = 256;
 /// Longest idempotency key.
 pub const MAX_KEY: usize = 128;
-
-/// Longest interval or delay accepted: 100 years, far from any overflow
-/// and well inside PostgreSQL's timestamp range.
-pub const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-impl Trigger {
-    pub fn validate(&self) -> Result<(), Error> {
-        match self {
-            Self::Manual | Self::AgentRestart { .. } | Self::Chain { .. } => Ok(()),
-            Self::Webhook(webhook) => webhook.validate(),
-            Self::Delay { delay_ms } => {
-                if Duration::from_millis(*delay_ms) > MAX_PERIOD {
-                    Err(Error::invalid(
-                        "workflow.trigger.delay.delay",
-                        "must be at most 100 years",
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
-            Self::Interval { period_ms } => {
-                let period = Duration::from_millis(*period_ms);
-                if period < MIN_INTERVAL || period > MAX_PERIOD {
-                    Err(Error::invalid(
-                        "workflow.trigger.interval.period",
-                        "must be at least 1s and at most 100 years",
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
-            Self::Cron { expression } => {
-                shepherd_platform::validate::text(
-                    "workflow.trigger.cron.expression",
-                    expression,
-                    MAX_CRON,
-                )?;
-                cron::Schedule::from_str(expression).map(drop).map_err(|_| {
-                    Error::invalid(
-                        "workflow.trigger.cron.expression",
-                        format!("{} is not a valid cron expression; use 6-7 fields: sec min hour day-of-month month day-of-week [year], e.g. \"0 */5 * * * *\"", shepherd_platform::validate::quote(expression)),
-                    )
-                })
-            }
-        }
-    }
-
-    /// The first tick at or after `from` for a new (or re-enabled)
-    /// workflow; None for manual triggers.
-    pub fn first_fire(&self, created: SystemTime, from: SystemTime) -> Option<SystemTime> {
-        match self {
-            Self::Manual | Self::Webhook(_) | Self::AgentRestart { .. } | Self::Chain { .. } => {
-                None
-            }
-            // Checked: a time past what SystemTime holds fires never,
-            // rather than wrapping (validation keeps periods far from it).
-            Self::Interval { period_ms } => from.checked_add(Duration::from_millis(*period_ms)),
-            Self::Cron { .. } => self.next_fire(from),
-            Self::Delay { delay_ms } => created.checked_add(Duration::from_millis(*delay_ms)),
-        }
-    }
-
-    /// The tick after `fired`; None when the trigger fires no more.
-    pub fn next_fire(&self, fired: SystemTime) -> Option<SystemTime> {
-        match self {
-            Self::Manual
-            | Self::Webhook(_)
-            | Self::AgentRestart { .. }
-            | Self::Chain { .. }
-            | Self::Delay { .. } => None,
-            Self::Interval { period_ms } => fired.checked_add(Duration::from_millis(*period_ms)),
-            Self::Cron { expression } => {
-                let schedule = cron::Schedule::from_str(expression).ok()?;
-                let after: chrono::DateTime<chrono::Utc> = fired.into();
-                schedule.after(&after).next().map(SystemTime::from)
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Workflow {
@@ -486,94 +363,6 @@ pub struct Rendered {
     pub tool_policy: ToolPolicy,
     /// Higher first (0 unless the trigger said otherwise).
     pub priority: i32,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn triggers_validate_and_schedule() {
-        assert!(Trigger::Interval { period_ms: 500 }.validate().is_err());
-        assert!(
-            Trigger::Cron {
-                expression: "nonsense".into()
-            }
-            .validate()
-            .is_err()
-        );
-        let cron = Trigger::Cron {
-            expression: "0 0 * * * *".into(),
-        };
-        assert!(cron.validate().is_ok());
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 10 + 5);
-        assert_eq!(
-            cron.next_fire(start),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 11))
-        );
-        let interval = Trigger::Interval { period_ms: 2000 };
-        assert_eq!(
-            interval.next_fire(start),
-            Some(start + Duration::from_secs(2))
-        );
-        let delay = Trigger::Delay { delay_ms: 100 };
-        assert_eq!(
-            delay.first_fire(start, start),
-            Some(start + Duration::from_millis(100))
-        );
-        assert_eq!(delay.next_fire(start), None);
-        assert_eq!(Trigger::Manual.first_fire(start, start), None);
-    }
-}
-
-#[cfg(test)]
-mod properties {
-    use std::time::{Duration, SystemTime};
-
-    use proptest::prelude::*;
-
-    use super::Trigger;
-
-    /// PostgreSQL's timestamptz ends in year 294276; anything a schedule
-    /// computes must stay far inside it.
-    fn storable(at: SystemTime) -> bool {
-        at.duration_since(SystemTime::UNIX_EPOCH)
-            .is_ok_and(|since| since < Duration::from_secs(9_000_000_000_000))
-    }
-
-    proptest! {
-        /// Any period or delay, however extreme, is either refused or
-        /// schedules a time after now that the database can store: no
-        /// wrap, no panic.
-        #[test]
-        fn accepted_schedules_never_overflow(
-            millis in any::<u64>(),
-            offset in 0u64..(200 * 365 * 24 * 3600),
-        ) {
-            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-            let from = now + Duration::from_secs(offset / 100);
-            for trigger in [
-                Trigger::Interval { period_ms: millis },
-                Trigger::Delay { delay_ms: millis },
-            ] {
-                if trigger.validate().is_err() {
-                    continue;
-                }
-                let first = trigger.first_fire(now, from);
-                prop_assert!(first.is_some_and(|at| at >= now && storable(at)), "{trigger:?}: {first:?}");
-                if let Some(fired) = first {
-                    let next = trigger.next_fire(fired);
-                    prop_assert!(next.is_none_or(|at| at > fired && storable(at)), "{trigger:?}: {next:?}");
-                }
-            }
-        }
-
-        /// Cron expressions of any text are refused or parsed, never a panic.
-        #[test]
-        fn cron_text_never_panics(expression in ".{0,300}") {
-            let _ = Trigger::Cron { expression }.validate();
-        }
-    }
 }
 
 /// What a workflow's runner is doing (a value the runner, the diagnosis and

@@ -211,6 +211,9 @@ impl Scheduler {
         if mask.concurrency_keys {
             workflow.concurrency_keys = patch.concurrency_keys;
         }
+        workflow
+            .trigger
+            .check_concurrency(workflow.max_concurrency)?;
         if workflow.enabled && !was_enabled {
             // A workflow never points at a deleted agent: enabling checks
             // it (as creating does).
@@ -331,6 +334,20 @@ impl Scheduler {
         // other replicas).
         self.runners.wake(id);
         Ok(workflow)
+    }
+
+    /// Makes the tasks of the schedule's ticks in the range that have none.
+    pub(crate) async fn backfill(
+        &self,
+        id: Uuid,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+    ) -> Result<crate::store::Backfilled> {
+        let done = self.store.backfill(id, from, to).await?;
+        if done.created > 0 {
+            self.runners.wake(id);
+        }
+        Ok(done)
     }
 
     /// Defines a key or changes its limit; the key as it is then.

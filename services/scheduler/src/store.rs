@@ -33,6 +33,7 @@ pub use claims::{Claim, ClaimRequest};
 pub use diagnosis::QueueFacts;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::LeaseAcquisition;
+pub use schedules::Backfilled;
 pub use task_events::{TaskChange, TaskChanges, TaskCursor, TaskEventFilter};
 pub use workflows::RunnerWorkflow;
 

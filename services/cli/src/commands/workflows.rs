@@ -56,6 +56,26 @@ impl Clients {
                     .await?
                     .into_inner()
             }
+            WorkflowCommand::Backfill { workflow, from, to } => {
+                let workflow_id = self.workflow_id(&workflow).await?;
+                let to = to.unwrap_or_else(std::time::SystemTime::now);
+                let done = self
+                    .workflows
+                    .backfill_workflow(sched::BackfillWorkflowRequest {
+                        workflow_id,
+                        from: Some(from.into()),
+                        to: Some(to.into()),
+                    })
+                    .await?
+                    .into_inner();
+                eprintln!(
+                    "{} ticks in the range: {} tasks created, {} had theirs already",
+                    done.ticks,
+                    done.created,
+                    done.ticks.saturating_sub(done.created)
+                );
+                return Ok(());
+            }
             WorkflowCommand::Enable { workflow } => self.set_enabled(&workflow, true).await?,
             WorkflowCommand::Disable { workflow } => self.set_enabled(&workflow, false).await?,
             WorkflowCommand::Delete { workflow } => {
@@ -99,12 +119,20 @@ impl Clients {
         use sched::trigger::Kind;
         let agent_id = self.agent_id(&create.agent).await?;
         let duration = |d: Duration| prost_types::Duration::try_from(d).ok();
+        let policy = schedule_policy(&create)?;
         let kind = if let Some(period) = create.interval {
             Kind::Interval(sched::IntervalTrigger {
                 period: duration(period),
+                policy,
             })
-        } else if let Some(expression) = create.cron {
-            Kind::Cron(sched::CronTrigger { expression })
+        } else if let Some(expression) = create.cron.clone() {
+            Kind::Cron(sched::CronTrigger { expression, policy })
+        } else if policy.is_some() {
+            return Err(UsageError(
+                "--catch-up, --catch-up-window and --overlap are for schedules (--interval or --cron)"
+                    .into(),
+            )
+            .into());
         } else if let Some(delay) = create.delay {
             Kind::Delay(sched::DelayTrigger {
                 delay: duration(delay),
@@ -207,4 +235,29 @@ impl Clients {
             .await?
             .into_inner())
     }
+}
+
+/// The schedule policy the flags ask for; None when none is given.
+fn schedule_policy(create: &CreateWorkflow) -> anyhow::Result<Option<sched::SchedulePolicy>> {
+    if create.catch_up.is_none() && create.catch_up_window.is_none() && create.overlap.is_none() {
+        return Ok(None);
+    }
+    // clap checked the values against these lists.
+    let catch_up = match create.catch_up.as_deref() {
+        Some("none") => sched::CatchUp::None,
+        Some("all") => sched::CatchUp::All,
+        _ => sched::CatchUp::Latest,
+    };
+    let overlap = match create.overlap.as_deref() {
+        Some("skip") => sched::Overlap::Skip,
+        Some("buffer-one") => sched::Overlap::BufferOne,
+        _ => sched::Overlap::Allow,
+    };
+    Ok(Some(sched::SchedulePolicy {
+        catch_up: catch_up as i32,
+        catch_up_window: create
+            .catch_up_window
+            .and_then(|window| prost_types::Duration::try_from(window).ok()),
+        overlap: overlap as i32,
+    }))
 }

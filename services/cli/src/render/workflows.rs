@@ -17,8 +17,12 @@ fn trigger(workflow: &sched::Workflow) -> String {
     };
     match workflow.trigger.as_ref().and_then(|t| t.kind.as_ref()) {
         None | Some(T::Manual(_)) => "manual".into(),
-        Some(T::Interval(i)) => format!("every {}", duration(i.period.as_ref())),
-        Some(T::Cron(c)) => format!("cron {}", c.expression),
+        Some(T::Interval(i)) => format!(
+            "every {}{}",
+            duration(i.period.as_ref()),
+            policy(i.policy.as_ref())
+        ),
+        Some(T::Cron(c)) => format!("cron {}{}", c.expression, policy(c.policy.as_ref())),
         Some(T::Delay(d)) => format!("once after {}", duration(d.delay.as_ref())),
         Some(T::Chain(c)) => format!(
             "after {} of workflow {}",
@@ -45,6 +49,42 @@ fn trigger(workflow: &sched::Workflow) -> String {
             text
         }
     }
+}
+
+/// A schedule's policy, e.g. "; catch-up all within 6h; overlap skip";
+/// nothing for the default one (latest within a day, allow).
+fn policy(policy: Option<&sched::SchedulePolicy>) -> String {
+    let Some(policy) = policy else {
+        return String::new();
+    };
+    let window = policy
+        .catch_up_window
+        .and_then(|d| std::time::Duration::try_from(d).ok());
+    let default_window = window.is_none_or(|w| w == std::time::Duration::from_secs(24 * 3600));
+    if matches!(
+        policy.catch_up(),
+        sched::CatchUp::Unspecified | sched::CatchUp::Latest
+    ) && matches!(
+        policy.overlap(),
+        sched::Overlap::Unspecified | sched::Overlap::Allow
+    ) && default_window
+    {
+        return String::new();
+    }
+    let window = window
+        .map(|d| humantime::format_duration(d).to_string())
+        .unwrap_or_default();
+    let catch_up = match policy.catch_up() {
+        sched::CatchUp::None => "none".to_owned(),
+        sched::CatchUp::All => format!("all within {window}"),
+        sched::CatchUp::Unspecified | sched::CatchUp::Latest => format!("latest within {window}"),
+    };
+    let overlap = match policy.overlap() {
+        sched::Overlap::Unspecified | sched::Overlap::Allow => "allow",
+        sched::Overlap::Skip => "skip",
+        sched::Overlap::BufferOne => "buffer-one",
+    };
+    format!("; catch-up {catch_up}; overlap {overlap}")
 }
 
 impl Render for sched::Workflow {

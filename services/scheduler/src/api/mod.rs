@@ -108,6 +108,21 @@ impl scheduler_server::Scheduler for Api {
         Ok(Response::new(self.workflow(workflow, None)))
     }
 
+    async fn backfill_workflow(
+        &self,
+        request: Request<pb::BackfillWorkflowRequest>,
+    ) -> Result<Response<pb::BackfillWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_id("workflow_id", &request.workflow_id, "workflow")?;
+        record_id("workflow_id", &id);
+        let (from, to) = convert::backfill_range(request.from, request.to)?;
+        let done = self.scheduler.backfill(id, from, to).await?;
+        Ok(Response::new(pb::BackfillWorkflowResponse {
+            ticks: u32::try_from(done.ticks).unwrap_or(u32::MAX),
+            created: u32::try_from(done.created).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn put_concurrency_key(
         &self,
         request: Request<pb::PutConcurrencyKeyRequest>,

@@ -23,6 +23,7 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "PutConcurrencyKey"
         | "PauseWorkflow"
         | "ResumeWorkflow"
+        | "BackfillWorkflow"
         | "DeleteConcurrencyKey" => Operate,
         "ListAuditEvents" => Administer,
         _ => return None,

@@ -3,15 +3,17 @@
 
 use std::time::Duration;
 
-use shepherd_proto::scheduler::v1::{self as pb, trigger};
+use shepherd_proto::scheduler::v1 as pb;
 
 use crate::error::{Error, Result};
-use crate::model::{self, ChainOn, Task, TaskFields, TaskState, Trigger, Workflow};
+use crate::model::{self, Task, TaskFields, TaskState, Trigger, Workflow};
 use crate::runner::{RunnerInfo, RunnerState};
 use crate::service::UpdateMask;
 use crate::store::{NewWorkflow, RunnerWorkflow};
 use crate::template;
-use crate::webhook::WebhookTrigger;
+
+mod trigger;
+use trigger::{trigger_from, trigger_to};
 
 pub(crate) const DEFAULT_TEMPLATE: &str = "{{body}}";
 pub(crate) const DEFAULT_ATTEMPTS: u32 = 3;
@@ -24,13 +26,15 @@ pub(crate) fn new_workflow(workflow: Option<pb::Workflow>) -> Result<NewWorkflow
     let agent_id = model::parse_id("workflow.agent_id", &workflow.agent_id, "agent")?;
     let trigger = trigger_from(workflow.trigger)?;
     let prompt_template = template_from(workflow.prompt_template)?;
+    let max_concurrency = concurrency(workflow.max_concurrency)?;
+    trigger.check_concurrency(max_concurrency)?;
     Ok(NewWorkflow {
         name: workflow.name,
         agent_id,
         enabled: workflow.enabled,
         trigger,
         prompt_template,
-        max_concurrency: concurrency(workflow.max_concurrency)?,
+        max_concurrency,
         max_attempts: attempts(workflow.max_attempts)?,
         task_timeout: task_timeout(workflow.task_timeout)?,
         retry: retry_from(workflow.retry)?,
@@ -274,101 +278,6 @@ fn attempts(value: u32) -> Result<u32> {
     }
 }
 
-fn trigger_from(value: Option<pb::Trigger>) -> Result<Trigger> {
-    let trigger = match value.and_then(|t| t.kind) {
-        None | Some(trigger::Kind::Manual(_)) => Trigger::Manual,
-        Some(trigger::Kind::Interval(interval)) => Trigger::Interval {
-            period_ms: millis("workflow.trigger.interval.period", interval.period)?,
-        },
-        Some(trigger::Kind::Cron(cron)) => Trigger::Cron {
-            expression: cron.expression,
-        },
-        Some(trigger::Kind::Delay(delay)) => Trigger::Delay {
-            delay_ms: millis("workflow.trigger.delay.delay", delay.delay)?,
-        },
-        Some(trigger::Kind::AgentRestart(restart)) => Trigger::AgentRestart {
-            agent: match restart.agent_id.as_str() {
-                "" => None,
-                id => Some(model::parse_id(
-                    "workflow.trigger.agent_restart.agent_id",
-                    id,
-                    "agent",
-                )?),
-            },
-        },
-        Some(trigger::Kind::Chain(chain)) => Trigger::Chain {
-            parent: model::parse_id(
-                "workflow.trigger.chain.parent_workflow_id",
-                &chain.parent_workflow_id,
-                "workflow",
-            )?,
-            on: match pb::ChainOn::try_from(chain.on) {
-                Ok(pb::ChainOn::Unspecified | pb::ChainOn::Succeeded) => ChainOn::Succeeded,
-                Ok(pb::ChainOn::Failed) => ChainOn::Failed,
-                Ok(pb::ChainOn::Any) => ChainOn::Any,
-                Err(_) => {
-                    return Err(Error::invalid(
-                        "workflow.trigger.chain.on",
-                        format!("{} is not known; use SUCCEEDED, FAILED or ANY", chain.on),
-                    ));
-                }
-            },
-        },
-        Some(trigger::Kind::Webhook(webhook)) => Trigger::Webhook(WebhookTrigger {
-            events: webhook.events,
-            actions: webhook.actions,
-            mapping: webhook.mapping.into_iter().collect(),
-        }),
-    };
-    trigger.validate()?;
-    Ok(trigger)
-}
-
-fn millis(field: &str, value: Option<prost_types::Duration>) -> Result<u64> {
-    let value = value.ok_or_else(|| Error::invalid(field, "is required"))?;
-    let duration = shepherd_platform::validate::non_negative_duration(value)
-        .ok_or(())
-        .map_err(|_| Error::invalid(field, "must be a non-negative duration"))?;
-    Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn trigger_to(trigger: &Trigger) -> pb::Trigger {
-    let duration = |ms: u64| prost_types::Duration::try_from(Duration::from_millis(ms)).ok();
-    let kind = match trigger {
-        Trigger::Manual => trigger::Kind::Manual(pb::ManualTrigger {}),
-        Trigger::Interval { period_ms } => trigger::Kind::Interval(pb::IntervalTrigger {
-            period: duration(*period_ms),
-        }),
-        Trigger::Cron { expression } => trigger::Kind::Cron(pb::CronTrigger {
-            expression: expression.clone(),
-        }),
-        Trigger::Delay { delay_ms } => trigger::Kind::Delay(pb::DelayTrigger {
-            delay: duration(*delay_ms),
-        }),
-        Trigger::AgentRestart { agent } => trigger::Kind::AgentRestart(pb::AgentRestartTrigger {
-            agent_id: agent.map(|id| id.to_string()).unwrap_or_default(),
-        }),
-        Trigger::Chain { parent, on } => trigger::Kind::Chain(pb::ChainTrigger {
-            parent_workflow_id: parent.to_string(),
-            on: match on {
-                ChainOn::Succeeded => pb::ChainOn::Succeeded,
-                ChainOn::Failed => pb::ChainOn::Failed,
-                ChainOn::Any => pb::ChainOn::Any,
-            } as i32,
-        }),
-        Trigger::Webhook(webhook) => trigger::Kind::Webhook(pb::WebhookTrigger {
-            events: webhook.events.clone(),
-            actions: webhook.actions.clone(),
-            mapping: webhook.mapping.clone().into_iter().collect(),
-            // Filled in by the API (it knows where webhooks are served),
-            // the secret only in the response that made it.
-            url: String::new(),
-            secret: String::new(),
-        }),
-    };
-    pb::Trigger { kind: Some(kind) }
-}
-
 pub(crate) fn workflow(workflow: Workflow) -> pb::Workflow {
     pb::Workflow {
         id: workflow.id.to_string(),
@@ -392,6 +301,29 @@ pub(crate) fn workflow(workflow: Workflow) -> pb::Workflow {
         concurrency_keys: workflow.concurrency_keys,
         pause: workflow.pause.map(pause_to),
     }
+}
+
+/// A backfill's range: both ends given, in order, not in the future.
+pub(crate) fn backfill_range(
+    from: Option<prost_types::Timestamp>,
+    to: Option<prost_types::Timestamp>,
+) -> Result<(std::time::SystemTime, std::time::SystemTime)> {
+    use shepherd_platform::validate::time;
+    let from = time(
+        "from",
+        from.ok_or_else(|| Error::invalid("from", "is required"))?,
+    )?;
+    let to = time("to", to.ok_or_else(|| Error::invalid("to", "is required"))?)?;
+    if from > to {
+        return Err(Error::invalid("to", "must not be before from"));
+    }
+    if to > std::time::SystemTime::now() {
+        return Err(Error::invalid(
+            "to",
+            "must not be in the future (a backfill makes the tasks of past ticks)",
+        ));
+    }
+    Ok((from, to))
 }
 
 pub(crate) fn pause_to(pause: model::Pause) -> pb::WorkflowPause {
