@@ -193,3 +193,122 @@ async fn ticks_while_paused_with_queue_run_after_the_resume_once_each() -> anyho
     assert!(shown.pause.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn pausing_an_agent_holds_every_workflow_of_it_without_stopping_it() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let (ticking_workflow, log) = ticking(&mut stack).await?;
+    let agent_id = ticking_workflow.agent_id.clone();
+    let before = stack.agent(&agent_id).await?;
+
+    let pause = stack
+        .workflows
+        .clone()
+        .pause_agent(sched::PauseAgentRequest {
+            agent_id: agent_id.clone(),
+            reason: "budget review".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(pause.reason, "budget review");
+    // A workflow made for the paused agent afterwards is held too.
+    let later = stack
+        .create_workflow(
+            "later",
+            &agent_id,
+            true,
+            &format!("echo {{{{title}}}} >> {}", log.display()),
+        )
+        .await?;
+    let later_task = stack.trigger(&later.id, "held", "held").await?.id;
+    let diagnosis = stack
+        .workflows
+        .clone()
+        .explain_workflow(sched::ExplainWorkflowRequest {
+            workflow_id: later.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        diagnosis.verdict(),
+        sched::Verdict::Paused,
+        "{}",
+        diagnosis.summary
+    );
+    assert!(
+        diagnosis.summary.contains("budget review"),
+        "{}",
+        diagnosis.summary
+    );
+    let listed = stack
+        .workflows
+        .clone()
+        .list_agent_pauses(sched::ListAgentPausesRequest {})
+        .await?
+        .into_inner()
+        .pauses;
+    assert_eq!(listed.len(), 1);
+
+    // Three ticks made while paused wait; none ran, nor the later task.
+    let held = wait_tasks_in(&stack, &ticking_workflow.id, TaskState::Pending, 3).await?;
+    let ran = lines(&log);
+    for task in &held {
+        assert!(
+            !ran.contains(&title(task)),
+            "{} ran while paused",
+            title(task)
+        );
+    }
+    assert!(
+        !ran.contains(&"held".to_owned()),
+        "the later workflow's task ran"
+    );
+    // Its process was never stopped.
+    let during = stack.agent(&agent_id).await?;
+    assert_eq!(during.status(), am::AgentStatus::Ready);
+    assert_eq!(during.generation, before.generation);
+
+    stack
+        .workflows
+        .clone()
+        .resume_agent(sched::ResumeAgentRequest {
+            agent_id: agent_id.clone(),
+        })
+        .await?;
+    let mut ids: Vec<String> = held.iter().map(|task| task.id.clone()).collect();
+    ids.push(later_task);
+    stack.wait_tasks(&ids, TaskState::Succeeded).await?;
+
+    // Refused: an agent the manager does not know, a reason with NUL.
+    let unknown = stack
+        .workflows
+        .clone()
+        .pause_agent(sched::PauseAgentRequest {
+            agent_id: uuid::Uuid::now_v7().to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let bad = stack
+        .workflows
+        .clone()
+        .pause_agent(sched::PauseAgentRequest {
+            agent_id,
+            reason: "a\0b".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        stack
+            .workflows
+            .clone()
+            .list_agent_pauses(sched::ListAgentPausesRequest {})
+            .await?
+            .into_inner()
+            .pauses
+            .is_empty()
+    );
+    Ok(())
+}

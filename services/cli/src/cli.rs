@@ -140,6 +140,15 @@ pub(crate) enum AgentCommand {
     Stop { agent: String },
     /// Restart an agent's process (generation + 1).
     Restart { agent: String },
+    /// Stop dispatching to an agent (its process keeps running; tasks
+    /// already dispatched run on; new ones queue) until `agents resume`.
+    Pause {
+        agent: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Dispatch to a paused agent again.
+    Resume { agent: String },
     /// Give an external agent a new credential (printed once; the old one
     /// is refused from then on).
     RotateCredential { agent: String },

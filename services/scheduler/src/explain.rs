@@ -71,6 +71,8 @@ pub(crate) struct Facts {
     pub keys: Vec<KeyFacts>,
     /// Its pause, if it is paused: by whom, since when, why.
     pub paused: Option<(String, SystemTime, String)>,
+    /// Its agent's pause, likewise.
+    pub agent_paused: Option<(String, SystemTime, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,15 @@ pub(crate) enum Verdict {
     Stalled,
 }
 
+/// ": reason", or nothing for no reason.
+fn because(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
 /// The verdict and its one line.
 pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
     if !facts.enabled {
@@ -103,16 +114,22 @@ pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
         );
     }
     if let Some((by, since, reason)) = &facts.paused {
-        let why = if reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {reason}")
-        };
         return (
             Verdict::Paused,
             format!(
-                "paused by {by} {} ago{why}; ResumeWorkflow (`shepherd workflows resume`) runs it again",
-                human(age(*since))
+                "paused by {by} {} ago{}; ResumeWorkflow (`shepherd workflows resume`) runs it again",
+                human(age(*since)),
+                because(reason)
+            ),
+        );
+    }
+    if let Some((by, since, reason)) = &facts.agent_paused {
+        return (
+            Verdict::Paused,
+            format!(
+                "its agent is paused by {by} {} ago{}; ResumeAgent (`shepherd agents resume`) dispatches to it again",
+                human(age(*since)),
+                because(reason)
             ),
         );
     }
@@ -274,6 +291,7 @@ mod tests {
             approvals: Vec::new(),
             keys: Vec::new(),
             paused: None,
+            agent_paused: None,
         }
     }
 
@@ -301,6 +319,11 @@ mod tests {
             "{line}"
         );
         facts.paused = None;
+        facts.agent_paused = Some(("ops".into(), SystemTime::now(), "budget review".into()));
+        let (verdict, summary) = judge(&facts);
+        assert_eq!(verdict, Verdict::Paused, "{summary}");
+        assert!(summary.contains("its agent is paused"), "{summary}");
+        facts.agent_paused = None;
 
         facts.agent.status = "exited".into();
         facts.agent.generation = 4;

@@ -123,7 +123,7 @@ pub fn all() -> Vec<Limit> {
             ),
         ),
         Limit::new(
-            "PauseWorkflow reason",
+            "PauseWorkflow, PauseAgent reason",
             format!("at most {}, no NUL", bytes(MAX_PAUSE_REASON)),
         ),
         Limit::new(

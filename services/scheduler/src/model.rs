@@ -154,6 +154,16 @@ pub struct Workflow {
     pub updated_at: SystemTime,
 }
 
+/// A paused agent: nothing of its workflows is dispatched until it is
+/// resumed (its process runs on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPause {
+    pub agent_id: Uuid,
+    pub since: SystemTime,
+    pub by: String,
+    pub reason: String,
+}
+
 /// A paused workflow: who paused it, since when, why, and what becomes of
 /// the tasks its triggers make meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -336,6 +336,37 @@ impl Scheduler {
         Ok(workflow)
     }
 
+    /// Pauses dispatch to an agent the agent-manager knows.
+    pub(crate) async fn pause_agent(
+        &self,
+        agent: Uuid,
+        by: &str,
+        reason: &str,
+    ) -> Result<crate::model::AgentPause> {
+        let exists = self.manager.agent_exists(agent).await.map_err(|status| {
+            Error::unavailable(format!(
+                "cannot check agent {agent} with the agent-manager ({}); retry when it is reachable",
+                status.message()
+            ))
+        })?;
+        if !exists {
+            return Err(Error::not_found(format!(
+                "agent {agent} not found in the agent-manager"
+            )));
+        }
+        self.store.pause_agent(agent, by, reason).await
+    }
+
+    /// Resumes dispatch to an agent (its workflows' runners are woken by
+    /// the database, on every replica).
+    pub(crate) async fn resume_agent(&self, agent: Uuid) -> Result<()> {
+        self.store.resume_agent(agent).await.map(drop)
+    }
+
+    pub(crate) async fn agent_pauses(&self) -> Result<Vec<crate::model::AgentPause>> {
+        self.store.agent_pauses(None).await
+    }
+
     /// Makes the tasks of the schedule's ticks in the range that have none.
     pub(crate) async fn backfill(
         &self,
@@ -453,6 +484,11 @@ impl Scheduler {
             last_error: queue.last_error.clone(),
             approvals,
             keys: self.store.key_facts(id).await?,
+            agent_paused: self
+                .store
+                .agent_pause(workflow.agent_id)
+                .await?
+                .map(|pause| (pause.by, pause.since, pause.reason)),
             paused: workflow
                 .pause
                 .as_ref()

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
+mod agent_pauses;
 mod chains;
 mod claim_rows;
 mod claims;
@@ -144,6 +145,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 21,
         name: "pause",
         sql: include_str!("../migrations/0021_pause.sql"),
+    },
+    Migration {
+        version: 22,
+        name: "agent_pause",
+        sql: include_str!("../migrations/0022_agent_pause.sql"),
     },
 ];
 

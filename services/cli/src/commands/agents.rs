@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use shepherd_proto::agentmanager::v1::{self as am};
+use shepherd_proto::scheduler::v1 as sched;
 
 use super::agent_file::{agent_from_file, agent_from_flags};
 use crate::cli::{AgentCommand, Output};
@@ -61,6 +62,29 @@ impl Clients {
                     .stop_agent(am::StopAgentRequest { agent_id })
                     .await?
                     .into_inner()
+            }
+            AgentCommand::Pause { agent, reason } => {
+                let agent_id = self.agent_id(&agent).await?;
+                let pause = self
+                    .workflows
+                    .pause_agent(sched::PauseAgentRequest { agent_id, reason })
+                    .await?
+                    .into_inner();
+                eprintln!(
+                    "paused dispatch to agent {} (by {})",
+                    pause.agent_id, pause.by
+                );
+                return Ok(());
+            }
+            AgentCommand::Resume { agent } => {
+                let agent_id = self.agent_id(&agent).await?;
+                self.workflows
+                    .resume_agent(sched::ResumeAgentRequest {
+                        agent_id: agent_id.clone(),
+                    })
+                    .await?;
+                eprintln!("resumed dispatch to agent {agent_id}");
+                return Ok(());
             }
             AgentCommand::Restart { agent } => {
                 let agent_id = self.agent_id(&agent).await?;

@@ -123,6 +123,39 @@ impl scheduler_server::Scheduler for Api {
         }))
     }
 
+    async fn pause_agent(
+        &self,
+        request: Request<pb::PauseAgentRequest>,
+    ) -> Result<Response<pb::AgentPause>, Status> {
+        let by = shepherd_platform::auth::caller(&request);
+        let request = request.into_inner();
+        let agent = parse_id("agent_id", &request.agent_id, "agent")?;
+        record_id("agent_id", &agent);
+        let reason = convert::pause_reason(request.reason)?;
+        let pause = self.scheduler.pause_agent(agent, &by, &reason).await?;
+        Ok(Response::new(convert::agent_pause_to(pause)))
+    }
+
+    async fn resume_agent(
+        &self,
+        request: Request<pb::ResumeAgentRequest>,
+    ) -> Result<Response<()>, Status> {
+        let agent = parse_id("agent_id", &request.into_inner().agent_id, "agent")?;
+        record_id("agent_id", &agent);
+        self.scheduler.resume_agent(agent).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn list_agent_pauses(
+        &self,
+        _request: Request<pb::ListAgentPausesRequest>,
+    ) -> Result<Response<pb::ListAgentPausesResponse>, Status> {
+        let pauses = self.scheduler.agent_pauses().await?;
+        Ok(Response::new(pb::ListAgentPausesResponse {
+            pauses: pauses.into_iter().map(convert::agent_pause_to).collect(),
+        }))
+    }
+
     async fn put_concurrency_key(
         &self,
         request: Request<pb::PutConcurrencyKeyRequest>,

@@ -13,7 +13,8 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "ListRunners"
         | "WatchTasks"
         | "ExplainWorkflow"
-        | "ListConcurrencyKeys" => Read,
+        | "ListConcurrencyKeys"
+        | "ListAgentPauses" => Read,
         "CreateWorkflow"
         | "UpdateWorkflow"
         | "DeleteWorkflow"
@@ -24,6 +25,8 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "PauseWorkflow"
         | "ResumeWorkflow"
         | "BackfillWorkflow"
+        | "PauseAgent"
+        | "ResumeAgent"
         | "DeleteConcurrencyKey" => Operate,
         "ListAuditEvents" => Administer,
         _ => return None,

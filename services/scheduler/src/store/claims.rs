@@ -99,7 +99,7 @@ async fn claim_batch(
                       AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
                  JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
                  JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
-                      AND w.paused_at IS NULL AND cardinality(w.concurrency_keys) = 0
+                      AND w.paused_at IS NULL AND cardinality(w.holds) = 0 AND cardinality(w.concurrency_keys) = 0
                  CROSS JOIN LATERAL (
                      SELECT count(*) AS n FROM (
                          SELECT FROM scheduler.tasks d

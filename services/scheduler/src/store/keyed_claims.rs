@@ -256,7 +256,7 @@ const CLAIMING_NOW: &str = "WITH request AS (
               AND l.owner = r.owner AND l.term = r.term AND l.expires_at > now()
          JOIN scheduler.replicas p ON p.id = r.owner AND p.expires_at > now()
          JOIN scheduler.workflows w ON w.id = r.workflow_id AND w.enabled
-              AND w.paused_at IS NULL
+              AND w.paused_at IS NULL AND cardinality(w.holds) = 0
          CROSS JOIN LATERAL (
              SELECT count(*) AS n FROM (
                  SELECT FROM scheduler.tasks d
@@ -293,7 +293,7 @@ const WAITING_ELSEWHERE: &str = "SELECT w.id, w.concurrency_keys,
              WHERE wk.waiting_since IS NOT NULL
                AND wk.key IN (SELECT unnest(r.concurrency_keys) FROM scheduler.workflows r
                               WHERE r.id = ANY($1)))
-       AND w.id <> ALL($1) AND w.enabled AND w.paused_at IS NULL
+       AND w.id <> ALL($1) AND w.enabled AND w.paused_at IS NULL AND cardinality(w.holds) = 0
        AND EXISTS (
          SELECT FROM scheduler.runner_leases l
          JOIN scheduler.replicas p ON p.id = l.owner AND p.expires_at > now()

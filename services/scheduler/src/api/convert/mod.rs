@@ -339,10 +339,8 @@ pub(crate) fn pause_to(pause: model::Pause) -> pb::WorkflowPause {
 }
 
 /// A PauseWorkflow request's reason and mode, checked.
-pub(crate) fn pause_from(
-    reason: String,
-    while_paused: i32,
-) -> Result<(String, model::WhilePaused)> {
+/// A pause's reason (of a workflow or an agent), checked.
+pub(crate) fn pause_reason(reason: String) -> Result<String> {
     if reason.len() > model::MAX_PAUSE_REASON || reason.contains('\0') {
         return Err(Error::invalid(
             "reason",
@@ -352,6 +350,23 @@ pub(crate) fn pause_from(
             ),
         ));
     }
+    Ok(reason)
+}
+
+pub(crate) fn agent_pause_to(pause: model::AgentPause) -> pb::AgentPause {
+    pb::AgentPause {
+        agent_id: pause.agent_id.to_string(),
+        since: Some(pause.since.into()),
+        by: pause.by,
+        reason: pause.reason,
+    }
+}
+
+pub(crate) fn pause_from(
+    reason: String,
+    while_paused: i32,
+) -> Result<(String, model::WhilePaused)> {
+    let reason = pause_reason(reason)?;
     let mode = match pb::WhilePaused::try_from(while_paused) {
         Ok(pb::WhilePaused::Unspecified | pb::WhilePaused::Skip) => model::WhilePaused::Skip,
         Ok(pb::WhilePaused::Queue) => model::WhilePaused::Queue,
