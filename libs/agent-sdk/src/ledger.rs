@@ -8,10 +8,11 @@ use std::time::Duration;
 use shepherd_proto::agentmanager::v1::{
     AgentMessage, HeldTask, TaskAccepted, TaskCompleted, agent_message,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Budget, BudgetSpent};
 use crate::decision::ApprovalDecision;
 use crate::result::TaskResult;
 
@@ -52,12 +53,17 @@ pub(crate) struct Running {
     pub(crate) cancel: CancellationToken,
     /// Whether the manager was told the task runs (`TaskAccepted`).
     pub(crate) accepted: bool,
+    /// What the task used so far (`report_usage` adds to it).
+    pub(crate) usage: TaskUsage,
+    /// Set when the manager says a budget of the task is spent.
+    pub(crate) budget: watch::Sender<Option<BudgetSpent>>,
 }
 
 /// What to do with a delivered task.
 pub(crate) enum Delivery {
-    /// New: run it; this token cancels it.
-    Run(CancellationToken),
+    /// New: run it; this token cancels it; this says when its budget is
+    /// spent.
+    Run(CancellationToken, Budget),
     /// Already running: the running execution answers for this attempt.
     Running,
     /// Already finished: send this (kept) report again, for this attempt.
@@ -89,14 +95,17 @@ impl Ledger {
             return Delivery::Report(completed_message(report.clone()));
         }
         let cancel = CancellationToken::new();
+        let (budget, spent) = watch::channel(None);
         let running = Running {
             attempt,
             deadline,
             cancel: cancel.clone(),
             accepted: false,
+            usage: TaskUsage::default(),
+            budget,
         };
         state.running.insert(task_id.to_owned(), running);
-        Delivery::Run(cancel)
+        Delivery::Run(cancel, Budget { spent })
     }
 
     /// Where a running task's progress goes: its latest attempt and the
@@ -148,6 +157,33 @@ impl Ledger {
             deadline: None,
         });
         running.chain(finished).collect()
+    }
+
+    /// Adds to a running task's usage; the totals to send and where (None:
+    /// not running, or no session: the totals go out on the next session).
+    pub(crate) fn add_usage(
+        &self,
+        task_id: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        cost: f64,
+    ) -> Option<(AgentMessage, mpsc::Sender<AgentMessage>)> {
+        let mut state = self.lock();
+        let running = state.running.get_mut(task_id)?;
+        running.usage.input_tokens = running.usage.input_tokens.saturating_add(input_tokens);
+        running.usage.output_tokens = running.usage.output_tokens.saturating_add(output_tokens);
+        if cost.is_finite() && cost > 0.0 {
+            running.usage.cost += cost;
+        }
+        let message = usage_message(task_id, running);
+        Some((message, state.session.clone()?))
+    }
+
+    /// The manager says a budget of the task is spent.
+    pub(crate) fn budget_spent(&self, task_id: &str, spent: BudgetSpent) {
+        if let Some(running) = self.lock().running.get(task_id) {
+            running.budget.send_replace(Some(spent));
+        }
     }
 
     /// Cancels a running task (the manager asked to stop it).
@@ -202,11 +238,17 @@ impl Ledger {
     pub(crate) fn open(&self, outbound: mpsc::Sender<AgentMessage>) -> Vec<AgentMessage> {
         let mut state = self.lock();
         state.session = Some(outbound);
+        let usage = state
+            .running
+            .iter()
+            .filter(|(_, running)| running.usage != TaskUsage::default())
+            .map(|(task_id, running)| usage_message(task_id, running));
         state
             .unacked
             .values()
             .cloned()
             .map(completed_message)
+            .chain(usage)
             .collect()
     }
 
@@ -247,6 +289,28 @@ pub(crate) async fn orphan_watchdog(ledger: Ledger, timeout: Duration) {
             let _ = nix::sys::signal::killpg(getpgrp(), nix::sys::signal::Signal::SIGKILL);
         }
         std::process::exit(1);
+    }
+}
+
+/// A task attempt's usage so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct TaskUsage {
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) cost: f64,
+}
+
+fn usage_message(task_id: &str, running: &Running) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Usage(
+            shepherd_proto::agentmanager::v1::TaskUsage {
+                task_id: task_id.to_owned(),
+                attempt: running.attempt,
+                input_tokens: running.usage.input_tokens,
+                output_tokens: running.usage.output_tokens,
+                cost: running.usage.cost,
+            },
+        )),
     }
 }
 

@@ -45,6 +45,7 @@ pub use shepherd_proto::agentmanager::v1::TaskOutcome;
 
 pub mod approval_socket;
 mod approvals;
+mod budget;
 mod config;
 mod credential;
 mod decision;
@@ -55,6 +56,7 @@ mod session;
 mod task;
 
 pub use approvals::Approver;
+pub use budget::{Budget, BudgetSpent};
 pub use config::{AgentConfig, DEFAULT_ORPHAN_TIMEOUT};
 pub use decision::{ApprovalDecision, ApprovalState};
 pub use error::SdkError;

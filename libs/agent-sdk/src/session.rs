@@ -122,9 +122,9 @@ async fn session_inner<H: TaskHandler>(
                     }
                     Some(manager_message::Kind::Task(task)) => {
                         let delivery = ledger.deliver(&task.task_id, task.attempt, task.deadline);
-                        let cancel = match &delivery {
-                            Delivery::Run(cancel) => cancel.clone(),
-                            _ => CancellationToken::new(),
+                        let (cancel, budget) = match &delivery {
+                            Delivery::Run(cancel, budget) => (cancel.clone(), budget.clone()),
+                            _ => (CancellationToken::new(), crate::budget::Budget { spent: tokio::sync::watch::channel(None).1 }),
                         };
                         let progress_task_id = task.task_id.clone();
                         let approver = Approver {
@@ -148,9 +148,10 @@ async fn session_inner<H: TaskHandler>(
                                 ledger: ledger.clone(),
                             },
                             approver,
+                            budget,
                         };
                         match delivery {
-                            Delivery::Run(_) => spawn_task(&handler, ledger, incoming),
+                            Delivery::Run(..) => spawn_task(&handler, ledger, incoming),
                             Delivery::Running => {
                                 tracing::info!(task_id = %incoming.task_id, attempt = incoming.attempt, "task delivered again while it runs; the running execution answers for it");
                                 let _ = outbound.send(accepted_message(&incoming.task_id)).await;
@@ -174,6 +175,11 @@ async fn session_inner<H: TaskHandler>(
                     }
                     Some(manager_message::Kind::ApprovalAnswer(answer)) => {
                         ledger.approval_answered(answer);
+                    }
+                    Some(manager_message::Kind::BudgetNotice(notice)) => {
+                        tracing::warn!(task_id = %notice.task_id, summary = %notice.summary, "a budget of the task is spent");
+                        let grace = notice.grace.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
+                        ledger.budget_spent(&notice.task_id, crate::budget::BudgetSpent { summary: notice.summary, grace });
                     }
                     Some(manager_message::Kind::Exit(exit)) => return SessionEnd::Exit(exit.reason),
                     Some(manager_message::Kind::Heartbeat(_)) | None => {}

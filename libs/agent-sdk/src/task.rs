@@ -8,6 +8,7 @@ use shepherd_proto::agentmanager::v1::{AgentMessage, agent_message};
 use tokio_util::sync::CancellationToken;
 
 use crate::approvals::Approver;
+use crate::budget::Budget;
 use crate::decision::ApprovalDecision;
 use crate::ledger::Ledger;
 use crate::result::TaskResult;
@@ -35,6 +36,9 @@ pub struct IncomingTask {
     /// Asks for approval before using a tool on the workflow's `ask` list
     /// (see [`IncomingTask::ask_approval`]).
     pub approver: Approver,
+    /// Says when a budget the task runs under is spent: wrap up (see
+    /// [`IncomingTask::report_usage`]).
+    pub budget: Budget,
 }
 
 impl std::fmt::Debug for Progress {
@@ -60,6 +64,20 @@ impl Progress {
     pub async fn report(&self, message: impl Into<String>, fraction: Option<f32>) {
         self.send(message.into(), fraction.unwrap_or(-1.0), String::new())
             .await;
+    }
+
+    /// Adds to what the task used: tokens in and out, and cost in the units
+    /// its budgets count. The totals of the attempt go to the manager (and
+    /// again on every new session while the task runs), which logs them
+    /// (`TaskUsage`) for the scheduler's budgets.
+    pub async fn report_usage(&self, input_tokens: u64, output_tokens: u64, cost: f64) {
+        self.ledger.accept(&self.task_id).await;
+        if let Some((message, session)) =
+            self.ledger
+                .add_usage(&self.task_id, input_tokens, output_tokens, cost)
+        {
+            let _ = session.send(message).await;
+        }
     }
 
     /// A chunk of the task's output (at most 16 KiB per chunk is kept).
@@ -123,6 +141,13 @@ impl IncomingTask {
         reason: impl Into<String>,
     ) -> ApprovalDecision {
         self.approver.ask(tool, input, reason).await
+    }
+
+    /// Adds to what the task used (see [`Progress::report_usage`]).
+    pub async fn report_usage(&self, input_tokens: u64, output_tokens: u64, cost: f64) {
+        self.progress
+            .report_usage(input_tokens, output_tokens, cost)
+            .await;
     }
 
     /// The task's `SHEPHERD_TASK_*` / `SHEPHERD_WORKFLOW_*` environment:

@@ -2,7 +2,7 @@
 //! `kind` column and what `WatchAgentEventsRequest.kinds` takes.
 
 /// The names of the event kinds, as stored and as watchers name them.
-pub const KIND_NAMES: [&str; 14] = [
+pub const KIND_NAMES: [&str; 16] = [
     "created",
     "started",
     "ready",
@@ -17,6 +17,8 @@ pub const KIND_NAMES: [&str; 14] = [
     "task_progress",
     "approval_requested",
     "approval_decided",
+    "task_usage",
+    "budget_exhausted",
 ];
 
 /// A readable name of an event kind: the `kind` column operators query,
@@ -38,6 +40,8 @@ pub fn kind_name(kind: Option<&crate::agentmanager::v1::agent_event::Kind>) -> &
         Some(Kind::TaskProgress(_)) => "task_progress",
         Some(Kind::ApprovalRequested(_)) => "approval_requested",
         Some(Kind::ApprovalDecided(_)) => "approval_decided",
+        Some(Kind::TaskUsage(_)) => "task_usage",
+        Some(Kind::BudgetExhausted(_)) => "budget_exhausted",
         None => "unknown",
     }
 }

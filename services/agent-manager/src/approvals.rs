@@ -35,6 +35,10 @@ use crate::store::Store;
 /// Most approvals one agent may have pending: a runaway agent cannot fill
 /// the table.
 const MAX_PENDING_PER_AGENT: i64 = 100;
+/// The tool a budget's approval names (its input says what is spent).
+pub(crate) const BUDGET_TOOL: &str = "budget";
+/// Longest grace a spent budget gives its running tasks.
+pub(crate) const MAX_BUDGET_GRACE: Duration = Duration::from_secs(3600);
 /// How often a node resolves expired and withdrawn approvals.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -167,6 +171,86 @@ impl Approvals {
         if decided {
             tracing::info!(approval = %id, state = state.as_str(), %decided_by, "approval decided");
             self.decided(&approval).await?;
+        }
+        Ok(approval)
+    }
+
+    /// A budget of the agent (or of its workflow) is spent: raises the
+    /// approval "continue past the budget?" once per `key` (no task: it
+    /// only expires, which is a denial) and logs `BudgetExhausted` while it
+    /// is pending, so that a retried call (its answer was lost) tells the
+    /// agent's tasks even if the first was cut short after the approval.
+    pub(crate) async fn budget_exhausted(
+        &self,
+        agent_id: Uuid,
+        workflow_id: String,
+        key: String,
+        summary: String,
+        grace: Duration,
+    ) -> Result<Approval> {
+        let inner = &self.inner;
+        let agent = inner
+            .store
+            .get_agent(agent_id)
+            .await?
+            .ok_or(crate::error::Error::AgentNotFound(agent_id))?;
+        let ask = ApprovalAsk {
+            request_id: key,
+            task_id: String::new(),
+            attempt: 0,
+            workflow_id,
+            tool: BUDGET_TOOL.to_owned(),
+            input: summary,
+            reason: "continue past the budget?".to_owned(),
+        }
+        .bounded()
+        .map_err(|why| crate::error::Error::invalid("key, summary", why))?;
+        let stored = inner
+            .store
+            .request_approval(
+                agent_id,
+                agent.generation,
+                &ask,
+                inner.timeout,
+                MAX_PENDING_PER_AGENT,
+            )
+            .await?;
+        let Some((approval, created)) = stored else {
+            return Err(crate::error::Error::failed_precondition(format!(
+                "agent {agent_id} has {MAX_PENDING_PER_AGENT} approvals pending already"
+            )));
+        };
+        if !approval.answers(&ask) {
+            return Err(crate::error::Error::failed_precondition(format!(
+                "key {:?} names another approval",
+                ask.request_id
+            )));
+        }
+        if created {
+            tracing::info!(agent = %agent_id, approval = %approval.id, "budget approval requested");
+            inner
+                .events
+                .append(
+                    agent_id,
+                    agent.generation,
+                    Event::ApprovalRequested(approval.clone()),
+                )
+                .await?;
+        }
+        if approval.state == ApprovalState::Pending {
+            inner
+                .events
+                .append(
+                    agent_id,
+                    agent.generation,
+                    Event::BudgetExhausted {
+                        workflow_id: approval.workflow_id.clone(),
+                        summary: approval.input.clone(),
+                        approval_id: approval.id,
+                        grace,
+                    },
+                )
+                .await?;
         }
         Ok(approval)
     }

@@ -1,8 +1,11 @@
-//! The approvals courier: passes every decision about an agent whose
+//! The courier: passes every approval decision about an agent whose
 //! session this node holds to that session at once, whichever node
-//! decided (through the `ApprovalDecided` events of the log). Best effort:
-//! an answer missed here (the feed lagged, the session was busy) reaches
-//! the agent when it sends its request again.
+//! decided (through the `ApprovalDecided` events of the log), and every
+//! spent budget (`BudgetExhausted`), which the session turns into a notice
+//! to each task it concerns. Best effort: an answer missed here (the feed
+//! lagged, the session was busy) reaches the agent when it sends its
+//! request again; a missed budget notice costs the tasks their warning,
+//! not the budget (nothing more is dispatched either way).
 
 use tokio_util::sync::CancellationToken;
 
@@ -26,14 +29,16 @@ pub(crate) async fn run(events: EventLog, sessions: Sessions, shutdown: Cancella
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        let Some(decided) = crate::events::decided_approval(&event) else {
+        let (agent, message) = if let Some(decided) = crate::events::decided_approval(&event) {
+            (decided.agent_id, ToAgent::ApprovalAnswer(decided.answer))
+        } else if let Some(spent) = crate::events::budget_spent(&event) {
+            spent
+        } else {
             continue;
         };
-        let Some(session) = sessions.get(decided.agent_id) else {
+        let Some(session) = sessions.get(agent) else {
             continue;
         };
-        let _ = session
-            .tasks
-            .try_send(ToAgent::ApprovalAnswer(decided.answer));
+        let _ = session.tasks.try_send(message);
     }
 }

@@ -122,6 +122,19 @@ pub fn all() -> Vec<Limit> {
                 bytes(MAX_PROGRESS_OUTPUT_BYTES)
             ),
         ),
+        Limit::new(
+            "TaskUsage",
+            "totals of the attempt; cost 0 to 1e12 (NaN, infinite or negative: 0)".to_owned(),
+        ),
+        Limit::new(
+            "ReportBudgetExhausted",
+            format!(
+                "key 1-{} printable characters; summary 1 byte to {}; grace 0 to {}",
+                crate::model::approval::MAX_REQUEST_ID_LEN,
+                bytes(crate::model::approval::MAX_INPUT_BYTES),
+                shepherd_platform::limits::duration(crate::approvals::MAX_BUDGET_GRACE)
+            ),
+        ),
     ]
 }
 

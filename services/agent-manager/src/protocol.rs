@@ -43,7 +43,23 @@ pub(crate) enum FromAgent {
     },
     /// Not checked yet (`ApprovalAsk::bounded`).
     ApprovalRequest(ApprovalAsk),
+    /// A running attempt's usage so far (totals).
+    Usage(TaskUsage),
 }
+
+/// What an agent reported of a task attempt's usage so far.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskUsage {
+    pub task_id: String,
+    pub attempt: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Finite, 0 to `MAX_COST` (the edge makes it so).
+    pub cost: f64,
+}
+
+/// The largest cost an agent may report for one attempt.
+pub(crate) const MAX_COST: f64 = 1e12;
 
 /// What the manager says to an agent.
 #[derive(Debug, Clone)]
@@ -70,6 +86,21 @@ pub(crate) enum ToAgent {
         reason: String,
     },
     ApprovalAnswer(Answer),
+    /// A budget of the workflow (all the agent's tasks: empty) is spent:
+    /// the session loop tells each task of it that it runs (a
+    /// `BudgetNotice` each); never sent as it is.
+    BudgetSpent {
+        workflow_id: String,
+        summary: String,
+        grace: Duration,
+    },
+    /// A budget this task runs under is spent.
+    BudgetNotice {
+        task_id: String,
+        attempt: u32,
+        summary: String,
+        grace: Duration,
+    },
 }
 
 /// A task as delivered to the agent.

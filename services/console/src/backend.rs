@@ -519,6 +519,14 @@ fn event_view(event: am::AgentEvent) -> Value {
         Some(Kind::TaskProgress(e)) => ("task_progress", e.task_id),
         Some(Kind::ApprovalRequested(e)) => ("approval_requested", approval_line(e.approval)),
         Some(Kind::ApprovalDecided(e)) => ("approval_decided", approval_line(e.approval)),
+        Some(Kind::TaskUsage(e)) => (
+            "task_usage",
+            format!(
+                "{}: {} in, {} out, cost {}",
+                e.task_id, e.input_tokens, e.output_tokens, e.cost
+            ),
+        ),
+        Some(Kind::BudgetExhausted(e)) => ("budget_exhausted", e.summary),
         None => ("unknown", String::new()),
     };
     json!({

@@ -73,6 +73,9 @@ pub(crate) struct Facts {
     pub paused: Option<(String, SystemTime, String)>,
     /// Its agent's pause, likewise.
     pub agent_paused: Option<(String, SystemTime, String)>,
+    /// A spent budget of it or of its agent: what is spent, and when its
+    /// period resets (a calendar period's).
+    pub budget_spent: Option<(String, Option<SystemTime>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,7 @@ pub(crate) enum Verdict {
     ConcurrencyFull,
     WaitingOnKey,
     Paused,
+    BudgetExhausted,
     NothingDue,
     Stalled,
 }
@@ -130,6 +134,22 @@ pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
                 "its agent is paused by {by} {} ago{}; ResumeAgent (`shepherd agents resume`) dispatches to it again",
                 human(age(*since)),
                 because(reason)
+            ),
+        );
+    }
+    if let Some((summary, resets_at)) = &facts.budget_spent {
+        let resets = resets_at
+            .map(|at| {
+                format!(
+                    "; it resets in {}",
+                    human(at.duration_since(SystemTime::now()).unwrap_or_default())
+                )
+            })
+            .unwrap_or_default();
+        return (
+            Verdict::BudgetExhausted,
+            format!(
+                "{summary}{resets}; approving its approval (`shepherd approvals`) goes on past it"
             ),
         );
     }
@@ -292,6 +312,7 @@ mod tests {
             keys: Vec::new(),
             paused: None,
             agent_paused: None,
+            budget_spent: None,
         }
     }
 
@@ -324,6 +345,11 @@ mod tests {
         assert_eq!(verdict, Verdict::Paused, "{summary}");
         assert!(summary.contains("its agent is paused"), "{summary}");
         facts.agent_paused = None;
+        facts.budget_spent = Some(("workflow x spent its budget: cost 12 of 10".into(), None));
+        let (verdict, summary) = judge(&facts);
+        assert_eq!(verdict, Verdict::BudgetExhausted, "{summary}");
+        assert!(summary.contains("cost 12 of 10"), "{summary}");
+        facts.budget_spent = None;
 
         facts.agent.status = "exited".into();
         facts.agent.generation = 4;

@@ -5,6 +5,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod api;
+pub(crate) mod budgets;
 pub mod config;
 pub(crate) mod consumer;
 pub mod error;
@@ -103,7 +104,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }),
         shutdown.child_token(),
     );
+    let budgets = budgets::Budgets::new(store.clone(), manager.clone());
     let recovery = Arc::new(Recovery {
+        budgets: budgets.clone(),
         store: store.clone(),
         runners: runners.clone(),
         agents,
@@ -193,12 +196,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         task_changes,
     };
     let waking = tokio::spawn(wakeups.run(shutdown.clone()));
+    let budgeting = tokio::spawn(budgets.run(shutdown.clone()));
 
     let served = serving.await;
     runners.shutdown().await;
     let _ = consuming.await;
     let _ = scheduling.await;
     let _ = waking.await;
+    let _ = budgeting.await;
     let _ = membership_task.await;
     served??;
     Ok(())

@@ -10,6 +10,7 @@ use crate::api::convert::{
     DEFAULT_ATTEMPTS, MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_PRIORITY, MAX_TEMPLATE,
 };
 use crate::api::{DEFAULT_PAGE, MAX_PAGE, MAX_TASK_ID};
+use crate::model::budget::{DEFAULT_GRACE, MAX_BUDGET_TASKS, MAX_GRACE, MAX_ROLLING, MIN_ROLLING};
 use crate::model::{
     MAX_BACKFILL_TICKS, MAX_CATCH_UP_WINDOW, MAX_PAUSE_REASON, MAX_QUEUED_WHILE_PAUSED,
 };
@@ -84,6 +85,16 @@ pub fn all() -> Vec<Limit> {
             format!(
                 "catch_up_window 1s to {} (unset: 1 day); overlap BUFFER_ONE only with max_concurrency 1",
                 duration(MAX_CATCH_UP_WINDOW)
+            ),
+        ),
+        Limit::new(
+            "budget",
+            format!(
+                "one per workflow and per agent; max_tasks at most {MAX_BUDGET_TASKS}, max_task_seconds and max_cost 0 to 1e12, at least one set; rolling {} to {}, or DAY, WEEK, MONTH; grace 0 to {} (unset: {})",
+                duration(MIN_ROLLING),
+                duration(MAX_ROLLING),
+                duration(MAX_GRACE),
+                duration(DEFAULT_GRACE)
             ),
         ),
         Limit::new(

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
+pub mod budget;
 mod key;
 mod schedule;
 mod trigger;

@@ -40,6 +40,7 @@ pub(crate) struct Recovery {
     pub replica: String,
     /// A task in flight longer than this makes its runner STALLED.
     pub stall_after: Duration,
+    pub budgets: crate::budgets::Budgets,
 }
 
 /// What a level pass did.
@@ -211,6 +212,25 @@ impl Recovery {
                 self.settle(Duration::ZERO, Some(agent)).await;
             }
             AgentEvent::NotReady => self.agents.set_ready(agent, false),
+            AgentEvent::TaskUsage {
+                task_id,
+                attempt,
+                input_tokens,
+                output_tokens,
+                cost,
+            } => {
+                self.budgets
+                    .usage(
+                        agent,
+                        &task_id,
+                        attempt,
+                        (input_tokens, output_tokens, cost),
+                    )
+                    .await?;
+            }
+            AgentEvent::BudgetDecided { key, approved } => {
+                self.budgets.decided(&key, approved).await?;
+            }
             AgentEvent::Deleted => {
                 self.agents.set_ready(agent, false);
                 let reason = format!("agent {agent} was deleted");

@@ -367,6 +367,63 @@ impl Scheduler {
         self.store.agent_pauses(None).await
     }
 
+    /// Sets the budget of a workflow or agent that exists.
+    pub(crate) async fn put_budget(
+        &self,
+        budget: &crate::model::budget::Budget,
+    ) -> Result<crate::store::BudgetView> {
+        use crate::model::budget::Scope;
+        match budget.scope {
+            Scope::Workflow => drop(self.store.get_workflow(budget.subject).await?),
+            Scope::Agent => {
+                let exists = self
+                    .manager
+                    .agent_exists(budget.subject)
+                    .await
+                    .map_err(|status| {
+                        Error::unavailable(format!(
+                            "cannot check agent {} with the agent-manager ({}); retry when it is reachable",
+                            budget.subject,
+                            status.message()
+                        ))
+                    })?;
+                if !exists {
+                    return Err(Error::not_found(format!(
+                        "agent {} not found in the agent-manager",
+                        budget.subject
+                    )));
+                }
+            }
+        }
+        self.store.put_budget(budget).await?;
+        self.store
+            .budget_views(Some(&[budget.subject]))
+            .await?
+            .into_iter()
+            .find(|view| view.budget.scope == budget.scope)
+            .ok_or_else(|| Error::internal("a budget just stored is gone"))
+    }
+
+    pub(crate) async fn budgets(&self) -> Result<Vec<crate::store::BudgetView>> {
+        self.store.budget_views(None).await
+    }
+
+    pub(crate) async fn delete_budget(
+        &self,
+        scope: crate::model::budget::Scope,
+        subject: Uuid,
+    ) -> Result<()> {
+        if self.store.delete_budget(scope, subject).await? {
+            // Its holds go with the next pass (which this starts).
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "{} {subject} has no budget",
+                scope.as_str()
+            )))
+        }
+    }
+
     /// Makes the tasks of the schedule's ticks in the range that have none.
     pub(crate) async fn backfill(
         &self,
@@ -484,6 +541,31 @@ impl Scheduler {
             last_error: queue.last_error.clone(),
             approvals,
             keys: self.store.key_facts(id).await?,
+            budget_spent: self
+                .store
+                .budget_views(Some(&[workflow.id, workflow.agent_id]))
+                .await?
+                .into_iter()
+                .filter(|view| match view.budget.scope {
+                    crate::model::budget::Scope::Workflow => view.budget.subject == workflow.id,
+                    crate::model::budget::Scope::Agent => view.budget.subject == workflow.agent_id,
+                })
+                .find_map(|view| {
+                    let resets = view.budget.resets_at(std::time::SystemTime::now());
+                    view.exhausted
+                        .filter(|episode| !episode.approved)
+                        .map(|episode| {
+                            (
+                                format!(
+                                    "{} {} spent its budget: {}",
+                                    episode.scope.as_str(),
+                                    episode.subject,
+                                    episode.summary
+                                ),
+                                resets,
+                            )
+                        })
+                }),
             agent_paused: self
                 .store
                 .agent_pause(workflow.agent_id)

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{Task, TaskAttempt, TaskEnd, TaskFields, TaskState, Trigger, Workflow};
 
 mod agent_pauses;
+mod budgets;
 mod chains;
 mod claim_rows;
 mod claims;
@@ -30,6 +31,7 @@ mod task_events;
 mod tasks;
 mod workflows;
 
+pub use budgets::BudgetView;
 pub use claims::{Claim, ClaimRequest};
 pub use diagnosis::QueueFacts;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
@@ -150,6 +152,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 22,
         name: "agent_pause",
         sql: include_str!("../migrations/0022_agent_pause.sql"),
+    },
+    Migration {
+        version: 23,
+        name: "budgets",
+        sql: include_str!("../migrations/0023_budgets.sql"),
     },
 ];
 

@@ -347,3 +347,15 @@ pub(super) fn task_status_from_wire(task: pb::TaskStatus) -> crate::manager::Tas
 pub(super) fn task_outcome(outcome: Option<crate::model::task::TaskOutcome>) -> pb::TaskOutcome {
     outcome.map_or(pb::TaskOutcome::Unspecified, crate::events::wire_outcome)
 }
+
+/// A spent budget's grace for its running tasks: 0 to an hour.
+pub(super) fn budget_grace(grace: Option<prost_types::Duration>) -> Result<Duration, Error> {
+    let max = crate::approvals::MAX_BUDGET_GRACE;
+    grace
+        .map_or(
+            Some(Duration::ZERO),
+            shepherd_platform::validate::non_negative_duration,
+        )
+        .filter(|grace| *grace <= max)
+        .ok_or_else(|| Error::invalid("grace", "must be 0 to 1 hour"))
+}

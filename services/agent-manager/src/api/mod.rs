@@ -594,6 +594,28 @@ impl AgentManager for Api {
         Ok(Response::new(wire_approval(&approval)))
     }
 
+    async fn report_budget_exhausted(
+        &self,
+        request: Request<pb::ReportBudgetExhaustedRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let request = request.into_inner();
+        let agent = shepherd_platform::validate::id("agent_id", &request.agent_id, "agent")?;
+        record_id("agent_id", &agent);
+        let grace = convert::budget_grace(request.grace)?;
+        let approval = self
+            .manager
+            .approvals()
+            .budget_exhausted(
+                agent,
+                request.workflow_id,
+                request.key,
+                request.summary,
+                grace,
+            )
+            .await?;
+        Ok(Response::new(wire_approval(&approval)))
+    }
+
     async fn list_audit_events(
         &self,
         request: Request<shepherd_proto::audit::v1::ListAuditEventsRequest>,

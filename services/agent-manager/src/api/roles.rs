@@ -15,7 +15,7 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "RestartAgent"
         | "DeleteAgent"
         | "RotateAgentCredential" => Operate,
-        "DispatchTask" | "DispatchTasks" | "CancelTask" => Dispatch,
+        "DispatchTask" | "DispatchTasks" | "CancelTask" | "ReportBudgetExhausted" => Dispatch,
         "DecideApproval" => Approve,
         "PruneEvents" | "ListAuditEvents" => Administer,
         _ => return None,

@@ -63,6 +63,19 @@ pub(super) fn from_agent(message: pb::AgentMessage) -> Result<FromAgent, String>
             input: request.input,
             reason: request.reason,
         }),
+        Some(Kind::Usage(usage)) => FromAgent::Usage(crate::protocol::TaskUsage {
+            task_id: task_id("usage.task_id", usage.task_id)?,
+            attempt: usage.attempt,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            // NaN, infinities and negatives count as nothing; the rest is
+            // capped, so sums stay finite.
+            cost: if usage.cost.is_finite() {
+                usage.cost.clamp(0.0, crate::protocol::MAX_COST)
+            } else {
+                0.0
+            },
+        }),
         Some(Kind::Hello(_)) | None => FromAgent::Ignored,
     })
 }
@@ -114,6 +127,20 @@ pub(super) fn to_agent(message: ToAgent) -> pb::ManagerMessage {
         }),
         ToAgent::Exit { reason } => Kind::Exit(pb::Exit { reason }),
         ToAgent::ApprovalAnswer(answer) => Kind::ApprovalAnswer(approval_answer(answer)),
+        ToAgent::BudgetNotice {
+            task_id,
+            attempt,
+            summary,
+            grace,
+        } => Kind::BudgetNotice(pb::BudgetNotice {
+            task_id,
+            attempt,
+            summary,
+            grace: prost_types::Duration::try_from(grace).ok(),
+        }),
+        // The session loop expands it into notices and never forwards it;
+        // were it to, a heartbeat says nothing wrong.
+        ToAgent::BudgetSpent { .. } => Kind::Heartbeat(pb::ManagerHeartbeat {}),
     };
     pb::ManagerMessage { kind: Some(kind) }
 }

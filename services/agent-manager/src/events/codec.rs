@@ -81,7 +81,50 @@ pub(super) fn encode(event: Event) -> agent_event::Kind {
         Event::ApprovalDecided(approval) => Kind::ApprovalDecided(pb::ApprovalDecided {
             approval: Some(wire_approval(&approval)),
         }),
+        Event::TaskUsage {
+            task_id,
+            attempt,
+            input_tokens,
+            output_tokens,
+            cost,
+        } => Kind::TaskUsage(pb::TaskUsage {
+            task_id,
+            attempt,
+            input_tokens,
+            output_tokens,
+            cost,
+        }),
+        Event::BudgetExhausted {
+            workflow_id,
+            summary,
+            approval_id,
+            grace,
+        } => Kind::BudgetExhausted(pb::BudgetExhausted {
+            workflow_id,
+            summary,
+            approval_id: approval_id.to_string(),
+            grace: prost_types::Duration::try_from(grace).ok(),
+        }),
     }
+}
+
+/// What the courier passes to an agent's session when one of its budgets
+/// is spent: the `BudgetSpent` a `BudgetExhausted` event says.
+pub(crate) fn budget_spent(event: &AgentEvent) -> Option<(Uuid, crate::protocol::ToAgent)> {
+    let Some(agent_event::Kind::BudgetExhausted(spent)) = &event.kind else {
+        return None;
+    };
+    Some((
+        event.agent_id.parse().ok()?,
+        crate::protocol::ToAgent::BudgetSpent {
+            workflow_id: spent.workflow_id.clone(),
+            summary: spent.summary.clone(),
+            grace: spent
+                .grace
+                .and_then(|grace| std::time::Duration::try_from(grace).ok())
+                .unwrap_or_default(),
+        },
+    ))
 }
 
 /// A task outcome as the log (and the API) encode it.
@@ -200,6 +243,8 @@ mod tests {
             Kind::TaskProgress(Default::default()),
             Kind::ApprovalRequested(Default::default()),
             Kind::ApprovalDecided(Default::default()),
+            Kind::TaskUsage(Default::default()),
+            Kind::BudgetExhausted(Default::default()),
         ];
         let stored: Vec<&str> = kinds.iter().map(|kind| kind_name(Some(kind))).collect();
         assert_eq!(stored, KIND_NAMES);

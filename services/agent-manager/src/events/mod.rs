@@ -44,6 +44,7 @@ use crate::model::AgentRecord;
 pub use crate::model::event::Event;
 use crate::store::{AgentChange, Completion, Store};
 
+pub(crate) use codec::budget_spent;
 pub use codec::{
     DecidedApproval, decided_approval, wire_approval, wire_approval_state, wire_exit_reason,
     wire_outcome,

@@ -58,4 +58,20 @@ pub enum Event {
     ApprovalRequested(Approval),
     /// Decided, expired or withdrawn: its final state.
     ApprovalDecided(Approval),
+    /// A running attempt's usage so far (totals), as the agent reported it.
+    TaskUsage {
+        task_id: String,
+        attempt: u32,
+        input_tokens: u64,
+        output_tokens: u64,
+        cost: f64,
+    },
+    /// A budget of the agent (or of its workflow) is spent; the approval
+    /// asks whether to go on past it.
+    BudgetExhausted {
+        workflow_id: String,
+        summary: String,
+        approval_id: uuid::Uuid,
+        grace: std::time::Duration,
+    },
 }

@@ -52,6 +52,16 @@ impl InFlightTasks {
         self.tasks.contains_key(task_id)
     }
 
+    /// The tasks (and attempts) of `workflow` this session runs; of every
+    /// workflow for an empty one.
+    pub(super) fn of_workflow(&self, workflow: &str) -> Vec<(String, u32)> {
+        self.tasks
+            .iter()
+            .filter(|(_, tracked)| workflow.is_empty() || tracked.workflow_id == workflow)
+            .map(|(task_id, tracked)| (task_id.clone(), tracked.attempt))
+            .collect()
+    }
+
     /// The workflow of `attempt` of the task, if this session runs that
     /// attempt.
     pub(super) fn workflow_of(&self, task_id: &str, attempt: u32) -> Option<&str> {

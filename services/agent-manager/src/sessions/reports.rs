@@ -136,6 +136,32 @@ impl TaskReports {
                 ask.workflow_id = workflow.unwrap_or_default().to_owned();
                 self.approval_requested(ask, runs_task);
             }
+            FromAgent::Usage(usage) => {
+                // Only about the attempt this session runs. Totals, so a
+                // report dropped here (the progress budget is spent) is
+                // made good by the next one.
+                if in_flight
+                    .workflow_of(&usage.task_id, usage.attempt)
+                    .is_none()
+                    || !self.progress_allowed()
+                {
+                    return;
+                }
+                let event = Event::TaskUsage {
+                    task_id: usage.task_id,
+                    attempt: usage.attempt,
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cost: usage.cost,
+                };
+                if let Err(err) = self
+                    .events
+                    .enqueue(self.agent_id, self.generation, event)
+                    .await
+                {
+                    tracing::warn!(agent = %self.agent_id, error = %err, "could not log task usage");
+                }
+            }
             FromAgent::Heartbeat | FromAgent::Ignored => {}
         }
     }

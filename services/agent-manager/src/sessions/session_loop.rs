@@ -194,6 +194,17 @@ where
                         ToAgent::Cancel { task_id, .. } => {
                             in_flight.stop(task_id, TaskOutcome::Cancelled, Instant::now() + self.cancel_grace)
                         }
+                        // One notice per task of the spent budget that
+                        // this session runs.
+                        ToAgent::BudgetSpent { workflow_id, summary, grace } => {
+                            for (task_id, attempt) in in_flight.of_workflow(workflow_id) {
+                                let notice = ToAgent::BudgetNotice { task_id, attempt, summary: summary.clone(), grace: *grace };
+                                if self.outbound.send(notice).await.is_err() {
+                                    return SessionEnd::gone("agent went away");
+                                }
+                            }
+                            false
+                        }
                         _ => true,
                     };
                     if forward && self.outbound.send(message).await.is_err() {

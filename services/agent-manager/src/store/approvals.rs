@@ -193,7 +193,8 @@ impl Store {
                  decided_by = '{SHEPHERD}', decided_at = now()
              WHERE a.state = 'pending'
                AND (a.expires_at <= now()
-                    OR NOT EXISTS (SELECT 1 FROM agent_manager.tasks t
+                    -- A budget's approval (no task) only expires.
+                    OR a.task_id <> '' AND NOT EXISTS (SELECT 1 FROM agent_manager.tasks t
                                    WHERE t.task_id = a.task_id AND t.attempt = a.attempt
                                      AND t.state IN ('delivered', 'accepted')))
              RETURNING {COLUMNS}"

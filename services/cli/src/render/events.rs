@@ -53,6 +53,24 @@ pub(crate) fn event_kind(event: &am::AgentEvent) -> (&'static str, Value) {
             ("approval_requested", approval_json(e.approval.as_ref()))
         }
         Some(Kind::ApprovalDecided(e)) => ("approval_decided", approval_json(e.approval.as_ref())),
+        Some(Kind::TaskUsage(e)) => (
+            "task_usage",
+            json!({
+                "task_id": e.task_id,
+                "attempt": e.attempt,
+                "input_tokens": e.input_tokens,
+                "output_tokens": e.output_tokens,
+                "cost": e.cost,
+            }),
+        ),
+        Some(Kind::BudgetExhausted(e)) => (
+            "budget_exhausted",
+            json!({
+                "workflow_id": e.workflow_id,
+                "summary": e.summary,
+                "approval_id": e.approval_id,
+            }),
+        ),
         None => ("unknown", json!({})),
     }
 }

@@ -176,8 +176,12 @@ fn describe(event: &am::AgentEvent) -> Option<Feed> {
             format!("approval: {}", approval_line(e.approval.as_ref())),
             false,
         ),
-        // Progress is too chatty for this list.
-        Kind::TaskProgress(_) => return None,
+        Kind::BudgetExhausted(e) => (
+            format!("budget spent: {} (approval {})", e.summary, e.approval_id),
+            false,
+        ),
+        // Progress and usage are too chatty for this list.
+        Kind::TaskProgress(_) | Kind::TaskUsage(_) => return None,
     };
     Some(Feed::Event {
         line: format!("#{} {agent} g{} {what}", event.sequence, event.generation),

@@ -156,6 +156,44 @@ impl scheduler_server::Scheduler for Api {
         }))
     }
 
+    async fn put_budget(
+        &self,
+        request: Request<pb::PutBudgetRequest>,
+    ) -> Result<Response<pb::Budget>, Status> {
+        let budget = convert::budget_from(request.into_inner().budget)?;
+        record_id("subject", &budget.subject);
+        let view = self.scheduler.put_budget(&budget).await?;
+        Ok(Response::new(convert::budget_to(
+            view,
+            std::time::SystemTime::now(),
+        )))
+    }
+
+    async fn list_budgets(
+        &self,
+        _request: Request<pb::ListBudgetsRequest>,
+    ) -> Result<Response<pb::ListBudgetsResponse>, Status> {
+        let now = std::time::SystemTime::now();
+        let views = self.scheduler.budgets().await?;
+        Ok(Response::new(pb::ListBudgetsResponse {
+            budgets: views
+                .into_iter()
+                .map(|view| convert::budget_to(view, now))
+                .collect(),
+        }))
+    }
+
+    async fn delete_budget(
+        &self,
+        request: Request<pb::DeleteBudgetRequest>,
+    ) -> Result<Response<()>, Status> {
+        let request = request.into_inner();
+        let (scope, subject) = convert::subject(&request.workflow_id, &request.agent_id)?;
+        record_id("subject", &subject);
+        self.scheduler.delete_budget(scope, subject).await?;
+        Ok(Response::new(()))
+    }
+
     async fn put_concurrency_key(
         &self,
         request: Request<pb::PutConcurrencyKeyRequest>,

@@ -14,7 +14,8 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "WatchTasks"
         | "ExplainWorkflow"
         | "ListConcurrencyKeys"
-        | "ListAgentPauses" => Read,
+        | "ListAgentPauses"
+        | "ListBudgets" => Read,
         "CreateWorkflow"
         | "UpdateWorkflow"
         | "DeleteWorkflow"
@@ -26,6 +27,8 @@ pub(crate) fn permission(method: &str) -> Option<Permission> {
         | "ResumeWorkflow"
         | "BackfillWorkflow"
         | "PauseAgent"
+        | "PutBudget"
+        | "DeleteBudget"
         | "ResumeAgent"
         | "DeleteConcurrencyKey" => Operate,
         "ListAuditEvents" => Administer,

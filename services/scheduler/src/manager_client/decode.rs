@@ -105,6 +105,20 @@ pub(crate) enum AgentEvent {
         fraction: f32,
         output: String,
     },
+    /// What an agent reported of an attempt's usage so far (totals).
+    TaskUsage {
+        task_id: String,
+        attempt: u32,
+        input_tokens: u64,
+        output_tokens: u64,
+        cost: f64,
+    },
+    /// The approval of a spent budget was decided (approved or not).
+    BudgetDecided {
+        /// The key the scheduler raised it with.
+        key: String,
+        approved: bool,
+    },
     /// Created or accepted: nothing for the scheduler to do.
     Other,
 }
@@ -162,7 +176,10 @@ impl From<pb::WatchAgentEventsResponse> for Heard {
 /// The event kinds the scheduler has no use for (`AgentEvent::from` maps
 /// them to `Other`); it watches every other kind, so a new kind reaches it
 /// unless it is named here.
-pub(super) const IGNORED_KINDS: [&str; 2] = ["created", "task_accepted"];
+pub(super) const IGNORED_KINDS: [&str; 3] = ["created", "task_accepted", "budget_exhausted"];
+
+/// The tool of a budget's approval at the agent-manager.
+pub(crate) const BUDGET_TOOL: &str = "budget";
 
 impl From<Option<pb::agent_event::Kind>> for AgentEvent {
     fn from(kind: Option<pb::agent_event::Kind>) -> Self {
@@ -212,6 +229,21 @@ impl From<Option<pb::agent_event::Kind>> for AgentEvent {
             },
             Some(Kind::ApprovalDecided(pb::ApprovalDecided {
                 approval: Some(approval),
+            })) if approval.task_id.is_empty() && approval.tool == BUDGET_TOOL => {
+                Self::BudgetDecided {
+                    approved: approval.state() == pb::ApprovalState::Approved,
+                    key: approval.request_id,
+                }
+            }
+            Some(Kind::TaskUsage(usage)) => Self::TaskUsage {
+                task_id: usage.task_id,
+                attempt: usage.attempt,
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost: usage.cost,
+            },
+            Some(Kind::ApprovalDecided(pb::ApprovalDecided {
+                approval: Some(approval),
             })) => Self::TaskProgress {
                 message: approval_outcome(&approval),
                 task_id: approval.task_id,
@@ -222,6 +254,7 @@ impl From<Option<pb::agent_event::Kind>> for AgentEvent {
             Some(
                 Kind::Created(_)
                 | Kind::TaskAccepted(_)
+                | Kind::BudgetExhausted(_)
                 | Kind::ApprovalRequested(_)
                 | Kind::ApprovalDecided(_),
             )

@@ -124,6 +124,30 @@ impl ManagerClient {
         }
     }
 
+    /// Reports a spent budget (idempotent by `key`: see the RPC).
+    pub(crate) async fn report_budget_exhausted(
+        &self,
+        agent: Uuid,
+        workflow_id: String,
+        key: &str,
+        summary: String,
+        grace: std::time::Duration,
+    ) -> Result<(), ManagerError> {
+        let request = request(pb::ReportBudgetExhaustedRequest {
+            agent_id: agent.to_string(),
+            workflow_id,
+            key: key.to_owned(),
+            summary,
+            grace: prost_types::Duration::try_from(grace).ok(),
+        });
+        self.client
+            .clone()
+            .report_budget_exhausted(request)
+            .await
+            .map(drop)
+            .map_err(Into::into)
+    }
+
     /// The agent as the manager reports it, for a diagnosis.
     pub(crate) async fn agent_facts(
         &self,

@@ -165,6 +165,14 @@ impl TaskHandler for Agent {
     }
 }
 
+/// Once a budget of the task is spent, waits out its grace.
+async fn spent_past_grace(budget: &shepherd_agent_sdk::Budget) -> shepherd_agent_sdk::BudgetSpent {
+    let spent = budget.spent().await;
+    tracing::warn!(summary = %spent.summary, grace = ?spent.grace, "a budget of the task is spent; ending it after the grace");
+    tokio::time::sleep(spent.grace).await;
+    spent
+}
+
 /// The prompt the task's program reads on stdin.
 fn prompt(task: &IncomingTask) -> Vec<u8> {
     match &task.spec {
@@ -206,6 +214,16 @@ async fn run(
                 kill_tree(root);
             }
             return TaskResult::failure("cancelled: the task's processes were killed");
+        }        spent = spent_past_grace(&task.budget) => {
+            // A budget it runs under is spent and the grace is over.
+            if let Some(root) = root {
+                kill_tree(root);
+            }
+            return TaskResult::failure(format!(
+                "budget spent ({}): the task's processes were killed after a grace of {}",
+                spent.summary,
+                humantime::format_duration(spent.grace)
+            ));
         }
     };
     let mut text = match stdout {
@@ -262,7 +280,17 @@ async fn stream_stdout(
         if !piece.is_empty() {
             let chunk = String::from_utf8_lossy(&piece).into_owned();
             piece.clear();
-            if let Some(report) = chunk.trim_end_matches('\n').strip_prefix("::progress ") {
+            if let Some(usage) = chunk.trim_end_matches('\n').strip_prefix("::usage ") {
+                // "::usage INPUT_TOKENS OUTPUT_TOKENS COST": added to the
+                // task's usage (a malformed line is passed on as output).
+                match parse_usage(usage) {
+                    Some((input, output, cost)) => progress.report_usage(input, output, cost).await,
+                    None => {
+                        pending.push_str(&chunk);
+                        linger.get_or_insert_with(|| tokio::time::Instant::now() + OUTPUT_LINGER);
+                    }
+                }
+            } else if let Some(report) = chunk.trim_end_matches('\n').strip_prefix("::progress ") {
                 let (fraction, message) = report.split_once(' ').unwrap_or((report, ""));
                 let fraction = fraction
                     .parse::<f32>()
@@ -286,6 +314,15 @@ async fn stream_stdout(
         }
     }
     text
+}
+
+/// "INPUT_TOKENS OUTPUT_TOKENS COST" of a `::usage` line.
+fn parse_usage(text: &str) -> Option<(u64, u64, f64)> {
+    let mut parts = text.split_whitespace();
+    let input = parts.next()?.parse().ok()?;
+    let output = parts.next()?.parse().ok()?;
+    let cost: f64 = parts.next()?.parse().ok()?;
+    (parts.next().is_none() && cost.is_finite() && cost >= 0.0).then_some((input, output, cost))
 }
 
 /// Reads the next line into `piece`, or as much of it as `MAX_PIECE`

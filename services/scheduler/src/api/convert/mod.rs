@@ -12,7 +12,9 @@ use crate::service::UpdateMask;
 use crate::store::{NewWorkflow, RunnerWorkflow};
 use crate::template;
 
+mod budget;
 mod trigger;
+pub(crate) use budget::{budget_from, budget_to, subject};
 use trigger::{trigger_from, trigger_to};
 
 pub(crate) const DEFAULT_TEMPLATE: &str = "{{body}}";
@@ -494,6 +496,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
             Verdict::ConcurrencyFull => pb::Verdict::ConcurrencyFull,
             Verdict::WaitingOnKey => pb::Verdict::WaitingOnKey,
             Verdict::Paused => pb::Verdict::Paused,
+            Verdict::BudgetExhausted => pb::Verdict::BudgetExhausted,
             Verdict::NothingDue => pb::Verdict::NothingDue,
             Verdict::Stalled => pb::Verdict::Stalled,
         } as i32,
