@@ -486,3 +486,61 @@ async fn schedule_policies_and_backfill_from_the_cli() -> anyhow::Result<()> {
     assert_eq!(code, 2, "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn budgets_from_the_cli() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await?;
+    let cli = Cli {
+        manager: stack.manager.url(),
+        scheduler: stack.scheduler.as_ref().expect("scheduler").url(),
+        token: Some(TOKEN.into()),
+    };
+    let agent = stack
+        .create_agent("cli-budget", am::RestartMode::OnFailure)
+        .await?;
+    let budget = cli
+        .json(&[
+            "budgets",
+            "put",
+            "--agent",
+            "cli-budget",
+            "--per",
+            "week",
+            "--max-cost",
+            "5",
+            "--max-tasks",
+            "100",
+        ])
+        .await?;
+    assert_eq!(budget["agent_id"], agent.id.as_str(), "{budget}");
+    assert_eq!(budget["per"], "week", "{budget}");
+    assert_eq!(budget["usage"]["cost"], 0.0, "{budget}");
+    let listed = cli.json(&["budgets", "list"]).await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let (code, stderr) = cli
+        .code(&[
+            "budgets",
+            "put",
+            "--agent",
+            "cli-budget",
+            "--per",
+            "fortnightly",
+        ])
+        .await?;
+    assert_eq!(code, 2, "a period that is none: {stderr}");
+    let (code, stderr) = cli
+        .code(&["budgets", "put", "--agent", "cli-budget", "--per", "day"])
+        .await?;
+    assert_ne!(code, 0, "no cap: {stderr}");
+    let (code, stderr) = cli
+        .code(&["budgets", "delete", "--agent", "cli-budget"])
+        .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let listed = cli.json(&["budgets", "list"]).await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    Ok(())
+}

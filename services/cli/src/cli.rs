@@ -79,6 +79,10 @@ pub(crate) enum Command {
     /// account, a repository), and how many of their tasks may run at once.
     #[command(subcommand, alias = "key")]
     Keys(KeyCommand),
+    /// Budgets: what a workflow, or an agent's workflows, may spend per
+    /// period (tasks, task-seconds, reported cost).
+    #[command(subcommand, alias = "budget")]
+    Budgets(BudgetCommand),
     /// How the agent-manager contains agents: its containment mode, the
     /// limits it enforces and its default limits.
     Manager,
@@ -278,6 +282,44 @@ pub(crate) enum WorkflowCommand {
     RotateSecret {
         workflow: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BudgetCommand {
+    /// Every budget, with its usage this period.
+    List,
+    /// Set the budget of a workflow or an agent (replacing its budget).
+    Put {
+        #[command(flatten)]
+        subject: BudgetSubject,
+        /// day, week, month (UTC), or a sliding window, e.g. 6h.
+        #[arg(long)]
+        per: String,
+        #[arg(long, default_value_t = 0)]
+        max_tasks: u64,
+        #[arg(long, default_value_t = 0.0)]
+        max_task_seconds: f64,
+        #[arg(long, default_value_t = 0.0)]
+        max_cost: f64,
+        /// How long running tasks have once it is spent (default 30s).
+        #[arg(long, value_parser = duration)]
+        grace: Option<Duration>,
+    },
+    /// Delete the budget of a workflow or an agent.
+    Delete {
+        #[command(flatten)]
+        subject: BudgetSubject,
+    },
+}
+
+/// Whose budget: one workflow's or one agent's (id or name).
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct BudgetSubject {
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[arg(long)]
+    pub agent: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

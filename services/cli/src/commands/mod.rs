@@ -3,6 +3,7 @@
 
 mod agent_file;
 mod agents;
+mod budgets;
 mod keys;
 mod tasks;
 mod watch;
@@ -48,6 +49,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Approvals(command) => clients.approvals(command).await,
         Command::Keys(command) => clients.keys(command).await,
+        Command::Budgets(command) => clients.budgets(command).await,
         Command::Top => crate::top::run(clients.agents.clone(), clients.workflows.clone()).await,
         Command::Mcp { allow_writes, http } => match http {
             Some(addr) => {

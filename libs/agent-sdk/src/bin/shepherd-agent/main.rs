@@ -463,3 +463,18 @@ async fn main() -> anyhow::Result<()> {
     telemetry.shutdown();
     Ok(result?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_usage;
+
+    #[test]
+    fn usage_lines_are_three_numbers_or_nothing() {
+        assert_eq!(parse_usage("1200 300 0.42"), Some((1200, 300, 0.42)));
+        for bad in [
+            "", "1 2", "1 2 3 4", "a 2 3", "1 2 -3", "1 2 NaN", "1 2 inf",
+        ] {
+            assert_eq!(parse_usage(bad), None, "{bad:?}");
+        }
+    }
+}
