@@ -397,7 +397,28 @@ async fn a_rate_limit_holds_across_a_scheduler_restart() -> anyhow::Result<()> {
         tasks.push(trigger(&stack, &workflow.id, &format!("before-{n}"), 0).await?);
     }
     stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
-    // The bucket is empty; a restarted scheduler must not find it full.
+    // The bucket is empty: a fourth task waits for a token, and the
+    // diagnosis says so.
+    tasks.push(trigger(&stack, &workflow.id, "before-3", 0).await?);
+    let diagnosis = eventually(WAIT, "a RATE_LIMITED verdict", || async {
+        let diagnosis = stack
+            .workflows
+            .clone()
+            .explain_workflow(sched::ExplainWorkflowRequest {
+                workflow_id: workflow.id.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok((diagnosis.verdict() == sched::Verdict::RateLimited).then_some(diagnosis))
+    })
+    .await?;
+    assert!(
+        diagnosis.summary.contains("api:rated"),
+        "{}",
+        diagnosis.summary
+    );
+    stack.wait_tasks(&tasks, TaskState::Succeeded).await?;
+    // The bucket is empty again; a restarted scheduler must not find it full.
     stack.kill_scheduler().await?;
     stack.start_scheduler().await?;
     for n in 0..3 {
@@ -410,7 +431,7 @@ async fn a_rate_limit_holds_across_a_scheduler_restart() -> anyhow::Result<()> {
         .filter_map(|line| line.trim().parse().ok())
         .collect();
     starts.sort_by(f64::total_cmp);
-    assert_eq!(starts.len(), 6);
+    assert_eq!(starts.len(), 7);
     // A token bucket: in any window, at most the burst plus what refills
     // over it (and 0.3 s for the clocks of the database and this host).
     for i in 0..starts.len() {

@@ -36,13 +36,26 @@ pub(crate) struct ApprovalFacts {
 }
 
 /// A concurrency key the workflow names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct KeyFacts {
     pub name: String,
     pub max_running: u32,
     pub running: u32,
     /// Workflows whose dispatched tasks hold it (at most 10).
     pub holders: Vec<String>,
+    /// Its rate, if it has one: starts per period, and the tokens its
+    /// bucket holds now.
+    pub rate: Option<(u32, Duration, f64)>,
+}
+
+impl KeyFacts {
+    /// How long until its bucket holds a token again; None when it holds
+    /// one now, or the key has no rate.
+    pub(crate) fn next_start_in(&self) -> Option<Duration> {
+        let (starts, period, tokens) = self.rate?;
+        (tokens < 1.0 && starts > 0)
+            .then(|| period.mul_f64(((1.0 - tokens) / f64::from(starts)).clamp(0.0, 1.0)))
+    }
 }
 
 /// Everything a diagnosis looks at.
@@ -89,6 +102,7 @@ pub(crate) enum Verdict {
     WaitingOnApproval,
     ConcurrencyFull,
     WaitingOnKey,
+    RateLimited,
     Paused,
     BudgetExhausted,
     NothingDue,
@@ -211,6 +225,24 @@ pub(crate) fn judge(facts: &Facts) -> (Verdict, String) {
             format!(
                 "waiting on key {}: {} of {} running{holders}; {} due task(s) wait for a slot",
                 key.name, key.running, key.max_running, facts.due
+            ),
+        );
+    }
+    if facts.due > 0
+        && let Some((key, wait)) = facts
+            .keys
+            .iter()
+            .find_map(|key| key.next_start_in().map(|wait| (key, wait)))
+    {
+        let (starts, period, _) = key.rate.unwrap_or_default();
+        return (
+            Verdict::RateLimited,
+            format!(
+                "rate limited by key {} ({starts} starts per {}): the next start in {}; {} due task(s) wait",
+                key.name,
+                human(period),
+                human(wait),
+                facts.due
             ),
         );
     }
@@ -398,6 +430,7 @@ mod tests {
             max_running: 2,
             running: 2,
             holders: vec!["review".into(), "triage".into()],
+            rate: None,
         }];
         let (verdict, line) = judge(&facts);
         assert_eq!(verdict, Verdict::WaitingOnKey);
@@ -409,6 +442,13 @@ mod tests {
         );
         facts.keys[0].running = 1;
         assert_eq!(judge(&facts).0, Verdict::Running, "a free slot");
+        // A free slot, but no token: 6 per minute, a quarter token left.
+        facts.keys[0].rate = Some((6, Duration::from_secs(60), 0.25));
+        let (verdict, line) = judge(&facts);
+        assert_eq!(verdict, Verdict::RateLimited, "{line}");
+        assert!(line.contains("provider:x") && line.contains("7s"), "{line}");
+        facts.keys[0].rate = Some((6, Duration::from_secs(60), 1.5));
+        assert_eq!(judge(&facts).0, Verdict::Running, "a token left");
 
         let mut facts = healthy();
         facts.pending = 0;

@@ -101,7 +101,10 @@ impl Store {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT k.name, k.max_running, held.n, held.names[1:10]
+                        "SELECT k.name, k.max_running, held.n, held.names[1:10], k.rate_limit,
+                                k.rate_period_ms,
+                                least(k.rate_limit, k.tokens + extract(epoch FROM now() - k.refilled_at)
+                                      * 1000 * k.rate_limit / k.rate_period_ms)::float8
                          FROM scheduler.workflow_keys wk
                          JOIN scheduler.concurrency_keys k ON k.name = wk.key
                          CROSS JOIN LATERAL (
@@ -125,6 +128,14 @@ impl Store {
                 max_running: from_i32(row.get(1)),
                 running: count(row.get(2)),
                 holders: row.get(3),
+                rate: match (row.get::<_, Option<i32>>(4), row.get::<_, Option<i64>>(5)) {
+                    (Some(starts), Some(period_ms)) => Some((
+                        from_i32(starts),
+                        from_millis(period_ms),
+                        row.get::<_, Option<f64>>(6).unwrap_or(0.0),
+                    )),
+                    _ => None,
+                },
             })
             .collect())
     }

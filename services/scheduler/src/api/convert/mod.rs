@@ -497,6 +497,7 @@ pub(crate) fn diagnosis(diagnosis: crate::service::Diagnosis) -> pb::WorkflowDia
             Verdict::WaitingOnKey => pb::Verdict::WaitingOnKey,
             Verdict::Paused => pb::Verdict::Paused,
             Verdict::BudgetExhausted => pb::Verdict::BudgetExhausted,
+            Verdict::RateLimited => pb::Verdict::RateLimited,
             Verdict::NothingDue => pb::Verdict::NothingDue,
             Verdict::Stalled => pb::Verdict::Stalled,
         } as i32,
