@@ -250,6 +250,39 @@ async fn the_console_shows_the_fleet_live_in_a_real_browser() -> anyhow::Result<
         "the scheduler has the task"
     );
 
+    // The workflows page: the keys and budgets, with what they hold.
+    stack
+        .workflows
+        .clone()
+        .put_concurrency_key(sched::PutConcurrencyKeyRequest {
+            key: Some(sched::ConcurrencyKey {
+                name: "provider:shown".into(),
+                max_running: 3,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    stack
+        .workflows
+        .clone()
+        .put_budget(sched::PutBudgetRequest {
+            budget: Some(sched::Budget {
+                agent_id: agent.id.clone(),
+                calendar: sched::CalendarPeriod::Week as i32,
+                max_cost: 50.0,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    client.goto(&format!("{base}/#/workflows")).await?;
+    wait_text(
+        &client,
+        "tr[data-key='provider:shown'] td:nth-child(2)",
+        "0/3",
+    )
+    .await?;
+    wait_text(&client, "#budgets tbody tr td:nth-child(3)", "cost 0/50").await?;
+
     // The audit page: the restart and the trigger, as the console made
     // them (its credential: the open API's anonymous caller).
     client.goto(&format!("{base}/#/audit")).await?;

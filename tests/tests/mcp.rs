@@ -207,6 +207,7 @@ async fn an_outside_mcp_client_reads_the_fleet_and_writes_only_when_allowed() ->
     assert!(tools.get("decide_approval").is_none(), "{tools}");
     assert_eq!(tools["list_approvals"]["read_only"], true, "{tools}");
     assert_eq!(tools["list_concurrency_keys"]["read_only"], true, "{tools}");
+    assert_eq!(tools["list_budgets"]["read_only"], true, "{tools}");
     assert_eq!(seen["approvals"]["error"], false, "{}", seen["approvals"]);
     assert_eq!(seen["approvals"]["text"], "[]");
     assert_eq!(seen["list_agents"]["error"], false);

@@ -83,6 +83,30 @@ async fn shepherd_top_shows_the_fleet_live_and_acts_on_keys() -> anyhow::Result<
     stack
         .wait_runner(&workflow.id, sched::RunnerState::Running, "")
         .await?;
+    // A key and a budget show above the workflows.
+    stack
+        .workflows
+        .clone()
+        .put_concurrency_key(sched::PutConcurrencyKeyRequest {
+            key: Some(sched::ConcurrencyKey {
+                name: "provider:tui".into(),
+                max_running: 2,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    stack
+        .workflows
+        .clone()
+        .put_budget(sched::PutBudgetRequest {
+            budget: Some(sched::Budget {
+                workflow_id: workflow.id.clone(),
+                calendar: sched::CalendarPeriod::Day as i32,
+                max_tasks: 1000,
+                ..Default::default()
+            }),
+        })
+        .await?;
 
     let tmux = Tmux {
         socket: format!("shepherd-top-{}", uuid::Uuid::new_v4().simple()),
@@ -106,6 +130,10 @@ async fn shepherd_top_shows_the_fleet_live_and_acts_on_keys() -> anyhow::Result<
     ])?;
     tmux.wait("the agent and its running runner", |screen| {
         screen.contains("tui-agent") && screen.contains("tui-flow") && screen.contains("running")
+    })
+    .await?;
+    tmux.wait("the key and the budget", |screen| {
+        screen.contains("keys: provider:tui 0/2") && screen.contains("budgets: 0 of 1 spent")
     })
     .await?;
 

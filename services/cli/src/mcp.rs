@@ -113,6 +113,12 @@ const TOOLS: &[Spec] = &[
         inputs: &[],
     },
     Spec {
+        name: "list_budgets",
+        description: "Budgets of workflows and agents: caps, usage this period (tasks, task-seconds, cost, tokens), reset time, whether spent.",
+        effect: Effect::Reads,
+        inputs: &[],
+    },
+    Spec {
         name: "trigger_workflow",
         description: "Create a task now (idempotent per key).",
         effect: Effect::Changes,
@@ -461,6 +467,14 @@ impl Server {
                     .into_inner()
                     .keys;
                 Value::Array(keys.iter().map(Render::json).collect())
+            }
+            "list_budgets" => {
+                let budgets = workflows
+                    .list_budgets(sched::ListBudgetsRequest {})
+                    .await?
+                    .into_inner()
+                    .budgets;
+                Value::Array(budgets.iter().map(Render::json).collect())
             }
             "get_workflow" | "explain_workflow" => {
                 let workflow_id = self.workflow_id(arg(args, "workflow")?).await?;

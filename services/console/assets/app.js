@@ -221,8 +221,15 @@ async function agentView(id) {
 }
 
 async function workflowsView() {
-  const workflows = await api("GET", "/workflows");
-  show(el("h1", {}, "Workflows"), table(["workflow", "enabled", "runner", "reason"], workflowRows(workflows)));
+  const [workflows, limits] = await Promise.all([api("GET", "/workflows"), api("GET", "/limits")]);
+  const keys = limits.keys.map(k => el("tr", { "data-key": k.name },
+    el("td", {}, k.name), el("td", {}, k.running + "/" + k.max_running), el("td", {}, String(k.waiting)), el("td", {}, k.rate)));
+  const budgets = limits.budgets.map(b => el("tr", { "data-budget": b.subject },
+    el("td", {}, b.subject), el("td", {}, b.per), el("td", {}, b.used), el("td", {}, b.tokens),
+    el("td", {}, b.resets || ""), el("td", {}, b.spent)));
+  show(el("h1", {}, "Workflows"), table(["workflow", "enabled", "runner", "reason"], workflowRows(workflows)),
+    el("h2", {}, "Concurrency keys"), el("div", { id: "keys" }, table(["key", "running", "waiting", "rate"], keys)),
+    el("h2", {}, "Budgets"), el("div", { id: "budgets" }, table(["whose", "per", "used", "tokens", "resets", "spent"], budgets)));
 }
 
 // Tasks finished per 10 s over the last 5 minutes.

@@ -200,6 +200,35 @@ impl Backend {
         Ok(Value::Array(views))
     }
 
+    /// Every concurrency key and budget, for the workflows page.
+    pub async fn limits(&self) -> Result<Value, tonic::Status> {
+        let mut client = self.workflows.clone();
+        let keys = client
+            .list_concurrency_keys(sched::ListConcurrencyKeysRequest {})
+            .await?
+            .into_inner()
+            .keys;
+        let budgets = client
+            .list_budgets(sched::ListBudgetsRequest {})
+            .await?
+            .into_inner()
+            .budgets;
+        Ok(json!({
+            "keys": keys.into_iter().map(|key| json!({
+                "name": key.name,
+                "max_running": key.max_running,
+                "running": key.running,
+                "waiting": key.waiting,
+                "rate": if key.rate_limit == 0 {
+                    String::new()
+                } else {
+                    format!("{} per {}s", key.rate_limit, key.rate_period.map_or(0, |p| p.seconds))
+                },
+            })).collect::<Vec<_>>(),
+            "budgets": budgets.into_iter().map(budget_view).collect::<Vec<_>>(),
+        }))
+    }
+
     pub async fn workflow(&self, id: &str) -> Result<Value, tonic::Status> {
         let mut client = self.workflows.clone();
         let workflow = client
@@ -536,6 +565,43 @@ fn event_view(event: am::AgentEvent) -> Value {
         "time": time(event.time),
         "kind": kind,
         "detail": detail,
+    })
+}
+
+fn budget_view(budget: sched::Budget) -> Value {
+    let usage = budget.usage.unwrap_or_default();
+    let mut used = Vec::new();
+    if budget.max_tasks > 0 {
+        used.push(format!("tasks {}/{}", usage.tasks, budget.max_tasks));
+    }
+    if budget.max_task_seconds > 0.0 {
+        used.push(format!(
+            "task-seconds {:.0}/{}",
+            usage.task_seconds, budget.max_task_seconds
+        ));
+    }
+    if budget.max_cost > 0.0 {
+        used.push(format!("cost {}/{}", usage.cost, budget.max_cost));
+    }
+    let per = match budget.calendar() {
+        sched::CalendarPeriod::Unspecified => format!(
+            "last {}s",
+            budget.rolling.map_or(0, |window| window.seconds)
+        ),
+        calendar => short(calendar.as_str_name(), "CALENDAR_PERIOD_").to_lowercase(),
+    };
+    let subject = if budget.workflow_id.is_empty() {
+        format!("agent {}", budget.agent_id)
+    } else {
+        format!("workflow {}", budget.workflow_id)
+    };
+    json!({
+        "subject": subject,
+        "per": per,
+        "used": used.join(", "),
+        "tokens": format!("{} in, {} out", usage.input_tokens, usage.output_tokens),
+        "resets": time(budget.resets_at),
+        "spent": budget.exhausted,
     })
 }
 

@@ -221,6 +221,18 @@ impl App {
             .await?
             .into_inner()
             .runners;
+        self.state.keys = self
+            .workflows
+            .list_concurrency_keys(sched::ListConcurrencyKeysRequest {})
+            .await?
+            .into_inner()
+            .keys;
+        self.state.budgets = self
+            .workflows
+            .list_budgets(sched::ListBudgetsRequest {})
+            .await?
+            .into_inner()
+            .budgets;
         self.state.agents = agents;
         self.state.workflows = workflows
             .into_iter()

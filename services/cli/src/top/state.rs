@@ -22,6 +22,9 @@ pub(super) enum Focus {
 pub(super) struct State {
     pub agents: Vec<am::Agent>,
     pub workflows: Vec<(sched::Workflow, Option<sched::Runner>)>,
+    /// Concurrency keys and budgets, for the workflows' title line.
+    pub keys: Vec<sched::ConcurrencyKey>,
+    pub budgets: Vec<sched::Budget>,
     pub events: VecDeque<String>,
     completions: VecDeque<Instant>,
     pub selected_agent: usize,

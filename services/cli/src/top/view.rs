@@ -135,7 +135,11 @@ pub(super) fn draw(frame: &mut Frame, state: &mut State) {
     .header(Row::new([
         "WORKFLOW", "AGENT", "ENABLED", "RUNNER", "REASON",
     ]))
-    .block(Block::default().borders(Borders::ALL).title(" Workflows "))
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(workflows_title(state)),
+    )
     .row_highlight_style(selected);
     let mut table_state = TableState::default();
     if state.focus() == Focus::Workflows {
@@ -166,4 +170,32 @@ pub(super) fn draw(frame: &mut Frame, state: &mut State) {
         )
     };
     frame.render_widget(Paragraph::new(help), footer);
+}
+
+/// " Workflows   keys: provider:x 2/3 (1 waiting)   budgets: 1 of 2 spent ".
+fn workflows_title(state: &State) -> String {
+    let mut title = String::from(" Workflows ");
+    if !state.keys.is_empty() {
+        let keys: Vec<String> = state
+            .keys
+            .iter()
+            .map(|key| {
+                let waiting = match key.waiting {
+                    0 => String::new(),
+                    n => format!(" ({n} waiting)"),
+                };
+                format!("{} {}/{}{waiting}", key.name, key.running, key.max_running)
+            })
+            .collect();
+        title += &format!("  keys: {} ", keys.join(", "));
+    }
+    if !state.budgets.is_empty() {
+        let spent = state
+            .budgets
+            .iter()
+            .filter(|budget| !budget.exhausted.is_empty())
+            .count();
+        title += &format!("  budgets: {spent} of {} spent ", state.budgets.len());
+    }
+    title
 }

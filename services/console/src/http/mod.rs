@@ -45,6 +45,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/agents/{id}/logs", get(logs))
         .route("/agents/{id}/{action}", post(agent_action))
         .route("/workflows", get(workflows))
+        .route("/limits", get(limits))
         .route("/workflows/{id}", get(workflow))
         .route("/workflows/{id}/tasks", get(tasks))
         .route("/workflows/{id}/{action}", post(workflow_action))
@@ -264,6 +265,11 @@ async fn workflows(
 ) -> Response {
     let agent = query.get("agent").filter(|a| !a.is_empty());
     answer(console.backend.workflows(agent.map(String::as_str)).await)
+}
+
+/// Concurrency keys and budgets, with what they hold and have used.
+async fn limits(State(console): Shared) -> Response {
+    answer(console.backend.limits().await)
 }
 
 async fn workflow(State(console): Shared, Path(id): Path<String>) -> Response {
