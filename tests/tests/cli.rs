@@ -521,6 +521,10 @@ async fn budgets_from_the_cli() -> anyhow::Result<()> {
     assert_eq!(budget["usage"]["cost"], 0.0, "{budget}");
     let listed = cli.json(&["budgets", "list"]).await?;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // `agents get` shows its budget with the usage.
+    let shown = cli.json(&["agents", "get", "cli-budget"]).await?;
+    assert_eq!(shown["budget"]["per"], "week", "{shown}");
+    assert_eq!(shown["budget"]["max_cost"], 5.0, "{shown}");
     let (code, stderr) = cli
         .code(&[
             "budgets",

@@ -44,10 +44,14 @@ impl Clients {
             }
             AgentCommand::Get { agent } => {
                 let agent_id = self.agent_id(&agent).await?;
-                self.agents
+                let agent = self
+                    .agents
                     .get_agent(am::GetAgentRequest { agent_id })
                     .await?
-                    .into_inner()
+                    .into_inner();
+                let budget = self.budget_of("", &agent.id).await;
+                render::one_with_budget(output, &agent, budget.as_ref());
+                return Ok(());
             }
             AgentCommand::Start { agent } => {
                 let agent_id = self.agent_id(&agent).await?;

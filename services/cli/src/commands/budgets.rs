@@ -62,6 +62,25 @@ impl Clients {
         Ok(())
     }
 
+    /// The budget of a workflow or an agent (one id empty), if it has one
+    /// and the scheduler can say (`agents get` works without it).
+    pub(super) async fn budget_of(
+        &mut self,
+        workflow_id: &str,
+        agent_id: &str,
+    ) -> Option<sched::Budget> {
+        let budgets = self
+            .workflows
+            .list_budgets(sched::ListBudgetsRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .budgets;
+        budgets
+            .into_iter()
+            .find(|budget| budget.workflow_id == workflow_id && budget.agent_id == agent_id)
+    }
+
     /// (workflow id, agent id), one of them empty.
     async fn budget_subject(&mut self, subject: BudgetSubject) -> anyhow::Result<(String, String)> {
         Ok(match (subject.workflow, subject.agent) {

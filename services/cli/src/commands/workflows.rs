@@ -24,10 +24,14 @@ impl Clients {
             }
             WorkflowCommand::Get { workflow } => {
                 let workflow_id = self.workflow_id(&workflow).await?;
-                self.workflows
+                let workflow = self
+                    .workflows
                     .get_workflow(sched::GetWorkflowRequest { workflow_id })
                     .await?
-                    .into_inner()
+                    .into_inner();
+                let budget = self.budget_of(&workflow.id, "").await;
+                render::one_with_budget(output, &workflow, budget.as_ref());
+                return Ok(());
             }
             WorkflowCommand::Pause {
                 workflow,

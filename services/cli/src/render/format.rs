@@ -29,6 +29,37 @@ pub(crate) fn one<T: Render>(output: Output, item: &T) {
     }
 }
 
+/// Prints one resource with its budget, if it has one: the budget as a
+/// `budget` field of the JSON object, or as one more line.
+pub(crate) fn one_with_budget<T: Render>(
+    output: Output,
+    item: &T,
+    budget: Option<&shepherd_proto::scheduler::v1::Budget>,
+) {
+    match output {
+        Output::Json => {
+            let mut json = item.json();
+            if let Value::Object(fields) = &mut json {
+                fields.insert("budget".into(), budget.map_or(Value::Null, Render::json));
+            }
+            println!("{json}");
+        }
+        Output::Table => {
+            one(output, item);
+            if let Some(budget) = budget {
+                let row = budget.row();
+                // per, used, resets, spent (see `Render for Budget`).
+                let spent = if row[5].is_empty() {
+                    String::new()
+                } else {
+                    format!("; SPENT: {}", row[5])
+                };
+                println!("{:<14} per {}: {}{spent}", "budget:", row[2], row[3]);
+            }
+        }
+    }
+}
+
 /// Prints a list: an aligned table, or a JSON array.
 pub(crate) fn many<T: Render>(output: Output, items: &[T]) {
     match output {

@@ -12,5 +12,5 @@ mod workflows;
 pub(crate) use approvals::{approval_shown, approval_state};
 pub(crate) use audit::Audited;
 pub(crate) use events::event;
-pub(crate) use format::{Render, many, one};
+pub(crate) use format::{Render, many, one, one_with_budget};
 pub(crate) use workflows::task_event;
