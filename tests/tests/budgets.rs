@@ -246,3 +246,133 @@ async fn bad_budgets_are_refused_and_nothing_is_stored() -> anyhow::Result<()> {
     assert!(budgets(&stack).await?.is_empty(), "nothing stored");
     Ok(())
 }
+
+/// An agent and a workflow with a budget of one task a day; its first task
+/// run (which spends the budget). `env` goes to both services.
+async fn one_task_a_day(
+    env: Vec<(&'static str, String)>,
+) -> anyhow::Result<(Stack, am::Agent, sched::Workflow)> {
+    let mut stack = Stack::start(StackOptions {
+        env,
+        ..StackOptions::default()
+    })
+    .await?;
+    let agent = stack
+        .create_agent("one-a-day", am::RestartMode::OnFailure)
+        .await?;
+    let workflow = stack
+        .create_workflow("daily", &agent.id, true, "echo ran {{title}}")
+        .await?;
+    stack
+        .workflows
+        .clone()
+        .put_budget(sched::PutBudgetRequest {
+            budget: Some(sched::Budget {
+                workflow_id: workflow.id.clone(),
+                calendar: sched::CalendarPeriod::Day as i32,
+                max_tasks: 1,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let first = stack.trigger(&workflow.id, "one", "one").await?.id;
+    stack
+        .wait_tasks(std::slice::from_ref(&first), TaskState::Succeeded)
+        .await?;
+    Ok((stack, agent, workflow))
+}
+
+/// Waits for the agent's budget approval and its `BudgetExhausted`; they
+/// are there once each.
+async fn asked_once(stack: &Stack, agent: &str) -> anyhow::Result<String> {
+    let approval = eventually(WAIT, "the budget's approval and event", || async {
+        let events = stack.agent_events(agent).await?;
+        let exhausted: Vec<String> = events
+            .iter()
+            .filter_map(|event| match &event.kind {
+                Some(agent_event::Kind::BudgetExhausted(spent)) => Some(spent.approval_id.clone()),
+                _ => None,
+            })
+            .collect();
+        Ok(exhausted.first().cloned())
+    })
+    .await?;
+    let approvals = stack
+        .agents
+        .clone()
+        .list_approvals(am::ListApprovalsRequest {
+            agent_id: agent.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .approvals;
+    assert_eq!(approvals.len(), 1, "one approval: {approvals:?}");
+    assert_eq!(approvals[0].id, approval);
+    Ok(approval)
+}
+
+/// The second task waits; approving the budget's approval runs it.
+async fn approving_resumes(
+    stack: &mut Stack,
+    workflow: &sched::Workflow,
+    approval: String,
+) -> anyhow::Result<()> {
+    let second = stack.trigger(&workflow.id, "two", "two").await?.id;
+    eventually(WAIT, "BUDGET_EXHAUSTED", || async {
+        let diagnosis = verdict(stack, &workflow.id).await?;
+        Ok((diagnosis.verdict() == sched::Verdict::BudgetExhausted).then_some(()))
+    })
+    .await?;
+    stack
+        .agents
+        .clone()
+        .decide_approval(am::DecideApprovalRequest {
+            approval_id: approval,
+            decision: am::Decision::Approve as i32,
+            comment: String::new(),
+        })
+        .await?;
+    stack
+        .wait_tasks(std::slice::from_ref(&second), TaskState::Succeeded)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_scheduler_crash_before_telling_the_manager_of_a_spent_budget_loses_nothing()
+-> anyhow::Result<()> {
+    let failpoint = (
+        "SHEPHERD_FAILPOINTS",
+        "scheduler.before_budget_report=abort".to_owned(),
+    );
+    let (mut stack, agent, workflow) = one_task_a_day(vec![failpoint]).await?;
+    let scheduler = stack.scheduler.as_mut().expect("a scheduler");
+    assert!(
+        scheduler.wait_exit(WAIT).await?,
+        "the scheduler aborts with the episode stored, the manager not told"
+    );
+    stack.options.env.clear();
+    stack.start_scheduler().await?;
+    let approval = asked_once(&stack, &agent.id).await?;
+    approving_resumes(&mut stack, &workflow, approval).await
+}
+
+#[tokio::test]
+async fn a_manager_crash_between_a_budget_approval_and_its_event_loses_nothing()
+-> anyhow::Result<()> {
+    let failpoint = (
+        "SHEPHERD_FAILPOINTS",
+        "manager.between_budget_approval_and_event=abort".to_owned(),
+    );
+    let (mut stack, agent, workflow) = one_task_a_day(vec![failpoint]).await?;
+    assert!(
+        stack.manager.wait_exit(WAIT).await?,
+        "the manager aborts with the approval stored, no event"
+    );
+    stack.options.env.clear();
+    stack.restart_manager().await?;
+    stack.wait_agent_ready(&agent.id, agent.generation).await?;
+    let approval = asked_once(&stack, &agent.id).await?;
+    approving_resumes(&mut stack, &workflow, approval).await
+}

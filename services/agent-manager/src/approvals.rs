@@ -226,6 +226,8 @@ impl Approvals {
                 ask.request_id
             )));
         }
+        // Tests only: a crash after the approval is stored, before its events.
+        shepherd_platform::failpoint::hit("manager.between_budget_approval_and_event");
         if created {
             tracing::info!(agent = %agent_id, approval = %approval.id, "budget approval requested");
             inner

@@ -89,6 +89,9 @@ impl Budgets {
                 episode.subject,
                 episode.summary
             );
+            // Tests only: a crash after the episode is stored, before the
+            // manager hears of it.
+            shepherd_platform::failpoint::hit("scheduler.before_budget_report");
             match self
                 .manager
                 .report_budget_exhausted(agent, workflow, &episode.key, summary, grace)
