@@ -53,3 +53,6 @@ CREATE TABLE scheduler.budget_exhaustions (
 -- Budget usage counts the tasks a workflow dispatched in a period.
 CREATE INDEX tasks_workflow_dispatched_idx ON scheduler.tasks (workflow_id, dispatched_at)
     WHERE dispatched_at IS NOT NULL;
+
+-- The budget pass finds the held workflows through this (most are not).
+CREATE INDEX workflows_held_idx ON scheduler.workflows (id) WHERE cardinality(holds) > 0;

@@ -418,35 +418,28 @@ async fn close(
 
 /// Makes the workflows' budget holds say what the episodes say: a spent
 /// budget whose approval is not granted holds its workflow (or every
-/// workflow of its agent); nothing else does.
+/// workflow of its agent); nothing else does. Driven from the episodes
+/// (few) and the held workflows (an index of them): the fleet is not
+/// scanned.
 async fn apply_holds(client: &impl shepherd_platform::db::GenericClient) -> Result<()> {
-    for (hold, subject) in [
-        (Scope::Workflow.hold(), "w.id"),
-        (Scope::Agent.hold(), "w.agent_id"),
-    ] {
-        let scope = if subject == "w.id" {
-            "workflow"
-        } else {
-            "agent"
-        };
-        let held = format!(
-            "EXISTS (SELECT FROM scheduler.budget_exhaustions e
-                     WHERE e.scope = '{scope}' AND e.subject = {subject} AND e.decision <> 'approved')"
+    for (scope, subject) in [(Scope::Workflow, "w.id"), (Scope::Agent, "w.agent_id")] {
+        let hold = scope.hold();
+        let scope = scope.as_str();
+        let held_by = format!(
+            "e.scope = '{scope}' AND e.subject = {subject} AND e.decision <> 'approved'"
         );
         let sql = format!(
             "UPDATE scheduler.workflows w SET holds = array_append(holds, '{hold}')
-             WHERE NOT '{hold}' = ANY(holds) AND {held}"
+             FROM scheduler.budget_exhaustions e
+             WHERE {held_by} AND NOT '{hold}' = ANY(w.holds)"
         );
-        client
-            .execute(&client.prepare_cached(&sql).await?, &[])
-            .await?;
+        client.execute(&client.prepare_cached(&sql).await?, &[]).await?;
         let sql = format!(
             "UPDATE scheduler.workflows w SET holds = array_remove(holds, '{hold}')
-             WHERE '{hold}' = ANY(holds) AND NOT {held}"
+             WHERE cardinality(w.holds) > 0 AND '{hold}' = ANY(w.holds)
+               AND NOT EXISTS (SELECT FROM scheduler.budget_exhaustions e WHERE {held_by})"
         );
-        client
-            .execute(&client.prepare_cached(&sql).await?, &[])
-            .await?;
+        client.execute(&client.prepare_cached(&sql).await?, &[]).await?;
     }
     Ok(())
 }
