@@ -425,21 +425,24 @@ async fn apply_holds(client: &impl shepherd_platform::db::GenericClient) -> Resu
     for (scope, subject) in [(Scope::Workflow, "w.id"), (Scope::Agent, "w.agent_id")] {
         let hold = scope.hold();
         let scope = scope.as_str();
-        let held_by = format!(
-            "e.scope = '{scope}' AND e.subject = {subject} AND e.decision <> 'approved'"
-        );
+        let held_by =
+            format!("e.scope = '{scope}' AND e.subject = {subject} AND e.decision <> 'approved'");
         let sql = format!(
             "UPDATE scheduler.workflows w SET holds = array_append(holds, '{hold}')
              FROM scheduler.budget_exhaustions e
              WHERE {held_by} AND NOT '{hold}' = ANY(w.holds)"
         );
-        client.execute(&client.prepare_cached(&sql).await?, &[]).await?;
+        client
+            .execute(&client.prepare_cached(&sql).await?, &[])
+            .await?;
         let sql = format!(
             "UPDATE scheduler.workflows w SET holds = array_remove(holds, '{hold}')
              WHERE cardinality(w.holds) > 0 AND '{hold}' = ANY(w.holds)
                AND NOT EXISTS (SELECT FROM scheduler.budget_exhaustions e WHERE {held_by})"
         );
-        client.execute(&client.prepare_cached(&sql).await?, &[]).await?;
+        client
+            .execute(&client.prepare_cached(&sql).await?, &[])
+            .await?;
     }
     Ok(())
 }
