@@ -26,6 +26,7 @@ pub mod scheduler {
 }
 
 mod approval_digest;
+pub mod budget_text;
 pub mod event_kinds;
 
 pub use approval_digest::approval_digest;

@@ -570,26 +570,6 @@ fn event_view(event: am::AgentEvent) -> Value {
 
 fn budget_view(budget: sched::Budget) -> Value {
     let usage = budget.usage.unwrap_or_default();
-    let mut used = Vec::new();
-    if budget.max_tasks > 0 {
-        used.push(format!("tasks {}/{}", usage.tasks, budget.max_tasks));
-    }
-    if budget.max_task_seconds > 0.0 {
-        used.push(format!(
-            "task-seconds {:.0}/{}",
-            usage.task_seconds, budget.max_task_seconds
-        ));
-    }
-    if budget.max_cost > 0.0 {
-        used.push(format!("cost {}/{}", usage.cost, budget.max_cost));
-    }
-    let per = match budget.calendar() {
-        sched::CalendarPeriod::Unspecified => format!(
-            "last {}s",
-            budget.rolling.map_or(0, |window| window.seconds)
-        ),
-        calendar => short(calendar.as_str_name(), "CALENDAR_PERIOD_").to_lowercase(),
-    };
     let subject = if budget.workflow_id.is_empty() {
         format!("agent {}", budget.agent_id)
     } else {
@@ -597,8 +577,8 @@ fn budget_view(budget: sched::Budget) -> Value {
     };
     json!({
         "subject": subject,
-        "per": per,
-        "used": used.join(", "),
+        "per": shepherd_proto::budget_text::period(&budget),
+        "used": shepherd_proto::budget_text::used(&budget),
         "tokens": format!("{} in, {} out", usage.input_tokens, usage.output_tokens),
         "resets": time(budget.resets_at),
         "spent": budget.exhausted,

@@ -83,12 +83,7 @@ impl Budgets {
                 Scope::Workflow => episode.subject.to_string(),
                 Scope::Agent => String::new(),
             };
-            let summary = format!(
-                "{} {} spent its budget: {}",
-                episode.scope.as_str(),
-                episode.subject,
-                episode.summary
-            );
+            let summary = episode.describe();
             // Tests only: a crash after the episode is stored, before the
             // manager hears of it.
             shepherd_platform::failpoint::hit("scheduler.before_budget_report");

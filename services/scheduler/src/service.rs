@@ -554,17 +554,7 @@ impl Scheduler {
                     let resets = view.budget.resets_at(std::time::SystemTime::now());
                     view.exhausted
                         .filter(|episode| !episode.approved)
-                        .map(|episode| {
-                            (
-                                format!(
-                                    "{} {} spent its budget: {}",
-                                    episode.scope.as_str(),
-                                    episode.subject,
-                                    episode.summary
-                                ),
-                                resets,
-                            )
-                        })
+                        .map(|episode| (episode.describe(), resets))
                 }),
             agent_paused: self
                 .store

@@ -467,36 +467,6 @@ impl Render for sched::WorkflowDiagnosis {
     }
 }
 
-/// "cost 12/10 tasks 3/-", what each cap has used.
-fn budget_line(budget: &sched::Budget) -> String {
-    let usage = budget.usage.unwrap_or_default();
-    let mut parts = Vec::new();
-    if budget.max_tasks > 0 {
-        parts.push(format!("tasks {}/{}", usage.tasks, budget.max_tasks));
-    }
-    if budget.max_task_seconds > 0.0 {
-        parts.push(format!(
-            "task-seconds {:.0}/{}",
-            usage.task_seconds, budget.max_task_seconds
-        ));
-    }
-    if budget.max_cost > 0.0 {
-        parts.push(format!("cost {}/{}", usage.cost, budget.max_cost));
-    }
-    parts.join(", ")
-}
-
-fn budget_period(budget: &sched::Budget) -> String {
-    match budget.calendar() {
-        sched::CalendarPeriod::Unspecified => budget
-            .rolling
-            .and_then(|d| std::time::Duration::try_from(d).ok())
-            .map(|d| format!("last {}", humantime::format_duration(d)))
-            .unwrap_or_default(),
-        calendar => short(calendar.as_str_name(), "CALENDAR_PERIOD_").to_lowercase(),
-    }
-}
-
 impl Render for sched::Budget {
     fn headers() -> &'static [&'static str] {
         &["workflow", "agent", "per", "used", "resets", "spent"]
@@ -506,8 +476,8 @@ impl Render for sched::Budget {
         vec![
             self.workflow_id.clone(),
             self.agent_id.clone(),
-            budget_period(self),
-            budget_line(self),
+            shepherd_proto::budget_text::period(self),
+            shepherd_proto::budget_text::used(self),
             time(self.resets_at.as_ref()),
             self.exhausted.clone(),
         ]
@@ -518,7 +488,7 @@ impl Render for sched::Budget {
         json!({
             "workflow_id": self.workflow_id,
             "agent_id": self.agent_id,
-            "per": budget_period(self),
+            "per": shepherd_proto::budget_text::period(self),
             "max_tasks": self.max_tasks,
             "max_task_seconds": self.max_task_seconds,
             "max_cost": self.max_cost,

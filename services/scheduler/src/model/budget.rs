@@ -394,6 +394,18 @@ pub struct Exhaustion {
     pub approved: bool,
 }
 
+impl Exhaustion {
+    /// "workflow <id> spent its budget: cost 12 of 10", as people see it.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} spent its budget: {}",
+            self.scope.as_str(),
+            self.subject,
+            self.summary
+        )
+    }
+}
+
 /// What the budget pass does about one budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
