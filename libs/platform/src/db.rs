@@ -18,6 +18,13 @@ pub use deadpool_postgres::{
 };
 pub use tokio_postgres::Error as PostgresError;
 
+/// Takes a connection out of its pool and closes it: for one left in a
+/// state no one else may be handed (a transaction opened by hand and cut
+/// short). The server rolls back whatever it had open.
+pub fn discard(client: Client) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid database configuration: {0}")]

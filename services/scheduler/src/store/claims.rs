@@ -83,10 +83,7 @@ impl Store {
 ///
 /// Keyed workflows are left out of that statement (it tells which they
 /// are) and claimed for in a transaction of their own (`claim_keyed`).
-async fn claim_batch(
-    mut client: Client,
-    requests: Vec<ClaimRequest>,
-) -> Result<Vec<Claim>, DbError> {
+async fn claim_batch(client: Client, requests: Vec<ClaimRequest>) -> Result<Vec<Claim>, DbError> {
     let statement = client
         .prepare_cached(
             "WITH request AS (
@@ -153,7 +150,7 @@ async fn claim_batch(
     let mut keyed_claims = if keyed.is_empty() {
         HashMap::new()
     } else {
-        claim_keyed(&mut client, &keyed).await?
+        claim_keyed(client, &keyed).await?
     };
     // A workflow claimed twice in one batch: the first claim gets its tasks.
     Ok(workflows

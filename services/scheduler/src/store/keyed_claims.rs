@@ -46,17 +46,44 @@ impl Bucket {
     }
 }
 
-/// Claims for `requests` (all of keyed workflows) in one transaction.
+/// Claims for `requests` (all of keyed workflows) in one transaction of
+/// two round trips: BEGIN sent with the reads, the writes with COMMIT.
+/// The transaction is this module's own (not a `Transaction`, which would
+/// wait for its BEGIN), so a claim that fails or panics half-way takes its
+/// connection out of the pool and closes it: the server rolls the
+/// transaction back, and no one is handed a connection in the middle of it.
 pub(super) async fn claim_keyed(
-    client: &mut Client,
+    client: Client,
     requests: &[&ClaimRequest],
 ) -> Result<HashMap<Uuid, KeyedClaim>, DbError> {
-    let tx = client.transaction().await?;
+    use futures_util::FutureExt;
+    let claimed = std::panic::AssertUnwindSafe(claim_pipelined(&client, requests))
+        .catch_unwind()
+        .await;
+    match claimed {
+        // Committed: the connection goes back to the pool.
+        Ok(Ok(claims)) => Ok(claims),
+        Ok(Err(err)) => {
+            shepherd_platform::db::discard(client);
+            Err(err)
+        }
+        Err(panic) => {
+            shepherd_platform::db::discard(client);
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+async fn claim_pipelined(
+    client: &Client,
+    requests: &[&ClaimRequest],
+) -> Result<HashMap<Uuid, KeyedClaim>, DbError> {
+    let tx = client;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
     let owners: Vec<&str> = requests.iter().map(|r| r.owner.as_str()).collect();
     let terms: Vec<i64> = requests.iter().map(|r| r.term).collect();
 
-    // Four statements, sent together (pipelined on the transaction's
+    // BEGIN and four statements, sent together (pipelined on the
     // connection: `try_join!` polls, and so sends, them in this order) and
     // run by the server one after the other: the lock first, so the count,
     // a statement of its own that starts once the lock is held, sees the
@@ -71,7 +98,8 @@ pub(super) async fn claim_keyed(
     )?;
     let by_workflows: [&(dyn ToSql + Sync); 1] = [&workflows];
     let requested: [&(dyn ToSql + Sync); 3] = [&workflows, &owners, &terms];
-    let (_, keys, here, elsewhere) = futures_util::try_join!(
+    let (_, _, keys, here, elsewhere) = futures_util::try_join!(
+        tx.batch_execute("BEGIN"),
         tx.query(&lock, &by_workflows),
         tx.query(&count, &by_workflows),
         tx.query(&here, &requested),
@@ -196,18 +224,13 @@ pub(super) async fn claim_keyed(
     let booked: [&(dyn ToSql + Sync); 4] = [&served, &waiting, &reserved, &workflows];
     let drawn: [&(dyn ToSql + Sync); 2] = [&rated, &tokens];
     // COMMIT sent with them: the keys' locks are held one round trip less
-    // (a COMMIT of a transaction a failed statement aborted rolls it
-    // back). On any error `tx` is dropped, which rolls back whatever is
-    // open.
+    // (a COMMIT of a transaction a failed statement aborted rolls it back).
     let (rows, _, _, _) = futures_util::try_join!(
         tx.query(&dispatch, &dispatched),
         tx.execute(&book, &booked),
         tx.execute(&draw, &drawn),
         tx.batch_execute("COMMIT"),
     )?;
-    // Committed: dropping `tx` would send a ROLLBACK that finds no
-    // transaction (a warning in the server's log, per claim).
-    std::mem::forget(tx);
 
     let mut claims: HashMap<Uuid, KeyedClaim> = HashMap::new();
     for i in &shares.waiting {
