@@ -633,3 +633,133 @@ async fn an_agent_spec_names_its_user() -> anyhow::Result<()> {
     assert_eq!(done[0].output.trim(), "65534");
     Ok(())
 }
+
+/// Usage an agent reports is bounded at the edge and taken only for the
+/// attempts it runs: NaN, infinite, negative and enormous numbers, and a
+/// report about another workflow's task, neither break the budget pass
+/// (one failing sum would stop every budget) nor charge anyone else.
+#[tokio::test]
+async fn hostile_usage_reports_charge_no_one_else_and_stop_no_budget() -> anyhow::Result<()> {
+    use shepherd_proto::scheduler::v1 as sched;
+    let mut stack = Stack::start(StackOptions::default()).await?;
+    let agent = stack
+        .agents
+        .create_agent(am::CreateAgentRequest {
+            agent: Some(am::Agent {
+                name: "reporter".to_owned(),
+                runtime: am::Runtime::External as i32,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut session = HandSession::open(&stack.manager.url(), &agent.id, &agent.credential).await?;
+    stack.wait_agent_ready(&agent.id, 1).await?;
+    let mut workflow = |name: &'static str| {
+        let mut client = stack.workflows.clone();
+        let agent = agent.id.clone();
+        async move {
+            let workflow = client
+                .create_workflow(sched::CreateWorkflowRequest {
+                    workflow: Some(sched::Workflow {
+                        name: name.into(),
+                        agent_id: agent,
+                        enabled: true,
+                        max_concurrency: 2,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            client
+                .put_budget(sched::PutBudgetRequest {
+                    budget: Some(sched::Budget {
+                        workflow_id: workflow.id.clone(),
+                        calendar: sched::CalendarPeriod::Day as i32,
+                        max_cost: 10.0,
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+            anyhow::Ok(workflow)
+        }
+    };
+    let charged = workflow("charged").await?;
+    let bystander = workflow("bystander").await?;
+    let mut tasks = Vec::new();
+    for key in ["t1", "t2"] {
+        stack.trigger(&charged.id, key, key).await?;
+        tasks.push(
+            session
+                .next(|kind| match kind {
+                    am::manager_message::Kind::Task(task) => Some(task),
+                    _ => None,
+                })
+                .await?,
+        );
+    }
+    let usage = |task_id: &str, attempt: u32, tokens: u64, cost: f64| am::AgentMessage {
+        kind: Some(am::agent_message::Kind::Usage(am::TaskUsage {
+            task_id: task_id.to_owned(),
+            attempt,
+            input_tokens: tokens,
+            output_tokens: tokens,
+            cost,
+        })),
+    };
+    for cost in [f64::NAN, f64::INFINITY, -5.0] {
+        session
+            .outbound
+            .send(usage(&tasks[0].task_id, tasks[0].attempt, u64::MAX, cost))
+            .await?;
+    }
+    session
+        .outbound
+        .send(usage(&tasks[1].task_id, tasks[1].attempt, u64::MAX, 5e12))
+        .await?;
+    // About a task it does not run, of another workflow.
+    session
+        .outbound
+        .send(usage(&format!("{}:forged", bystander.id), 1, 7, 100.0))
+        .await?;
+
+    let budgets =
+        shepherd_testkit::eventually(shepherd_e2e::WAIT, "the charged budget spent", || {
+            let mut client = stack.workflows.clone();
+            async move {
+                let budgets = client
+                    .list_budgets(sched::ListBudgetsRequest {})
+                    .await?
+                    .into_inner()
+                    .budgets;
+                Ok(budgets
+                    .iter()
+                    .any(|budget| !budget.exhausted.is_empty())
+                    .then_some(budgets))
+            }
+        })
+        .await?;
+    let of = |workflow: &str| {
+        budgets
+            .iter()
+            .find(|budget| budget.workflow_id == workflow)
+            .and_then(|budget| budget.usage)
+            .unwrap_or_default()
+    };
+    let charged_usage = of(&charged.id);
+    assert_eq!(
+        charged_usage.cost, 1e12,
+        "capped, and NaN/inf/negative count as 0"
+    );
+    assert_eq!(
+        charged_usage.input_tokens, 2_000_000_000_000,
+        "each attempt capped"
+    );
+    assert_eq!(of(&bystander.id).cost, 0.0, "no one else is charged");
+    // The manager still serves.
+    assert_eq!(
+        stack.agent(&agent.id).await?.status(),
+        am::AgentStatus::Ready
+    );
+    Ok(())
+}

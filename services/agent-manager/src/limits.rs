@@ -124,7 +124,7 @@ pub fn all() -> Vec<Limit> {
         ),
         Limit::new(
             "TaskUsage",
-            "totals of the attempt; cost 0 to 1e12 (NaN, infinite or negative: 0)".to_owned(),
+            "totals of the attempt; tokens each way at most 1e12, cost 0 to 1e12 (NaN, infinite or negative: 0; more: the most)".to_owned(),
         ),
         Limit::new(
             "ReportBudgetExhausted",

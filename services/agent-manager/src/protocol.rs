@@ -58,8 +58,11 @@ pub(crate) struct TaskUsage {
     pub cost: f64,
 }
 
-/// The largest cost an agent may report for one attempt.
+/// The largest cost, and count of tokens each way, an agent may report for
+/// one attempt (more is taken as this much): sums over many attempts stay
+/// far inside what the scheduler's columns hold.
 pub(crate) const MAX_COST: f64 = 1e12;
+pub(crate) const MAX_TOKENS: u64 = 1_000_000_000_000;
 
 /// What the manager says to an agent.
 #[derive(Debug, Clone)]

@@ -66,8 +66,8 @@ pub(super) fn from_agent(message: pb::AgentMessage) -> Result<FromAgent, String>
         Some(Kind::Usage(usage)) => FromAgent::Usage(crate::protocol::TaskUsage {
             task_id: task_id("usage.task_id", usage.task_id)?,
             attempt: usage.attempt,
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
+            input_tokens: usage.input_tokens.min(crate::protocol::MAX_TOKENS),
+            output_tokens: usage.output_tokens.min(crate::protocol::MAX_TOKENS),
             // NaN, infinities and negatives count as nothing; the rest is
             // capped, so sums stay finite.
             cost: if usage.cost.is_finite() {

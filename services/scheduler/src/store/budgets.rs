@@ -344,9 +344,13 @@ async fn usage(
                           FROM scheduler.tasks t
                           WHERE t.workflow_id IN (SELECT id FROM w) AND t.state = 'dispatched'),
                        u.cost, u.input_tokens, u.output_tokens
+                     -- Sums of bigints are numeric: capped before they are
+                     -- bigints again, so no report can make this fail.
                      FROM (SELECT coalesce(sum(cost), 0)::float8 AS cost,
-                                  coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
-                                  coalesce(sum(output_tokens), 0)::bigint AS output_tokens
+                                  least(coalesce(sum(input_tokens), 0), 9223372036854775807)::bigint
+                                      AS input_tokens,
+                                  least(coalesce(sum(output_tokens), 0), 9223372036854775807)::bigint
+                                      AS output_tokens
                            FROM scheduler.task_usage
                            WHERE CASE $1 WHEN 'workflow' THEN workflow_id = $2 ELSE agent_id = $2 END
                              AND first_at >= $3) u",
