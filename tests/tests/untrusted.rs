@@ -655,7 +655,7 @@ async fn hostile_usage_reports_charge_no_one_else_and_stop_no_budget() -> anyhow
         .into_inner();
     let mut session = HandSession::open(&stack.manager.url(), &agent.id, &agent.credential).await?;
     stack.wait_agent_ready(&agent.id, 1).await?;
-    let mut workflow = |name: &'static str| {
+    let workflow = |name: &'static str| {
         let mut client = stack.workflows.clone();
         let agent = agent.id.clone();
         async move {
