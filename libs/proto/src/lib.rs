@@ -27,6 +27,11 @@ pub mod scheduler {
 
 mod approval_digest;
 pub mod budget_text;
+
+/// The tool a spent budget's approval names at the agent-manager (it has no
+/// task; its input says what is spent): how the scheduler tells such an
+/// approval's decision from a tool approval's.
+pub const BUDGET_APPROVAL_TOOL: &str = "budget";
 pub mod event_kinds;
 
 pub use approval_digest::approval_digest;

@@ -35,8 +35,6 @@ use crate::store::Store;
 /// Most approvals one agent may have pending: a runaway agent cannot fill
 /// the table.
 const MAX_PENDING_PER_AGENT: i64 = 100;
-/// The tool a budget's approval names (its input says what is spent).
-pub(crate) const BUDGET_TOOL: &str = "budget";
 /// Longest grace a spent budget gives its running tasks.
 pub(crate) const MAX_BUDGET_GRACE: Duration = Duration::from_secs(3600);
 /// How often a node resolves expired and withdrawn approvals.
@@ -199,7 +197,7 @@ impl Approvals {
             task_id: String::new(),
             attempt: 0,
             workflow_id,
-            tool: BUDGET_TOOL.to_owned(),
+            tool: shepherd_proto::BUDGET_APPROVAL_TOOL.to_owned(),
             input: summary,
             reason: "continue past the budget?".to_owned(),
         }

@@ -64,15 +64,33 @@ fn new_secret() -> Result<String> {
 }
 
 impl Scheduler {
-    /// Fails unless the agent exists in the agent-manager.
-    async fn require_agent(&self, agent: Uuid) -> Result<()> {
-        let exists = self.manager.agent_exists(agent).await.map_err(|status| {
+    /// Whether the agent exists in the agent-manager (UNAVAILABLE when it
+    /// cannot be asked).
+    async fn agent_known(&self, agent: Uuid) -> Result<bool> {
+        self.manager.agent_exists(agent).await.map_err(|status| {
             Error::unavailable(format!(
                 "cannot check agent {agent} with the agent-manager ({}); retry when it is reachable",
                 status.message()
             ))
-        })?;
-        if exists {
+        })
+    }
+
+    /// Fails (NOT_FOUND) unless the agent exists: for calls about the agent
+    /// itself.
+    async fn find_agent(&self, agent: Uuid) -> Result<()> {
+        if self.agent_known(agent).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "agent {agent} not found in the agent-manager"
+            )))
+        }
+    }
+
+    /// Fails (FAILED_PRECONDITION) unless the agent exists: for a workflow
+    /// that names it.
+    async fn require_agent(&self, agent: Uuid) -> Result<()> {
+        if self.agent_known(agent).await? {
             Ok(())
         } else {
             Err(Error::failed_precondition(format!(
@@ -343,17 +361,7 @@ impl Scheduler {
         by: &str,
         reason: &str,
     ) -> Result<crate::model::AgentPause> {
-        let exists = self.manager.agent_exists(agent).await.map_err(|status| {
-            Error::unavailable(format!(
-                "cannot check agent {agent} with the agent-manager ({}); retry when it is reachable",
-                status.message()
-            ))
-        })?;
-        if !exists {
-            return Err(Error::not_found(format!(
-                "agent {agent} not found in the agent-manager"
-            )));
-        }
+        self.find_agent(agent).await?;
         self.store.pause_agent(agent, by, reason).await
     }
 
@@ -375,25 +383,7 @@ impl Scheduler {
         use crate::model::budget::Scope;
         match budget.scope {
             Scope::Workflow => drop(self.store.get_workflow(budget.subject).await?),
-            Scope::Agent => {
-                let exists = self
-                    .manager
-                    .agent_exists(budget.subject)
-                    .await
-                    .map_err(|status| {
-                        Error::unavailable(format!(
-                            "cannot check agent {} with the agent-manager ({}); retry when it is reachable",
-                            budget.subject,
-                            status.message()
-                        ))
-                    })?;
-                if !exists {
-                    return Err(Error::not_found(format!(
-                        "agent {} not found in the agent-manager",
-                        budget.subject
-                    )));
-                }
-            }
+            Scope::Agent => self.find_agent(budget.subject).await?,
         }
         self.store.put_budget(budget).await?;
         self.store
@@ -543,18 +533,13 @@ impl Scheduler {
             keys: self.store.key_facts(id).await?,
             budget_spent: self
                 .store
-                .budget_views(Some(&[workflow.id, workflow.agent_id]))
+                .spent_budget(workflow.id, workflow.agent_id)
                 .await?
-                .into_iter()
-                .filter(|view| match view.budget.scope {
-                    crate::model::budget::Scope::Workflow => view.budget.subject == workflow.id,
-                    crate::model::budget::Scope::Agent => view.budget.subject == workflow.agent_id,
-                })
-                .find_map(|view| {
-                    let resets = view.budget.resets_at(std::time::SystemTime::now());
-                    view.exhausted
-                        .filter(|episode| !episode.approved)
-                        .map(|episode| (episode.describe(), resets))
+                .map(|(episode, budget)| {
+                    (
+                        episode.describe(),
+                        budget.resets_at(std::time::SystemTime::now()),
+                    )
                 }),
             agent_paused: self
                 .store

@@ -178,9 +178,6 @@ impl From<pb::WatchAgentEventsResponse> for Heard {
 /// unless it is named here.
 pub(super) const IGNORED_KINDS: [&str; 3] = ["created", "task_accepted", "budget_exhausted"];
 
-/// The tool of a budget's approval at the agent-manager.
-pub(crate) const BUDGET_TOOL: &str = "budget";
-
 impl From<Option<pb::agent_event::Kind>> for AgentEvent {
     fn from(kind: Option<pb::agent_event::Kind>) -> Self {
         use pb::agent_event::Kind;
@@ -229,7 +226,9 @@ impl From<Option<pb::agent_event::Kind>> for AgentEvent {
             },
             Some(Kind::ApprovalDecided(pb::ApprovalDecided {
                 approval: Some(approval),
-            })) if approval.task_id.is_empty() && approval.tool == BUDGET_TOOL => {
+            })) if approval.task_id.is_empty()
+                && approval.tool == shepherd_proto::BUDGET_APPROVAL_TOOL =>
+            {
                 Self::BudgetDecided {
                     approved: approval.state() == pb::ApprovalState::Approved,
                     key: approval.request_id,

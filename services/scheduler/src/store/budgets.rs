@@ -96,6 +96,31 @@ impl Store {
         Ok(views)
     }
 
+    /// A spent budget (its approval not granted) that holds the workflow:
+    /// its own, or its agent's; with the budget, for when it resets.
+    pub async fn spent_budget(
+        &self,
+        workflow: Uuid,
+        agent: Uuid,
+    ) -> Result<Option<(Exhaustion, Budget)>> {
+        let client = self.pool.get().await?;
+        for budget in budgets(&client, Some(&[workflow, agent])).await? {
+            let holds = match budget.scope {
+                Scope::Workflow => budget.subject == workflow,
+                Scope::Agent => budget.subject == agent,
+            };
+            if !holds {
+                continue;
+            }
+            if let Some(episode) = exhaustion(&client, budget.scope, budget.subject).await?
+                && !episode.approved
+            {
+                return Ok(Some((episode, budget)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Records an attempt's usage totals (a replay or a repeat changes
     /// nothing; totals only grow). Tasks that are not the scheduler's are
     /// ignored.

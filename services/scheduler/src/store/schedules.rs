@@ -86,9 +86,10 @@ impl Store {
                     ),
                 ),
             })?;
+        let script = crate::template::render_shell(&found.prompt_template)?;
         let inserts = ticks
             .iter()
-            .map(|tick| insert_tick(&tx, &found, *tick, None));
+            .map(|tick| insert_tick(&tx, &found, &script, *tick, None));
         let created = try_join_all(inserts)
             .await?
             .into_iter()
@@ -118,10 +119,13 @@ async fn fire_ticks(
     } else {
         open_tasks(tx, workflow.id).await?
     };
+    // The script refers to the fields through the environment: the same
+    // for every tick.
+    let script = crate::template::render_shell(&workflow.prompt_template)?;
     let mut made = false;
     for tick in ticks {
         let refused = (!overlap.admits(pending, running)).then(|| overlap.refusal());
-        if insert_tick(tx, workflow, *tick, refused).await? && refused.is_none() {
+        if insert_tick(tx, workflow, &script, *tick, refused).await? && refused.is_none() {
             pending += 1;
             made = true;
         }
@@ -153,6 +157,7 @@ async fn open_tasks(tx: &Transaction<'_>, workflow: Uuid) -> Result<(u64, u64)> 
 async fn insert_tick(
     tx: &Transaction<'_>,
     workflow: &Workflow,
+    script: &str,
     tick: SystemTime,
     skipped: Option<&str>,
 ) -> Result<bool> {
@@ -165,7 +170,6 @@ async fn insert_tick(
         ..TaskFields::default()
     };
     let prompt = crate::template::render(&workflow.prompt_template, &fields)?;
-    let script = crate::template::render_shell(&workflow.prompt_template)?;
     let state = if skipped.is_some() {
         TaskState::Skipped
     } else {
