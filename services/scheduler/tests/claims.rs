@@ -162,3 +162,58 @@ async fn in_flight_tasks_narrow_to_one_agents_workflows() -> anyhow::Result<()> 
     assert_eq!(store.in_flight(&scope(None)).await?.len(), 2);
     Ok(())
 }
+
+/// Whether a workflow names keys is learned from its claims (its next
+/// claims go straight to the keyed transaction), and the hint never decides
+/// what is claimed: keys taken away mid-way let the workflow fill its own
+/// room, keys given back hold it to the key's limit again.
+#[tokio::test]
+async fn a_workflow_whose_keys_change_is_claimed_by_its_keys_of_the_moment() -> anyhow::Result<()> {
+    use shepherd_scheduler::model::ConcurrencyKey;
+    let db = TestDb::create().await?;
+    let store = store(&db).await?;
+    join(&store, &["a"]).await?;
+    store
+        .put_key(&ConcurrencyKey {
+            name: "k".into(),
+            max_running: 1,
+            rate: None,
+        })
+        .await?;
+    let workflow = workflow_with_room(&store, 6, 3).await?;
+    let set_keys = async |keys: &[&str]| -> anyhow::Result<()> {
+        let mut definition = store.get_workflow(workflow).await?;
+        definition.concurrency_keys = keys.iter().map(|key| (*key).to_owned()).collect();
+        store.update_workflow(&definition, false).await?;
+        Ok(())
+    };
+    let term = take_lease(&store, workflow, "a").await?;
+    let claimed = async || -> anyhow::Result<Vec<String>> {
+        let claim = store.claim(claim(workflow, "a", term)).await?;
+        Ok(claim.tasks.into_iter().map(|task| task.id).collect())
+    };
+
+    set_keys(&["k"]).await?;
+    let mut running = claimed().await?;
+    assert_eq!(running.len(), 1, "the key's limit");
+    assert_eq!(claimed().await?.len(), 0, "the key is taken");
+    set_keys(&[]).await?;
+    running.extend(claimed().await?);
+    assert_eq!(running.len(), 3, "its own room, with the key gone");
+    assert_eq!(claimed().await?.len(), 0, "its room is full");
+
+    let outcomes: Vec<Outcome> = running
+        .into_iter()
+        .map(|task_id| Outcome {
+            task_id,
+            attempt: None,
+            end: TaskEnd::Succeeded,
+            output: String::new(),
+        })
+        .collect();
+    store.complete_many(&outcomes).await?;
+    set_keys(&["k"]).await?;
+    assert_eq!(claimed().await?.len(), 1, "the key's limit again");
+    assert_eq!(claimed().await?.len(), 0, "the key is taken again");
+    Ok(())
+}

@@ -12,14 +12,15 @@
 //! progress, and a claim that waited for a takeover sees the new term and
 //! takes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use shepherd_platform::db::{self, Client, DbBatcher, DbError, DbPool};
 use uuid::Uuid;
 
 pub use super::claim_rows::ClaimRequest;
 use super::claim_rows::claimed_from_row;
-use super::keyed_claims::claim_keyed;
+use super::keyed_claims::{KeyedClaim, claim_keyed};
 use super::{Claimed, Store};
 use crate::error::Result;
 
@@ -44,9 +45,50 @@ pub struct Claim {
 
 impl ClaimBatches {
     pub(super) fn spawn(pool: &DbPool) -> Self {
+        let keyed = Arc::new(KeyedWorkflows::default());
         Self {
-            claims: db::batcher(pool, claim_batch),
+            claims: db::batcher(pool, move |client, requests| {
+                claim_batch(client, requests, keyed.clone())
+            }),
         }
+    }
+}
+
+/// The workflows last seen naming concurrency keys. Only a routing hint:
+/// their claims skip the plain statement (which would only say they are
+/// keyed) and go straight to the keyed transaction, sent in the same
+/// round trip as the plain statement of the others. The keyed claim is
+/// right for any workflow (one without keys needs no slot), and the plain
+/// statement never claims for a keyed one, so a stale hint costs a round
+/// trip, never a wrong claim.
+#[derive(Default)]
+struct KeyedWorkflows(Mutex<HashSet<Uuid>>);
+
+impl KeyedWorkflows {
+    /// Beyond this many the hint starts over (workflows deleted while
+    /// hinted are never seen again to be forgotten).
+    const MOST: usize = 100_000;
+
+    fn contains(&self, workflow: &Uuid) -> bool {
+        self.lock().contains(workflow)
+    }
+
+    fn learn(&self, keyed: &[Uuid], keyless: &[Uuid]) {
+        let mut set = self.lock();
+        if set.len() + keyed.len() > Self::MOST {
+            set.clear();
+        }
+        set.extend(keyed.iter().copied());
+        for workflow in keyless {
+            set.remove(workflow);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        // A set of hints: one a panicking holder left behind is still good.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -65,6 +107,100 @@ impl Store {
     }
 }
 
+/// Claims for a batch: the workflows known to be keyed in the keyed
+/// transaction (`claim_keyed`), the others in one plain statement
+/// (`claim_plain`), both sent at once. A workflow the plain statement finds
+/// keyed is claimed for in a second keyed transaction.
+///
+/// A claim that fails or panics half-way takes its connection out of the
+/// pool and closes it: the server rolls back the keyed transaction it may
+/// have left open, and no one is handed a connection in the middle of it.
+async fn claim_batch(
+    client: Client,
+    requests: Vec<ClaimRequest>,
+    keyed: Arc<KeyedWorkflows>,
+) -> Result<Vec<Claim>, DbError> {
+    use futures_util::FutureExt;
+    let claimed = std::panic::AssertUnwindSafe(claim_all(&client, &requests, &keyed))
+        .catch_unwind()
+        .await;
+    match claimed {
+        // Done (the keyed transactions committed): back to the pool.
+        Ok(Ok(claims)) => Ok(claims),
+        Ok(Err(err)) => {
+            db::discard(client);
+            Err(err)
+        }
+        Err(panic) => {
+            db::discard(client);
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+async fn claim_all(
+    client: &Client,
+    requests: &[ClaimRequest],
+    keyed: &KeyedWorkflows,
+) -> Result<Vec<Claim>, DbError> {
+    let (hinted, others): (Vec<&ClaimRequest>, Vec<&ClaimRequest>) = requests
+        .iter()
+        .partition(|request| keyed.contains(&request.workflow));
+    // Pipelined on the connection: the plain statement runs on its own
+    // (autocommit) before the keyed transaction's BEGIN.
+    let (plain, mut keyed_claims) =
+        futures_util::try_join!(claim_plain(client, &others), claim_keyed(client, &hinted))?;
+    if !plain.keyed.is_empty() {
+        let late: Vec<&ClaimRequest> = others
+            .iter()
+            .filter(|request| plain.keyed.contains(&request.workflow))
+            .copied()
+            .collect();
+        keyed_claims.extend(claim_keyed(client, &late).await?);
+    }
+    let keyless: Vec<Uuid> = keyed_claims
+        .iter()
+        .filter(|(_, claim)| claim.keyless)
+        .map(|(workflow, _)| *workflow)
+        .collect();
+    keyed.learn(&plain.keyed, &keyless);
+    let mut claimed = plain.claimed;
+    // A workflow claimed twice in one batch: the first claim gets its tasks.
+    Ok(requests
+        .iter()
+        .map(|request| {
+            if let Some(claim) = keyed_claims.remove(&request.workflow) {
+                return Claim::from(claim);
+            }
+            let mut tasks = claimed.remove(&request.workflow).unwrap_or_default();
+            tasks.sort_by_key(|(seq, _)| *seq);
+            Claim {
+                tasks: tasks.into_iter().map(|(_, task)| task).collect(),
+                waiting_for_key: false,
+                retry_in: None,
+            }
+        })
+        .collect())
+}
+
+impl From<KeyedClaim> for Claim {
+    fn from(claim: KeyedClaim) -> Self {
+        Self {
+            tasks: claim.tasks,
+            waiting_for_key: claim.waiting,
+            retry_in: claim.retry_in,
+        }
+    }
+}
+
+/// What the plain statement took, per workflow (with each task's
+/// sequence), and which of the requested workflows it found keyed.
+#[derive(Default)]
+struct PlainClaims {
+    claimed: HashMap<Uuid, Vec<(i64, Claimed)>>,
+    keyed: Vec<Uuid>,
+}
+
 /// Claims for several workflows in one statement: each workflow's room is
 /// computed and filled on its own (a lateral subquery per workflow).
 ///
@@ -81,9 +217,11 @@ impl Store {
 /// planner took a bitmap scan that visited every task the workflow ever
 /// dispatched (until a vacuum) on every claim.
 ///
-/// Keyed workflows are left out of that statement (it tells which they
-/// are) and claimed for in a transaction of their own (`claim_keyed`).
-async fn claim_batch(client: Client, requests: Vec<ClaimRequest>) -> Result<Vec<Claim>, DbError> {
+/// Keyed workflows are left out (the statement tells which they are).
+async fn claim_plain(client: &Client, requests: &[&ClaimRequest]) -> Result<PlainClaims, DbError> {
+    if requests.is_empty() {
+        return Ok(PlainClaims::default());
+    }
     let statement = client
         .prepare_cached(
             "WITH request AS (
@@ -136,40 +274,14 @@ async fn claim_batch(client: Client, requests: Vec<ClaimRequest>) -> Result<Vec<
     let rows = client
         .query(&statement, &[&workflows, &owners, &terms])
         .await?;
-    let mut claimed: HashMap<Uuid, Vec<(i64, Claimed)>> = HashMap::new();
-    let mut keyed: Vec<&ClaimRequest> = Vec::new();
+    let mut plain = PlainClaims::default();
     for row in &rows {
         if row.get::<_, Option<String>>(2).is_none() {
-            let workflow: Uuid = row.get(0);
-            keyed.extend(requests.iter().filter(|r| r.workflow == workflow));
+            plain.keyed.push(row.get(0));
             continue;
         }
         let (workflow, seq, task) = claimed_from_row(row);
-        claimed.entry(workflow).or_default().push((seq, task));
+        plain.claimed.entry(workflow).or_default().push((seq, task));
     }
-    let mut keyed_claims = if keyed.is_empty() {
-        HashMap::new()
-    } else {
-        claim_keyed(client, &keyed).await?
-    };
-    // A workflow claimed twice in one batch: the first claim gets its tasks.
-    Ok(workflows
-        .iter()
-        .map(|workflow| {
-            if let Some(claim) = keyed_claims.remove(workflow) {
-                return Claim {
-                    tasks: claim.tasks,
-                    waiting_for_key: claim.waiting,
-                    retry_in: claim.retry_in,
-                };
-            }
-            let mut tasks = claimed.remove(workflow).unwrap_or_default();
-            tasks.sort_by_key(|(seq, _)| *seq);
-            Claim {
-                tasks: tasks.into_iter().map(|(_, task)| task).collect(),
-                waiting_for_key: false,
-                retry_in: None,
-            }
-        })
-        .collect())
+    Ok(plain)
 }

@@ -29,6 +29,8 @@ pub(super) struct KeyedClaim {
     pub tasks: Vec<Claimed>,
     pub waiting: bool,
     pub retry_in: Option<Duration>,
+    /// The workflow names no key (any more): a plain claim will do.
+    pub keyless: bool,
 }
 
 /// A key's token bucket, as a claim found it.
@@ -46,38 +48,18 @@ impl Bucket {
     }
 }
 
-/// Claims for `requests` (all of keyed workflows) in one transaction of
-/// two round trips: BEGIN sent with the reads, the writes with COMMIT.
-/// The transaction is this module's own (not a `Transaction`, which would
-/// wait for its BEGIN), so a claim that fails or panics half-way takes its
-/// connection out of the pool and closes it: the server rolls the
-/// transaction back, and no one is handed a connection in the middle of it.
+/// Claims for `requests` (of workflows that name keys, or did when last
+/// seen) in one transaction of two round trips: BEGIN sent with the reads,
+/// the writes with COMMIT. The transaction is this module's own (not a
+/// `Transaction`, which would wait for its BEGIN); the caller closes a
+/// connection this leaves half-way (`claims::claim_batch`).
 pub(super) async fn claim_keyed(
-    client: Client,
-    requests: &[&ClaimRequest],
-) -> Result<HashMap<Uuid, KeyedClaim>, DbError> {
-    use futures_util::FutureExt;
-    let claimed = std::panic::AssertUnwindSafe(claim_pipelined(&client, requests))
-        .catch_unwind()
-        .await;
-    match claimed {
-        // Committed: the connection goes back to the pool.
-        Ok(Ok(claims)) => Ok(claims),
-        Ok(Err(err)) => {
-            shepherd_platform::db::discard(client);
-            Err(err)
-        }
-        Err(panic) => {
-            shepherd_platform::db::discard(client);
-            std::panic::resume_unwind(panic)
-        }
-    }
-}
-
-async fn claim_pipelined(
     client: &Client,
     requests: &[&ClaimRequest],
 ) -> Result<HashMap<Uuid, KeyedClaim>, DbError> {
+    if requests.is_empty() {
+        return Ok(HashMap::new());
+    }
     let tx = client;
     let workflows: Vec<Uuid> = requests.iter().map(|r| r.workflow).collect();
     let owners: Vec<&str> = requests.iter().map(|r| r.owner.as_str()).collect();
@@ -146,8 +128,12 @@ async fn claim_pipelined(
     let mut contenders: Vec<Contender<String>> = Vec::new();
     let mut ids: Vec<Uuid> = Vec::new();
     let mut position: HashMap<Uuid, usize> = HashMap::new();
+    let mut keyless: Vec<Uuid> = Vec::new();
     for row in &here {
         let workflow: Uuid = row.get(0);
+        if !position.contains_key(&workflow) && row.get::<_, Vec<String>>(1).is_empty() {
+            keyless.push(workflow);
+        }
         let i = *position.entry(workflow).or_insert_with(|| {
             ids.push(workflow);
             contenders.push(Contender {
@@ -244,6 +230,9 @@ async fn claim_pipelined(
             .filter_map(|key| left[*key].and_then(Bucket::refilled_in))
             .max();
     }
+    for workflow in keyless {
+        claims.entry(workflow).or_default().keyless = true;
+    }
     let mut rows: Vec<(Uuid, i64, Claimed)> = rows.iter().map(claimed_from_row).collect();
     rows.sort_by_key(|(_, seq, _)| *seq);
     for (workflow, _, task) in rows {
@@ -333,11 +322,14 @@ const WAITING_ELSEWHERE: &str = "SELECT w.id, w.concurrency_keys,
               WHERE d.workflow_id = w.id AND d.state = 'dispatched'
               LIMIT w.max_concurrency) busy) < w.max_concurrency";
 
-/// Marks the granted tasks dispatched, holding their workflow's keys.
+/// Marks the granted tasks dispatched, holding their workflow's keys (if
+/// it names any: a task of a workflow whose keys were just taken away
+/// holds none).
 const DISPATCH: &str =
     "UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1,
          updated_at = now(), dispatched_at = now(), progress_message = '',
-         progress_fraction = -1, held_keys = w.concurrency_keys
+         progress_fraction = -1,
+         held_keys = nullif(w.concurrency_keys, '{}'::text[])
      FROM scheduler.workflows w
      WHERE t.id = ANY($1) AND w.id = t.workflow_id
      RETURNING t.workflow_id, t.seq, t.id, t.prompt, t.attempts, t.trace_context,
