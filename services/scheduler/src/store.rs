@@ -158,6 +158,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "budgets",
         sql: include_str!("../migrations/0023_budgets.sql"),
     },
+    Migration {
+        version: 24,
+        name: "key_holds",
+        sql: include_str!("../migrations/0024_key_holds.sql"),
+    },
 ];
 
 const WORKFLOW_COLUMNS: &str = "id, name, agent_id, enabled, trigger, prompt_template, \

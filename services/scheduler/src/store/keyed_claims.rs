@@ -251,9 +251,7 @@ const LOCK_KEYS: &str = "SELECT k.name FROM scheduler.concurrency_keys k
 /// the dispatched tasks holding each) and, for a key with a rate, the
 /// tokens its bucket holds now and the milliseconds each takes to refill.
 const FREE_SLOTS: &str = "SELECT k.name, k.max_running - (
-         SELECT count(*) FROM scheduler.tasks t
-         WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
-           AND t.held_keys @> ARRAY[k.name]),
+         SELECT count(*) FROM scheduler.key_holds h WHERE h.key = k.name),
          CASE WHEN k.rate_limit IS NOT NULL THEN
              least(k.rate_limit::float8,
                    k.tokens + extract(epoch FROM now() - k.refilled_at) * 1000
@@ -324,16 +322,21 @@ const WAITING_ELSEWHERE: &str = "SELECT w.id, w.concurrency_keys,
 
 /// Marks the granted tasks dispatched, holding their workflow's keys (if
 /// it names any: a task of a workflow whose keys were just taken away
-/// holds none).
-const DISPATCH: &str =
-    "UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1,
-         updated_at = now(), dispatched_at = now(), progress_message = '',
-         progress_fraction = -1,
-         held_keys = nullif(w.concurrency_keys, '{}'::text[])
-     FROM scheduler.workflows w
-     WHERE t.id = ANY($1) AND w.id = t.workflow_id
-     RETURNING t.workflow_id, t.seq, t.id, t.prompt, t.attempts, t.trace_context,
-               t.script, t.fields, w.name, t.timeout_ms, t.tool_policy";
+/// holds none), and records the holds.
+const DISPATCH: &str = "WITH claimed AS (
+         UPDATE scheduler.tasks t SET state = 'dispatched', attempts = t.attempts + 1,
+             updated_at = now(), dispatched_at = now(), progress_message = '',
+             progress_fraction = -1, held_keys = nullif(w.concurrency_keys, '{}'::text[])
+         FROM scheduler.workflows w
+         WHERE t.id = ANY($1) AND w.id = t.workflow_id
+         RETURNING t.workflow_id, t.seq, t.id, t.prompt, t.attempts, t.trace_context,
+                   t.script, t.fields, w.name, t.timeout_ms, t.tool_policy, t.held_keys
+     ), held AS (
+         INSERT INTO scheduler.key_holds (key, task_id)
+         SELECT DISTINCT unnest(c.held_keys), c.id FROM claimed c
+         ON CONFLICT DO NOTHING
+     )
+     SELECT * FROM claimed";
 
 /// Who was served ($1), who waits ($2; every other requester, $4, waits no
 /// more), and a wake-up for each workflow that won a slot elsewhere ($3).

@@ -47,9 +47,7 @@ impl Store {
                 &client
                     .prepare_cached(
                         "SELECT k.name, k.max_running, k.rate_limit, k.rate_period_ms,
-                                (SELECT count(*) FROM scheduler.tasks t
-                                 WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
-                                   AND t.held_keys @> ARRAY[k.name]),
+                                (SELECT count(*) FROM scheduler.key_holds h WHERE h.key = k.name),
                                 (SELECT count(*) FILTER (WHERE wk.waiting_since IS NOT NULL)
                                  FROM scheduler.workflow_keys wk WHERE wk.key = k.name),
                                 (SELECT count(*) FROM scheduler.workflow_keys wk WHERE wk.key = k.name)
@@ -110,10 +108,10 @@ impl Store {
                          CROSS JOIN LATERAL (
                              SELECT count(*) AS n,
                                     coalesce(array_agg(DISTINCT w.name), '{}') AS names
-                             FROM scheduler.tasks t
+                             FROM scheduler.key_holds h
+                             JOIN scheduler.tasks t ON t.id = h.task_id
                              JOIN scheduler.workflows w ON w.id = t.workflow_id
-                             WHERE t.state = 'dispatched' AND t.held_keys IS NOT NULL
-                               AND t.held_keys @> ARRAY[k.name]) held
+                             WHERE h.key = k.name) held
                          WHERE wk.workflow_id = $1
                          ORDER BY k.name",
                     )
