@@ -420,3 +420,139 @@ async fn finished_tasks_wake_their_runner_while_the_listener_is_deaf() -> anyhow
     assert_eq!(scheduler.terminate().await?, Some(0), "a clean exit");
     Ok(())
 }
+
+/// A replica whose process dies is found gone through its session lock,
+/// not waited for until its lease expires: with a ten-minute lease TTL, the
+/// other replica runs its workflows within `WAIT` (thirty seconds), and
+/// every task still runs once. A replica that is only stopped (SIGSTOP)
+/// keeps its lock and so its workflows, and once continued it goes on
+/// running them, each on one replica.
+#[tokio::test]
+async fn a_dead_replica_is_found_gone_through_its_session_not_its_lease() -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let options = StackOptions {
+        // Each replica's level pass gives it a standby runner of every
+        // workflow (in production every RECONCILE_INTERVAL, 10 s).
+        reconcile_interval: Duration::from_millis(300),
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "600s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (b_process, b) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+    let a = stack.workflows.clone();
+    let (agent, workflow, file) = logging_workflow(&mut stack, "shared").await?;
+    let workflows = vec![workflow.id.clone()];
+    // Whichever replica took the workflow is the one stopped, then killed.
+    wait_placement(&[&a, &b], &agent.id, &workflows, |states| {
+        states.contains(&RunnerState::Running) && states.contains(&RunnerState::Standby)
+    })
+    .await?;
+    let on_a = runner_states(&a, &agent.id).await?.get(&workflow.id) == Some(&RunnerState::Running);
+
+    // Stopped, the holder keeps its workflow: no takeover while its
+    // session lives, however long the other replica looks (a second).
+    let holder_pid = if on_a {
+        stack.scheduler.as_ref().and_then(|s| s.pid())
+    } else {
+        b_process.pid()
+    };
+    let holder_pid = Pid::from_raw(holder_pid.expect("the holder runs"));
+    let survivor = if on_a { &b } else { &a };
+    kill(holder_pid, Signal::SIGSTOP)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        assert_ne!(
+            runner_states(survivor, &agent.id).await?.get(&workflow.id),
+            Some(&RunnerState::Running),
+            "a stopped replica's workflow moved before its lease expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill(holder_pid, Signal::SIGCONT)?;
+    let first = trigger_all(&a, &workflows, "first").await?;
+    stack.wait_tasks(&first, TaskState::Succeeded).await?;
+
+    // Killed, it is found gone within WAIT: the survivor runs it.
+    kill(holder_pid, Signal::SIGKILL)?;
+    wait_placement(&[survivor], &agent.id, &workflows, |states| {
+        states == [RunnerState::Running]
+    })
+    .await?;
+    let second = trigger_all(survivor, &workflows, "second").await?;
+    stack.workflows = survivor.clone();
+    stack.wait_tasks(&second, TaskState::Succeeded).await?;
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines(&file) {
+        *runs.entry(line).or_insert(0) += 1;
+    }
+    assert_eq!(runs.len(), 10, "every task ran: {runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "no task ran twice: {runs:?}"
+    );
+    Ok(())
+}
+
+/// A replica that lives on after its session lock's connection died (a
+/// database failover, a cut connection) is ended by the other at once: the
+/// workflow moves, the replica that lost its lock gives its leases up
+/// rather than run beside the new holder, joins again with a new session,
+/// and every task runs once, never on two replicas at a time.
+#[tokio::test]
+async fn a_replica_that_loses_its_session_gives_its_workflows_up_and_joins_again()
+-> anyhow::Result<()> {
+    let options = StackOptions {
+        reconcile_interval: Duration::from_millis(300),
+        env: vec![("REPLICA_ID", "a".into()), ("LEASE_TTL", "600s".into())],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(options).await?;
+    let (_b_process, b) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+    let a = stack.workflows.clone();
+    let (agent, workflow, file) = logging_workflow(&mut stack, "shared").await?;
+    let workflows = vec![workflow.id.clone()];
+    wait_placement(&[&a, &b], &agent.id, &workflows, |states| {
+        states.contains(&RunnerState::Running) && states.contains(&RunnerState::Standby)
+    })
+    .await?;
+    let first = trigger_all(&a, &workflows, "first").await?;
+    stack.wait_tasks(&first, TaskState::Succeeded).await?;
+
+    // Both replicas' lock sessions die at once; each takes its lock again.
+    let db = stack.db.client().await?;
+    let ended = db
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&shepherd_platform::session_lock::APPLICATION_NAME],
+        )
+        .await?;
+    assert_eq!(ended, 2, "one lock session per replica");
+    eventually(WAIT, "both replicas holding their locks again", || async {
+        let held: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&shepherd_platform::session_lock::APPLICATION_NAME],
+            )
+            .await?
+            .get(0);
+        Ok((held == 2).then_some(()))
+    })
+    .await?;
+    wait_placement(&[&a, &b], &agent.id, &workflows, |states| {
+        states.contains(&RunnerState::Running)
+    })
+    .await?;
+    let second = trigger_all(&b, &workflows, "second").await?;
+    stack.wait_tasks(&second, TaskState::Succeeded).await?;
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines(&file) {
+        *runs.entry(line).or_insert(0) += 1;
+    }
+    assert_eq!(runs.len(), 10, "every task ran: {runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "no task ran twice: {runs:?}"
+    );
+    Ok(())
+}

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod notify;
 pub mod paging;
 pub mod server;
+pub mod session_lock;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;

@@ -89,6 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let membership = membership::Membership::new(config.replica_id.clone(), config.standby);
     let membership_task = tokio::spawn(membership.clone().run(
         store.clone(),
+        config.database.database_url.clone(),
         config.lease_ttl,
         shutdown.clone(),
     ));

@@ -22,6 +22,18 @@
 //! taken: it bumps its *epoch*, and every runner holding a lease of an
 //! older epoch drops it and takes it again (or finds it taken).
 //!
+//! A replica whose process dies is not waited for: each replica holds a
+//! session lock (`shepherd_platform::session_lock`) while it lives and
+//! names it in its row, and every replica checks the other rows' locks
+//! four times a second. A live row whose lock is free belongs to a process
+//! that is certainly gone: its row is ended at once, and with it its
+//! leases, so its workflows move within a check plus a takeover rather
+//! than a whole TTL. A replica that is alive but stopped keeps its lock,
+//! and so its leases until its row expires. A replica that lost its lock
+//! connection while alive may have been ended by the others: it gives its
+//! leases up at once (as when its row lapses) and joins again with a new
+//! connection; a renewal that finds its row ended moves the epoch too.
+//!
 //! Runners never poll any of this: `subscribe` gives a counter that moves
 //! whenever something they decide on changed (the live or settled set, the
 //! epoch), and they re-evaluate then.
@@ -34,6 +46,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use shepherd_platform::backoff::Backoff;
+use shepherd_platform::session_lock::{self, SessionLock};
 
 use crate::store::Store;
 
@@ -108,16 +123,17 @@ impl Membership {
 
     #[cfg(test)]
     fn update(&self, live: Vec<String>) {
-        self.update_at(live, Instant::now(), Duration::ZERO);
+        self.update_at(live, false, Instant::now(), Duration::ZERO);
     }
 
     /// A successful renewal that started at `renewed` (so the row is valid
-    /// until `renewed + ttl`) saw `live`.
-    fn update_at(&self, live: Vec<String>, renewed: Instant, ttl: Duration) {
+    /// until `renewed + ttl`) saw `live`; `was_ended`: it found the row
+    /// ended before (by another replica, or by expiry).
+    fn update_at(&self, live: Vec<String>, was_ended: bool, renewed: Instant, ttl: Duration) {
         let mut view = self.lock();
-        let now = Instant::now();
         let mut changed = false;
-        if view.lapsed || view.valid_until.is_some_and(|until| renewed >= until) {
+        let cut_short = was_ended && view.valid_until.is_some();
+        if view.lapsed || cut_short || view.valid_until.is_some_and(|until| renewed >= until) {
             // A gap: the row expired before this renewal.
             view.epoch += 1;
             view.lapsed = false;
@@ -127,6 +143,28 @@ impl Membership {
             changed = true;
         }
         view.valid_until = Some(renewed + ttl);
+        changed |= self.see_live(&mut view, live, ttl);
+        drop(view);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A check of the other replicas' locks saw `live` (it renewed
+    /// nothing).
+    fn observe(&self, live: Vec<String>, ttl: Duration) {
+        let mut view = self.lock();
+        let changed = self.see_live(&mut view, live, ttl);
+        drop(view);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Takes `live` as the live set; whether that changed the live or the
+    /// settled replicas.
+    fn see_live(&self, view: &mut View, live: Vec<String>, ttl: Duration) -> bool {
+        let now = Instant::now();
         let previous = std::mem::take(&mut view.live);
         view.live = live
             .into_iter()
@@ -147,12 +185,26 @@ impl Membership {
         ids.sort();
         let mut before: Vec<&String> = previous.keys().collect();
         before.sort();
-        changed |= ids != before || settled != view.settled;
+        let changed = ids != before || settled != view.settled;
         view.settled = settled;
-        drop(view);
-        if changed {
-            self.changes.send_modify(|n| *n += 1);
+        changed
+    }
+
+    /// This replica's session lock is gone, though it lives: the others
+    /// may end its row (and take its leases) any moment, so no lease of it
+    /// is vouched for from now on.
+    fn lock_lost(&self) {
+        let mut view = self.lock();
+        view.valid_until = None;
+        if !view.lapsed {
+            view.lapsed = true;
+            view.epoch += 1;
         }
+        drop(view);
+        tracing::warn!(
+            "the replica's session lock was lost; runners give their leases up until it joins again"
+        );
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// A failed renewal: past the row's validity, leases may be taken.
@@ -175,26 +227,82 @@ impl Membership {
         self.view.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Renews this replica's membership every third of `ttl` until
-    /// `shutdown`, then leaves (so its share moves at once).
+    /// Holds this replica's session lock, renews its membership every
+    /// third of `ttl` and checks the others' locks every `CHECK_EVERY`,
+    /// until `shutdown`; then leaves (so its share moves at once).
     pub(crate) async fn run(
         self: Arc<Self>,
         store: Store,
+        database_url: String,
         ttl: Duration,
         shutdown: CancellationToken,
     ) {
+        let key = match session_lock::random_key() {
+            Ok(key) => key,
+            Err(err) => {
+                // Without a lock this replica is only ever found gone by
+                // expiry, as before.
+                tracing::warn!(error = %err, "no session lock key; a crash of this replica is noticed by expiry only");
+                0
+            }
+        };
+        let mut lock: Option<SessionLock> = None;
+        let mut backoff = Backoff::new(CHECK_EVERY, ttl / 3);
+        let mut renew_at = Instant::now();
         loop {
-            let renewed = Instant::now();
-            match store.replica_heartbeat(&self.me, self.standby, ttl).await {
-                Ok(live) => self.update_at(live, renewed, ttl),
-                Err(err) => {
-                    tracing::warn!(error = %err, "renewing replica membership failed");
-                    self.renewal_failed();
+            if lock.is_none() && key != 0 {
+                match SessionLock::acquire(&database_url, key).await {
+                    Ok(taken) => {
+                        lock = Some(taken);
+                        backoff.reset();
+                        renew_at = Instant::now();
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not take the replica's session lock")
+                    }
                 }
             }
+            let locked = lock.is_some() || key == 0;
+            if locked && Instant::now() >= renew_at {
+                // A renewal without the lock would be ended by the others
+                // at once: it waits for the lock.
+                let renewed = Instant::now();
+                let lock_key = (key != 0).then_some(key);
+                match store
+                    .replica_heartbeat(&self.me, self.standby, ttl, lock_key)
+                    .await
+                {
+                    Ok(renewal) => self.update_at(renewal.live, renewal.was_ended, renewed, ttl),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "renewing replica membership failed");
+                        self.renewal_failed();
+                    }
+                }
+                renew_at = renewed + ttl / 3;
+            } else {
+                match store.end_gone_replicas(&self.me).await {
+                    Ok(live) => self.observe(live, ttl),
+                    Err(err) => tracing::debug!(error = %err, "checking the other replicas failed"),
+                }
+            }
+            let pause = if locked {
+                CHECK_EVERY
+            } else {
+                backoff.next_delay()
+            };
+            let lost = async {
+                match &lock {
+                    Some(lock) => lock.lost().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(ttl / 3) => {}
+                () = lost => {
+                    lock = None;
+                    self.lock_lost();
+                }
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         if let Err(err) = store.replica_leave(&self.me).await {
@@ -202,6 +310,10 @@ impl Membership {
         }
     }
 }
+
+/// How often a replica checks the others' session locks: a dead replica's
+/// workflows stall for at most this long, plus a takeover.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Rendezvous score of a (workflow, replica) pair: FNV-1a, stable across
 /// processes and versions (unlike std's randomly keyed hasher).
@@ -245,7 +357,7 @@ mod tests {
         let mut changes = membership.subscribe();
         assert_eq!(membership.lease_epoch(), None, "no lease before joining");
 
-        membership.update_at(Vec::new(), Instant::now(), Duration::from_millis(20));
+        membership.update_at(Vec::new(), false, Instant::now(), Duration::from_millis(20));
         assert_eq!(membership.lease_epoch(), Some(0));
         assert!(changes.has_changed().unwrap(), "joining is a change");
         changes.borrow_and_update();
@@ -258,20 +370,50 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         changes.borrow_and_update();
 
-        membership.update_at(Vec::new(), Instant::now(), Duration::from_secs(60));
+        membership.update_at(Vec::new(), false, Instant::now(), Duration::from_secs(60));
         let epoch = membership.lease_epoch().expect("renewed");
         assert!(epoch >= 1, "leases of epoch 0 are stale: {epoch}");
         assert!(changes.has_changed().unwrap());
         changes.borrow_and_update();
 
         // A renewal in time changes nothing runners decide on.
-        membership.update_at(Vec::new(), Instant::now(), Duration::from_secs(60));
+        membership.update_at(Vec::new(), false, Instant::now(), Duration::from_secs(60));
         assert_eq!(membership.lease_epoch(), Some(epoch));
         assert!(!changes.has_changed().unwrap());
 
         // A replica joining is a change.
-        membership.update_at(vec!["b".into()], Instant::now(), Duration::from_secs(60));
+        membership.update_at(
+            vec!["b".into()],
+            false,
+            Instant::now(),
+            Duration::from_secs(60),
+        );
         assert!(changes.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_lost_lock_or_an_ended_row_moves_the_epoch() {
+        let membership = Membership::new("a".into(), false);
+        let ttl = Duration::from_secs(60);
+        membership.update_at(Vec::new(), false, Instant::now(), ttl);
+        let joined = membership.lease_epoch().expect("joined");
+        let mut changes = membership.subscribe();
+
+        // The lock's connection ended: nothing is vouched for at once,
+        // however long the row had left.
+        membership.lock_lost();
+        assert_eq!(membership.lease_epoch(), None);
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        membership.update_at(Vec::new(), false, Instant::now(), ttl);
+        let rejoined = membership.lease_epoch().expect("joined again");
+        assert!(rejoined > joined, "leases taken before the loss are stale");
+
+        // A renewal that finds its row ended by another replica, though
+        // this one thought it valid: leases may have been taken meanwhile.
+        membership.update_at(Vec::new(), true, Instant::now(), ttl);
+        let after = membership.lease_epoch().expect("renewed");
+        assert!(after > rejoined, "{after} after {rejoined}");
     }
 
     #[test]

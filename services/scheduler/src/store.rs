@@ -36,6 +36,7 @@ pub use claims::{Claim, ClaimRequest};
 pub use diagnosis::QueueFacts;
 pub use in_flight::{InFlight, InFlightScope, OldestInFlight};
 pub use leases::LeaseAcquisition;
+pub use replicas::Renewal;
 pub use schedules::Backfilled;
 pub use task_events::{TaskChange, TaskChanges, TaskCursor, TaskEventFilter};
 pub use workflows::RunnerWorkflow;
@@ -162,6 +163,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 24,
         name: "key_holds",
         sql: include_str!("../migrations/0024_key_holds.sql"),
+    },
+    Migration {
+        version: 25,
+        name: "replica_locks",
+        sql: include_str!("../migrations/0025_replica_locks.sql"),
     },
 ];
 

@@ -71,7 +71,7 @@ pub(crate) async fn workflow_with_room(
 pub(crate) async fn join(store: &Store, replicas: &[&str]) -> anyhow::Result<()> {
     for replica in replicas {
         store
-            .replica_heartbeat(replica, false, Duration::from_secs(60))
+            .replica_heartbeat(replica, false, Duration::from_secs(60), None)
             .await?;
     }
     Ok(())
