@@ -23,6 +23,12 @@
 //! keys: (b) without keys, then with one concurrency key (a limit that never
 //!     binds) on every workflow, in the same run: what claiming under a key
 //!     costs, as the ratio of the two;
+//! failover: two scheduler replicas share 10 workflows; the one holding
+//!     most is killed with -9 (--rounds 10 times, restarted after each):
+//!     kill -> every workflow RUNNING on the survivor, p50/p99 (the
+//!     survivor's own RUNNING stamps); then one SIGSTOP of the holder past
+//!     the lease: the takeover, against LEASE_TTL, and no workflow ever
+//!     running on both once it is continued;
 //! latency: trigger -> dispatched -> completed at low load, p50/p99 (from
 //!     the database's own timestamps);
 //! containment: what containing an agent costs: per launch (prepare the
@@ -35,7 +41,7 @@
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N[,N...] (b,
 //! per workflow, each in turn; default 1,8), --workflows N (idle; default 10000), --only
-//! a1|a2|a3|b|keys|baseline|db-floor|idle|latency|containment (a3: one agent with
+//! a1|a2|a3|b|keys|failover|baseline|db-floor|idle|latency|containment (a3: one agent with
 //! --workflows workflows restarted), --launches N (containment; default 1000).
 
 use std::time::{Duration, Instant, SystemTime};
@@ -44,11 +50,13 @@ use anyhow::{Context, bail};
 use shepherd_agent_manager::containment::{
     Cell, Containment, LimitKind, ModeChoice, ResourceLimits,
 };
-use shepherd_e2e::{Stack, StackOptions, kill9};
+use shepherd_e2e::{AuthChannel, Stack, StackOptions, kill9};
 use shepherd_proto::agentmanager::v1 as am;
-use shepherd_proto::scheduler::v1::{self as sched, RunnerState};
+use shepherd_proto::scheduler::v1::{
+    self as sched, RunnerState, scheduler_client::SchedulerClient,
+};
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|baseline|db-floor|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|failover|baseline|db-floor|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
   a3: runners of one agent with --workflows workflows (default 10000) back after its restart
@@ -57,6 +65,7 @@ const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|baseline|db-f
   keys: b without keys and b with one key on every workflow, each --concurrency in turn, and their ratio
   baseline: 8 connections committing one insert plus one update each, for 5 s
       (and pgbench -N with 8 clients for 5 s, if pgbench is installed)
+  failover: kill -9 of the replica holding most of 10 workflows -> all running on the other, p50/p99 over 10 kills; then one SIGSTOP past the lease
   db-floor: PostgreSQL CPU per task for the rows a task writes alone (no services), in waves of 50 and 11
   idle: --workflows enabled workflows (default 10000) with no tasks: CPU and memory
   latency: trigger -> dispatched -> completed, p50/p99 over 200 sequential tasks
@@ -139,6 +148,9 @@ async fn main() -> anyhow::Result<()> {
                 keyed / plain
             );
         }
+    }
+    if run("failover") {
+        failover(10).await?;
     }
     if run("db-floor") {
         db_floor().await?;
@@ -1080,4 +1092,153 @@ fn rss_bytes(pid: i32) -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(0)
+}
+
+/// How many of `workflows` workflows run on `a`, once each runs on one of
+/// `a` and `b` and stands by on the other.
+async fn placement(
+    a: &SchedulerClient<AuthChannel>,
+    b: &SchedulerClient<AuthChannel>,
+    workflows: usize,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_a, on_b) = (runners_of(a).await?, runners_of(b).await?);
+        let running = |runners: &[sched::Runner]| {
+            runners
+                .iter()
+                .filter(|r| r.state() == RunnerState::Running)
+                .count()
+        };
+        let standing_by = |runners: &[sched::Runner]| {
+            runners
+                .iter()
+                .filter(|r| r.state() == RunnerState::Standby)
+                .count()
+        };
+        let (ra, rb) = (running(&on_a), running(&on_b));
+        if ra + rb == workflows && standing_by(&on_a) == rb && standing_by(&on_b) == ra {
+            return Ok(ra);
+        }
+        if Instant::now() > deadline {
+            bail!("workflows not placed after 60 s: {ra} running on a, {rb} on b");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn runners_of(client: &SchedulerClient<AuthChannel>) -> anyhow::Result<Vec<sched::Runner>> {
+    Ok(client
+        .clone()
+        .list_runners(sched::ListRunnersRequest::default())
+        .await?
+        .into_inner()
+        .runners)
+}
+
+/// Polls `client` until `workflows` runners run there; returns when the
+/// last of them started running (its own stamp).
+async fn all_running_on(
+    client: &SchedulerClient<AuthChannel>,
+    workflows: usize,
+) -> anyhow::Result<SystemTime> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runners = runners_of(client).await?;
+        let running: Vec<&sched::Runner> = runners
+            .iter()
+            .filter(|r| r.state() == RunnerState::Running)
+            .collect();
+        if running.len() == workflows {
+            return running
+                .iter()
+                .filter_map(|r| r.since.and_then(|t| SystemTime::try_from(t).ok()))
+                .max()
+                .context("no runner says since when");
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {workflows} running after 60 s", running.len());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn failover(rounds: usize) -> anyhow::Result<()> {
+    const WORKFLOWS: usize = 10;
+    let mut options = options();
+    // Each replica's level pass gives it a standby runner of every workflow.
+    options.reconcile_interval = Duration::from_millis(500);
+    options.env.push(("REPLICA_ID", "a".into()));
+    let mut stack = Stack::start(options).await?;
+    setup(&mut stack, 1, WORKFLOWS).await?;
+    let (mut b, mut b_client) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let on_a = placement(&stack.workflows, &b_client, WORKFLOWS).await?;
+        let killed_at = SystemTime::now();
+        if on_a * 2 >= WORKFLOWS {
+            stack.kill_scheduler().await?;
+            samples.push(between(
+                killed_at,
+                all_running_on(&b_client, WORKFLOWS).await?,
+            ));
+            stack.start_scheduler().await?;
+        } else {
+            b.kill().await?;
+            samples.push(between(
+                killed_at,
+                all_running_on(&stack.workflows, WORKFLOWS).await?,
+            ));
+            (b, b_client) = stack.start_replica(&[("REPLICA_ID", "b".into())]).await?;
+        }
+    }
+    samples.sort();
+    println!(
+        "(failover) kill -9 of the replica holding most of {WORKFLOWS} workflows -> all running on the other, {rounds} kills: p50 {} p99 {} max {} (LEASE_TTL 10 s)",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().context("no samples")?)
+    );
+
+    // Stopped past its lease: the takeover waits for the lease, and once
+    // continued the stopped replica runs nothing beside the new holder.
+    let on_a = placement(&stack.workflows, &b_client, WORKFLOWS).await?;
+    let (holder, survivor) = if on_a * 2 >= WORKFLOWS {
+        (
+            stack.scheduler.as_ref().and_then(|s| s.pid()),
+            b_client.clone(),
+        )
+    } else {
+        (b.pid(), stack.workflows.clone())
+    };
+    let holder = nix::unistd::Pid::from_raw(holder.context("the holder runs")?);
+    let stopped_at = SystemTime::now();
+    nix::sys::signal::kill(holder, nix::sys::signal::Signal::SIGSTOP)?;
+    let took_over = between(stopped_at, all_running_on(&survivor, WORKFLOWS).await?);
+    nix::sys::signal::kill(holder, nix::sys::signal::Signal::SIGCONT)?;
+    let continued = Instant::now();
+    let mut both = 0;
+    while continued.elapsed() < Duration::from_secs(3) {
+        let (on_a, on_b) = (
+            runners_of(&stack.workflows).await?,
+            runners_of(&b_client).await?,
+        );
+        let running_a: std::collections::HashSet<&str> = on_a
+            .iter()
+            .filter(|r| r.state() == RunnerState::Running)
+            .map(|r| r.workflow_id.as_str())
+            .collect();
+        both += on_b
+            .iter()
+            .filter(|r| r.state() == RunnerState::Running)
+            .filter(|r| running_a.contains(r.workflow_id.as_str()))
+            .count();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "(failover) SIGSTOP of the holder: taken over after {} (LEASE_TTL 10 s); after SIGCONT, {both} sightings of a workflow running on both replicas over 3 s",
+        ms(took_over)
+    );
+    drop(b);
+    Ok(())
 }

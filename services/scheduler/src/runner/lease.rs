@@ -29,7 +29,8 @@ impl Runner {
         let Some(epoch) = self.ctx.membership.lease_epoch() else {
             // Until the membership row is renewed no lease can be vouched
             // for; a renewal is a membership change, which ends the wait.
-            *lease = None;
+            // A lease held stays remembered: its epoch is older by then,
+            // so it is taken again first thing (below).
             return Err(NoLease::Standby {
                 reason: "this replica's membership is not renewed (database unreachable?)"
                     .to_owned(),
@@ -58,9 +59,15 @@ impl Runner {
             // another replica may hold it now. Take it again (or learn who).
             tracing::warn!(workflow = %self.workflow, "membership lapsed; re-taking the runner lease");
             crate::metrics::lease_changed("lost");
-            *lease = None;
         }
-        if let Some(other) = self
+        // A lease this replica held is taken again at once, preferred or
+        // not: it may still be its own, and then no one else can take it
+        // (a preferred replica gets it by the hand-over above). Only a
+        // lease this replica did not hold is left to the preferred one.
+        let previous = lease.take();
+        if previous.is_some() {
+            *deferred = None;
+        } else if let Some(other) = self
             .ctx
             .membership
             .preferred_elsewhere(self.workflow, Duration::ZERO)
@@ -106,10 +113,14 @@ impl Runner {
             Ok(LeaseAcquisition::WorkflowDisabled) => {
                 Err(NoLease::Stop("workflow disabled".to_owned()))
             }
-            Err(err) => Err(NoLease::Standby {
-                reason: format!("could not take the lease: {err}"),
-                retry_in: Some(RETRY),
-            }),
+            Err(err) => {
+                // Still to be taken again first thing.
+                *lease = previous;
+                Err(NoLease::Standby {
+                    reason: format!("could not take the lease: {err}"),
+                    retry_in: Some(RETRY),
+                })
+            }
         }
     }
 

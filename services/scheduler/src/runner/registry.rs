@@ -286,8 +286,9 @@ impl Runners {
     /// Workflows by runner state (for the runners gauge).
     pub(crate) fn count_by_state(&self) -> Vec<(&'static str, u64)> {
         let mut counts = [0u64; 5];
+        let vouched = self.ctx.membership.lease_epoch().is_some();
         for slot in self.lock().values() {
-            let index = match Self::shown(slot).state {
+            let index = match Self::shown(slot, vouched).state {
                 RunnerState::WaitingForAgent => 0,
                 RunnerState::Running => 1,
                 RunnerState::Stopped => 2,
@@ -311,11 +312,25 @@ impl Runners {
     }
 
     pub(crate) fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
-        self.lock().get(&workflow).map(Self::shown)
+        let vouched = self.ctx.membership.lease_epoch().is_some();
+        self.lock()
+            .get(&workflow)
+            .map(|slot| Self::shown(slot, vouched))
     }
 
-    /// What a slot shows: a running runner behind a stuck task is STALLED.
-    fn shown(slot: &Slot) -> RunnerInfo {
+    /// What a slot shows: a running runner behind a stuck task is STALLED;
+    /// while this replica's membership is not `vouched` for (it lapsed: a
+    /// stopped process just continued, a lost session lock), no runner of
+    /// it shows RUNNING: its lease may be another's already, and its claims
+    /// take nothing until it holds one again.
+    fn shown(slot: &Slot, vouched: bool) -> RunnerInfo {
+        if !vouched && matches!(slot.info.state, RunnerState::Running | RunnerState::Stalled) {
+            return RunnerInfo {
+                state: RunnerState::Standby,
+                reason: "this replica's membership lapsed; its lease may be another's".into(),
+                ..slot.info.clone()
+            };
+        }
         match &slot.stall {
             Some(reason) if slot.info.state == RunnerState::Running => RunnerInfo {
                 state: RunnerState::Stalled,
