@@ -523,7 +523,8 @@ async fn a_replica_that_loses_its_session_gives_its_workflows_up_and_joins_again
     let db = stack.db.client().await?;
     let ended = db
         .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()",
             &[&shepherd_platform::session_lock::APPLICATION_NAME],
         )
         .await?;
@@ -531,7 +532,8 @@ async fn a_replica_that_loses_its_session_gives_its_workflows_up_and_joins_again
     eventually(WAIT, "both replicas holding their locks again", || async {
         let held: i64 = db
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND datname = current_database()",
                 &[&shepherd_platform::session_lock::APPLICATION_NAME],
             )
             .await?

@@ -21,6 +21,9 @@ struct Slot {
     /// Set by the level pass while the workflow's oldest task in flight is
     /// older than the stall threshold: why a RUNNING runner is STALLED.
     stall: Option<String>,
+    /// The membership epoch the runner last said it runs under: RUNNING
+    /// is shown only while that is the current, vouched-for epoch.
+    running_epoch: u64,
 }
 
 struct Live {
@@ -151,6 +154,7 @@ impl Runners {
             },
             live: None,
             stall: None,
+            running_epoch: u64::MAX,
         });
         if let Some(live) = &slot.live {
             if self.is_live(live) {
@@ -286,9 +290,9 @@ impl Runners {
     /// Workflows by runner state (for the runners gauge).
     pub(crate) fn count_by_state(&self) -> Vec<(&'static str, u64)> {
         let mut counts = [0u64; 5];
-        let vouched = self.ctx.membership.lease_epoch().is_some();
+        let epoch = self.ctx.membership.lease_epoch();
         for slot in self.lock().values() {
-            let index = match Self::shown(slot, vouched).state {
+            let index = match Self::shown(slot, epoch).state {
                 RunnerState::WaitingForAgent => 0,
                 RunnerState::Running => 1,
                 RunnerState::Stopped => 2,
@@ -312,19 +316,21 @@ impl Runners {
     }
 
     pub(crate) fn info(&self, workflow: Uuid) -> Option<RunnerInfo> {
-        let vouched = self.ctx.membership.lease_epoch().is_some();
+        let epoch = self.ctx.membership.lease_epoch();
         self.lock()
             .get(&workflow)
-            .map(|slot| Self::shown(slot, vouched))
+            .map(|slot| Self::shown(slot, epoch))
     }
 
     /// What a slot shows: a running runner behind a stuck task is STALLED;
-    /// while this replica's membership is not `vouched` for (it lapsed: a
-    /// stopped process just continued, a lost session lock), no runner of
-    /// it shows RUNNING: its lease may be another's already, and its claims
-    /// take nothing until it holds one again.
-    fn shown(slot: &Slot, vouched: bool) -> RunnerInfo {
-        if !vouched && matches!(slot.info.state, RunnerState::Running | RunnerState::Stalled) {
+    /// a runner that said it runs under another membership `epoch` than
+    /// the current one (None: lapsed; a stopped process just continued, a
+    /// lost session lock) does not show RUNNING: its lease may be another's
+    /// already, and its claims take nothing until it holds one again.
+    fn shown(slot: &Slot, epoch: Option<u64>) -> RunnerInfo {
+        if epoch != Some(slot.running_epoch)
+            && matches!(slot.info.state, RunnerState::Running | RunnerState::Stalled)
+        {
             return RunnerInfo {
                 state: RunnerState::Standby,
                 reason: "this replica's membership lapsed; its lease may be another's".into(),
@@ -381,6 +387,9 @@ impl Runners {
         if state == RunnerState::Stopped {
             // The slot is free the moment the runner ends, for any reason.
             slot.live = None;
+        }
+        if matches!(state, RunnerState::Running | RunnerState::Stalled) {
+            slot.running_epoch = self.ctx.membership.lease_epoch().unwrap_or(u64::MAX);
         }
         if slot.info.state != state || slot.info.reason != reason {
             slot.info.state = state;
