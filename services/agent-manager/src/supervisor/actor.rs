@@ -243,7 +243,14 @@ impl Supervisor {
     pub(super) async fn step(&mut self, input: Input<'_>) -> Result<()> {
         let effects = decide::decide(&self.state(), input);
         for effect in effects {
+            // Each effect's cost, for whoever profiles a path (a restart's
+            // steps): RUST_LOG=shepherd_agent_manager::supervisor=debug.
+            let started = std::time::Instant::now();
+            let name = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{effect:?}"));
             self.apply(effect).await?;
+            if let Some(name) = name {
+                tracing::debug!(agent = %self.id(), effect = %name, micros = started.elapsed().as_micros() as u64, "effect applied");
+            }
         }
         Ok(())
     }

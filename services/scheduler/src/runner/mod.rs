@@ -175,6 +175,11 @@ impl Runner {
                     in_flight,
                     claimable,
                 }) => {
+                    // Running from here on: this replica records the
+                    // workflow's task events from now (a standby skips
+                    // them), and the settle below covers those that came
+                    // before.
+                    self.report(RunnerState::Running, "");
                     // A workflow taken over (or back) may have tasks in
                     // flight that nobody settles: the previous holder died
                     // between claim and dispatch, or its reports were lost.
