@@ -301,6 +301,8 @@ async fn one_agent(rounds: usize) -> anyhow::Result<()> {
     let mut stack = Stack::start(options()).await?;
     let agents = setup(&mut stack, 1, 3).await?;
     let mut samples = Vec::with_capacity(rounds);
+    let mut from_call = Vec::with_capacity(rounds);
+    let mut calls = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         crash_all(&mut stack, &agents, 3).await?;
         let restarted_at = SystemTime::now();
@@ -308,13 +310,25 @@ async fn one_agent(rounds: usize) -> anyhow::Result<()> {
         let returned = SystemTime::now();
         let done = wait_all_running(&stack, 3, restarted_at, Duration::from_millis(1)).await?;
         samples.push(between(returned, done));
+        from_call.push(between(restarted_at, done));
+        calls.push(between(restarted_at, returned));
     }
-    samples.sort();
+    for samples in [&mut samples, &mut from_call, &mut calls] {
+        samples.sort();
+    }
+    let spread = |samples: &[Duration]| -> anyhow::Result<String> {
+        Ok(format!(
+            "p50 {} p99 {} max {}",
+            ms(percentile(samples, 0.5)),
+            ms(percentile(samples, 0.99)),
+            ms(*samples.last().context("no samples")?)
+        ))
+    };
     println!(
-        "(a) 1 agent x 3 workflows, {rounds} restarts: RestartAgent returned -> all runners running: p50 {} p99 {} max {}",
-        ms(percentile(&samples, 0.5)),
-        ms(percentile(&samples, 0.99)),
-        ms(*samples.last().context("no samples")?)
+        "(a) 1 agent x 3 workflows, {rounds} restarts: RestartAgent called -> all runners running: {}; the call itself: {}; RestartAgent returned -> all runners running: {}",
+        spread(&from_call)?,
+        spread(&calls)?,
+        spread(&samples)?
     );
     Ok(())
 }

@@ -48,14 +48,18 @@ impl AgentRuntime for Processes {
         agent: &AgentRecord,
         launch: &Launch<'_>,
     ) -> Result<Workload, String> {
+        let started = std::time::Instant::now();
         let cell = ctx
             .containment
             .prepare(agent.id, &agent.name, agent.spec.limits)
             .await
             .map_err(|err| format!("its container could not be prepared: {err}"))?;
-        AgentProcess::spawn(launch, &ctx.logs, cell)
+        let prepared = started.elapsed();
+        let spawned = AgentProcess::spawn(launch, &ctx.logs, cell)
             .map(Workload::Process)
-            .map_err(|err| err.to_string())
+            .map_err(|err| err.to_string());
+        tracing::debug!(agent = %agent.id, prepare_micros = prepared.as_micros() as u64, spawn_micros = (started.elapsed() - prepared).as_micros() as u64, "launched");
+        spawned
     }
 
     async fn clear_leftovers(&self, ctx: &Context, agent: &AgentRecord, started_at: Option<i64>) {

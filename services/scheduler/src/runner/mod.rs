@@ -149,6 +149,8 @@ impl Runner {
         // Since when this runner has held back from a free lease that
         // another replica is preferred for.
         let mut deferred = None;
+        // Just back from waiting for the agent.
+        let mut back = false;
         loop {
             self.beat();
             if !*ready.borrow_and_update() {
@@ -160,7 +162,10 @@ impl Runner {
                 Box::pin(self.stop_waiting_for_keys()).await;
                 match self.wait_for_agent(&mut ready).await {
                     Some(reason) => return reason,
-                    None => continue,
+                    None => {
+                        back = true;
+                        continue;
+                    }
                 }
             }
             // Seen before deciding: a change from now on ends the next rest.
@@ -169,7 +174,16 @@ impl Runner {
             // a runner rests far more than it works, and a resting runner
             // should cost only what resting needs.
             let claim = match Box::pin(self.keep_lease(lease, &mut deferred)).await {
-                Ok(Held::Kept(term)) => Some(term),
+                Ok(Held::Kept(term)) => {
+                    // Back from waiting for its agent, with its lease: it
+                    // runs again now, before its claim's round trip (a
+                    // restarted agent's runners are RUNNING as soon as
+                    // the agent is ready).
+                    if std::mem::take(&mut back) {
+                        self.report(RunnerState::Running, "");
+                    }
+                    Some(term)
+                }
                 Ok(Held::Acquired {
                     term,
                     in_flight,
