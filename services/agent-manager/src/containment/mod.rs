@@ -358,7 +358,8 @@ enum CellKind {
 
 impl Cell {
     /// Makes `command`'s child enter this container between fork and exec
-    /// (it writes "0" to each hierarchy's `cgroup.procs`), before it can
+    /// (it writes "0" to each hierarchy's `cgroup.procs`, v1's `tasks`:
+    /// see `Group::procs_files`), before it can
     /// start anything. Keep the returned descriptors until `spawn` returns.
     /// Nothing to do for the subreaper, which finds the tree by its
     /// environment.
