@@ -33,6 +33,9 @@ pub const WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub startup_window: Duration,
+    /// How often sessions heartbeat each way (tests: short, so a dead
+    /// agent is noticed fast; the service's default is 5 s).
+    pub session_heartbeat: Duration,
     pub reconcile_interval: Duration,
     /// False starts the scheduler with level passes disabled, so that only
     /// the event edge and stream resume can heal runners.
@@ -169,6 +172,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             startup_window: Duration::from_secs(1),
+            session_heartbeat: Duration::from_millis(300),
             reconcile_interval: Duration::from_secs(3600),
             level: true,
             log: std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -710,13 +714,14 @@ async fn start_manager(
     advertise: Option<&str>,
     options: &StackOptions,
 ) -> anyhow::Result<ServiceProcess> {
+    let session_heartbeat = format!("{}ms", options.session_heartbeat.as_millis());
     let mut args = strings(&[
         "--listen",
         listen,
         "--stop-grace",
         "2s",
         "--session-heartbeat",
-        "300ms",
+        &session_heartbeat,
         "--event-heartbeat",
         "300ms",
     ]);

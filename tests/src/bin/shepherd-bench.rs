@@ -20,6 +20,9 @@
 //!     one connection: PostgreSQL CPU per task, the floor under (b);
 //! idle: N enabled workflows with no tasks: scheduler and PostgreSQL CPU
 //!     (from /proc) and scheduler memory per runner;
+//! idle-agents: --agents N agents READY with no work (default 200; issue 37
+//!     asks about 1,000): agent-manager CPU and memory per agent, and the
+//!     time to create them all at once (16 callers);
 //! keys: (b) without keys, then with one concurrency key (a limit that never
 //!     binds) on every workflow, in the same run: what claiming under a key
 //!     costs, as the ratio of the two;
@@ -41,7 +44,7 @@
 //! Options: --rounds N (a, one agent; default 30), --agents N (a, many;
 //! default 200), --tasks N (b; default 20000), --concurrency N[,N...] (b,
 //! per workflow, each in turn; default 1,8), --workflows N (idle; default 10000), --only
-//! a1|a2|a3|b|keys|failover|baseline|db-floor|idle|latency|containment (a3: one agent with
+//! a1|a2|a3|b|keys|failover|baseline|db-floor|idle|idle-agents|latency|containment (a3: one agent with
 //! --workflows workflows restarted), --launches N (containment; default 1000).
 
 use std::time::{Duration, Instant, SystemTime};
@@ -56,7 +59,7 @@ use shepherd_proto::scheduler::v1::{
     self as sched, RunnerState, scheduler_client::SchedulerClient,
 };
 
-const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|failover|baseline|db-floor|idle|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
+const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|failover|baseline|db-floor|idle|idle-agents|latency|containment] [--rounds N] [--agents N] [--tasks N] [--concurrency N[,N...]] [--workflows N] [--launches N]
   a1: runners of one restarted agent back (p50/p99 over --rounds, default 30)
   a2: runners of --agents agents (default 200) x 5 workflows restarted at once
   a3: runners of one agent with --workflows workflows (default 10000) back after its restart
@@ -67,6 +70,7 @@ const USAGE: &str = "usage: shepherd-bench [--only a1|a2|a3|b|keys|failover|base
       (and pgbench -N with 8 clients for 5 s, if pgbench is installed)
   failover: kill -9 of the replica holding most of 10 workflows -> all running on the other, p50/p99 over 10 kills; then one SIGSTOP past the lease
   db-floor: PostgreSQL CPU per task for the rows a task writes alone (no services), in waves of 50 and 11
+  idle-agents: --agents agents created at once (16 callers), then READY and idle: manager CPU and memory per agent
   idle: --workflows enabled workflows (default 10000) with no tasks: CPU and memory
   latency: trigger -> dispatched -> completed, p50/p99 over 200 sequential tasks
   containment: cost of containing an agent per launch (over --launches, default 1000) and per usage read";
@@ -164,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("idle") {
         idle(args.workflows).await?;
+    }
+    if run("idle-agents") {
+        idle_agents(args.agents).await?;
     }
     Ok(())
 }
@@ -1254,5 +1261,79 @@ async fn failover(rounds: usize) -> anyhow::Result<()> {
         ms(took_over)
     );
     drop(b);
+    Ok(())
+}
+
+async fn idle_agents(agents: usize) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        // The service's default: what a fleet at rest pays.
+        session_heartbeat: Duration::from_secs(5),
+        ..options()
+    })
+    .await?;
+    let manager = stack.manager.pid().context("manager pid")?;
+    let command = shepherd_testkit::bin_path("shepherd-agent")?
+        .display()
+        .to_string();
+    let rss_before = rss_bytes(manager);
+    let started = Instant::now();
+    let mut creators = tokio::task::JoinSet::new();
+    let per_creator = agents.div_ceil(16);
+    for c in 0..16 {
+        let mut client = stack.agents.clone();
+        let range = (c * per_creator)..((c + 1) * per_creator).min(agents);
+        let command = command.clone();
+        creators.spawn(async move {
+            for a in range {
+                client
+                    .create_agent(am::CreateAgentRequest {
+                        agent: Some(am::Agent {
+                            name: format!("idle-{a}"),
+                            command: command.clone(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = creators.join_next().await {
+        result??;
+    }
+    let created = started.elapsed();
+    let db = stack.db.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready = loop {
+        let ready: i64 = db
+            .query_one(
+                "SELECT count(*) FROM agent_manager.agents WHERE status = 'ready'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if ready as usize >= agents {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            bail!("{ready} of {agents} agents ready within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Let start-up work settle (first heartbeats, log file opens).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let window = Duration::from_secs(20);
+    let before = cpu_ticks(&[manager]);
+    tokio::time::sleep(window).await;
+    let after = cpu_ticks(&[manager]);
+    let rss = rss_bytes(manager);
+    println!(
+        "(idle-agents) {agents} agents created at once in {} (16 callers), all READY after {}; idle over {window:?} (session heartbeats every 5 s): agent-manager {:.2}% of one core, RSS {:.1} MiB = {:.1} KiB per agent",
+        ms(created),
+        ms(ready),
+        after.saturating_sub(before) as f64 / 100.0 / window.as_secs_f64() * 100.0,
+        rss as f64 / 1024.0 / 1024.0,
+        rss.saturating_sub(rss_before) as f64 / 1024.0 / agents as f64,
+    );
     Ok(())
 }
