@@ -92,3 +92,25 @@ pub(crate) fn claim(workflow: Uuid, owner: &str, term: i64) -> ClaimRequest {
         term,
     }
 }
+
+/// Runs `end_gone_replicas` as `me` until the live replicas are `expected`
+/// (a session's end reaches the server's lock table a moment after the
+/// client dropped it); fails after ten seconds.
+pub(crate) async fn eventually_live(
+    store: &Store,
+    me: &str,
+    expected: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = store.end_gone_replicas(me).await?;
+        if live == expected {
+            return Ok(live);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "live replicas {live:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
