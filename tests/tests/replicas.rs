@@ -93,6 +93,19 @@ async fn trigger_all(
     Ok(tasks)
 }
 
+/// Every one of `expected` tasks left its line in `file`, and none twice.
+fn assert_each_ran_once(file: &std::path::Path, expected: usize) {
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines(file) {
+        *runs.entry(line).or_insert(0) += 1;
+    }
+    assert_eq!(runs.len(), expected, "every task ran: {runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "no task ran twice: {runs:?}"
+    );
+}
+
 /// An agent and one enabled workflow of it whose tasks append their title
 /// to the returned file (one line per run).
 async fn logging_workflow(
@@ -201,15 +214,7 @@ async fn replicas_run_each_workflow_once_and_take_over_from_a_dead_one() -> anyh
     stack.workflows = b.clone();
     stack.wait_tasks(&second, TaskState::Succeeded).await?;
 
-    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-    for line in lines(&file) {
-        *runs.entry(line).or_insert(0) += 1;
-    }
-    assert_eq!(runs.len(), 20 + 15, "every task ran: {runs:?}");
-    assert!(
-        runs.values().all(|&n| n == 1),
-        "no task ran twice: {runs:?}"
-    );
+    assert_each_ran_once(&file, 20 + 15);
     for id in waiting {
         let task = b
             .clone()
@@ -482,15 +487,7 @@ async fn a_dead_replica_is_found_gone_through_its_session_not_its_lease() -> any
     let second = trigger_all(survivor, &workflows, "second").await?;
     stack.workflows = survivor.clone();
     stack.wait_tasks(&second, TaskState::Succeeded).await?;
-    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-    for line in lines(&file) {
-        *runs.entry(line).or_insert(0) += 1;
-    }
-    assert_eq!(runs.len(), 10, "every task ran: {runs:?}");
-    assert!(
-        runs.values().all(|&n| n == 1),
-        "no task ran twice: {runs:?}"
-    );
+    assert_each_ran_once(&file, 10);
     Ok(())
 }
 
@@ -547,14 +544,6 @@ async fn a_replica_that_loses_its_session_gives_its_workflows_up_and_joins_again
     .await?;
     let second = trigger_all(&b, &workflows, "second").await?;
     stack.wait_tasks(&second, TaskState::Succeeded).await?;
-    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-    for line in lines(&file) {
-        *runs.entry(line).or_insert(0) += 1;
-    }
-    assert_eq!(runs.len(), 10, "every task ran: {runs:?}");
-    assert!(
-        runs.values().all(|&n| n == 1),
-        "no task ran twice: {runs:?}"
-    );
+    assert_each_ran_once(&file, 10);
     Ok(())
 }

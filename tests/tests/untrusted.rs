@@ -761,5 +761,32 @@ async fn hostile_usage_reports_charge_no_one_else_and_stop_no_budget() -> anyhow
         stack.agent(&agent.id).await?.status(),
         am::AgentStatus::Ready
     );
+
+    // A task id that no task can have (a NUL, 1 MiB) is the agent's own
+    // error: its session ends, no one is charged, and the manager serves.
+    drop(session);
+    for task_id in ["a\0b".to_owned(), "x".repeat(1 << 20)] {
+        let session = HandSession::open(&stack.manager.url(), &agent.id, &agent.credential).await?;
+        stack.wait_agent_ready(&agent.id, 1).await?;
+        session.outbound.send(usage(&task_id, 1, 7, 100.0)).await?;
+        shepherd_testkit::eventually(shepherd_e2e::WAIT, "the session ended", || async {
+            let status = stack.agent(&agent.id).await?.status();
+            Ok((status != am::AgentStatus::Ready).then_some(()))
+        })
+        .await?;
+    }
+    let budgets = stack
+        .workflows
+        .clone()
+        .list_budgets(sched::ListBudgetsRequest {})
+        .await?
+        .into_inner()
+        .budgets;
+    let unchanged = budgets
+        .iter()
+        .find(|budget| budget.workflow_id == charged.id)
+        .and_then(|budget| budget.usage)
+        .unwrap_or_default();
+    assert_eq!(unchanged.cost, 1e12, "nothing more charged");
     Ok(())
 }

@@ -237,20 +237,18 @@ impl Membership {
         ttl: Duration,
         shutdown: CancellationToken,
     ) {
-        let key = match session_lock::random_key() {
-            Ok(key) => key,
-            Err(err) => {
-                // Without a lock this replica is only ever found gone by
-                // expiry, as before.
+        // None: no lock (no randomness); a crash of this replica is then
+        // noticed by expiry only, as before.
+        let key = session_lock::random_key()
+            .inspect_err(|err| {
                 tracing::warn!(error = %err, "no session lock key; a crash of this replica is noticed by expiry only");
-                0
-            }
-        };
+            })
+            .ok();
         let mut lock: Option<SessionLock> = None;
         let mut backoff = Backoff::new(CHECK_EVERY, ttl / 3);
         let mut renew_at = Instant::now();
         loop {
-            if lock.is_none() && key != 0 {
+            if let (None, Some(key)) = (&lock, key) {
                 match SessionLock::acquire(&database_url, key).await {
                     Ok(taken) => {
                         lock = Some(taken);
@@ -262,14 +260,13 @@ impl Membership {
                     }
                 }
             }
-            let locked = lock.is_some() || key == 0;
+            let locked = lock.is_some() || key.is_none();
             if locked && Instant::now() >= renew_at {
                 // A renewal without the lock would be ended by the others
                 // at once: it waits for the lock.
                 let renewed = Instant::now();
-                let lock_key = (key != 0).then_some(key);
                 match store
-                    .replica_heartbeat(&self.me, self.standby, ttl, lock_key)
+                    .replica_heartbeat(&self.me, self.standby, ttl, key)
                     .await
                 {
                     Ok(renewal) => self.update_at(renewal.live, renewal.was_ended, renewed, ttl),

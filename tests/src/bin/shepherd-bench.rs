@@ -201,20 +201,15 @@ fn ms(d: Duration) -> String {
 /// poll saw it keeps the polling (itself load: ListRunners of 10,000
 /// workflows) out of the figure, so a large fleet can be polled gently.
 async fn wait_runners(
-    stack: &Stack,
+    client: &SchedulerClient<AuthChannel>,
     expected: usize,
     poll: Duration,
     what: &str,
     wanted: impl Fn(&sched::Runner) -> bool,
 ) -> anyhow::Result<SystemTime> {
-    let mut client = stack.workflows.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let runners = client
-            .list_runners(sched::ListRunnersRequest::default())
-            .await?
-            .into_inner()
-            .runners;
+        let runners = runners_of(client).await?;
         let matching: Vec<&sched::Runner> = runners.iter().filter(|r| wanted(r)).collect();
         if matching.len() >= expected {
             return matching
@@ -241,7 +236,7 @@ async fn wait_all_running(
     after: SystemTime,
     poll: Duration,
 ) -> anyhow::Result<SystemTime> {
-    wait_runners(stack, expected, poll, "running", |r| {
+    wait_runners(&stack.workflows, expected, poll, "running", |r| {
         r.state() == RunnerState::Running
             && r.since
                 .and_then(|t| SystemTime::try_from(t).ok())
@@ -256,9 +251,13 @@ fn between(from: SystemTime, to: SystemTime) -> Duration {
 }
 
 async fn wait_all_stopped(stack: &Stack, expected: usize) -> anyhow::Result<()> {
-    wait_runners(stack, expected, Duration::from_millis(20), "stopped", |r| {
-        r.state() == RunnerState::Stopped && r.reason.contains("agent not ready")
-    })
+    wait_runners(
+        &stack.workflows,
+        expected,
+        Duration::from_millis(20),
+        "stopped",
+        |r| r.state() == RunnerState::Stopped && r.reason.contains("agent not ready"),
+    )
     .await
     .map(drop)
 }
@@ -1163,25 +1162,14 @@ async fn all_running_on(
     client: &SchedulerClient<AuthChannel>,
     workflows: usize,
 ) -> anyhow::Result<SystemTime> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let runners = runners_of(client).await?;
-        let running: Vec<&sched::Runner> = runners
-            .iter()
-            .filter(|r| r.state() == RunnerState::Running)
-            .collect();
-        if running.len() == workflows {
-            return running
-                .iter()
-                .filter_map(|r| r.since.and_then(|t| SystemTime::try_from(t).ok()))
-                .max()
-                .context("no runner says since when");
-        }
-        if Instant::now() > deadline {
-            bail!("only {} of {workflows} running after 60 s", running.len());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_runners(
+        client,
+        workflows,
+        Duration::from_millis(5),
+        "running",
+        |r| r.state() == RunnerState::Running,
+    )
+    .await
 }
 
 async fn failover(rounds: usize) -> anyhow::Result<()> {
